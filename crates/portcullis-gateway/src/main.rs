@@ -1,0 +1,5 @@
+//! The `portcullis` binary (work in progress).
+
+fn main() {
+    println!("portcullis");
+}

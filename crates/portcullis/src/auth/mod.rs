@@ -1,0 +1,116 @@
+//! Authentication: who is calling.
+//!
+//! An [`Authenticator`] turns a request's credentials into a [`Principal`], or says there were
+//! none, or that they were invalid. The layer runs it on routes that require a principal (and,
+//! to learn who calls, on any route when one is configured) and hands the principal to the
+//! handler as a request extension and an axum extractor.
+//!
+//! ```
+//! use portcullis::auth::{Principal, AuthMethod};
+//! let p = Principal::new("alice", ["user"], AuthMethod::Custom);
+//! assert!(p.has_role("user"));
+//! ```
+
+use std::future::Future;
+use std::pin::Pin;
+use std::time::SystemTime;
+
+use http::request::Parts;
+
+/// How a principal proved who it is.
+#[non_exhaustive]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum AuthMethod {
+    /// A JSON Web Token.
+    Jwt,
+    /// An API key.
+    ApiKey,
+    /// A library user's own authenticator.
+    Custom,
+}
+
+/// An authenticated caller.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Principal {
+    /// The caller's id (the JWT `sub`, the API key id, ...).
+    pub id: String,
+    /// The caller's roles.
+    pub roles: Vec<String>,
+    /// How the caller authenticated.
+    pub method: AuthMethod,
+    /// When the credentials expire.
+    pub expires_at: Option<SystemTime>,
+}
+
+impl Principal {
+    /// A principal with an id and roles.
+    pub fn new<I, R>(id: impl Into<String>, roles: I, method: AuthMethod) -> Self
+    where
+        I: IntoIterator<Item = R>,
+        R: Into<String>,
+    {
+        Principal {
+            id: id.into(),
+            roles: roles.into_iter().map(Into::into).collect(),
+            method,
+            expires_at: None,
+        }
+    }
+
+    /// True when the principal holds `role`.
+    pub fn has_role(&self, role: &str) -> bool {
+        self.roles.iter().any(|r| r == role)
+    }
+}
+
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for Principal {
+    type Rejection = axum::response::Response;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        use axum::response::IntoResponse;
+        parts.extensions.get::<Principal>().cloned().ok_or_else(|| {
+            let id = parts
+                .extensions
+                .get::<crate::request_id::RequestId>()
+                .map_or_else(String::new, |r| r.to_string());
+            let res = crate::Rejection::unauthorized(false).into_response_with_id(&id);
+            let (parts, body) = res.into_parts();
+            (parts, body).into_response()
+        })
+    }
+}
+
+/// What an authenticator concluded.
+#[derive(Debug, Clone)]
+pub enum AuthOutcome {
+    /// Valid credentials.
+    Authenticated(Principal),
+    /// No credentials were presented.
+    NoCredentials,
+    /// Credentials were presented and refused (the reason goes to audit, not the client).
+    Invalid(&'static str),
+}
+
+/// A boxed, sendable future.
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// Turns request credentials into a principal.
+///
+/// ```
+/// use portcullis::auth::{Authenticator, AuthOutcome, AuthMethod, Principal, BoxFuture};
+/// struct Header;
+/// impl Authenticator for Header {
+///     fn authenticate<'a>(&'a self, parts: &'a http::request::Parts) -> BoxFuture<'a, AuthOutcome> {
+///         Box::pin(async move {
+///             match parts.headers.get("x-demo-user") {
+///                 Some(v) => AuthOutcome::Authenticated(Principal::new(v.to_str().unwrap_or(""), ["user"], AuthMethod::Custom)),
+///                 None => AuthOutcome::NoCredentials,
+///             }
+///         })
+///     }
+/// }
+/// ```
+pub trait Authenticator: Send + Sync + 'static {
+    /// Inspects the request's credentials.
+    fn authenticate<'a>(&'a self, parts: &'a Parts) -> BoxFuture<'a, AuthOutcome>;
+}

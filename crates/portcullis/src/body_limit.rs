@@ -1,0 +1,267 @@
+//! Streaming body limit and content-type allowlist.
+//!
+//! A declared `Content-Length` over the limit is refused with 413 before a byte is read. A body
+//! without one (chunked, or HTTP/2 data frames) is counted as it streams and cut with an error
+//! the moment the count passes the limit; the layer then answers 413 whatever the handler made
+//! of the error. `Content-Length` is never trusted to be the whole story: a body that sends
+//! more than it declared is cut too.
+//!
+//! ```
+//! use portcullis::body_limit::check_declared_length;
+//! let mut h = http::HeaderMap::new();
+//! h.insert("content-length", "2048".parse().unwrap());
+//! assert!(check_declared_length(&h, 1024).is_err());
+//! assert!(check_declared_length(&h, 4096).is_ok());
+//! ```
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::{Context, Poll};
+
+use bytes::Buf;
+use http::HeaderMap;
+use http::header;
+use http_body::{Body, Frame, SizeHint};
+use pin_project_lite::pin_project;
+
+use crate::error::Rejection;
+
+/// The error a [`LimitedBody`] yields once the limit is passed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BodyTooLarge {
+    /// The limit in bytes.
+    pub limit: u64,
+}
+
+impl std::fmt::Display for BodyTooLarge {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "request body exceeds the limit of {} bytes", self.limit)
+    }
+}
+
+impl std::error::Error for BodyTooLarge {}
+
+/// Refuses a declared `Content-Length` over `limit` (and a malformed one).
+pub fn check_declared_length(headers: &HeaderMap, limit: u64) -> Result<(), Rejection> {
+    let mut values = headers.get_all(header::CONTENT_LENGTH).iter();
+    let Some(first) = values.next() else {
+        return Ok(());
+    };
+    let parse = |v: &http::HeaderValue| {
+        v.to_str()
+            .ok()
+            .filter(|s| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()))
+            .and_then(|s| s.parse::<u64>().ok())
+    };
+    let Some(n) = parse(first) else {
+        return Err(bad_length());
+    };
+    // Differing duplicate lengths are a smuggling attempt.
+    for v in values {
+        if parse(v) != Some(n) {
+            return Err(bad_length());
+        }
+    }
+    if n > limit {
+        return Err(Rejection::body_too_large(limit));
+    }
+    Ok(())
+}
+
+fn bad_length() -> Rejection {
+    Rejection::new(
+        http::StatusCode::BAD_REQUEST,
+        "invalid_content_length",
+        "Malformed Content-Length",
+        crate::audit::AuditAction::InvalidInput,
+        crate::error::Control::Body,
+    )
+}
+
+/// True when the request announces a body (a non-zero length or a transfer coding).
+pub fn has_body(headers: &HeaderMap) -> bool {
+    if headers.contains_key(header::TRANSFER_ENCODING) {
+        return true;
+    }
+    match headers.get(header::CONTENT_LENGTH) {
+        Some(v) => v.as_bytes() != b"0",
+        None => false,
+    }
+}
+
+/// Refuses a request body whose content type is not in `allowed` (`type/subtype` or
+/// `type/*`, lower-case). Parameters such as `charset` are ignored; a body without a
+/// content type is refused.
+///
+/// ```
+/// use portcullis::body_limit::check_content_type;
+/// let mut h = http::HeaderMap::new();
+/// h.insert("content-type", "application/json; charset=utf-8".parse().unwrap());
+/// h.insert("content-length", "2".parse().unwrap());
+/// assert!(check_content_type(&h, &["application/json".into()]).is_ok());
+/// assert!(check_content_type(&h, &["text/*".into()]).is_err());
+/// ```
+pub fn check_content_type(headers: &HeaderMap, allowed: &[String]) -> Result<(), Rejection> {
+    if !has_body(headers) {
+        return Ok(());
+    }
+    let Some(ct) = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+    else {
+        return Err(Rejection::unsupported_media_type());
+    };
+    let essence = ct
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    let Some((ty, _)) = essence.split_once('/') else {
+        return Err(Rejection::unsupported_media_type());
+    };
+    let ok = allowed.iter().any(|a| match a.strip_suffix("/*") {
+        Some(prefix) => prefix == ty,
+        None => *a == essence,
+    });
+    if ok {
+        Ok(())
+    } else {
+        Err(Rejection::unsupported_media_type())
+    }
+}
+
+pin_project! {
+    /// A request body that errors with [`BodyTooLarge`] once more than its limit has streamed
+    /// through, and records that it did so the layer can answer 413.
+    pub struct LimitedBody<B> {
+        #[pin]
+        inner: B,
+        remaining: u64,
+        limit: u64,
+        tripped: Option<Arc<AtomicBool>>,
+    }
+}
+
+impl<B> LimitedBody<B> {
+    /// Wraps `inner` with no limit.
+    pub fn unlimited(inner: B) -> Self {
+        LimitedBody {
+            inner,
+            remaining: u64::MAX,
+            limit: u64::MAX,
+            tripped: None,
+        }
+    }
+
+    /// Wraps `inner`, cutting it after `limit` bytes and setting `tripped` when it does.
+    pub fn new(inner: B, limit: u64, tripped: Arc<AtomicBool>) -> Self {
+        LimitedBody {
+            inner,
+            remaining: limit,
+            limit,
+            tripped: Some(tripped),
+        }
+    }
+}
+
+impl<B> Body for LimitedBody<B>
+where
+    B: Body,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    type Data = B::Data;
+    type Error = Box<dyn std::error::Error + Send + Sync>;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        let this = self.project();
+        match this.inner.poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    let n = data.remaining() as u64;
+                    if n > *this.remaining {
+                        *this.remaining = 0;
+                        if let Some(flag) = this.tripped {
+                            flag.store(true, Ordering::Release);
+                        }
+                        return Poll::Ready(Some(Err(Box::new(BodyTooLarge {
+                            limit: *this.limit,
+                        }))));
+                    }
+                    *this.remaining -= n;
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(e.into()))),
+            Poll::Ready(None) => Poll::Ready(None),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        let mut hint = self.inner.size_hint();
+        if self.limit != u64::MAX {
+            if hint.lower() > self.remaining {
+                return hint;
+            }
+            match hint.upper() {
+                Some(u) if u <= self.remaining => {}
+                _ => hint.set_upper(self.remaining.saturating_add(1)),
+            }
+        }
+        hint
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::{BodyExt, StreamBody};
+
+    #[tokio::test]
+    async fn chunked_body_is_cut_past_the_limit() {
+        let chunks = (0..10).map(|_| {
+            Ok::<_, std::convert::Infallible>(Frame::data(bytes::Bytes::from(vec![0u8; 100])))
+        });
+        let body = StreamBody::new(futures_util::stream::iter(chunks));
+        let flag = Arc::new(AtomicBool::new(false));
+        let limited = LimitedBody::new(body, 550, flag.clone());
+        let err = limited.collect().await.err().expect("must be cut");
+        assert!(err.downcast_ref::<BodyTooLarge>().is_some());
+        assert!(flag.load(Ordering::Acquire));
+    }
+
+    #[tokio::test]
+    async fn body_at_the_limit_passes() {
+        let chunks = (0..5).map(|_| {
+            Ok::<_, std::convert::Infallible>(Frame::data(bytes::Bytes::from(vec![0u8; 100])))
+        });
+        let body = StreamBody::new(futures_util::stream::iter(chunks));
+        let flag = Arc::new(AtomicBool::new(false));
+        let out = LimitedBody::new(body, 500, flag.clone())
+            .collect()
+            .await
+            .unwrap();
+        assert_eq!(out.to_bytes().len(), 500);
+        assert!(!flag.load(Ordering::Acquire));
+    }
+
+    #[test]
+    fn conflicting_lengths_are_refused() {
+        let mut h = HeaderMap::new();
+        h.append("content-length", "5".parse().unwrap());
+        h.append("content-length", "50".parse().unwrap());
+        assert_eq!(check_declared_length(&h, 100).unwrap_err().status(), 400);
+        let mut h = HeaderMap::new();
+        h.insert("content-length", "+5".parse().unwrap());
+        assert!(check_declared_length(&h, 100).is_err());
+    }
+}

@@ -1,0 +1,293 @@
+//! The client's address, from the socket and trusted proxies.
+//!
+//! The socket peer is the client unless it is a trusted proxy (a CIDR list). Then
+//! `X-Forwarded-For` is walked from the right, skipping trusted hops, and the first untrusted
+//! hop is the client: a value the client wrote itself (the leftmost entries) can never choose
+//! the key. IPv4-mapped IPv6 addresses (`::ffff:1.2.3.4`) count as IPv4, and rate-limit keys
+//! group IPv6 clients by /64, since one subscriber usually holds a whole /64.
+//!
+//! ```
+//! use portcullis::client_ip::{TrustedProxies, resolve};
+//! use http::HeaderMap;
+//! let trusted = TrustedProxies::parse(["10.0.0.0/8"]).unwrap();
+//! let mut h = HeaderMap::new();
+//! h.insert("x-forwarded-for", "6.6.6.6, 203.0.113.9, 10.0.0.2".parse().unwrap());
+//! let ip = resolve("10.0.0.1".parse().unwrap(), &h, &trusted);
+//! assert_eq!(ip.to_string(), "203.0.113.9");
+//! ```
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+
+use http::HeaderMap;
+use http::request::Parts;
+
+/// The peer socket address, inserted as a request extension by a server that is not axum
+/// (axum's `ConnectInfo<SocketAddr>` is read as well).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PeerAddr(pub SocketAddr);
+
+/// One CIDR block.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cidr {
+    addr: IpAddr,
+    prefix: u8,
+}
+
+impl Cidr {
+    /// Parses `10.0.0.0/8`, `2001:db8::/32` or a bare address (a /32 or /128).
+    ///
+    /// ```
+    /// use portcullis::client_ip::Cidr;
+    /// assert!(Cidr::parse("10.0.0.0/8").unwrap().contains("10.1.2.3".parse().unwrap()));
+    /// assert!(Cidr::parse("10.0.0.0/33").is_err());
+    /// ```
+    pub fn parse(s: &str) -> Result<Cidr, String> {
+        let s = s.trim();
+        let (addr, prefix) = match s.split_once('/') {
+            Some((a, p)) => (a, Some(p)),
+            None => (s, None),
+        };
+        let addr: IpAddr = addr
+            .parse()
+            .map_err(|_| format!("{s:?} is not an IP address or CIDR block"))?;
+        let addr = canonical_ip(addr);
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        let prefix = match prefix {
+            None => max,
+            Some(p) => {
+                let p: u8 = p
+                    .parse()
+                    .map_err(|_| format!("{s:?} has a bad prefix length"))?;
+                if p > max {
+                    return Err(format!("{s:?} has a prefix longer than {max}"));
+                }
+                p
+            }
+        };
+        Ok(Cidr { addr, prefix })
+    }
+
+    /// True when `ip` is inside this block.
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        match (self.addr, canonical_ip(ip)) {
+            (IpAddr::V4(net), IpAddr::V4(ip)) => {
+                let mask = u32::MAX
+                    .checked_shl(32 - u32::from(self.prefix))
+                    .unwrap_or(0);
+                u32::from(net) & mask == u32::from(ip) & mask
+            }
+            (IpAddr::V6(net), IpAddr::V6(ip)) => {
+                let mask = u128::MAX
+                    .checked_shl(128 - u32::from(self.prefix))
+                    .unwrap_or(0);
+                u128::from(net) & mask == u128::from(ip) & mask
+            }
+            _ => false,
+        }
+    }
+}
+
+/// The proxies whose `X-Forwarded-For` is believed.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TrustedProxies {
+    nets: Vec<Cidr>,
+}
+
+impl TrustedProxies {
+    /// Trusts no proxy: the socket peer is always the client.
+    pub fn none() -> Self {
+        TrustedProxies::default()
+    }
+
+    /// Parses a CIDR list; the error names the bad entry.
+    pub fn parse<'a>(list: impl IntoIterator<Item = &'a str>) -> Result<Self, String> {
+        let nets = list
+            .into_iter()
+            .map(Cidr::parse)
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(TrustedProxies { nets })
+    }
+
+    /// True when `ip` is a trusted proxy.
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        self.nets.iter().any(|n| n.contains(ip))
+    }
+
+    /// True when no proxy is trusted.
+    pub fn is_empty(&self) -> bool {
+        self.nets.is_empty()
+    }
+}
+
+/// Folds an IPv4-mapped IPv6 address into IPv4.
+pub fn canonical_ip(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => IpAddr::V6(v6),
+        },
+        v4 => v4,
+    }
+}
+
+/// Parses one `X-Forwarded-For` entry: `1.2.3.4`, `1.2.3.4:5678`, `2001:db8::1`,
+/// `[2001:db8::1]:443`, optionally quoted.
+fn parse_hop(entry: &str) -> Option<IpAddr> {
+    let e = entry.trim().trim_matches('"');
+    if let Ok(ip) = e.parse::<IpAddr>() {
+        return Some(canonical_ip(ip));
+    }
+    if let Ok(sa) = e.parse::<SocketAddr>() {
+        return Some(canonical_ip(sa.ip()));
+    }
+    None
+}
+
+/// Resolves the client address for a request from `peer`.
+pub fn resolve(peer: IpAddr, headers: &HeaderMap, trusted: &TrustedProxies) -> IpAddr {
+    let peer = canonical_ip(peer);
+    if !trusted.contains(peer) {
+        return peer;
+    }
+    let mut nearest_trusted = peer;
+    // Several X-Forwarded-For lines form one list, in order; walk it from the right.
+    let lines: Vec<&str> = headers
+        .get_all("x-forwarded-for")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .collect();
+    for line in lines.iter().rev() {
+        for entry in line.rsplit(',') {
+            if entry.trim().is_empty() {
+                continue;
+            }
+            match parse_hop(entry) {
+                Some(ip) if trusted.contains(ip) => nearest_trusted = ip,
+                Some(ip) => return ip,
+                // A hop we cannot read was written by someone we do not trust: stop at the last
+                // trusted hop rather than believe anything further left.
+                None => return nearest_trusted,
+            }
+        }
+    }
+    nearest_trusted
+}
+
+/// The peer address of a request, from [`PeerAddr`] or axum's `ConnectInfo<SocketAddr>`.
+pub fn peer_of(parts: &Parts) -> Option<IpAddr> {
+    if let Some(p) = parts.extensions.get::<PeerAddr>() {
+        return Some(p.0.ip());
+    }
+    parts
+        .extensions
+        .get::<axum::extract::ConnectInfo<SocketAddr>>()
+        .map(|c| c.0.ip())
+}
+
+/// The resolved client address; a request extension and an axum extractor.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ClientIp(pub IpAddr);
+
+impl ClientIp {
+    /// The key under which this client is counted: the address for IPv4, the /64 for IPv6.
+    ///
+    /// ```
+    /// use portcullis::client_ip::ClientIp;
+    /// let a = ClientIp("2001:db8:1:2:aaaa::1".parse().unwrap());
+    /// let b = ClientIp("2001:db8:1:2:bbbb::9".parse().unwrap());
+    /// assert_eq!(a.key(), b.key());
+    /// assert_eq!(a.key(), "2001:db8:1:2::/64");
+    /// ```
+    pub fn key(&self) -> String {
+        match self.0 {
+            IpAddr::V4(v4) => v4.to_string(),
+            IpAddr::V6(v6) => {
+                let net = Ipv6Addr::from(u128::from(v6) & !((1u128 << 64) - 1));
+                format!("{net}/64")
+            }
+        }
+    }
+
+    /// The unspecified address, used when no peer address is known.
+    pub fn unknown() -> Self {
+        ClientIp(IpAddr::V4(Ipv4Addr::UNSPECIFIED))
+    }
+}
+
+impl std::fmt::Display for ClientIp {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for ClientIp {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        Ok(parts
+            .extensions
+            .get::<ClientIp>()
+            .copied()
+            .unwrap_or_else(|| {
+                peer_of(parts).map_or_else(ClientIp::unknown, |p| ClientIp(canonical_ip(p)))
+            }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn xff(v: &str) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        h.insert("x-forwarded-for", v.parse().unwrap());
+        h
+    }
+
+    #[test]
+    fn untrusted_peer_ignores_forwarded_for() {
+        let t = TrustedProxies::parse(["10.0.0.0/8"]).unwrap();
+        let ip = resolve("198.51.100.7".parse().unwrap(), &xff("1.1.1.1"), &t);
+        assert_eq!(ip.to_string(), "198.51.100.7");
+    }
+
+    #[test]
+    fn spoofed_leftmost_value_does_not_change_the_client() {
+        let t = TrustedProxies::parse(["10.0.0.0/8"]).unwrap();
+        let peer = "10.0.0.1".parse().unwrap();
+        let a = resolve(peer, &xff("203.0.113.9"), &t);
+        let b = resolve(peer, &xff("1.2.3.4, 203.0.113.9"), &t);
+        let c = resolve(peer, &xff("garbage, 203.0.113.9, 10.9.9.9"), &t);
+        assert_eq!(a, b);
+        assert_eq!(a, c);
+    }
+
+    #[test]
+    fn mapped_ipv6_folds_to_ipv4() {
+        let t = TrustedProxies::parse(["127.0.0.1"]).unwrap();
+        let ip = resolve(
+            "::ffff:127.0.0.1".parse().unwrap(),
+            &xff("[::ffff:203.0.113.9]:443"),
+            &t,
+        );
+        assert_eq!(ip.to_string(), "203.0.113.9");
+    }
+
+    #[test]
+    fn unreadable_hop_stops_at_the_nearest_trusted_proxy() {
+        let t = TrustedProxies::parse(["10.0.0.0/8"]).unwrap();
+        let ip = resolve(
+            "10.0.0.1".parse().unwrap(),
+            &xff("1.2.3.4, nonsense, 10.0.0.5"),
+            &t,
+        );
+        assert_eq!(ip.to_string(), "10.0.0.5");
+    }
+
+    #[test]
+    fn bad_cidrs_are_refused() {
+        for c in ["10.0.0.0/33", "nonsense", "::/129", "10.0.0.0/x"] {
+            assert!(Cidr::parse(c).is_err(), "{c}");
+        }
+    }
+}

@@ -1,0 +1,366 @@
+//! The one JSON error response.
+//!
+//! Every refusal, whichever control makes it, becomes a [`Rejection`]: a status, a stable
+//! machine `code`, a human message that helps a legitimate client without helping an attacker,
+//! and the audit action it is recorded under. It renders as
+//! `{"error": "...", "code": "...", "request_id": "..."}` (plus `retry_after` on 429).
+//!
+//! ```
+//! use portcullis::Rejection;
+//! let r = Rejection::method_not_allowed("GET, HEAD");
+//! assert_eq!(r.status(), http::StatusCode::METHOD_NOT_ALLOWED);
+//! assert_eq!(r.code(), "method_not_allowed");
+//! ```
+
+use std::borrow::Cow;
+
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Response, StatusCode};
+
+use crate::audit::AuditAction;
+
+/// Why a request was refused; becomes the JSON error response.
+#[derive(Debug, Clone)]
+pub struct Rejection {
+    status: StatusCode,
+    code: &'static str,
+    message: Cow<'static, str>,
+    action: AuditAction,
+    retry_after: Option<u64>,
+    headers: HeaderMap,
+    control: Control,
+}
+
+/// The control that produced a decision; used for report-only selection and audit metadata.
+#[non_exhaustive]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Control {
+    /// Canonical path and host checks (step 2).
+    Path,
+    /// Server limits such as header size (step 1).
+    ServerLimits,
+    /// The ban list (step 5).
+    Ban,
+    /// CORS preflight (step 6).
+    Cors,
+    /// Method allowlist (step 7).
+    Methods,
+    /// Authentication (step 8).
+    Authentication,
+    /// Authorization: roles (step 9).
+    Authorization,
+    /// Rate limiting (step 10).
+    RateLimit,
+    /// CSRF: origin check and token (step 11).
+    Csrf,
+    /// Body size and content type (step 12).
+    Body,
+    /// Anything else, such as a failing store.
+    Internal,
+}
+
+impl Control {
+    /// The control's name as written in config files (`report_only = ["csrf"]`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Control::Path => "path",
+            Control::ServerLimits => "server_limits",
+            Control::Ban => "ban",
+            Control::Cors => "cors",
+            Control::Methods => "methods",
+            Control::Authentication => "auth",
+            Control::Authorization => "roles",
+            Control::RateLimit => "rate_limit",
+            Control::Csrf => "csrf",
+            Control::Body => "body",
+            Control::Internal => "internal",
+        }
+    }
+
+    /// Parses a control name as written in config files.
+    pub fn from_name(name: &str) -> Option<Control> {
+        Some(match name {
+            "cors" => Control::Cors,
+            "methods" => Control::Methods,
+            "auth" => Control::Authentication,
+            "roles" => Control::Authorization,
+            "rate_limit" => Control::RateLimit,
+            "csrf" => Control::Csrf,
+            "body" => Control::Body,
+            "ban" => Control::Ban,
+            _ => return None,
+        })
+    }
+}
+
+impl Rejection {
+    /// A rejection with a status, a machine code and a human message.
+    ///
+    /// ```
+    /// use portcullis::{Rejection, audit::AuditAction, Control};
+    /// let r = Rejection::new(http::StatusCode::BAD_REQUEST, "bad_thing", "Bad thing", AuditAction::InvalidInput, Control::Internal);
+    /// assert_eq!(r.code(), "bad_thing");
+    /// ```
+    pub fn new(
+        status: StatusCode,
+        code: &'static str,
+        message: impl Into<Cow<'static, str>>,
+        action: AuditAction,
+        control: Control,
+    ) -> Self {
+        Rejection {
+            status,
+            code,
+            message: message.into(),
+            action,
+            retry_after: None,
+            headers: HeaderMap::new(),
+            control,
+        }
+    }
+
+    /// 400 for a path that is ambiguous or malformed.
+    pub fn invalid_path(reason: impl Into<Cow<'static, str>>) -> Self {
+        Self::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_path",
+            reason,
+            AuditAction::InvalidInput,
+            Control::Path,
+        )
+    }
+
+    /// 400 for a `Host` or absolute-form authority that is not ours.
+    pub fn invalid_host() -> Self {
+        Self::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_host",
+            "Request host is not served here",
+            AuditAction::InvalidInput,
+            Control::Path,
+        )
+    }
+
+    /// 405 with the `Allow` header listing `allow`.
+    pub fn method_not_allowed(allow: &str) -> Self {
+        let mut r = Self::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method_not_allowed",
+            "Method not allowed",
+            AuditAction::MethodNotAllowed,
+            Control::Methods,
+        );
+        if let Ok(v) = HeaderValue::from_str(allow) {
+            r.headers.insert(header::ALLOW, v);
+        }
+        r
+    }
+
+    /// 413 for a body over `limit` bytes.
+    pub fn body_too_large(limit: u64) -> Self {
+        Self::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "body_too_large",
+            format!("Request body too large (limit {limit} bytes)"),
+            AuditAction::BodyTooLarge,
+            Control::Body,
+        )
+    }
+
+    /// 415 for a content type outside the route's allowlist.
+    pub fn unsupported_media_type() -> Self {
+        Self::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            "Content type not accepted here",
+            AuditAction::InvalidInput,
+            Control::Body,
+        )
+    }
+
+    /// 401 with `WWW-Authenticate: Bearer error="invalid_token"` (or the bare challenge when no
+    /// credentials were sent).
+    pub fn unauthorized(credentials_sent: bool) -> Self {
+        let mut r = Self::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "Authentication required",
+            AuditAction::UnauthorizedAccess,
+            Control::Authentication,
+        );
+        let challenge = if credentials_sent {
+            HeaderValue::from_static("Bearer error=\"invalid_token\"")
+        } else {
+            HeaderValue::from_static("Bearer")
+        };
+        r.headers.insert(header::WWW_AUTHENTICATE, challenge);
+        r
+    }
+
+    /// 403 for a principal without the route's roles.
+    pub fn forbidden() -> Self {
+        Self::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            "Insufficient permissions",
+            AuditAction::Forbidden,
+            Control::Authorization,
+        )
+    }
+
+    /// 429 with `Retry-After` and `retry_after` in the body.
+    pub fn rate_limited(retry_after_secs: u64) -> Self {
+        let mut r = Self::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "rate_limited",
+            "Too many requests",
+            AuditAction::RateLimitExceeded,
+            Control::RateLimit,
+        );
+        r.retry_after = Some(retry_after_secs);
+        r.headers
+            .insert(header::RETRY_AFTER, HeaderValue::from(retry_after_secs));
+        r
+    }
+
+    /// 431 for request headers over the server's limit.
+    pub fn headers_too_large() -> Self {
+        Self::new(
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            "headers_too_large",
+            "Request header fields too large",
+            AuditAction::InvalidInput,
+            Control::ServerLimits,
+        )
+    }
+
+    /// 500 without internal detail (the detail goes to the log, never the client).
+    pub fn internal() -> Self {
+        Self::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal_error",
+            "Internal error",
+            AuditAction::SecurityEvent,
+            Control::Internal,
+        )
+    }
+
+    /// Adds a header to the error response (e.g. `Allow`, `WWW-Authenticate`).
+    pub fn with_header(mut self, name: HeaderName, value: HeaderValue) -> Self {
+        self.headers.insert(name, value);
+        self
+    }
+
+    /// The HTTP status.
+    pub fn status(&self) -> StatusCode {
+        self.status
+    }
+
+    /// The machine-readable code, stable across releases.
+    pub fn code(&self) -> &'static str {
+        self.code
+    }
+
+    /// The human message.
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+
+    /// The audit action this rejection is recorded under.
+    pub fn action(&self) -> AuditAction {
+        self.action
+    }
+
+    /// The control that refused.
+    pub fn control(&self) -> Control {
+        self.control
+    }
+
+    /// Seconds until a retry may succeed (429 only).
+    pub fn retry_after(&self) -> Option<u64> {
+        self.retry_after
+    }
+
+    /// Extra response headers.
+    pub fn headers(&self) -> &HeaderMap {
+        &self.headers
+    }
+
+    /// The JSON body for this rejection.
+    pub fn body_json(&self, request_id: &str) -> Bytes {
+        let mut body = serde_json::json!({
+            "error": self.message,
+            "code": self.code,
+            "request_id": request_id,
+        });
+        if let Some(secs) = self.retry_after {
+            body["retry_after"] = serde_json::Value::from(secs);
+        }
+        Bytes::from(body.to_string())
+    }
+
+    /// Renders the response: JSON body, `Content-Type`, `Cache-Control: no-store`,
+    /// `X-Request-Id` and the extra headers. The rejection itself travels in the response's
+    /// extensions so outer layers and tests can read it.
+    pub fn into_response_with_id(self, request_id: &str) -> Response<Bytes> {
+        let body = self.body_json(request_id);
+        let mut res = Response::new(body);
+        *res.status_mut() = self.status;
+        let h = res.headers_mut();
+        h.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        if let Ok(v) = HeaderValue::from_str(request_id) {
+            h.insert(crate::request_id::X_REQUEST_ID, v);
+        }
+        for (name, value) in &self.headers {
+            h.insert(name.clone(), value.clone());
+        }
+        res.extensions_mut().insert(self);
+        res
+    }
+}
+
+impl std::fmt::Display for Rejection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} {}: {}",
+            self.status.as_u16(),
+            self.code,
+            self.message
+        )
+    }
+}
+
+impl std::error::Error for Rejection {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn body_has_the_documented_fields() {
+        let r = Rejection::rate_limited(42);
+        let res = r.into_response_with_id("abc");
+        assert_eq!(res.status(), 429);
+        assert_eq!(res.headers()[header::RETRY_AFTER], "42");
+        let v: serde_json::Value = serde_json::from_slice(res.body()).unwrap();
+        assert_eq!(v["code"], "rate_limited");
+        assert_eq!(v["request_id"], "abc");
+        assert_eq!(v["retry_after"], 42);
+        assert!(v["error"].is_string());
+    }
+
+    #[test]
+    fn unauthorized_carries_the_bearer_challenge() {
+        let r = Rejection::unauthorized(true);
+        assert_eq!(
+            r.headers()[header::WWW_AUTHENTICATE],
+            "Bearer error=\"invalid_token\""
+        );
+    }
+}

@@ -1,0 +1,5 @@
+//! Response headers: the security defaults, the CSP with its per-response nonce, and the
+//! streaming HTML nonce rewrite.
+
+pub mod csp;
+pub mod security;

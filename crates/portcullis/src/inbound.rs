@@ -1,0 +1,133 @@
+//! Inbound header stripping: headers a client must never be able to set.
+//!
+//! Removed from every request before any control or the application sees it: our own
+//! identity headers (`x-portcullis-*`), Next.js internals (`x-middleware-subrequest`, the
+//! header behind CVE-2025-29927, and every `x-middleware-*`, `x-invoke-*`, `x-matched-path`,
+//! `x-now-route-matches`, `x-nextjs-data`), URL-override headers (`x-original-url`,
+//! `x-rewrite-url`), a client-sent `content-security-policy` or `x-nonce`, and — unless the
+//! peer is a trusted proxy — `forwarded` and every `x-forwarded-*`, plus `x-real-ip` and
+//! `x-client-ip`, which some applications read as the client address.
+//!
+//! ```
+//! use portcullis::inbound::InboundHeaders;
+//! let mut h = http::HeaderMap::new();
+//! h.insert("x-middleware-subrequest", "middleware".parse().unwrap());
+//! h.insert("x-portcullis-user", "admin".parse().unwrap());
+//! h.insert("accept", "*/*".parse().unwrap());
+//! InboundHeaders::default().strip(&mut h, false);
+//! assert_eq!(h.len(), 1);
+//! ```
+
+use http::{HeaderMap, HeaderName};
+
+/// Which inbound headers are stripped.
+#[derive(Debug, Clone)]
+pub struct InboundHeaders {
+    exact: Vec<HeaderName>,
+    prefixes: Vec<String>,
+    forwarded_exact: Vec<HeaderName>,
+    forwarded_prefixes: Vec<String>,
+}
+
+impl Default for InboundHeaders {
+    fn default() -> Self {
+        let names =
+            |list: &[&'static str]| list.iter().map(|n| HeaderName::from_static(n)).collect();
+        InboundHeaders {
+            exact: names(&[
+                "x-matched-path",
+                "x-now-route-matches",
+                "x-nextjs-data",
+                "x-original-url",
+                "x-rewrite-url",
+                "content-security-policy",
+                "content-security-policy-report-only",
+                "x-nonce",
+            ]),
+            prefixes: vec![
+                "x-portcullis-".to_string(),
+                "x-middleware-".to_string(),
+                "x-invoke-".to_string(),
+            ],
+            forwarded_exact: names(&["forwarded", "x-real-ip", "x-client-ip"]),
+            forwarded_prefixes: vec!["x-forwarded-".to_string()],
+        }
+    }
+}
+
+impl InboundHeaders {
+    /// Also strips `name` (exact, case-insensitive).
+    pub fn also(mut self, name: HeaderName) -> Self {
+        self.exact.push(name);
+        self
+    }
+
+    /// Also strips every header starting with `prefix` (lower-case).
+    pub fn also_prefix(mut self, prefix: &str) -> Self {
+        self.prefixes.push(prefix.to_ascii_lowercase());
+        self
+    }
+
+    /// Removes the spoofable headers. `peer_trusted` keeps the forwarding headers a trusted
+    /// proxy added.
+    pub fn strip(&self, headers: &mut HeaderMap, peer_trusted: bool) {
+        let mut doomed: Vec<HeaderName> = Vec::new();
+        for name in headers.keys() {
+            let n = name.as_str();
+            let hit = self.exact.contains(name)
+                || self.prefixes.iter().any(|p| n.starts_with(p.as_str()))
+                || (!peer_trusted
+                    && (self.forwarded_exact.contains(name)
+                        || self
+                            .forwarded_prefixes
+                            .iter()
+                            .any(|p| n.starts_with(p.as_str()))));
+            if hit {
+                doomed.push(name.clone());
+            }
+        }
+        for name in doomed {
+            headers.remove(&name);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn strips_forged_identity_and_framework_headers() {
+        let mut h = HeaderMap::new();
+        for n in [
+            "x-middleware-subrequest",
+            "x-middleware-rewrite",
+            "x-invoke-path",
+            "x-portcullis-roles",
+            "X-Original-URL",
+            "x-nonce",
+            "content-security-policy",
+            "x-forwarded-for",
+            "forwarded",
+            "x-real-ip",
+        ] {
+            h.append(
+                HeaderName::from_bytes(n.as_bytes()).unwrap(),
+                "x".parse().unwrap(),
+            );
+        }
+        h.insert("authorization", "Bearer t".parse().unwrap());
+        InboundHeaders::default().strip(&mut h, false);
+        assert_eq!(h.len(), 1, "{h:?}");
+    }
+
+    #[test]
+    fn trusted_proxy_keeps_forwarding_headers() {
+        let mut h = HeaderMap::new();
+        h.insert("x-forwarded-for", "1.2.3.4".parse().unwrap());
+        h.insert("x-portcullis-user", "admin".parse().unwrap());
+        InboundHeaders::default().strip(&mut h, true);
+        assert!(h.contains_key("x-forwarded-for"));
+        assert!(!h.contains_key("x-portcullis-user"));
+    }
+}

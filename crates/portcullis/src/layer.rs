@@ -1,0 +1,892 @@
+//! `SecurityLayer`: every control composed in one fixed order.
+//!
+//! The order (shared/DESIGN.md §2) is part of the contract, because each step relies on the
+//! ones before it:
+//!
+//! 1. server limits (header bytes, timeouts) — enforced by the server; the gateway sets them;
+//! 2. canonical path and host check → 400 ([`crate::route`]);
+//! 3. inbound header stripping ([`crate::inbound`]);
+//! 4. client address from the socket and trusted proxies ([`crate::client_ip`]);
+//! 5. ban list (slot), then route match → the route's [`Policy`];
+//! 6. CORS preflight answered ([`crate::cors`]);
+//! 7. method allowlist → 405 with `Allow` ([`crate::methods`]);
+//! 8. authentication → 401 with `WWW-Authenticate` ([`crate::auth`]);
+//! 9. authorization: roles → 403;
+//! 10. rate limit → 429 (slot: a [`Guard`]);
+//! 11. CSRF on unsafe methods → 403 (slot: a [`Guard`]);
+//! 12. body: declared length → 413 at once, streamed bytes counted and cut at the limit,
+//!     content-type allowlist → 415 ([`crate::body_limit`]);
+//! 13. the inner service, with the canonical path in the URI and the request id, client
+//!     address, route, principal and CSP nonce as request extensions;
+//! 14. response: security headers, CSP with a fresh nonce, CORS headers, guard headers
+//!     (rate-limit, CSRF cookie), `X-Request-Id`, banners removed;
+//! 15. audit event, handed to the sink without waiting.
+//!
+//! Every refusal is the JSON error of [`crate::Rejection`] and an audit event. Controls named
+//! by the route's [`ReportOnly`] decide and audit but let the request through.
+//!
+//! ```
+//! use axum::{Router, routing::get};
+//! use portcullis::{SecurityLayer, Preset};
+//! let app: Router = Router::new()
+//!     .route("/api/public-data", get(|| async { "data" }))
+//!     .layer(SecurityLayer::new(Preset::Public));
+//! ```
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::{Context, Poll};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderValue};
+use http::request::Parts;
+use http::uri::{PathAndQuery, Scheme};
+use http::{Method, Request, Response, StatusCode, Uri};
+use http_body::Body;
+use tower::{Layer, Service};
+
+use crate::audit::{AuditAction, AuditEvent, AuditSink, Outcome};
+use crate::auth::{AuthOutcome, Authenticator, BoxFuture, Principal};
+use crate::body_limit::{self, LimitedBody};
+use crate::client_ip::{self, ClientIp, TrustedProxies};
+use crate::cors::Cors;
+use crate::error::{Control, Rejection};
+use crate::headers::csp::{Csp, Nonce};
+use crate::headers::security::SecurityHeaders;
+use crate::inbound::InboundHeaders;
+#[allow(unused_imports)]
+use crate::policy::ReportOnly;
+use crate::policy::{CspSetting, CsrfMode, Policy, Preset};
+use crate::request_id::{RequestId, X_REQUEST_ID};
+use crate::route::{CanonicalPath, RouteTable};
+
+/// The pattern of the route a request matched (`"*"` for the default policy); a request
+/// extension.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MatchedRoute(pub Arc<str>);
+
+/// Marks a request as received over TLS (set by a TLS-terminating server).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Https;
+
+/// What the layer knows about one request as it goes through the steps; guards read it and
+/// add response headers to it.
+#[derive(Debug)]
+pub struct Exchange {
+    request_id: RequestId,
+    path: Option<CanonicalPath>,
+    route: Arc<str>,
+    policy: Arc<Policy>,
+    client_ip: ClientIp,
+    principal: Option<Principal>,
+    https: bool,
+    response_headers: HeaderMap,
+    detail: Option<&'static str>,
+}
+
+impl Exchange {
+    /// The request id.
+    pub fn request_id(&self) -> &RequestId {
+        &self.request_id
+    }
+
+    /// The canonical path (set from step 2 on).
+    pub fn path(&self) -> Option<&CanonicalPath> {
+        self.path.as_ref()
+    }
+
+    /// The matched route pattern (`"*"` for the default policy).
+    pub fn route(&self) -> &str {
+        &self.route
+    }
+
+    /// The route's policy.
+    pub fn policy(&self) -> &Policy {
+        &self.policy
+    }
+
+    /// The resolved client address.
+    pub fn client_ip(&self) -> ClientIp {
+        self.client_ip
+    }
+
+    /// The authenticated principal, if any.
+    pub fn principal(&self) -> Option<&Principal> {
+        self.principal.as_ref()
+    }
+
+    /// True when the request came over HTTPS.
+    pub fn is_https(&self) -> bool {
+        self.https
+    }
+
+    /// Headers to add to the response (rate-limit headers, cookies).
+    pub fn response_headers_mut(&mut self) -> &mut HeaderMap {
+        &mut self.response_headers
+    }
+}
+
+/// An asynchronous check in one of the layer's slots (rate limit, CSRF).
+pub trait Guard: Send + Sync + 'static {
+    /// Decides on the request; may add response headers through `exchange`.
+    fn check<'a>(
+        &'a self,
+        parts: &'a Parts,
+        exchange: &'a mut Exchange,
+    ) -> BoxFuture<'a, Result<(), Rejection>>;
+}
+
+/// Why a layer could not be built.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BuildError {
+    /// Where the problem is (`route "/api/**"`, `trusted_proxies`, ...).
+    pub key: String,
+    /// What is wrong.
+    pub reason: String,
+}
+
+impl std::fmt::Display for BuildError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.key, self.reason)
+    }
+}
+
+impl std::error::Error for BuildError {}
+
+#[derive(Debug, Clone)]
+struct RouteEntry {
+    pattern: Arc<str>,
+    policy: Arc<Policy>,
+}
+
+struct Engine {
+    routes: RouteTable<RouteEntry>,
+    allowed_hosts: Option<Vec<String>>,
+    inbound: Option<InboundHeaders>,
+    trusted: TrustedProxies,
+    headers: Option<SecurityHeaders>,
+    csp: Option<Arc<Csp>>,
+    cors: Option<Cors>,
+    authenticator: Option<Arc<dyn Authenticator>>,
+    rate_limit: Option<Arc<dyn Guard>>,
+    csrf: Option<Arc<dyn Guard>>,
+    audit: Option<Arc<dyn AuditSink>>,
+}
+
+/// Builds a [`SecurityLayer`].
+///
+/// ```
+/// use portcullis::{SecurityLayer, Policy, Preset};
+/// let layer = SecurityLayer::builder()
+///     .default_policy(Policy::preset(Preset::Public))
+///     .route("/api/admin/**", Policy::preset(Preset::Strict).roles(["admin"]))
+///     .trusted_proxies(["10.0.0.0/8"])
+///     .build()
+///     .unwrap();
+/// ```
+#[must_use]
+pub struct SecurityLayerBuilder {
+    default_policy: Policy,
+    routes: Vec<(String, Policy)>,
+    allowed_hosts: Option<Vec<String>>,
+    inbound: Option<InboundHeaders>,
+    trusted: Vec<String>,
+    headers: Option<SecurityHeaders>,
+    csp: Option<Csp>,
+    cors: Option<Cors>,
+    authenticator: Option<Arc<dyn Authenticator>>,
+    rate_limit: Option<Arc<dyn Guard>>,
+    csrf: Option<Arc<dyn Guard>>,
+    audit: Option<Arc<dyn AuditSink>>,
+}
+
+impl SecurityLayerBuilder {
+    fn secure() -> Self {
+        SecurityLayerBuilder {
+            default_policy: Policy::preset(Preset::Public),
+            routes: Vec::new(),
+            allowed_hosts: None,
+            inbound: Some(InboundHeaders::default()),
+            trusted: Vec::new(),
+            headers: Some(SecurityHeaders::default()),
+            csp: Some(Csp::default()),
+            cors: None,
+            authenticator: None,
+            rate_limit: None,
+            csrf: None,
+            audit: None,
+        }
+    }
+
+    fn bare() -> Self {
+        SecurityLayerBuilder {
+            default_policy: Policy::open(),
+            inbound: None,
+            headers: None,
+            csp: None,
+            ..SecurityLayerBuilder::secure()
+        }
+    }
+
+    /// The policy of paths no route matches.
+    pub fn default_policy(mut self, policy: impl Into<Policy>) -> Self {
+        self.default_policy = policy.into();
+        self
+    }
+
+    /// Adds a route: a glob pattern (`/api/admin/**`, `/api/*/notes`) and its policy.
+    pub fn route(mut self, pattern: &str, policy: impl Into<Policy>) -> Self {
+        self.routes.push((pattern.to_string(), policy.into()));
+        self
+    }
+
+    /// Accepts only these hosts (`Host` and absolute-form targets; ports ignored).
+    pub fn allowed_hosts<I, S>(mut self, hosts: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.allowed_hosts = Some(
+            hosts
+                .into_iter()
+                .map(|h| h.into().to_ascii_lowercase())
+                .collect(),
+        );
+        self
+    }
+
+    /// Which inbound headers are stripped (`None`: none).
+    pub fn inbound_headers(mut self, strip: Option<InboundHeaders>) -> Self {
+        self.inbound = strip;
+        self
+    }
+
+    /// Proxies whose `X-Forwarded-For` is believed (CIDR blocks).
+    pub fn trusted_proxies<I, S>(mut self, cidrs: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.trusted = cidrs.into_iter().map(Into::into).collect();
+        self
+    }
+
+    /// The security headers (`None`: none are added, banners are kept).
+    pub fn security_headers(mut self, headers: Option<SecurityHeaders>) -> Self {
+        self.headers = headers;
+        self
+    }
+
+    /// The layer-wide CSP (`None`: no CSP unless a route sets one).
+    pub fn csp(mut self, csp: Option<Csp>) -> Self {
+        self.csp = csp;
+        self
+    }
+
+    /// CORS settings (`None`: no CORS headers, preflights get 405 like any OPTIONS).
+    pub fn cors(mut self, cors: Option<Cors>) -> Self {
+        self.cors = cors;
+        self
+    }
+
+    /// The authenticator for routes that require a principal.
+    pub fn authenticator(mut self, auth: Arc<dyn Authenticator>) -> Self {
+        self.authenticator = Some(auth);
+        self
+    }
+
+    /// The rate-limit guard (step 10).
+    pub fn rate_limiter(mut self, guard: Arc<dyn Guard>) -> Self {
+        self.rate_limit = Some(guard);
+        self
+    }
+
+    /// The CSRF guard (step 11).
+    pub fn csrf_guard(mut self, guard: Arc<dyn Guard>) -> Self {
+        self.csrf = Some(guard);
+        self
+    }
+
+    /// Where audit events go.
+    pub fn audit(mut self, sink: Arc<dyn AuditSink>) -> Self {
+        self.audit = Some(sink);
+        self
+    }
+
+    /// Validates everything and builds the layer.
+    pub fn build(self) -> Result<SecurityLayer, BuildError> {
+        let trusted =
+            TrustedProxies::parse(self.trusted.iter().map(String::as_str)).map_err(|reason| {
+                BuildError {
+                    key: "trusted_proxies".to_string(),
+                    reason,
+                }
+            })?;
+        let mut routes = RouteTable::new(RouteEntry {
+            pattern: Arc::from("*"),
+            policy: Arc::new(self.default_policy),
+        });
+        for (pattern, policy) in self.routes {
+            routes
+                .insert(
+                    &pattern,
+                    RouteEntry {
+                        pattern: Arc::from(pattern.as_str()),
+                        policy: Arc::new(policy),
+                    },
+                )
+                .map_err(|e| BuildError {
+                    key: format!("route {pattern:?}"),
+                    reason: e.reason,
+                })?;
+        }
+        Ok(SecurityLayer {
+            engine: Arc::new(Engine {
+                routes,
+                allowed_hosts: self.allowed_hosts,
+                inbound: self.inbound,
+                trusted,
+                headers: self.headers,
+                csp: self.csp.map(Arc::new),
+                cors: self.cors,
+                authenticator: self.authenticator,
+                rate_limit: self.rate_limit,
+                csrf: self.csrf,
+                audit: self.audit,
+            }),
+        })
+    }
+}
+
+/// The security layer: wrap an axum `Router` (or any tower service) with it.
+#[derive(Clone)]
+pub struct SecurityLayer {
+    engine: Arc<Engine>,
+}
+
+impl std::fmt::Debug for SecurityLayer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SecurityLayer").finish_non_exhaustive()
+    }
+}
+
+impl SecurityLayer {
+    /// Every control with the preset's policy for all paths, secure defaults for the rest.
+    ///
+    /// ```
+    /// use portcullis::{SecurityLayer, Preset};
+    /// let layer = SecurityLayer::new(Preset::Strict);
+    /// ```
+    pub fn new(preset: Preset) -> Self {
+        SecurityLayerBuilder::secure()
+            .default_policy(Policy::preset(preset))
+            .build()
+            .expect("a preset-only layer has nothing that can fail to build")
+    }
+
+    /// A builder starting from the secure defaults (public preset for unmatched paths, security
+    /// headers, the default CSP, inbound header stripping).
+    pub fn builder() -> SecurityLayerBuilder {
+        SecurityLayerBuilder::secure()
+    }
+
+    /// A builder with every control off and an open default policy; used to run a single
+    /// control alone (the canonical path and request id always apply).
+    ///
+    /// ```
+    /// use portcullis::{SecurityLayer, headers::security::SecurityHeaders};
+    /// let only_headers = SecurityLayer::bare()
+    ///     .security_headers(Some(SecurityHeaders::default()))
+    ///     .build()
+    ///     .unwrap();
+    /// ```
+    pub fn bare() -> SecurityLayerBuilder {
+        SecurityLayerBuilder::bare()
+    }
+}
+
+impl<S> Layer<S> for SecurityLayer {
+    type Service = SecurityService<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        SecurityService {
+            inner,
+            engine: self.engine.clone(),
+        }
+    }
+}
+
+/// The service [`SecurityLayer`] wraps around an inner service.
+#[derive(Clone)]
+pub struct SecurityService<S> {
+    inner: S,
+    engine: Arc<Engine>,
+}
+
+/// The response body: axum's, so the wrapped service can be served by `axum::serve` and
+/// used with `Router::layer` alike (axum does not box a body that already is one).
+pub type SecurityBody = axum::body::Body;
+
+impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for SecurityService<S>
+where
+    S: Service<Request<LimitedBody<ReqBody>>, Response = Response<ResBody>>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+    ReqBody: Send + 'static,
+    ResBody: Body<Data = Bytes> + Send + 'static,
+    ResBody::Error: Into<axum::BoxError>,
+{
+    type Response = Response<SecurityBody>;
+    type Error = S::Error;
+    type Future = BoxFuture<'static, Result<Self::Response, S::Error>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request<ReqBody>) -> Self::Future {
+        let clone = self.inner.clone();
+        let inner = std::mem::replace(&mut self.inner, clone);
+        let engine = self.engine.clone();
+        Box::pin(async move { engine.handle(req, inner).await })
+    }
+}
+
+/// Either a refusal to send now, or the request goes on.
+enum Step {
+    Reject(Rejection),
+    Respond(Response<Bytes>),
+}
+
+impl From<Rejection> for Step {
+    fn from(r: Rejection) -> Self {
+        Step::Reject(r)
+    }
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+impl Engine {
+    async fn handle<S, ReqBody, ResBody>(
+        self: Arc<Self>,
+        req: Request<ReqBody>,
+        mut inner: S,
+    ) -> Result<Response<SecurityBody>, S::Error>
+    where
+        S: Service<Request<LimitedBody<ReqBody>>, Response = Response<ResBody>>,
+        ResBody: Body<Data = Bytes> + Send + 'static,
+        ResBody::Error: Into<axum::BoxError>,
+    {
+        let (mut parts, body) = req.into_parts();
+        let request_id = parts
+            .headers
+            .get(X_REQUEST_ID)
+            .and_then(|v| v.to_str().ok())
+            .and_then(RequestId::from_client)
+            .unwrap_or_else(RequestId::generate);
+        let peer = client_ip::peer_of(&parts);
+        let peer_trusted = peer.is_some_and(|p| self.trusted.contains(p));
+        let https = parts.uri.scheme() == Some(&Scheme::HTTPS)
+            || parts.extensions.get::<Https>().is_some()
+            || (peer_trusted
+                && parts
+                    .headers
+                    .get("x-forwarded-proto")
+                    .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"https")));
+        let client = peer.map_or_else(ClientIp::unknown, |p| {
+            ClientIp(client_ip::resolve(p, &parts.headers, &self.trusted))
+        });
+        let default = self.routes.default_value();
+        let mut x = Exchange {
+            request_id,
+            path: None,
+            route: default.pattern.clone(),
+            policy: default.policy.clone(),
+            client_ip: client,
+            principal: None,
+            https,
+            response_headers: HeaderMap::new(),
+            detail: None,
+        };
+
+        let tripped = match self.before(&mut parts, &mut x).await {
+            Ok(t) => t,
+            Err(Step::Reject(r)) => return Ok(self.reject(r, &parts, &x)),
+            Err(Step::Respond(res)) => {
+                let mut res = res.map(SecurityBody::from);
+                self.decorate(res.headers_mut(), &parts, &x, None);
+                return Ok(res);
+            }
+        };
+
+        let nonce = match self.csp_for(&x.policy) {
+            Some(csp) if csp.uses_nonce() => Some(Nonce::generate()),
+            _ => None,
+        };
+        let body = match (&tripped, x.policy.max_body_bytes()) {
+            (Some(flag), Some(max)) => LimitedBody::new(body, max, flag.clone()),
+            _ => LimitedBody::unlimited(body),
+        };
+        // Keep what decorate() needs: the request's headers and method.
+        let req_headers = parts.headers.clone();
+        let method = parts.method.clone();
+        parts.extensions.insert(x.request_id.clone());
+        parts.extensions.insert(x.client_ip);
+        parts.extensions.insert(MatchedRoute(x.route.clone()));
+        if let Some(path) = &x.path {
+            parts.extensions.insert(path.clone());
+        }
+        if let Some(p) = &x.principal {
+            parts.extensions.insert(p.clone());
+        }
+        if let Some(n) = &nonce {
+            parts.extensions.insert(n.clone());
+        }
+        let res = inner.call(Request::from_parts(parts, body)).await?;
+
+        if tripped.as_ref().is_some_and(|f| f.load(Ordering::Acquire)) {
+            let limit = x.policy.max_body_bytes().unwrap_or(0);
+            let meta = Parts2 {
+                headers: &req_headers,
+                method: &method,
+            };
+            return Ok(self.reject_with(Rejection::body_too_large(limit), meta, &x));
+        }
+        let (mut rparts, rbody) = res.into_parts();
+        let meta = Parts2 {
+            headers: &req_headers,
+            method: &method,
+        };
+        self.decorate_with(&mut rparts.headers, meta, &x, nonce.as_ref());
+        if x.policy.audits_allowed() {
+            self.audit_event(
+                AuditAction::RequestAllowed,
+                Outcome::Allowed,
+                rparts.status,
+                None,
+                meta,
+                &x,
+            );
+        }
+        Ok(Response::from_parts(rparts, SecurityBody::new(rbody)))
+    }
+
+    fn csp_for<'a>(&'a self, policy: &'a Policy) -> Option<&'a Csp> {
+        match policy.csp_setting() {
+            CspSetting::Inherit => self.csp.as_deref(),
+            CspSetting::Off => None,
+            CspSetting::Custom(c) => Some(c),
+        }
+    }
+
+    /// Steps 2–12 up to the inner call. Returns the body-limit flag when the body is counted.
+    async fn before(
+        &self,
+        parts: &mut Parts,
+        x: &mut Exchange,
+    ) -> Result<Option<Arc<AtomicBool>>, Step> {
+        // 2. Canonical path and host.
+        self.check_host(parts)?;
+        let raw = parts.uri.path();
+        let path = CanonicalPath::parse(raw).map_err(|e| Rejection::invalid_path(e.reason()))?;
+        let h2 = parts.version >= http::Version::HTTP_2;
+        if path.as_str() != raw || (parts.uri.scheme().is_some() && !h2) {
+            parts.uri = rewrite_uri(&parts.uri, path.as_str(), h2)?;
+        }
+        // 3. Inbound headers.
+        let peer_trusted = client_ip::peer_of(parts).is_some_and(|p| self.trusted.contains(p));
+        if let Some(strip) = &self.inbound {
+            strip.strip(&mut parts.headers, peer_trusted);
+        }
+        // 5. Route → policy.
+        let entry = self
+            .routes
+            .lookup(&path)
+            .map_err(|e| Rejection::invalid_path(e.to_string()))?
+            .value;
+        x.route = entry.pattern.clone();
+        x.policy = entry.policy.clone();
+        x.path = Some(path);
+        let policy = x.policy.clone();
+
+        // 6. CORS preflight.
+        if let Some(cors) = &self.cors
+            && Cors::is_preflight(&parts.method, &parts.headers)
+        {
+            let headers = cors.preflight(&parts.headers, policy.allowed_methods())?;
+            let mut res = Response::new(Bytes::new());
+            *res.status_mut() = StatusCode::NO_CONTENT;
+            *res.headers_mut() = headers;
+            return Err(Step::Respond(res));
+        }
+
+        // 7. Methods.
+        if !policy.allowed_methods().allows(&parts.method) {
+            self.enforce(
+                Rejection::method_not_allowed(policy.allowed_methods().allow_header()),
+                parts,
+                x,
+            )?;
+        }
+
+        // 8. Authentication.
+        let credentials = match &self.authenticator {
+            Some(auth) => auth.authenticate(parts).await,
+            None => AuthOutcome::NoCredentials,
+        };
+        match credentials {
+            AuthOutcome::Authenticated(p) => x.principal = Some(p),
+            AuthOutcome::NoCredentials if policy.requires_auth() => {
+                self.enforce(Rejection::unauthorized(false), parts, x)?;
+            }
+            AuthOutcome::Invalid(reason) if policy.requires_auth() => {
+                x.detail = Some(reason);
+                self.enforce(Rejection::unauthorized(true), parts, x)?;
+                x.detail = None;
+            }
+            _ => {}
+        }
+
+        // 9. Authorization.
+        if policy.requires_auth()
+            && let Some(p) = &x.principal
+        {
+            let any_ok =
+                policy.any_roles().is_empty() || policy.any_roles().iter().any(|r| p.has_role(r));
+            let all_ok = policy.required_roles().iter().all(|r| p.has_role(r));
+            if !(any_ok && all_ok) {
+                self.enforce(Rejection::forbidden(), parts, x)?;
+            }
+        }
+
+        // 10. Rate limit.
+        if let Some(limiter) = &self.rate_limit
+            && !policy.limits().is_empty()
+            && let Err(r) = limiter.check(parts, x).await
+        {
+            self.enforce(r, parts, x)?;
+        }
+
+        // 11. CSRF.
+        if let Some(csrf) = &self.csrf
+            && policy.csrf_mode() != CsrfMode::Off
+            && let Err(r) = csrf.check(parts, x).await
+        {
+            self.enforce(r, parts, x)?;
+        }
+
+        // 12. Body.
+        if let Some(max) = policy.max_body_bytes() {
+            if let Err(r) = body_limit::check_declared_length(&parts.headers, max) {
+                if r.status() == StatusCode::BAD_REQUEST {
+                    return Err(r.into());
+                }
+                self.enforce(r, parts, x)?;
+            }
+        }
+        if let Some(types) = policy.allowed_content_types()
+            && let Err(r) = body_limit::check_content_type(&parts.headers, types)
+        {
+            self.enforce(r, parts, x)?;
+        }
+        let counted =
+            policy.max_body_bytes().is_some() && !policy.report_only_mode().covers(Control::Body);
+        Ok(counted.then(|| Arc::new(AtomicBool::new(false))))
+    }
+
+    /// Refuses, or in report-only mode audits and lets through.
+    fn enforce(&self, r: Rejection, parts: &Parts, x: &Exchange) -> Result<(), Step> {
+        if x.policy.report_only_mode().covers(r.control()) {
+            self.audit_rejection(&r, Outcome::ReportOnly, parts, x);
+            Ok(())
+        } else {
+            Err(Step::Reject(r))
+        }
+    }
+
+    fn check_host(&self, parts: &Parts) -> Result<(), Rejection> {
+        let host_header = parts.headers.get(header::HOST);
+        if let Some(auth) = parts.uri.authority() {
+            if auth.as_str().contains('@') {
+                return Err(Rejection::invalid_host());
+            }
+            if let Some(h) = host_header
+                && !h.as_bytes().eq_ignore_ascii_case(auth.as_str().as_bytes())
+            {
+                return Err(Rejection::invalid_host());
+            }
+        }
+        if let Some(allowed) = &self.allowed_hosts {
+            let host = parts
+                .uri
+                .host()
+                .map(str::to_string)
+                .or_else(|| {
+                    host_header
+                        .and_then(|h| h.to_str().ok())
+                        .and_then(|h| h.parse::<http::uri::Authority>().ok())
+                        .map(|a| a.host().to_string())
+                })
+                .map(|h| h.to_ascii_lowercase());
+            match host {
+                Some(h) if allowed.iter().any(|a| *a == h) => {}
+                _ => return Err(Rejection::invalid_host()),
+            }
+        }
+        Ok(())
+    }
+
+    fn reject(&self, r: Rejection, parts: &Parts, x: &Exchange) -> Response<SecurityBody> {
+        self.reject_with(
+            r,
+            Parts2 {
+                headers: &parts.headers,
+                method: &parts.method,
+            },
+            x,
+        )
+    }
+
+    fn reject_with(&self, r: Rejection, meta: Parts2<'_>, x: &Exchange) -> Response<SecurityBody> {
+        self.audit_event(r.action(), Outcome::Denied, r.status(), Some(&r), meta, x);
+        let res = r.into_response_with_id(x.request_id.as_str());
+        let mut res = res.map(SecurityBody::from);
+        // Errors carry the security headers too, but never a nonce'd CSP worth caching.
+        self.decorate_with(res.headers_mut(), meta, x, None);
+        res
+    }
+
+    fn decorate(
+        &self,
+        headers: &mut HeaderMap,
+        parts: &Parts,
+        x: &Exchange,
+        nonce: Option<&Nonce>,
+    ) {
+        self.decorate_with(
+            headers,
+            Parts2 {
+                headers: &parts.headers,
+                method: &parts.method,
+            },
+            x,
+            nonce,
+        );
+    }
+
+    /// Step 14: the response headers.
+    fn decorate_with(
+        &self,
+        headers: &mut HeaderMap,
+        req: Parts2<'_>,
+        x: &Exchange,
+        nonce: Option<&Nonce>,
+    ) {
+        if let Some(sh) = &self.headers {
+            sh.apply(headers, x.https);
+        }
+        if let Some(csp) = self.csp_for(&x.policy) {
+            headers.insert(csp.header_name(), csp.render(nonce));
+            if nonce.is_some() {
+                let html = headers
+                    .get(header::CONTENT_TYPE)
+                    .is_some_and(|v| v.as_bytes().starts_with(b"text/html"));
+                if html {
+                    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+                }
+            }
+        }
+        if let Some(cors) = &self.cors {
+            cors.apply(req.headers, headers);
+        }
+        for (name, value) in &x.response_headers {
+            headers.append(name.clone(), value.clone());
+        }
+        if x.policy.is_no_store() && !headers.contains_key(header::CACHE_CONTROL) {
+            headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        }
+        if let Ok(v) = HeaderValue::from_str(x.request_id.as_str()) {
+            headers.insert(X_REQUEST_ID, v);
+        }
+        let _ = req.method;
+    }
+
+    fn audit_rejection(&self, r: &Rejection, outcome: Outcome, parts: &Parts, x: &Exchange) {
+        let meta = Parts2 {
+            headers: &parts.headers,
+            method: &parts.method,
+        };
+        self.audit_event(r.action(), outcome, r.status(), Some(r), meta, x);
+    }
+
+    /// Step 15: hands the event to the sink (which must not block).
+    fn audit_event(
+        &self,
+        action: AuditAction,
+        outcome: Outcome,
+        status: StatusCode,
+        r: Option<&Rejection>,
+        meta: Parts2<'_>,
+        x: &Exchange,
+    ) {
+        let Some(sink) = &self.audit else { return };
+        let mut metadata = serde_json::Map::new();
+        if let Some(r) = r {
+            metadata.insert("code".into(), r.code().into());
+            metadata.insert("control".into(), r.control().name().into());
+            metadata.insert("reason".into(), r.message().into());
+        }
+        if let Some(detail) = x.detail {
+            metadata.insert("detail".into(), detail.into());
+        }
+        sink.record(AuditEvent {
+            id: crate::audit::uuid_v7(),
+            ts_ms: now_ms(),
+            action,
+            outcome,
+            principal: x.principal.as_ref().map(|p| p.id.clone()),
+            client_ip: Some(x.client_ip.to_string()),
+            method: meta.method.as_str().to_string(),
+            route: x.route.to_string(),
+            path: x
+                .path
+                .as_ref()
+                .map_or_else(|| "(invalid)".to_string(), |p| p.as_str().to_string()),
+            status: status.as_u16(),
+            request_id: x.request_id.to_string(),
+            metadata: serde_json::Value::Object(metadata),
+        });
+    }
+}
+
+/// The parts of the request the response steps need.
+#[derive(Clone, Copy)]
+struct Parts2<'a> {
+    headers: &'a HeaderMap,
+    method: &'a Method,
+}
+
+/// Puts the canonical path into the URI. Absolute-form HTTP/1 targets become origin-form;
+/// HTTP/2 keeps its scheme and authority.
+fn rewrite_uri(uri: &Uri, path: &str, keep_authority: bool) -> Result<Uri, Rejection> {
+    let pq = match uri.query() {
+        Some(q) => format!("{path}?{q}"),
+        None => path.to_string(),
+    };
+    let pq = PathAndQuery::try_from(pq).map_err(|_| Rejection::invalid_path("Malformed path"))?;
+    let mut p = http::uri::Parts::default();
+    p.path_and_query = Some(pq);
+    if keep_authority {
+        p.scheme = uri.scheme().cloned();
+        p.authority = uri.authority().cloned();
+    }
+    Uri::from_parts(p).map_err(|_| Rejection::invalid_path("Malformed path"))
+}

@@ -1,0 +1,52 @@
+//! # Portcullis
+//!
+//! The security layer web APIs keep hand-writing, done once: canonical routing, header
+//! hygiene, client addresses behind proxies, method and body limits, security headers with
+//! CSP nonces, CORS, authentication, roles, rate limits, CSRF and audit — as tower layers for
+//! axum, hyper or tonic.
+//!
+//! Each control works alone; [`SecurityLayer`] composes them in the fixed order documented in
+//! [`layer`].
+//!
+//! ```
+//! use axum::{Router, routing::{get, post}};
+//! use portcullis::{SecurityLayer, Policy, Preset};
+//!
+//! let security = SecurityLayer::builder()
+//!     .default_policy(Preset::Public)
+//!     .route("/api/admin/**", Policy::preset(Preset::Strict).roles(["admin"]))
+//!     .trusted_proxies(["10.0.0.0/8"])
+//!     .build()
+//!     .expect("valid policy");
+//! let app: Router = Router::new()
+//!     .route("/api/public-data", get(|| async { "data" }))
+//!     .route("/api/admin/users", post(|| async { "ok" }))
+//!     .layer(security);
+//! ```
+
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod audit;
+pub mod auth;
+pub mod body_limit;
+pub mod client_ip;
+pub mod cors;
+pub mod error;
+pub mod headers;
+pub mod inbound;
+pub mod layer;
+pub mod methods;
+pub mod policy;
+mod random;
+pub mod request_id;
+pub mod route;
+
+pub use auth::Principal;
+pub use client_ip::ClientIp;
+pub use error::{Control, Rejection};
+pub use headers::csp::{Csp, CspNonce, Nonce};
+pub use layer::{Exchange, Guard, SecurityLayer, SecurityLayerBuilder};
+pub use policy::{Policy, Preset};
+pub use request_id::RequestId;
+pub use route::CanonicalPath;

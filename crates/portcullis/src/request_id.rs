@@ -1,0 +1,77 @@
+//! Request ids: `X-Request-Id` is kept when the client sent a sane one and generated otherwise;
+//! it is on every response and in every error body and audit event.
+//!
+//! ```
+//! use portcullis::request_id::RequestId;
+//! assert!(RequestId::from_client("abc-123").is_some());
+//! assert!(RequestId::from_client("bad id\n").is_none());
+//! assert_eq!(RequestId::generate().as_str().len(), 36);
+//! ```
+
+use std::sync::Arc;
+
+use http::HeaderName;
+use http::request::Parts;
+
+/// The `x-request-id` header name.
+pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// The longest client-supplied id kept.
+pub const MAX_LEN: usize = 128;
+
+/// A request's id; also an axum extractor.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct RequestId(Arc<str>);
+
+impl RequestId {
+    /// Accepts a client's id if it is 1–128 characters of `A-Z a-z 0-9 - _ . :`, so it can
+    /// never inject into logs or headers; anything else is replaced by a generated id.
+    pub fn from_client(value: &str) -> Option<RequestId> {
+        let ok = !value.is_empty()
+            && value.len() <= MAX_LEN
+            && value
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':'));
+        ok.then(|| RequestId(Arc::from(value)))
+    }
+
+    /// A fresh random id in UUID v4 form.
+    pub fn generate() -> RequestId {
+        let mut b: [u8; 16] = crate::random::bytes();
+        b[6] = (b[6] & 0x0f) | 0x40;
+        b[8] = (b[8] & 0x3f) | 0x80;
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        let mut s = String::with_capacity(36);
+        for (i, byte) in b.iter().enumerate() {
+            if matches!(i, 4 | 6 | 8 | 10) {
+                s.push('-');
+            }
+            s.push(HEX[(byte >> 4) as usize] as char);
+            s.push(HEX[(byte & 15) as usize] as char);
+        }
+        RequestId(Arc::from(s))
+    }
+
+    /// The id as text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Display for RequestId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for RequestId {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        Ok(parts
+            .extensions
+            .get::<RequestId>()
+            .cloned()
+            .unwrap_or_else(RequestId::generate))
+    }
+}

@@ -1,0 +1,716 @@
+//! Canonical path and route table.
+//!
+//! Guard and application must agree on what path a request names, or a check on `/api/admin`
+//! is walked past by `/api//admin`, `/api/./admin` or `/api/%61dmin`. [`CanonicalPath::parse`]
+//! turns the raw request path into the one form that route matching, rate-limit keys, audit
+//! and the upstream request all use, and refuses what it cannot make unambiguous:
+//!
+//! - unreserved bytes (`A-Z a-z 0-9 - . _ ~`) that were percent-encoded are decoded once;
+//!   every other escape is kept, with upper-case hex;
+//! - empty segments (`//`) collapse; `.` segments go; `..` removes the segment before it, and
+//!   `..` above the root is refused;
+//! - refused with 400: encoded `/` or `\` (`%2f`, `%5c`), a raw `\`, `;` path parameters (raw
+//!   or `%3b`), NUL, CR, LF and other control bytes (raw or encoded), double encoding
+//!   (`%25` followed by two hex digits), malformed escapes, escapes that are not valid UTF-8
+//!   (overlong forms like `%c0%af`), full-width and other look-alike slashes and dots
+//!   (`%ef%bc%8f`), raw non-ASCII bytes, and segments that end in a dot or a space
+//!   (`admin.`, `admin%20`), which some servers strip.
+//!
+//! Paths are **case-sensitive**, like the URL standard and most routers. Because some
+//! applications behind a gateway match case-insensitively, a path whose case-folded form would
+//! select a different route than its exact form is refused ([`RouteError`] at lookup), so
+//! `/API/admin` never reaches a protected handler through a public route.
+//!
+//! A trailing slash is kept in the canonical path (applications may tell `/a` from `/a/`), but
+//! route matching ignores it.
+//!
+//! ```
+//! use portcullis::route::{CanonicalPath, RouteTable};
+//! let p = CanonicalPath::parse("/api//v1/./%61dmin/../users/").unwrap();
+//! assert_eq!(p.as_str(), "/api/v1/users/");
+//! assert!(CanonicalPath::parse("/api/admin%2fusers").is_err());
+//!
+//! let mut table = RouteTable::new("default");
+//! table.insert("/api/admin/**", "admin").unwrap();
+//! table.insert("/api/*/notes", "notes").unwrap();
+//! let hit = table.lookup(&CanonicalPath::parse("/api/admin/users").unwrap()).unwrap();
+//! assert_eq!(*hit.value, "admin");
+//! assert_eq!(hit.pattern, "/api/admin/**");
+//! ```
+
+use std::fmt;
+
+/// Why a raw path was refused.
+#[non_exhaustive]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PathError {
+    /// The path does not start with `/`.
+    NotAbsolute,
+    /// `%` not followed by two hex digits.
+    MalformedEscape,
+    /// `%2f` or `%5c`.
+    EncodedSlash,
+    /// A raw backslash.
+    Backslash,
+    /// A `;` path parameter, raw or encoded.
+    PathParameter,
+    /// NUL, CR, LF or another control byte, raw or encoded.
+    ControlCharacter,
+    /// `%25` followed by two hex digits.
+    DoubleEncoding,
+    /// Percent-encoded bytes that are not valid UTF-8 (overlong forms included).
+    InvalidUtf8,
+    /// A full-width or other look-alike of `/`, `\` or `.`.
+    LookAlikeCharacter,
+    /// A raw byte outside ASCII.
+    NonAscii,
+    /// `..` above the root.
+    AboveRoot,
+    /// A segment ending in a dot or a space.
+    TrailingDotOrSpace,
+    /// The path is longer than the canonicalizer accepts.
+    TooLong,
+}
+
+impl PathError {
+    /// A short human reason, safe to show to the client.
+    pub fn reason(self) -> &'static str {
+        match self {
+            PathError::NotAbsolute => "Path must start with '/'",
+            PathError::MalformedEscape => "Malformed percent-escape in path",
+            PathError::EncodedSlash => "Encoded slash or backslash in path",
+            PathError::Backslash => "Backslash in path",
+            PathError::PathParameter => "Path parameters (';') are not accepted",
+            PathError::ControlCharacter => "Control character in path",
+            PathError::DoubleEncoding => "Double percent-encoding in path",
+            PathError::InvalidUtf8 => "Percent-encoded bytes are not valid UTF-8",
+            PathError::LookAlikeCharacter => "Look-alike slash or dot in path",
+            PathError::NonAscii => "Raw non-ASCII byte in path",
+            PathError::AboveRoot => "Path climbs above the root",
+            PathError::TrailingDotOrSpace => "Path segment ends in a dot or space",
+            PathError::TooLong => "Path too long",
+        }
+    }
+}
+
+impl fmt::Display for PathError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.reason())
+    }
+}
+
+impl std::error::Error for PathError {}
+
+/// The longest raw path accepted, in bytes.
+pub const MAX_PATH_LEN: usize = 8192;
+
+/// A request path in canonical form: the one form every control and the upstream see.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct CanonicalPath(String);
+
+impl CanonicalPath {
+    /// Canonicalizes a raw request path (without the query).
+    ///
+    /// ```
+    /// use portcullis::route::CanonicalPath;
+    /// assert_eq!(CanonicalPath::parse("/a/%2E%2e/b").unwrap().as_str(), "/b");
+    /// assert!(CanonicalPath::parse("/a/..;/b").is_err());
+    /// ```
+    pub fn parse(raw: &str) -> Result<CanonicalPath, PathError> {
+        canonicalize(raw).map(CanonicalPath)
+    }
+
+    /// The canonical path as a string.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// The path's segments, ignoring a trailing slash.
+    pub fn segments(&self) -> impl Iterator<Item = &str> {
+        self.0.split('/').filter(|s| !s.is_empty())
+    }
+}
+
+impl fmt::Display for CanonicalPath {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl AsRef<str> for CanonicalPath {
+    fn as_ref(&self) -> &str {
+        &self.0
+    }
+}
+
+fn hex_val(b: u8) -> Option<u8> {
+    match b {
+        b'0'..=b'9' => Some(b - b'0'),
+        b'a'..=b'f' => Some(b - b'a' + 10),
+        b'A'..=b'F' => Some(b - b'A' + 10),
+        _ => None,
+    }
+}
+
+fn is_unreserved(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~')
+}
+
+const HEX: &[u8; 16] = b"0123456789ABCDEF";
+
+fn push_escaped(out: &mut String, b: u8) {
+    out.push('%');
+    out.push(HEX[(b >> 4) as usize] as char);
+    out.push(HEX[(b & 15) as usize] as char);
+}
+
+/// Characters that some servers or frameworks fold into `/`, `\` or `.` (Unicode
+/// compatibility forms): refusing them closes the "full-width slash" family of bypasses.
+fn is_look_alike(c: char) -> bool {
+    matches!(c,
+        '\u{FF01}'..='\u{FF5E}'   // full-width ASCII
+        | '\u{2215}' | '\u{2044}' | '\u{29F8}' | '\u{29F9}' | '\u{FE68}' // slashes
+        | '\u{2024}' | '\u{FE52}' | '\u{3002}' | '\u{FF61}' // dots
+        | '\u{00A0}' | '\u{2000}'..='\u{200F}' | '\u{2028}'..='\u{202F}' | '\u{205F}'..='\u{206F}'
+        | '\u{3000}' | '\u{FEFF}' | '\u{FFF9}'..='\u{FFFB}' // spaces, invisible and bidi marks
+    )
+}
+
+/// Decodes one raw segment into its canonical encoded form in `out`.
+fn canonical_segment(raw: &[u8], out: &mut String) -> Result<(), PathError> {
+    let mut i = 0;
+    let mut high = Vec::new();
+    while i < raw.len() {
+        let b = raw[i];
+        if b == b'%' {
+            let (h, l) = match (raw.get(i + 1), raw.get(i + 2)) {
+                (Some(&h), Some(&l)) => (h, l),
+                _ => return Err(PathError::MalformedEscape),
+            };
+            let v = match (hex_val(h), hex_val(l)) {
+                (Some(h), Some(l)) => h << 4 | l,
+                _ => return Err(PathError::MalformedEscape),
+            };
+            i += 3;
+            match v {
+                b'/' | b'\\' => return Err(PathError::EncodedSlash),
+                b';' => return Err(PathError::PathParameter),
+                0..=0x1f | 0x7f => return Err(PathError::ControlCharacter),
+                b'%' => {
+                    let next_is_hex = matches!(
+                        (
+                            raw.get(i).copied().and_then(hex_val),
+                            raw.get(i + 1).copied().and_then(hex_val)
+                        ),
+                        (Some(_), Some(_))
+                    );
+                    if next_is_hex {
+                        return Err(PathError::DoubleEncoding);
+                    }
+                    out.push_str("%25");
+                }
+                0x80..=0xff => {
+                    // Gather the whole run of escaped high bytes and check it is UTF-8.
+                    high.clear();
+                    high.push(v);
+                    while i + 2 < raw.len() && raw[i] == b'%' {
+                        match (
+                            raw.get(i + 1).copied().and_then(hex_val),
+                            raw.get(i + 2).copied().and_then(hex_val),
+                        ) {
+                            (Some(h), Some(l)) if (h << 4 | l) >= 0x80 => {
+                                high.push(h << 4 | l);
+                                i += 3;
+                            }
+                            _ => break,
+                        }
+                    }
+                    let text = std::str::from_utf8(&high).map_err(|_| PathError::InvalidUtf8)?;
+                    if text.chars().any(is_look_alike) {
+                        return Err(PathError::LookAlikeCharacter);
+                    }
+                    for &b in &high {
+                        push_escaped(out, b);
+                    }
+                }
+                v if is_unreserved(v) => out.push(v as char),
+                v => push_escaped(out, v),
+            }
+        } else {
+            match b {
+                b'\\' => return Err(PathError::Backslash),
+                b';' => return Err(PathError::PathParameter),
+                0..=0x1f | 0x7f => return Err(PathError::ControlCharacter),
+                0x80..=0xff => return Err(PathError::NonAscii),
+                _ => out.push(b as char),
+            }
+            i += 1;
+        }
+    }
+    Ok(())
+}
+
+fn canonicalize(raw: &str) -> Result<String, PathError> {
+    let bytes = raw.as_bytes();
+    if bytes.len() > MAX_PATH_LEN {
+        return Err(PathError::TooLong);
+    }
+    if bytes.first() != Some(&b'/') {
+        return Err(PathError::NotAbsolute);
+    }
+    let mut out = String::with_capacity(raw.len());
+    let mut starts: Vec<usize> = Vec::new();
+    let mut trailing_slash = false;
+    let mut segs = bytes[1..].split(|&b| b == b'/').peekable();
+    while let Some(seg) = segs.next() {
+        let last = segs.peek().is_none();
+        let start = out.len();
+        out.push('/');
+        canonical_segment(seg, &mut out)?;
+        let text = &out[start + 1..];
+        match text {
+            "" | "." => {
+                out.truncate(start);
+                trailing_slash = last;
+            }
+            ".." => {
+                out.truncate(start);
+                let prev = starts.pop().ok_or(PathError::AboveRoot)?;
+                out.truncate(prev);
+                trailing_slash = last;
+            }
+            _ => {
+                if text.ends_with('.') || text.ends_with("%20") || text.ends_with(' ') {
+                    return Err(PathError::TrailingDotOrSpace);
+                }
+                starts.push(start);
+                trailing_slash = false;
+            }
+        }
+    }
+    if out.is_empty() || trailing_slash {
+        out.push('/');
+    }
+    Ok(out)
+}
+
+/// Why a route pattern was refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PatternError {
+    /// The pattern as written.
+    pub pattern: String,
+    /// What is wrong with it.
+    pub reason: String,
+}
+
+impl fmt::Display for PatternError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "bad route pattern {:?}: {}", self.pattern, self.reason)
+    }
+}
+
+impl std::error::Error for PatternError {}
+
+/// Why a lookup refused a path.
+#[non_exhaustive]
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RouteError {
+    /// The path's case-folded form selects a different route than its exact form.
+    CaseVariant {
+        /// The route the exact path selects.
+        exact: String,
+        /// The route its case-folded form would select.
+        folded: String,
+    },
+}
+
+impl fmt::Display for RouteError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            RouteError::CaseVariant { .. } => {
+                f.write_str("Path differs only in letter case from a route with another policy")
+            }
+        }
+    }
+}
+
+impl std::error::Error for RouteError {}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Seg {
+    Lit(String),
+    /// One segment with a `*` inside: prefix and suffix.
+    Glob(String, String),
+    Star,
+    DoubleStar,
+}
+
+impl Seg {
+    /// Higher is more specific; `END` sits between `*` and `**`: a pattern that ends here is
+    /// more specific than one that goes on with `**`.
+    fn rank(&self) -> u8 {
+        match self {
+            Seg::Lit(_) => 4,
+            Seg::Glob(..) => 3,
+            Seg::Star => 2,
+            Seg::DoubleStar => 0,
+        }
+    }
+
+    fn matches(&self, seg: &str, fold: bool) -> bool {
+        let eq = |a: &str, b: &str| {
+            if fold {
+                a.eq_ignore_ascii_case(b)
+            } else {
+                a == b
+            }
+        };
+        match self {
+            Seg::Lit(l) => eq(l, seg),
+            Seg::Glob(p, s) => {
+                seg.len() >= p.len() + s.len()
+                    && seg.is_char_boundary(p.len())
+                    && seg.is_char_boundary(seg.len() - s.len())
+                    && eq(&seg[..p.len()], p)
+                    && eq(&seg[seg.len() - s.len()..], s)
+            }
+            Seg::Star => true,
+            Seg::DoubleStar => true,
+        }
+    }
+}
+
+const END_RANK: u8 = 1;
+
+#[derive(Debug, Clone)]
+struct Route<T> {
+    pattern: String,
+    segs: Vec<Seg>,
+    value: T,
+}
+
+/// Parses a glob pattern: `/api/admin/**`, `/api/*/notes`, `/static/*.js`.
+///
+/// `*` matches exactly one segment (or, inside a segment, any run of characters within it);
+/// `**` matches zero or more segments and must stand alone as a segment. Literal parts must be
+/// canonical already (no `.`, `..`, `;`, `\` or encoded slashes).
+fn parse_pattern(pattern: &str) -> Result<Vec<Seg>, PatternError> {
+    let err = |reason: &str| PatternError {
+        pattern: pattern.to_string(),
+        reason: reason.to_string(),
+    };
+    if !pattern.starts_with('/') {
+        return Err(err("must start with '/'"));
+    }
+    if pattern.contains(['?', '[', ']', '{', '}']) {
+        return Err(err("only '*' and '**' wildcards are supported"));
+    }
+    let mut segs = Vec::new();
+    for part in pattern[1..].split('/') {
+        if part.is_empty() {
+            if segs.is_empty() && pattern == "/" {
+                break;
+            }
+            // A trailing slash in a pattern is ignored, like in paths; an inner one is an error.
+            continue;
+        }
+        let seg = match part {
+            "**" => Seg::DoubleStar,
+            "*" => Seg::Star,
+            p if p.contains("**") => return Err(err("'**' must be a whole segment")),
+            p if p.matches('*').count() > 1 => {
+                return Err(err("at most one '*' inside a segment"));
+            }
+            p if p.contains('*') => {
+                let (pre, suf) = p.split_once('*').ok_or_else(|| err("unreachable"))?;
+                Seg::Glob(literal(pre, pattern)?, literal(suf, pattern)?)
+            }
+            p => {
+                let lit = literal(p, pattern)?;
+                if lit == "." || lit == ".." {
+                    return Err(err("'.' and '..' segments are not allowed"));
+                }
+                Seg::Lit(lit)
+            }
+        };
+        segs.push(seg);
+    }
+    if pattern.contains("//") {
+        return Err(err("empty segment ('//')"));
+    }
+    Ok(segs)
+}
+
+fn literal(part: &str, pattern: &str) -> Result<String, PatternError> {
+    let mut out = String::new();
+    canonical_segment(part.as_bytes(), &mut out).map_err(|e| PatternError {
+        pattern: pattern.to_string(),
+        reason: e.reason().to_string(),
+    })?;
+    Ok(out)
+}
+
+/// A successful lookup: the route's pattern and value.
+#[derive(Debug)]
+pub struct RouteMatch<'a, T> {
+    /// The matching pattern, or `None` when the default applied.
+    pub pattern_opt: Option<&'a str>,
+    /// The matching pattern, or `"*"` for the default.
+    pub pattern: &'a str,
+    /// The value stored with the route.
+    pub value: &'a T,
+}
+
+/// Glob routes mapped to values (policies); the most specific match wins.
+///
+/// Specificity compares the patterns segment by segment from the left: a literal beats a
+/// glob segment (`*.js`), which beats `*`, and a pattern that ends beats one that continues
+/// with `**`. Two patterns of equal specificity: the one inserted first wins.
+#[derive(Debug, Clone)]
+pub struct RouteTable<T> {
+    routes: Vec<Route<T>>,
+    default: T,
+}
+
+impl<T> RouteTable<T> {
+    /// A table whose unmatched paths get `default`.
+    pub fn new(default: T) -> Self {
+        RouteTable {
+            routes: Vec::new(),
+            default,
+        }
+    }
+
+    /// Adds a route. Refuses a malformed or duplicate pattern.
+    pub fn insert(&mut self, pattern: &str, value: T) -> Result<(), PatternError> {
+        let segs = parse_pattern(pattern)?;
+        if self.routes.iter().any(|r| r.segs == segs) {
+            return Err(PatternError {
+                pattern: pattern.to_string(),
+                reason: "duplicate route pattern".to_string(),
+            });
+        }
+        self.routes.push(Route {
+            pattern: pattern.to_string(),
+            segs,
+            value,
+        });
+        Ok(())
+    }
+
+    /// The value for unmatched paths.
+    pub fn default_value(&self) -> &T {
+        &self.default
+    }
+
+    /// Iterates the routes in insertion order as (pattern, value).
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &T)> {
+        self.routes.iter().map(|r| (r.pattern.as_str(), &r.value))
+    }
+
+    /// Mutable access to every value, the default included.
+    pub fn values_mut(&mut self) -> impl Iterator<Item = &mut T> {
+        std::iter::once(&mut self.default).chain(self.routes.iter_mut().map(|r| &mut r.value))
+    }
+
+    /// Finds the most specific route for `path`.
+    ///
+    /// Refuses a path whose case-folded form selects a different route (see the module docs).
+    pub fn lookup(&self, path: &CanonicalPath) -> Result<RouteMatch<'_, T>, RouteError> {
+        let mut segs: [&str; 32] = [""; 32];
+        let mut n = 0;
+        let mut overflow = Vec::new();
+        for s in path.segments() {
+            if n < segs.len() {
+                segs[n] = s;
+                n += 1;
+            } else {
+                overflow.push(s);
+            }
+        }
+        let all: Vec<&str>;
+        let segs: &[&str] = if overflow.is_empty() {
+            &segs[..n]
+        } else {
+            all = segs.iter().copied().chain(overflow).collect();
+            &all
+        };
+        let exact = self.best(segs, false);
+        let has_alpha = path.as_str().bytes().any(|b| b.is_ascii_alphabetic());
+        if has_alpha {
+            let folded = self.best(segs, true);
+            if folded != exact {
+                let name = |i: Option<usize>| {
+                    i.map_or_else(|| "*".to_string(), |i| self.routes[i].pattern.clone())
+                };
+                return Err(RouteError::CaseVariant {
+                    exact: name(exact),
+                    folded: name(folded),
+                });
+            }
+        }
+        Ok(match exact {
+            Some(i) => RouteMatch {
+                pattern_opt: Some(&self.routes[i].pattern),
+                pattern: &self.routes[i].pattern,
+                value: &self.routes[i].value,
+            },
+            None => RouteMatch {
+                pattern_opt: None,
+                pattern: "*",
+                value: &self.default,
+            },
+        })
+    }
+
+    fn best(&self, path: &[&str], fold: bool) -> Option<usize> {
+        let mut best: Option<usize> = None;
+        for (i, r) in self.routes.iter().enumerate() {
+            if !matches(&r.segs, path, fold) {
+                continue;
+            }
+            best = match best {
+                Some(b) if !more_specific(&r.segs, &self.routes[b].segs) => Some(b),
+                _ => Some(i),
+            };
+        }
+        best
+    }
+}
+
+fn matches(pat: &[Seg], path: &[&str], fold: bool) -> bool {
+    match pat.split_first() {
+        None => path.is_empty(),
+        Some((Seg::DoubleStar, rest)) => {
+            if rest.is_empty() {
+                return true;
+            }
+            (0..=path.len()).any(|k| matches(rest, &path[k..], fold))
+        }
+        Some((seg, rest)) => match path.split_first() {
+            Some((first, tail)) => seg.matches(first, fold) && matches(rest, tail, fold),
+            None => false,
+        },
+    }
+}
+
+/// True when `a` is strictly more specific than `b`.
+fn more_specific(a: &[Seg], b: &[Seg]) -> bool {
+    let n = a.len().max(b.len());
+    for i in 0..n {
+        let ra = a.get(i).map_or(END_RANK, Seg::rank);
+        let rb = b.get(i).map_or(END_RANK, Seg::rank);
+        if ra != rb {
+            return ra > rb;
+        }
+    }
+    false
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn canon(p: &str) -> Result<String, PathError> {
+        CanonicalPath::parse(p).map(|c| c.0)
+    }
+
+    #[test]
+    fn normalizes_the_harmless_variants() {
+        assert_eq!(canon("/").unwrap(), "/");
+        assert_eq!(canon("//").unwrap(), "/");
+        assert_eq!(canon("/api//admin").unwrap(), "/api/admin");
+        assert_eq!(canon("/api/./admin").unwrap(), "/api/admin");
+        assert_eq!(canon("/api/x/../admin").unwrap(), "/api/admin");
+        assert_eq!(canon("/api/%2e%2E/api/admin").unwrap(), "/api/admin");
+        assert_eq!(canon("/api/%61dmin").unwrap(), "/api/admin");
+        assert_eq!(canon("/api/admin/").unwrap(), "/api/admin/");
+        assert_eq!(canon("/api/admin/.").unwrap(), "/api/admin/");
+        assert_eq!(canon("/a%3fb").unwrap(), "/a%3Fb");
+        assert_eq!(canon("/caf%C3%A9").unwrap(), "/caf%C3%A9");
+        assert_eq!(canon("/100%25").unwrap(), "/100%25");
+    }
+
+    #[test]
+    fn refuses_the_ambiguous_variants() {
+        for (p, e) in [
+            ("api", PathError::NotAbsolute),
+            ("/api%2fadmin", PathError::EncodedSlash),
+            ("/api%5cadmin", PathError::EncodedSlash),
+            ("/api\\admin", PathError::Backslash),
+            ("/api/admin;x", PathError::PathParameter),
+            ("/api/..;/admin", PathError::PathParameter),
+            ("/api/%3badmin", PathError::PathParameter),
+            ("/api/%00", PathError::ControlCharacter),
+            ("/api/%0d%0a", PathError::ControlCharacter),
+            ("/api%252fadmin", PathError::DoubleEncoding),
+            ("/api/%2", PathError::MalformedEscape),
+            ("/api/%zz", PathError::MalformedEscape),
+            ("/api%c0%afadmin", PathError::InvalidUtf8),
+            ("/api%ef%bc%8fadmin", PathError::LookAlikeCharacter),
+            ("/..", PathError::AboveRoot),
+            ("/api/../../x", PathError::AboveRoot),
+            ("/api/admin.", PathError::TrailingDotOrSpace),
+            ("/api/admin%20", PathError::TrailingDotOrSpace),
+            ("/api/admin%2e", PathError::TrailingDotOrSpace),
+        ] {
+            assert_eq!(canon(p), Err(e), "{p}");
+        }
+    }
+
+    fn table() -> RouteTable<&'static str> {
+        let mut t = RouteTable::new("default");
+        for (p, v) in [
+            ("/api/**", "api"),
+            ("/api/admin/**", "admin"),
+            ("/api/*/notes", "notes"),
+            ("/api/user/**", "user"),
+            ("/api/public-data", "public"),
+            ("/static/*.js", "js"),
+        ] {
+            t.insert(p, v).unwrap();
+        }
+        t
+    }
+
+    fn hit(t: &RouteTable<&'static str>, p: &str) -> &'static str {
+        *t.lookup(&CanonicalPath::parse(p).unwrap()).unwrap().value
+    }
+
+    #[test]
+    fn most_specific_route_wins() {
+        let t = table();
+        assert_eq!(hit(&t, "/api/admin"), "admin");
+        assert_eq!(hit(&t, "/api/admin/users"), "admin");
+        assert_eq!(hit(&t, "/api/team/notes"), "notes");
+        assert_eq!(hit(&t, "/api/user/notes"), "user");
+        assert_eq!(hit(&t, "/api/public-data"), "public");
+        assert_eq!(hit(&t, "/api/public-data/"), "public");
+        assert_eq!(hit(&t, "/api/other"), "api");
+        assert_eq!(hit(&t, "/static/app.js"), "js");
+        assert_eq!(hit(&t, "/static/app.css"), "default");
+        assert_eq!(hit(&t, "/"), "default");
+    }
+
+    #[test]
+    fn case_variants_of_a_protected_route_are_refused() {
+        let t = table();
+        for p in ["/API/admin", "/api/Admin/users", "/Api/public-data"] {
+            assert!(t.lookup(&CanonicalPath::parse(p).unwrap()).is_err(), "{p}");
+        }
+        // A case variant that lands on the same route is fine.
+        assert_eq!(hit(&t, "/api/admin/USERS"), "admin");
+    }
+
+    #[test]
+    fn bad_patterns_are_refused() {
+        let mut t = RouteTable::new(());
+        for p in [
+            "api", "/a/**b", "/a/*b*", "/a/[x]", "/a/../b", "/a//b", "/a%2fb",
+        ] {
+            assert!(t.insert(p, ()).is_err(), "{p}");
+        }
+        t.insert("/a/**", ()).unwrap();
+        assert!(t.insert("/a/**", ()).is_err());
+    }
+}

@@ -1,0 +1,116 @@
+//! SecurityLayer end to end over real TCP: order, error body, request ids, report-only.
+
+mod common;
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::routing::{any, get};
+use common::*;
+use portcullis::audit::{MemorySink, Outcome};
+use portcullis::policy::ReportOnly;
+use portcullis::{Control, Policy, Preset, SecurityLayer};
+
+async fn start(sink: MemorySink) -> std::net::SocketAddr {
+    let layer = SecurityLayer::builder()
+        .default_policy(Preset::Public)
+        .route(
+            "/api/admin/**",
+            Policy::preset(Preset::Strict).roles(["admin"]),
+        )
+        .route(
+            "/api/trial/**",
+            Policy::preset(Preset::Public)
+                .methods([http::Method::GET])
+                .report_only(ReportOnly::Controls(vec![Control::Methods])),
+        )
+        .audit(Arc::new(sink))
+        .build()
+        .unwrap();
+    let router = Router::new()
+        .route("/api/public-data", get(|| async { "public" }))
+        .route("/api/admin/users", any(|| async { "admin!" }))
+        .route("/api/trial/x", any(echo))
+        .fallback(echo);
+    serve_with(router, layer).await
+}
+
+#[tokio::test]
+async fn every_response_carries_a_request_id_and_errors_are_json() {
+    let addr = start(MemorySink::default()).await;
+    let ok = fetch(addr, "/api/public-data").await;
+    assert_eq!(ok.status, 200);
+    assert_eq!(ok.header("x-request-id").map(str::len), Some(36));
+    let denied = send(addr, "DELETE", "/api/public-data", &[], "").await;
+    assert_eq!(denied.status, 405);
+    assert_eq!(denied.header("allow"), Some("GET, HEAD, POST"));
+    assert_eq!(denied.header("content-type"), Some("application/json"));
+    let v = denied.json();
+    assert_eq!(v["code"], "method_not_allowed");
+    assert_eq!(v["request_id"], denied.header("x-request-id").unwrap());
+    assert!(v["error"].as_str().is_some_and(|s| !s.is_empty()));
+}
+
+#[tokio::test]
+async fn a_sane_client_request_id_is_kept_and_a_bad_one_replaced() {
+    let addr = start(MemorySink::default()).await;
+    let r = send(
+        addr,
+        "GET",
+        "/api/public-data",
+        &[("x-request-id", "trace-42")],
+        "",
+    )
+    .await;
+    assert_eq!(r.header("x-request-id"), Some("trace-42"));
+    let r = send(
+        addr,
+        "GET",
+        "/api/public-data",
+        &[("x-request-id", "<script>")],
+        "",
+    )
+    .await;
+    assert_ne!(r.header("x-request-id"), Some("<script>"));
+    assert_eq!(r.header("x-request-id").map(str::len), Some(36));
+}
+
+#[tokio::test]
+async fn protected_route_without_authenticator_fails_closed() {
+    let sink = MemorySink::default();
+    let addr = start(sink.clone()).await;
+    let r = send(addr, "POST", "/api/admin/users", &[], "").await;
+    assert_eq!(r.status, 401);
+    assert_eq!(r.header("www-authenticate"), Some("Bearer"));
+    assert_eq!(r.json()["code"], "unauthorized");
+    let events = sink.events();
+    assert_eq!(events.len(), 1);
+    assert_eq!(events[0].action.as_str(), "unauthorized_access");
+    assert_eq!(events[0].route, "/api/admin/**");
+    assert_eq!(events[0].path, "/api/admin/users");
+    assert_eq!(events[0].status, 401);
+}
+
+#[tokio::test]
+async fn report_only_lets_the_request_through_and_audits_it() {
+    let sink = MemorySink::default();
+    let addr = start(sink.clone()).await;
+    let r = send(addr, "PUT", "/api/trial/x", &[], "").await;
+    assert_eq!(r.status, 200);
+    let events = sink.events();
+    assert_eq!(events.len(), 1);
+    assert_eq!(events[0].outcome, Outcome::ReportOnly);
+    assert_eq!(events[0].action.as_str(), "method_not_allowed");
+}
+
+#[tokio::test]
+async fn the_application_sees_the_canonical_path() {
+    let addr = start(MemorySink::default()).await;
+    let r = raw_get(addr, "/api//x/./../public-data?q=1").await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.text(), "public");
+    let r = raw_get(addr, "/some//where/%7Ehome?x=%2F").await;
+    let v = r.json();
+    assert_eq!(v["path"], "/some/where/~home");
+    assert_eq!(v["query"], "x=%2F");
+}
