@@ -234,7 +234,9 @@ mod tests {
         let body = StreamBody::new(futures_util::stream::iter(chunks));
         let flag = Arc::new(AtomicBool::new(false));
         let limited = LimitedBody::new(body, 550, flag.clone());
-        let err = limited.collect().await.err().expect("must be cut");
+        let Err(err) = limited.collect().await else {
+            panic!("must be cut")
+        };
         assert!(err.downcast_ref::<BodyTooLarge>().is_some());
         assert!(flag.load(Ordering::Acquire));
     }

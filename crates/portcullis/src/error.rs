@@ -15,7 +15,7 @@
 use std::borrow::Cow;
 
 use bytes::Bytes;
-use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::header::{self, HeaderName, HeaderValue};
 use http::{Response, StatusCode};
 
 use crate::audit::AuditAction;
@@ -28,7 +28,7 @@ pub struct Rejection {
     message: Cow<'static, str>,
     action: AuditAction,
     retry_after: Option<u64>,
-    headers: HeaderMap,
+    headers: Vec<(HeaderName, HeaderValue)>,
     control: Control,
 }
 
@@ -115,7 +115,7 @@ impl Rejection {
             message: message.into(),
             action,
             retry_after: None,
-            headers: HeaderMap::new(),
+            headers: Vec::new(),
             control,
         }
     }
@@ -152,7 +152,7 @@ impl Rejection {
             Control::Methods,
         );
         if let Ok(v) = HeaderValue::from_str(allow) {
-            r.headers.insert(header::ALLOW, v);
+            r.headers.push((header::ALLOW, v));
         }
         r
     }
@@ -194,7 +194,7 @@ impl Rejection {
         } else {
             HeaderValue::from_static("Bearer")
         };
-        r.headers.insert(header::WWW_AUTHENTICATE, challenge);
+        r.headers.push((header::WWW_AUTHENTICATE, challenge));
         r
     }
 
@@ -220,7 +220,7 @@ impl Rejection {
         );
         r.retry_after = Some(retry_after_secs);
         r.headers
-            .insert(header::RETRY_AFTER, HeaderValue::from(retry_after_secs));
+            .push((header::RETRY_AFTER, HeaderValue::from(retry_after_secs)));
         r
     }
 
@@ -246,9 +246,15 @@ impl Rejection {
         )
     }
 
+    /// Replaces the human message.
+    pub fn with_message(mut self, message: impl Into<Cow<'static, str>>) -> Self {
+        self.message = message.into();
+        self
+    }
+
     /// Adds a header to the error response (e.g. `Allow`, `WWW-Authenticate`).
     pub fn with_header(mut self, name: HeaderName, value: HeaderValue) -> Self {
-        self.headers.insert(name, value);
+        self.headers.push((name, value));
         self
     }
 
@@ -282,9 +288,18 @@ impl Rejection {
         self.retry_after
     }
 
-    /// Extra response headers.
-    pub fn headers(&self) -> &HeaderMap {
+    /// Extra response headers, in the order added.
+    pub fn headers(&self) -> &[(HeaderName, HeaderValue)] {
         &self.headers
+    }
+
+    /// The first extra header named `name`.
+    pub fn header(&self, name: impl AsRef<str>) -> Option<&HeaderValue> {
+        let name = name.as_ref();
+        self.headers
+            .iter()
+            .find(|(k, _)| k.as_str().eq_ignore_ascii_case(name))
+            .map(|(_, v)| v)
     }
 
     /// The JSON body for this rejection.
@@ -317,7 +332,7 @@ impl Rejection {
             h.insert(crate::request_id::X_REQUEST_ID, v);
         }
         for (name, value) in &self.headers {
-            h.insert(name.clone(), value.clone());
+            h.append(name.clone(), value.clone());
         }
         res.extensions_mut().insert(self);
         res
@@ -359,7 +374,7 @@ mod tests {
     fn unauthorized_carries_the_bearer_challenge() {
         let r = Rejection::unauthorized(true);
         assert_eq!(
-            r.headers()[header::WWW_AUTHENTICATE],
+            r.header("www-authenticate").unwrap(),
             "Bearer error=\"invalid_token\""
         );
     }

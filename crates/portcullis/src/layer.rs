@@ -83,6 +83,15 @@ pub struct Exchange {
     https: bool,
     response_headers: HeaderMap,
     detail: Option<&'static str>,
+    notes: Vec<Note>,
+}
+
+/// An audit note a guard leaves for the layer to record with the request's final status.
+#[derive(Debug, Clone, Copy)]
+struct Note {
+    action: AuditAction,
+    code: &'static str,
+    reason: &'static str,
 }
 
 impl Exchange {
@@ -125,6 +134,16 @@ impl Exchange {
     pub fn response_headers_mut(&mut self) -> &mut HeaderMap {
         &mut self.response_headers
     }
+
+    /// Leaves an audit event to be recorded (outcome `allowed`) when the request completes,
+    /// e.g. a decision taken while a store was down.
+    pub fn note(&mut self, action: AuditAction, code: &'static str, reason: &'static str) {
+        self.notes.push(Note {
+            action,
+            code,
+            reason,
+        });
+    }
 }
 
 /// An asynchronous check in one of the layer's slots (rate limit, CSRF).
@@ -153,6 +172,9 @@ impl std::fmt::Display for BuildError {
 }
 
 impl std::error::Error for BuildError {}
+
+/// Keys the default in-memory rate-limit store tracks at most.
+pub const DEFAULT_MEMORY_KEYS: usize = 1_000_000;
 
 #[derive(Debug, Clone)]
 struct RouteEntry {
@@ -213,7 +235,9 @@ impl SecurityLayerBuilder {
             csp: Some(Csp::default()),
             cors: None,
             authenticator: None,
-            rate_limit: None,
+            rate_limit: Some(Arc::new(crate::rate_limit::RateLimiter::new(Arc::new(
+                crate::rate_limit::memory::MemoryStore::new(DEFAULT_MEMORY_KEYS),
+            )))),
             csrf: None,
             audit: None,
         }
@@ -225,6 +249,7 @@ impl SecurityLayerBuilder {
             inbound: None,
             headers: None,
             csp: None,
+            rate_limit: None,
             ..SecurityLayerBuilder::secure()
         }
     }
@@ -296,9 +321,16 @@ impl SecurityLayerBuilder {
         self
     }
 
-    /// The rate-limit guard (step 10).
+    /// The rate-limit guard (step 10). The secure defaults use a
+    /// [`RateLimiter`](crate::rate_limit::RateLimiter) over an in-memory store.
     pub fn rate_limiter(mut self, guard: Arc<dyn Guard>) -> Self {
         self.rate_limit = Some(guard);
+        self
+    }
+
+    /// Turns rate limiting off for every route.
+    pub fn no_rate_limiter(mut self) -> Self {
+        self.rate_limit = None;
         self
     }
 
@@ -459,7 +491,7 @@ where
 /// Either a refusal to send now, or the request goes on.
 enum Step {
     Reject(Rejection),
-    Respond(Response<Bytes>),
+    Respond(Box<Response<Bytes>>),
 }
 
 impl From<Rejection> for Step {
@@ -515,13 +547,14 @@ impl Engine {
             https,
             response_headers: HeaderMap::new(),
             detail: None,
+            notes: Vec::new(),
         };
 
         let tripped = match self.before(&mut parts, &mut x).await {
             Ok(t) => t,
             Err(Step::Reject(r)) => return Ok(self.reject(r, &parts, &x)),
             Err(Step::Respond(res)) => {
-                let mut res = res.map(SecurityBody::from);
+                let mut res = (*res).map(SecurityBody::from);
                 self.decorate(res.headers_mut(), &parts, &x, None);
                 return Ok(res);
             }
@@ -566,6 +599,7 @@ impl Engine {
             method: &method,
         };
         self.decorate_with(&mut rparts.headers, meta, &x, nonce.as_ref());
+        self.audit_notes(rparts.status, meta, &x);
         if x.policy.audits_allowed() {
             self.audit_event(
                 AuditAction::RequestAllowed,
@@ -625,7 +659,7 @@ impl Engine {
             let mut res = Response::new(Bytes::new());
             *res.status_mut() = StatusCode::NO_CONTENT;
             *res.headers_mut() = headers;
-            return Err(Step::Respond(res));
+            return Err(Step::Respond(Box::new(res)));
         }
 
         // 7. Methods.
@@ -684,13 +718,14 @@ impl Engine {
         }
 
         // 12. Body.
-        if let Some(max) = policy.max_body_bytes() {
-            if let Err(r) = body_limit::check_declared_length(&parts.headers, max) {
-                if r.status() == StatusCode::BAD_REQUEST {
-                    return Err(r.into());
-                }
-                self.enforce(r, parts, x)?;
+        if let Some(max) = policy.max_body_bytes()
+            && let Err(r) = body_limit::check_declared_length(&parts.headers, max)
+        {
+            // A malformed length is a smuggling attempt, never only reported.
+            if r.status() == StatusCode::BAD_REQUEST {
+                return Err(r.into());
             }
+            self.enforce(r, parts, x)?;
         }
         if let Some(types) = policy.allowed_content_types()
             && let Err(r) = body_limit::check_content_type(&parts.headers, types)
@@ -737,7 +772,7 @@ impl Engine {
                 })
                 .map(|h| h.to_ascii_lowercase());
             match host {
-                Some(h) if allowed.iter().any(|a| *a == h) => {}
+                Some(h) if allowed.contains(&h) => {}
                 _ => return Err(Rejection::invalid_host()),
             }
         }
@@ -757,6 +792,7 @@ impl Engine {
 
     fn reject_with(&self, r: Rejection, meta: Parts2<'_>, x: &Exchange) -> Response<SecurityBody> {
         self.audit_event(r.action(), Outcome::Denied, r.status(), Some(&r), meta, x);
+        self.audit_notes(r.status(), meta, x);
         let res = r.into_response_with_id(x.request_id.as_str());
         let mut res = res.map(SecurityBody::from);
         // Errors carry the security headers too, but never a nonce'd CSP worth caching.
@@ -825,6 +861,13 @@ impl Engine {
             method: &parts.method,
         };
         self.audit_event(r.action(), outcome, r.status(), Some(r), meta, x);
+    }
+
+    fn audit_notes(&self, status: StatusCode, meta: Parts2<'_>, x: &Exchange) {
+        for n in &x.notes {
+            let r = Rejection::new(status, n.code, n.reason, n.action, Control::Internal);
+            self.audit_event(n.action, Outcome::Allowed, status, Some(&r), meta, x);
+        }
     }
 
     /// Step 15: hands the event to the sink (which must not block).

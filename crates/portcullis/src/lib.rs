@@ -39,6 +39,7 @@ pub mod layer;
 pub mod methods;
 pub mod policy;
 mod random;
+pub mod rate_limit;
 pub mod request_id;
 pub mod route;
 

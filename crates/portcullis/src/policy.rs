@@ -101,8 +101,10 @@ pub struct RateLimitSpec {
     pub key: RateKey,
     /// The algorithm.
     pub algorithm: Algorithm,
-    /// Extra burst for the token bucket (0 = `requests`).
+    /// Burst capacity of the token bucket (0 = `requests`).
     pub burst: u32,
+    /// What one request costs (default 1).
+    pub cost: u32,
 }
 
 impl RateLimitSpec {
@@ -121,7 +123,32 @@ impl RateLimitSpec {
             key,
             algorithm: Algorithm::SlidingWindow,
             burst: 0,
+            cost: 1,
         }
+    }
+
+    /// Names the limit (shown in `RateLimit-Policy` and 429 bodies).
+    pub fn named(mut self, name: &str) -> Self {
+        self.name = name.to_string();
+        self
+    }
+
+    /// Chooses the algorithm.
+    pub fn algorithm(mut self, algorithm: Algorithm) -> Self {
+        self.algorithm = algorithm;
+        self
+    }
+
+    /// Sets the token bucket's burst capacity.
+    pub fn burst(mut self, burst: u32) -> Self {
+        self.burst = burst;
+        self
+    }
+
+    /// Sets the cost of one request.
+    pub fn cost(mut self, cost: u32) -> Self {
+        self.cost = cost.max(1);
+        self
     }
 }
 

@@ -674,7 +674,7 @@ mod tests {
     }
 
     fn hit(t: &RouteTable<&'static str>, p: &str) -> &'static str {
-        *t.lookup(&CanonicalPath::parse(p).unwrap()).unwrap().value
+        t.lookup(&CanonicalPath::parse(p).unwrap()).unwrap().value
     }
 
     #[test]

@@ -1,0 +1,468 @@
+//! Rate limiting: sliding window and GCRA over memory, SQLite and Redis, with IETF headers.
+//!
+//! A route's [`Policy`](crate::Policy) holds one or more limits ([`RateLimitSpec`]); the
+//! [`RateLimiter`] guard (step 10 of the layer) builds one key per limit — the route *pattern*,
+//! the limit, and the subject (client address by /64 for IPv6, user, API key, a header, or the
+//! whole route) — and asks its [`RateLimitStore`] to decide them together: the request is
+//! charged only when every limit allows it, and a refusal names the violated limit.
+//!
+//! Because the key holds the route pattern, never the raw URL, `?x=1` or `/api//x` cannot
+//! reset a counter, and because the subject comes from the trusted-proxy resolver, a spoofed
+//! `X-Forwarded-For` cannot either.
+//!
+//! Responses of limited routes carry the IETF draft headers
+//! (`RateLimit-Policy: "default";q=60;w=60`, `RateLimit: "default";r=59;t=42`), optionally
+//! the legacy `RateLimit-Limit/Remaining/Reset` triplet, and on 429 `Retry-After` and a JSON
+//! `retry_after`.
+//!
+//! When the store fails, [`OnStoreError`] decides: `Closed` answers 503, `Open` lets the
+//! request through; either way the incident is logged once, counted, and every decision
+//! taken without the store is audited.
+//!
+//! ```
+//! use std::sync::Arc;
+//! use portcullis::rate_limit::{RateLimiter, memory::MemoryStore};
+//! use portcullis::{SecurityLayer, Preset};
+//! let limiter = RateLimiter::new(Arc::new(MemoryStore::new(100_000)));
+//! let layer = SecurityLayer::builder()
+//!     .default_policy(Preset::Public) // 60 requests per minute per IP
+//!     .rate_limiter(Arc::new(limiter))
+//!     .build()
+//!     .unwrap();
+//! ```
+
+pub mod algorithm;
+pub mod memory;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use http::StatusCode;
+use http::header::{HeaderMap, HeaderName, HeaderValue};
+use http::request::Parts;
+
+use crate::audit::AuditAction;
+use crate::auth::{AuthMethod, BoxFuture};
+use crate::error::{Control, Rejection};
+use crate::layer::{Exchange, Guard};
+use crate::policy::{RateKey, RateLimitSpec};
+use algorithm::{Rule, Verdict};
+
+/// A monotonic-enough clock in microseconds since the Unix epoch.
+pub trait Clock: Send + Sync + 'static {
+    /// Now, in µs since the Unix epoch.
+    fn now_us(&self) -> u64;
+}
+
+/// The system clock.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now_us(&self) -> u64 {
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_micros() as u64)
+    }
+}
+
+/// A clock that moves only when told (tests).
+///
+/// ```
+/// use portcullis::rate_limit::{ManualClock, Clock};
+/// let c = ManualClock::new(10);
+/// c.advance(5);
+/// assert_eq!(c.now_us(), 15);
+/// ```
+#[derive(Debug, Default)]
+pub struct ManualClock(AtomicU64);
+
+impl ManualClock {
+    /// A clock standing at `us`.
+    pub fn new(us: u64) -> Self {
+        ManualClock(AtomicU64::new(us))
+    }
+
+    /// Moves the clock forward.
+    pub fn advance(&self, us: u64) {
+        self.0.fetch_add(us, Ordering::SeqCst);
+    }
+}
+
+impl Clock for ManualClock {
+    fn now_us(&self) -> u64 {
+        self.0.load(Ordering::SeqCst)
+    }
+}
+
+/// One limit to check and charge for one request.
+#[derive(Debug, Clone, Copy)]
+pub struct Charge<'a> {
+    /// The full key: route pattern, limit and subject.
+    pub key: &'a str,
+    /// The limit.
+    pub rule: Rule,
+    /// The request's cost.
+    pub cost: u32,
+}
+
+/// A store failure (connection refused, timeout, I/O error).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoreError(pub String);
+
+impl StoreError {
+    /// An error with a message (never holding secrets).
+    pub fn new(msg: impl Into<String>) -> Self {
+        StoreError(msg.into())
+    }
+}
+
+impl std::fmt::Display for StoreError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for StoreError {}
+
+/// Where counters live. `decide` checks every charge and, only when all allow, charges them
+/// all — atomically with respect to concurrent decisions on the same keys.
+pub trait RateLimitStore: Send + Sync + 'static {
+    /// Decides the charges together; one verdict per charge, in order.
+    fn decide<'a>(
+        &'a self,
+        charges: &'a [Charge<'a>],
+    ) -> BoxFuture<'a, Result<Vec<Verdict>, StoreError>>;
+
+    /// The store's kind, for logs and metrics.
+    fn name(&self) -> &'static str;
+}
+
+/// What to do when the store fails.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum OnStoreError {
+    /// Refuse with 503 (the default: an attacker cannot switch limits off by breaking Redis).
+    #[default]
+    Closed,
+    /// Let the request through.
+    Open,
+}
+
+/// Which response headers describe the limits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum HeaderStyle {
+    /// `RateLimit-Policy` and `RateLimit` (IETF draft).
+    #[default]
+    Draft,
+    /// The draft headers plus `RateLimit-Limit`, `RateLimit-Remaining`, `RateLimit-Reset`.
+    DraftAndLegacy,
+    /// No headers except `Retry-After` on 429.
+    None,
+}
+
+/// Counters of the limiter, for metrics and tests.
+#[derive(Debug, Default)]
+pub struct LimiterStats {
+    /// Requests allowed.
+    pub allowed: AtomicU64,
+    /// Requests refused with 429.
+    pub limited: AtomicU64,
+    /// Decisions taken without the store (failures).
+    pub store_errors: AtomicU64,
+}
+
+/// The rate-limit guard for [`SecurityLayer`](crate::SecurityLayer)'s step 10.
+pub struct RateLimiter {
+    store: Arc<dyn RateLimitStore>,
+    on_error: OnStoreError,
+    headers: HeaderStyle,
+    in_incident: AtomicBool,
+    stats: Arc<LimiterStats>,
+}
+
+impl std::fmt::Debug for RateLimiter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RateLimiter")
+            .field("store", &self.store.name())
+            .field("on_error", &self.on_error)
+            .finish()
+    }
+}
+
+impl RateLimiter {
+    /// A limiter over `store`, failing closed, with the draft headers.
+    pub fn new(store: Arc<dyn RateLimitStore>) -> Self {
+        RateLimiter {
+            store,
+            on_error: OnStoreError::Closed,
+            headers: HeaderStyle::Draft,
+            in_incident: AtomicBool::new(false),
+            stats: Arc::new(LimiterStats::default()),
+        }
+    }
+
+    /// Chooses the failure mode.
+    pub fn on_store_error(mut self, mode: OnStoreError) -> Self {
+        self.on_error = mode;
+        self
+    }
+
+    /// Chooses the response headers.
+    pub fn header_style(mut self, style: HeaderStyle) -> Self {
+        self.headers = style;
+        self
+    }
+
+    /// The limiter's counters.
+    pub fn stats(&self) -> Arc<LimiterStats> {
+        self.stats.clone()
+    }
+
+    /// Decides `limits` for `subject`s computed from the request, charging only if all allow.
+    async fn decide(&self, parts: &Parts, exchange: &mut Exchange) -> Result<(), Rejection> {
+        let limits = exchange.policy().limits().to_vec();
+        let keys: Vec<String> = limits.iter().map(|l| key_for(l, parts, exchange)).collect();
+        let charges: Vec<Charge<'_>> = limits
+            .iter()
+            .zip(&keys)
+            .map(|(l, k)| Charge {
+                key: k,
+                rule: rule_of(l),
+                cost: l.cost.max(1),
+            })
+            .collect();
+        let verdicts = match self.store.decide(&charges).await {
+            Ok(v) => {
+                if self.in_incident.swap(false, Ordering::AcqRel) {
+                    tracing::warn!(store = self.store.name(), "rate-limit store recovered");
+                }
+                v
+            }
+            Err(e) => return self.store_failed(&e, exchange),
+        };
+        let violated = verdicts.iter().position(|v| !v.allowed);
+        let headers = render_headers(self.headers, &limits, &verdicts);
+        match violated {
+            None => {
+                self.stats.allowed.fetch_add(1, Ordering::Relaxed);
+                let out = exchange.response_headers_mut();
+                for (k, v) in headers {
+                    out.append(k, v);
+                }
+                Ok(())
+            }
+            Some(i) => {
+                self.stats.limited.fetch_add(1, Ordering::Relaxed);
+                let retry = verdicts
+                    .iter()
+                    .filter(|v| !v.allowed)
+                    .map(|v| v.retry_after_us)
+                    .max()
+                    .unwrap_or(0)
+                    .div_ceil(1_000_000)
+                    .max(1);
+                let mut r = Rejection::rate_limited(retry).with_message(format!(
+                    "Rate limit \"{}\" exceeded: {} requests per {} s",
+                    limits[i].name,
+                    limits[i].requests,
+                    rule_of(&limits[i]).window_secs()
+                ));
+                for (k, v) in headers {
+                    r = r.with_header(k, v);
+                }
+                Err(r)
+            }
+        }
+    }
+
+    fn store_failed(&self, e: &StoreError, exchange: &mut Exchange) -> Result<(), Rejection> {
+        self.stats.store_errors.fetch_add(1, Ordering::Relaxed);
+        if !self.in_incident.swap(true, Ordering::AcqRel) {
+            tracing::error!(store = self.store.name(), error = %e, mode = ?self.on_error,
+                "rate-limit store failed; applying on_store_error");
+        }
+        match self.on_error {
+            OnStoreError::Closed => Err(Rejection::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "rate_limit_unavailable",
+                "Rate limiting is temporarily unavailable",
+                AuditAction::SecurityEvent,
+                Control::Internal,
+            )),
+            OnStoreError::Open => {
+                exchange.note(
+                    AuditAction::SecurityEvent,
+                    "rate_limit_store_error",
+                    "rate-limit store failed; request let through (on_store_error = open)",
+                );
+                Ok(())
+            }
+        }
+    }
+}
+
+impl Guard for RateLimiter {
+    fn check<'a>(
+        &'a self,
+        parts: &'a Parts,
+        exchange: &'a mut Exchange,
+    ) -> BoxFuture<'a, Result<(), Rejection>> {
+        Box::pin(self.decide(parts, exchange))
+    }
+}
+
+/// The executable rule of a spec.
+pub fn rule_of(spec: &RateLimitSpec) -> Rule {
+    Rule::new(
+        spec.requests,
+        spec.window.as_micros().min(u128::from(u64::MAX)) as u64,
+        spec.algorithm,
+        spec.burst,
+    )
+}
+
+/// The key of one limit for one request: route pattern, limit and subject.
+fn key_for(spec: &RateLimitSpec, parts: &Parts, x: &Exchange) -> String {
+    let ip = || format!("ip:{}", x.client_ip().key());
+    let subject = match &spec.key {
+        RateKey::Ip => ip(),
+        RateKey::User => match x.principal() {
+            Some(p) => format!("user:{}", p.id),
+            None => ip(),
+        },
+        RateKey::ApiKey => match x.principal() {
+            Some(p) if p.method == AuthMethod::ApiKey => format!("key:{}", p.id),
+            _ => ip(),
+        },
+        RateKey::Header(name) => match parts
+            .headers
+            .get(name.as_str())
+            .and_then(|v| v.to_str().ok())
+        {
+            Some(v) => format!("h:{}", &v[..v.len().min(128)]),
+            None => ip(),
+        },
+        RateKey::Route => "route".to_string(),
+        #[allow(unreachable_patterns)]
+        _ => ip(),
+    };
+    let rule = rule_of(spec);
+    format!(
+        "{}|{}:{}/{}{:?}|{}",
+        x.route(),
+        spec.name,
+        rule.limit,
+        rule.window_us,
+        rule.algorithm,
+        subject
+    )
+}
+
+const RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
+const RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
+
+/// The response headers for the limits' verdicts.
+fn render_headers(
+    style: HeaderStyle,
+    limits: &[RateLimitSpec],
+    verdicts: &[Verdict],
+) -> Vec<(HeaderName, HeaderValue)> {
+    if style == HeaderStyle::None || limits.is_empty() {
+        return Vec::new();
+    }
+    let mut policy = String::new();
+    let mut state = String::new();
+    for (l, v) in limits.iter().zip(verdicts) {
+        let w = rule_of(l).window_secs();
+        if !policy.is_empty() {
+            policy.push_str(", ");
+            state.push_str(", ");
+        }
+        let name = sf_string(&l.name);
+        policy.push_str(&format!("{name};q={};w={w}", l.requests));
+        state.push_str(&format!(
+            "{name};r={};t={}",
+            v.remaining,
+            v.reset_us.div_ceil(1_000_000)
+        ));
+    }
+    let mut out = Vec::with_capacity(5);
+    if let (Ok(p), Ok(s)) = (
+        HeaderValue::from_str(&policy),
+        HeaderValue::from_str(&state),
+    ) {
+        out.push((RATELIMIT_POLICY, p));
+        out.push((RATELIMIT, s));
+    }
+    if style == HeaderStyle::DraftAndLegacy {
+        // The most restrictive limit speaks for the triplet.
+        if let Some((l, v)) = limits.iter().zip(verdicts).min_by_key(|(_, v)| v.remaining) {
+            out.push((
+                HeaderName::from_static("ratelimit-limit"),
+                HeaderValue::from(l.requests),
+            ));
+            out.push((
+                HeaderName::from_static("ratelimit-remaining"),
+                HeaderValue::from(v.remaining),
+            ));
+            out.push((
+                HeaderName::from_static("ratelimit-reset"),
+                HeaderValue::from(v.reset_us.div_ceil(1_000_000)),
+            ));
+        }
+    }
+    out
+}
+
+/// A structured-field string: quoted, with `"` and `\` escaped and non-printables dropped.
+fn sf_string(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' | '\\' => {
+                out.push('\\');
+                out.push(c);
+            }
+            ' '..='~' => out.push(c),
+            _ => {}
+        }
+    }
+    out.push('"');
+    out
+}
+
+/// Adds the header map to `out` (helper for stores' tests).
+#[doc(hidden)]
+pub fn append_all(out: &mut HeaderMap, headers: Vec<(HeaderName, HeaderValue)>) {
+    for (k, v) in headers {
+        out.append(k, v);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn headers_follow_the_draft() {
+        let l = RateLimitSpec::new(60, Duration::from_secs(60), RateKey::Ip);
+        let v = Verdict {
+            allowed: true,
+            remaining: 59,
+            reset_us: 41_500_000,
+            retry_after_us: 0,
+        };
+        let h = render_headers(HeaderStyle::DraftAndLegacy, &[l], &[v]);
+        let get = |n: &str| {
+            h.iter()
+                .find(|(k, _)| k == n)
+                .map(|(_, v)| v.to_str().unwrap().to_string())
+        };
+        assert_eq!(get("ratelimit-policy").unwrap(), "\"default\";q=60;w=60");
+        assert_eq!(get("ratelimit").unwrap(), "\"default\";r=59;t=42");
+        assert_eq!(get("ratelimit-remaining").unwrap(), "59");
+    }
+}
