@@ -1,0 +1,232 @@
+//! The SQLite store: the embedded, persistent default for a single gateway.
+//!
+//! One connection lives on its own thread (SQLite connections are not `Sync`, and the request
+//! path must never block a runtime thread on disk). Decisions queue to it; it takes the queued
+//! ones in arrival order inside one short `BEGIN IMMEDIATE` transaction — each decision reads
+//! its cells, evaluates, and writes only if every limit allows — and commits, so concurrent
+//! requests can never over-admit. The database runs in WAL mode with `synchronous = NORMAL`,
+//! and expired rows are swept in the background in small batches (the seed deleted old rows
+//! on every request).
+//!
+//! ```no_run
+//! use portcullis::rate_limit::{sqlite::SqliteStore, RateLimiter};
+//! let store = SqliteStore::open("portcullis-ratelimit.db").expect("writable path");
+//! let limiter = RateLimiter::new(std::sync::Arc::new(store));
+//! ```
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::mpsc::{self, RecvTimeoutError};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use rusqlite::{Connection, OptionalExtension, params};
+use tokio::sync::oneshot;
+
+use super::algorithm::{Cell, Rule, Verdict};
+use super::{Charge, Clock, RateLimitStore, StoreError, SystemClock};
+use crate::auth::BoxFuture;
+
+const SWEEP_EVERY: Duration = Duration::from_secs(30);
+const SWEEP_BATCH: i64 = 1000;
+const MAX_BATCH: usize = 256;
+
+struct Job {
+    charges: Vec<(String, Rule, u32)>,
+    reply: oneshot::Sender<Result<Vec<Verdict>, StoreError>>,
+}
+
+/// The SQLite [`RateLimitStore`].
+pub struct SqliteStore {
+    tx: mpsc::SyncSender<Job>,
+    path: PathBuf,
+}
+
+impl std::fmt::Debug for SqliteStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SqliteStore").field("path", &self.path).finish()
+    }
+}
+
+fn open_db(path: &Path) -> Result<Connection, StoreError> {
+    let err = |e: rusqlite::Error| StoreError::new(format!("sqlite {}: {e}", path.display()));
+    let conn = Connection::open(path).map_err(err)?;
+    conn.busy_timeout(Duration::from_secs(5)).map_err(err)?;
+    conn.pragma_update(None, "journal_mode", "WAL").map_err(err)?;
+    conn.pragma_update(None, "synchronous", "NORMAL").map_err(err)?;
+    conn.execute_batch(
+        "CREATE TABLE IF NOT EXISTS rate_limits (
+             key TEXT PRIMARY KEY,
+             a INTEGER NOT NULL,
+             b INTEGER NOT NULL,
+             c INTEGER NOT NULL,
+             expires_at INTEGER NOT NULL
+         ) WITHOUT ROWID;
+         CREATE INDEX IF NOT EXISTS rate_limits_expires ON rate_limits (expires_at);",
+    )
+    .map_err(err)?;
+    Ok(conn)
+}
+
+impl SqliteStore {
+    /// Opens (or creates) the database at `path` on the system clock.
+    pub fn open(path: impl AsRef<Path>) -> Result<Self, StoreError> {
+        Self::open_with_clock(path, Arc::new(SystemClock))
+    }
+
+    /// Opens the database with a given clock (tests).
+    pub fn open_with_clock(path: impl AsRef<Path>, clock: Arc<dyn Clock>) -> Result<Self, StoreError> {
+        let path = path.as_ref().to_path_buf();
+        let conn = open_db(&path)?;
+        let (tx, rx) = mpsc::sync_channel::<Job>(4096);
+        let worker_path = path.clone();
+        thread::Builder::new()
+            .name("portcullis-sqlite-ratelimit".into())
+            .spawn(move || worker(conn, rx, clock, worker_path))
+            .map_err(|e| StoreError::new(format!("cannot start the sqlite thread: {e}")))?;
+        Ok(SqliteStore { tx, path })
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+fn worker(mut conn: Connection, rx: mpsc::Receiver<Job>, clock: Arc<dyn Clock>, path: PathBuf) {
+    let mut last_sweep = Instant::now();
+    loop {
+        let first = match rx.recv_timeout(SWEEP_EVERY) {
+            Ok(job) => Some(job),
+            Err(RecvTimeoutError::Timeout) => None,
+            Err(RecvTimeoutError::Disconnected) => return,
+        };
+        let mut jobs: Vec<Job> = first.into_iter().collect();
+        while jobs.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(j) => jobs.push(j),
+                Err(_) => break,
+            }
+        }
+        if !jobs.is_empty() {
+            let now = clock.now_us();
+            let results = decide_batch(&mut conn, &jobs, now);
+            match results {
+                Ok(verdicts) => {
+                    for (job, v) in jobs.into_iter().zip(verdicts) {
+                        let _ = job.reply.send(Ok(v));
+                    }
+                }
+                Err(e) => {
+                    let e = StoreError::new(format!("sqlite {}: {e}", path.display()));
+                    for job in jobs {
+                        let _ = job.reply.send(Err(e.clone()));
+                    }
+                }
+            }
+        }
+        if last_sweep.elapsed() >= SWEEP_EVERY {
+            last_sweep = Instant::now();
+            let now = clock.now_us() as i64;
+            let _ = conn.execute(
+                "DELETE FROM rate_limits WHERE key IN
+                   (SELECT key FROM rate_limits WHERE expires_at < ?1 LIMIT ?2)",
+                params![now, SWEEP_BATCH],
+            );
+        }
+    }
+}
+
+fn decide_batch(
+    conn: &mut Connection,
+    jobs: &[Job],
+    now: u64,
+) -> rusqlite::Result<Vec<Vec<Verdict>>> {
+    let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+    let mut out = Vec::with_capacity(jobs.len());
+    {
+        let mut get = tx.prepare_cached("SELECT a, b, c FROM rate_limits WHERE key = ?1")?;
+        let mut put = tx.prepare_cached(
+            "INSERT INTO rate_limits (key, a, b, c, expires_at) VALUES (?1, ?2, ?3, ?4, ?5)
+             ON CONFLICT(key) DO UPDATE SET a = excluded.a, b = excluded.b, c = excluded.c,
+                                            expires_at = excluded.expires_at",
+        )?;
+        for job in jobs {
+            let mut cells = Vec::with_capacity(job.charges.len());
+            for (key, _, _) in &job.charges {
+                let cell = get
+                    .query_row(params![key], |r| {
+                        Ok(Cell {
+                            a: r.get::<_, i64>(0)? as u64,
+                            b: r.get::<_, i64>(1)? as u32,
+                            c: r.get::<_, i64>(2)? as u32,
+                        })
+                    })
+                    .optional()?
+                    .unwrap_or_default();
+                cells.push(cell);
+            }
+            let evaluated: Vec<(Verdict, Cell)> = job
+                .charges
+                .iter()
+                .zip(&cells)
+                .map(|((_, rule, cost), cell)| rule.evaluate(*cell, now, *cost))
+                .collect();
+            let all = evaluated.iter().all(|(v, _)| v.allowed);
+            let mut verdicts = Vec::with_capacity(evaluated.len());
+            for (((key, rule, _), (v, new)), old) in job.charges.iter().zip(evaluated).zip(&cells) {
+                if all {
+                    put.execute(params![
+                        key,
+                        new.a as i64,
+                        i64::from(new.b),
+                        i64::from(new.c),
+                        rule.expires_at(&new).min(i64::MAX as u64) as i64
+                    ])?;
+                    verdicts.push(v);
+                } else if v.allowed {
+                    verdicts.push(rule.evaluate(*old, now, 0).0);
+                } else {
+                    verdicts.push(v);
+                }
+            }
+            out.push(verdicts);
+        }
+    }
+    tx.commit()?;
+    Ok(out)
+}
+
+impl RateLimitStore for SqliteStore {
+    fn decide<'a>(
+        &'a self,
+        charges: &'a [Charge<'a>],
+    ) -> BoxFuture<'a, Result<Vec<Verdict>, StoreError>> {
+        let (reply, rx) = oneshot::channel();
+        let job = Job {
+            charges: charges
+                .iter()
+                .map(|c| (c.key.to_string(), c.rule, c.cost))
+                .collect(),
+            reply,
+        };
+        let sent = self.tx.try_send(job);
+        Box::pin(async move {
+            match sent {
+                Ok(()) => rx
+                    .await
+                    .unwrap_or_else(|_| Err(StoreError::new("sqlite rate-limit thread stopped"))),
+                Err(mpsc::TrySendError::Full(_)) => {
+                    Err(StoreError::new("sqlite rate-limit queue is full"))
+                }
+                Err(mpsc::TrySendError::Disconnected(_)) => {
+                    Err(StoreError::new("sqlite rate-limit thread stopped"))
+                }
+            }
+        })
+    }
+
+    fn name(&self) -> &'static str {
+        "sqlite"
+    }
+}
