@@ -373,6 +373,12 @@ impl SecurityLayerBuilder {
                     reason: e.reason,
                 })?;
         }
+        if let Some(c) = &self.cors {
+            c.validate().map_err(|e| BuildError {
+                key: "cors".into(),
+                reason: e.to_string(),
+            })?;
+        }
         Ok(SecurityLayer {
             engine: Arc::new(Engine {
                 routes,
@@ -651,7 +657,8 @@ impl Engine {
         x.path = Some(path);
         let policy = x.policy.clone();
 
-        // 6. CORS preflight.
+        // 6. CORS preflight. Never report-only: letting a refused preflight through would
+        // grant the cross-origin access it asks for.
         if let Some(cors) = &self.cors
             && Cors::is_preflight(&parts.method, &parts.headers)
         {
@@ -840,7 +847,10 @@ impl Engine {
                 }
             }
         }
-        if let Some(cors) = &self.cors {
+        // Preflight answers carry their own CORS headers (a refused one must carry none).
+        if let Some(cors) = &self.cors
+            && !Cors::is_preflight(req.method, req.headers)
+        {
             cors.apply(req.headers, headers);
         }
         for (name, value) in &x.response_headers {
@@ -852,7 +862,6 @@ impl Engine {
         if let Ok(v) = HeaderValue::from_str(x.request_id.as_str()) {
             headers.insert(X_REQUEST_ID, v);
         }
-        let _ = req.method;
     }
 
     fn audit_rejection(&self, r: &Rejection, outcome: Outcome, parts: &Parts, x: &Exchange) {
