@@ -12,9 +12,10 @@
 //! - refused with 400: encoded `/` or `\` (`%2f`, `%5c`), a raw `\`, `;` path parameters (raw
 //!   or `%3b`), NUL, CR, LF and other control bytes (raw or encoded), double encoding
 //!   (`%25` followed by two hex digits), malformed escapes, escapes that are not valid UTF-8
-//!   (overlong forms like `%c0%af`), full-width and other look-alike slashes and dots
-//!   (`%ef%bc%8f`), raw non-ASCII bytes, and segments that end in a dot or a space
-//!   (`admin.`, `admin%20`), which some servers strip.
+//!   (overlong forms like `%c0%af`), full-width and other look-alikes that some servers fold
+//!   into ASCII (`%ef%bc%8f` `／`, `%ef%bd%81` `ａ`, `%e2%80%a5` `‥`, `%c4%b1` `ı`, the Kelvin
+//!   sign) and invisible characters (`%c2%ad`), raw non-ASCII bytes, and segments that end in
+//!   a dot or a space (`admin.`, `admin%20`), which some servers strip.
 //!
 //! Paths are **case-sensitive**, like the URL standard and most routers. Because some
 //! applications behind a gateway match case-insensitively, a path whose case-folded form would
@@ -60,7 +61,9 @@ pub enum PathError {
     DoubleEncoding,
     /// Percent-encoded bytes that are not valid UTF-8 (overlong forms included).
     InvalidUtf8,
-    /// A full-width or other look-alike of `/`, `\` or `.`.
+    /// A character that compatibility normalization or Unicode case mapping turns into ASCII
+    /// (full-width `／` or `ａ`, math letters, `ı`, the Kelvin sign), or an invisible or
+    /// space-like one.
     LookAlikeCharacter,
     /// A raw byte outside ASCII.
     NonAscii,
@@ -84,7 +87,7 @@ impl PathError {
             PathError::ControlCharacter => "Control character in path",
             PathError::DoubleEncoding => "Double percent-encoding in path",
             PathError::InvalidUtf8 => "Percent-encoded bytes are not valid UTF-8",
-            PathError::LookAlikeCharacter => "Look-alike slash or dot in path",
+            PathError::LookAlikeCharacter => "Look-alike or invisible character in path",
             PathError::NonAscii => "Raw non-ASCII byte in path",
             PathError::AboveRoot => "Path climbs above the root",
             PathError::TrailingDotOrSpace => "Path segment ends in a dot or space",
@@ -164,20 +167,59 @@ fn push_escaped(out: &mut String, b: u8) {
     out.push(HEX[(b & 15) as usize] as char);
 }
 
-/// Characters that some servers or frameworks fold into `/`, `\` or `.` (Unicode
-/// compatibility forms): refusing them closes the "full-width slash" family of bypasses.
+/// Characters that some servers, frameworks or code-page conversions fold into ASCII, so a
+/// guard and an application could read one path two ways:
+/// - compatibility forms (NFKC) of letters, digits, `/`, `\`, `.`, `;`, `?`, `#` and `%`:
+///   full-width `／` and `ａ`, `‥` (NFKC `..`), `;` (Greek question mark), math and circled
+///   letters, ligatures, super- and subscripts, letter-like symbols, squared units;
+/// - the letters whose simple Unicode case mapping is ASCII (`İ ı ſ` and the Kelvin sign
+///   `K`), which Java's `equalsIgnoreCase` and similar folds match against `i`, `s`, `k`;
+/// - `¥` and `₩` (and their full-width forms), which Japanese and Korean Windows code pages
+///   turn into `\`;
+/// - spaces and invisible format characters (no-break and other spaces, soft hyphen, zero
+///   widths, bidi marks, fillers, tags).
+///
+/// Refusing them closes the "full-width slash" and "best-fit" families of bypasses. The
+/// ranges come from the Unicode data (NFKC and simple case mappings); letters with accents
+/// (`é`) and scripts other than Latin keep working.
 fn is_look_alike(c: char) -> bool {
     matches!(c,
-        '\u{FF01}'..='\u{FF5E}'   // full-width ASCII
-        | '\u{2215}' | '\u{2044}' | '\u{29F8}' | '\u{29F9}' | '\u{FE68}' // slashes
-        | '\u{2024}' | '\u{FE52}' | '\u{3002}' | '\u{FF61}' // dots
-        | '\u{00A0}' | '\u{2000}'..='\u{200F}' | '\u{2028}'..='\u{202F}' | '\u{205F}'..='\u{206F}'
-        | '\u{3000}' | '\u{FEFF}' | '\u{FFF9}'..='\u{FFFB}' // spaces, invisible and bidi marks
+        // Latin-1 and Latin Extended: no-break space, yen, ordinals, soft hyphen, superscripts,
+        // fractions, ligatures, `İ ı ſ`.
+        '\u{00A0}' | '\u{00A5}' | '\u{00AA}' | '\u{00AD}' | '\u{00B2}' | '\u{00B3}' | '\u{00B9}'
+        | '\u{00BA}' | '\u{00BC}'..='\u{00BE}' | '\u{0130}'..='\u{0133}' | '\u{013F}' | '\u{0140}'
+        | '\u{0149}' | '\u{017F}' | '\u{01C4}'..='\u{01CC}' | '\u{01F1}'..='\u{01F3}'
+        // Modifier letters, combining grapheme joiner, Greek question mark (NFKC `;`).
+        | '\u{02B0}'..='\u{02B8}' | '\u{02E0}'..='\u{02E4}' | '\u{034F}' | '\u{037E}'
+        | '\u{061C}' | '\u{115F}' | '\u{1160}' | '\u{17B4}' | '\u{17B5}' | '\u{180B}'..='\u{180F}'
+        | '\u{1D2C}'..='\u{1D6A}' | '\u{1D9B}'..='\u{1DBF}' | '\u{1E9A}'
+        // General punctuation: spaces, zero widths, dot leaders, bidi marks, fraction slash,
+        // super- and subscripts.
+        | '\u{2000}'..='\u{200F}' | '\u{2024}'..='\u{2026}' | '\u{2028}'..='\u{202F}'
+        | '\u{2044}' | '\u{2047}'..='\u{2049}' | '\u{205F}'..='\u{209F}' | '\u{20A8}' | '\u{20A9}'
+        // Letter-like symbols (Kelvin sign included), number forms, division slash, enclosed
+        // alphanumerics, big solidus and reverse solidus.
+        | '\u{2100}'..='\u{218F}' | '\u{2215}' | '\u{2460}'..='\u{24FF}' | '\u{29F8}'
+        | '\u{29F9}' | '\u{2C7C}' | '\u{2C7D}'
+        // CJK: ideographic space and full stop, Hangul filler, circled numbers, squared units.
+        | '\u{3000}' | '\u{3002}' | '\u{3164}' | '\u{3250}'..='\u{325F}'
+        | '\u{32B1}'..='\u{32CF}' | '\u{3358}'..='\u{33FF}'
+        // Modifier capitals, Latin ligatures, vertical and small forms, BOM, full-width and
+        // half-width forms, interlinear annotation.
+        | '\u{A7F2}'..='\u{A7F4}' | '\u{FB00}'..='\u{FB06}' | '\u{FE10}'..='\u{FE19}'
+        | '\u{FE30}'..='\u{FE6B}' | '\u{FEFF}' | '\u{FF01}'..='\u{FF5E}' | '\u{FF61}'
+        | '\u{FFA0}' | '\u{FFE5}' | '\u{FFE6}' | '\u{FFF9}'..='\u{FFFB}'
+        // Supplementary planes: modifier letters, musical format controls, mathematical
+        // alphanumerics, enclosed alphanumerics (not the regional-indicator flags), segmented
+        // digits, tags.
+        | '\u{10780}'..='\u{107BF}' | '\u{1D173}'..='\u{1D17A}' | '\u{1D400}'..='\u{1D7FF}'
+        | '\u{1F100}'..='\u{1F1AD}' | '\u{1FBF0}'..='\u{1FBF9}' | '\u{E0000}'..='\u{E007F}'
     )
 }
 
 /// Decodes one raw segment into its canonical encoded form in `out`.
 fn canonical_segment(raw: &[u8], out: &mut String) -> Result<(), PathError> {
+    let start = out.len();
     let mut i = 0;
     let mut high = Vec::new();
     while i < raw.len() {
@@ -246,6 +288,15 @@ fn canonical_segment(raw: &[u8], out: &mut String) -> Result<(), PathError> {
             }
             i += 1;
         }
+    }
+    // `%25` followed by hex digits that were themselves escaped (`%25%32%66`) decodes to
+    // `%252f` here: still double encoding, and not a fixed point of `parse`.
+    let seg = &out.as_bytes()[start..];
+    let double = seg
+        .windows(5)
+        .any(|w| w[..3] == *b"%25" && hex_val(w[3]).is_some() && hex_val(w[4]).is_some());
+    if double {
+        return Err(PathError::DoubleEncoding);
     }
     Ok(())
 }
@@ -648,6 +699,13 @@ mod tests {
             ("/api/%zz", PathError::MalformedEscape),
             ("/api%c0%afadmin", PathError::InvalidUtf8),
             ("/api%ef%bc%8fadmin", PathError::LookAlikeCharacter),
+            ("/api/adm%C4%B1n", PathError::LookAlikeCharacter),
+            ("/api/%E2%80%A5/admin", PathError::LookAlikeCharacter),
+            ("/api/%F0%9D%90%9Admin", PathError::LookAlikeCharacter),
+            ("/api/ad%C2%ADmin", PathError::LookAlikeCharacter),
+            ("/api%C2%A5admin", PathError::LookAlikeCharacter),
+            ("/api/%25%32%66", PathError::DoubleEncoding),
+            ("/api/%25A%41", PathError::DoubleEncoding),
             ("/..", PathError::AboveRoot),
             ("/api/../../x", PathError::AboveRoot),
             ("/api/admin.", PathError::TrailingDotOrSpace),

@@ -1,0 +1,251 @@
+//! Method allowlist over real TCP: each preset's list, a per-route override, extension
+//! methods, `HEAD` on a GET-only route, and report-only methods.
+//!
+//! Requests go out as raw request lines, so extension and lower-case methods reach the server
+//! exactly as written.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::Router;
+use common::*;
+use http::Method;
+use http::request::Parts;
+use portcullis::audit::{MemorySink, Outcome};
+use portcullis::auth::{AuthMethod, AuthOutcome, Authenticator, BoxFuture};
+use portcullis::policy::ReportOnly;
+use portcullis::{Control, Policy, Preset, Principal, SecurityLayer};
+
+const PUBLIC_ALLOW: &str = "GET, HEAD, POST";
+const AUTHENTICATED_ALLOW: &str = "GET, HEAD, POST, PUT, PATCH, DELETE";
+const STRICT_ALLOW: &str = "POST";
+
+/// Authenticates anyone who sends `x-test-user`, with the `admin` role.
+struct HeaderUser;
+
+impl Authenticator for HeaderUser {
+    fn authenticate<'a>(&'a self, parts: &'a Parts) -> BoxFuture<'a, AuthOutcome> {
+        let user = parts
+            .headers
+            .get("x-test-user")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
+        Box::pin(async move {
+            match user {
+                Some(id) => {
+                    AuthOutcome::Authenticated(Principal::new(id, ["admin"], AuthMethod::Custom))
+                }
+                None => AuthOutcome::NoCredentials,
+            }
+        })
+    }
+}
+
+async fn start(sink: MemorySink) -> SocketAddr {
+    let layer = SecurityLayer::builder()
+        .default_policy(Preset::Public)
+        .route("/api/auth/**", Preset::Authenticated)
+        .route("/api/strict/**", Preset::Strict)
+        .route(
+            "/api/custom/**",
+            Policy::preset(Preset::Public).methods([Method::GET, Method::PUT]),
+        )
+        .route(
+            "/api/get-only/**",
+            Policy::preset(Preset::Public).methods([Method::GET]),
+        )
+        .route(
+            "/api/trial/**",
+            Policy::preset(Preset::Public)
+                .methods([Method::GET])
+                .report_only(ReportOnly::Controls(vec![Control::Methods])),
+        )
+        .authenticator(Arc::new(HeaderUser))
+        .audit(Arc::new(sink))
+        .build()
+        .expect("valid policy");
+    serve_with(Router::new().fallback(echo), layer).await
+}
+
+/// One raw request with an empty body; `user` adds the test credentials.
+async fn call(addr: SocketAddr, method: &str, path: &str, user: bool) -> Reply {
+    let auth = if user { "x-test-user: alice\r\n" } else { "" };
+    let req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\n{auth}Content-Length: 0\r\nConnection: close\r\n\r\n"
+    );
+    send_raw(addr, req.as_bytes()).await
+}
+
+/// Asserts the 405 shape: exact `Allow`, JSON error with `method_not_allowed` (no body on
+/// `HEAD`), request id.
+fn assert_405(r: &Reply, method: &str, path: &str, allow: &str) {
+    let what = format!("{method} {path}");
+    assert_eq!(r.status, 405, "{what}: {}", r.text());
+    assert_eq!(r.header("allow"), Some(allow), "{what}");
+    assert_eq!(r.header("content-type"), Some("application/json"), "{what}");
+    assert!(r.header("x-request-id").is_some(), "{what}");
+    if method != "HEAD" {
+        let v = r.json();
+        assert_eq!(v["code"], "method_not_allowed", "{what}");
+        assert_eq!(v["request_id"], r.header("x-request-id").unwrap(), "{what}");
+    }
+}
+
+fn assert_passes(r: &Reply, method: &str, path: &str) {
+    assert_eq!(r.status, 200, "{method} {path}: {}", r.text());
+    assert!(r.header("allow").is_none(), "{method} {path}");
+}
+
+/// Methods nobody lists: WebDAV, debugging, made up, and `get` in lower case (methods are
+/// case-sensitive, so it is not `GET`).
+const EXTENSION: &[&str] = &[
+    "TRACE", "PROPFIND", "MKCOL", "COPY", "LOCK", "TRACK", "DEBUG", "PURGE", "FOO", "get",
+];
+
+#[tokio::test]
+async fn public_preset_allows_get_head_post_only() {
+    let addr = start(MemorySink::default()).await;
+    let path = "/api/public-data";
+    for m in ["GET", "HEAD", "POST"] {
+        assert_passes(&call(addr, m, path, false).await, m, path);
+    }
+    for &m in ["PUT", "PATCH", "DELETE", "OPTIONS"]
+        .iter()
+        .chain(EXTENSION)
+    {
+        assert_405(&call(addr, m, path, false).await, m, path, PUBLIC_ALLOW);
+    }
+}
+
+#[tokio::test]
+async fn authenticated_preset_allows_the_crud_methods_only() {
+    let addr = start(MemorySink::default()).await;
+    let path = "/api/auth/notes";
+    for m in ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"] {
+        assert_passes(&call(addr, m, path, true).await, m, path);
+    }
+    for &m in ["OPTIONS"].iter().chain(EXTENSION) {
+        assert_405(
+            &call(addr, m, path, true).await,
+            m,
+            path,
+            AUTHENTICATED_ALLOW,
+        );
+    }
+}
+
+#[tokio::test]
+async fn the_method_check_comes_before_authentication() {
+    let addr = start(MemorySink::default()).await;
+    // Without credentials an allowed method gets 401, a refused one 405.
+    let r = call(addr, "GET", "/api/auth/notes", false).await;
+    assert_eq!(r.status, 401);
+    assert_405(
+        &call(addr, "PROPFIND", "/api/auth/notes", false).await,
+        "PROPFIND",
+        "/api/auth/notes",
+        AUTHENTICATED_ALLOW,
+    );
+}
+
+#[tokio::test]
+async fn strict_preset_allows_post_only() {
+    let addr = start(MemorySink::default()).await;
+    let path = "/api/strict/transfer";
+    assert_passes(&call(addr, "POST", path, true).await, "POST", path);
+    for &m in ["GET", "HEAD", "PUT", "PATCH", "DELETE", "OPTIONS"]
+        .iter()
+        .chain(EXTENSION)
+    {
+        assert_405(&call(addr, m, path, true).await, m, path, STRICT_ALLOW);
+    }
+}
+
+#[tokio::test]
+async fn a_route_override_replaces_the_preset_list() {
+    let addr = start(MemorySink::default()).await;
+    let path = "/api/custom/item";
+    for m in ["GET", "PUT"] {
+        assert_passes(&call(addr, m, path, false).await, m, path);
+    }
+    // POST and HEAD were in the public preset but not in the override.
+    for &m in ["POST", "HEAD", "DELETE", "PATCH"].iter().chain(EXTENSION) {
+        assert_405(&call(addr, m, path, false).await, m, path, "GET, PUT");
+    }
+}
+
+#[tokio::test]
+async fn head_on_a_get_only_route_is_refused_unless_listed() {
+    let addr = start(MemorySink::default()).await;
+    let path = "/api/get-only/report";
+    assert_passes(&call(addr, "GET", path, false).await, "GET", path);
+    let r = call(addr, "HEAD", path, false).await;
+    assert_405(&r, "HEAD", path, "GET");
+    assert!(r.body.is_empty(), "a HEAD response has no body");
+}
+
+#[tokio::test]
+async fn a_refused_method_is_audited() {
+    let sink = MemorySink::default();
+    let addr = start(sink.clone()).await;
+    let r = call(addr, "TRACE", "/api/strict/transfer", false).await;
+    assert_405(&r, "TRACE", "/api/strict/transfer", STRICT_ALLOW);
+    let events = sink.events();
+    assert_eq!(events.len(), 1);
+    let e = &events[0];
+    assert_eq!(e.action.as_str(), "method_not_allowed");
+    assert_eq!(e.outcome, Outcome::Denied);
+    assert_eq!(e.method, "TRACE");
+    assert_eq!(e.route, "/api/strict/**");
+    assert_eq!(e.path, "/api/strict/transfer");
+    assert_eq!(e.status, 405);
+    assert_eq!(e.request_id, r.header("x-request-id").unwrap());
+    assert_eq!(e.metadata["control"], "methods");
+}
+
+#[tokio::test]
+async fn report_only_methods_let_the_request_through_and_audit_it() {
+    let sink = MemorySink::default();
+    let addr = start(sink.clone()).await;
+    let path = "/api/trial/x";
+
+    // Listed: passes, nothing to report.
+    assert_passes(&call(addr, "GET", path, false).await, "GET", path);
+    assert!(sink.events().is_empty());
+
+    for (i, m) in ["DELETE", "PROPFIND", "HEAD"].into_iter().enumerate() {
+        let r = call(addr, m, path, false).await;
+        assert_passes(&r, m, path);
+        if m != "HEAD" {
+            assert_eq!(r.json()["path"], path, "{m}: the handler ran");
+        }
+        let events = sink.events();
+        assert_eq!(events.len(), i + 1, "{m}");
+        let e = &events[i];
+        assert_eq!(e.outcome, Outcome::ReportOnly, "{m}");
+        assert_eq!(e.action.as_str(), "method_not_allowed", "{m}");
+        assert_eq!(e.method, m);
+        assert_eq!(e.route, "/api/trial/**");
+        assert_eq!(e.status, 405, "{m}: the status it would have had");
+        assert_eq!(e.request_id, r.header("x-request-id").unwrap(), "{m}");
+    }
+}
+
+#[tokio::test]
+async fn connect_never_reaches_the_application() {
+    let addr = start(MemorySink::default()).await;
+    // Authority-form (the usual CONNECT target) has no path: refused by the path check.
+    let r = call(addr, "CONNECT", &addr.to_string(), false).await;
+    assert_eq!(r.status, 400, "{}", r.text());
+    assert_eq!(r.json()["code"], "invalid_path");
+    // Origin-form: refused by the allowlist like any unlisted method.
+    let path = "/api/public-data";
+    assert_405(
+        &call(addr, "CONNECT", path, false).await,
+        "CONNECT",
+        path,
+        PUBLIC_ALLOW,
+    );
+}
