@@ -84,15 +84,17 @@ pub fn has_body(headers: &HeaderMap) -> bool {
     if headers.contains_key(header::TRANSFER_ENCODING) {
         return true;
     }
+    // `Content-Length: 00` is no body either; an unreadable length counts as a body, so the
+    // content-type check is not skipped on a malformed value.
     match headers.get(header::CONTENT_LENGTH) {
-        Some(v) => v.as_bytes() != b"0",
+        Some(v) => v.to_str().ok().and_then(|s| s.trim().parse::<u64>().ok()) != Some(0),
         None => false,
     }
 }
 
 /// Refuses a request body whose content type is not in `allowed` (`type/subtype` or
 /// `type/*`, lower-case). Parameters such as `charset` are ignored; a body without a
-/// content type is refused.
+/// content type, or with several differing ones, is refused.
 ///
 /// ```
 /// use portcullis::body_limit::check_content_type;
@@ -103,15 +105,38 @@ pub fn has_body(headers: &HeaderMap) -> bool {
 /// assert!(check_content_type(&h, &["text/*".into()]).is_err());
 /// ```
 pub fn check_content_type(headers: &HeaderMap, allowed: &[String]) -> Result<(), Rejection> {
-    if !has_body(headers) {
+    check_body_content_type(headers, allowed, has_body(headers))
+}
+
+/// [`check_content_type`] for a caller that knows better than the headers whether a body
+/// comes: an HTTP/2 request may stream one with neither `Content-Length` nor
+/// `Transfer-Encoding`, so pass `has_body(headers) || !body.is_end_stream()`.
+///
+/// ```
+/// use portcullis::body_limit::check_body_content_type;
+/// let mut h = http::HeaderMap::new();
+/// h.insert("content-type", "text/plain".parse().unwrap());
+/// let json = ["application/json".to_string()];
+/// assert!(check_body_content_type(&h, &json, false).is_ok());
+/// assert!(check_body_content_type(&h, &json, true).is_err());
+/// ```
+pub fn check_body_content_type(
+    headers: &HeaderMap,
+    allowed: &[String],
+    body: bool,
+) -> Result<(), Rejection> {
+    if !body {
         return Ok(());
     }
-    let Some(ct) = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-    else {
+    let mut values = headers.get_all(header::CONTENT_TYPE).iter();
+    let Some(ct) = values.next().and_then(|v| v.to_str().ok()) else {
         return Err(Rejection::unsupported_media_type());
     };
+    // Frameworks disagree on which duplicate wins (first in Node and Go, last or joined
+    // elsewhere): checking only the first would let the application parse the second.
+    if values.any(|v| v.as_bytes() != ct.as_bytes()) {
+        return Err(Rejection::unsupported_media_type());
+    }
     let essence = ct
         .split(';')
         .next()
@@ -141,6 +166,7 @@ pin_project! {
         remaining: u64,
         limit: u64,
         tripped: Option<Arc<AtomicBool>>,
+        cut: bool,
     }
 }
 
@@ -152,6 +178,7 @@ impl<B> LimitedBody<B> {
             remaining: u64::MAX,
             limit: u64::MAX,
             tripped: None,
+            cut: true,
         }
     }
 
@@ -162,6 +189,16 @@ impl<B> LimitedBody<B> {
             remaining: limit,
             limit,
             tripped: Some(tripped),
+            cut: true,
+        }
+    }
+
+    /// Wraps `inner` for report-only mode: sets `tripped` once more than `limit` bytes have
+    /// streamed through, but lets every byte pass.
+    pub fn observing(inner: B, limit: u64, tripped: Arc<AtomicBool>) -> Self {
+        LimitedBody {
+            cut: false,
+            ..LimitedBody::new(inner, limit, tripped)
         }
     }
 }
@@ -188,11 +225,14 @@ where
                         if let Some(flag) = this.tripped {
                             flag.store(true, Ordering::Release);
                         }
-                        return Poll::Ready(Some(Err(Box::new(BodyTooLarge {
-                            limit: *this.limit,
-                        }))));
+                        if *this.cut {
+                            return Poll::Ready(Some(Err(Box::new(BodyTooLarge {
+                                limit: *this.limit,
+                            }))));
+                        }
+                    } else {
+                        *this.remaining -= n;
                     }
-                    *this.remaining -= n;
                 }
                 Poll::Ready(Some(Ok(frame)))
             }
@@ -208,7 +248,7 @@ where
 
     fn size_hint(&self) -> SizeHint {
         let mut hint = self.inner.size_hint();
-        if self.limit != u64::MAX {
+        if self.cut && self.limit != u64::MAX {
             if hint.lower() > self.remaining {
                 return hint;
             }
@@ -254,6 +294,47 @@ mod tests {
             .unwrap();
         assert_eq!(out.to_bytes().len(), 500);
         assert!(!flag.load(Ordering::Acquire));
+    }
+
+    #[tokio::test]
+    async fn observing_body_flags_but_passes_every_byte() {
+        let chunks = (0..10).map(|_| {
+            Ok::<_, std::convert::Infallible>(Frame::data(bytes::Bytes::from(vec![0u8; 100])))
+        });
+        let body = StreamBody::new(futures_util::stream::iter(chunks));
+        let flag = Arc::new(AtomicBool::new(false));
+        let out = LimitedBody::observing(body, 550, flag.clone())
+            .collect()
+            .await
+            .unwrap();
+        assert_eq!(out.to_bytes().len(), 1000);
+        assert!(flag.load(Ordering::Acquire));
+    }
+
+    #[test]
+    fn zero_length_spelled_otherwise_is_no_body() {
+        let allowed = ["application/json".to_string()];
+        let mut h = HeaderMap::new();
+        h.insert("content-length", "00".parse().unwrap());
+        assert!(check_content_type(&h, &allowed).is_ok());
+        h.insert("content-length", "x".parse().unwrap());
+        assert!(check_content_type(&h, &allowed).is_err());
+    }
+
+    #[test]
+    fn differing_duplicate_content_types_are_refused() {
+        let allowed = ["application/json".to_string()];
+        let mut h = HeaderMap::new();
+        h.insert("content-length", "2".parse().unwrap());
+        h.append("content-type", "application/json".parse().unwrap());
+        assert!(check_content_type(&h, &allowed).is_ok());
+        h.append("content-type", "application/json".parse().unwrap());
+        assert!(check_content_type(&h, &allowed).is_ok());
+        h.append("content-type", "text/plain".parse().unwrap());
+        assert_eq!(
+            check_content_type(&h, &allowed).unwrap_err().status(),
+            http::StatusCode::UNSUPPORTED_MEDIA_TYPE
+        );
     }
 
     #[test]

@@ -47,11 +47,10 @@ impl Cidr {
             Some((a, p)) => (a, Some(p)),
             None => (s, None),
         };
-        let addr: IpAddr = addr
+        let parsed: IpAddr = addr
             .parse()
             .map_err(|_| format!("{s:?} is not an IP address or CIDR block"))?;
-        let addr = canonical_ip(addr);
-        let max = if addr.is_ipv4() { 32 } else { 128 };
+        let max = if parsed.is_ipv4() { 32 } else { 128 };
         let prefix = match prefix {
             None => max,
             Some(p) => {
@@ -63,6 +62,18 @@ impl Cidr {
                 }
                 p
             }
+        };
+        let addr = canonical_ip(parsed);
+        // An IPv4-mapped block (`::ffff:10.0.0.0/104`) is the IPv4 block `10.0.0.0/8`, since
+        // addresses are compared after folding; a shorter prefix would mix in native IPv6.
+        let prefix = match (parsed, addr) {
+            (IpAddr::V6(_), IpAddr::V4(_)) if prefix < 96 => {
+                return Err(format!(
+                    "{s:?} spans IPv4-mapped and native IPv6 addresses; list them separately"
+                ));
+            }
+            (IpAddr::V6(_), IpAddr::V4(_)) => prefix - 96,
+            _ => prefix,
         };
         Ok(Cidr { addr, prefix })
     }
@@ -131,7 +142,7 @@ pub fn canonical_ip(ip: IpAddr) -> IpAddr {
 }
 
 /// Parses one `X-Forwarded-For` entry: `1.2.3.4`, `1.2.3.4:5678`, `2001:db8::1`,
-/// `[2001:db8::1]:443`, optionally quoted.
+/// `[2001:db8::1]`, `[2001:db8::1]:443`, optionally quoted.
 fn parse_hop(entry: &str) -> Option<IpAddr> {
     let e = entry.trim().trim_matches('"');
     if let Ok(ip) = e.parse::<IpAddr>() {
@@ -139,6 +150,12 @@ fn parse_hop(entry: &str) -> Option<IpAddr> {
     }
     if let Ok(sa) = e.parse::<SocketAddr>() {
         return Some(canonical_ip(sa.ip()));
+    }
+    // Bracketed IPv6 without a port, as RFC 7239 writes it and some proxies copy into XFF.
+    if let Some(inner) = e.strip_prefix('[').and_then(|r| r.strip_suffix(']'))
+        && let Ok(ip) = inner.parse::<Ipv6Addr>()
+    {
+        return Some(canonical_ip(IpAddr::V6(ip)));
     }
     None
 }
@@ -150,18 +167,16 @@ pub fn resolve(peer: IpAddr, headers: &HeaderMap, trusted: &TrustedProxies) -> I
         return peer;
     }
     let mut nearest_trusted = peer;
-    // Several X-Forwarded-For lines form one list, in order; walk it from the right.
-    let lines: Vec<&str> = headers
-        .get_all("x-forwarded-for")
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .collect();
-    for line in lines.iter().rev() {
-        for entry in line.rsplit(',') {
-            if entry.trim().is_empty() {
+    // Several X-Forwarded-For lines form one list, in order; walk it from the right. Lines are
+    // split as bytes: a line holding non-ASCII bytes (legal obs-text) must not vanish from the
+    // walk, or a proxy that appended the real hop to it would be skipped in favour of lines
+    // further left, which the client wrote.
+    for line in headers.get_all("x-forwarded-for").iter().rev() {
+        for entry in line.as_bytes().rsplit(|b| *b == b',') {
+            if entry.iter().all(u8::is_ascii_whitespace) {
                 continue;
             }
-            match parse_hop(entry) {
+            match std::str::from_utf8(entry).ok().and_then(parse_hop) {
                 Some(ip) if trusted.contains(ip) => nearest_trusted = ip,
                 Some(ip) => return ip,
                 // A hop we cannot read was written by someone we do not trust: stop at the last
@@ -199,7 +214,9 @@ impl ClientIp {
     /// assert_eq!(a.key(), "2001:db8:1:2::/64");
     /// ```
     pub fn key(&self) -> String {
-        match self.0 {
+        // Fold first: an IPv4-mapped address left in a hand-built `ClientIp` would otherwise
+        // put every IPv4 client in the one bucket `::/64`.
+        match canonical_ip(self.0) {
             IpAddr::V4(v4) => v4.to_string(),
             IpAddr::V6(v6) => {
                 let net = Ipv6Addr::from(u128::from(v6) & !((1u128 << 64) - 1));
@@ -282,6 +299,52 @@ mod tests {
             &t,
         );
         assert_eq!(ip.to_string(), "10.0.0.5");
+    }
+
+    #[test]
+    fn non_ascii_line_does_not_hide_the_hop_a_proxy_appended_to_it() {
+        let t = TrustedProxies::parse(["10.0.0.0/8"]).unwrap();
+        let mut h = HeaderMap::new();
+        h.append("x-forwarded-for", "6.6.6.6".parse().unwrap());
+        h.append(
+            "x-forwarded-for",
+            http::HeaderValue::from_bytes(b"\xff\xfe, 203.0.113.9").unwrap(),
+        );
+        let ip = resolve("10.0.0.1".parse().unwrap(), &h, &t);
+        assert_eq!(ip.to_string(), "203.0.113.9");
+        // Unreadable bytes as the nearest hop stop the walk at the proxy.
+        let mut h = HeaderMap::new();
+        h.append("x-forwarded-for", "6.6.6.6".parse().unwrap());
+        h.append(
+            "x-forwarded-for",
+            http::HeaderValue::from_bytes(b"\xff").unwrap(),
+        );
+        let ip = resolve("10.0.0.1".parse().unwrap(), &h, &t);
+        assert_eq!(ip.to_string(), "10.0.0.1");
+    }
+
+    #[test]
+    fn bracketed_ipv6_without_port_is_read() {
+        let t = TrustedProxies::parse(["10.0.0.0/8"]).unwrap();
+        let ip = resolve("10.0.0.1".parse().unwrap(), &xff("[2001:db8::7]"), &t);
+        assert_eq!(ip.to_string(), "2001:db8::7");
+    }
+
+    #[test]
+    fn mapped_cidr_is_the_ipv4_block() {
+        let c = Cidr::parse("::ffff:10.0.0.0/104").unwrap();
+        assert!(c.contains("10.200.0.1".parse().unwrap()));
+        assert!(c.contains("::ffff:10.200.0.1".parse().unwrap()));
+        assert!(!c.contains("11.0.0.1".parse().unwrap()));
+        assert!(Cidr::parse("::ffff:0.0.0.0/95").is_err());
+    }
+
+    #[test]
+    fn key_folds_mapped_addresses() {
+        let a = ClientIp("::ffff:203.0.113.9".parse().unwrap());
+        let b = ClientIp("::ffff:198.51.100.1".parse().unwrap());
+        assert_eq!(a.key(), "203.0.113.9");
+        assert_ne!(a.key(), b.key());
     }
 
     #[test]

@@ -5,8 +5,14 @@
 //! header behind CVE-2025-29927, and every `x-middleware-*`, `x-invoke-*`, `x-matched-path`,
 //! `x-now-route-matches`, `x-nextjs-data`), URL-override headers (`x-original-url`,
 //! `x-rewrite-url`), a client-sent `content-security-policy` or `x-nonce`, and — unless the
-//! peer is a trusted proxy — `forwarded` and every `x-forwarded-*`, plus `x-real-ip` and
-//! `x-client-ip`, which some applications read as the client address.
+//! peer is a trusted proxy — `forwarded` and every `x-forwarded-*`, plus the other headers
+//! common client-address libraries read (`x-real-ip`, `x-client-ip`, `true-client-ip`,
+//! `cf-connecting-ip`, `fastly-client-ip`, `x-cluster-client-ip`, `x-forwarded`,
+//! `forwarded-for`, `x-appengine-user-ip`, `cf-pseudo-ipv4`).
+//!
+//! Names are matched with `_` read as `-`: CGI, WSGI, PHP and Rack expose both
+//! `X_Forwarded_For` and `X-Forwarded-For` as `HTTP_X_FORWARDED_FOR`, so an underscore
+//! spelling would otherwise slip a forged header past this list.
 //!
 //! ```
 //! use portcullis::inbound::InboundHeaders;
@@ -49,22 +55,38 @@ impl Default for InboundHeaders {
                 "x-middleware-".to_string(),
                 "x-invoke-".to_string(),
             ],
-            forwarded_exact: names(&["forwarded", "x-real-ip", "x-client-ip"]),
+            forwarded_exact: names(&[
+                "forwarded",
+                "x-real-ip",
+                "x-client-ip",
+                "true-client-ip",
+                "cf-connecting-ip",
+                "fastly-client-ip",
+                "x-cluster-client-ip",
+                "x-forwarded",
+                "forwarded-for",
+                "x-appengine-user-ip",
+                "cf-pseudo-ipv4",
+            ]),
             forwarded_prefixes: vec!["x-forwarded-".to_string()],
         }
     }
 }
 
 impl InboundHeaders {
-    /// Also strips `name` (exact, case-insensitive).
+    /// Also strips `name` (exact, case-insensitive; `_` and `-` are the same).
     pub fn also(mut self, name: HeaderName) -> Self {
-        self.exact.push(name);
+        let dashed = name.as_str().replace('_', "-");
+        self.exact
+            .push(HeaderName::try_from(dashed).unwrap_or(name));
         self
     }
 
-    /// Also strips every header starting with `prefix` (lower-case).
+    /// Also strips every header starting with `prefix` (case-insensitive; `_` and `-` are the
+    /// same).
     pub fn also_prefix(mut self, prefix: &str) -> Self {
-        self.prefixes.push(prefix.to_ascii_lowercase());
+        self.prefixes
+            .push(prefix.to_ascii_lowercase().replace('_', "-"));
         self
     }
 
@@ -73,11 +95,19 @@ impl InboundHeaders {
     pub fn strip(&self, headers: &mut HeaderMap, peer_trusted: bool) {
         let mut doomed: Vec<HeaderName> = Vec::new();
         for name in headers.keys() {
-            let n = name.as_str();
-            let hit = self.exact.contains(name)
+            // No proxy writes an underscore spelling, so one is dropped even from a trusted
+            // peer.
+            let underscored = name.as_str().contains('_');
+            let n: std::borrow::Cow<'_, str> = if underscored {
+                name.as_str().replace('_', "-").into()
+            } else {
+                name.as_str().into()
+            };
+            let n = n.as_ref();
+            let hit = self.exact.iter().any(|e| e.as_str() == n)
                 || self.prefixes.iter().any(|p| n.starts_with(p.as_str()))
-                || (!peer_trusted
-                    && (self.forwarded_exact.contains(name)
+                || ((!peer_trusted || underscored)
+                    && (self.forwarded_exact.iter().any(|e| e.as_str() == n)
                         || self
                             .forwarded_prefixes
                             .iter()
@@ -122,12 +152,55 @@ mod tests {
     }
 
     #[test]
+    fn underscore_spellings_are_stripped_too() {
+        let mut h = HeaderMap::new();
+        for n in [
+            "x_forwarded_for",
+            "X_Middleware_Subrequest",
+            "x_portcullis_user",
+        ] {
+            h.append(
+                HeaderName::from_bytes(n.as_bytes()).unwrap(),
+                "x".parse().unwrap(),
+            );
+        }
+        h.insert("x_custom_thing", "kept".parse().unwrap());
+        InboundHeaders::default().strip(&mut h, false);
+        assert_eq!(h.len(), 1, "{h:?}");
+        assert!(h.contains_key("x_custom_thing"));
+    }
+
+    #[test]
+    fn extra_names_match_either_spelling() {
+        let strip = InboundHeaders::default()
+            .also(HeaderName::from_static("x_tenant_id"))
+            .also_prefix("X-Internal_");
+        let mut h = HeaderMap::new();
+        for n in [
+            "x-tenant-id",
+            "x_tenant_id",
+            "x-internal-a",
+            "x_internal_b",
+            "accept",
+        ] {
+            h.append(
+                HeaderName::from_bytes(n.as_bytes()).unwrap(),
+                "x".parse().unwrap(),
+            );
+        }
+        strip.strip(&mut h, false);
+        assert_eq!(h.len(), 1, "{h:?}");
+    }
+
+    #[test]
     fn trusted_proxy_keeps_forwarding_headers() {
         let mut h = HeaderMap::new();
         h.insert("x-forwarded-for", "1.2.3.4".parse().unwrap());
+        h.insert("x_forwarded_for", "6.6.6.6".parse().unwrap());
         h.insert("x-portcullis-user", "admin".parse().unwrap());
         InboundHeaders::default().strip(&mut h, true);
         assert!(h.contains_key("x-forwarded-for"));
+        assert!(!h.contains_key("x_forwarded_for"));
         assert!(!h.contains_key("x-portcullis-user"));
     }
 }
