@@ -474,7 +474,7 @@ where
         + 'static,
     S::Future: Send + 'static,
     S::Error: Send + 'static,
-    ReqBody: Send + 'static,
+    ReqBody: Body + Send + 'static,
     ResBody: Body<Data = Bytes> + Send + 'static,
     ResBody::Error: Into<axum::BoxError>,
 {
@@ -520,10 +520,13 @@ impl Engine {
     ) -> Result<Response<SecurityBody>, S::Error>
     where
         S: Service<Request<LimitedBody<ReqBody>>, Response = Response<ResBody>>,
+        ReqBody: Body,
         ResBody: Body<Data = Bytes> + Send + 'static,
         ResBody::Error: Into<axum::BoxError>,
     {
         let (mut parts, body) = req.into_parts();
+        // HTTP/2 may stream a body with neither Content-Length nor Transfer-Encoding.
+        let body_announced = body_limit::has_body(&parts.headers) || !body.is_end_stream();
         let request_id = parts
             .headers
             .get(X_REQUEST_ID)
@@ -556,7 +559,7 @@ impl Engine {
             notes: Vec::new(),
         };
 
-        let tripped = match self.before(&mut parts, &mut x).await {
+        let tripped = match self.before(&mut parts, &mut x, body_announced).await {
             Ok(t) => t,
             Err(Step::Reject(r)) => return Ok(self.reject(r, &parts, &x)),
             Err(Step::Respond(res)) => {
@@ -570,7 +573,11 @@ impl Engine {
             Some(csp) if csp.uses_nonce() => Some(Nonce::generate()),
             _ => None,
         };
+        let report_body = x.policy.report_only_mode().covers(Control::Body);
         let body = match (&tripped, x.policy.max_body_bytes()) {
+            (Some(flag), Some(max)) if report_body => {
+                LimitedBody::observing(body, max, flag.clone())
+            }
             (Some(flag), Some(max)) => LimitedBody::new(body, max, flag.clone()),
             _ => LimitedBody::unlimited(body),
         };
@@ -592,12 +599,15 @@ impl Engine {
         let res = inner.call(Request::from_parts(parts, body)).await?;
 
         if tripped.as_ref().is_some_and(|f| f.load(Ordering::Acquire)) {
-            let limit = x.policy.max_body_bytes().unwrap_or(0);
+            let r = Rejection::body_too_large(x.policy.max_body_bytes().unwrap_or(0));
             let meta = Parts2 {
                 headers: &req_headers,
                 method: &method,
             };
-            return Ok(self.reject_with(Rejection::body_too_large(limit), meta, &x));
+            if !report_body {
+                return Ok(self.reject_with(r, meta, &x));
+            }
+            self.audit_event(r.action(), Outcome::ReportOnly, r.status(), Some(&r), meta, &x);
         }
         let (mut rparts, rbody) = res.into_parts();
         let meta = Parts2 {
@@ -632,6 +642,7 @@ impl Engine {
         &self,
         parts: &mut Parts,
         x: &mut Exchange,
+        body_announced: bool,
     ) -> Result<Option<Arc<AtomicBool>>, Step> {
         // 2. Canonical path and host.
         self.check_host(parts)?;
@@ -725,6 +736,7 @@ impl Engine {
         }
 
         // 12. Body.
+        let mut reported = false;
         if let Some(max) = policy.max_body_bytes()
             && let Err(r) = body_limit::check_declared_length(&parts.headers, max)
         {
@@ -733,14 +745,17 @@ impl Engine {
                 return Err(r.into());
             }
             self.enforce(r, parts, x)?;
+            // Only reached in report-only mode; the declared length was exact, so the
+            // stream need not be reported a second time.
+            reported = true;
         }
         if let Some(types) = policy.allowed_content_types()
-            && let Err(r) = body_limit::check_content_type(&parts.headers, types)
+            && let Err(r) =
+                body_limit::check_body_content_type(&parts.headers, types, body_announced)
         {
             self.enforce(r, parts, x)?;
         }
-        let counted =
-            policy.max_body_bytes().is_some() && !policy.report_only_mode().covers(Control::Body);
+        let counted = policy.max_body_bytes().is_some() && !reported;
         Ok(counted.then(|| Arc::new(AtomicBool::new(false))))
     }
 

@@ -535,7 +535,6 @@ async fn http2_body_without_length_is_counted() {
 }
 
 #[tokio::test]
-#[ignore = "engine bug: layer.rs decides 'has a body' from headers only; needs the proposed layer.rs patch"]
 async fn http2_body_without_length_is_held_to_the_content_type_allowlist() {
     let addr = start(&MemorySink::default()).await;
     let r = send_h2_stream(addr, "/json/bytes", "text/plain", b"hello".to_vec()).await;
@@ -545,7 +544,6 @@ async fn http2_body_without_length_is_held_to_the_content_type_allowlist() {
 }
 
 #[tokio::test]
-#[ignore = "engine bug: report-only mode does not count streamed bodies; needs the proposed layer.rs patch"]
 async fn report_only_counts_a_chunked_body_and_audits_it() {
     let sink = MemorySink::default();
     let addr = start(&sink).await;
