@@ -117,7 +117,9 @@ impl SecurityHeaders {
         }
     }
 
-    /// Sets (or replaces) a header. `strict-transport-security` is accepted here too.
+    /// Sets (or replaces) a header. `strict-transport-security` is accepted here too;
+    /// `content-security-policy` is not (use [`Csp`](crate::Csp), which validates the policy
+    /// and adds nonces).
     pub fn set(mut self, name: &str, value: &str) -> Result<Self, HeaderError> {
         let err = |reason: &str| HeaderError {
             name: name.to_string(),
@@ -125,6 +127,14 @@ impl SecurityHeaders {
         };
         let n = HeaderName::from_bytes(name.trim().as_bytes())
             .map_err(|_| err("not a valid header name"))?;
+        if n == header::CONTENT_SECURITY_POLICY || n == header::CONTENT_SECURITY_POLICY_REPORT_ONLY
+        {
+            // One source of truth: a CSP set here would skip validation and nonces, and be
+            // silently replaced whenever the layer's or the route's `Csp` applies.
+            return Err(err(
+                "set the CSP with headers::csp::Csp, not as a plain header",
+            ));
+        }
         let v = HeaderValue::from_str(value).map_err(|_| err("not a valid header value"))?;
         if n == header::STRICT_TRANSPORT_SECURITY {
             if !value.to_ascii_lowercase().contains("max-age=") {
@@ -226,6 +236,16 @@ mod tests {
         assert!(
             SecurityHeaders::default()
                 .set("strict-transport-security", "1")
+                .is_err()
+        );
+        assert!(
+            SecurityHeaders::default()
+                .set("Content-Security-Policy", "default-src *")
+                .is_err()
+        );
+        assert!(
+            SecurityHeaders::default()
+                .set("content-security-policy-report-only", "default-src *")
                 .is_err()
         );
     }
