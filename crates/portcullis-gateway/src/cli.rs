@@ -1,0 +1,113 @@
+//! The command line: argument shapes only; the work is done in the library crate.
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+/// Portcullis: a security gateway for web APIs, configured by one TOML file.
+#[derive(Debug, Parser)]
+#[command(name = "portcullis", version, about, propagate_version = true)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the gateway in front of the configured upstream.
+    Serve {
+        /// The config file.
+        #[arg(long, short, value_name = "FILE")]
+        config: PathBuf,
+    },
+    /// Run the gateway in front of a built-in demo application.
+    Demo {
+        /// Where the demo listens.
+        #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8080")]
+        listen: String,
+    },
+    /// Validate a config file and report every error.
+    CheckConfig {
+        /// The config file.
+        #[arg(long, short, value_name = "FILE")]
+        config: PathBuf,
+    },
+    /// Mint a development JWT with the configured HMAC key.
+    Token {
+        /// The subject (user id).
+        #[arg(long, value_name = "ID")]
+        sub: String,
+        /// A role to grant (repeat for several).
+        #[arg(long, value_name = "ROLE")]
+        role: Vec<String>,
+        /// How long the token is valid.
+        #[arg(long, value_name = "DURATION", default_value = "1h")]
+        ttl: String,
+        /// The config file holding `[auth.jwt]`.
+        #[arg(long, short, value_name = "FILE")]
+        config: Option<PathBuf>,
+    },
+    /// Manage API keys.
+    Apikey {
+        /// What to do with API keys.
+        #[command(subcommand)]
+        command: ApikeyCommand,
+    },
+    /// Read the audit log.
+    Audit {
+        /// What to do with the audit log.
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
+}
+
+/// `portcullis apikey …`.
+#[derive(Debug, Subcommand)]
+pub enum ApikeyCommand {
+    /// Generate a key and print it with the `[[auth.api_keys]]` entry to paste.
+    New {
+        /// The key's id.
+        #[arg(long, value_name = "ID")]
+        id: String,
+        /// A role to grant (repeat for several).
+        #[arg(long, value_name = "ROLE")]
+        role: Vec<String>,
+    },
+}
+
+/// `portcullis audit …`.
+#[derive(Debug, Subcommand)]
+pub enum AuditCommand {
+    /// Query audit events.
+    Query {
+        /// The config file naming the audit store.
+        #[arg(long, short, value_name = "FILE")]
+        config: Option<PathBuf>,
+        /// Only events newer than this (e.g. 1h, 7d).
+        #[arg(long, value_name = "DURATION")]
+        since: Option<String>,
+        /// Only this action (e.g. rate_limit_exceeded).
+        #[arg(long, value_name = "A")]
+        action: Option<String>,
+        /// Only this principal.
+        #[arg(long, value_name = "U")]
+        user: Option<String>,
+        /// Only this client address.
+        #[arg(long, value_name = "IP")]
+        ip: Option<String>,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = Format::Table)]
+        format: Format,
+    },
+}
+
+/// Output format of `audit query`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Format {
+    /// Aligned columns for people.
+    Table,
+    /// One JSON object per line for tools.
+    Json,
+}

@@ -1,0 +1,862 @@
+//! The gateway's configuration file: TOML, one file, every control.
+//!
+//! The file is parsed into a `toml::Table` and walked by hand (see `schema`), so that a
+//! single run reports *every* error with its full key path, such as `route[2].path`,
+//! `server.trusted_proxies[1]` or `auth.jwt.secret_env`. Indexes of `[[route]]` and
+//! `[[auth.api_keys]]` count from 0 in file order. Unknown keys are errors everywhere.
+//!
+//! Secrets are never written in the file: keys such as `secret_env` name an environment
+//! variable, read at load time into a [`Secret`] whose `Debug` prints `[redacted]`.
+//! Relative paths (TLS files, SQLite and JSONL stores, `jwks_file`, `spool_dir`) are relative
+//! to the directory of the config file.
+//!
+//! ```
+//! use portcullis_gateway::config::GatewayConfig;
+//! let text = r#"
+//! [server]
+//! upstream = "http://127.0.0.1:3000"
+//!
+//! [[route]]
+//! path = "/api/public/**"
+//! preset = "public"
+//! rate_limit = "100/1m"
+//! "#;
+//! let config = GatewayConfig::from_str(text, "portcullis.toml").unwrap();
+//! assert_eq!(config.routes[0].policy.limits()[0].requests, 100);
+//! let layer = config.security_layer().unwrap();
+//! ```
+
+mod load;
+mod schema;
+pub mod values;
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+use http::Uri;
+use portcullis::cors::Cors;
+use portcullis::headers::security::SecurityHeaders;
+use portcullis::methods::MethodSet;
+use portcullis::{Csp, Policy, Preset, SecurityLayer};
+
+pub use values::{AuditStore, RateLimitStore};
+
+/// The key of a TOML syntax error.
+pub const SYNTAX_KEY: &str = "(syntax)";
+/// The key of an error reading the file itself.
+pub const FILE_KEY: &str = "(file)";
+
+/// The shortest HMAC secret accepted, in bytes (the output size of SHA-256).
+pub const MIN_HMAC_SECRET_BYTES: usize = 32;
+
+/// One problem in the config file: where (`route[2].path`) and what.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    /// The full key path, or [`SYNTAX_KEY`] / [`FILE_KEY`] for problems with the file as a
+    /// whole.
+    pub key: String,
+    /// What is wrong, for a human.
+    pub reason: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.key.starts_with('(') {
+            f.write_str(&self.reason)
+        } else {
+            write!(f, "{}: {}", self.key, self.reason)
+        }
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// Every problem found in one config file.
+///
+/// Displays as one line per error: `FILE: KEY: REASON`, or `FILE: line L, column C: MESSAGE`
+/// for a syntax error.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigErrors {
+    /// The file as named by the user.
+    pub file: String,
+    /// The errors, in file order, cross-section checks last.
+    pub errors: Vec<ConfigError>,
+}
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, e) in self.errors.iter().enumerate() {
+            if i > 0 {
+                f.write_str("\n")?;
+            }
+            write!(f, "{}: {e}", self.file)?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigErrors {}
+
+/// A secret read from the environment. `Debug` never shows it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(Vec<u8>);
+
+impl Secret {
+    /// Wraps secret bytes.
+    pub fn new(bytes: impl Into<Vec<u8>>) -> Self {
+        Secret(bytes.into())
+    }
+
+    /// The secret bytes; hand them to the control that needs them and nowhere else.
+    pub fn expose(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("[redacted]")
+    }
+}
+
+/// What a config is loaded for: serving needs an upstream, tools (`token`) do not.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Purpose {
+    /// `serve` and `check-config`: `server.upstream` is required.
+    Serve,
+    /// Command-line tools that read only parts of the file.
+    Tool,
+}
+
+/// The whole gateway configuration, validated.
+#[derive(Debug, Clone)]
+pub struct GatewayConfig {
+    /// `[server]`: listeners, upstream, proxies, limits, timeouts.
+    pub server: ServerConfig,
+    /// `[storage]`: where rate-limit counters and audit events live.
+    pub storage: StorageConfig,
+    /// `[auth]`, `[auth.jwt]`, `[[auth.api_keys]]`.
+    pub auth: AuthConfig,
+    /// `[audit]`.
+    pub audit: AuditConfig,
+    /// `[csrf]`.
+    pub csrf: CsrfConfig,
+    /// `[headers]`: security headers and the layer-wide CSP.
+    pub headers: HeadersConfig,
+    /// `[cors]` (no CORS headers when absent).
+    pub cors: Option<CorsConfig>,
+    /// `[[route]]`, in file order.
+    pub routes: Vec<RouteConfig>,
+}
+
+/// The kind of application behind the gateway.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UpstreamKind {
+    /// Any HTTP application: the HTML rewrite nonces scripts that carry the placeholder.
+    Generic,
+    /// Next.js: the CSP with its nonce is also set on the upstream request.
+    Nextjs,
+}
+
+/// `[server]`.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// Where the gateway listens (default `127.0.0.1:8080`).
+    pub listen: SocketAddr,
+    /// The application behind the gateway (required for `serve`).
+    pub upstream: Option<Uri>,
+    /// What kind of application it is (default generic).
+    pub upstream_kind: UpstreamKind,
+    /// Proxies whose `X-Forwarded-For` is believed (CIDR blocks or addresses, validated).
+    pub trusted_proxies: Vec<String>,
+    /// Accepted `Host` values (empty: any).
+    pub allowed_hosts: Vec<String>,
+    /// The admin listener (dashboard, metrics); off unless set.
+    pub admin_listen: Option<SocketAddr>,
+    /// The most request-header bytes accepted (431 beyond; default 16384).
+    pub max_header_bytes: usize,
+    /// The most concurrent connections (default 10000).
+    pub max_connections: usize,
+    /// Time allowed to receive the request headers (default 10 s).
+    pub header_read_timeout: Duration,
+    /// Time allowed for the whole request (default 30 s).
+    pub request_timeout: Duration,
+    /// Keep-alive idle time (default 60 s).
+    pub idle_timeout: Duration,
+    /// Time allowed to connect to the upstream (default 5 s).
+    pub upstream_connect_timeout: Duration,
+    /// Time allowed for the upstream's response (default 30 s).
+    pub upstream_timeout: Duration,
+    /// Time given to open requests on shutdown (default 30 s).
+    pub shutdown_timeout: Duration,
+    /// Worker threads (0: one per core).
+    pub workers: usize,
+    /// The nonce marker in upstream HTML (default `{{portcullis-nonce}}`).
+    pub nonce_placeholder: String,
+    /// `[server.tls]`: serve HTTPS.
+    pub tls: Option<TlsConfig>,
+}
+
+/// `[server.tls]`.
+#[derive(Debug, Clone)]
+pub struct TlsConfig {
+    /// The certificate chain (PEM); the file exists.
+    pub cert: PathBuf,
+    /// The private key (PEM); the file exists.
+    pub key: PathBuf,
+    /// A plain-HTTP listener that redirects to HTTPS.
+    pub redirect_http_listen: Option<SocketAddr>,
+}
+
+/// What the gateway does when a store (rate limit) fails.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnStoreError {
+    /// Refuse the request (503): the default.
+    Closed,
+    /// Let it through and count the failure.
+    Open,
+}
+
+/// `[storage]`.
+#[derive(Debug, Clone)]
+pub struct StorageConfig {
+    /// Where rate-limit counters live (default memory).
+    pub rate_limit: RateLimitStore,
+    /// The Redis password, from `redis_password_env`.
+    pub redis_password: Option<Secret>,
+    /// The prefix of every Redis key (default `portcullis:`).
+    pub redis_prefix: String,
+    /// Where audit events go (default `sqlite://portcullis-audit.db`).
+    pub audit: AuditStore,
+    /// The PostgreSQL password, from `postgres_password_env`.
+    pub postgres_password: Option<Secret>,
+    /// Fail closed (default) or open when a store is down.
+    pub on_store_error: OnStoreError,
+}
+
+/// A JWT signature algorithm accepted by `[auth.jwt] algorithms`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum JwtAlgorithm {
+    /// HMAC with SHA-256.
+    Hs256,
+    /// HMAC with SHA-384.
+    Hs384,
+    /// HMAC with SHA-512.
+    Hs512,
+    /// RSASSA-PKCS1-v1_5 with SHA-256.
+    Rs256,
+    /// RSASSA-PKCS1-v1_5 with SHA-384.
+    Rs384,
+    /// RSASSA-PKCS1-v1_5 with SHA-512.
+    Rs512,
+    /// RSASSA-PSS with SHA-256.
+    Ps256,
+    /// RSASSA-PSS with SHA-384.
+    Ps384,
+    /// RSASSA-PSS with SHA-512.
+    Ps512,
+    /// ECDSA on P-256 with SHA-256.
+    Es256,
+    /// ECDSA on P-384 with SHA-384.
+    Es384,
+    /// Ed25519.
+    EdDsa,
+}
+
+impl JwtAlgorithm {
+    /// Every algorithm, in the order names are listed in errors.
+    pub const ALL: [JwtAlgorithm; 12] = [
+        JwtAlgorithm::Hs256,
+        JwtAlgorithm::Hs384,
+        JwtAlgorithm::Hs512,
+        JwtAlgorithm::Rs256,
+        JwtAlgorithm::Rs384,
+        JwtAlgorithm::Rs512,
+        JwtAlgorithm::Ps256,
+        JwtAlgorithm::Ps384,
+        JwtAlgorithm::Ps512,
+        JwtAlgorithm::Es256,
+        JwtAlgorithm::Es384,
+        JwtAlgorithm::EdDsa,
+    ];
+
+    /// The name as in a JWT header (`HS256`, `EdDSA`).
+    pub fn name(self) -> &'static str {
+        match self {
+            JwtAlgorithm::Hs256 => "HS256",
+            JwtAlgorithm::Hs384 => "HS384",
+            JwtAlgorithm::Hs512 => "HS512",
+            JwtAlgorithm::Rs256 => "RS256",
+            JwtAlgorithm::Rs384 => "RS384",
+            JwtAlgorithm::Rs512 => "RS512",
+            JwtAlgorithm::Ps256 => "PS256",
+            JwtAlgorithm::Ps384 => "PS384",
+            JwtAlgorithm::Ps512 => "PS512",
+            JwtAlgorithm::Es256 => "ES256",
+            JwtAlgorithm::Es384 => "ES384",
+            JwtAlgorithm::EdDsa => "EdDSA",
+        }
+    }
+
+    /// Parses a name exactly as in a JWT header.
+    pub fn from_name(name: &str) -> Option<JwtAlgorithm> {
+        JwtAlgorithm::ALL.into_iter().find(|a| a.name() == name)
+    }
+
+    /// True for the HMAC algorithms, which use the shared secret.
+    pub fn is_hmac(self) -> bool {
+        matches!(
+            self,
+            JwtAlgorithm::Hs256 | JwtAlgorithm::Hs384 | JwtAlgorithm::Hs512
+        )
+    }
+}
+
+/// `[auth]`.
+#[derive(Debug, Clone)]
+pub struct AuthConfig {
+    /// The cookie a JWT may come in (default `authToken`).
+    pub cookie: String,
+    /// Failed authentications per client address before it is refused (default 10).
+    pub failed_limit: u32,
+    /// The window of `failed_limit` (default 15 min).
+    pub failed_window: Duration,
+    /// `[auth.jwt]`.
+    pub jwt: Option<JwtConfig>,
+    /// `[[auth.api_keys]]`.
+    pub api_keys: Vec<ApiKeyConfig>,
+}
+
+/// `[auth.jwt]`.
+#[derive(Debug, Clone)]
+pub struct JwtConfig {
+    /// The HMAC secret, from `secret_env` (at least 32 bytes).
+    pub secret: Option<Secret>,
+    /// A PEM public key, from `public_key_env`.
+    pub public_key_pem: Option<String>,
+    /// A JWKS file.
+    pub jwks_file: Option<PathBuf>,
+    /// A JWKS URL.
+    pub jwks_url: Option<Uri>,
+    /// The algorithm allowlist, each backed by a key source.
+    pub algorithms: Vec<JwtAlgorithm>,
+    /// The exact `iss` required.
+    pub issuer: Option<String>,
+    /// Accepted `aud` values (any one suffices).
+    pub audience: Vec<String>,
+    /// The claim holding the roles; dots walk into objects (default `roles`).
+    pub roles_claim: String,
+    /// Clock leeway for `exp`/`nbf` (default 60 s).
+    pub leeway: Duration,
+    /// The required `typ` header.
+    pub typ: Option<String>,
+}
+
+/// A SHA-256 digest of an API key. `Debug` shows only its start.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct ApiKeyHash(pub [u8; 32]);
+
+impl fmt::Debug for ApiKeyHash {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "sha256:{:02x}{:02x}{:02x}{:02x}…",
+            self.0[0], self.0[1], self.0[2], self.0[3]
+        )
+    }
+}
+
+/// `[[auth.api_keys]]`.
+#[derive(Debug, Clone)]
+pub struct ApiKeyConfig {
+    /// The key's id (the principal id).
+    pub id: String,
+    /// The SHA-256 of the key.
+    pub hash: ApiKeyHash,
+    /// The principal's roles.
+    pub roles: Vec<String>,
+    /// When the key stops working.
+    pub expires: Option<SystemTime>,
+}
+
+/// `[audit]`.
+#[derive(Debug, Clone)]
+pub struct AuditConfig {
+    /// How long events are kept (default 90 days).
+    pub retention: Duration,
+    /// Where events wait while the store is down.
+    pub spool_dir: Option<PathBuf>,
+}
+
+/// How the origin check treats requests with neither `Sec-Fetch-Site` nor `Origin`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CsrfStrictness {
+    /// Allowed (non-browser clients): the default.
+    Lenient,
+    /// Refused.
+    Strict,
+}
+
+/// `[csrf]`.
+#[derive(Debug, Clone)]
+pub struct CsrfConfig {
+    /// Lenient (default) or strict.
+    pub mode: CsrfStrictness,
+    /// The token HMAC secret, from `secret_env`.
+    pub secret: Option<Secret>,
+    /// Older secrets still accepted, from `previous_secret_envs`.
+    pub previous_secrets: Vec<Secret>,
+    /// Other origins allowed to send unsafe requests.
+    pub trusted_origins: Vec<String>,
+    /// The origin the gateway is reached at (when `Host` cannot tell).
+    pub public_origin: Option<String>,
+    /// Path globs the CSRF check skips (webhooks).
+    pub bypass: Vec<String>,
+    /// Allows the token cookie without `__Host-`/`Secure` over plain HTTP (development).
+    pub insecure_dev: bool,
+}
+
+/// `[headers]`.
+#[derive(Debug, Clone)]
+pub struct HeadersConfig {
+    /// The security headers, overrides applied.
+    pub security: SecurityHeaders,
+    /// The layer-wide CSP (`None`: `csp = false`).
+    pub csp: Option<Csp>,
+    /// Send the CSP as `Content-Security-Policy-Report-Only`.
+    pub csp_report_only: bool,
+}
+
+/// `[cors]`.
+#[derive(Debug, Clone)]
+pub struct CorsConfig {
+    /// Exact origins allowed.
+    pub allow_origins: Vec<String>,
+    /// Send `Access-Control-Allow-Credentials: true` to them.
+    pub allow_credentials: bool,
+    /// Methods allowed cross-origin (default: the route's).
+    pub allow_methods: Option<MethodSet>,
+    /// Request headers allowed cross-origin.
+    pub allow_headers: Vec<String>,
+    /// Response headers exposed to scripts.
+    pub expose_headers: Vec<String>,
+    /// How long browsers cache a preflight.
+    pub max_age: Option<Duration>,
+}
+
+/// `[[route]]`: a glob pattern and its policy.
+#[derive(Debug, Clone)]
+pub struct RouteConfig {
+    /// The glob pattern (`/api/admin/**`).
+    pub path: String,
+    /// The preset the policy started from.
+    pub preset: Preset,
+    /// The policy, overrides applied.
+    pub policy: Policy,
+}
+
+/// Reads an environment variable; the seam unit tests replace.
+pub(crate) type Env<'a> = &'a dyn Fn(&str) -> Result<String, std::env::VarError>;
+
+fn process_env(name: &str) -> Result<String, std::env::VarError> {
+    std::env::var(name)
+}
+
+impl GatewayConfig {
+    /// Reads and validates a config file for `serve`.
+    pub fn from_file(path: impl AsRef<Path>) -> Result<GatewayConfig, ConfigErrors> {
+        GatewayConfig::load(path, Purpose::Serve)
+    }
+
+    /// Reads and validates a config file for `purpose`.
+    pub fn load(path: impl AsRef<Path>, purpose: Purpose) -> Result<GatewayConfig, ConfigErrors> {
+        let path = path.as_ref();
+        let file = path.display().to_string();
+        match std::fs::read_to_string(path) {
+            Ok(text) => GatewayConfig::parse(&text, &file, purpose, &process_env),
+            Err(e) => Err(ConfigErrors {
+                file,
+                errors: vec![ConfigError {
+                    key: FILE_KEY.to_string(),
+                    reason: format!("cannot read the file: {e}"),
+                }],
+            }),
+        }
+    }
+
+    /// Validates config text for `serve`; `file_name` names it in errors and anchors relative
+    /// paths.
+    #[allow(clippy::should_implement_trait)]
+    pub fn from_str(text: &str, file_name: &str) -> Result<GatewayConfig, ConfigErrors> {
+        GatewayConfig::parse(text, file_name, Purpose::Serve, &process_env)
+    }
+
+    /// Validates config text for `purpose`.
+    pub fn from_str_for(
+        text: &str,
+        file_name: &str,
+        purpose: Purpose,
+    ) -> Result<GatewayConfig, ConfigErrors> {
+        GatewayConfig::parse(text, file_name, purpose, &process_env)
+    }
+
+    fn parse(
+        text: &str,
+        file_name: &str,
+        purpose: Purpose,
+        env: Env<'_>,
+    ) -> Result<GatewayConfig, ConfigErrors> {
+        let fail = |errors| ConfigErrors {
+            file: file_name.to_string(),
+            errors,
+        };
+        let table: toml::Table = text
+            .parse()
+            .map_err(|e: toml::de::Error| fail(vec![load::syntax_error(text, &e)]))?;
+        let base = Path::new(file_name)
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_default();
+        let mut loader = load::Loader {
+            errs: schema::Errors::default(),
+            env,
+            base,
+        };
+        let config = loader.config(&table, purpose);
+        match config {
+            Some(config) if loader.errs.is_empty() => Ok(config),
+            _ if loader.errs.is_empty() => Err(fail(vec![ConfigError {
+                key: FILE_KEY.to_string(),
+                reason: "the config was refused without a reason (a bug: please report it)"
+                    .to_string(),
+            }])),
+            _ => Err(fail(loader.errs.into_vec())),
+        }
+    }
+
+    /// Builds the library's [`SecurityLayer`] from the routes, presets and overrides, trusted
+    /// proxies, allowed hosts, headers, CSP and CORS.
+    pub fn security_layer(&self) -> Result<SecurityLayer, ConfigError> {
+        let mut builder = SecurityLayer::builder()
+            .trusted_proxies(self.server.trusted_proxies.iter().cloned())
+            .security_headers(Some(self.headers.security.clone()))
+            .csp(self.headers.csp.clone())
+            .cors(self.cors.as_ref().map(CorsConfig::to_cors).transpose()?);
+        if !self.server.allowed_hosts.is_empty() {
+            builder = builder.allowed_hosts(self.server.allowed_hosts.iter().cloned());
+        }
+        for route in &self.routes {
+            builder = builder.route(&route.path, route.policy.clone());
+        }
+        // Authentication ([auth]), rate limiting ([storage] rate_limit), CSRF ([csrf]) and
+        // audit ([storage] audit, [audit]) are parsed and validated above; they are wired in
+        // by the issues that bring those controls to the gateway, through
+        // `.authenticator(..)`, `.rate_limiter(..)`, `.csrf_guard(..)` and `.audit(..)`.
+        builder.build().map_err(|e| {
+            let key = if e.key == "trusted_proxies" {
+                "server.trusted_proxies".to_string()
+            } else {
+                self.routes
+                    .iter()
+                    .position(|r| e.key == format!("route {:?}", r.path))
+                    .map_or(e.key.clone(), |i| format!("route[{i}].path"))
+            };
+            ConfigError {
+                key,
+                reason: e.reason,
+            }
+        })
+    }
+
+    /// Settings that are valid but that this build cannot apply yet, because the library
+    /// has no knob for them; `check-config` shows them as warnings.
+    pub fn unapplied_settings(&self) -> Vec<ConfigError> {
+        let mut out = Vec::new();
+        let mut note = |key: &str, what: &str| {
+            out.push(ConfigError {
+                key: key.to_string(),
+                reason: format!("not applied yet: {what}"),
+            });
+        };
+        if self.headers.csp_report_only {
+            note(
+                "headers.csp_report_only",
+                "the library's Csp has no report-only switch; the CSP is enforced",
+            );
+        }
+        if let Some(cors) = &self.cors {
+            if cors.allow_methods.is_some() {
+                note(
+                    "cors.allow_methods",
+                    "the library's Cors has no method list",
+                );
+            }
+            if !cors.allow_headers.is_empty() {
+                note(
+                    "cors.allow_headers",
+                    "the library's Cors has no header list",
+                );
+            }
+            if !cors.expose_headers.is_empty() {
+                note(
+                    "cors.expose_headers",
+                    "the library's Cors has no exposed headers",
+                );
+            }
+            if cors.max_age.is_some() {
+                note(
+                    "cors.max_age",
+                    "the library's Cors has no preflight max age",
+                );
+            }
+        }
+        out
+    }
+}
+
+impl CorsConfig {
+    /// The library's CORS settings (origins and credentials).
+    pub fn to_cors(&self) -> Result<Cors, ConfigError> {
+        let mut cors = Cors::new().allow_credentials(self.allow_credentials);
+        for (i, origin) in self.allow_origins.iter().enumerate() {
+            cors = cors.allow_origin(origin).map_err(|e| ConfigError {
+                key: format!("cors.allow_origins[{i}]"),
+                reason: e.to_string(),
+            })?;
+        }
+        Ok(cors)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use portcullis::Control;
+    use portcullis::policy::{Algorithm, CspSetting, CsrfMode, RateKey, ReportOnly};
+
+    use super::*;
+
+    const JWT_SECRET: &str = "0123456789abcdef0123456789abcdef";
+
+    fn env(name: &str) -> Result<String, std::env::VarError> {
+        match name {
+            "JWT_SECRET" | "CSRF_SECRET" => Ok(JWT_SECRET.to_string()),
+            "SHORT_SECRET" => Ok("short".to_string()),
+            _ => Err(std::env::VarError::NotPresent),
+        }
+    }
+
+    fn load(text: &str) -> Result<GatewayConfig, ConfigErrors> {
+        GatewayConfig::parse(text, "test.toml", Purpose::Serve, &env)
+    }
+
+    fn errors(text: &str) -> Vec<ConfigError> {
+        load(text).expect_err("the config should be refused").errors
+    }
+
+    const HEAD: &str = "[server]\nupstream = \"http://127.0.0.1:3000\"\n\
+        [auth.jwt]\nsecret_env = \"JWT_SECRET\"\n[csrf]\nsecret_env = \"CSRF_SECRET\"\n";
+
+    #[test]
+    fn strict_route_with_overrides_maps_onto_the_policy() {
+        let c = load(&format!(
+            "{HEAD}[[route]]\npath = \"/api/admin/**\"\npreset = \"strict\"\n\
+             max_body = \"100KiB\"\nrate_limit = \"5/1h\"\nroles = [\"admin\"]\n"
+        ))
+        .unwrap();
+        let p = &c.routes[0].policy;
+        assert_eq!(c.routes[0].preset, Preset::Strict);
+        assert_eq!(p.max_body_bytes(), Some(100 * 1024));
+        assert_eq!(p.limits().len(), 1);
+        assert_eq!(p.limits()[0].requests, 5);
+        assert_eq!(p.limits()[0].window, Duration::from_secs(3600));
+        // The preset decides whose requests count together.
+        assert_eq!(p.limits()[0].key, RateKey::User);
+        assert!(p.requires_auth());
+        assert_eq!(p.any_roles(), ["admin"]);
+        assert_eq!(p.allowed_methods().allow_header(), "POST");
+        assert_eq!(p.csrf_mode(), CsrfMode::OriginAndToken);
+    }
+
+    #[test]
+    fn every_override_reaches_the_policy() {
+        let c = load(&format!(
+            "{HEAD}[[route]]\npath = \"/api/hooks/*\"\nmethods = [\"post\", \"PUT\"]\n\
+             all_roles = [\"a\", \"b\"]\ncontent_types = [\"application/json\"]\ncsrf = \"off\"\n\
+             csp = false\nreport_only = [\"rate_limit\", \"csrf\"]\naudit_allowed = true\n\
+             cache = \"default\"\nmax_body = 2048\n\
+             rate_limit = [{{requests = 3, window = \"10s\", key = \"header:x-tenant\", algorithm = \"token_bucket\", burst = 2, name = \"burst\"}}, \"100/1d\"]\n"
+        ))
+        .unwrap();
+        let p = &c.routes[0].policy;
+        assert_eq!(p.allowed_methods().allow_header(), "POST, PUT");
+        assert_eq!(p.required_roles(), ["a", "b"]);
+        assert!(p.requires_auth());
+        assert_eq!(
+            p.allowed_content_types(),
+            Some(&["application/json".to_string()][..])
+        );
+        assert_eq!(p.csrf_mode(), CsrfMode::Off);
+        assert!(matches!(p.csp_setting(), CspSetting::Off));
+        assert_eq!(
+            p.report_only_mode(),
+            &ReportOnly::Controls(vec![Control::RateLimit, Control::Csrf])
+        );
+        assert!(p.audits_allowed());
+        assert!(!p.is_no_store());
+        assert_eq!(p.max_body_bytes(), Some(2048));
+        let l = p.limits();
+        assert_eq!(l.len(), 2);
+        assert_eq!(l[0].name, "burst");
+        assert_eq!(l[0].key, RateKey::Header("x-tenant".into()));
+        assert_eq!(l[0].algorithm, Algorithm::TokenBucket);
+        assert_eq!(l[0].burst, 2);
+        assert_eq!(l[1].name, "limit2");
+        assert_eq!(l[1].key, RateKey::Ip);
+        assert_eq!(l[1].window, Duration::from_secs(86_400));
+    }
+
+    #[test]
+    fn public_route_defaults_to_the_preset() {
+        let c = load("[server]\nupstream = \"http://x\"\n[[route]]\npath = \"/api/**\"\n").unwrap();
+        let p = &c.routes[0].policy;
+        assert_eq!(p.preset_of(), Some(Preset::Public));
+        assert_eq!(p.limits()[0].requests, 60);
+        assert!(!p.requires_auth());
+        let c = load(
+            "[server]\nupstream = \"http://x\"\n[[route]]\npath = \"/a\"\nrate_limit = false\n",
+        )
+        .unwrap();
+        assert!(c.routes[0].policy.limits().is_empty());
+    }
+
+    #[test]
+    fn every_error_is_collected() {
+        let errs = errors(
+            "[server]\nlisten = \"nope\"\nbogus = 1\n[[route]]\npath = \"/a/**/b/**\"\n\
+             [[route]]\npath = \"/c\"\npreset = \"admin\"\nmax_body = \"lots\"\n",
+        );
+        let keys: Vec<&str> = errs.iter().map(|e| e.key.as_str()).collect();
+        assert!(keys.contains(&"server.listen"), "{keys:?}");
+        assert!(keys.contains(&"server.bogus"), "{keys:?}");
+        assert!(keys.contains(&"server.upstream"), "{keys:?}");
+        assert!(keys.contains(&"route[1].preset"), "{keys:?}");
+        assert!(keys.contains(&"route[1].max_body"), "{keys:?}");
+    }
+
+    #[test]
+    fn duplicate_routes_name_the_first() {
+        let errs = errors(
+            "[server]\nupstream = \"http://x\"\n[[route]]\npath = \"/a/*\"\n[[route]]\npath = \"/a/*\"\n",
+        );
+        assert_eq!(errs[0].key, "route[1].path");
+        assert!(errs[0].reason.contains("route[0]"), "{}", errs[0].reason);
+    }
+
+    #[test]
+    fn short_hmac_secrets_are_refused() {
+        let errs = errors(
+            "[server]\nupstream = \"http://x\"\n[auth.jwt]\nsecret_env = \"SHORT_SECRET\"\n",
+        );
+        assert_eq!(errs[0].key, "auth.jwt.secret_env");
+        assert!(errs[0].reason.contains("at least 32"));
+    }
+
+    #[test]
+    fn tools_do_not_need_an_upstream() {
+        assert!(load("").is_err());
+        assert!(GatewayConfig::parse("", "t.toml", Purpose::Tool, &env).is_ok());
+    }
+
+    #[test]
+    fn syntax_errors_give_line_and_column() {
+        let errs = errors("[server]\nlisten = \n");
+        assert_eq!(errs[0].key, SYNTAX_KEY);
+        assert!(
+            errs[0].reason.starts_with("line 2, column "),
+            "{}",
+            errs[0].reason
+        );
+    }
+
+    #[test]
+    fn secrets_never_show_in_debug() {
+        let c = load(HEAD).unwrap();
+        let dbg = format!("{c:?}");
+        assert!(!dbg.contains(JWT_SECRET));
+        assert!(dbg.contains("[redacted]"));
+    }
+
+    #[test]
+    fn the_layer_builds_from_a_config() {
+        let c = load(
+            "[server]\nupstream = \"http://x\"\ntrusted_proxies = [\"10.0.0.0/8\", \"::1\"]\n\
+             allowed_hosts = [\"example.com\"]\n[cors]\nallow_origins = [\"https://app.example.com\"]\n\
+             [headers]\ncsp = \"default-src 'self'\"\nset = { \"x-frame-options\" = \"SAMEORIGIN\" }\n\
+             [[route]]\npath = \"/api/**\"\n",
+        )
+        .unwrap();
+        c.security_layer().unwrap();
+        assert!(c.unapplied_settings().is_empty());
+    }
+
+    #[test]
+    fn presets_with_tokens_need_a_csrf_secret() {
+        let errs = errors(
+            "[server]\nupstream = \"http://x\"\n[auth.jwt]\nsecret_env = \"JWT_SECRET\"\n\
+             [[route]]\npath = \"/api/**\"\npreset = \"authenticated\"\n",
+        );
+        assert_eq!(errs.len(), 1, "{errs:?}");
+        assert_eq!(errs[0].key, "route[0].preset");
+        assert!(
+            errs[0]
+                .reason
+                .contains("uses CSRF tokens, which need [csrf] secret_env")
+        );
+        let c = load(
+            "[server]\nupstream = \"http://x\"\n[auth.jwt]\nsecret_env = \"JWT_SECRET\"\n\
+             [[route]]\npath = \"/api/**\"\npreset = \"authenticated\"\ncsrf = \"origin\"\n",
+        );
+        assert!(c.is_ok());
+    }
+
+    #[test]
+    fn auth_presets_need_an_authenticator() {
+        let errs = errors(
+            "[server]\nupstream = \"http://x\"\n[csrf]\nsecret_env = \"CSRF_SECRET\"\n\
+             [[route]]\npath = \"/a\"\npreset = \"strict\"\n\
+             [[route]]\npath = \"/b\"\nauth = true\n",
+        );
+        let keys: Vec<&str> = errs.iter().map(|e| e.key.as_str()).collect();
+        assert_eq!(keys, ["route[0].preset", "route[1].auth"]);
+    }
+
+    #[test]
+    fn jwt_algorithms_are_bound_to_key_sources() {
+        let errs = errors(
+            "[server]\nupstream = \"http://x\"\n[auth.jwt]\nsecret_env = \"JWT_SECRET\"\n\
+             algorithms = [\"RS256\"]\n",
+        );
+        let reasons: Vec<&str> = errs.iter().map(|e| e.reason.as_str()).collect();
+        assert!(
+            reasons
+                .iter()
+                .any(|r| r.contains("RS256 needs public_key_env")),
+            "{reasons:?}"
+        );
+        assert!(
+            reasons.iter().any(|r| r.contains("no HS256/HS384/HS512")),
+            "{reasons:?}"
+        );
+    }
+
+    #[test]
+    fn unknown_keys_inside_rate_limit_tables_are_refused() {
+        let errs = errors(
+            "[server]\nupstream = \"http://x\"\n[[route]]\npath = \"/a\"\n\
+             rate_limit = [\"1/1s\", {requests = 1, window = \"1s\", per = \"ip\"}]\n",
+        );
+        assert_eq!(errs[0].key, "route[0].rate_limit[1].per");
+    }
+}

@@ -1,0 +1,413 @@
+//! `portcullis check-config` and the command line, run as the real binary.
+
+use std::path::PathBuf;
+use std::process::{Command, Output};
+
+const JWT_SECRET: &str = "0123456789abcdef0123456789abcdef-jwt";
+
+/// Every variable a fixture may name, so the tests never depend on the caller's shell.
+const FIXTURE_ENV: [&str; 8] = [
+    "PORTCULLIS_TEST_JWT_SECRET",
+    "PORTCULLIS_TEST_JWT_PUBLIC_KEY",
+    "PORTCULLIS_TEST_REDIS_PASSWORD",
+    "PORTCULLIS_TEST_PG_PASSWORD",
+    "PORTCULLIS_TEST_CSRF_SECRET",
+    "PORTCULLIS_TEST_CSRF_PREVIOUS",
+    "PORTCULLIS_TEST_MISSING_SECRET",
+    "PORTCULLIS_TEST_SHORT_SECRET",
+];
+
+fn fixture(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(name)
+}
+
+fn portcullis() -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_portcullis"));
+    for var in FIXTURE_ENV {
+        cmd.env_remove(var);
+    }
+    cmd
+}
+
+/// The environment `full.toml` needs.
+fn with_full_env(mut cmd: Command) -> Command {
+    cmd.env("PORTCULLIS_TEST_JWT_SECRET", JWT_SECRET)
+        .env(
+            "PORTCULLIS_TEST_JWT_PUBLIC_KEY",
+            "-----BEGIN PUBLIC KEY-----\nMCowBQYDK2VwAyEA\n-----END PUBLIC KEY-----\n",
+        )
+        .env("PORTCULLIS_TEST_REDIS_PASSWORD", "redis-password")
+        .env("PORTCULLIS_TEST_PG_PASSWORD", "postgres-password")
+        .env(
+            "PORTCULLIS_TEST_CSRF_SECRET",
+            "0123456789abcdef0123456789abcdef-csrf",
+        )
+        .env(
+            "PORTCULLIS_TEST_CSRF_PREVIOUS",
+            "0123456789abcdef0123456789abcdef-old",
+        );
+    cmd
+}
+
+fn check(mut cmd: Command, name: &str) -> Output {
+    cmd.arg("check-config")
+        .arg("--config")
+        .arg(fixture(name))
+        .output()
+        .expect("the portcullis binary runs")
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+fn stdout(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Asserts exit 2 and a stderr line naming the file, the exact key and a reason fragment.
+fn assert_refused(name: &str, key: &str, reason: &str) -> Output {
+    assert_refused_with(portcullis(), name, key, reason)
+}
+
+fn assert_refused_with(cmd: Command, name: &str, key: &str, reason: &str) -> Output {
+    let out = check(cmd, name);
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(2), "{name}: stderr was:\n{err}");
+    let prefix = format!("{}: {key}: ", fixture(name).display());
+    assert!(
+        err.lines()
+            .any(|l| l.starts_with(&prefix) && l.contains(reason)),
+        "{name}: no line starting {prefix:?} and containing {reason:?} in:\n{err}"
+    );
+    out
+}
+
+#[test]
+fn full_config_is_ok() {
+    let out = check(with_full_env(portcullis()), "full.toml");
+    assert_eq!(out.status.code(), Some(0), "stderr:\n{}", stderr(&out));
+    let expected = format!("{}: ok (6 routes)", fixture("full.toml").display());
+    assert_eq!(stdout(&out).trim(), expected);
+    // No secret ever reaches the output.
+    assert!(!stderr(&out).contains(JWT_SECRET));
+    assert!(!stdout(&out).contains(JWT_SECRET));
+}
+
+#[test]
+fn settings_the_library_cannot_apply_yet_are_warned_about() {
+    let out = check(with_full_env(portcullis()), "full.toml");
+    assert!(
+        stderr(&out).contains("cors.max_age: warning: not applied yet"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn unknown_top_level_key_is_refused() {
+    assert_refused(
+        "unknown_key_top.toml",
+        "colour",
+        "unknown key; expected one of server, storage",
+    );
+}
+
+#[test]
+fn unknown_server_key_is_refused() {
+    assert_refused(
+        "unknown_key_server.toml",
+        "server.listen_addr",
+        "unknown key; expected one of listen,",
+    );
+}
+
+#[test]
+fn unknown_route_key_is_refused() {
+    assert_refused(
+        "unknown_key_route.toml",
+        "route[0].method",
+        "unknown key; expected one of path, preset, methods",
+    );
+}
+
+#[test]
+fn wrong_type_is_refused() {
+    assert_refused(
+        "wrong_type.toml",
+        "server.max_connections",
+        "expected an integer, found a string",
+    );
+}
+
+#[test]
+fn bad_glob_is_refused() {
+    let out = assert_refused(
+        "bad_glob.toml",
+        "route[1].path",
+        "'**' must be a whole segment",
+    );
+    assert!(!stderr(&out).contains("same as"));
+}
+
+#[test]
+fn duplicate_route_is_refused() {
+    assert_refused(
+        "duplicate_route.toml",
+        "route[1].path",
+        "duplicate route pattern (same as route[0].path)",
+    );
+}
+
+#[test]
+fn bad_cidr_is_refused() {
+    assert_refused(
+        "bad_cidr.toml",
+        "server.trusted_proxies[1]",
+        "prefix longer than 32",
+    );
+}
+
+#[test]
+fn bad_csp_is_refused() {
+    assert_refused("bad_csp.toml", "headers.csp", "must be quoted: 'self'");
+}
+
+#[test]
+fn bad_cors_origin_is_refused() {
+    assert_refused(
+        "bad_cors_origin.toml",
+        "cors.allow_origins[0]",
+        "is not an origin",
+    );
+}
+
+#[test]
+fn bad_method_is_refused() {
+    assert_refused(
+        "bad_method.toml",
+        "route[0].methods",
+        "\"FETCH\" is not a standard HTTP method",
+    );
+}
+
+#[test]
+fn bad_duration_is_refused() {
+    assert_refused(
+        "bad_duration.toml",
+        "server.request_timeout",
+        "is not a duration",
+    );
+}
+
+#[test]
+fn bad_size_is_refused() {
+    assert_refused("bad_size.toml", "route[0].max_body", "is not a size");
+}
+
+#[test]
+fn unknown_preset_is_refused() {
+    assert_refused(
+        "unknown_preset.toml",
+        "route[0].preset",
+        "unknown preset \"admin\"",
+    );
+}
+
+#[test]
+fn unset_secret_env_is_refused() {
+    assert_refused(
+        "missing_env.toml",
+        "auth.jwt.secret_env",
+        "environment variable PORTCULLIS_TEST_MISSING_SECRET is not set",
+    );
+}
+
+#[test]
+fn empty_secret_env_counts_as_unset() {
+    let mut cmd = portcullis();
+    cmd.env("PORTCULLIS_TEST_MISSING_SECRET", "");
+    assert_refused_with(cmd, "missing_env.toml", "auth.jwt.secret_env", "is not set");
+}
+
+#[test]
+fn set_secret_env_is_accepted() {
+    let mut cmd = portcullis();
+    cmd.env("PORTCULLIS_TEST_MISSING_SECRET", JWT_SECRET);
+    let out = check(cmd, "missing_env.toml");
+    assert_eq!(out.status.code(), Some(0), "stderr:\n{}", stderr(&out));
+    assert!(stdout(&out).contains(": ok (0 routes)"), "{}", stdout(&out));
+}
+
+#[test]
+fn short_hmac_secret_is_refused() {
+    let mut cmd = portcullis();
+    cmd.env("PORTCULLIS_TEST_SHORT_SECRET", "too-short");
+    let out = assert_refused_with(
+        cmd,
+        "short_secret.toml",
+        "auth.jwt.secret_env",
+        "is 9 bytes; use at least 32",
+    );
+    assert!(!stderr(&out).contains("too-short"), "the secret leaked");
+}
+
+#[test]
+fn jwt_without_key_source_is_refused() {
+    assert_refused("jwt_no_key_source.toml", "auth.jwt", "no key source");
+}
+
+#[test]
+fn jwt_alg_none_is_refused_in_any_case() {
+    let mut cmd = portcullis();
+    cmd.env("PORTCULLIS_TEST_JWT_SECRET", JWT_SECRET);
+    assert_refused_with(
+        cmd,
+        "jwt_alg_none.toml",
+        "auth.jwt.algorithms[1]",
+        "never accepted",
+    );
+}
+
+#[test]
+fn roles_without_authenticator_are_refused() {
+    assert_refused(
+        "roles_without_authenticator.toml",
+        "route[0].roles",
+        "routes requiring auth need an authenticator",
+    );
+}
+
+#[test]
+fn missing_tls_files_are_refused() {
+    assert_refused("tls_missing_file.toml", "server.tls.cert", "does not exist");
+    assert_refused("tls_missing_file.toml", "server.tls.key", "does not exist");
+}
+
+#[test]
+fn tls_key_without_cert_is_refused() {
+    assert_refused(
+        "tls_key_without_cert.toml",
+        "server.tls.cert",
+        "required together with key",
+    );
+}
+
+#[test]
+fn bad_api_key_hash_is_refused() {
+    assert_refused(
+        "bad_api_key_hash.toml",
+        "auth.api_keys[0].hash",
+        "\"sha256:\" followed by 64 hex digits",
+    );
+}
+
+#[test]
+fn duplicate_api_key_id_is_refused() {
+    assert_refused(
+        "duplicate_api_key_id.toml",
+        "auth.api_keys[1].id",
+        "duplicate id \"ci\" (also auth.api_keys[0])",
+    );
+}
+
+#[test]
+fn bad_rate_limit_is_refused() {
+    assert_refused(
+        "bad_rate_limit.toml",
+        "route[0].rate_limit",
+        "is not a rate limit; use REQUESTS/WINDOW",
+    );
+}
+
+#[test]
+fn unknown_storage_scheme_is_refused() {
+    assert_refused(
+        "unknown_storage_scheme.toml",
+        "storage.rate_limit",
+        "unknown storage scheme",
+    );
+}
+
+#[test]
+fn csrf_token_without_secret_is_refused() {
+    assert_refused(
+        "csrf_token_without_secret.toml",
+        "route[0].csrf",
+        "needs [csrf] secret_env",
+    );
+}
+
+#[test]
+fn syntax_error_gives_line_and_column() {
+    let out = check(portcullis(), "syntax_error.toml");
+    assert_eq!(out.status.code(), Some(2));
+    let prefix = format!(
+        "{}: line 4, column ",
+        fixture("syntax_error.toml").display()
+    );
+    assert!(stderr(&out).starts_with(&prefix), "{}", stderr(&out));
+}
+
+#[test]
+fn every_error_of_a_file_is_printed() {
+    let name = "several_errors.toml";
+    for (key, reason) in [
+        ("server.upstream", "cannot have a path"),
+        ("server.trusted_proxies[1]", "not an IP address"),
+        ("server.request_timeout", "not a duration"),
+        ("storage.audit", "unknown storage scheme"),
+        ("headers.csp", "must be quoted: 'none'"),
+        ("route[0].preset", "unknown preset"),
+        ("route[1].path", "must start with '/'"),
+        ("route[1].rate_limit", "not a rate limit"),
+        ("route[1].max_body", "not a size"),
+    ] {
+        assert_refused(name, key, reason);
+    }
+    let out = check(portcullis(), name);
+    assert_eq!(stderr(&out).lines().count(), 9, "{}", stderr(&out));
+}
+
+#[test]
+fn unreadable_file_is_an_error() {
+    let out = check(portcullis(), "no-such-file.toml");
+    assert_eq!(out.status.code(), Some(2));
+    let prefix = format!(
+        "{}: cannot read the file",
+        fixture("no-such-file.toml").display()
+    );
+    assert!(stderr(&out).starts_with(&prefix), "{}", stderr(&out));
+}
+
+#[test]
+fn help_lists_the_commands() {
+    let out = portcullis().arg("--help").output().expect("runs");
+    assert!(out.status.success());
+    let help = stdout(&out);
+    for command in ["serve", "demo", "check-config", "token", "apikey", "audit"] {
+        assert!(
+            help.lines()
+                .any(|l| l.trim_start().starts_with(command) && l.len() > command.len() + 4),
+            "{command} is missing or has no description in:\n{help}"
+        );
+    }
+}
+
+#[test]
+fn placeholder_commands_say_not_implemented() {
+    let out = portcullis()
+        .args(["serve", "--config"])
+        .arg(fixture("full.toml"))
+        .output()
+        .expect("runs");
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("not implemented yet"));
+    let out = portcullis()
+        .args(["token", "--sub", "alice", "--role", "admin", "--ttl", "1h"])
+        .output()
+        .expect("runs");
+    assert_eq!(out.status.code(), Some(1));
+}
