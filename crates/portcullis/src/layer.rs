@@ -41,7 +41,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderValue};
 use http::request::Parts;
-use http::uri::{PathAndQuery, Scheme};
+use http::uri::PathAndQuery;
 use http::{Method, Request, Response, StatusCode, Uri};
 use http_body::Body;
 use tower::{Layer, Service};
@@ -535,8 +535,9 @@ impl Engine {
             .unwrap_or_else(RequestId::generate);
         let peer = client_ip::peer_of(&parts);
         let peer_trusted = peer.is_some_and(|p| self.trusted.contains(p));
-        let https = parts.uri.scheme() == Some(&Scheme::HTTPS)
-            || parts.extensions.get::<Https>().is_some()
+        // The URI's scheme is the client's say-so (absolute-form, or :scheme over h2c): only
+        // the TLS-terminating server's `Https` mark or a trusted proxy's word counts.
+        let https = parts.extensions.get::<Https>().is_some()
             || (peer_trusted
                 && parts
                     .headers
@@ -607,7 +608,14 @@ impl Engine {
             if !report_body {
                 return Ok(self.reject_with(r, meta, &x));
             }
-            self.audit_event(r.action(), Outcome::ReportOnly, r.status(), Some(&r), meta, &x);
+            self.audit_event(
+                r.action(),
+                Outcome::ReportOnly,
+                r.status(),
+                Some(&r),
+                meta,
+                &x,
+            );
         }
         let (mut rparts, rbody) = res.into_parts();
         let meta = Parts2 {
@@ -856,7 +864,12 @@ impl Engine {
             if nonce.is_some() {
                 let html = headers
                     .get(header::CONTENT_TYPE)
-                    .is_some_and(|v| v.as_bytes().starts_with(b"text/html"));
+                    .and_then(|v| v.to_str().ok())
+                    .is_some_and(|v| {
+                        let essence = v.split(';').next().unwrap_or("").trim();
+                        essence.eq_ignore_ascii_case("text/html")
+                            || essence.eq_ignore_ascii_case("application/xhtml+xml")
+                    });
                 if html {
                     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
                 }

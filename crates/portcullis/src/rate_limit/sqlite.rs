@@ -44,7 +44,9 @@ pub struct SqliteStore {
 
 impl std::fmt::Debug for SqliteStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SqliteStore").field("path", &self.path).finish()
+        f.debug_struct("SqliteStore")
+            .field("path", &self.path)
+            .finish()
     }
 }
 
@@ -52,8 +54,10 @@ fn open_db(path: &Path) -> Result<Connection, StoreError> {
     let err = |e: rusqlite::Error| StoreError::new(format!("sqlite {}: {e}", path.display()));
     let conn = Connection::open(path).map_err(err)?;
     conn.busy_timeout(Duration::from_secs(5)).map_err(err)?;
-    conn.pragma_update(None, "journal_mode", "WAL").map_err(err)?;
-    conn.pragma_update(None, "synchronous", "NORMAL").map_err(err)?;
+    conn.pragma_update(None, "journal_mode", "WAL")
+        .map_err(err)?;
+    conn.pragma_update(None, "synchronous", "NORMAL")
+        .map_err(err)?;
     conn.execute_batch(
         "CREATE TABLE IF NOT EXISTS rate_limits (
              key TEXT PRIMARY KEY,
@@ -75,7 +79,10 @@ impl SqliteStore {
     }
 
     /// Opens the database with a given clock (tests).
-    pub fn open_with_clock(path: impl AsRef<Path>, clock: Arc<dyn Clock>) -> Result<Self, StoreError> {
+    pub fn open_with_clock(
+        path: impl AsRef<Path>,
+        clock: Arc<dyn Clock>,
+    ) -> Result<Self, StoreError> {
         let path = path.as_ref().to_path_buf();
         let conn = open_db(&path)?;
         let (tx, rx) = mpsc::sync_channel::<Job>(4096);
