@@ -44,6 +44,10 @@ trap cleanup EXIT INT TERM
 
 export PORTCULLIS_TEST_WORK="$WORK"
 
+# Servers the tests start themselves (on free loopback ports, throwaway data folders).
+ensure_pkg redis-server redis-server
+ensure_pkg redis-cli redis-tools
+
 log "cargo test (workspace)"
 if [ "$#" -gt 0 ]; then
   cargo test "$@"

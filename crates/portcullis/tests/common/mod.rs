@@ -2,6 +2,8 @@
 //! requests, raw TCP for request targets no well-behaved client would send.
 #![allow(dead_code)]
 
+pub mod services;
+
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::time::Duration;
