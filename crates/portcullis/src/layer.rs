@@ -582,8 +582,13 @@ impl Engine {
             (Some(flag), Some(max)) => LimitedBody::new(body, max, flag.clone()),
             _ => LimitedBody::unlimited(body),
         };
-        // Keep what decorate() needs: the request's headers and method.
-        let req_headers = parts.headers.clone();
+        // Keep what decorate() needs of the request: only CORS reads a header (Origin).
+        let mut req_headers = HeaderMap::new();
+        if self.cors.is_some()
+            && let Some(origin) = parts.headers.get(header::ORIGIN)
+        {
+            req_headers.insert(header::ORIGIN, origin.clone());
+        }
         let method = parts.method.clone();
         parts.extensions.insert(x.request_id.clone());
         parts.extensions.insert(x.client_ip);
@@ -856,6 +861,7 @@ impl Engine {
         x: &Exchange,
         nonce: Option<&Nonce>,
     ) {
+        headers.reserve(16);
         if let Some(sh) = &self.headers {
             sh.apply(headers, x.https);
         }

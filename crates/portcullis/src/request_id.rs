@@ -41,15 +41,21 @@ impl RequestId {
         b[6] = (b[6] & 0x0f) | 0x40;
         b[8] = (b[8] & 0x3f) | 0x80;
         const HEX: &[u8; 16] = b"0123456789abcdef";
-        let mut s = String::with_capacity(36);
+        // Formatted on the stack: the Arc is the only allocation.
+        let mut out = [0u8; 36];
+        let mut n = 0;
         for (i, byte) in b.iter().enumerate() {
             if matches!(i, 4 | 6 | 8 | 10) {
-                s.push('-');
+                out[n] = b'-';
+                n += 1;
             }
-            s.push(HEX[(byte >> 4) as usize] as char);
-            s.push(HEX[(byte & 15) as usize] as char);
+            out[n] = HEX[(byte >> 4) as usize];
+            out[n + 1] = HEX[(byte & 15) as usize];
+            n += 2;
         }
-        RequestId(Arc::from(s))
+        RequestId(Arc::from(
+            std::str::from_utf8(&out).unwrap_or("00000000-0000-4000-8000-000000000000"),
+        ))
     }
 
     /// The id as text.

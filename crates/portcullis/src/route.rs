@@ -586,10 +586,8 @@ impl<T> RouteTable<T> {
             all = segs.iter().copied().chain(overflow).collect();
             &all
         };
-        let exact = self.best(segs, false);
-        let has_alpha = path.as_str().bytes().any(|b| b.is_ascii_alphabetic());
-        if has_alpha {
-            let folded = self.best(segs, true);
+        let (exact, folded) = self.best(segs);
+        {
             if folded != exact {
                 let name = |i: Option<usize>| {
                     i.map_or_else(|| "*".to_string(), |i| self.routes[i].pattern.clone())
@@ -614,18 +612,24 @@ impl<T> RouteTable<T> {
         })
     }
 
-    fn best(&self, path: &[&str], fold: bool) -> Option<usize> {
-        let mut best: Option<usize> = None;
+    /// The most specific route for the exact path and for its case-folded form, in one pass:
+    /// a route that misses the folded match cannot match exactly either.
+    fn best(&self, path: &[&str]) -> (Option<usize>, Option<usize>) {
+        let pick = |best: Option<usize>, i: usize, segs: &[Seg]| match best {
+            Some(b) if !more_specific(segs, &self.routes[b].segs) => Some(b),
+            _ => Some(i),
+        };
+        let (mut exact, mut folded) = (None, None);
         for (i, r) in self.routes.iter().enumerate() {
-            if !matches(&r.segs, path, fold) {
+            if !matches(&r.segs, path, true) {
                 continue;
             }
-            best = match best {
-                Some(b) if !more_specific(&r.segs, &self.routes[b].segs) => Some(b),
-                _ => Some(i),
-            };
+            folded = pick(folded, i, &r.segs);
+            if matches(&r.segs, path, false) {
+                exact = pick(exact, i, &r.segs);
+            }
         }
-        best
+        (exact, folded)
     }
 }
 

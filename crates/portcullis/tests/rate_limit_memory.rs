@@ -41,9 +41,19 @@ fn one_million_keys_cost_at_most_128_bytes_each() {
     for i in 0..KEYS {
         key.clear();
         use std::fmt::Write;
-        let _ = write!(key, "/api/**|default|ip:10.{}.{}.{}", i >> 16, (i >> 8) & 255, i & 255);
+        let _ = write!(
+            key,
+            "/api/**|default|ip:10.{}.{}.{}",
+            i >> 16,
+            (i >> 8) & 255,
+            i & 255
+        );
         store
-            .decide_now(&[Charge { key: &key, rule, cost: 1 }])
+            .decide_now(&[Charge {
+                key: &key,
+                rule,
+                cost: 1,
+            }])
             .expect("memory store answers");
     }
     let after = LIVE.load(Ordering::Relaxed);

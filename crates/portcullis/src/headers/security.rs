@@ -186,8 +186,11 @@ impl SecurityHeaders {
     /// Puts the headers on a response and strips the banners. `https` tells whether the
     /// request came over HTTPS.
     pub fn apply(&self, headers: &mut HeaderMap, https: bool) {
-        for name in &self.strip {
-            headers.remove(name);
+        // Banners are rare: look before paying for a removal per name.
+        if headers.keys().any(|k| self.strip.contains(k)) {
+            for name in &self.strip {
+                headers.remove(name);
+            }
         }
         for (n, v) in &self.set {
             headers.insert(n.clone(), v.clone());
