@@ -1,8 +1,9 @@
 //! Per-request cost of `SecurityLayer`, in process (no network).
 //!
 //! One GET `/api/public-data` goes end to end through an axum `Router` whose handler returns a
-//! small static JSON body: bare, behind `SecurityLayer::new(Preset::Public)`, and behind a
-//! builder-made layer with 8 routes. The three sit in one group so a run compares them; the
+//! small static JSON body: bare, behind the stateless public-preset layer (every control but
+//! the rate limiter), behind a builder-made layer with 8 routes, and with the in-memory rate
+//! limiter added. The three sit in one group so a run compares them; the
 //! difference between `public_preset` and `bare` is what the layer adds per request.
 //!
 //! ```text
@@ -19,6 +20,7 @@ use axum::routing::get;
 use criterion::{Criterion, criterion_group, criterion_main};
 use http::{Request, header};
 use http_body_util::BodyExt;
+use portcullis::policy::{RateKey, RateLimitSpec};
 use portcullis::{Policy, Preset, SecurityLayer};
 use tower::{Layer, ServiceExt};
 
@@ -52,6 +54,7 @@ fn eight_routes() -> SecurityLayer {
         .route("/api/reports/*.csv", Preset::Authenticated)
         .route("/health", Policy::open())
         .route(PATH, Preset::Public)
+        .no_rate_limiter()
         .build()
         .expect("the bench routes are valid")
 }
@@ -93,14 +96,33 @@ fn security_layer(c: &mut Criterion) {
     let peer: SocketAddr = "203.0.113.7:51234".parse().expect("a socket address");
 
     let bare = app();
-    let public = SecurityLayer::new(Preset::Public).layer(app());
+    // The stateless layer: every control of the public preset but the rate limiter.
+    let public = SecurityLayer::builder()
+        .default_policy(Preset::Public)
+        .no_rate_limiter()
+        .build()
+        .expect("a valid layer")
+        .layer(app());
     let routed = eight_routes().layer(app());
+    // The same with the in-memory rate limiter, at a limit the bench never reaches.
+    let limited = SecurityLayer::builder()
+        .default_policy(
+            Policy::preset(Preset::Public).rate_limits([RateLimitSpec::new(
+                u32::MAX,
+                std::time::Duration::from_secs(1),
+                RateKey::Ip,
+            )]),
+        )
+        .build()
+        .expect("a valid layer")
+        .layer(app());
 
     // Check once, outside the timing, that each variant answers 200 with the body.
     for body in [
         rt.block_on(one(&bare, peer)),
         rt.block_on(one(&public, peer)),
         rt.block_on(one(&routed, peer)),
+        rt.block_on(one(&limited, peer)),
     ] {
         assert_eq!(&body[..], br#"{"ok":true}"#);
     }
@@ -117,6 +139,10 @@ fn security_layer(c: &mut Criterion) {
     group.bench_function("builder_8_routes", |b| {
         b.to_async(&rt)
             .iter(|| async { black_box(one(&routed, peer).await) })
+    });
+    group.bench_function("public_preset_with_memory_rate_limit", |b| {
+        b.to_async(&rt)
+            .iter(|| async { black_box(one(&limited, peer).await) })
     });
     group.finish();
 }
