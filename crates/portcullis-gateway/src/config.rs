@@ -33,12 +33,17 @@ pub mod values;
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use http::Uri;
 use portcullis::cors::Cors;
 use portcullis::headers::security::SecurityHeaders;
 use portcullis::methods::MethodSet;
+use portcullis::rate_limit::RateLimiter;
+use portcullis::rate_limit::memory::MemoryStore;
+use portcullis::rate_limit::redis::RedisStore;
+use portcullis::rate_limit::sqlite::SqliteStore;
 use portcullis::{Csp, Policy, Preset, SecurityLayer};
 
 pub use values::{AuditStore, RateLimitStore};
@@ -539,21 +544,38 @@ impl GatewayConfig {
     /// Builds the library's [`SecurityLayer`] from the routes, presets and overrides, trusted
     /// proxies, allowed hosts, headers, CSP and CORS.
     pub fn security_layer(&self) -> Result<SecurityLayer, ConfigError> {
+        self.security_layer_with(&Stores::default())
+    }
+
+    /// The layer for this config, reusing the stores of `stores` when the storage settings
+    /// are unchanged (so a hot reload keeps the rate-limit counters).
+    pub fn security_layer_with(&self, stores: &Stores) -> Result<SecurityLayer, ConfigError> {
+        let csp = self
+            .headers
+            .csp
+            .clone()
+            .map(|c| c.report_only(self.headers.csp_report_only));
+        let limiter = RateLimiter::new(stores.rate_limit_store(&self.storage)?).on_store_error(
+            match self.storage.on_store_error {
+                OnStoreError::Closed => portcullis::rate_limit::OnStoreError::Closed,
+                OnStoreError::Open => portcullis::rate_limit::OnStoreError::Open,
+            },
+        );
         let mut builder = SecurityLayer::builder()
             .trusted_proxies(self.server.trusted_proxies.iter().cloned())
             .security_headers(Some(self.headers.security.clone()))
-            .csp(self.headers.csp.clone())
-            .cors(self.cors.as_ref().map(CorsConfig::to_cors).transpose()?);
+            .csp(csp)
+            .cors(self.cors.as_ref().map(CorsConfig::to_cors).transpose()?)
+            .rate_limiter(Arc::new(limiter));
         if !self.server.allowed_hosts.is_empty() {
             builder = builder.allowed_hosts(self.server.allowed_hosts.iter().cloned());
         }
         for route in &self.routes {
             builder = builder.route(&route.path, route.policy.clone());
         }
-        // Authentication ([auth]), rate limiting ([storage] rate_limit), CSRF ([csrf]) and
-        // audit ([storage] audit, [audit]) are parsed and validated above; they are wired in
-        // by the issues that bring those controls to the gateway, through
-        // `.authenticator(..)`, `.rate_limiter(..)`, `.csrf_guard(..)` and `.audit(..)`.
+        // Authentication ([auth]), CSRF ([csrf]) and audit ([storage] audit, [audit]) are
+        // parsed and validated above; they are wired in by the issues that bring those controls
+        // to the gateway, through `.authenticator(..)`, `.csrf_guard(..)` and `.audit(..)`.
         builder.build().map_err(|e| {
             let key = if e.key == "trusted_proxies" {
                 "server.trusted_proxies".to_string()
@@ -573,60 +595,103 @@ impl GatewayConfig {
     /// Settings that are valid but that this build cannot apply yet, because the library
     /// has no knob for them; `check-config` shows them as warnings.
     pub fn unapplied_settings(&self) -> Vec<ConfigError> {
-        let mut out = Vec::new();
-        let mut note = |key: &str, what: &str| {
-            out.push(ConfigError {
-                key: key.to_string(),
-                reason: format!("not applied yet: {what}"),
-            });
-        };
-        if self.headers.csp_report_only {
-            note(
-                "headers.csp_report_only",
-                "the library's Csp has no report-only switch; the CSP is enforced",
-            );
-        }
-        if let Some(cors) = &self.cors {
-            if cors.allow_methods.is_some() {
-                note(
-                    "cors.allow_methods",
-                    "the library's Cors has no method list",
-                );
-            }
-            if !cors.allow_headers.is_empty() {
-                note(
-                    "cors.allow_headers",
-                    "the library's Cors has no header list",
-                );
-            }
-            if !cors.expose_headers.is_empty() {
-                note(
-                    "cors.expose_headers",
-                    "the library's Cors has no exposed headers",
-                );
-            }
-            if cors.max_age.is_some() {
-                note(
-                    "cors.max_age",
-                    "the library's Cors has no preflight max age",
-                );
-            }
-        }
-        out
+        Vec::new()
     }
 }
 
 impl CorsConfig {
-    /// The library's CORS settings (origins and credentials).
+    /// The library's CORS settings.
     pub fn to_cors(&self) -> Result<Cors, ConfigError> {
+        let err = |key: &str| {
+            let key = key.to_string();
+            move |e: portcullis::cors::CorsError| ConfigError {
+                key: key.clone(),
+                reason: e.to_string(),
+            }
+        };
         let mut cors = Cors::new().allow_credentials(self.allow_credentials);
         for (i, origin) in self.allow_origins.iter().enumerate() {
-            cors = cors.allow_origin(origin).map_err(|e| ConfigError {
-                key: format!("cors.allow_origins[{i}]"),
-                reason: e.to_string(),
-            })?;
+            cors = cors
+                .allow_origin(origin)
+                .map_err(err(&format!("cors.allow_origins[{i}]")))?;
+        }
+        if let Some(methods) = &self.allow_methods {
+            cors = cors.allow_methods(methods.methods().iter().cloned());
+        }
+        if !self.allow_headers.is_empty() {
+            cors = cors
+                .allow_headers(&self.allow_headers)
+                .map_err(err("cors.allow_headers"))?;
+        }
+        if !self.expose_headers.is_empty() {
+            cors = cors
+                .expose_headers(&self.expose_headers)
+                .map_err(err("cors.expose_headers"))?;
+        }
+        if let Some(age) = self.max_age {
+            cors = cors.max_age(age);
         }
         Ok(cors)
+    }
+}
+
+/// Stores kept across hot reloads: a reload that leaves `[storage]` unchanged keeps the same
+/// rate-limit store, so counters survive it.
+#[derive(Default)]
+pub struct Stores {
+    rate_limit: std::sync::Mutex<
+        Option<(
+            RateLimitStore,
+            Arc<dyn portcullis::rate_limit::RateLimitStore>,
+        )>,
+    >,
+}
+
+impl fmt::Debug for Stores {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Stores").finish_non_exhaustive()
+    }
+}
+
+/// Keys the in-memory rate-limit store tracks at most.
+const MEMORY_KEYS: usize = 1_000_000;
+
+impl Stores {
+    /// The rate-limit store `storage` names, opened once and reused while it is unchanged.
+    pub fn rate_limit_store(
+        &self,
+        storage: &StorageConfig,
+    ) -> Result<Arc<dyn portcullis::rate_limit::RateLimitStore>, ConfigError> {
+        let mut cached = self.rate_limit.lock().map_err(|_| ConfigError {
+            key: "storage.rate_limit".into(),
+            reason: "store cache poisoned".into(),
+        })?;
+        if let Some((kind, store)) = cached.as_ref()
+            && *kind == storage.rate_limit
+        {
+            return Ok(store.clone());
+        }
+        let err = |e: portcullis::rate_limit::StoreError| ConfigError {
+            key: "storage.rate_limit".into(),
+            reason: e.to_string(),
+        };
+        let store: Arc<dyn portcullis::rate_limit::RateLimitStore> = match &storage.rate_limit {
+            RateLimitStore::Memory => Arc::new(MemoryStore::new(MEMORY_KEYS)),
+            RateLimitStore::Sqlite(path) => Arc::new(SqliteStore::open(path).map_err(err)?),
+            RateLimitStore::Redis(url) => Arc::new(
+                RedisStore::new(
+                    url,
+                    storage
+                        .redis_password
+                        .as_ref()
+                        .map(|p| String::from_utf8_lossy(p.expose()).into_owned()),
+                    &storage.redis_prefix,
+                )
+                .map_err(err)?,
+            ),
+        };
+        *cached = Some((storage.rate_limit.clone(), store.clone()));
+        Ok(store)
     }
 }
 

@@ -787,11 +787,9 @@ impl Loader<'_> {
                 );
             }
         }
-        // Off by default, unlike the brief's sketch: browsers ignore HSTS over plain HTTP, and
-        // behind a TLS terminator that is not a trusted proxy the gateway cannot tell HTTPS.
-        let https_only = h
-            .boolean("hsts_https_only", &mut self.errs)
-            .unwrap_or(false);
+        // On by default: the gateway sends HSTS only on requests it received over TLS, or that
+        // a trusted proxy says came over HTTPS (`X-Forwarded-Proto: https`).
+        let https_only = h.boolean("hsts_https_only", &mut self.errs).unwrap_or(true);
         security = security.hsts_mode(if https_only {
             HstsMode::HttpsOnly
         } else {

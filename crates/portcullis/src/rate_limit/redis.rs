@@ -62,6 +62,14 @@ impl RedisStore {
         password: Option<String>,
         prefix: &str,
     ) -> Result<Self, StoreError> {
+        let store = Self::new(url, password, prefix)?;
+        let _ = store.connection().await;
+        Ok(store)
+    }
+
+    /// Like [`connect`](Self::connect) without the first connection attempt: the store
+    /// connects on its first decision (for callers that are not async).
+    pub fn new(url: &str, password: Option<String>, prefix: &str) -> Result<Self, StoreError> {
         let mut info = url
             .into_connection_info()
             .map_err(|e| StoreError::new(format!("bad redis URL: {}", redis_reason(&e))))?;
@@ -79,7 +87,6 @@ impl RedisStore {
             prefix: prefix.to_string(),
             timeout: DEFAULT_TIMEOUT,
         };
-        let _ = store.connection().await;
         Ok(store)
     }
 
