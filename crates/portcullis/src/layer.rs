@@ -47,7 +47,7 @@ use http_body::Body;
 use tower::{Layer, Service};
 
 use crate::audit::{AuditAction, AuditEvent, AuditSink, Outcome};
-use crate::auth::{AuthOutcome, Authenticator, BoxFuture, Principal};
+use crate::auth::{AuthOutcome, Authenticator, BoxFuture, FailedAuthTracker, Principal};
 use crate::body_limit::{self, LimitedBody};
 use crate::client_ip::{self, ClientIp, TrustedProxies};
 use crate::cors::Cors;
@@ -191,6 +191,7 @@ struct Engine {
     csp: Option<Arc<Csp>>,
     cors: Option<Cors>,
     authenticator: Option<Arc<dyn Authenticator>>,
+    failed_auth: Option<Arc<FailedAuthTracker>>,
     rate_limit: Option<Arc<dyn Guard>>,
     csrf: Option<Arc<dyn Guard>>,
     audit: Option<Arc<dyn AuditSink>>,
@@ -218,6 +219,7 @@ pub struct SecurityLayerBuilder {
     csp: Option<Csp>,
     cors: Option<Cors>,
     authenticator: Option<Arc<dyn Authenticator>>,
+    failed_auth: Option<Arc<FailedAuthTracker>>,
     rate_limit: Option<Arc<dyn Guard>>,
     csrf: Option<Arc<dyn Guard>>,
     audit: Option<Arc<dyn AuditSink>>,
@@ -235,6 +237,7 @@ impl SecurityLayerBuilder {
             csp: Some(Csp::default()),
             cors: None,
             authenticator: None,
+            failed_auth: Some(Arc::new(FailedAuthTracker::default())),
             rate_limit: Some(Arc::new(crate::rate_limit::RateLimiter::new(Arc::new(
                 crate::rate_limit::memory::MemoryStore::new(DEFAULT_MEMORY_KEYS),
             )))),
@@ -247,6 +250,7 @@ impl SecurityLayerBuilder {
         SecurityLayerBuilder {
             default_policy: Policy::open(),
             inbound: None,
+            failed_auth: None,
             headers: None,
             csp: None,
             rate_limit: None,
@@ -321,6 +325,23 @@ impl SecurityLayerBuilder {
         self
     }
 
+    /// The brute-force limit of step 8: refused credentials counted per client address
+    /// ([`ClientIp::key`]); past the limit the client gets 429 on routes that require a
+    /// principal. On by default (10 per 15 min); `None` turns it off.
+    ///
+    /// ```
+    /// use std::{sync::Arc, time::Duration};
+    /// use portcullis::{SecurityLayer, auth::FailedAuthTracker};
+    /// let layer = SecurityLayer::builder()
+    ///     .failed_auth(Some(Arc::new(FailedAuthTracker::new(5, Duration::from_secs(600)))))
+    ///     .build()
+    ///     .unwrap();
+    /// ```
+    pub fn failed_auth(mut self, tracker: Option<Arc<FailedAuthTracker>>) -> Self {
+        self.failed_auth = tracker;
+        self
+    }
+
     /// The rate-limit guard (step 10). The secure defaults use a
     /// [`RateLimiter`](crate::rate_limit::RateLimiter) over an in-memory store.
     pub fn rate_limiter(mut self, guard: Arc<dyn Guard>) -> Self {
@@ -389,6 +410,7 @@ impl SecurityLayerBuilder {
                 csp: self.csp.map(Arc::new),
                 cors: self.cors,
                 authenticator: self.authenticator,
+                failed_auth: self.failed_auth,
                 rate_limit: self.rate_limit,
                 csrf: self.csrf,
                 audit: self.audit,
@@ -702,7 +724,17 @@ impl Engine {
             )?;
         }
 
-        // 8. Authentication.
+        // 8. Authentication, behind the brute-force limit (authenticated routes only, so a
+        // stale cookie on public pages never locks anyone out).
+        let tracker = self.failed_auth.as_ref().filter(|_| policy.requires_auth());
+        let client_key = x.client_ip.key();
+        if let Some(t) = tracker
+            && let Err(wait) = t.check(&client_key)
+        {
+            x.detail = Some("too_many_failed_auth");
+            self.enforce(Rejection::rate_limited(wait.as_secs().max(1)), parts, x)?;
+            x.detail = None;
+        }
         let credentials = match &self.authenticator {
             Some(auth) => auth.authenticate(parts).await,
             None => AuthOutcome::NoCredentials,
@@ -713,6 +745,9 @@ impl Engine {
                 self.enforce(Rejection::unauthorized(false), parts, x)?;
             }
             AuthOutcome::Invalid(reason) if policy.requires_auth() => {
+                if let Some(t) = tracker {
+                    let _ = t.record_failure(&client_key);
+                }
                 x.detail = Some(reason);
                 self.enforce(Rejection::unauthorized(true), parts, x)?;
                 x.detail = None;

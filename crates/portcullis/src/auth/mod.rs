@@ -5,11 +5,68 @@
 //! to learn who calls, on any route when one is configured) and hands the principal to the
 //! handler as a request extension and an axum extractor.
 //!
+//! The implementations here:
+//! - [`jwt::JwtAuthenticator`]: JSON Web Tokens from `Authorization: Bearer` or a cookie, with
+//!   keys from an HMAC [`Secret`], PEM public keys, a JWKS document or a JWKS URL
+//!   ([`jwks::Jwks`]), verified the RFC 8725 way;
+//! - [`api_key::ApiKeyAuthenticator`]: `Authorization: ApiKey …` or `X-API-Key`, stored as
+//!   SHA-256 hashes only;
+//! - [`AnyOf`]: tries several in order (JWT, then API key);
+//! - your own: implement [`Authenticator`].
+//!
+//! Failed attempts are counted per client address by [`FailedAuthTracker`].
+//!
 //! ```
 //! use portcullis::auth::{Principal, AuthMethod};
 //! let p = Principal::new("alice", ["user"], AuthMethod::Custom);
 //! assert!(p.has_role("user"));
 //! ```
+//!
+//! Plugging in a custom authenticator (here: a session store), next to JWT and API keys:
+//!
+//! ```
+//! use std::sync::Arc;
+//! use portcullis::auth::{AnyOf, AuthMethod, AuthOutcome, Authenticator, BoxFuture, Principal};
+//! use portcullis::auth::api_key::{self, ApiKey, ApiKeyAuthenticator};
+//! use portcullis::{Policy, Preset, SecurityLayer};
+//!
+//! struct Sessions;
+//! impl Authenticator for Sessions {
+//!     fn authenticate<'a>(&'a self, parts: &'a http::request::Parts) -> BoxFuture<'a, AuthOutcome> {
+//!         Box::pin(async move {
+//!             match parts.headers.get("x-session").map(|v| v.as_bytes()) {
+//!                 None => AuthOutcome::NoCredentials,
+//!                 Some(b"s3cr3t-session") => AuthOutcome::Authenticated(
+//!                     Principal::new("carol", ["user"], AuthMethod::Custom),
+//!                 ),
+//!                 Some(_) => AuthOutcome::Invalid("unknown_session"),
+//!             }
+//!         })
+//!     }
+//! }
+//!
+//! let ci = ApiKey::new("ci", &api_key::hash_key("pk_example"), ["deploy"]).unwrap();
+//! let auth = AnyOf::new()
+//!     .or(Sessions)
+//!     .or(ApiKeyAuthenticator::new([ci]).unwrap());
+//! let layer = SecurityLayer::builder()
+//!     .route("/api/user/**", Policy::preset(Preset::Authenticated))
+//!     .authenticator(Arc::new(auth))
+//!     .build()
+//!     .unwrap();
+//! ```
+
+pub mod api_key;
+pub mod brute_force;
+mod chain;
+pub mod jwks;
+pub mod jwt;
+mod secret;
+mod strict_json;
+
+pub use brute_force::FailedAuthTracker;
+pub use chain::AnyOf;
+pub use secret::Secret;
 
 use std::future::Future;
 use std::pin::Pin;

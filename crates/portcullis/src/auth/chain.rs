@@ -1,0 +1,122 @@
+//! Several authenticators, tried in order.
+
+use std::sync::Arc;
+
+use http::request::Parts;
+
+use super::{AuthOutcome, Authenticator, BoxFuture};
+
+/// Tries authenticators in order: the first that finds credentials decides. A refusal from
+/// one that found credentials is final — a bad token is not retried as an API key, so a
+/// request cannot shop for the weakest check.
+///
+/// ```
+/// use portcullis::auth::{AnyOf, Secret, jwks::VerificationKey, jwt::{Algorithm, JwtAuthenticator}};
+/// use portcullis::auth::api_key::{self, ApiKey, ApiKeyAuthenticator};
+/// let jwt = JwtAuthenticator::builder().issuer("me").audience("api")
+///     .key(VerificationKey::hmac(Algorithm::HS256, &Secret::from("0123456789abcdef0123456789abcdef")).unwrap())
+///     .build().unwrap();
+/// let keys = ApiKeyAuthenticator::new([ApiKey::new("ci", &api_key::hash_key("pk_x"), ["deploy"]).unwrap()]).unwrap();
+/// let both = AnyOf::new().or(jwt).or(keys);
+/// assert_eq!(both.len(), 2);
+/// ```
+#[derive(Clone, Default)]
+pub struct AnyOf {
+    chain: Vec<Arc<dyn Authenticator>>,
+}
+
+impl std::fmt::Debug for AnyOf {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AnyOf")
+            .field("authenticators", &self.chain.len())
+            .finish()
+    }
+}
+
+impl AnyOf {
+    /// An empty chain (it finds no credentials).
+    pub fn new() -> Self {
+        AnyOf::default()
+    }
+
+    /// Appends an authenticator.
+    #[must_use]
+    pub fn or(self, auth: impl Authenticator) -> Self {
+        self.or_shared(Arc::new(auth))
+    }
+
+    /// Appends a shared authenticator.
+    #[must_use]
+    pub fn or_shared(mut self, auth: Arc<dyn Authenticator>) -> Self {
+        self.chain.push(auth);
+        self
+    }
+
+    /// The number of authenticators.
+    pub fn len(&self) -> usize {
+        self.chain.len()
+    }
+
+    /// True when the chain is empty.
+    pub fn is_empty(&self) -> bool {
+        self.chain.is_empty()
+    }
+}
+
+impl Authenticator for AnyOf {
+    fn authenticate<'a>(&'a self, parts: &'a Parts) -> BoxFuture<'a, AuthOutcome> {
+        Box::pin(async move {
+            for auth in &self.chain {
+                match auth.authenticate(parts).await {
+                    AuthOutcome::NoCredentials => continue,
+                    decided => return decided,
+                }
+            }
+            AuthOutcome::NoCredentials
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::auth::{AuthMethod, Principal};
+
+    struct Fixed(AuthOutcome);
+    impl Authenticator for Fixed {
+        fn authenticate<'a>(&'a self, _: &'a Parts) -> BoxFuture<'a, AuthOutcome> {
+            Box::pin(std::future::ready(self.0.clone()))
+        }
+    }
+
+    fn run(chain: &AnyOf) -> AuthOutcome {
+        let (parts, ()) = http::Request::new(()).into_parts();
+        futures_util::FutureExt::now_or_never(chain.authenticate(&parts)).expect("ready")
+    }
+
+    #[test]
+    fn first_with_credentials_wins_and_refusals_are_final() {
+        let ok = || {
+            Fixed(AuthOutcome::Authenticated(Principal::new(
+                "a",
+                ["r"],
+                AuthMethod::Custom,
+            )))
+        };
+        let none = || Fixed(AuthOutcome::NoCredentials);
+        let bad = || Fixed(AuthOutcome::Invalid("bad"));
+        assert!(matches!(
+            run(&AnyOf::new().or(none()).or(ok())),
+            AuthOutcome::Authenticated(_)
+        ));
+        assert!(matches!(
+            run(&AnyOf::new().or(bad()).or(ok())),
+            AuthOutcome::Invalid("bad")
+        ));
+        assert!(matches!(
+            run(&AnyOf::new().or(none()).or(none())),
+            AuthOutcome::NoCredentials
+        ));
+        assert!(matches!(run(&AnyOf::new()), AuthOutcome::NoCredentials));
+    }
+}

@@ -1,0 +1,241 @@
+//! Roles per route: 401 without or with bad credentials, 403 with too few roles, 200 with
+//! enough; and what the audit log keeps (principal and reason, never the token).
+
+mod auth_common;
+mod common;
+
+use std::sync::Arc;
+
+use auth_common::*;
+use axum::Router;
+use axum::routing::{any, get};
+use common::*;
+use portcullis::audit::{AuditEvent, MemorySink};
+use portcullis::auth::jwt::{Algorithm, JwtAuthenticator};
+use portcullis::{Policy, Preset, SecurityLayer};
+
+struct App {
+    addr: std::net::SocketAddr,
+    sink: MemorySink,
+    key: TestKey,
+}
+
+async fn start() -> App {
+    let key = hmac_key(Algorithm::HS256);
+    let jwt = JwtAuthenticator::builder()
+        .issuer(ISS)
+        .audience(AUD)
+        .key(key.verification())
+        .build()
+        .unwrap();
+    let sink = MemorySink::default();
+    let layer = SecurityLayer::builder()
+        .route("/api/user/**", Preset::Authenticated)
+        .route(
+            "/api/admin/**",
+            Policy::preset(Preset::Authenticated).roles(["admin", "owner"]),
+        )
+        .route(
+            "/api/vault/**",
+            Policy::preset(Preset::Authenticated).all_roles(["admin", "mfa"]),
+        )
+        .route("/api/public-data", Preset::Public)
+        .authenticator(Arc::new(jwt))
+        .audit(Arc::new(sink.clone()))
+        .build()
+        .unwrap();
+    let app = Router::new()
+        .route("/api/user/me", get(whoami))
+        .route("/api/admin/users", any(whoami))
+        .route("/api/vault/secrets", get(whoami))
+        .route("/api/public-data", get(|| async { "public" }));
+    App {
+        addr: serve_with(app, layer).await,
+        sink,
+        key,
+    }
+}
+
+impl App {
+    fn token(&self, sub: &str, roles: &[&str]) -> String {
+        self.key.token(None, &claims(sub, roles))
+    }
+
+    async fn get(&self, path: &str, token: Option<&str>) -> Reply {
+        let auth = token.map(bearer);
+        let headers: Vec<(&str, &str)> = auth
+            .as_deref()
+            .map(|a| vec![("authorization", a)])
+            .unwrap_or_default();
+        send(self.addr, "GET", path, &headers, "").await
+    }
+}
+
+fn serialized(events: &[AuditEvent]) -> String {
+    serde_json::to_string(events).unwrap()
+}
+
+#[tokio::test]
+async fn no_credentials_get_a_bare_bearer_challenge() {
+    let app = start().await;
+    let r = app.get("/api/user/me", None).await;
+    assert_eq!(r.status, 401);
+    assert_eq!(r.header("www-authenticate"), Some("Bearer"));
+    assert_eq!(r.json()["code"], "unauthorized");
+}
+
+#[tokio::test]
+async fn an_invalid_token_gets_invalid_token_and_its_reason_is_audited() {
+    let app = start().await;
+    let expired = app.key.token(None, &{
+        let mut c = claims("alice", &["admin"]);
+        c["exp"] = serde_json::json!(now() - 3600);
+        c
+    });
+    let r = app.get("/api/admin/users", Some(&expired)).await;
+    assert_eq!(r.status, 401);
+    assert_eq!(
+        r.header("www-authenticate"),
+        Some("Bearer error=\"invalid_token\"")
+    );
+    let events = app.sink.events();
+    assert_eq!(events.len(), 1);
+    assert_eq!(events[0].action.as_str(), "unauthorized_access");
+    assert_eq!(events[0].metadata["detail"], "expired");
+    assert_eq!(events[0].principal, None);
+    assert!(!serialized(&events).contains(&expired));
+}
+
+#[tokio::test]
+async fn any_of_roles_gives_403_without_one_and_200_with_one() {
+    let app = start().await;
+    let user = app.token("bob", &["user"]);
+    let r = app.get("/api/admin/users", Some(&user)).await;
+    assert_eq!(r.status, 403);
+    assert_eq!(r.json()["code"], "forbidden");
+    assert_eq!(r.header("www-authenticate"), None);
+    for roles in [&["admin"][..], &["owner"], &["user", "owner"]] {
+        let t = app.token("carol", roles);
+        let r = app.get("/api/admin/users", Some(&t)).await;
+        assert_eq!(r.status, 200, "{roles:?}");
+        assert_eq!(r.json()["id"], "carol");
+    }
+}
+
+#[tokio::test]
+async fn all_of_roles_needs_every_one() {
+    let app = start().await;
+    let admin_only = app.token("dave", &["admin"]);
+    assert_eq!(
+        app.get("/api/vault/secrets", Some(&admin_only))
+            .await
+            .status,
+        403
+    );
+    let mfa_only = app.token("dave", &["mfa"]);
+    assert_eq!(
+        app.get("/api/vault/secrets", Some(&mfa_only)).await.status,
+        403
+    );
+    let both = app.token("dave", &["mfa", "admin", "user"]);
+    assert_eq!(app.get("/api/vault/secrets", Some(&both)).await.status, 200);
+}
+
+#[tokio::test]
+async fn authenticated_routes_take_any_valid_principal() {
+    let app = start().await;
+    let none = app.token("erin", &[]);
+    let r = app.get("/api/user/me", Some(&none)).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.json()["id"], "erin");
+}
+
+#[tokio::test]
+async fn public_routes_ignore_bad_tokens() {
+    let app = start().await;
+    let r = app.get("/api/public-data", Some("not.a.token")).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.text(), "public");
+}
+
+#[tokio::test]
+async fn a_403_is_audited_with_the_principal_and_never_the_token() {
+    let app = start().await;
+    let user = app.token("frank", &["user"]);
+    assert_eq!(app.get("/api/admin/users", Some(&user)).await.status, 403);
+    let bad = format!("{user}x");
+    assert_eq!(app.get("/api/admin/users", Some(&bad)).await.status, 401);
+    assert_eq!(app.get("/api/admin/users", None).await.status, 401);
+
+    let events = app.sink.events();
+    assert_eq!(events.len(), 3);
+    assert_eq!(events[0].action.as_str(), "forbidden");
+    assert_eq!(events[0].principal.as_deref(), Some("frank"));
+    assert_eq!(events[0].status, 403);
+    assert_eq!(events[1].action.as_str(), "unauthorized_access");
+    assert_eq!(events[1].metadata["detail"], "bad_signature");
+    assert_eq!(events[2].metadata.get("detail"), None);
+    let all = serialized(&events);
+    for secret in [user.as_str(), bad.as_str(), &user[..user.len() / 2]] {
+        assert!(!all.contains(secret), "a token leaked into audit");
+    }
+    let sig = user.rsplit('.').next().unwrap();
+    assert!(!all.contains(sig), "a signature leaked into audit");
+}
+
+#[tokio::test]
+async fn repeated_bad_credentials_from_one_address_get_429_on_authenticated_routes() {
+    use portcullis::auth::FailedAuthTracker;
+    use std::time::Duration;
+    let key = hmac_key(Algorithm::HS256);
+    let jwt = JwtAuthenticator::builder()
+        .issuer(ISS)
+        .audience(AUD)
+        .key(key.verification())
+        .build()
+        .unwrap();
+    let sink = MemorySink::default();
+    let layer = SecurityLayer::builder()
+        .route("/api/user/**", Preset::Authenticated)
+        .route("/api/public-data", Preset::Public)
+        .authenticator(Arc::new(jwt))
+        .failed_auth(Some(Arc::new(FailedAuthTracker::new(
+            3,
+            Duration::from_secs(900),
+        ))))
+        .audit(Arc::new(sink.clone()))
+        .build()
+        .unwrap();
+    let app = Router::new()
+        .route("/api/user/me", get(whoami))
+        .route("/api/public-data", get(|| async { "public" }));
+    let addr = serve_with(app, layer).await;
+    let bad = bearer("eyJhbGciOiJIUzI1NiJ9.e30.AAAA");
+    let good = bearer(&key.token(None, &claims("alice", &["user"])));
+    async fn req(addr: std::net::SocketAddr, h: &str) -> Reply {
+        send(addr, "GET", "/api/user/me", &[("authorization", h)], "").await
+    }
+    // No credentials do not count.
+    for _ in 0..5 {
+        assert_eq!(send(addr, "GET", "/api/user/me", &[], "").await.status, 401);
+    }
+    for _ in 0..3 {
+        assert_eq!(req(addr, &bad).await.status, 401);
+    }
+    let r = req(addr, &good).await;
+    assert_eq!(r.status, 429, "blocked even with a valid token");
+    assert!(r.header("retry-after").is_some());
+    assert_eq!(r.json()["code"], "rate_limited");
+    // Public routes stay open; bad tokens there do not count.
+    let p = send(
+        addr,
+        "GET",
+        "/api/public-data",
+        &[("authorization", &bad)],
+        "",
+    )
+    .await;
+    assert_eq!(p.status, 200);
+    let last = sink.events().pop().unwrap();
+    assert_eq!(last.metadata["detail"], "too_many_failed_auth");
+}
