@@ -134,17 +134,10 @@ fn redis_benchmark_evalsha(port: u16, callers: usize, n: usize) -> Option<f64> {
         .output()
         .ok()?;
     let text = String::from_utf8_lossy(&out.stdout);
-    // "EVALSHA ...: 81234.57 requests per second, p50=0.303 msec"
-    let tail = text.rsplit("\r").next().unwrap_or(&text).to_string();
-    let num = tail
-        .split(':')
-        .nth(1)?
-        .trim()
-        .split(' ')
-        .next()?
-        .parse::<f64>()
-        .ok()?;
-    Some(num)
+    // "EVALSHA … bench:rand:__rand_int__ …: 81234.57 requests per second, p50=0.303 msec"
+    let tail = text.rsplit('\r').next().unwrap_or(&text);
+    let end = tail.find(" requests per second")?;
+    tail[..end].rsplit(' ').next()?.parse::<f64>().ok()
 }
 
 fn main() {
