@@ -37,6 +37,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use http::Uri;
+use portcullis::auth::FailedAuthTracker;
 use portcullis::cors::Cors;
 use portcullis::headers::security::SecurityHeaders;
 use portcullis::methods::MethodSet;
@@ -46,7 +47,7 @@ use portcullis::rate_limit::redis::RedisStore;
 use portcullis::rate_limit::sqlite::SqliteStore;
 use portcullis::{Csp, Policy, Preset, SecurityLayer};
 
-pub use values::{AuditStore, RateLimitStore};
+pub use values::{AuditStore, RateLimitStore, parse_duration};
 
 /// The key of a TOML syntax error.
 pub const SYNTAX_KEY: &str = "(syntax)";
@@ -562,6 +563,7 @@ impl GatewayConfig {
             },
         );
         let mut builder = SecurityLayer::builder()
+            .failed_auth(Some(stores.failed_auth(&self.auth)))
             .trusted_proxies(self.server.trusted_proxies.iter().cloned())
             .security_headers(Some(self.headers.security.clone()))
             .csp(csp)
@@ -573,9 +575,12 @@ impl GatewayConfig {
         for route in &self.routes {
             builder = builder.route(&route.path, route.policy.clone());
         }
-        // Authentication ([auth]), CSRF ([csrf]) and audit ([storage] audit, [audit]) are
-        // parsed and validated above; they are wired in by the issues that bring those controls
-        // to the gateway, through `.authenticator(..)`, `.csrf_guard(..)` and `.audit(..)`.
+        if let Some(auth) = crate::auth::authenticator(&self.auth)? {
+            builder = builder.authenticator(auth);
+        }
+        // CSRF ([csrf]) and audit ([storage] audit, [audit]) are parsed and validated above;
+        // they are wired in by the issues that bring those controls to the gateway, through
+        // `.csrf_guard(..)` and `.audit(..)`.
         builder.build().map_err(|e| {
             let key = if e.key == "trusted_proxies" {
                 "server.trusted_proxies".to_string()
@@ -639,6 +644,7 @@ impl CorsConfig {
 /// rate-limit store, so counters survive it.
 #[derive(Default)]
 pub struct Stores {
+    failed_auth: std::sync::Mutex<Option<((u32, Duration), Arc<FailedAuthTracker>)>>,
     rate_limit: std::sync::Mutex<
         Option<(
             RateLimitStore,
@@ -657,6 +663,23 @@ impl fmt::Debug for Stores {
 const MEMORY_KEYS: usize = 1_000_000;
 
 impl Stores {
+    /// The brute-force tracker of `[auth]`, kept while its limit and window are unchanged.
+    pub fn failed_auth(&self, auth: &AuthConfig) -> Arc<FailedAuthTracker> {
+        let want = (auth.failed_limit, auth.failed_window);
+        let mut cached = match self.failed_auth.lock() {
+            Ok(c) => c,
+            Err(p) => p.into_inner(),
+        };
+        if let Some((k, t)) = cached.as_ref()
+            && *k == want
+        {
+            return t.clone();
+        }
+        let t = Arc::new(FailedAuthTracker::new(want.0, want.1));
+        *cached = Some((want, t.clone()));
+        t
+    }
+
     /// The rate-limit store `storage` names, opened once and reused while it is unchanged.
     pub fn rate_limit_store(
         &self,

@@ -18,10 +18,68 @@ fn main() -> ExitCode {
         Command::CheckConfig { config } => check_config(&config),
         Command::Serve { .. } => not_implemented("serve"),
         Command::Demo { .. } => not_implemented("demo"),
-        Command::Token { .. } => not_implemented("token"),
-        Command::Apikey { .. } => not_implemented("apikey"),
+        Command::Token {
+            sub,
+            role,
+            ttl,
+            config,
+        } => token(&sub, &role, &ttl, config.as_deref()),
+        Command::Apikey {
+            command: cli::ApikeyCommand::New { id, role },
+        } => apikey_new(&id, &role),
         Command::Audit { .. } => not_implemented("audit"),
     }
+}
+
+/// `token`: mints a development HS256 token with `[auth.jwt] secret_env`.
+fn token(sub: &str, roles: &[String], ttl: &str, config: Option<&Path>) -> ExitCode {
+    let path = config.unwrap_or(Path::new("portcullis.toml"));
+    let ttl = match portcullis_gateway::config::parse_duration(ttl) {
+        Ok(d) => d,
+        Err(reason) => {
+            eprintln!("portcullis token: --ttl {ttl:?}: {reason}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    let config = match GatewayConfig::load(path, portcullis_gateway::config::Purpose::Tool) {
+        Ok(c) => c,
+        Err(errors) => {
+            eprintln!("{errors}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    let Some(jwt) = &config.auth.jwt else {
+        eprintln!(
+            "{}: auth.jwt: no [auth.jwt] section to sign with",
+            path.display()
+        );
+        return ExitCode::from(EXIT_CONFIG);
+    };
+    match portcullis_gateway::auth::mint(jwt, sub, roles, ttl) {
+        Ok(t) => {
+            println!("{t}");
+            ExitCode::SUCCESS
+        }
+        Err(reason) => {
+            eprintln!("{}: {reason}", path.display());
+            ExitCode::from(EXIT_CONFIG)
+        }
+    }
+}
+
+/// `apikey new`: prints a fresh key once, and the config entry holding only its hash.
+fn apikey_new(id: &str, roles: &[String]) -> ExitCode {
+    let (key, entry) = portcullis_gateway::auth::new_api_key(id, roles);
+    println!(
+        "API key (shown once; store it now): {key}
+"
+    );
+    println!(
+        "Paste into the config:
+
+{entry}"
+    );
+    ExitCode::SUCCESS
 }
 
 /// The placeholder of a command still being written.

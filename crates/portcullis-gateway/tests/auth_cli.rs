@@ -1,0 +1,107 @@
+//! `portcullis token` and `portcullis apikey new`, checked against the authenticators the same
+//! config builds.
+
+use std::process::Command;
+
+use portcullis_gateway::config::{GatewayConfig, Purpose};
+
+const SECRET: &str = "0123456789abcdef0123456789abcdef-test-only";
+
+fn temp_config(body: &str) -> (std::path::PathBuf, std::path::PathBuf) {
+    let mut rnd = [0u8; 8];
+    getrandom::fill(&mut rnd).expect("random");
+    let dir = std::env::temp_dir().join(format!(
+        "pc-auth-cli-{}",
+        rnd.iter().map(|b| format!("{b:02x}")).collect::<String>()
+    ));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let file = dir.join("portcullis.toml");
+    std::fs::write(&file, body).expect("write config");
+    (dir, file)
+}
+
+const CONFIG: &str = "[server]\nupstream = \"http://127.0.0.1:9\"\n\
+    [auth.jwt]\nsecret_env = \"PC_TEST_JWT_SECRET\"\n\
+    [csrf]\nsecret_env = \"PC_TEST_JWT_SECRET\"\n\
+    [[route]]\npath = \"/api/admin/**\"\npreset = \"authenticated\"\nroles = [\"admin\"]\n";
+
+#[tokio::test]
+async fn minted_tokens_verify_with_the_configured_authenticator() {
+    let (dir, file) = temp_config(CONFIG);
+    let out = Command::new(env!("CARGO_BIN_EXE_portcullis"))
+        .args([
+            "token", "--sub", "alice", "--role", "admin", "--role", "user", "--ttl", "1h",
+            "--config",
+        ])
+        .arg(&file)
+        .env("PC_TEST_JWT_SECRET", SECRET)
+        .output()
+        .expect("runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let token = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    assert_eq!(token.split('.').count(), 3);
+    assert!(!token.contains(SECRET));
+
+    unsafe { std::env::set_var("PC_TEST_JWT_SECRET", SECRET) };
+    let config = GatewayConfig::load(&file, Purpose::Tool).expect("valid config");
+    let jwt =
+        portcullis_gateway::auth::jwt_authenticator(config.auth.jwt.as_ref().unwrap(), "authToken")
+            .expect("authenticator");
+    let p = jwt.verify(&token).await.expect("the minted token verifies");
+    assert_eq!(p.id, "alice");
+    assert!(p.has_role("admin") && p.has_role("user"));
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn token_without_a_secret_is_refused_with_exit_2() {
+    let (dir, file) = temp_config(CONFIG);
+    let out = Command::new(env!("CARGO_BIN_EXE_portcullis"))
+        .args(["token", "--sub", "alice", "--config"])
+        .arg(&file)
+        .env_remove("PC_TEST_JWT_SECRET")
+        .output()
+        .expect("runs");
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("auth.jwt.secret_env"), "{err}");
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn a_new_api_key_is_printed_once_and_its_entry_holds_only_the_hash() {
+    let out = Command::new(env!("CARGO_BIN_EXE_portcullis"))
+        .args(["apikey", "new", "--id", "ci-bot", "--role", "deploy"])
+        .output()
+        .expect("runs");
+    assert!(out.status.success());
+    let text = String::from_utf8(out.stdout).unwrap();
+    let key = text
+        .lines()
+        .find_map(|l| l.strip_prefix("API key (shown once; store it now): "))
+        .expect("the key line")
+        .to_string();
+    let entry: String = text
+        .lines()
+        .skip_while(|l| !l.starts_with("[[auth.api_keys]]"))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    assert!(
+        !entry.contains(&key),
+        "the entry must not hold the key itself"
+    );
+    let (dir, file) = temp_config(&format!(
+        "[server]\nupstream = \"http://127.0.0.1:9\"\n{entry}"
+    ));
+    let config = GatewayConfig::load(&file, Purpose::Tool).expect("the pasted entry is valid");
+    let auth = portcullis_gateway::auth::api_key_authenticator(&config.auth.api_keys).unwrap();
+    let p = auth.verify(&key).expect("the printed key verifies");
+    assert_eq!(p.id, "ci-bot");
+    assert!(p.has_role("deploy"));
+    assert!(auth.verify("pk_not-the-key").is_err());
+    let _ = std::fs::remove_dir_all(dir);
+}
