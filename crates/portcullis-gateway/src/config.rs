@@ -644,7 +644,7 @@ impl CorsConfig {
 /// rate-limit store, so counters survive it.
 #[derive(Default)]
 pub struct Stores {
-    failed_auth: std::sync::Mutex<Option<((u32, Duration), Arc<FailedAuthTracker>)>>,
+    failed_auth: std::sync::Mutex<Option<CachedTracker>>,
     rate_limit: std::sync::Mutex<
         Option<(
             RateLimitStore,
@@ -658,6 +658,9 @@ impl fmt::Debug for Stores {
         f.debug_struct("Stores").finish_non_exhaustive()
     }
 }
+
+/// A brute-force tracker with the (limit, window) it was built for.
+type CachedTracker = ((u32, Duration), Arc<FailedAuthTracker>);
 
 /// Keys the in-memory rate-limit store tracks at most.
 const MEMORY_KEYS: usize = 1_000_000;

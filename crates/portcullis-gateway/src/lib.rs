@@ -9,3 +9,4 @@
 
 pub mod auth;
 pub mod config;
+pub mod tls;

@@ -2,4 +2,5 @@
 //! streaming HTML nonce rewrite.
 
 pub mod csp;
+pub mod nonce_html;
 pub mod security;
