@@ -8,3 +8,8 @@
 #![warn(missing_docs)]
 
 pub mod config;
+pub mod admin;
+pub mod proxy;
+pub mod reload;
+pub mod serve;
+pub mod server;
