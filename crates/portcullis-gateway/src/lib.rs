@@ -7,8 +7,8 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
-pub mod config;
 pub mod admin;
+pub mod config;
 pub mod proxy;
 pub mod reload;
 pub mod serve;

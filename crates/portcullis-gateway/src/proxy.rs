@@ -185,7 +185,10 @@ impl Proxy {
 
         if res.status() == StatusCode::SWITCHING_PROTOCOLS {
             let (Some(client_side), true) = (client_upgrade.take(), upgrade) else {
-                tracing::warn!(request_id, "upstream switched protocols without being asked");
+                tracing::warn!(
+                    request_id,
+                    "upstream switched protocols without being asked"
+                );
                 return error_response(upstream_unavailable(), &request_id);
             };
             let upstream_side = hyper::upgrade::on(&mut res);
@@ -229,16 +232,12 @@ impl Proxy {
         extensions: &Extensions,
         upgrade: bool,
     ) -> Result<http::request::Parts, Rejection> {
-        let client_host = parts
-            .headers
-            .get(header::HOST)
-            .cloned()
-            .or_else(|| {
-                parts
-                    .uri
-                    .authority()
-                    .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
-            });
+        let client_host = parts.headers.get(header::HOST).cloned().or_else(|| {
+            parts
+                .uri
+                .authority()
+                .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+        });
         let pq = parts
             .uri
             .path_and_query()

@@ -86,12 +86,18 @@ pub async fn run(path: &Path, config: GatewayConfig) -> Result<(), ServeError> {
         None => None,
     };
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
-    let local = listener.local_addr().map_err(io_error("listener address"))?;
+    let local = listener
+        .local_addr()
+        .map_err(io_error("listener address"))?;
     if let Some(admin) = admin {
         if let Ok(addr) = admin.local_addr() {
             tracing::info!("admin listening on http://{addr}");
         }
-        tokio::spawn(crate::admin::serve(admin, live.clone(), shutdown_rx.clone()));
+        tokio::spawn(crate::admin::serve(
+            admin,
+            live.clone(),
+            shutdown_rx.clone(),
+        ));
     }
     tokio::spawn(crate::reload::watch(
         path.to_path_buf(),

@@ -47,7 +47,7 @@ use portcullis::layer::{Https, SecurityBody};
 use portcullis::{Rejection, RequestId};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc, watch};
 use tower::ServiceExt;
 
 use crate::config::ServerConfig;
@@ -198,10 +198,11 @@ impl Connection {
         match tls {
             None => self.serve(tcp, false, limits).await,
             Some(acceptor) => {
-                match tokio::time::timeout(limits.header_read_timeout, acceptor.accept(tcp)).await
-                {
+                match tokio::time::timeout(limits.header_read_timeout, acceptor.accept(tcp)).await {
                     Ok(Ok(io)) => self.serve(io, true, limits).await,
-                    Ok(Err(e)) => tracing::debug!(peer = %self.peer, error = %e, "TLS handshake failed"),
+                    Ok(Err(e)) => {
+                        tracing::debug!(peer = %self.peer, error = %e, "TLS handshake failed")
+                    }
                     Err(_) => tracing::debug!(peer = %self.peer, "TLS handshake timed out"),
                 }
             }
@@ -275,6 +276,7 @@ impl Connection {
                     draining = true;
                 }
                 _ = tokio::time::sleep_until(recheck.into()) => {}
+                _ = state.changed.notified() => {}
             }
         }
     }
@@ -301,6 +303,8 @@ struct ConnState {
     bytes_read: AtomicU64,
     requests: AtomicU64,
     in_flight: AtomicUsize,
+    /// Wakes the watchdog when a request starts or ends, so it recomputes its deadline.
+    changed: Notify,
 }
 
 impl ConnState {
@@ -311,6 +315,7 @@ impl ConnState {
             bytes_read: AtomicU64::new(0),
             requests: AtomicU64::new(0),
             in_flight: AtomicUsize::new(0),
+            changed: Notify::new(),
         }
     }
 
@@ -332,8 +337,8 @@ impl ConnState {
                 (Verdict::Wait, deadline)
             };
         }
-        let last = self.started
-            + Duration::from_millis(self.last_activity_ms.load(Ordering::Relaxed));
+        let last =
+            self.started + Duration::from_millis(self.last_activity_ms.load(Ordering::Relaxed));
         let deadline = last + limits.idle_timeout;
         if now >= deadline {
             (Verdict::Idle, now + limits.idle_timeout)
@@ -351,6 +356,7 @@ impl InFlight {
     fn enter(state: &Arc<ConnState>) -> Self {
         state.requests.fetch_add(1, Ordering::AcqRel);
         state.in_flight.fetch_add(1, Ordering::AcqRel);
+        state.changed.notify_one();
         InFlight(state.clone())
     }
 }
@@ -359,6 +365,7 @@ impl Drop for InFlight {
     fn drop(&mut self) {
         self.0.touch();
         self.0.in_flight.fetch_sub(1, Ordering::AcqRel);
+        self.0.changed.notify_one();
     }
 }
 
@@ -510,7 +517,10 @@ impl hyper::service::Service<Request<Incoming>> for ConnService {
         Box::pin(async move {
             let res = if too_large {
                 let id = RequestId::generate();
-                tracing::info!(request_id = id.as_str(), "request headers over max_header_bytes: 431");
+                tracing::info!(
+                    request_id = id.as_str(),
+                    "request headers over max_header_bytes: 431"
+                );
                 let mut res = Rejection::headers_too_large()
                     .into_response_with_id(id.as_str())
                     .map(SecurityBody::from);

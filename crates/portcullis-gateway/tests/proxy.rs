@@ -63,7 +63,10 @@ async fn get_is_forwarded_with_security_headers_and_without_banners() {
     );
     assert!(!h.contains_key("x-portcullis-user"));
     assert!(!h.contains_key("x-portcullis-roles"));
-    assert!(!h.contains_key("x-hop"), "Connection-named headers are hop-by-hop");
+    assert!(
+        !h.contains_key("x-hop"),
+        "Connection-named headers are hop-by-hop"
+    );
     assert_eq!(h.get_all("x-forwarded-for").iter().count(), 1);
 }
 
@@ -156,7 +159,11 @@ async fn unreachable_upstream_is_502_json() {
     assert_eq!(j["code"], "upstream_unavailable");
     assert_eq!(j["error"], "Upstream unavailable");
     assert_eq!(j["request_id"], r.headers["x-request-id"].to_str().unwrap());
-    assert!(!r.text().contains("refused"), "no internal detail: {}", r.text());
+    assert!(
+        !r.text().contains("refused"),
+        "no internal detail: {}",
+        r.text()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -228,7 +235,11 @@ struct DemoAuth;
 impl Authenticator for DemoAuth {
     fn authenticate<'a>(&'a self, parts: &'a http::request::Parts) -> BoxFuture<'a, AuthOutcome> {
         Box::pin(async move {
-            match parts.headers.get("x-demo-user").and_then(|v| v.to_str().ok()) {
+            match parts
+                .headers
+                .get("x-demo-user")
+                .and_then(|v| v.to_str().ok())
+            {
                 Some(user) => AuthOutcome::Authenticated(Principal::new(
                     user,
                     ["user", "editor"],
@@ -267,4 +278,63 @@ async fn the_principal_reaches_the_upstream_as_identity_headers() {
     assert_eq!(h["x-portcullis-roles"], "user,editor");
     assert_eq!(h["x-forwarded-for"], "::1");
     assert_eq!(h["forwarded"], "for=\"[::1]\";proto=http;host=app.example");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn admin_listener_answers_health_and_readiness() {
+    let up = Upstream::start().await;
+    let admin = free_port();
+    let gw = gateway(&up, &format!("admin_listen = \"127.0.0.1:{admin}\""), "").await;
+    assert!(
+        gw.wait_log("admin listening on", Duration::from_secs(2))
+            .await
+    );
+    let base = format!("http://127.0.0.1:{admin}");
+    let r = get(&format!("{base}/healthz"), &[]).await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(r.text(), r#"{"status":"ok"}"#);
+    let r = get(&format!("{base}/readyz"), &[]).await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(r.json()["upstream"], "ok");
+
+    // With the upstream gone, the gateway is alive but not ready.
+    let port = free_port();
+    let admin = free_port();
+    let dead: std::net::SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let extra = format!("admin_listen = \"127.0.0.1:{admin}\"");
+    let _gw = Gateway::start(port, &config(port, dead, &extra, "")).await;
+    let base = format!("http://127.0.0.1:{admin}");
+    assert_eq!(
+        get(&format!("{base}/healthz"), &[]).await.status,
+        StatusCode::OK
+    );
+    let r = get(&format!("{base}/readyz"), &[]).await;
+    assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(r.json()["status"], "unavailable");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_chunked_body_over_max_body_is_cut_with_413() {
+    let up = Upstream::start().await;
+    let gw = gateway(
+        &up,
+        "",
+        "[[route]]\npath = \"/consume/**\"\nmax_body = \"1KiB\"\nrate_limit = false\n",
+    )
+    .await;
+    // No Content-Length: the limit is enforced on the stream.
+    let mut tcp = TcpStream::connect(("127.0.0.1", gw.port)).await.unwrap();
+    let chunk = format!("400\r\n{}\r\n", "x".repeat(1024));
+    let mut req = String::from(
+        "POST /consume/x HTTP/1.1\r\nHost: t\r\nContent-Type: text/plain\r\nTransfer-Encoding: chunked\r\n\r\n",
+    );
+    for _ in 0..4 {
+        req.push_str(&chunk);
+    }
+    req.push_str("0\r\n\r\n");
+    tcp.write_all(req.as_bytes()).await.unwrap();
+    let (out, _) = read_until_closed(&mut tcp, Duration::from_secs(3)).await;
+    let out = String::from_utf8_lossy(&out);
+    assert!(out.starts_with("HTTP/1.1 413"), "{out}");
+    assert!(out.contains("\"code\":\"body_too_large\""), "{out}");
 }

@@ -45,6 +45,7 @@ pub struct Seen {
 ///
 /// - `/echo/**`, `/upload/**`: the request body streamed back as the response body;
 /// - `/big/N`: N bytes of [`pattern`], streamed;
+/// - `/consume/**`: reads the whole body, then answers its length;
 /// - `/slow/MS`: answers after MS milliseconds;
 /// - `/ws`: a WebSocket echo (one frame at a time);
 /// - anything else: `hello`, with `Server` and `X-Powered-By` banners.
@@ -58,7 +59,9 @@ pub struct Upstream {
 
 impl Upstream {
     pub async fn start() -> Upstream {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind upstream");
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind upstream");
         let addr = listener.local_addr().unwrap();
         let up = Upstream {
             addr,
@@ -107,6 +110,15 @@ impl Upstream {
         let path = req.uri().path().to_string();
         if path.starts_with("/echo") || path.starts_with("/upload") {
             return Response::new(req.into_body().map_err(BoxError::from).boxed());
+        }
+        if path.starts_with("/consume") {
+            let body = req.into_body().collect().await;
+            return Response::new(match body {
+                Ok(b) => Full::new(Bytes::from(b.to_bytes().len().to_string()))
+                    .map_err(|never| match never {})
+                    .boxed(),
+                Err(_) => full("body error"),
+            });
         }
         if let Some(n) = path.strip_prefix("/big/") {
             let n: u64 = n.parse().expect("a byte count");
