@@ -17,6 +17,18 @@
 //! - an unreachable upstream is 502 `upstream_unavailable`, a slow one 504
 //!   `upstream_timeout`, a client that does not finish its request in `request_timeout`
 //!   408 `request_timeout`: the one JSON error, never internal detail.
+//!
+//! The timeouts of `[server]`:
+//! - `upstream_connect_timeout` bounds the TCP connect to the upstream (504 when it passes;
+//!   a refused connection is 502);
+//! - `upstream_timeout` bounds the wait for the upstream's response headers once the request
+//!   is sent, which includes the time the upstream takes to read a streamed body (504);
+//! - `request_timeout` bounds the whole request from the moment the layer hands it over:
+//!   receiving the client's body and waiting for the response headers (408 if the client's
+//!   body was still arriving, else 504).
+//!
+//! Response bodies stream without a deadline (downloads, server-sent events); a connection
+//! with a response in flight is never closed as idle.
 
 use std::error::Error as StdError;
 use std::net::IpAddr;

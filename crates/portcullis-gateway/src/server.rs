@@ -12,7 +12,8 @@
 //!   `headers_too_large`. hyper's read buffer is capped `HEADER_SLACK` bytes above it (and
 //!   at least 8 KiB, hyper's minimum): a header block too large for that buffer, or with
 //!   more than 100 fields, gets hyper's own bare 431 and the connection is closed. Over
-//!   HTTP/2 the header list is capped at the same size and h2 answers 431 itself.
+//!   HTTP/2 the header list is capped at the same size: h2 answers 431 itself, or sends
+//!   GOAWAY (`ENHANCE_YOUR_CALM`) for a list far over the cap.
 //! - `header_read_timeout`: the first request's headers must arrive within it from the
 //!   moment the connection is accepted; on a kept-alive HTTP/1 connection, from the first
 //!   byte of the next request. A client trickling header bytes (slowloris) has its

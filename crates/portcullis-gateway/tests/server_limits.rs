@@ -81,6 +81,21 @@ async fn oversized_headers_get_431() {
         .await
         .unwrap();
     assert_eq!(res.status(), StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE);
+    // Far over the HTTP/2 header-list cap: refused by h2 itself, with 431 or, this far
+    // over, GOAWAY (ENHANCE_YOUR_CALM).
+    let res = h2_client()
+        .request(
+            http::Request::get(gw.url("/x"))
+                .header("x-huge", huge.as_str())
+                .body(full(""))
+                .unwrap(),
+        )
+        .await;
+    match res {
+        Ok(res) => assert_eq!(res.status(), StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE),
+        Err(e) => assert!(format!("{e:?}").contains("GoAway"), "{e:?}"),
+    }
+    assert_eq!(up.hits(), 1);
 }
 
 /// Trickles a request head one byte every 500 ms; returns how long until the server closed.
@@ -116,7 +131,7 @@ async fn slowloris_is_dropped_at_the_header_timeout_while_others_are_served() {
     for _ in 0..5 {
         let started = Instant::now();
         assert_eq!(get(&gw.url("/x"), &[]).await.status, StatusCode::OK);
-        assert!(started.elapsed() < Duration::from_millis(500));
+        assert!(started.elapsed() < Duration::from_secs(1));
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
     let took = slow.await.unwrap();
