@@ -99,6 +99,9 @@ pub fn reload(path: &Path, live: &Live) -> Result<(), ConfigErrors> {
         file: file.clone(),
         errors: vec![e],
     })?;
+    for w in generation.config.unapplied_settings() {
+        tracing::warn!("{file}: {}: warning: {}", w.key, w.reason);
+    }
     let old = live.current();
     for key in restart_only_changes(&old.config.server, &generation.config.server) {
         tracing::warn!("{file}: {key}: changed; takes effect after a restart");
