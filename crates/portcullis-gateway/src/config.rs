@@ -197,6 +197,8 @@ pub struct ServerConfig {
     pub upstream_timeout: Duration,
     /// Time given to open requests on shutdown (default 30 s).
     pub shutdown_timeout: Duration,
+    /// The most concurrent streams on one HTTP/2 connection (default 100).
+    pub http2_max_concurrent_streams: u32,
     /// Worker threads (0: one per core).
     pub workers: usize,
     /// The nonce marker in upstream HTML (default `{{portcullis-nonce}}`).

@@ -7,6 +7,11 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod admin;
 pub mod auth;
 pub mod config;
+pub mod proxy;
+pub mod reload;
+pub mod serve;
+pub mod server;
 pub mod tls;

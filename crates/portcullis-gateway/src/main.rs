@@ -7,6 +7,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use portcullis_gateway::config::{ConfigErrors, GatewayConfig};
+use portcullis_gateway::serve::ServeError;
 
 use cli::{Cli, Command};
 
@@ -16,7 +17,7 @@ const EXIT_CONFIG: u8 = 2;
 fn main() -> ExitCode {
     match Cli::parse().command {
         Command::CheckConfig { config } => check_config(&config),
-        Command::Serve { .. } => not_implemented("serve"),
+        Command::Serve { config } => serve(&config),
         Command::Demo { .. } => not_implemented("demo"),
         Command::Token {
             sub,
@@ -86,6 +87,51 @@ fn apikey_new(id: &str, roles: &[String]) -> ExitCode {
 fn not_implemented(command: &str) -> ExitCode {
     eprintln!("portcullis {command}: not implemented yet");
     ExitCode::FAILURE
+}
+
+/// `serve`: every config error on stderr and exit 2, or run until SIGTERM/SIGINT.
+fn serve(path: &Path) -> ExitCode {
+    init_logging();
+    let config = match GatewayConfig::from_file(path) {
+        Ok(config) => config,
+        Err(errors) => {
+            eprintln!("{errors}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    let mut runtime = tokio::runtime::Builder::new_multi_thread();
+    runtime.enable_all();
+    if config.server.workers > 0 {
+        runtime.worker_threads(config.server.workers);
+    }
+    let runtime = match runtime.build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("portcullis serve: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(portcullis_gateway::serve::run(path, config)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(ServeError::Config(errors)) => {
+            eprintln!("{errors}");
+            ExitCode::from(EXIT_CONFIG)
+        }
+        Err(e) => {
+            eprintln!("portcullis serve: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Logs to stderr, filtered by `RUST_LOG` (default `info`).
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
 }
 
 /// `check-config`: `FILE: ok (N routes)` on stdout, or every error on stderr and exit 2.

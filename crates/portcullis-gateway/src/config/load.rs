@@ -306,6 +306,9 @@ impl Loader<'_> {
             self.duration(&mut s, "upstream_connect_timeout", Duration::from_secs(5));
         let upstream_timeout = self.duration(&mut s, "upstream_timeout", Duration::from_secs(30));
         let shutdown_timeout = self.duration(&mut s, "shutdown_timeout", Duration::from_secs(30));
+        let http2_max_concurrent_streams = s
+            .integer("http2_max_concurrent_streams", &mut self.errs, 1..=10_000)
+            .map_or(Some(100), |v| u32::try_from(v).ok());
         let nonce_placeholder = if s.has("nonce_placeholder") {
             s.parsed("nonce_placeholder", &mut self.errs, |p| {
                 let ok = !p.is_empty()
@@ -343,6 +346,7 @@ impl Loader<'_> {
             upstream_connect_timeout: upstream_connect_timeout?,
             upstream_timeout: upstream_timeout?,
             shutdown_timeout: shutdown_timeout?,
+            http2_max_concurrent_streams: http2_max_concurrent_streams?,
             workers: workers?,
             nonce_placeholder: nonce_placeholder?,
             tls: tls?,

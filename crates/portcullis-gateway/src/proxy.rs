@@ -1,0 +1,721 @@
+//! The reverse proxy: the service the [`SecurityLayer`](portcullis::SecurityLayer) wraps.
+//!
+//! It forwards what the layer let through to `server.upstream` over pooled keep-alive
+//! connections, streaming bodies both ways without buffering them:
+//!
+//! - the URI is the canonical path and query the layer left in the request (never re-derived
+//!   from the raw request line), sent to the upstream as HTTP/1.1;
+//! - hop-by-hop headers are removed both ways (`Connection` and the headers it names,
+//!   `Keep-Alive`, `Proxy-Connection`, `TE` except `trailers`, `Trailer`,
+//!   `Transfer-Encoding`, `Upgrade` except on an upgrade);
+//! - `Host` is the client's; `X-Forwarded-For` gets the peer appended (after the inbound
+//!   value, which the layer kept only from a trusted proxy), `X-Forwarded-Proto` and
+//!   `X-Forwarded-Host` are the trusted inbound values or ours, and `Forwarded` (RFC 7239)
+//!   gets our hop appended;
+//! - the principal travels as `x-portcullis-user` and `x-portcullis-roles`;
+//! - `Upgrade` requests (WebSocket) are tunnelled once the upstream answers 101;
+//! - an unreachable upstream is 502 `upstream_unavailable`, a slow one 504
+//!   `upstream_timeout`, a client that does not finish its request in `request_timeout`
+//!   408 `request_timeout`: the one JSON error, never internal detail.
+//!
+//! The timeouts of `[server]`:
+//! - `upstream_connect_timeout` bounds the TCP connect to the upstream (504 when it passes;
+//!   a refused connection is 502);
+//! - `upstream_timeout` bounds the wait for the upstream's response headers once the request
+//!   is sent, which includes the time the upstream takes to read a streamed body (504);
+//! - `request_timeout` bounds the whole request from the moment the layer hands it over:
+//!   receiving the client's body and waiting for the response headers (408 if the client's
+//!   body was still arriving, else 504).
+//!
+//! Response bodies stream without a deadline (downloads, server-sent events); a connection
+//! with a response in flight is never closed as idle.
+
+use std::error::Error as StdError;
+use std::net::IpAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::uri::{Authority, PathAndQuery, Scheme};
+use http::{Extensions, Request, Response, StatusCode, Uri, Version};
+use http_body_util::BodyExt;
+use http_body_util::combinators::UnsyncBoxBody;
+use hyper::body::{Body, Frame, SizeHint};
+use hyper::upgrade::OnUpgrade;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use portcullis::audit::AuditAction;
+use portcullis::auth::BoxFuture;
+use portcullis::client_ip::{PeerAddr, canonical_ip};
+use portcullis::layer::Https;
+use portcullis::{Control, Principal, Rejection, RequestId};
+use tokio::time::{Instant, Sleep};
+
+use crate::config::{ConfigError, ServerConfig, UpstreamKind};
+
+/// A boxed error, as bodies carry them.
+pub type BoxError = Box<dyn StdError + Send + Sync>;
+
+/// The body of the upstream request and of the proxy's response.
+pub type ProxyBody = UnsyncBoxBody<Bytes, BoxError>;
+
+/// The identity headers the upstream may rely on (inbound copies are stripped by the layer).
+pub const X_PORTCULLIS_USER: HeaderName = HeaderName::from_static("x-portcullis-user");
+/// The principal's roles, comma-joined.
+pub const X_PORTCULLIS_ROLES: HeaderName = HeaderName::from_static("x-portcullis-roles");
+
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+const FORWARDED: HeaderName = HeaderName::from_static("forwarded");
+const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+
+/// How long idle upstream connections stay in the pool.
+const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
+
+/// The reverse proxy to one upstream. Cheap to clone: clones share the connection pool.
+#[derive(Clone)]
+pub struct Proxy {
+    inner: Arc<ProxyInner>,
+}
+
+struct ProxyInner {
+    client: Client<HttpConnector, ProxyBody>,
+    scheme: Scheme,
+    authority: Authority,
+    upstream_timeout: Duration,
+    request_timeout: Duration,
+    /// For the Next.js request hook (see [`Proxy::transform_request`]).
+    #[allow(dead_code)]
+    upstream_kind: UpstreamKind,
+}
+
+impl std::fmt::Debug for Proxy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Proxy")
+            .field("upstream", &self.inner.authority)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Proxy {
+    /// A proxy to `server.upstream` with its timeouts; must be called within a Tokio runtime.
+    pub fn new(server: &ServerConfig) -> Result<Proxy, ConfigError> {
+        let bad = |reason: &str| ConfigError {
+            key: "server.upstream".to_string(),
+            reason: reason.to_string(),
+        };
+        let upstream = server
+            .upstream
+            .as_ref()
+            .ok_or_else(|| bad("required: the URL of the application behind the gateway"))?;
+        let scheme = upstream.scheme().cloned().unwrap_or(Scheme::HTTP);
+        if scheme != Scheme::HTTP {
+            return Err(bad("only http:// upstreams are supported in this build"));
+        }
+        let authority = upstream
+            .authority()
+            .cloned()
+            .ok_or_else(|| bad("the upstream URL has no host"))?;
+        let mut connector = HttpConnector::new();
+        connector.set_connect_timeout(Some(server.upstream_connect_timeout));
+        connector.set_nodelay(true);
+        connector.enforce_http(true);
+        let client = Client::builder(TokioExecutor::new())
+            .timer(TokioTimer::new())
+            .pool_timer(TokioTimer::new())
+            .pool_idle_timeout(POOL_IDLE_TIMEOUT)
+            .build(connector);
+        Ok(Proxy {
+            inner: Arc::new(ProxyInner {
+                client,
+                scheme,
+                authority,
+                upstream_timeout: server.upstream_timeout,
+                request_timeout: server.request_timeout,
+                upstream_kind: server.upstream_kind,
+            }),
+        })
+    }
+
+    /// The upstream's `host:port`.
+    pub fn upstream_authority(&self) -> &Authority {
+        &self.inner.authority
+    }
+
+    /// Forwards one request and returns the upstream's response, or the JSON error.
+    pub async fn forward<B>(self, req: Request<B>) -> Response<ProxyBody>
+    where
+        B: Body<Data = Bytes> + Send + Unpin + 'static,
+        B::Error: Into<BoxError>,
+    {
+        let deadline = Instant::now() + self.inner.request_timeout;
+        let (mut parts, body) = req.into_parts();
+        let mut extensions = std::mem::take(&mut parts.extensions);
+        let request_id = extensions
+            .get::<RequestId>()
+            .map_or_else(String::new, |r| r.as_str().to_string());
+        let upgrade = parts.version == Version::HTTP_11 && is_upgrade(&parts.headers);
+        let mut client_upgrade = extensions.remove::<OnUpgrade>();
+
+        let progress = Arc::new(BodyProgress::default());
+        let body = DeadlineBody::new(body, deadline, progress.clone());
+        let mut upstream_req = match self.upstream_request(parts, &extensions, upgrade) {
+            Ok(head) => Request::from_parts(head, UnsyncBoxBody::new(body)),
+            Err(r) => return error_response(r, &request_id),
+        };
+        self.transform_request(&mut upstream_req, &extensions);
+
+        let wait = self
+            .inner
+            .upstream_timeout
+            .min(deadline.saturating_duration_since(Instant::now()));
+        let sent = tokio::time::timeout(wait, self.inner.client.request(upstream_req)).await;
+        let mut res = match sent {
+            Ok(Ok(res)) => res,
+            Ok(Err(e)) => {
+                let r = classify_error(&e, &progress);
+                tracing::warn!(request_id, upstream = %self.inner.authority, error = %ErrorChain(&e), "upstream request failed: {}", r.code());
+                return error_response(r, &request_id);
+            }
+            Err(_) => {
+                let r = if progress.get() == BodyState::Reading {
+                    request_timeout()
+                } else {
+                    upstream_timeout()
+                };
+                tracing::warn!(request_id, upstream = %self.inner.authority, "upstream request timed out: {}", r.code());
+                return error_response(r, &request_id);
+            }
+        };
+
+        if res.status() == StatusCode::SWITCHING_PROTOCOLS {
+            let (Some(client_side), true) = (client_upgrade.take(), upgrade) else {
+                tracing::warn!(
+                    request_id,
+                    "upstream switched protocols without being asked"
+                );
+                return error_response(upstream_unavailable(), &request_id);
+            };
+            let upstream_side = hyper::upgrade::on(&mut res);
+            tokio::spawn(tunnel(client_side, upstream_side, request_id.clone()));
+            let (mut rparts, _) = res.into_parts();
+            let upgrade_to = rparts.headers.get(header::UPGRADE).cloned();
+            strip_hop_by_hop(&mut rparts.headers);
+            if let Some(proto) = upgrade_to {
+                rparts.headers.insert(header::UPGRADE, proto);
+                rparts
+                    .headers
+                    .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+            }
+            return Response::from_parts(rparts, empty());
+        }
+
+        let (mut rparts, rbody) = res.into_parts();
+        strip_hop_by_hop(&mut rparts.headers);
+        let res = Response::from_parts(rparts, rbody.map_err(BoxError::from).boxed_unsync());
+        self.transform_response(res, &extensions)
+    }
+
+    /// Hook for request rewrites that depend on the upstream kind, such as the Next.js CSP
+    /// request header carrying the nonce. Not done in this build: a no-op.
+    fn transform_request(&self, _req: &mut Request<ProxyBody>, _extensions: &Extensions) {}
+
+    /// Hook for response rewrites, such as nonces in the upstream's HTML. Not done in this
+    /// build: a no-op.
+    fn transform_response(
+        &self,
+        res: Response<ProxyBody>,
+        _extensions: &Extensions,
+    ) -> Response<ProxyBody> {
+        res
+    }
+
+    /// The upstream request's head: URI, cleaned headers, forwarding and identity headers.
+    fn upstream_request(
+        &self,
+        mut parts: http::request::Parts,
+        extensions: &Extensions,
+        upgrade: bool,
+    ) -> Result<http::request::Parts, Rejection> {
+        let client_host = parts.headers.get(header::HOST).cloned().or_else(|| {
+            parts
+                .uri
+                .authority()
+                .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+        });
+        let pq = parts
+            .uri
+            .path_and_query()
+            .cloned()
+            .unwrap_or_else(|| PathAndQuery::from_static("/"));
+        parts.uri = Uri::builder()
+            .scheme(self.inner.scheme.clone())
+            .authority(self.inner.authority.clone())
+            .path_and_query(pq)
+            .build()
+            .map_err(|_| Rejection::invalid_path("Malformed path"))?;
+        parts.version = Version::HTTP_11;
+
+        let headers = &mut parts.headers;
+        let te_trailers = headers
+            .get_all(header::TE)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .any(|t| {
+                t.split(';')
+                    .next()
+                    .is_some_and(|t| t.trim().eq_ignore_ascii_case("trailers"))
+            });
+        let upgrade_to = upgrade
+            .then(|| headers.get(header::UPGRADE).cloned())
+            .flatten();
+        strip_hop_by_hop(headers);
+        if te_trailers {
+            headers.insert(header::TE, HeaderValue::from_static("trailers"));
+        }
+        if let Some(proto) = upgrade_to {
+            headers.insert(header::UPGRADE, proto);
+            headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        }
+        // HTTP/2 splits cookies over several fields; HTTP/1.1 wants one.
+        join_cookies(headers);
+        if let Some(host) = &client_host {
+            headers.insert(header::HOST, host.clone());
+        }
+
+        let https = extensions.get::<Https>().is_some();
+        let proto = if https { "https" } else { "http" };
+        let peer = extensions.get::<PeerAddr>().map(|p| canonical_ip(p.0.ip()));
+        if let Some(peer) = peer {
+            append_list(headers, X_FORWARDED_FOR, &peer.to_string());
+        }
+        if !headers.contains_key(&X_FORWARDED_PROTO) {
+            headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(proto));
+        }
+        if !headers.contains_key(&X_FORWARDED_HOST)
+            && let Some(host) = &client_host
+        {
+            headers.insert(X_FORWARDED_HOST, host.clone());
+        }
+        let element = forwarded_element(peer, proto, client_host.as_ref());
+        append_list(headers, FORWARDED, &element);
+
+        headers.remove(X_PORTCULLIS_USER);
+        headers.remove(X_PORTCULLIS_ROLES);
+        if let Some(p) = extensions.get::<Principal>() {
+            match (
+                HeaderValue::from_str(&p.id),
+                HeaderValue::from_str(&p.roles.join(",")),
+            ) {
+                (Ok(user), Ok(roles)) => {
+                    headers.insert(X_PORTCULLIS_USER, user);
+                    headers.insert(X_PORTCULLIS_ROLES, roles);
+                }
+                // A principal that cannot be written as a header is not sent at all: the
+                // upstream then sees an anonymous request, never a mangled identity.
+                _ => tracing::warn!("principal id or roles are not valid header values"),
+            }
+        }
+        Ok(parts)
+    }
+}
+
+impl<B> tower::Service<Request<B>> for Proxy
+where
+    B: Body<Data = Bytes> + Send + Unpin + 'static,
+    B::Error: Into<BoxError>,
+{
+    type Response = Response<ProxyBody>;
+    type Error = std::convert::Infallible;
+    type Future = BoxFuture<'static, Result<Response<ProxyBody>, std::convert::Infallible>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Request<B>) -> Self::Future {
+        let proxy = self.clone();
+        Box::pin(async move { Ok(proxy.forward(req).await) })
+    }
+}
+
+/// Copies bytes both ways between the upgraded client and upstream connections.
+async fn tunnel(client: OnUpgrade, upstream: OnUpgrade, request_id: String) {
+    let (client, upstream) = match tokio::try_join!(client, upstream) {
+        Ok(both) => both,
+        Err(e) => {
+            tracing::debug!(request_id, error = %e, "upgrade failed");
+            return;
+        }
+    };
+    let mut client = TokioIo::new(client);
+    let mut upstream = TokioIo::new(upstream);
+    match tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
+        Ok((up, down)) => tracing::debug!(request_id, up, down, "upgraded connection closed"),
+        Err(e) => tracing::debug!(request_id, error = %e, "upgraded connection ended"),
+    }
+}
+
+/// True when the request asks for a protocol upgrade (`Connection: upgrade` + `Upgrade`).
+fn is_upgrade(headers: &HeaderMap) -> bool {
+    headers.contains_key(header::UPGRADE)
+        && connection_tokens(headers).any(|t| t.eq_ignore_ascii_case("upgrade"))
+}
+
+fn connection_tokens(headers: &HeaderMap) -> impl Iterator<Item = &str> {
+    headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+}
+
+/// Removes the hop-by-hop headers: those `Connection` names, then the fixed list.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let named: Vec<HeaderName> = connection_tokens(headers)
+        .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
+        .collect();
+    for name in named {
+        headers.remove(name);
+    }
+    for name in [
+        header::CONNECTION,
+        KEEP_ALIVE,
+        PROXY_CONNECTION,
+        header::TE,
+        header::TRAILER,
+        header::TRANSFER_ENCODING,
+        header::UPGRADE,
+    ] {
+        headers.remove(name);
+    }
+}
+
+fn join_cookies(headers: &mut HeaderMap) {
+    if headers.get_all(header::COOKIE).iter().nth(1).is_none() {
+        return;
+    }
+    let joined: Vec<&[u8]> = headers
+        .get_all(header::COOKIE)
+        .iter()
+        .map(HeaderValue::as_bytes)
+        .collect();
+    if let Ok(v) = HeaderValue::from_bytes(&joined.join(&b"; "[..])) {
+        headers.insert(header::COOKIE, v);
+    }
+}
+
+/// Appends `item` to a comma-separated list header, joining repeated fields into one.
+fn append_list(headers: &mut HeaderMap, name: HeaderName, item: &str) {
+    let mut parts: Vec<String> = headers
+        .get_all(&name)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .map(|v| v.trim().to_string())
+        .filter(|v| !v.is_empty())
+        .collect();
+    parts.push(item.to_string());
+    if let Ok(v) = HeaderValue::from_str(&parts.join(", ")) {
+        headers.insert(name, v);
+    }
+}
+
+/// Our hop as an RFC 7239 `Forwarded` element: `for=…;proto=…;host=…`.
+fn forwarded_element(peer: Option<IpAddr>, proto: &str, host: Option<&HeaderValue>) -> String {
+    let node = match peer {
+        Some(IpAddr::V6(v6)) => format!("\"[{v6}]\""),
+        Some(IpAddr::V4(v4)) => v4.to_string(),
+        None => "unknown".to_string(),
+    };
+    let mut element = format!("for={node};proto={proto}");
+    if let Some(host) = host.and_then(|h| h.to_str().ok()) {
+        element.push_str(";host=");
+        element.push_str(&forwarded_value(host));
+    }
+    element
+}
+
+/// A `Forwarded` parameter value: a token as is, anything else as a quoted string.
+fn forwarded_value(v: &str) -> String {
+    let token = !v.is_empty()
+        && v.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
+    if token {
+        v.to_string()
+    } else {
+        let escaped = v.replace('\\', "\\\\").replace('"', "\\\"");
+        format!("\"{escaped}\"")
+    }
+}
+
+/// 502: the upstream could not be reached or broke the exchange.
+pub fn upstream_unavailable() -> Rejection {
+    Rejection::new(
+        StatusCode::BAD_GATEWAY,
+        "upstream_unavailable",
+        "Upstream unavailable",
+        AuditAction::SecurityEvent,
+        Control::Internal,
+    )
+}
+
+/// 504: the upstream did not answer in time.
+pub fn upstream_timeout() -> Rejection {
+    Rejection::new(
+        StatusCode::GATEWAY_TIMEOUT,
+        "upstream_timeout",
+        "Upstream timed out",
+        AuditAction::SecurityEvent,
+        Control::Internal,
+    )
+}
+
+/// 408: the client did not send its request in time.
+pub fn request_timeout() -> Rejection {
+    Rejection::new(
+        StatusCode::REQUEST_TIMEOUT,
+        "request_timeout",
+        "Request timed out",
+        AuditAction::SecurityEvent,
+        Control::ServerLimits,
+    )
+}
+
+/// 400: the client's body broke off (or was cut by the body limit, which the layer then
+/// answers with 413 instead).
+fn request_body_incomplete() -> Rejection {
+    Rejection::new(
+        StatusCode::BAD_REQUEST,
+        "request_body_incomplete",
+        "Request body could not be read",
+        AuditAction::InvalidInput,
+        Control::Body,
+    )
+}
+
+fn classify_error(e: &hyper_util::client::legacy::Error, progress: &BodyProgress) -> Rejection {
+    match progress.get() {
+        BodyState::TimedOut => return request_timeout(),
+        BodyState::Failed => return request_body_incomplete(),
+        _ => {}
+    }
+    let timed_out = {
+        let mut source: Option<&(dyn StdError + 'static)> = e.source();
+        let mut found = false;
+        while let Some(s) = source {
+            if s.downcast_ref::<std::io::Error>()
+                .is_some_and(|io| io.kind() == std::io::ErrorKind::TimedOut)
+            {
+                found = true;
+                break;
+            }
+            source = s.source();
+        }
+        found
+    };
+    if e.is_connect() && timed_out {
+        upstream_timeout()
+    } else {
+        upstream_unavailable()
+    }
+}
+
+fn error_response(r: Rejection, request_id: &str) -> Response<ProxyBody> {
+    r.into_response_with_id(request_id).map(|b| {
+        http_body_util::Full::new(b)
+            .map_err(|never| match never {})
+            .boxed_unsync()
+    })
+}
+
+fn empty() -> ProxyBody {
+    http_body_util::Empty::new()
+        .map_err(|never| match never {})
+        .boxed_unsync()
+}
+
+/// Displays an error with its sources, for the log.
+struct ErrorChain<'a>(&'a dyn StdError);
+
+impl std::fmt::Display for ErrorChain<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.0)?;
+        let mut source = self.0.source();
+        while let Some(s) = source {
+            write!(f, ": {s}")?;
+            source = s.source();
+        }
+        Ok(())
+    }
+}
+
+/// How far the client's request body got.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum BodyState {
+    Reading = 0,
+    Done = 1,
+    Failed = 2,
+    TimedOut = 3,
+}
+
+#[derive(Debug, Default)]
+struct BodyProgress(AtomicU8);
+
+impl BodyProgress {
+    fn get(&self) -> BodyState {
+        match self.0.load(Ordering::Acquire) {
+            0 => BodyState::Reading,
+            1 => BodyState::Done,
+            2 => BodyState::Failed,
+            _ => BodyState::TimedOut,
+        }
+    }
+
+    fn set(&self, s: BodyState) {
+        self.0.store(s as u8, Ordering::Release);
+    }
+}
+
+/// The request body was not received within `request_timeout`.
+#[derive(Debug)]
+struct RequestBodyTimeout;
+
+impl std::fmt::Display for RequestBodyTimeout {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("the request body was not received in time")
+    }
+}
+
+impl StdError for RequestBodyTimeout {}
+
+/// The client's body on its way upstream: fails once the request's deadline passes while
+/// waiting for the client, and records how far it got so errors can be told apart.
+struct DeadlineBody<B> {
+    inner: B,
+    sleep: Pin<Box<Sleep>>,
+    progress: Arc<BodyProgress>,
+}
+
+impl<B: Body> DeadlineBody<B> {
+    fn new(inner: B, deadline: Instant, progress: Arc<BodyProgress>) -> Self {
+        if inner.is_end_stream() {
+            progress.set(BodyState::Done);
+        }
+        DeadlineBody {
+            inner,
+            sleep: Box::pin(tokio::time::sleep_until(deadline)),
+            progress,
+        }
+    }
+}
+
+impl<B> Body for DeadlineBody<B>
+where
+    B: Body<Data = Bytes> + Unpin,
+    B::Error: Into<BoxError>,
+{
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = &mut *self;
+        match Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                if this.inner.is_end_stream() {
+                    this.progress.set(BodyState::Done);
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(Some(Err(e))) => {
+                this.progress.set(BodyState::Failed);
+                Poll::Ready(Some(Err(e.into())))
+            }
+            Poll::Ready(None) => {
+                this.progress.set(BodyState::Done);
+                Poll::Ready(None)
+            }
+            Poll::Pending => {
+                if this.sleep.as_mut().poll(cx).is_ready() {
+                    this.progress.set(BodyState::TimedOut);
+                    return Poll::Ready(Some(Err(Box::new(RequestBodyTimeout))));
+                }
+                Poll::Pending
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hop_by_hop_headers_and_the_ones_connection_names_are_removed() {
+        let mut h = HeaderMap::new();
+        h.insert(header::CONNECTION, "keep-alive, x-secret".parse().unwrap());
+        h.insert("x-secret", "1".parse().unwrap());
+        h.insert("keep-alive", "timeout=5".parse().unwrap());
+        h.insert("proxy-connection", "keep-alive".parse().unwrap());
+        h.insert(header::TRANSFER_ENCODING, "chunked".parse().unwrap());
+        h.insert(header::TRAILER, "x-sum".parse().unwrap());
+        h.insert(header::UPGRADE, "websocket".parse().unwrap());
+        h.insert(header::TE, "trailers".parse().unwrap());
+        h.insert("accept", "*/*".parse().unwrap());
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h.len(), 1, "{h:?}");
+        assert!(h.contains_key("accept"));
+    }
+
+    #[test]
+    fn forwarded_quotes_ipv6_and_hosts_with_ports() {
+        let host = HeaderValue::from_static("example.com:8080");
+        assert_eq!(
+            forwarded_element(Some("::1".parse().unwrap()), "http", Some(&host)),
+            "for=\"[::1]\";proto=http;host=\"example.com:8080\""
+        );
+        let host = HeaderValue::from_static("example.com");
+        assert_eq!(
+            forwarded_element(Some("10.1.2.3".parse().unwrap()), "https", Some(&host)),
+            "for=10.1.2.3;proto=https;host=example.com"
+        );
+    }
+
+    #[test]
+    fn list_headers_are_joined_then_appended() {
+        let mut h = HeaderMap::new();
+        h.append(X_FORWARDED_FOR, "1.1.1.1".parse().unwrap());
+        h.append(X_FORWARDED_FOR, "2.2.2.2".parse().unwrap());
+        append_list(&mut h, X_FORWARDED_FOR, "10.0.0.1");
+        assert_eq!(h[X_FORWARDED_FOR], "1.1.1.1, 2.2.2.2, 10.0.0.1");
+    }
+
+    #[test]
+    fn upgrade_needs_both_headers() {
+        let mut h = HeaderMap::new();
+        h.insert(header::UPGRADE, "websocket".parse().unwrap());
+        assert!(!is_upgrade(&h));
+        h.insert(header::CONNECTION, "keep-alive, Upgrade".parse().unwrap());
+        assert!(is_upgrade(&h));
+    }
+}

@@ -1,0 +1,181 @@
+//! Hot reload: the live configuration, swapped whole on SIGHUP or when the file changes.
+//!
+//! A [`Generation`] is one validated config with the security layer and proxy built from
+//! it. Each request reads the current generation once and keeps it to the end, so a reload
+//! never mixes two policies in one request. A new file is loaded, validated and built
+//! before the swap; if any of that fails, every error is logged as `FILE: KEY: REASON` and
+//! the previous generation keeps serving.
+//!
+//! The file is polled every second (modification time and length), so no watcher crate or
+//! platform API is needed, and editors that replace the file are handled like those that
+//! rewrite it.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, SystemTime};
+
+use portcullis::layer::SecurityService;
+use tokio::signal::unix::Signal;
+use tokio::sync::watch;
+use tower::Layer;
+
+use crate::config::{ConfigError, ConfigErrors, GatewayConfig, ServerConfig, Stores};
+use crate::proxy::Proxy;
+
+/// How often the config file is checked for changes.
+pub const POLL_INTERVAL: Duration = Duration::from_secs(1);
+
+/// The service requests go through: the security layer around the proxy.
+pub type GatewayService = SecurityService<Proxy>;
+
+/// One validated configuration and what was built from it.
+pub struct Generation {
+    /// The config.
+    pub config: Arc<GatewayConfig>,
+    /// The security layer around the proxy.
+    pub service: GatewayService,
+    /// The proxy alone (for readiness checks).
+    pub proxy: Proxy,
+}
+
+impl std::fmt::Debug for Generation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Generation")
+            .field("proxy", &self.proxy)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Generation {
+    /// Builds the layer and the proxy; must be called within a Tokio runtime. Stores
+    /// (rate-limit counters, the brute-force tracker) come from `stores`, so they outlive
+    /// the generation when the storage settings stay the same.
+    pub fn build(config: GatewayConfig, stores: &Stores) -> Result<Generation, ConfigError> {
+        let layer = config.security_layer_with(stores)?;
+        let proxy = Proxy::new(&config.server)?;
+        Ok(Generation {
+            service: layer.layer(proxy.clone()),
+            proxy,
+            config: Arc::new(config),
+        })
+    }
+}
+
+/// The generation in force, shared by every connection.
+#[derive(Clone, Debug)]
+pub struct Live {
+    current: Arc<RwLock<Arc<Generation>>>,
+    stores: Arc<Stores>,
+}
+
+impl Live {
+    /// Starts with `generation`, built from `stores`.
+    pub fn new(generation: Generation, stores: Arc<Stores>) -> Self {
+        Live {
+            current: Arc::new(RwLock::new(Arc::new(generation))),
+            stores,
+        }
+    }
+
+    /// The generation in force.
+    pub fn current(&self) -> Arc<Generation> {
+        // A poisoned lock still holds a complete generation: the swap is one assignment.
+        match self.current.read() {
+            Ok(g) => g.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    fn replace(&self, generation: Generation) {
+        let new = Arc::new(generation);
+        match self.current.write() {
+            Ok(mut g) => *g = new,
+            Err(poisoned) => *poisoned.into_inner() = new,
+        }
+    }
+}
+
+/// Loads `path`, builds a generation and swaps it in; on any error the old one stays.
+pub fn reload(path: &Path, live: &Live) -> Result<(), ConfigErrors> {
+    let file = path.display().to_string();
+    let config = GatewayConfig::from_file(path)?;
+    let generation = Generation::build(config, &live.stores).map_err(|e| ConfigErrors {
+        file: file.clone(),
+        errors: vec![e],
+    })?;
+    for w in generation.config.unapplied_settings() {
+        tracing::warn!("{file}: {}: warning: {}", w.key, w.reason);
+    }
+    let old = live.current();
+    for key in restart_only_changes(&old.config.server, &generation.config.server) {
+        tracing::warn!("{file}: {key}: changed; takes effect after a restart");
+    }
+    live.replace(generation);
+    Ok(())
+}
+
+/// `[server]` keys that only apply when the process starts.
+fn restart_only_changes(old: &ServerConfig, new: &ServerConfig) -> Vec<&'static str> {
+    let mut keys = Vec::new();
+    if old.listen != new.listen {
+        keys.push("server.listen");
+    }
+    if old.admin_listen != new.admin_listen {
+        keys.push("server.admin_listen");
+    }
+    if old.max_connections != new.max_connections {
+        keys.push("server.max_connections");
+    }
+    if old.workers != new.workers {
+        keys.push("server.workers");
+    }
+    if old.tls.is_some() != new.tls.is_some() {
+        keys.push("server.tls");
+    }
+    keys
+}
+
+/// The file's identity for change detection.
+fn stamp(path: &Path) -> Option<(SystemTime, u64)> {
+    let meta = std::fs::metadata(path).ok()?;
+    Some((meta.modified().ok()?, meta.len()))
+}
+
+/// Reloads on SIGHUP and when the file changes, until `shutdown` turns true. `hangup` must
+/// be registered before the process announces it is ready, or an early SIGHUP kills it.
+pub async fn watch(
+    path: PathBuf,
+    live: Live,
+    mut hangup: Signal,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut last = stamp(&path);
+    let mut tick = tokio::time::interval(POLL_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        let why = tokio::select! {
+            _ = crate::server::stopped(&mut shutdown) => return,
+            _ = hangup.recv() => "SIGHUP",
+            _ = tick.tick() => {
+                let now = stamp(&path);
+                if now == last || now.is_none() {
+                    continue;
+                }
+                "file change"
+            }
+        };
+        last = stamp(&path);
+        match reload(&path, &live) {
+            Ok(()) => tracing::info!(
+                "config reloaded ({why}): {} route(s)",
+                live.current().config.routes.len()
+            ),
+            Err(errors) => {
+                for line in errors.to_string().lines() {
+                    tracing::error!("{line}");
+                }
+                tracing::error!("config reload ({why}) refused; the previous config keeps serving");
+            }
+        }
+    }
+}

@@ -1,0 +1,340 @@
+//! The reverse proxy, end to end: the `portcullis` binary between a test client and a real
+//! upstream server.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use common::*;
+use http::{Request, StatusCode};
+use http_body_util::{BodyExt, Full};
+use portcullis::auth::{AuthMethod, AuthOutcome, Authenticator, BoxFuture, Principal};
+use portcullis::client_ip::PeerAddr;
+use portcullis_gateway::config::GatewayConfig;
+use portcullis_gateway::proxy::Proxy;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tower::{Layer, ServiceExt};
+
+async fn gateway(up: &Upstream, server_extra: &str, routes: &str) -> Gateway {
+    let port = free_port();
+    Gateway::start(port, &config(port, up.addr, server_extra, routes)).await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn get_is_forwarded_with_security_headers_and_without_banners() {
+    let up = Upstream::start().await;
+    let gw = gateway(&up, "", "").await;
+    let r = get(
+        &gw.url("/api//x/./y?q=1"),
+        &[
+            ("x-forwarded-for", "6.6.6.6"),
+            ("x-forwarded-proto", "https"),
+            ("forwarded", "for=6.6.6.6"),
+            ("x-portcullis-user", "admin"),
+            ("x-portcullis-roles", "admin"),
+            ("connection", "keep-alive, x-hop"),
+            ("x-hop", "1"),
+        ],
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(r.text(), "hello");
+    assert_eq!(r.headers["x-content-type-options"], "nosniff");
+    assert_eq!(r.headers["x-frame-options"], "DENY");
+    assert!(r.headers.contains_key("content-security-policy"));
+    assert!(r.headers.contains_key("x-request-id"));
+    assert!(!r.headers.contains_key("server"), "{:?}", r.headers);
+    assert!(!r.headers.contains_key("x-powered-by"));
+
+    let seen = up.last();
+    assert_eq!(seen.uri, "/api/x/y?q=1");
+    let h = &seen.headers;
+    let host = format!("127.0.0.1:{}", gw.port);
+    assert_eq!(h["host"], host.as_str());
+    assert_eq!(h["x-forwarded-for"], "127.0.0.1");
+    assert_eq!(h["x-forwarded-proto"], "http");
+    assert_eq!(h["x-forwarded-host"], host.as_str());
+    assert_eq!(
+        h["forwarded"],
+        format!("for=127.0.0.1;proto=http;host=\"{host}\"").as_str()
+    );
+    assert!(!h.contains_key("x-portcullis-user"));
+    assert!(!h.contains_key("x-portcullis-roles"));
+    assert!(
+        !h.contains_key("x-hop"),
+        "Connection-named headers are hop-by-hop"
+    );
+    assert_eq!(h.get_all("x-forwarded-for").iter().count(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn large_bodies_stream_both_ways_in_bounded_memory() {
+    const SIZE: u64 = 50 * 1024 * 1024;
+    let up = Upstream::start().await;
+    let gw = gateway(
+        &up,
+        "",
+        "[[route]]\npath = \"/upload/**\"\nmax_body = \"100MiB\"\nrate_limit = false\n",
+    )
+    .await;
+    let client = client();
+
+    // Up: 50 MiB to an upstream that echoes it back while it arrives.
+    let req = Request::post(gw.url("/upload/file"))
+        .header("content-type", "application/octet-stream")
+        .body(Pattern::new(SIZE).boxed())
+        .unwrap();
+    let res = client.request(req).await.expect("the upload is answered");
+    assert_eq!(res.status(), StatusCode::OK);
+    assert_eq!(check_pattern(res.into_body()).await, SIZE);
+
+    // Down: 50 MiB streamed from the upstream.
+    let req = Request::get(gw.url(&format!("/big/{SIZE}")))
+        .body(full(""))
+        .unwrap();
+    let res = client.request(req).await.expect("the download is answered");
+    assert_eq!(res.status(), StatusCode::OK);
+    assert_eq!(res.headers()["content-length"], SIZE.to_string().as_str());
+    assert_eq!(check_pattern(res.into_body()).await, SIZE);
+
+    let peak = gw.peak_rss_kib();
+    eprintln!("gateway peak RSS: {peak} KiB");
+    assert!(
+        peak < 100 * 1024,
+        "the gateway peaked at {peak} KiB moving 100 MiB"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn websocket_frames_are_echoed_through_the_tunnel() {
+    let up = Upstream::start().await;
+    let gw = gateway(&up, "", "").await;
+    let mut tcp = TcpStream::connect(("127.0.0.1", gw.port)).await.unwrap();
+    tcp.write_all(
+        b"GET /ws HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+          Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        let mut b = [0u8; 1];
+        tcp.read_exact(&mut b).await.expect("a response head");
+        head.push(b[0]);
+    }
+    let head = String::from_utf8_lossy(&head).to_ascii_lowercase();
+    assert!(head.starts_with("http/1.1 101"), "{head}");
+    assert!(head.contains("upgrade: websocket"), "{head}");
+    assert!(
+        head.contains("sec-websocket-accept: dghlihnhbxbszsbub25jzq=="),
+        "{head}"
+    );
+
+    for msg in [&b"hello"[..], &[7u8; 300][..]] {
+        tcp.write_all(&ws_frame(0x2, msg, Some([1, 2, 3, 4])))
+            .await
+            .unwrap();
+        let expected = ws_frame(0x2, msg, None);
+        let mut got = vec![0u8; expected.len()];
+        tokio::time::timeout(Duration::from_secs(5), tcp.read_exact(&mut got))
+            .await
+            .expect("the echo arrives")
+            .unwrap();
+        assert_eq!(got, expected);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn unreachable_upstream_is_502_json() {
+    let port = free_port();
+    let dead: std::net::SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let gw = Gateway::start(port, &config(port, dead, "", "")).await;
+    let r = get(&gw.url("/x"), &[]).await;
+    assert_eq!(r.status, StatusCode::BAD_GATEWAY);
+    assert_eq!(r.headers["content-type"], "application/json");
+    let j = r.json();
+    assert_eq!(j["code"], "upstream_unavailable");
+    assert_eq!(j["error"], "Upstream unavailable");
+    assert_eq!(j["request_id"], r.headers["x-request-id"].to_str().unwrap());
+    assert!(
+        !r.text().contains("refused"),
+        "no internal detail: {}",
+        r.text()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn slow_upstream_is_504_json() {
+    let up = Upstream::start().await;
+    let gw = gateway(&up, "upstream_timeout = \"300ms\"", "").await;
+    let started = std::time::Instant::now();
+    let r = get(&gw.url("/slow/3000"), &[]).await;
+    assert_eq!(r.status, StatusCode::GATEWAY_TIMEOUT);
+    assert_eq!(r.json()["code"], "upstream_timeout");
+    assert!(started.elapsed() < Duration::from_secs(2));
+    // A fast request on the same gateway is unaffected.
+    assert_eq!(get(&gw.url("/slow/10"), &[]).await.status, StatusCode::OK);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn layer_rejections_never_reach_the_upstream() {
+    let up = Upstream::start().await;
+    let gw = gateway(&up, "", "").await;
+    let client = client();
+    let r = send(
+        &client,
+        Request::delete(gw.url("/api/x")).body(full("")).unwrap(),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::METHOD_NOT_ALLOWED);
+    assert_eq!(r.json()["code"], "method_not_allowed");
+    for path in ["/api/a%2fb", "/api/../../etc/passwd", "/api/%252e%252e/x"] {
+        let r = get(&gw.url(path), &[]).await;
+        assert_eq!(r.status, StatusCode::BAD_REQUEST, "{path}");
+        assert_eq!(r.json()["code"], "invalid_path", "{path}");
+    }
+    assert_eq!(up.hits(), 0, "{:?}", up.seen.lock().unwrap());
+    assert_eq!(get(&gw.url("/api/x"), &[]).await.status, StatusCode::OK);
+    assert_eq!(up.hits(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn http2_prior_knowledge_clients_are_served() {
+    let up = Upstream::start().await;
+    let gw = gateway(&up, "", "").await;
+    let h2 = h2_client();
+    let res = h2
+        .request(
+            Request::get(gw.url("/api/h2"))
+                .header("cookie", "a=1")
+                .header("cookie", "b=2")
+                .body(full(""))
+                .unwrap(),
+        )
+        .await
+        .expect("the h2 request is answered");
+    assert_eq!(res.version(), http::Version::HTTP_2);
+    assert_eq!(res.status(), StatusCode::OK);
+    assert!(res.headers().contains_key("x-content-type-options"));
+    let body = res.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(&body[..], b"hello");
+    let seen = up.last();
+    assert_eq!(seen.uri, "/api/h2");
+    let host = format!("127.0.0.1:{}", gw.port);
+    assert_eq!(seen.headers["host"], host.as_str());
+    assert_eq!(seen.headers["cookie"], "a=1; b=2");
+    assert_eq!(seen.headers["x-forwarded-for"], "127.0.0.1");
+}
+
+/// Authenticates whoever names themselves in `x-demo-user` (a test stand-in for JWT).
+struct DemoAuth;
+
+impl Authenticator for DemoAuth {
+    fn authenticate<'a>(&'a self, parts: &'a http::request::Parts) -> BoxFuture<'a, AuthOutcome> {
+        Box::pin(async move {
+            match parts
+                .headers
+                .get("x-demo-user")
+                .and_then(|v| v.to_str().ok())
+            {
+                Some(user) => AuthOutcome::Authenticated(Principal::new(
+                    user,
+                    ["user", "editor"],
+                    AuthMethod::Custom,
+                )),
+                None => AuthOutcome::NoCredentials,
+            }
+        })
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_principal_reaches_the_upstream_as_identity_headers() {
+    let up = Upstream::start().await;
+    let text = format!("[server]\nupstream = \"http://{}\"\n", up.addr);
+    let config = GatewayConfig::from_str(&text, "inline.toml").unwrap();
+    let proxy = Proxy::new(&config.server).unwrap();
+    let layer = portcullis::SecurityLayer::builder()
+        .authenticator(Arc::new(DemoAuth))
+        .no_rate_limiter()
+        .build()
+        .unwrap();
+    let service = layer.layer(proxy);
+    let mut req = Request::get("/api/me")
+        .header("host", "app.example")
+        .header("x-demo-user", "alice")
+        .header("x-portcullis-user", "mallory")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    req.extensions_mut()
+        .insert(PeerAddr("[::1]:4444".parse().unwrap()));
+    let res = service.oneshot(req).await.unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    let h = up.last().headers;
+    assert_eq!(h["x-portcullis-user"], "alice");
+    assert_eq!(h["x-portcullis-roles"], "user,editor");
+    assert_eq!(h["x-forwarded-for"], "::1");
+    assert_eq!(h["forwarded"], "for=\"[::1]\";proto=http;host=app.example");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn admin_listener_answers_health_and_readiness() {
+    let up = Upstream::start().await;
+    let admin = free_port();
+    let gw = gateway(&up, &format!("admin_listen = \"127.0.0.1:{admin}\""), "").await;
+    assert!(
+        gw.wait_log("admin listening on", Duration::from_secs(2))
+            .await
+    );
+    let base = format!("http://127.0.0.1:{admin}");
+    let r = get(&format!("{base}/healthz"), &[]).await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(r.text(), r#"{"status":"ok"}"#);
+    let r = get(&format!("{base}/readyz"), &[]).await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(r.json()["upstream"], "ok");
+
+    // With the upstream gone, the gateway is alive but not ready.
+    let port = free_port();
+    let admin = free_port();
+    let dead: std::net::SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let extra = format!("admin_listen = \"127.0.0.1:{admin}\"");
+    let _gw = Gateway::start(port, &config(port, dead, &extra, "")).await;
+    let base = format!("http://127.0.0.1:{admin}");
+    assert_eq!(
+        get(&format!("{base}/healthz"), &[]).await.status,
+        StatusCode::OK
+    );
+    let r = get(&format!("{base}/readyz"), &[]).await;
+    assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(r.json()["status"], "unavailable");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_chunked_body_over_max_body_is_cut_with_413() {
+    let up = Upstream::start().await;
+    let gw = gateway(
+        &up,
+        "",
+        "[[route]]\npath = \"/consume/**\"\nmax_body = \"1KiB\"\nrate_limit = false\n",
+    )
+    .await;
+    // No Content-Length: the limit is enforced on the stream.
+    let mut tcp = TcpStream::connect(("127.0.0.1", gw.port)).await.unwrap();
+    let chunk = format!("400\r\n{}\r\n", "x".repeat(1024));
+    let mut req = String::from(
+        "POST /consume/x HTTP/1.1\r\nHost: t\r\nContent-Type: text/plain\r\nTransfer-Encoding: chunked\r\n\r\n",
+    );
+    for _ in 0..4 {
+        req.push_str(&chunk);
+    }
+    req.push_str("0\r\n\r\n");
+    tcp.write_all(req.as_bytes()).await.unwrap();
+    let (out, _) = read_until_closed(&mut tcp, Duration::from_secs(3)).await;
+    let out = String::from_utf8_lossy(&out);
+    assert!(out.starts_with("HTTP/1.1 413"), "{out}");
+    assert!(out.contains("\"code\":\"body_too_large\""), "{out}");
+}

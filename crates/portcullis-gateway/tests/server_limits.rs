@@ -1,0 +1,259 @@
+//! Server limits against slow and oversized clients, on the real binary over real sockets.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+use http::StatusCode;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+async fn gateway(up: &Upstream, server_extra: &str) -> Gateway {
+    let port = free_port();
+    Gateway::start(port, &config(port, up.addr, server_extra, "")).await
+}
+
+/// Sends one keep-alive GET on `tcp` and reads its whole response (`hello`, 5 bytes).
+async fn keep_alive_get(tcp: &mut TcpStream, path: &str) -> String {
+    tcp.write_all(format!("GET {path} HTTP/1.1\r\nHost: t\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut buf = Vec::new();
+    let mut b = [0u8; 4096];
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let n = tokio::time::timeout_at(deadline.into(), tcp.read(&mut b))
+            .await
+            .expect("a response in time")
+            .unwrap();
+        assert!(n > 0, "closed early: {}", String::from_utf8_lossy(&buf));
+        buf.extend_from_slice(&b[..n]);
+        let text = String::from_utf8_lossy(&buf).to_string();
+        if let Some(end) = text.find("\r\n\r\n") {
+            let len: usize = text
+                .lines()
+                .find_map(|l| {
+                    l.to_ascii_lowercase()
+                        .strip_prefix("content-length:")
+                        .map(|v| v.trim().parse().unwrap())
+                })
+                .expect("a content-length");
+            if buf.len() >= end + 4 + len {
+                return text;
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn oversized_headers_get_431() {
+    let up = Upstream::start().await;
+    let gw = gateway(&up, "max_header_bytes = 4096").await;
+
+    // Over the limit but within hyper's buffer: the JSON error.
+    let big = "a".repeat(6000);
+    let r = get(&gw.url("/x"), &[("x-big", &big)]).await;
+    assert_eq!(r.status, StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE);
+    assert_eq!(r.json()["code"], "headers_too_large");
+    assert_eq!(r.headers["x-content-type-options"], "nosniff");
+    assert!(r.headers.contains_key("x-request-id"));
+
+    // Far over it: hyper's own 431, then the connection is closed.
+    let huge = "b".repeat(64 * 1024);
+    let req = format!("GET /x HTTP/1.1\r\nHost: t\r\nX-Huge: {huge}\r\n\r\n");
+    let out = raw(gw.port, req.as_bytes(), Duration::from_secs(5)).await;
+    assert!(out.starts_with("HTTP/1.1 431"), "{out}");
+
+    // Under the limit: served; and nothing oversized reached the upstream.
+    let r = get(&gw.url("/x"), &[("x-ok", &"c".repeat(3000))]).await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(up.hits(), 1);
+
+    // HTTP/2 gets the same JSON error.
+    let res = h2_client()
+        .request(
+            http::Request::get(gw.url("/x"))
+                .header("x-big", big.as_str())
+                .body(full(""))
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE);
+    // Far over the HTTP/2 header-list cap: refused by h2 itself, with 431 or, this far
+    // over, GOAWAY (ENHANCE_YOUR_CALM).
+    let res = h2_client()
+        .request(
+            http::Request::get(gw.url("/x"))
+                .header("x-huge", huge.as_str())
+                .body(full(""))
+                .unwrap(),
+        )
+        .await;
+    match res {
+        Ok(res) => assert_eq!(res.status(), StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE),
+        Err(e) => assert!(format!("{e:?}").contains("GoAway"), "{e:?}"),
+    }
+    assert_eq!(up.hits(), 1);
+}
+
+/// Trickles a request head one byte every 500 ms; returns how long until the server closed.
+async fn slowloris(tcp: TcpStream) -> Duration {
+    let started = Instant::now();
+    let (mut rd, mut wr) = tcp.into_split();
+    let writer = tokio::spawn(async move {
+        for b in b"GET /x HTTP/1.1\r\nHost: t\r\nX-Slow: aaaaaaaaaaaaaaaaaaaaaaaaaaaa".iter() {
+            if wr.write_all(&[*b]).await.is_err() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    });
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), rd.read_to_end(&mut out)).await;
+    writer.abort();
+    assert!(
+        out.is_empty() || out.starts_with(b"HTTP/1.1 408"),
+        "{}",
+        String::from_utf8_lossy(&out)
+    );
+    started.elapsed()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn slowloris_is_dropped_at_the_header_timeout_while_others_are_served() {
+    let up = Upstream::start().await;
+    let gw = gateway(&up, "header_read_timeout = \"2s\"").await;
+    let tcp = TcpStream::connect(("127.0.0.1", gw.port)).await.unwrap();
+    let slow = tokio::spawn(slowloris(tcp));
+    // Meanwhile, normal requests on other connections are served promptly.
+    for _ in 0..5 {
+        let started = Instant::now();
+        assert_eq!(get(&gw.url("/x"), &[]).await.status, StatusCode::OK);
+        assert!(started.elapsed() < Duration::from_secs(1));
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    let took = slow.await.unwrap();
+    assert!(
+        took >= Duration::from_millis(1800) && took < Duration::from_millis(3500),
+        "closed after {took:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn slowloris_on_a_kept_alive_connection_is_dropped_too() {
+    let up = Upstream::start().await;
+    let gw = gateway(&up, "header_read_timeout = \"1s\"\nidle_timeout = \"30s\"").await;
+    let mut tcp = TcpStream::connect(("127.0.0.1", gw.port)).await.unwrap();
+    let first = keep_alive_get(&mut tcp, "/x").await;
+    assert!(first.starts_with("HTTP/1.1 200"), "{first}");
+    let took = slowloris(tcp).await;
+    assert!(
+        took >= Duration::from_millis(800) && took < Duration::from_millis(2500),
+        "closed after {took:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn idle_keep_alive_connections_are_closed_after_idle_timeout() {
+    let up = Upstream::start().await;
+    let gw = gateway(&up, "idle_timeout = \"1s\"\nheader_read_timeout = \"5s\"").await;
+    let mut tcp = TcpStream::connect(("127.0.0.1", gw.port)).await.unwrap();
+    assert!(
+        keep_alive_get(&mut tcp, "/x")
+            .await
+            .starts_with("HTTP/1.1 200")
+    );
+    let started = Instant::now();
+    let (rest, closed) = read_until_closed(&mut tcp, Duration::from_secs(4)).await;
+    assert!(closed, "the idle connection stayed open");
+    assert!(rest.is_empty(), "{}", String::from_utf8_lossy(&rest));
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_millis(800) && took < Duration::from_millis(2500),
+        "closed after {took:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn idle_time_between_requests_is_not_cut_by_the_header_timeout() {
+    let up = Upstream::start().await;
+    let gw = gateway(&up, "idle_timeout = \"5s\"\nheader_read_timeout = \"1s\"").await;
+    let mut tcp = TcpStream::connect(("127.0.0.1", gw.port)).await.unwrap();
+    assert!(
+        keep_alive_get(&mut tcp, "/x")
+            .await
+            .starts_with("HTTP/1.1 200")
+    );
+    tokio::time::sleep(Duration::from_millis(2000)).await;
+    assert!(
+        keep_alive_get(&mut tcp, "/x")
+            .await
+            .starts_with("HTTP/1.1 200")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_connection_that_sends_nothing_is_closed_at_the_header_timeout() {
+    let up = Upstream::start().await;
+    let gw = gateway(&up, "header_read_timeout = \"1s\"\nidle_timeout = \"30s\"").await;
+    let mut tcp = TcpStream::connect(("127.0.0.1", gw.port)).await.unwrap();
+    let started = Instant::now();
+    let (_, closed) = read_until_closed(&mut tcp, Duration::from_secs(4)).await;
+    assert!(closed);
+    assert!(started.elapsed() < Duration::from_millis(2500));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn connections_over_max_connections_wait_for_a_free_slot() {
+    let up = Upstream::start().await;
+    let gw = gateway(&up, "max_connections = 2\nidle_timeout = \"30s\"").await;
+    let mut a = TcpStream::connect(("127.0.0.1", gw.port)).await.unwrap();
+    let mut b = TcpStream::connect(("127.0.0.1", gw.port)).await.unwrap();
+    assert!(
+        keep_alive_get(&mut a, "/x")
+            .await
+            .starts_with("HTTP/1.1 200")
+    );
+    assert!(
+        keep_alive_get(&mut b, "/x")
+            .await
+            .starts_with("HTTP/1.1 200")
+    );
+
+    // The third connection is not accepted while both slots are held.
+    let mut c = TcpStream::connect(("127.0.0.1", gw.port)).await.unwrap();
+    c.write_all(b"GET /x HTTP/1.1\r\nHost: t\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = [0u8; 64];
+    let waited = tokio::time::timeout(Duration::from_millis(700), c.read(&mut buf)).await;
+    assert!(waited.is_err(), "the third connection was served at once");
+
+    // Closing one frees its slot: the third is served.
+    drop(a);
+    let n = tokio::time::timeout(Duration::from_secs(3), c.read(&mut buf))
+        .await
+        .expect("served once a slot is free")
+        .unwrap();
+    assert!(buf[..n].starts_with(b"HTTP/1.1 200"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_request_body_slower_than_request_timeout_is_408() {
+    let up = Upstream::start().await;
+    let gw = gateway(&up, "request_timeout = \"1s\"").await;
+    let mut tcp = TcpStream::connect(("127.0.0.1", gw.port)).await.unwrap();
+    tcp.write_all(
+        b"POST /consume HTTP/1.1\r\nHost: t\r\nContent-Type: text/plain\r\nContent-Length: 100\r\n\r\n0123456789",
+    )
+    .await
+    .unwrap();
+    let started = Instant::now();
+    let (out, _) = read_until_closed(&mut tcp, Duration::from_secs(4)).await;
+    let out = String::from_utf8_lossy(&out);
+    assert!(out.starts_with("HTTP/1.1 408"), "{out}");
+    assert!(out.contains("\"code\":\"request_timeout\""), "{out}");
+    assert!(started.elapsed() < Duration::from_millis(2500));
+}
