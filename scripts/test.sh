@@ -47,6 +47,16 @@ export PORTCULLIS_TEST_WORK="$WORK"
 # Servers the tests start themselves (on free loopback ports, throwaway data folders).
 ensure_pkg redis-server redis-server
 ensure_pkg redis-cli redis-tools
+ensure_pkg redis-benchmark redis-tools
+# PostgreSQL: the tests run initdb/postgres from /usr/lib/postgresql/*/bin themselves.
+if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then
+  ensure_pkg __always_install__ postgresql
+fi
+# A real headless browser for the CSRF, nonce and Next.js tests (driven by playwright-core,
+# which the tests install with npm into local folders; it never downloads a browser).
+ensure_pkg chromium chromium
+ensure_pkg node nodejs
+ensure_pkg npm npm
 
 log "cargo test (workspace)"
 if [ "$#" -gt 0 ]; then

@@ -565,7 +565,7 @@ impl GatewayConfig {
             },
         );
         let mut builder = SecurityLayer::builder()
-            .failed_auth(Some(stores.failed_auth(&self.auth)))
+            .failed_auth(Some(stores.failed_auth(&self.auth, &self.storage)?))
             .trusted_proxies(self.server.trusted_proxies.iter().cloned())
             .security_headers(Some(self.headers.security.clone()))
             .csp(csp)
@@ -662,27 +662,38 @@ impl fmt::Debug for Stores {
 }
 
 /// A brute-force tracker with the (limit, window) it was built for.
-type CachedTracker = ((u32, Duration), Arc<FailedAuthTracker>);
+type CachedTracker = (
+    (u32, Duration),
+    Arc<FailedAuthTracker>,
+    Arc<dyn portcullis::rate_limit::RateLimitStore>,
+);
 
 /// Keys the in-memory rate-limit store tracks at most.
 const MEMORY_KEYS: usize = 1_000_000;
 
 impl Stores {
-    /// The brute-force tracker of `[auth]`, kept while its limit and window are unchanged.
-    pub fn failed_auth(&self, auth: &AuthConfig) -> Arc<FailedAuthTracker> {
+    /// The brute-force tracker of `[auth]`, counting in the rate-limit store (so replicas
+    /// sharing Redis share the count), kept while its settings are unchanged.
+    pub fn failed_auth(
+        &self,
+        auth: &AuthConfig,
+        storage: &StorageConfig,
+    ) -> Result<Arc<FailedAuthTracker>, ConfigError> {
+        let store = self.rate_limit_store(storage)?;
         let want = (auth.failed_limit, auth.failed_window);
         let mut cached = match self.failed_auth.lock() {
             Ok(c) => c,
             Err(p) => p.into_inner(),
         };
-        if let Some((k, t)) = cached.as_ref()
+        if let Some((k, t, s)) = cached.as_ref()
             && *k == want
+            && Arc::ptr_eq(s, &store)
         {
-            return t.clone();
+            return Ok(t.clone());
         }
-        let t = Arc::new(FailedAuthTracker::new(want.0, want.1));
-        *cached = Some((want, t.clone()));
-        t
+        let t = Arc::new(FailedAuthTracker::with_store(want.0, want.1, store.clone()));
+        *cached = Some((want, t.clone(), store));
+        Ok(t)
     }
 
     /// The rate-limit store `storage` names, opened once and reused while it is unchanged.

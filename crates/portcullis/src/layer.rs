@@ -729,7 +729,7 @@ impl Engine {
         let tracker = self.failed_auth.as_ref().filter(|_| policy.requires_auth());
         let client_key = x.client_ip.key();
         if let Some(t) = tracker
-            && let Err(wait) = t.check(&client_key)
+            && let Err(wait) = t.check(&client_key).await
         {
             x.detail = Some("too_many_failed_auth");
             self.enforce(Rejection::rate_limited(wait.as_secs().max(1)), parts, x)?;
@@ -746,7 +746,7 @@ impl Engine {
             }
             AuthOutcome::Invalid(reason) if policy.requires_auth() => {
                 if let Some(t) = tracker {
-                    let _ = t.record_failure(&client_key);
+                    let _ = t.record_failure(&client_key).await;
                 }
                 x.detail = Some(reason);
                 self.enforce(Rejection::unauthorized(true), parts, x)?;

@@ -1,74 +1,81 @@
 //! Failed authentications per client: the brute-force limit.
 //!
 //! [`FailedAuthTracker`] counts refused credentials per key (the client address,
-//! [`ClientIp::key`](crate::ClientIp::key), which groups IPv6 by /64) over a sliding window;
-//! once a key reaches the limit (10 per 15 min by default, the seed's `authLimiter`), it is
-//! blocked on authenticated routes until its oldest failure leaves the window. Only refused
-//! credentials count: requests without credentials, and successes, do not (a success does
-//! not reset the count either, so one valid account cannot launder guesses at others).
+//! [`ClientIp::key`](crate::ClientIp::key), which groups IPv6 by /64) with the rate limiter's
+//! sliding window, in a [`RateLimitStore`] — in memory by default, or the same SQLite or Redis
+//! store the rate limits use, so several gateway replicas share one count. Once a key reaches
+//! the limit (10 per 15 min by default, the seed's `authLimiter`), it gets 429 on
+//! authenticated routes until enough failures have slid out of the window. Only refused
+//! credentials count: requests without credentials, and successes, do not (a success does not
+//! reset the count either, so one valid account cannot launder guesses at others).
 //!
-//! It lives in memory, sharded, with a bounded number of keys: when full, expired entries go
-//! first, then the entry idle the longest.
+//! When the store fails, the tracker lets the request through to authentication (which still
+//! refuses bad credentials) and logs the failure: the brute-force limit slows guessing down;
+//! it is not what keeps an attacker out.
 //!
 //! ```
+//! # futures_util::FutureExt::now_or_never(async {
 //! use std::time::Duration;
 //! use portcullis::auth::FailedAuthTracker;
 //! let t = FailedAuthTracker::new(3, Duration::from_secs(900));
 //! for _ in 0..3 {
-//!     assert!(t.check("203.0.113.7").is_ok());
-//!     t.record_failure("203.0.113.7");
+//!     assert!(t.check("203.0.113.7").await.is_ok());
+//!     let _ = t.record_failure("203.0.113.7").await;
 //! }
-//! let retry_after = t.check("203.0.113.7").unwrap_err();
+//! let retry_after = t.check("203.0.113.7").await.unwrap_err();
 //! assert!(retry_after <= Duration::from_secs(900));
-//! assert!(t.check("198.51.100.1").is_ok());
+//! assert!(t.check("198.51.100.1").await.is_ok());
+//! # }).expect("the memory store answers at once");
 //! ```
 
-use std::collections::hash_map::RandomState;
-use std::collections::{HashMap, VecDeque};
-use std::hash::BuildHasher;
-use std::sync::{Mutex, PoisonError};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Duration;
 
-const SHARDS: usize = 16;
+use crate::policy::Algorithm;
+use crate::rate_limit::algorithm::Rule;
+use crate::rate_limit::memory::MemoryStore;
+use crate::rate_limit::{Charge, RateLimitStore};
+
+/// Keys the default in-memory store tracks at most.
+const MEMORY_KEYS: usize = 100_000;
 
 /// Counts failed authentications per client key; see the [module docs](self).
-#[derive(Debug)]
 pub struct FailedAuthTracker {
     limit: u32,
     window: Duration,
-    max_keys_per_shard: usize,
-    hasher: RandomState,
-    shards: Vec<Mutex<HashMap<String, VecDeque<Instant>>>>,
+    store: Arc<dyn RateLimitStore>,
+}
+
+impl std::fmt::Debug for FailedAuthTracker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FailedAuthTracker")
+            .field("limit", &self.limit)
+            .field("window", &self.window)
+            .field("store", &self.store.name())
+            .finish()
+    }
 }
 
 impl Default for FailedAuthTracker {
-    /// 10 failures per 15 minutes.
+    /// 10 failures per 15 minutes, in memory.
     fn default() -> Self {
         FailedAuthTracker::new(10, Duration::from_secs(15 * 60))
     }
 }
 
 impl FailedAuthTracker {
-    /// Blocks a key after `limit` failures within `window`; tracks up to 100 000 keys.
+    /// Blocks a key after `limit` failures within `window`, counted in memory.
     pub fn new(limit: u32, window: Duration) -> Self {
+        Self::with_store(limit, window, Arc::new(MemoryStore::new(MEMORY_KEYS)))
+    }
+
+    /// The same, counted in `store` (the rate limiter's, to share counts between replicas).
+    pub fn with_store(limit: u32, window: Duration, store: Arc<dyn RateLimitStore>) -> Self {
         FailedAuthTracker {
             limit: limit.max(1),
             window,
-            max_keys_per_shard: 100_000 / SHARDS,
-            hasher: RandomState::new(),
-            shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+            store,
         }
-    }
-
-    /// Sets how many keys are tracked at most.
-    ///
-    /// ```
-    /// let t = portcullis::auth::FailedAuthTracker::default().max_keys(10_000);
-    /// ```
-    #[must_use]
-    pub fn max_keys(mut self, max: usize) -> Self {
-        self.max_keys_per_shard = (max / SHARDS).max(1);
-        self
     }
 
     /// The limit.
@@ -81,107 +88,70 @@ impl FailedAuthTracker {
         self.window
     }
 
-    /// `Err(retry_after)` when `key` is blocked.
-    pub fn check(&self, key: &str) -> Result<(), Duration> {
-        self.check_at(key, Instant::now())
+    fn rule(&self) -> Rule {
+        Rule::new(
+            self.limit,
+            self.window.as_micros().min(u128::from(u64::MAX)) as u64,
+            Algorithm::SlidingWindow,
+            0,
+        )
+    }
+
+    fn key(key: &str) -> String {
+        format!("auth-failures|{key}")
+    }
+
+    /// `Err(retry_after)` when `key` is blocked. Charges nothing.
+    pub async fn check(&self, key: &str) -> Result<(), Duration> {
+        let k = Self::key(key);
+        let peek = [Charge {
+            key: &k,
+            rule: self.rule(),
+            cost: 0,
+        }];
+        match self.store.decide(&peek).await {
+            Ok(v) if v.first().is_some_and(|v| v.remaining == 0) => {
+                // Blocked: a charge of one is refused (so nothing is counted) and says when a
+                // try will fit again.
+                let one = [Charge {
+                    key: &k,
+                    rule: self.rule(),
+                    cost: 1,
+                }];
+                let wait = match self.store.decide(&one).await {
+                    Ok(v) => v.first().map_or(0, |v| v.retry_after_us),
+                    Err(_) => 0,
+                };
+                Err(Duration::from_micros(wait.max(1_000_000)))
+            }
+            Ok(_) => Ok(()),
+            Err(e) => {
+                tracing::warn!(store = self.store.name(), error = %e,
+                    "brute-force store failed; letting the request through to authentication");
+                Ok(())
+            }
+        }
     }
 
     /// Counts a failed authentication for `key`; `Err(retry_after)` when `key` is now blocked.
-    pub fn record_failure(&self, key: &str) -> Result<(), Duration> {
-        self.record_failure_at(key, Instant::now())
-    }
-
-    /// Forgets `key` (an operator unblocking a client).
-    pub fn reset(&self, key: &str) {
-        self.shard(key)
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .remove(key);
-    }
-
-    /// The number of keys tracked.
-    pub fn len(&self) -> usize {
-        self.shards
-            .iter()
-            .map(|s| s.lock().unwrap_or_else(PoisonError::into_inner).len())
-            .sum()
-    }
-
-    /// True when no key is tracked.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
-    fn shard(&self, key: &str) -> &Mutex<HashMap<String, VecDeque<Instant>>> {
-        let i = (self.hasher.hash_one(key) as usize) % SHARDS;
-        &self.shards[i]
-    }
-
-    pub(crate) fn check_at(&self, key: &str, now: Instant) -> Result<(), Duration> {
-        let mut shard = self
-            .shard(key)
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        let Some(times) = shard.get_mut(key) else {
-            return Ok(());
-        };
-        self.expire(times, now);
-        if times.is_empty() {
-            shard.remove(key);
-            return Ok(());
-        }
-        self.verdict(times, now)
-    }
-
-    pub(crate) fn record_failure_at(&self, key: &str, now: Instant) -> Result<(), Duration> {
-        let mut shard = self
-            .shard(key)
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        if !shard.contains_key(key) && shard.len() >= self.max_keys_per_shard {
-            self.make_room(&mut shard, now);
-        }
-        let times = shard.entry(key.to_string()).or_default();
-        self.expire(times, now);
-        times.push_back(now);
-        // Only the newest `limit` failures can matter.
-        while times.len() > self.limit as usize {
-            times.pop_front();
-        }
-        self.verdict(times, now)
-    }
-
-    fn expire(&self, times: &mut VecDeque<Instant>, now: Instant) {
-        while times
-            .front()
-            .is_some_and(|t| now.saturating_duration_since(*t) >= self.window)
-        {
-            times.pop_front();
-        }
-    }
-
-    fn verdict(&self, times: &VecDeque<Instant>, now: Instant) -> Result<(), Duration> {
-        if times.len() < self.limit as usize {
-            return Ok(());
-        }
-        let oldest = times.front().copied().unwrap_or(now);
-        let retry = (oldest + self.window).saturating_duration_since(now);
-        Err(retry.max(Duration::from_secs(1)))
-    }
-
-    fn make_room(&self, shard: &mut HashMap<String, VecDeque<Instant>>, now: Instant) {
-        shard.retain(|_, times| {
-            times
-                .back()
-                .is_some_and(|t| now.saturating_duration_since(*t) < self.window)
-        });
-        if shard.len() >= self.max_keys_per_shard
-            && let Some(idle) = shard
-                .iter()
-                .min_by_key(|(_, times)| times.back().copied())
-                .map(|(k, _)| k.clone())
-        {
-            shard.remove(&idle);
+    pub async fn record_failure(&self, key: &str) -> Result<(), Duration> {
+        let k = Self::key(key);
+        let one = [Charge {
+            key: &k,
+            rule: self.rule(),
+            cost: 1,
+        }];
+        match self.store.decide(&one).await {
+            Ok(v) => match v.first() {
+                Some(v) if !v.allowed => Err(Duration::from_micros(v.retry_after_us.max(1))),
+                Some(v) if v.remaining == 0 => Err(Duration::from_micros(v.reset_us.max(1))),
+                _ => Ok(()),
+            },
+            Err(e) => {
+                tracing::warn!(store = self.store.name(), error = %e,
+                    "brute-force store failed; failure not counted");
+                Ok(())
+            }
         }
     }
 }
@@ -189,79 +159,39 @@ impl FailedAuthTracker {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::rate_limit::ManualClock;
 
-    const MIN: Duration = Duration::from_secs(60);
+    fn now<F: std::future::Future>(f: F) -> F::Output {
+        futures_util::FutureExt::now_or_never(f).expect("the memory store answers at once")
+    }
 
     #[test]
-    fn blocks_at_the_limit_and_not_before() {
-        let t = FailedAuthTracker::default();
-        let now = Instant::now();
-        for i in 0..9 {
-            assert!(
-                t.record_failure_at("a", now + Duration::from_secs(i))
-                    .is_ok()
-            );
+    fn blocks_after_the_limit_and_forgets_with_time() {
+        let clock = Arc::new(ManualClock::new(1_000_000_000_000));
+        let store = Arc::new(MemoryStore::with_clock(1000, clock.clone()));
+        let t = FailedAuthTracker::with_store(3, Duration::from_secs(60), store);
+        for _ in 0..3 {
+            assert!(now(t.check("a")).is_ok());
+            let _ = now(t.record_failure("a"));
         }
-        assert!(t.check_at("a", now + MIN).is_ok());
-        assert!(t.record_failure_at("a", now + MIN).is_err());
-        let wait = t.check_at("a", now + MIN).unwrap_err();
-        assert_eq!(wait, 14 * MIN);
-        assert!(t.check_at("b", now + MIN).is_ok());
-    }
-
-    #[test]
-    fn failures_leave_the_window() {
-        let t = FailedAuthTracker::new(2, 10 * MIN);
-        let now = Instant::now();
-        t.record_failure_at("a", now).ok();
-        t.record_failure_at("a", now + MIN).ok();
-        assert!(t.check_at("a", now + 2 * MIN).is_err());
-        // The first failure leaves at 10 min: one left, under the limit.
-        assert!(t.check_at("a", now + 10 * MIN).is_ok());
-        assert!(t.check_at("a", now + 11 * MIN).is_ok());
-        assert!(t.is_empty(), "fully expired keys are dropped");
-    }
-
-    #[test]
-    fn retry_after_counts_from_the_oldest_failure_in_the_window() {
-        let t = FailedAuthTracker::new(3, 15 * MIN);
-        let now = Instant::now();
-        for m in [0, 5, 6] {
-            t.record_failure_at("a", now + m * MIN).ok();
+        let wait = now(t.check("a")).unwrap_err();
+        assert!(wait <= Duration::from_secs(120), "{wait:?}");
+        assert!(now(t.check("b")).is_ok(), "other clients are unaffected");
+        // Checking does not count: still exactly blocked, not more.
+        for _ in 0..5 {
+            assert!(now(t.check("a")).is_err());
         }
-        assert_eq!(t.check_at("a", now + 7 * MIN), Err(8 * MIN));
-        // A further failure while blocked keeps the newest three: blocked until 5 + 15 min.
-        t.record_failure_at("a", now + 8 * MIN).ok();
-        assert_eq!(t.check_at("a", now + 8 * MIN), Err(12 * MIN));
-    }
-
-    #[test]
-    fn reset_unblocks() {
-        let t = FailedAuthTracker::new(1, MIN);
-        t.record_failure("a").ok();
-        assert!(t.check("a").is_err());
-        t.reset("a");
-        assert!(t.check("a").is_ok());
-    }
-
-    #[test]
-    fn key_count_is_bounded() {
-        let t = FailedAuthTracker::new(5, MIN).max_keys(SHARDS * 4);
-        let now = Instant::now();
-        for i in 0..1000 {
-            t.record_failure_at(&format!("10.0.{}.{}", i / 256, i % 256), now)
-                .ok();
-        }
-        assert!(t.len() <= SHARDS * 4);
-        // The newest key is still tracked.
-        assert!(t.record_failure_at("10.0.3.231", now).is_ok());
-        assert_eq!(
-            t.shard("10.0.3.231")
-                .lock()
-                .unwrap()
-                .get("10.0.3.231")
-                .map(VecDeque::len),
-            Some(2)
+        clock.advance(121_000_000);
+        assert!(
+            now(t.check("a")).is_ok(),
+            "failures slide out of the window"
         );
+    }
+
+    #[test]
+    fn the_failure_that_reaches_the_limit_says_so() {
+        let t = FailedAuthTracker::new(2, Duration::from_secs(60));
+        assert!(now(t.record_failure("k")).is_ok());
+        assert!(now(t.record_failure("k")).is_err());
     }
 }
