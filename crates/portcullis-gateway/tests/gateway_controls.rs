@@ -1,0 +1,159 @@
+//! Controls through the gateway process, configured from TOML: roles (401 vs 403), the
+//! principal reaching the upstream, API keys, and the seed's rate-limit check.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use portcullis::auth::Secret;
+use portcullis::auth::jwt::mint_hs256;
+
+const SECRET: &str = "gateway-controls-test-secret-0123456789";
+
+fn token(sub: &str, roles: &[&str]) -> String {
+    mint_hs256(
+        &Secret::new(SECRET.as_bytes().to_vec()),
+        sub,
+        roles,
+        Duration::from_secs(600),
+        "portcullis",
+        "portcullis",
+    )
+    .expect("a token")
+}
+
+async fn gateway(routes: &str, extra_top: &str) -> (Gateway, Upstream) {
+    // Every test sets the same value, so concurrent tests agree on it.
+    unsafe { std::env::set_var("PC_GW_CONTROLS_SECRET", SECRET) };
+    let upstream = Upstream::start().await;
+    let port = free_port();
+    let text = format!(
+        "{}\n[auth.jwt]\nsecret_env = \"PC_GW_CONTROLS_SECRET\"\n{extra_top}\n",
+        config(port, upstream.addr, "", routes)
+    );
+    (Gateway::start(port, &text).await, upstream)
+}
+
+const ROUTES: &str = "[[route]]\npath = \"/api/admin/**\"\npreset = \"authenticated\"\n\
+    roles = [\"admin\"]\ncsrf = \"origin\"\n\
+    [[route]]\npath = \"/api/user/**\"\npreset = \"authenticated\"\ncsrf = \"origin\"\n";
+
+#[tokio::test]
+async fn roles_answer_401_then_403_then_200() {
+    let (gw, up) = gateway(ROUTES, "").await;
+    let r = get(&gw.url("/api/user/notes"), &[]).await;
+    assert_eq!(r.status, 401);
+    assert_eq!(r.headers["www-authenticate"], "Bearer");
+    assert_eq!(r.json()["code"], "unauthorized");
+
+    let r = get(
+        &gw.url("/api/user/notes"),
+        &[("authorization", "Bearer not.a.token")],
+    )
+    .await;
+    assert_eq!(r.status, 401);
+    assert_eq!(
+        r.headers["www-authenticate"],
+        "Bearer error=\"invalid_token\""
+    );
+
+    let alice = format!("Bearer {}", token("alice", &["user"]));
+    let r = get(&gw.url("/api/user/notes"), &[("authorization", &alice)]).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let seen = up.last();
+    assert_eq!(seen.headers["x-portcullis-user"], "alice");
+    assert_eq!(seen.headers["x-portcullis-roles"], "user");
+    assert!(
+        !seen.headers.contains_key("authorization")
+            || seen.headers["authorization"] == alice.as_str()
+    );
+
+    let r = get(&gw.url("/api/admin/users"), &[("authorization", &alice)]).await;
+    assert_eq!(r.status, 403);
+    assert_eq!(r.json()["code"], "forbidden");
+
+    let admin = format!("Bearer {}", token("root", &["admin"]));
+    let r = get(&gw.url("/api/admin/users"), &[("authorization", &admin)]).await;
+    assert_eq!(r.status, 200);
+
+    // The cookie the seed used works too, and forged identity headers never pass.
+    let cookie = format!("authToken={}", token("alice", &["user"]));
+    let r = get(
+        &gw.url("/api/user/notes"),
+        &[
+            ("cookie", &cookie),
+            ("x-portcullis-user", "root"),
+            ("x-portcullis-roles", "admin"),
+        ],
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    assert_eq!(up.last().headers["x-portcullis-user"], "alice");
+    assert_eq!(up.last().headers["x-portcullis-roles"], "user");
+
+    // A forged identity header alone does not authenticate.
+    let r = get(
+        &gw.url("/api/admin/users"),
+        &[
+            ("x-portcullis-user", "root"),
+            ("x-portcullis-roles", "admin"),
+        ],
+    )
+    .await;
+    assert_eq!(r.status, 401);
+}
+
+#[tokio::test]
+async fn api_keys_from_the_config_authenticate() {
+    let key = "pk_gateway-controls-test-key";
+    let hash = portcullis::auth::api_key::hash_key(key);
+    let keys =
+        format!("[[auth.api_keys]]\nid = \"ci-bot\"\nhash = \"{hash}\"\nroles = [\"admin\"]\n");
+    let (gw, up) = gateway(ROUTES, &keys).await;
+    let r = get(&gw.url("/api/admin/users"), &[("x-api-key", key)]).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(up.last().headers["x-portcullis-user"], "ci-bot");
+    let r = get(
+        &gw.url("/api/admin/users"),
+        &[("authorization", &format!("ApiKey {key}"))],
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    let r = get(&gw.url("/api/admin/users"), &[("x-api-key", "pk_wrong")]).await;
+    assert_eq!(r.status, 401);
+}
+
+#[tokio::test]
+async fn seed_check_100_requests_give_60_then_429_through_the_gateway() {
+    let (gw, up) = gateway(
+        "[[route]]\npath = \"/api/public-data\"\npreset = \"public\"\n",
+        "",
+    )
+    .await;
+    let client = client();
+    let mut ok = 0;
+    let mut first_429 = None;
+    for _ in 0..100 {
+        let req = http::Request::get(gw.url("/api/public-data?x=1"))
+            .body(full(""))
+            .unwrap();
+        let r = send(&client, req).await;
+        match r.status.as_u16() {
+            200 => ok += 1,
+            429 => {
+                if first_429.is_none() {
+                    first_429 = Some(r);
+                }
+            }
+            s => panic!("unexpected {s}"),
+        }
+    }
+    assert_eq!(ok, 60);
+    assert_eq!(up.hits(), 60, "refused requests never reach the upstream");
+    let r = first_429.expect("429s after the limit");
+    let retry: u64 = r.headers["retry-after"].to_str().unwrap().parse().unwrap();
+    assert!((1..=60).contains(&retry));
+    assert_eq!(r.json()["code"], "rate_limited");
+    assert_eq!(r.headers["ratelimit-policy"], "\"default\";q=60;w=60");
+}
