@@ -84,7 +84,18 @@ pub async fn run(path: &Path, config: GatewayConfig) -> Result<(), ServeError> {
 
     let listener = bind(server.listen, "server.listen").await?;
     let admin = match server.admin_listen {
-        Some(addr) => Some(bind(addr, "server.admin_listen").await?),
+        Some(addr) if server.admin_listen_explicit => {
+            Some(bind(addr, "server.admin_listen").await?)
+        }
+        // The default admin address is a convenience: when it is taken (another gateway on
+        // this machine), serve without it rather than refuse to start.
+        Some(addr) => match bind(addr, "server.admin_listen").await {
+            Ok(l) => Some(l),
+            Err(e) => {
+                tracing::warn!("admin listener not started: {e}");
+                None
+            }
+        },
         None => None,
     };
     let (shutdown_tx, shutdown_rx) = watch::channel(false);

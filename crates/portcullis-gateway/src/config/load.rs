@@ -283,10 +283,13 @@ impl Loader<'_> {
             Cidr::parse(c).map(|_| c.trim().to_string())
         });
         let allowed_hosts = self.list(&mut s, "allowed_hosts", parse_host);
-        let admin_listen = if s.has("admin_listen") {
-            self.socket_addr(&mut s, "admin_listen").map(Some)
-        } else {
-            Some(None)
+        // On by default on loopback; `admin_listen = false` turns it off. Only an explicit
+        // address must bind: the default one is skipped with a warning when taken.
+        let admin_explicit = s.has("admin_listen");
+        let admin_listen = match s.value("admin_listen") {
+            None => Some(Some(SocketAddr::from(([127, 0, 0, 1], 9901)))),
+            Some(Value::Boolean(false)) => Some(None),
+            Some(_) => self.socket_addr(&mut s, "admin_listen").map(Some),
         };
         let e = &mut self.errs;
         let max_header_bytes = s
@@ -338,6 +341,7 @@ impl Loader<'_> {
             trusted_proxies,
             allowed_hosts,
             admin_listen: admin_listen?,
+            admin_listen_explicit: admin_explicit,
             max_header_bytes: max_header_bytes?,
             max_connections: max_connections?,
             header_read_timeout: header_read_timeout?,
