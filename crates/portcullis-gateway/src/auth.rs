@@ -7,11 +7,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use portcullis::auth::api_key::{ApiKey, ApiKeyAuthenticator};
-use portcullis::auth::jwks::{Jwks, KeySet, VerificationKey};
+use portcullis::auth::jwks::{Jwks, JwksOptions, KeySet, VerificationKey};
 use portcullis::auth::jwt::{Algorithm, JwtAuthenticator};
 use portcullis::auth::{AnyOf, Authenticator, Secret};
 
 use crate::config::{ApiKeyConfig, AuthConfig, ConfigError, JwtConfig};
+use crate::jwks_https::HttpsFetcher;
 
 /// The issuer and audience used when the config names none.
 pub const DEFAULT_ISSUER: &str = "portcullis";
@@ -80,7 +81,17 @@ pub fn jwt_authenticator(jwt: &JwtConfig, cookie: &str) -> Result<JwtAuthenticat
         b = b.key_set(set);
     }
     if let Some(url) = &jwt.jwks_url {
-        let jwks = Jwks::new(&url.to_string()).map_err(|e| err("auth.jwt.jwks_url", e))?;
+        let text = url.to_string();
+        let jwks = if url.scheme_str() == Some("https") {
+            let options = JwksOptions::default();
+            let fetcher =
+                HttpsFetcher::new(jwt.jwks_ca_file.as_deref(), Duration::from_secs(5), 1 << 20)
+                    .map_err(|e| err("auth.jwt.jwks_ca_file", e))?;
+            Jwks::with_fetcher(&text, options, Arc::new(fetcher))
+        } else {
+            Jwks::new(&text)
+        }
+        .map_err(|e| err("auth.jwt.jwks_url", e))?;
         b = b.jwks(jwks);
     }
     b.build().map_err(|e| err("auth.jwt", e))

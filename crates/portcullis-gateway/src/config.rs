@@ -348,8 +348,11 @@ pub struct JwtConfig {
     pub public_key_pem: Option<String>,
     /// A JWKS file.
     pub jwks_file: Option<PathBuf>,
-    /// A JWKS URL.
+    /// A JWKS URL (`http://` or `https://`).
     pub jwks_url: Option<Uri>,
+    /// The CA certificates (PEM) trusted for an `https://` JWKS URL; the system bundle when
+    /// unset.
+    pub jwks_ca_file: Option<PathBuf>,
     /// The algorithm allowlist, each backed by a key source.
     pub algorithms: Vec<JwtAlgorithm>,
     /// The exact `iss` required.

@@ -549,6 +549,11 @@ impl Loader<'_> {
         } else {
             Some(None)
         };
+        let jwks_ca_file = if j.has("jwks_ca_file") {
+            self.file_path(&mut j, "jwks_ca_file", true).map(Some)
+        } else {
+            Some(None)
+        };
         let algorithms = if j.has("algorithms") {
             let key = j.key("algorithms");
             let algs = self.list(&mut j, "algorithms", |a| {
@@ -637,6 +642,7 @@ impl Loader<'_> {
             public_key_pem: public_key_pem?,
             jwks_file: jwks_file?,
             jwks_url: jwks_url?,
+            jwks_ca_file: jwks_ca_file?,
             algorithms: algorithms?,
             issuer,
             audience,
