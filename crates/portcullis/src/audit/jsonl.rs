@@ -221,7 +221,8 @@ impl AuditStore for JsonlStore {
                     }
                 }
                 let mut v: Vec<AuditEvent> = out.into();
-                v.sort_by(|a, b| (a.ts_ms, &a.id).cmp(&(b.ts_ms, &b.id)));
+                // Stable: file order breaks ties within a millisecond.
+                v.sort_by_key(|e| e.ts_ms);
                 Ok(v)
             })
             .await

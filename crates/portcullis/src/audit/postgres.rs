@@ -350,7 +350,7 @@ impl AuditStore for PostgresAuditStore {
         Box::pin(async move {
             let f = query.sql_filter(Dialect::Postgres);
             let sql = format!(
-                "{SELECT}{} ORDER BY ts DESC, id DESC LIMIT {}",
+                "{SELECT}{} ORDER BY ts DESC, seq DESC LIMIT {}",
                 f.clause,
                 query.limit_or_default()
             );

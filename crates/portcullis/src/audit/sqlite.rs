@@ -222,7 +222,7 @@ impl AuditStore for SqliteAuditStore {
         let limit = query.limit_or_default();
         self.blocking(move |c| {
             let sql = format!(
-                "SELECT {COLUMNS} FROM audit_events{} ORDER BY ts DESC, id DESC LIMIT {limit}",
+                "SELECT {COLUMNS} FROM audit_events{} ORDER BY ts DESC, rowid DESC LIMIT {limit}",
                 f.clause
             );
             let mut st = c.prepare(&sql)?;
