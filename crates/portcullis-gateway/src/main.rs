@@ -1,5 +1,6 @@
 //! The `portcullis` binary: a thin command line over the `portcullis_gateway` crate.
 
+mod audit_cli;
 mod cli;
 
 use std::path::Path;
@@ -20,7 +21,7 @@ fn main() -> ExitCode {
         Command::Demo { .. } => not_implemented("demo"),
         Command::Token { .. } => not_implemented("token"),
         Command::Apikey { .. } => not_implemented("apikey"),
-        Command::Audit { .. } => not_implemented("audit"),
+        Command::Audit { command } => audit_cli::run(command),
     }
 }
 
