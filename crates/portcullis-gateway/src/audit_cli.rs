@@ -127,7 +127,11 @@ async fn open(source: &AuditSource) -> Result<Arc<dyn AuditStore>, ExitCode> {
                 }
             }
         }
-        (None, None) => return Err(usage("name the audit store with --config FILE or --store URL")),
+        (None, None) => {
+            return Err(usage(
+                "name the audit store with --config FILE or --store URL",
+            ));
+        }
     };
     // Reading must not create an empty database where a typo points.
     if let Some(path) = url
@@ -335,8 +339,14 @@ mod tests {
     fn times_are_durations_ago_or_rfc3339() {
         assert_eq!(parse_when("1h", 10_000_000), Ok(10_000_000 - 3_600_000));
         assert_eq!(parse_rfc3339("1970-01-01T00:00:01Z"), Some(1000));
-        assert_eq!(parse_rfc3339("2000-02-29T00:00:00.123Z"), Some(951_782_400_123));
-        assert_eq!(parse_rfc3339("2000-02-29T01:00:00+01:00"), Some(951_782_400_000));
+        assert_eq!(
+            parse_rfc3339("2000-02-29T00:00:00.123Z"),
+            Some(951_782_400_123)
+        );
+        assert_eq!(
+            parse_rfc3339("2000-02-29T01:00:00+01:00"),
+            Some(951_782_400_000)
+        );
         assert_eq!(parse_rfc3339("2000-02-29"), Some(951_782_400_000));
         assert!(parse_when("yesterday", 0).is_err());
     }

@@ -45,7 +45,14 @@ fn stdout(o: &Output) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()
 }
 
-fn ev(request_id: &str, action: AuditAction, user: Option<&str>, ip: &str, route: &str, ts_ms: u64) -> AuditEvent {
+fn ev(
+    request_id: &str,
+    action: AuditAction,
+    user: Option<&str>,
+    ip: &str,
+    route: &str,
+    ts_ms: u64,
+) -> AuditEvent {
     AuditEvent {
         id: uuid_v7(),
         ts_ms,
@@ -66,12 +73,33 @@ fn sample() -> Vec<AuditEvent> {
     let now = now_ms();
     let mut v = Vec::new();
     for i in 0..3 {
-        v.push(ev(&format!("bob-{i}"), AuditAction::Forbidden, Some("bob"), "10.0.0.2", "/api/admin/**", now - 1000 + i));
+        v.push(ev(
+            &format!("bob-{i}"),
+            AuditAction::Forbidden,
+            Some("bob"),
+            "10.0.0.2",
+            "/api/admin/**",
+            now - 1000 + i,
+        ));
     }
     for i in 0..2 {
-        v.push(ev(&format!("alice-{i}"), AuditAction::RateLimitExceeded, Some("alice"), "10.0.0.9", "/api/notes/**", now - 500 + i));
+        v.push(ev(
+            &format!("alice-{i}"),
+            AuditAction::RateLimitExceeded,
+            Some("alice"),
+            "10.0.0.9",
+            "/api/notes/**",
+            now - 500 + i,
+        ));
     }
-    v.push(ev("old", AuditAction::Forbidden, Some("bob"), "10.0.0.2", "/api/admin/**", now - 2 * 86_400_000));
+    v.push(ev(
+        "old",
+        AuditAction::Forbidden,
+        Some("bob"),
+        "10.0.0.2",
+        "/api/admin/**",
+        now - 2 * 86_400_000,
+    ));
     v
 }
 
@@ -100,34 +128,87 @@ async fn query_filters_a_sqlite_store_and_prints_json_csv_and_table() {
     let dir = TempDir::new("audit-cli-query");
     let url = sqlite_with_sample(&dir.0).await;
 
-    let out = stdout(&portcullis(&["audit", "query", "--store", &url, "--action", "forbidden", "--format", "json"]));
+    let out = stdout(&portcullis(&[
+        "audit",
+        "query",
+        "--store",
+        &url,
+        "--action",
+        "forbidden",
+        "--format",
+        "json",
+    ]));
     assert_eq!(request_ids(&out), ["old", "bob-0", "bob-1", "bob-2"]);
     let first = &json_lines(&out)[1];
     assert_eq!(first["action"], "forbidden");
     assert_eq!(first["principal"], "bob");
     assert!(first["ts"].as_str().unwrap().ends_with('Z'));
 
-    let out = stdout(&portcullis(&["audit", "query", "--store", &url, "--since", "1h", "--user", "bob", "--format", "json"]));
+    let out = stdout(&portcullis(&[
+        "audit", "query", "--store", &url, "--since", "1h", "--user", "bob", "--format", "json",
+    ]));
     assert_eq!(request_ids(&out), ["bob-0", "bob-1", "bob-2"]);
-    let out = stdout(&portcullis(&["audit", "query", "--store", &url, "--ip", "10.0.0.9", "--format", "json"]));
+    let out = stdout(&portcullis(&[
+        "audit", "query", "--store", &url, "--ip", "10.0.0.9", "--format", "json",
+    ]));
     assert_eq!(request_ids(&out), ["alice-0", "alice-1"]);
-    let out = stdout(&portcullis(&["audit", "query", "--store", &url, "--route", "/api/admin/**", "--limit", "2", "--format", "json"]));
+    let out = stdout(&portcullis(&[
+        "audit",
+        "query",
+        "--store",
+        &url,
+        "--route",
+        "/api/admin/**",
+        "--limit",
+        "2",
+        "--format",
+        "json",
+    ]));
     assert_eq!(request_ids(&out), ["bob-1", "bob-2"]);
-    let out = stdout(&portcullis(&["audit", "query", "--store", &url, "--until", "1d", "--format", "json"]));
+    let out = stdout(&portcullis(&[
+        "audit", "query", "--store", &url, "--until", "1d", "--format", "json",
+    ]));
     assert_eq!(request_ids(&out), ["old"]);
-    let out = stdout(&portcullis(&["audit", "query", "--store", &url, "--since", "2000-01-01T00:00:00Z", "--format", "json"]));
+    let out = stdout(&portcullis(&[
+        "audit",
+        "query",
+        "--store",
+        &url,
+        "--since",
+        "2000-01-01T00:00:00Z",
+        "--format",
+        "json",
+    ]));
     assert_eq!(request_ids(&out).len(), 6);
 
-    let csv = stdout(&portcullis(&["audit", "query", "--store", &url, "--user", "alice", "--format", "csv"]));
+    let csv = stdout(&portcullis(&[
+        "audit", "query", "--store", &url, "--user", "alice", "--format", "csv",
+    ]));
     let lines: Vec<&str> = csv.lines().collect();
     assert_eq!(lines.len(), 3, "{csv}");
-    assert!(lines[0].starts_with("id,ts,action,outcome,status,"), "{csv}");
+    assert!(
+        lines[0].starts_with("id,ts,action,outcome,status,"),
+        "{csv}"
+    );
     assert!(lines[1].contains(",rate_limit_exceeded,denied,403,POST,/api/notes/**,"));
-    assert!(lines[1].contains(r#""{""code"":""forbidden"",""reason"":""a, \""quoted\"" reason""}""#), "{csv}");
+    assert!(
+        lines[1].contains(r#""{""code"":""forbidden"",""reason"":""a, \""quoted\"" reason""}""#),
+        "{csv}"
+    );
 
-    let table = stdout(&portcullis(&["audit", "query", "--store", &url, "--action", "rate_limit_exceeded"]));
+    let table = stdout(&portcullis(&[
+        "audit",
+        "query",
+        "--store",
+        &url,
+        "--action",
+        "rate_limit_exceeded",
+    ]));
     let lines: Vec<&str> = table.lines().collect();
-    assert!(lines[0].starts_with("TS") && lines[0].contains("ACTION"), "{table}");
+    assert!(
+        lines[0].starts_with("TS") && lines[0].contains("ACTION"),
+        "{table}"
+    );
     assert_eq!(lines.len(), 3, "{table}");
     assert!(lines[2].contains("alice-1"));
 }
@@ -139,7 +220,16 @@ async fn query_reads_the_store_the_config_names() {
     let config = dir.0.join("portcullis.toml");
     // A relative path is relative to the config file.
     std::fs::write(&config, "[storage]\naudit = \"sqlite://audit.db\"\n").unwrap();
-    let out = stdout(&portcullis(&["audit", "query", "--config", config.to_str().unwrap(), "--user", "alice", "--format", "json"]));
+    let out = stdout(&portcullis(&[
+        "audit",
+        "query",
+        "--config",
+        config.to_str().unwrap(),
+        "--user",
+        "alice",
+        "--format",
+        "json",
+    ]));
     assert_eq!(request_ids(&out), ["alice-0", "alice-1"]);
 
     std::fs::write(&config, "[storage]\naudit = \"stdout\"\n").unwrap();
@@ -152,19 +242,46 @@ async fn query_reads_the_store_the_config_names() {
 async fn query_reads_a_jsonl_store() {
     let dir = TempDir::new("audit-cli-jsonl");
     let path = dir.0.join("audit.jsonl");
-    JsonlStore::open(&path).unwrap().write(&sample()).await.unwrap();
+    JsonlStore::open(&path)
+        .unwrap()
+        .write(&sample())
+        .await
+        .unwrap();
     let url = format!("jsonl://{}", path.display());
-    let out = stdout(&portcullis(&["audit", "query", "--store", &url, "--since", "1h", "--action", "forbidden", "--format", "json"]));
+    let out = stdout(&portcullis(&[
+        "audit",
+        "query",
+        "--store",
+        &url,
+        "--since",
+        "1h",
+        "--action",
+        "forbidden",
+        "--format",
+        "json",
+    ]));
     assert_eq!(request_ids(&out), ["bob-0", "bob-1", "bob-2"]);
 }
 
 #[test]
 fn a_missing_store_or_bad_time_is_an_error() {
-    let o = portcullis(&["audit", "query", "--store", "sqlite:///nonexistent/dir/audit.db"]);
+    let o = portcullis(&[
+        "audit",
+        "query",
+        "--store",
+        "sqlite:///nonexistent/dir/audit.db",
+    ]);
     assert!(!o.status.success());
     assert!(String::from_utf8_lossy(&o.stderr).contains("no such audit store"));
     assert!(!Path::new("/nonexistent/dir/audit.db").exists());
-    let o = portcullis(&["audit", "query", "--store", "stdout", "--since", "yesterday"]);
+    let o = portcullis(&[
+        "audit",
+        "query",
+        "--store",
+        "stdout",
+        "--since",
+        "yesterday",
+    ]);
     assert_eq!(o.status.code(), Some(2));
     let o = portcullis(&["audit", "query"]);
     assert_eq!(o.status.code(), Some(2));
@@ -212,5 +329,9 @@ async fn tail_prints_events_stored_after_it_started() {
     }
     let _ = child.kill();
     let _ = child.wait();
-    assert_eq!(seen, ["new-1", "new-2"], "only events stored after tail started");
+    assert_eq!(
+        seen,
+        ["new-1", "new-2"],
+        "only events stored after tail started"
+    );
 }

@@ -65,7 +65,13 @@ fn runtime() -> tokio::runtime::Runtime {
         .expect("a runtime")
 }
 
-fn sustained_into(c: &mut Criterion, rt: &tokio::runtime::Runtime, name: &str, url: &str, spool: &std::path::Path) {
+fn sustained_into(
+    c: &mut Criterion,
+    rt: &tokio::runtime::Runtime,
+    name: &str,
+    url: &str,
+    spool: &std::path::Path,
+) {
     let writer = rt
         .block_on(AuditWriter::open(
             url,
@@ -157,14 +163,22 @@ fn request_path(c: &mut Criterion) {
     let mut group = c.benchmark_group("audit_request_path");
     group.bench_function("denied_405_no_audit", |b| {
         b.to_async(&rt).iter(|| async {
-            let res = off.clone().oneshot(request(peer)).await.expect("infallible");
+            let res = off
+                .clone()
+                .oneshot(request(peer))
+                .await
+                .expect("infallible");
             debug_assert_eq!(res.status(), 405);
             black_box(res)
         })
     });
     group.bench_function("denied_405_event_built_and_dropped", |b| {
         b.to_async(&rt).iter(|| async {
-            let res = discard.clone().oneshot(request(peer)).await.expect("infallible");
+            let res = discard
+                .clone()
+                .oneshot(request(peer))
+                .await
+                .expect("infallible");
             debug_assert_eq!(res.status(), 405);
             black_box(res)
         })

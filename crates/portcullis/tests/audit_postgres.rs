@@ -72,7 +72,10 @@ async fn denials_are_stored_in_postgres_with_every_column() {
         row,
         "rate_limit_exceeded|denied|alice|/api/limited/**|/api/limited/report|429|rate_limited|true"
     );
-    assert_eq!(pg.psql("SELECT max(version) FROM portcullis_audit_migrations"), "1");
+    assert_eq!(
+        pg.psql("SELECT max(version) FROM portcullis_audit_migrations"),
+        "1"
+    );
 
     // Tail sees new rows in insertion order.
     let (_, cursor) = writer.store().tail(&TailCursor::Start, 10).await.unwrap();
@@ -114,7 +117,10 @@ async fn postgres_stopped_mid_load_then_restarted_keeps_every_event_exactly_once
     flush_all(&writer).await;
 
     let c = writer.counters();
-    assert!(during.spooled > 0, "the outage sent batches to the spool: {during:?}");
+    assert!(
+        during.spooled > 0,
+        "the outage sent batches to the spool: {during:?}"
+    );
     assert_eq!(c.dropped, 0, "{c:?}");
     assert_eq!(c.pending, 0, "{c:?}");
     let counts = pg.psql(

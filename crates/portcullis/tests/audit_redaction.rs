@@ -8,8 +8,8 @@ mod common;
 use std::path::Path;
 use std::sync::Arc;
 
-use common::services::TempDir;
 use common::send;
+use common::services::TempDir;
 use portcullis::audit::{AuditEvent, AuditQuery, AuditSink, AuditWriter, Redactor, now_ms};
 
 const JWT: &str = "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.eyJzdWIiOiJtYWxsb3J5In0.S1gN4tur3Xyz";
@@ -53,9 +53,7 @@ fn contains(hay: &[u8], needle: &str) -> bool {
 async fn secrets_in_denied_requests_and_metadata_never_reach_storage() {
     let dir = TempDir::new("audit-redaction");
     let redactor = Redactor::new().sensitive_field("ssn");
-    let cfg = |name: &str| {
-        audit_common::config(&dir.0.join(name)).redactor(redactor.clone())
-    };
+    let cfg = |name: &str| audit_common::config(&dir.0.join(name)).redactor(redactor.clone());
     let sqlite = AuditWriter::open(
         &format!("sqlite://{}", dir.0.join("audit.db").display()),
         cfg("spool-sqlite"),
@@ -103,13 +101,23 @@ async fn secrets_in_denied_requests_and_metadata_never_reach_storage() {
         addr,
         "POST",
         "/api/public/login",
-        &[("content-type", "application/json"), ("authorization", &bearer)],
+        &[
+            ("content-type", "application/json"),
+            ("authorization", &bearer),
+        ],
         big,
     )
     .await;
     assert_eq!(r.status, 413);
     // A JWT-shaped request id is a token too.
-    let r = send(addr, "DELETE", "/api/public/x", &[("x-request-id", JWT)], "").await;
+    let r = send(
+        addr,
+        "DELETE",
+        "/api/public/x",
+        &[("x-request-id", JWT)],
+        "",
+    )
+    .await;
     assert_eq!(r.status, 405);
 
     // A guard that puts everything it saw into the metadata.
@@ -144,7 +152,10 @@ async fn secrets_in_denied_requests_and_metadata_never_reach_storage() {
     jsonl.flush().await.unwrap();
     let stored = sqlite.store().query(&AuditQuery::new()).await.unwrap();
     assert_eq!(stored.len(), 5, "{stored:#?}");
-    let leaky = stored.iter().find(|e| e.request_id == "leaky-guard").unwrap();
+    let leaky = stored
+        .iter()
+        .find(|e| e.request_id == "leaky-guard")
+        .unwrap();
     assert_eq!(
         leaky.metadata["raw"],
         "Authorization: [redacted]\r\nCookie: [redacted]\r\n"
@@ -153,13 +164,20 @@ async fn secrets_in_denied_requests_and_metadata_never_reach_storage() {
     assert_eq!(leaky.path, "/api/reset/[redacted]");
     assert_eq!(leaky.metadata["headers"]["accept"], "application/json");
     assert_eq!(leaky.metadata["form"]["user"], "mallory");
-    assert_eq!(jsonl.store().query(&AuditQuery::new()).await.unwrap().len(), 5);
+    assert_eq!(
+        jsonl.store().query(&AuditQuery::new()).await.unwrap().len(),
+        5
+    );
     sqlite.shutdown().await.unwrap();
     jsonl.shutdown().await.unwrap();
 
     let files = files_bytes(&dir.0);
     assert!(files.iter().any(|(n, _)| n.ends_with("audit.db")));
-    assert!(files.iter().any(|(n, b)| n.ends_with("audit.jsonl") && !b.is_empty()));
+    assert!(
+        files
+            .iter()
+            .any(|(n, b)| n.ends_with("audit.jsonl") && !b.is_empty())
+    );
     for (name, bytes) in &files {
         for secret in SECRETS {
             assert!(!contains(bytes, secret), "{secret} found in {name}");
@@ -178,8 +196,7 @@ async fn events_that_overflow_the_queue_are_redacted_before_the_spool() {
         fn write<'a>(
             &'a self,
             _: &'a [AuditEvent],
-        ) -> portcullis::auth::BoxFuture<'a, Result<(), portcullis::audit::AuditError>>
-        {
+        ) -> portcullis::auth::BoxFuture<'a, Result<(), portcullis::audit::AuditError>> {
             Box::pin(async { Err(portcullis::audit::AuditError::Unavailable("down".into())) })
         }
     }

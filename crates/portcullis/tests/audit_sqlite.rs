@@ -11,9 +11,7 @@ use audit_common::{check, config, event, flush_all};
 use common::services::TempDir;
 use portcullis::audit::jsonl::JsonlStore;
 use portcullis::audit::sqlite::SqliteAuditStore;
-use portcullis::audit::{
-    AuditQuery, AuditSink, AuditStore, AuditWriter, TailCursor, now_ms,
-};
+use portcullis::audit::{AuditQuery, AuditSink, AuditStore, AuditWriter, TailCursor, now_ms};
 
 #[tokio::test]
 async fn denials_and_report_only_decisions_are_stored_with_every_column() {
@@ -64,7 +62,12 @@ async fn denials_and_report_only_decisions_are_stored_with_every_column() {
         .unwrap()
         .collect::<Result<_, _>>()
         .unwrap();
-    for want in ["audit_events_action", "audit_events_client_ip", "audit_events_principal", "audit_events_ts"] {
+    for want in [
+        "audit_events_action",
+        "audit_events_client_ip",
+        "audit_events_principal",
+        "audit_events_ts",
+    ] {
         assert!(indexes.iter().any(|i| i == want), "{indexes:?}");
     }
     writer.shutdown().await.unwrap();
@@ -100,7 +103,10 @@ async fn filters_select_by_action_user_ip_route_and_time() {
     assert_eq!(q(AuditQuery::new().route("/api/load/x")).await.len(), 30);
     let recent = q(AuditQuery::new().since_ms(now - 40_500)).await;
     assert_eq!(recent.len(), 10);
-    let window = q(AuditQuery::new().since_ms(now - 60_000).until_ms(now - 55_000)).await;
+    let window = q(AuditQuery::new()
+        .since_ms(now - 60_000)
+        .until_ms(now - 55_000))
+    .await;
     assert_eq!(window.len(), 5);
     // The newest `limit`, oldest first.
     let last3 = q(AuditQuery::new().limit(3)).await;
@@ -182,7 +188,9 @@ async fn jsonl_store_appends_rotates_and_queries() {
     let (_, cursor) = store.tail(&TailCursor::Start, 100).await.unwrap();
     let mut all = Vec::new();
     for b in 0..10 {
-        let batch: Vec<_> = (0..20).map(|i| event(format!("j{b}-{i}"), now_ms())).collect();
+        let batch: Vec<_> = (0..20)
+            .map(|i| event(format!("j{b}-{i}"), now_ms()))
+            .collect();
         store.write(&batch).await.unwrap();
         all.extend(batch);
     }

@@ -111,13 +111,25 @@ impl Inner {
     fn append(&self, buf: &[u8]) -> io::Result<()> {
         let mut slot = self.file.lock().unwrap_or_else(|p| p.into_inner());
         if slot.is_none() {
-            *slot = Some(OpenOptions::new().create(true).append(true).open(&self.path)?);
+            *slot = Some(
+                OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(&self.path)?,
+            );
         }
-        let len = slot.as_ref().map_or(Ok(0), |f| f.metadata().map(|m| m.len()))?;
+        let len = slot
+            .as_ref()
+            .map_or(Ok(0), |f| f.metadata().map(|m| m.len()))?;
         if len > 0 && len + buf.len() as u64 > self.max_bytes {
             *slot = None;
             self.rotate()?;
-            *slot = Some(OpenOptions::new().create(true).append(true).open(&self.path)?);
+            *slot = Some(
+                OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(&self.path)?,
+            );
         }
         let f = slot.as_mut().expect("opened above");
         if let Err(e) = f.write_all(buf) {
@@ -145,7 +157,7 @@ impl Inner {
 fn serialize(batch: &[AuditEvent]) -> Result<Vec<u8>, AuditError> {
     let mut buf = Vec::with_capacity(batch.len() * 320);
     for e in batch {
-        serde_json::to_writer(&mut buf, e).map_err(|x| AuditError::unavailable(x))?;
+        serde_json::to_writer(&mut buf, e).map_err(AuditError::unavailable)?;
         buf.push(b'\n');
     }
     Ok(buf)

@@ -27,9 +27,9 @@ use tokio::sync::Mutex;
 use tokio_postgres::types::ToSql;
 use tokio_postgres::{Client, Config, NoTls, Row, Statement};
 
+use super::AuditEvent;
 use super::query::{AuditQuery, Dialect, SqlParam, TailCursor};
 use super::store::{AuditError, AuditStore, build_event};
-use super::AuditEvent;
 use crate::auth::BoxFuture;
 
 /// An arbitrary, fixed advisory-lock key for migrations.
@@ -187,10 +187,8 @@ impl PostgresAuditStore {
                 }
             })
             .collect();
-        let refs: Vec<&(dyn ToSql + Sync)> = owned
-            .iter()
-            .map(|b| &**b as &(dyn ToSql + Sync))
-            .collect();
+        let refs: Vec<&(dyn ToSql + Sync)> =
+            owned.iter().map(|b| &**b as &(dyn ToSql + Sync)).collect();
         match client.query(sql, &refs).await {
             Ok(rows) => Ok(rows),
             Err(e) => {
@@ -374,7 +372,10 @@ impl AuditStore for PostgresAuditStore {
                 let max: i64 = rows.first().map_or(0, |r| r.get(0));
                 return Ok((Vec::new(), TailCursor::Row(max)));
             };
-            let sql = format!("{SELECT} WHERE seq > $1 ORDER BY seq LIMIT {}", limit.max(1));
+            let sql = format!(
+                "{SELECT} WHERE seq > $1 ORDER BY seq LIMIT {}",
+                limit.max(1)
+            );
             let rows = self.select(&sql, &[SqlParam::Int(*after)]).await?;
             let last = rows.last().map_or(*after, |r| r.get::<_, i64>(0));
             Ok((events(&rows)?, TailCursor::Row(last)))

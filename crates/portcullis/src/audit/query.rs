@@ -91,7 +91,10 @@ impl AuditQuery {
     pub fn matches(&self, e: &AuditEvent) -> bool {
         self.since_ms.is_none_or(|s| e.ts_ms >= s)
             && self.until_ms.is_none_or(|u| e.ts_ms < u)
-            && self.action.as_deref().is_none_or(|a| e.action.as_str() == a)
+            && self
+                .action
+                .as_deref()
+                .is_none_or(|a| e.action.as_str() == a)
             && self
                 .user
                 .as_deref()
@@ -119,8 +122,11 @@ impl AuditQuery {
                 Dialect::Sqlite => format!("?{n}"),
                 Dialect::Postgres => format!("${n}"),
             };
-            f.clause
-                .push_str(if f.clause.is_empty() { " WHERE " } else { " AND " });
+            f.clause.push_str(if f.clause.is_empty() {
+                " WHERE "
+            } else {
+                " AND "
+            });
             f.clause.push_str(&sql.replace("{}", &ph));
         };
         let ts = |op: &str| match dialect {
@@ -152,10 +158,12 @@ impl AuditQuery {
                 Dialect::Sqlite => format!("?{n}"),
                 Dialect::Postgres => format!("${n}"),
             };
-            f.clause
-                .push_str(if f.clause.is_empty() { " WHERE " } else { " AND " });
-            f.clause
-                .push_str(&format!("(route = {ph} OR path = {ph})"));
+            f.clause.push_str(if f.clause.is_empty() {
+                " WHERE "
+            } else {
+                " AND "
+            });
+            f.clause.push_str(&format!("(route = {ph} OR path = {ph})"));
         }
         f
     }

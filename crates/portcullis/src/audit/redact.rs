@@ -261,7 +261,9 @@ fn key_before(s: &str, i: usize) -> Option<&str> {
         end -= 1;
     }
     let mut start = end;
-    while start > 0 && (b[start - 1].is_ascii_alphanumeric() || matches!(b[start - 1], b'_' | b'-' | b'.')) {
+    while start > 0
+        && (b[start - 1].is_ascii_alphanumeric() || matches!(b[start - 1], b'_' | b'-' | b'.'))
+    {
         start -= 1;
     }
     (start < end).then(|| &s[start..end])
@@ -293,7 +295,11 @@ fn value_after(b: &[u8], mut i: usize, to_eol: bool) -> Option<(usize, usize)> {
         let stop = if to_eol {
             c == b'\n' || c == b'\r'
         } else {
-            c.is_ascii_whitespace() || matches!(c, b'&' | b';' | b',' | b'"' | b'\'' | b')' | b']' | b'}' | b'<')
+            c.is_ascii_whitespace()
+                || matches!(
+                    c,
+                    b'&' | b';' | b',' | b'"' | b'\'' | b')' | b']' | b'}' | b'<'
+                )
         };
         if stop {
             break;
@@ -323,8 +329,14 @@ mod tests {
     fn bearer_and_basic_credentials_are_replaced() {
         let r = Redactor::new();
         assert_eq!(r.scrub("Bearer abc.def-ghi"), "Bearer [redacted]");
-        assert_eq!(r.scrub("got basic dXNlcjpwdw== ok"), "got basic [redacted] ok");
-        assert_eq!(r.scrub("Authorization: Bearer x y"), "Authorization: [redacted]");
+        assert_eq!(
+            r.scrub("got basic dXNlcjpwdw== ok"),
+            "got basic [redacted] ok"
+        );
+        assert_eq!(
+            r.scrub("Authorization: Bearer x y"),
+            "Authorization: [redacted]"
+        );
     }
 
     #[test]
@@ -334,10 +346,7 @@ mod tests {
             r.scrub("/x?a=1&access_token=s3cr3t&b=2"),
             "/x?a=1&access_token=[redacted]&b=2"
         );
-        assert_eq!(
-            r.scrub("Cookie: sid=abc; theme=dark"),
-            "Cookie: [redacted]"
-        );
+        assert_eq!(r.scrub("Cookie: sid=abc; theme=dark"), "Cookie: [redacted]");
         assert_eq!(
             r.scrub(r#"{"user":"bob","password":"hunter2"}"#),
             r#"{"user":"bob","password":"[redacted]"}"#

@@ -20,9 +20,9 @@ use std::time::Duration;
 
 use rusqlite::{Connection, Row, params, params_from_iter};
 
+use super::AuditEvent;
 use super::query::{AuditQuery, Dialect, SqlParam, TailCursor};
 use super::store::{AuditError, AuditStore};
-use super::AuditEvent;
 use crate::auth::BoxFuture;
 
 /// Schema changes, applied in order; the index is the version.
@@ -45,8 +45,7 @@ const MIGRATIONS: &[&str] = &["CREATE TABLE audit_events (
      CREATE INDEX audit_events_principal ON audit_events (principal, ts);
      CREATE INDEX audit_events_client_ip ON audit_events (client_ip, ts);"];
 
-const COLUMNS: &str =
-    "id, ts, action, outcome, principal, client_ip, method, route, path, status, request_id, metadata";
+const COLUMNS: &str = "id, ts, action, outcome, principal, client_ip, method, route, path, status, request_id, metadata";
 
 /// The SQLite [`AuditStore`].
 #[derive(Clone)]
@@ -79,8 +78,10 @@ impl SqliteAuditStore {
         let mut conn = Connection::open(&path)
             .map_err(|x| AuditError::Config(format!("sqlite {}: {x}", path.display())))?;
         conn.busy_timeout(Duration::from_secs(5)).map_err(&e)?;
-        conn.pragma_update(None, "journal_mode", "WAL").map_err(&e)?;
-        conn.pragma_update(None, "synchronous", "NORMAL").map_err(&e)?;
+        conn.pragma_update(None, "journal_mode", "WAL")
+            .map_err(&e)?;
+        conn.pragma_update(None, "synchronous", "NORMAL")
+            .map_err(&e)?;
         migrate(&mut conn).map_err(&e)?;
         drop(e);
         Ok(SqliteAuditStore {
@@ -247,10 +248,11 @@ impl AuditStore for SqliteAuditStore {
         };
         self.blocking(move |c| {
             let Some(after) = after else {
-                let max: i64 =
-                    c.query_row("SELECT COALESCE(MAX(rowid), 0) FROM audit_events", [], |r| {
-                        r.get(0)
-                    })?;
+                let max: i64 = c.query_row(
+                    "SELECT COALESCE(MAX(rowid), 0) FROM audit_events",
+                    [],
+                    |r| r.get(0),
+                )?;
                 return Ok((Vec::new(), TailCursor::Row(max)));
             };
             let mut st = c.prepare_cached(&format!(

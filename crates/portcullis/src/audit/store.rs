@@ -5,8 +5,10 @@ use std::fmt;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use super::{AuditAction, AuditEvent, Outcome};
+use super::AuditEvent;
 use super::query::{AuditQuery, TailCursor};
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+use super::{AuditAction, Outcome};
 use crate::auth::BoxFuture;
 
 /// Why an audit store or the writer failed.
@@ -70,13 +72,20 @@ pub trait AuditStore: Send + Sync + 'static {
 
     /// Deletes at most `limit` events older than `cutoff_ms`; returns how many went. Stores
     /// without retention (files, stdout) delete nothing.
-    fn delete_older_than(&self, cutoff_ms: u64, limit: u32) -> BoxFuture<'_, Result<u64, AuditError>> {
+    fn delete_older_than(
+        &self,
+        cutoff_ms: u64,
+        limit: u32,
+    ) -> BoxFuture<'_, Result<u64, AuditError>> {
         let _ = (cutoff_ms, limit);
         Box::pin(async { Ok(0) })
     }
 
     /// Events matching `query`, oldest first (the newest `limit` of them).
-    fn query<'a>(&'a self, query: &'a AuditQuery) -> BoxFuture<'a, Result<Vec<AuditEvent>, AuditError>> {
+    fn query<'a>(
+        &'a self,
+        query: &'a AuditQuery,
+    ) -> BoxFuture<'a, Result<Vec<AuditEvent>, AuditError>> {
         let _ = query;
         Box::pin(async { Err(AuditError::Unsupported("query")) })
     }
@@ -135,7 +144,7 @@ pub async fn open_store(
     options: &StoreOptions,
 ) -> Result<Arc<dyn AuditStore>, AuditError> {
     if url == "stdout" {
-        return Ok(Arc::new(super::jsonl::StdoutStore::default()));
+        return Ok(Arc::new(super::jsonl::StdoutStore));
     }
     let Some((scheme, rest)) = url.split_once("://") else {
         return Err(unknown_scheme(url));
@@ -151,9 +160,10 @@ pub async fn open_store(
         #[cfg(feature = "sqlite")]
         "sqlite" => {
             let path = file()?;
-            let store = tokio::task::spawn_blocking(move || super::sqlite::SqliteAuditStore::open(path))
-                .await
-                .map_err(|e| AuditError::unavailable(format!("open task: {e}")))??;
+            let store =
+                tokio::task::spawn_blocking(move || super::sqlite::SqliteAuditStore::open(path))
+                    .await
+                    .map_err(|e| AuditError::unavailable(format!("open task: {e}")))??;
             Ok(Arc::new(store))
         }
         "jsonl" => {
@@ -189,6 +199,7 @@ fn unknown_scheme(url: &str) -> AuditError {
 /// An event from stored columns; an action or outcome this version does not know is kept in
 /// the metadata (`stored_action`, `stored_outcome`) rather than failing the whole query.
 #[allow(clippy::too_many_arguments)]
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
 pub(crate) fn build_event(
     id: String,
     ts_ms: u64,
@@ -228,4 +239,3 @@ pub(crate) fn build_event(
         metadata,
     }
 }
-

@@ -160,6 +160,8 @@ struct Counters {
     dropped: AtomicU64,
 }
 
+// Events are nearly every message; boxing them would cost an allocation per `record`.
+#[allow(clippy::large_enum_variant)]
 enum Msg {
     Event(AuditEvent),
     Flush(oneshot::Sender<Result<(), AuditError>>),
@@ -598,8 +600,7 @@ impl Task {
             .await
             .map_err(|e| AuditError::unavailable(format!("spool task: {e}")))?;
             reader = r;
-            let events =
-                events.map_err(|e| AuditError::unavailable(format!("spool read: {e}")))?;
+            let events = events.map_err(|e| AuditError::unavailable(format!("spool read: {e}")))?;
             if events.is_empty() && read == 0 {
                 break;
             }

@@ -23,7 +23,11 @@ impl Authenticator for DemoAuth {
         Box::pin(async move {
             if let Some(u) = parts.headers.get("x-demo-user") {
                 let id = u.to_str().unwrap_or("").to_string();
-                return AuthOutcome::Authenticated(Principal::new(id, ["user"], AuthMethod::Custom));
+                return AuthOutcome::Authenticated(Principal::new(
+                    id,
+                    ["user"],
+                    AuthMethod::Custom,
+                ));
             }
             if parts.headers.contains_key(http::header::AUTHORIZATION) {
                 return AuthOutcome::Invalid("credentials refused");
@@ -48,7 +52,10 @@ pub fn layer(sink: Arc<dyn AuditSink>) -> SecurityLayer {
                 RateKey::User,
             )]),
         )
-        .route("/api/public/**", Policy::preset(Preset::Public).max_body(1024))
+        .route(
+            "/api/public/**",
+            Policy::preset(Preset::Public).max_body(1024),
+        )
         .route(
             "/api/trial/**",
             Policy::preset(Preset::Public)
@@ -107,12 +114,30 @@ pub async fn run(addr: SocketAddr) -> Vec<Expected> {
     // 401: no credentials; the path arrives non-canonical.
     let r = send(addr, "GET", "/api//user/./notes", &[], "").await;
     assert_eq!(r.status, 401);
-    expect(&r, 401, "unauthorized_access", Outcome::Denied, "GET", "/api/user/**", "/api/user/notes", None);
+    expect(
+        &r,
+        401,
+        "unauthorized_access",
+        Outcome::Denied,
+        "GET",
+        "/api/user/**",
+        "/api/user/notes",
+        None,
+    );
 
     // 405: a method outside the allowlist.
     let r = send(addr, "DELETE", "/api/public/data", &[], "").await;
     assert_eq!(r.status, 405);
-    expect(&r, 405, "method_not_allowed", Outcome::Denied, "DELETE", "/api/public/**", "/api/public/data", None);
+    expect(
+        &r,
+        405,
+        "method_not_allowed",
+        Outcome::Denied,
+        "DELETE",
+        "/api/public/**",
+        "/api/public/data",
+        None,
+    );
 
     // 413: a declared length over the limit.
     let r = send(
@@ -124,7 +149,16 @@ pub async fn run(addr: SocketAddr) -> Vec<Expected> {
     )
     .await;
     assert_eq!(r.status, 413);
-    expect(&r, 413, "body_too_large", Outcome::Denied, "POST", "/api/public/**", "/api/public/upload", None);
+    expect(
+        &r,
+        413,
+        "body_too_large",
+        Outcome::Denied,
+        "POST",
+        "/api/public/**",
+        "/api/public/upload",
+        None,
+    );
 
     // 429: the second request of alice within the minute.
     let alice = [("x-demo-user", "alice")];
@@ -132,12 +166,37 @@ pub async fn run(addr: SocketAddr) -> Vec<Expected> {
     assert_eq!(first.status, 200);
     let r = send(addr, "GET", "/api/limited/report", &alice, "").await;
     assert_eq!(r.status, 429);
-    expect(&r, 429, "rate_limit_exceeded", Outcome::Denied, "GET", "/api/limited/**", "/api/limited/report", Some("alice"));
+    expect(
+        &r,
+        429,
+        "rate_limit_exceeded",
+        Outcome::Denied,
+        "GET",
+        "/api/limited/**",
+        "/api/limited/report",
+        Some("alice"),
+    );
 
     // Report-only: the method check decides, records, and lets the request through.
-    let r = send(addr, "POST", "/api/trial/x", &[("content-type", "application/json")], "{}").await;
+    let r = send(
+        addr,
+        "POST",
+        "/api/trial/x",
+        &[("content-type", "application/json")],
+        "{}",
+    )
+    .await;
     assert_eq!(r.status, 200);
-    expect(&r, 405, "method_not_allowed", Outcome::ReportOnly, "POST", "/api/trial/**", "/api/trial/x", None);
+    expect(
+        &r,
+        405,
+        "method_not_allowed",
+        Outcome::ReportOnly,
+        "POST",
+        "/api/trial/**",
+        "/api/trial/x",
+        None,
+    );
 
     out
 }
