@@ -80,14 +80,17 @@ pub enum ApikeyCommand {
 /// `portcullis audit …`.
 #[derive(Debug, Subcommand)]
 pub enum AuditCommand {
-    /// Query audit events.
+    /// Query audit events (the newest matches, printed oldest first).
     Query {
-        /// The config file naming the audit store.
-        #[arg(long, short, value_name = "FILE")]
-        config: Option<PathBuf>,
-        /// Only events newer than this (e.g. 1h, 7d).
-        #[arg(long, value_name = "DURATION")]
+        /// Where the events are.
+        #[command(flatten)]
+        source: AuditSource,
+        /// Only events newer than this: a duration ago (1h, 7d) or an RFC 3339 time.
+        #[arg(long, value_name = "WHEN")]
         since: Option<String>,
+        /// Only events older than this: a duration ago or an RFC 3339 time.
+        #[arg(long, value_name = "WHEN")]
+        until: Option<String>,
         /// Only this action (e.g. rate_limit_exceeded).
         #[arg(long, value_name = "A")]
         action: Option<String>,
@@ -97,17 +100,48 @@ pub enum AuditCommand {
         /// Only this client address.
         #[arg(long, value_name = "IP")]
         ip: Option<String>,
+        /// Only this route pattern (or canonical path).
+        #[arg(long, value_name = "R")]
+        route: Option<String>,
+        /// At most this many events.
+        #[arg(long, value_name = "N", default_value_t = 100)]
+        limit: u32,
         /// Output format.
         #[arg(long, value_enum, default_value_t = Format::Table)]
         format: Format,
     },
+    /// Print new audit events as they are stored, until interrupted.
+    Tail {
+        /// Where the events are.
+        #[command(flatten)]
+        source: AuditSource,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = Format::Json)]
+        format: Format,
+        /// How often to look for new events.
+        #[arg(long, value_name = "DURATION", default_value = "500ms")]
+        interval: String,
+    },
 }
 
-/// Output format of `audit query`.
+/// The audit store to read: the config's `[storage] audit`, or a storage URL.
+#[derive(Debug, Clone, clap::Args)]
+pub struct AuditSource {
+    /// The config file naming the audit store.
+    #[arg(long, short, value_name = "FILE", conflicts_with = "store")]
+    pub config: Option<PathBuf>,
+    /// The store itself: sqlite://PATH, postgres://…, jsonl://PATH.
+    #[arg(long, value_name = "URL")]
+    pub store: Option<String>,
+}
+
+/// Output format of `audit query` and `audit tail`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Format {
     /// Aligned columns for people.
     Table,
     /// One JSON object per line for tools.
     Json,
+    /// Comma-separated values with a header line.
+    Csv,
 }

@@ -1,5 +1,6 @@
 //! The `portcullis` binary: a thin command line over the `portcullis_gateway` crate.
 
+mod audit_cli;
 mod cli;
 
 use std::path::Path;
@@ -28,7 +29,7 @@ fn main() -> ExitCode {
         Command::Apikey {
             command: cli::ApikeyCommand::New { id, role },
         } => apikey_new(&id, &role),
-        Command::Audit { .. } => not_implemented("audit"),
+        Command::Audit { command } => audit_cli::run(command),
     }
 }
 

@@ -2,21 +2,56 @@
 //!
 //! Every denial and every report-only decision becomes an [`AuditEvent`] handed to an
 //! [`AuditSink`] off the request path. Events never hold secrets: no tokens, cookies,
-//! passwords or `Authorization` values; the layer only puts in what is listed below.
+//! passwords or `Authorization` values; the layer only puts in what is listed below, and the
+//! [`AuditWriter`] scrubs what slips through ([`redact`]) before anything is stored.
+//!
+//! The production sink is the [`AuditWriter`]: `record` puts the event on a bounded queue and
+//! returns at once; a background task writes batches to an [`AuditStore`] chosen by URL
+//! ([`open_store`]: `sqlite://PATH`, `postgres://…`, `jsonl://PATH`, `stdout`). When the store
+//! fails, batches go to an append-only [`spool`] file and are replayed, in order, once it
+//! answers again; event ids are UUIDv7 and the database stores ignore duplicate ids, so a
+//! replay after a crash never counts an event twice.
 //!
 //! ```
 //! use portcullis::audit::{AuditSink, MemorySink};
 //! let sink = MemorySink::default();
 //! assert!(sink.events().is_empty());
 //! ```
+//!
+//! ```no_run
+//! # async fn run() -> Result<(), portcullis::audit::AuditError> {
+//! use std::sync::Arc;
+//! use portcullis::audit::{AuditWriter, WriterConfig};
+//! let writer = AuditWriter::open("sqlite://audit.db", WriterConfig::new("audit-spool")).await?;
+//! let layer = portcullis::SecurityLayer::builder().audit(Arc::new(writer.clone()));
+//! // ... serve; then, on shutdown:
+//! writer.shutdown().await?;
+//! # Ok(()) }
+//! ```
+
+pub mod jsonl;
+#[cfg(feature = "postgres")]
+pub mod postgres;
+pub mod query;
+pub mod redact;
+pub mod spool;
+#[cfg(feature = "sqlite")]
+pub mod sqlite;
+mod store;
+pub mod writer;
 
 use std::sync::{Arc, Mutex};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
+
+pub use query::{AuditQuery, TailCursor};
+pub use redact::Redactor;
+pub use store::{AuditError, AuditStore, StoreOptions, open_store};
+pub use writer::{AuditCounters, AuditWriter, WriterConfig};
 
 /// What happened, as stored in the `action` column.
 #[non_exhaustive]
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum AuditAction {
     /// Missing or invalid credentials.
@@ -57,10 +92,35 @@ impl AuditAction {
             AuditAction::RequestAllowed => "request_allowed",
         }
     }
+
+    /// Every action, in declaration order.
+    pub const ALL: [AuditAction; 10] = [
+        AuditAction::UnauthorizedAccess,
+        AuditAction::Forbidden,
+        AuditAction::RateLimitExceeded,
+        AuditAction::CsrfValidationFailed,
+        AuditAction::InvalidInput,
+        AuditAction::MethodNotAllowed,
+        AuditAction::BodyTooLarge,
+        AuditAction::Banned,
+        AuditAction::SecurityEvent,
+        AuditAction::RequestAllowed,
+    ];
+
+    /// Parses a stored action name.
+    ///
+    /// ```
+    /// use portcullis::audit::AuditAction;
+    /// assert_eq!(AuditAction::from_name("forbidden"), Some(AuditAction::Forbidden));
+    /// assert_eq!(AuditAction::from_name("nope"), None);
+    /// ```
+    pub fn from_name(name: &str) -> Option<AuditAction> {
+        AuditAction::ALL.into_iter().find(|a| a.as_str() == name)
+    }
 }
 
 /// The decision recorded.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Outcome {
     /// The request was refused.
@@ -71,12 +131,33 @@ pub enum Outcome {
     ReportOnly,
 }
 
-/// One security event: the columns of the `audit_events` table.
-#[derive(Debug, Clone, Serialize)]
+impl Outcome {
+    /// The outcome's name in storage.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Denied => "denied",
+            Outcome::Allowed => "allowed",
+            Outcome::ReportOnly => "report_only",
+        }
+    }
+
+    /// Parses a stored outcome name.
+    pub fn from_name(name: &str) -> Option<Outcome> {
+        [Outcome::Denied, Outcome::Allowed, Outcome::ReportOnly]
+            .into_iter()
+            .find(|o| o.as_str() == name)
+    }
+}
+
+/// One security event: the columns of the `audit_events` table (DESIGN §5).
+///
+/// Serialized (spool, JSON lines, `audit query --format json`) with the field names below;
+/// `ts_ms` is the `ts` column.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct AuditEvent {
-    /// Event id.
+    /// Event id: a UUIDv7, so ids sort by time and a replayed event keeps its identity.
     pub id: String,
-    /// Time in milliseconds since the Unix epoch.
+    /// Time in milliseconds since the Unix epoch (the `ts` column).
     pub ts_ms: u64,
     /// What happened.
     pub action: AuditAction,
@@ -98,6 +179,49 @@ pub struct AuditEvent {
     pub request_id: String,
     /// Extra facts: the control, the machine code, the reason. Never secrets.
     pub metadata: serde_json::Value,
+}
+
+impl AuditEvent {
+    /// `ts` as RFC 3339 UTC with milliseconds, e.g. `2026-01-02T03:04:05.678Z`.
+    pub fn ts_rfc3339(&self) -> String {
+        format_rfc3339_ms(self.ts_ms)
+    }
+}
+
+/// Formats Unix milliseconds as RFC 3339 UTC with milliseconds.
+///
+/// ```
+/// assert_eq!(portcullis::audit::format_rfc3339_ms(0), "1970-01-01T00:00:00.000Z");
+/// assert_eq!(portcullis::audit::format_rfc3339_ms(951_782_400_123), "2000-02-29T00:00:00.123Z");
+/// ```
+pub fn format_rfc3339_ms(ms: u64) -> String {
+    let secs = ms / 1000;
+    let days = (secs / 86_400) as i64;
+    let rem = secs % 86_400;
+    // Howard Hinnant's civil_from_days.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{:03}Z",
+        rem / 3600,
+        rem / 60 % 60,
+        rem % 60,
+        ms % 1000
+    )
+}
+
+/// Milliseconds since the Unix epoch, now.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 /// Where events go. `record` must not block: sinks queue and write elsewhere.

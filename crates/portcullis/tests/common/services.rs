@@ -129,3 +129,169 @@ impl Drop for RedisServer {
         self.kill();
     }
 }
+
+/// A throwaway PostgreSQL cluster: `initdb` into a temporary folder, `pg_ctl` on a free
+/// loopback port (socket in the same folder), trust authentication for `postgres`. Debian's
+/// binaries under `/usr/lib/postgresql/VERSION/bin`; when the tests run as root, the server
+/// runs as the `postgres` user (PostgreSQL refuses root), its folder chowned to it.
+pub struct PostgresServer {
+    pub port: u16,
+    bin: PathBuf,
+    as_postgres: bool,
+    dir: TempDir,
+    running: bool,
+}
+
+/// The newest `/usr/lib/postgresql/*/bin` holding `initdb`.
+fn postgres_bin() -> PathBuf {
+    let mut found: Vec<(u32, PathBuf)> = std::fs::read_dir("/usr/lib/postgresql")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            let v = e.file_name().to_str()?.parse::<u32>().ok()?;
+            let bin = e.path().join("bin");
+            bin.join("initdb").exists().then_some((v, bin))
+        })
+        .collect();
+    found.sort();
+    found.pop().map(|(_, b)| b).unwrap_or_else(|| {
+        panic!("PostgreSQL is not installed: run `bash scripts/test.sh`, which installs it")
+    })
+}
+
+fn running_as_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+}
+
+impl PostgresServer {
+    pub fn start() -> PostgresServer {
+        let bin = postgres_bin();
+        let as_postgres = running_as_root();
+        let dir = TempDir::new("postgres");
+        let data = dir.0.join("data");
+        std::fs::create_dir_all(&data).expect("create data dir");
+        if as_postgres {
+            let ok = Command::new("chown")
+                .args(["-R", "postgres:postgres"])
+                .arg(&dir.0)
+                .status()
+                .is_ok_and(|s| s.success());
+            assert!(ok, "chown the cluster folder to postgres");
+        }
+        let s = PostgresServer {
+            port: free_port(),
+            bin,
+            as_postgres,
+            dir,
+            running: false,
+        };
+        let out = s
+            .command("initdb")
+            .arg("-D")
+            .arg(&data)
+            .args([
+                "-U",
+                "postgres",
+                "--auth=trust",
+                "--encoding=UTF8",
+                "--no-locale",
+                "--no-sync",
+            ])
+            .output()
+            .expect("initdb runs");
+        assert!(
+            out.status.success(),
+            "initdb failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let mut s = s;
+        s.restart();
+        s
+    }
+
+    fn command(&self, tool: &str) -> Command {
+        let path = self.bin.join(tool);
+        if self.as_postgres {
+            let mut c = Command::new("runuser");
+            c.args(["-u", "postgres", "--"]).arg(path);
+            c
+        } else {
+            Command::new(path)
+        }
+    }
+
+    /// A URL for `tokio-postgres`.
+    pub fn url(&self) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
+    }
+
+    /// Starts (again) on the same port and waits until it accepts connections.
+    pub fn restart(&mut self) {
+        let data = self.dir.0.join("data");
+        let opts = format!(
+            "-p {} -h 127.0.0.1 -k {} -c fsync=off -c full_page_writes=off",
+            self.port,
+            self.dir.0.display()
+        );
+        let out = self
+            .command("pg_ctl")
+            .arg("-D")
+            .arg(&data)
+            .arg("-l")
+            .arg(self.dir.0.join("server.log"))
+            .args(["-w", "-t", "30", "-o", &opts, "start"])
+            .stdout(Stdio::null())
+            .output()
+            .expect("pg_ctl runs");
+        let log = std::fs::read_to_string(self.dir.0.join("server.log")).unwrap_or_default();
+        assert!(
+            out.status.success(),
+            "postgres did not start: {}\n{log}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        self.running = true;
+    }
+
+    /// Stops the server at once (`pg_ctl stop -m immediate`: no shutdown checkpoint, clients
+    /// cut off, as in a crash).
+    pub fn stop_immediate(&mut self) {
+        if !self.running {
+            return;
+        }
+        let _ = self
+            .command("pg_ctl")
+            .arg("-D")
+            .arg(self.dir.0.join("data"))
+            .args(["-m", "immediate", "-w", "stop"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+        self.running = false;
+    }
+
+    /// Runs `psql -At -c SQL` and returns its output.
+    pub fn psql(&self, sql: &str) -> String {
+        let out = self
+            .command("psql")
+            .args(["-h", "127.0.0.1", "-p", &self.port.to_string()])
+            .args(["-U", "postgres", "-d", "postgres", "-At", "-c", sql])
+            .output()
+            .expect("psql runs");
+        assert!(
+            out.status.success(),
+            "psql failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
+}
+
+impl Drop for PostgresServer {
+    fn drop(&mut self) {
+        self.stop_immediate();
+    }
+}

@@ -1,0 +1,361 @@
+//! `portcullis audit query` and `portcullis audit tail`: reading the audit log from whichever
+//! store the config (or `--store`) names. The reading itself is the library's
+//! (`portcullis::audit::AuditStore::{query, tail}`); this module parses times and prints.
+
+use std::io::Write;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use portcullis::audit::{
+    AuditEvent, AuditQuery, AuditStore, StoreOptions, TailCursor, now_ms, open_store,
+};
+use portcullis_gateway::config::values::parse_duration;
+use portcullis_gateway::config::{AuditStore as ConfiguredStore, GatewayConfig, Purpose};
+
+use crate::cli::{AuditCommand, AuditSource, Format};
+
+/// Exit status of a bad config or arguments.
+const EXIT_USAGE: u8 = 2;
+
+/// Runs an `audit` subcommand.
+pub fn run(command: AuditCommand) -> ExitCode {
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("portcullis audit: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    rt.block_on(async move {
+        match command {
+            AuditCommand::Query {
+                source,
+                since,
+                until,
+                action,
+                user,
+                ip,
+                route,
+                limit,
+                format,
+            } => {
+                let now = now_ms();
+                let mut q = AuditQuery::new().limit(limit);
+                q.action = action;
+                q.user = user;
+                q.ip = ip;
+                q.route = route;
+                for (flag, value, slot) in [
+                    ("--since", since, &mut q.since_ms),
+                    ("--until", until, &mut q.until_ms),
+                ] {
+                    if let Some(v) = value {
+                        match parse_when(&v, now) {
+                            Ok(ms) => *slot = Some(ms),
+                            Err(e) => return usage(&format!("{flag}: {e}")),
+                        }
+                    }
+                }
+                let store = match open(&source).await {
+                    Ok(s) => s,
+                    Err(code) => return code,
+                };
+                match store.query(&q).await {
+                    Ok(events) => {
+                        print_events(&events, format, true);
+                        ExitCode::SUCCESS
+                    }
+                    Err(e) => fail(&e.to_string()),
+                }
+            }
+            AuditCommand::Tail {
+                source,
+                format,
+                interval,
+            } => {
+                let interval = match parse_duration(&interval) {
+                    Ok(d) => d,
+                    Err(e) => return usage(&format!("--interval: {e}")),
+                };
+                let store = match open(&source).await {
+                    Ok(s) => s,
+                    Err(code) => return code,
+                };
+                tail(store, format, interval).await
+            }
+        }
+    })
+}
+
+fn usage(msg: &str) -> ExitCode {
+    eprintln!("portcullis audit: {msg}");
+    ExitCode::from(EXIT_USAGE)
+}
+
+fn fail(msg: &str) -> ExitCode {
+    eprintln!("portcullis audit: {msg}");
+    ExitCode::FAILURE
+}
+
+/// The store named by `--store` or the config's `[storage] audit`.
+async fn open(source: &AuditSource) -> Result<Arc<dyn AuditStore>, ExitCode> {
+    let mut options = StoreOptions::default();
+    let url = match (&source.store, &source.config) {
+        (Some(url), _) => url.clone(),
+        (None, Some(path)) => {
+            let config = GatewayConfig::load(path, Purpose::Tool).map_err(|e| {
+                eprintln!("{e}");
+                ExitCode::from(EXIT_USAGE)
+            })?;
+            options.postgres_password = config
+                .storage
+                .postgres_password
+                .as_ref()
+                .map(|s| String::from_utf8_lossy(s.expose()).into_owned());
+            match &config.storage.audit {
+                ConfiguredStore::Sqlite(p) => format!("sqlite://{}", p.display()),
+                ConfiguredStore::Jsonl(p) => format!("jsonl://{}", p.display()),
+                ConfiguredStore::Postgres(url) => url.clone(),
+                ConfiguredStore::Stdout => {
+                    return Err(usage(
+                        "the config sends audit events to stdout, which cannot be read back",
+                    ));
+                }
+            }
+        }
+        (None, None) => {
+            return Err(usage(
+                "name the audit store with --config FILE or --store URL",
+            ));
+        }
+    };
+    // Reading must not create an empty database where a typo points.
+    if let Some(path) = url
+        .strip_prefix("sqlite://")
+        .or_else(|| url.strip_prefix("jsonl://"))
+        && !std::path::Path::new(path).exists()
+    {
+        return Err(fail(&format!("{path}: no such audit store")));
+    }
+    open_store(&url, &options)
+        .await
+        .map_err(|e| fail(&e.to_string()))
+}
+
+async fn tail(store: Arc<dyn AuditStore>, format: Format, interval: Duration) -> ExitCode {
+    const PAGE: u32 = 1000;
+    let mut cursor = TailCursor::Start;
+    let mut first = true;
+    loop {
+        match store.tail(&cursor, PAGE).await {
+            Ok((events, next)) => {
+                cursor = next;
+                if !events.is_empty() {
+                    print_events(&events, format, first);
+                    first = false;
+                }
+                if events.len() as u32 >= PAGE {
+                    continue;
+                }
+            }
+            // The store may be restarting: keep following.
+            Err(e) => eprintln!("portcullis audit tail: {e}"),
+        }
+        tokio::time::sleep(interval).await;
+    }
+}
+
+/// Parses `--since`/`--until`: a duration ago (`1h`, `7d`) or an RFC 3339 time.
+fn parse_when(s: &str, now: u64) -> Result<u64, String> {
+    if s.starts_with(|c: char| c.is_ascii_digit()) && !s.contains('-') {
+        return parse_duration(s).map(|d| now.saturating_sub(d.as_millis() as u64));
+    }
+    parse_rfc3339(s).ok_or_else(|| {
+        format!("{s:?} is neither a duration (1h, 7d) nor an RFC 3339 time (2026-01-31T12:00:00Z)")
+    })
+}
+
+/// `YYYY-MM-DD[THH:MM[:SS[.fff]]](Z|±HH:MM)`, or a bare date (midnight UTC), as Unix ms.
+fn parse_rfc3339(s: &str) -> Option<u64> {
+    let num = |t: &str| -> Option<i64> {
+        (!t.is_empty() && t.bytes().all(|b| b.is_ascii_digit())).then(|| t.parse().ok())?
+    };
+    let (date, rest) = match s.find(['T', 't', ' ']) {
+        Some(i) => (&s[..i], &s[i + 1..]),
+        None => (s, ""),
+    };
+    let mut d = date.splitn(3, '-');
+    let (y, m, day) = (num(d.next()?)?, num(d.next()?)?, num(d.next()?)?);
+    if !(1..=12).contains(&m) || !(1..=31).contains(&day) {
+        return None;
+    }
+    let (time, offset_min) = if rest.is_empty() {
+        ("00:00:00", 0)
+    } else if let Some(t) = rest.strip_suffix(['Z', 'z']) {
+        (t, 0)
+    } else {
+        let i = rest.rfind(['+', '-'])?;
+        let (t, off) = rest.split_at(i);
+        let sign = if off.starts_with('-') { -1 } else { 1 };
+        let (oh, om) = off[1..].split_once(':')?;
+        (t, sign * (num(oh)? * 60 + num(om)?))
+    };
+    let (hms, frac) = time.split_once('.').unwrap_or((time, ""));
+    let mut t = hms.split(':');
+    let h = num(t.next()?)?;
+    let mi = num(t.next()?)?;
+    let sec = t.next().map_or(Some(0), num)?;
+    if h > 23 || mi > 59 || sec > 60 {
+        return None;
+    }
+    let ms = if frac.is_empty() {
+        0
+    } else {
+        let f = &frac[..frac.len().min(3)];
+        num(f)? * 10i64.pow(3 - f.len() as u32)
+    };
+    // Howard Hinnant's days_from_civil.
+    let yy = if m <= 2 { y - 1 } else { y };
+    let era = yy.div_euclid(400);
+    let yoe = yy - era * 400;
+    let mp = (m + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    let total = ((days * 86_400 + h * 3600 + mi * 60 + sec) - offset_min * 60) * 1000 + ms;
+    u64::try_from(total).ok()
+}
+
+const COLUMNS: [&str; 11] = [
+    "ts",
+    "action",
+    "outcome",
+    "status",
+    "method",
+    "route",
+    "path",
+    "principal",
+    "client_ip",
+    "request_id",
+    "metadata",
+];
+
+fn cells(e: &AuditEvent) -> [String; 11] {
+    [
+        e.ts_rfc3339(),
+        e.action.as_str().to_string(),
+        e.outcome.as_str().to_string(),
+        e.status.to_string(),
+        e.method.clone(),
+        e.route.clone(),
+        e.path.clone(),
+        e.principal.clone().unwrap_or_default(),
+        e.client_ip.clone().unwrap_or_default(),
+        e.request_id.clone(),
+        e.metadata.to_string(),
+    ]
+}
+
+fn print_events(events: &[AuditEvent], format: Format, header: bool) {
+    let mut out = std::io::stdout().lock();
+    let _ = match format {
+        Format::Json => events.iter().try_for_each(|e| {
+            let mut v = serde_json::to_value(e).unwrap_or_default();
+            v["ts"] = e.ts_rfc3339().into();
+            writeln!(out, "{v}")
+        }),
+        Format::Csv => {
+            let line = |cols: &[String]| {
+                cols.iter()
+                    .map(|c| csv_field(c))
+                    .collect::<Vec<_>>()
+                    .join(",")
+            };
+            let mut r = Ok(());
+            if header {
+                let h: Vec<String> = COLUMNS.iter().map(|c| c.to_string()).collect();
+                r = r.and(writeln!(out, "id,{}", line(&h)));
+            }
+            events.iter().fold(r, |r, e| {
+                r.and_then(|_| writeln!(out, "{},{}", csv_field(&e.id), line(&cells(e))))
+            })
+        }
+        Format::Table => {
+            // The metadata column is last and not padded.
+            let rows: Vec<[String; 11]> = events.iter().map(cells).collect();
+            let mut width = COLUMNS.map(str::len);
+            for r in &rows {
+                for (w, c) in width.iter_mut().zip(r) {
+                    *w = (*w).max(c.chars().count());
+                }
+            }
+            let fmt = |cols: &[String]| {
+                let mut s = String::new();
+                for (i, c) in cols.iter().enumerate() {
+                    if i + 1 == cols.len() {
+                        s.push_str(c);
+                    } else {
+                        s.push_str(&format!("{c:<w$}  ", w = width[i]));
+                    }
+                }
+                s
+            };
+            let mut r = Ok(());
+            if header {
+                let h: Vec<String> = COLUMNS.iter().map(|c| c.to_uppercase()).collect();
+                r = writeln!(out, "{}", fmt(&h));
+            }
+            rows.iter()
+                .fold(r, |r, row| r.and_then(|_| writeln!(out, "{}", fmt(row))))
+        }
+    };
+    let _ = out.flush();
+}
+
+/// A CSV field, quoted when it holds a comma, a quote or a line break (RFC 4180); a leading
+/// `=`, `+`, `-` or `@` is prefixed with `'` so spreadsheets do not run it as a formula.
+fn csv_field(s: &str) -> String {
+    let s = if s.starts_with(['=', '+', '-', '@']) {
+        format!("'{s}")
+    } else {
+        s.to_string()
+    };
+    if s.contains([',', '"', '\n', '\r']) {
+        format!("\"{}\"", s.replace('"', "\"\""))
+    } else {
+        s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn times_are_durations_ago_or_rfc3339() {
+        assert_eq!(parse_when("1h", 10_000_000), Ok(10_000_000 - 3_600_000));
+        assert_eq!(parse_rfc3339("1970-01-01T00:00:01Z"), Some(1000));
+        assert_eq!(
+            parse_rfc3339("2000-02-29T00:00:00.123Z"),
+            Some(951_782_400_123)
+        );
+        assert_eq!(
+            parse_rfc3339("2000-02-29T01:00:00+01:00"),
+            Some(951_782_400_000)
+        );
+        assert_eq!(parse_rfc3339("2000-02-29"), Some(951_782_400_000));
+        assert!(parse_when("yesterday", 0).is_err());
+    }
+
+    #[test]
+    fn csv_fields_are_quoted_and_defused() {
+        assert_eq!(csv_field("a,b"), "\"a,b\"");
+        assert_eq!(csv_field("say \"hi\""), "\"say \"\"hi\"\"\"");
+        assert_eq!(csv_field("=cmd()"), "'=cmd()");
+        assert_eq!(csv_field("plain"), "plain");
+    }
+}

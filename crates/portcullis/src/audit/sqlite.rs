@@ -1,0 +1,277 @@
+//! `sqlite://PATH`: the embedded default.
+//!
+//! WAL mode, `synchronous = NORMAL`, migrations applied at open (tracked in
+//! `portcullis_audit_migrations`, so the file can be shared with the rate-limit store). One
+//! transaction per batch of `INSERT OR IGNORE` (duplicate ids are ignored, which makes spool
+//! replays idempotent). The connection is used from `spawn_blocking`, never on a runtime
+//! thread. `ts` is stored as Unix milliseconds (`INTEGER`), `metadata` as JSON text.
+//!
+//! ```no_run
+//! # async fn run() -> Result<(), portcullis::audit::AuditError> {
+//! use portcullis::audit::{AuditStore, AuditQuery, sqlite::SqliteAuditStore};
+//! let store = SqliteAuditStore::open("audit.db")?;
+//! let recent = store.query(&AuditQuery::new().action("forbidden").limit(20)).await?;
+//! # Ok(()) }
+//! ```
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use rusqlite::{Connection, Row, params, params_from_iter};
+
+use super::AuditEvent;
+use super::query::{AuditQuery, Dialect, SqlParam, TailCursor};
+use super::store::{AuditError, AuditStore};
+use crate::auth::BoxFuture;
+
+/// Schema changes, applied in order; the index is the version.
+const MIGRATIONS: &[&str] = &["CREATE TABLE audit_events (
+         id TEXT PRIMARY KEY,
+         ts INTEGER NOT NULL,
+         action TEXT NOT NULL,
+         outcome TEXT NOT NULL,
+         principal TEXT,
+         client_ip TEXT,
+         method TEXT NOT NULL,
+         route TEXT NOT NULL,
+         path TEXT NOT NULL,
+         status INTEGER NOT NULL,
+         request_id TEXT NOT NULL,
+         metadata TEXT NOT NULL DEFAULT '{}'
+     );
+     CREATE INDEX audit_events_ts ON audit_events (ts);
+     CREATE INDEX audit_events_action ON audit_events (action, ts);
+     CREATE INDEX audit_events_principal ON audit_events (principal, ts);
+     CREATE INDEX audit_events_client_ip ON audit_events (client_ip, ts);"];
+
+const COLUMNS: &str = "id, ts, action, outcome, principal, client_ip, method, route, path, status, request_id, metadata";
+
+/// The SQLite [`AuditStore`].
+#[derive(Clone)]
+pub struct SqliteAuditStore {
+    conn: Arc<Mutex<Connection>>,
+    path: PathBuf,
+}
+
+impl std::fmt::Debug for SqliteAuditStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SqliteAuditStore")
+            .field("path", &self.path)
+            .finish()
+    }
+}
+
+fn err(path: &Path) -> impl Fn(rusqlite::Error) -> AuditError + '_ {
+    move |e| AuditError::unavailable(format!("sqlite {}: {e}", path.display()))
+}
+
+impl SqliteAuditStore {
+    /// Opens (or creates) the database at `path` and applies pending migrations. Blocking.
+    pub fn open(path: impl AsRef<Path>) -> Result<Self, AuditError> {
+        let path = path.as_ref().to_path_buf();
+        let e = err(&path);
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir)
+                .map_err(|x| AuditError::Config(format!("{}: {x}", dir.display())))?;
+        }
+        let mut conn = Connection::open(&path)
+            .map_err(|x| AuditError::Config(format!("sqlite {}: {x}", path.display())))?;
+        conn.busy_timeout(Duration::from_secs(5)).map_err(&e)?;
+        conn.pragma_update(None, "journal_mode", "WAL")
+            .map_err(&e)?;
+        conn.pragma_update(None, "synchronous", "NORMAL")
+            .map_err(&e)?;
+        migrate(&mut conn).map_err(&e)?;
+        drop(e);
+        Ok(SqliteAuditStore {
+            conn: Arc::new(Mutex::new(conn)),
+            path,
+        })
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Runs `f` on the connection in `spawn_blocking`.
+    fn blocking<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Connection) -> rusqlite::Result<T> + Send + 'static,
+    ) -> BoxFuture<'static, Result<T, AuditError>> {
+        let conn = self.conn.clone();
+        let path = self.path.clone();
+        Box::pin(async move {
+            tokio::task::spawn_blocking(move || {
+                let mut c = conn.lock().unwrap_or_else(|p| p.into_inner());
+                f(&mut c).map_err(err(&path))
+            })
+            .await
+            .map_err(|e| AuditError::unavailable(format!("sqlite task: {e}")))?
+        })
+    }
+}
+
+fn migrate(conn: &mut Connection) -> rusqlite::Result<()> {
+    let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+    tx.execute_batch(
+        "CREATE TABLE IF NOT EXISTS portcullis_audit_migrations (
+             version INTEGER PRIMARY KEY,
+             applied_at INTEGER NOT NULL
+         )",
+    )?;
+    let done: i64 = tx.query_row(
+        "SELECT COALESCE(MAX(version), 0) FROM portcullis_audit_migrations",
+        [],
+        |r| r.get(0),
+    )?;
+    for (i, m) in MIGRATIONS.iter().enumerate().skip(done as usize) {
+        tx.execute_batch(m)?;
+        tx.execute(
+            "INSERT INTO portcullis_audit_migrations (version, applied_at) VALUES (?1, ?2)",
+            params![i as i64 + 1, super::now_ms() as i64],
+        )?;
+    }
+    tx.commit()
+}
+
+fn to_sql(p: &SqlParam) -> rusqlite::types::Value {
+    match p {
+        SqlParam::Int(i) => rusqlite::types::Value::Integer(*i),
+        SqlParam::Text(t) => rusqlite::types::Value::Text(t.clone()),
+    }
+}
+
+/// Reads `COLUMNS` starting at column `at`.
+fn event_from_row(r: &Row<'_>, at: usize) -> rusqlite::Result<AuditEvent> {
+    let action: String = r.get(at + 2)?;
+    let outcome: String = r.get(at + 3)?;
+    let metadata: String = r.get(at + 11)?;
+    Ok(super::store::build_event(
+        r.get(at)?,
+        r.get::<_, i64>(at + 1)?.max(0) as u64,
+        &action,
+        &outcome,
+        r.get(at + 4)?,
+        r.get(at + 5)?,
+        r.get(at + 6)?,
+        r.get(at + 7)?,
+        r.get(at + 8)?,
+        r.get::<_, i64>(at + 9)?.clamp(0, 999) as u16,
+        r.get(at + 10)?,
+        &metadata,
+    ))
+}
+
+impl AuditStore for SqliteAuditStore {
+    fn describe(&self) -> String {
+        format!("sqlite:{}", self.path.display())
+    }
+
+    fn write<'a>(&'a self, batch: &'a [AuditEvent]) -> BoxFuture<'a, Result<(), AuditError>> {
+        let batch = batch.to_vec();
+        self.blocking(move |c| {
+            let tx = c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+            {
+                let mut st = tx.prepare_cached(
+                    "INSERT OR IGNORE INTO audit_events (id, ts, action, outcome, principal, \
+                     client_ip, method, route, path, status, request_id, metadata) \
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
+                )?;
+                for e in &batch {
+                    st.execute(params![
+                        e.id,
+                        e.ts_ms as i64,
+                        e.action.as_str(),
+                        e.outcome.as_str(),
+                        e.principal,
+                        e.client_ip,
+                        e.method,
+                        e.route,
+                        e.path,
+                        e.status,
+                        e.request_id,
+                        e.metadata.to_string(),
+                    ])?;
+                }
+            }
+            tx.commit()
+        })
+    }
+
+    fn delete_older_than(
+        &self,
+        cutoff_ms: u64,
+        limit: u32,
+    ) -> BoxFuture<'_, Result<u64, AuditError>> {
+        self.blocking(move |c| {
+            c.execute(
+                "DELETE FROM audit_events WHERE rowid IN \
+                 (SELECT rowid FROM audit_events WHERE ts < ?1 ORDER BY ts LIMIT ?2)",
+                params![cutoff_ms.min(i64::MAX as u64) as i64, limit],
+            )
+            .map(|n| n as u64)
+        })
+    }
+
+    fn query<'a>(
+        &'a self,
+        query: &'a AuditQuery,
+    ) -> BoxFuture<'a, Result<Vec<AuditEvent>, AuditError>> {
+        let f = query.sql_filter(Dialect::Sqlite);
+        let limit = query.limit_or_default();
+        self.blocking(move |c| {
+            let sql = format!(
+                "SELECT {COLUMNS} FROM audit_events{} ORDER BY ts DESC, rowid DESC LIMIT {limit}",
+                f.clause
+            );
+            let mut st = c.prepare(&sql)?;
+            let mut rows: Vec<AuditEvent> = st
+                .query_map(params_from_iter(f.params.iter().map(to_sql)), |r| {
+                    event_from_row(r, 0)
+                })?
+                .collect::<rusqlite::Result<_>>()?;
+            rows.reverse();
+            Ok(rows)
+        })
+    }
+
+    fn tail<'a>(
+        &'a self,
+        cursor: &'a TailCursor,
+        limit: u32,
+    ) -> BoxFuture<'a, Result<(Vec<AuditEvent>, TailCursor), AuditError>> {
+        let after = match cursor {
+            TailCursor::Row(r) => Some(*r),
+            _ => None,
+        };
+        self.blocking(move |c| {
+            let Some(after) = after else {
+                let max: i64 = c.query_row(
+                    "SELECT COALESCE(MAX(rowid), 0) FROM audit_events",
+                    [],
+                    |r| r.get(0),
+                )?;
+                return Ok((Vec::new(), TailCursor::Row(max)));
+            };
+            let mut st = c.prepare_cached(&format!(
+                "SELECT rowid, {COLUMNS} FROM audit_events WHERE rowid > ?1 ORDER BY rowid LIMIT ?2"
+            ))?;
+            let mut last = after;
+            let rows = st
+                .query_map(params![after, limit], |r| {
+                    Ok((r.get::<_, i64>(0)?, event_from_row(r, 1)?))
+                })?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            let events = rows
+                .into_iter()
+                .map(|(rowid, e)| {
+                    last = rowid;
+                    e
+                })
+                .collect();
+            Ok((events, TailCursor::Row(last)))
+        })
+    }
+}
