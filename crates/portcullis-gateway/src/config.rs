@@ -37,6 +37,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use http::Uri;
+use portcullis::audit::writer::{AuditWriter, WriterConfig};
 use portcullis::auth::FailedAuthTracker;
 use portcullis::cors::Cors;
 use portcullis::headers::security::SecurityHeaders;
@@ -585,9 +586,11 @@ impl GatewayConfig {
         if let Some(auth) = crate::auth::authenticator(&self.auth)? {
             builder = builder.authenticator(auth);
         }
-        // CSRF ([csrf]) and audit ([storage] audit, [audit]) are parsed and validated above;
-        // they are wired in by the issues that bring those controls to the gateway, through
-        // `.csrf_guard(..)` and `.audit(..)`.
+        if let Some(writer) = stores.audit_writer() {
+            builder = builder.audit(Arc::new(writer));
+        }
+        // CSRF ([csrf]) is parsed and validated above; it is wired in by the issue that brings
+        // that control to the gateway, through `.csrf_guard(..)`.
         builder.build().map_err(|e| {
             let key = if e.key == "trusted_proxies" {
                 "server.trusted_proxies".to_string()
@@ -647,10 +650,23 @@ impl CorsConfig {
     }
 }
 
+impl StorageConfig {
+    /// The audit store as a URL for `portcullis::audit::open_store`.
+    pub fn audit_url(&self) -> String {
+        match &self.audit {
+            AuditStore::Sqlite(p) => format!("sqlite://{}", p.display()),
+            AuditStore::Postgres(u) => u.clone(),
+            AuditStore::Jsonl(p) => format!("jsonl://{}", p.display()),
+            AuditStore::Stdout => "stdout".to_string(),
+        }
+    }
+}
+
 /// Stores kept across hot reloads: a reload that leaves `[storage]` unchanged keeps the same
 /// rate-limit store, so counters survive it.
 #[derive(Default)]
 pub struct Stores {
+    audit: std::sync::Mutex<Option<(String, AuditWriter)>>,
     failed_auth: std::sync::Mutex<Option<CachedTracker>>,
     rate_limit: std::sync::Mutex<
         Option<(
@@ -677,6 +693,78 @@ type CachedTracker = (
 const MEMORY_KEYS: usize = 1_000_000;
 
 impl Stores {
+    /// Opens the audit writer `config` names (replaying a leftover spool first), or keeps the
+    /// open one when the store and spool are unchanged. Call it before
+    /// [`GatewayConfig::security_layer_with`] in a server; tools that build a layer without it
+    /// (`check-config`) get a layer that audits nowhere.
+    pub async fn open_audit(&self, config: &GatewayConfig) -> Result<(), ConfigError> {
+        let url = config.storage.audit_url();
+        // The spool sits beside the file store (or, for a database, in the temp folder under
+        // the listen port): one writer per spool folder, so two gateways never share one.
+        let spool = config.audit.spool_dir.clone().unwrap_or_else(|| {
+            let beside = |p: &Path| {
+                let mut name = p.file_name().unwrap_or_default().to_os_string();
+                name.push(".spool");
+                p.with_file_name(name)
+            };
+            match &config.storage.audit {
+                AuditStore::Sqlite(p) | AuditStore::Jsonl(p) => beside(p),
+                // Named after the listen port: gateways on one machine listen on different ones.
+                AuditStore::Postgres(_) | AuditStore::Stdout => std::env::temp_dir().join(format!(
+                    "portcullis-audit-{}.spool",
+                    config.server.listen.port()
+                )),
+            }
+        });
+        let ident = format!("{url}|{}", spool.display());
+        let old = {
+            let cached = self
+                .audit
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            if cached.as_ref().is_some_and(|(k, _)| *k == ident) {
+                return Ok(());
+            }
+            cached.as_ref().map(|(_, w)| w.clone())
+        };
+        let mut wc = WriterConfig::new(spool).retention(config.audit.retention);
+        wc.store_options.postgres_password = config
+            .storage
+            .postgres_password
+            .as_ref()
+            .map(|p| String::from_utf8_lossy(p.expose()).into_owned());
+        let writer = AuditWriter::open(&url, wc).await.map_err(|e| ConfigError {
+            key: "storage.audit".into(),
+            reason: e.to_string(),
+        })?;
+        *self
+            .audit
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some((ident, writer));
+        if let Some(old) = old {
+            let _ = old.shutdown().await;
+        }
+        Ok(())
+    }
+
+    /// The open audit writer, if any.
+    pub fn audit_writer(&self) -> Option<AuditWriter> {
+        self.audit
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .as_ref()
+            .map(|(_, w)| w.clone())
+    }
+
+    /// Writes out every queued event (graceful shutdown).
+    pub async fn shutdown_audit(&self) {
+        if let Some(w) = self.audit_writer()
+            && let Err(e) = w.shutdown().await
+        {
+            tracing::error!(error = %e, "audit writer did not shut down cleanly");
+        }
+    }
+
     /// The brute-force tracker of `[auth]`, counting in the rate-limit store (so replicas
     /// sharing Redis share the count), kept while its settings are unchanged.
     pub fn failed_auth(

@@ -86,6 +86,11 @@ impl Live {
         }
     }
 
+    /// The stores shared by every generation.
+    pub fn stores(&self) -> &Stores {
+        &self.stores
+    }
+
     fn replace(&self, generation: Generation) {
         let new = Arc::new(generation);
         match self.current.write() {
@@ -96,9 +101,16 @@ impl Live {
 }
 
 /// Loads `path`, builds a generation and swaps it in; on any error the old one stays.
-pub fn reload(path: &Path, live: &Live) -> Result<(), ConfigErrors> {
+pub async fn reload(path: &Path, live: &Live) -> Result<(), ConfigErrors> {
     let file = path.display().to_string();
     let config = GatewayConfig::from_file(path)?;
+    live.stores
+        .open_audit(&config)
+        .await
+        .map_err(|e| ConfigErrors {
+            file: file.clone(),
+            errors: vec![e],
+        })?;
     let generation = Generation::build(config, &live.stores).map_err(|e| ConfigErrors {
         file: file.clone(),
         errors: vec![e],
@@ -165,7 +177,7 @@ pub async fn watch(
             }
         };
         last = stamp(&path);
-        match reload(&path, &live) {
+        match reload(&path, &live).await {
             Ok(()) => tracing::info!(
                 "config reloaded ({why}): {} route(s)",
                 live.current().config.routes.len()

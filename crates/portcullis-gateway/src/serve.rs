@@ -63,6 +63,13 @@ async fn bind(addr: SocketAddr, what: &str) -> Result<TcpListener, ServeError> {
 pub async fn run(path: &Path, config: GatewayConfig) -> Result<(), ServeError> {
     let file = path.display().to_string();
     let stores = Arc::new(Stores::default());
+    // The audit writer first: it replays a spool a previous run left behind.
+    if let Err(e) = stores.open_audit(&config).await {
+        return Err(ServeError::Config(ConfigErrors {
+            file: file.clone(),
+            errors: vec![e],
+        }));
+    }
     let generation = Generation::build(config, &stores).map_err(|e| {
         ServeError::Config(ConfigErrors {
             file: file.clone(),
@@ -144,9 +151,12 @@ pub async fn run(path: &Path, config: GatewayConfig) -> Result<(), ServeError> {
         }
     };
     if drained {
-        tracing::info!("all connections closed; bye");
+        tracing::info!("all connections closed");
     } else {
         tracing::warn!("shutdown timeout passed; closing the remaining connections");
     }
+    // Every event of the finished requests reaches the store (or the spool) before exit.
+    live.stores().shutdown_audit().await;
+    tracing::info!("audit log flushed; bye");
     Ok(())
 }

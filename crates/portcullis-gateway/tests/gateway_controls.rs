@@ -157,3 +157,47 @@ async fn seed_check_100_requests_give_60_then_429_through_the_gateway() {
     assert_eq!(r.json()["code"], "rate_limited");
     assert_eq!(r.headers["ratelimit-policy"], "\"default\";q=60;w=60");
 }
+
+#[tokio::test]
+async fn denials_reach_the_audit_log_and_shutdown_flushes_it() {
+    let dir = temp_dir();
+    let db = dir.join("audit.db");
+    let (mut gw, _up) = gateway(
+        ROUTES,
+        &format!("[storage]\naudit = \"sqlite://{}\"\n", db.display()),
+    )
+    .await;
+    let r = get(
+        &gw.url("/api/user/notes"),
+        &[("authorization", "Bearer forged.token.value")],
+    )
+    .await;
+    assert_eq!(r.status, 401);
+    let request_id = r.headers["x-request-id"].to_str().unwrap().to_string();
+    let req = http::Request::delete(gw.url("/api/public"))
+        .body(full(""))
+        .unwrap();
+    let _ = send(&client(), req).await;
+    gw.signal("-TERM");
+    let status = gw.wait_exit(Duration::from_secs(10)).await;
+    assert!(status.success(), "{}", gw.logs());
+
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_portcullis"))
+        .args(["audit", "query", "--format", "json", "--store"])
+        .arg(format!("sqlite://{}", db.display()))
+        .output()
+        .expect("audit query runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("unauthorized_access"), "{text}");
+    assert!(text.contains(&request_id), "{text}");
+    assert!(
+        !text.contains("forged.token.value"),
+        "no token in the audit log"
+    );
+    let _ = std::fs::remove_dir_all(dir);
+}
