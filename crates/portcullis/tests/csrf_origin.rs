@@ -132,10 +132,38 @@ async fn go_table_trusted_origin_bypass() {
     let t = "https://trusted.example";
     let a = "https://attacker.example";
     let cases = [
-        case("trusted origin without sec-fetch-site", "POST", "/", "", t, 200),
-        case("trusted origin with cross-site", "POST", "/", "cross-site", t, 200),
-        case("untrusted origin without sec-fetch-site", "POST", "/", "", a, 403),
-        case("untrusted origin with cross-site", "POST", "/", "cross-site", a, 403),
+        case(
+            "trusted origin without sec-fetch-site",
+            "POST",
+            "/",
+            "",
+            t,
+            200,
+        ),
+        case(
+            "trusted origin with cross-site",
+            "POST",
+            "/",
+            "cross-site",
+            t,
+            200,
+        ),
+        case(
+            "untrusted origin without sec-fetch-site",
+            "POST",
+            "/",
+            "",
+            a,
+            403,
+        ),
+        case(
+            "untrusted origin with cross-site",
+            "POST",
+            "/",
+            "cross-site",
+            a,
+            403,
+        ),
     ];
     run(addr, "example.com", &cases).await;
 }
@@ -157,7 +185,14 @@ async fn go_table_pattern_bypass() {
     let addr = start_with(guard, None).await;
     let a = "https://attacker.example";
     let cases = [
-        case("bypass path without sec-fetch-site", "POST", "/bypass/", "", a, 200),
+        case(
+            "bypass path without sec-fetch-site",
+            "POST",
+            "/bypass/",
+            "",
+            a,
+            200,
+        ),
         case(
             "bypass path with cross-site",
             "POST",
@@ -166,7 +201,14 @@ async fn go_table_pattern_bypass() {
             a,
             200,
         ),
-        case("non-bypass path without sec-fetch-site", "POST", "/api/", "", a, 403),
+        case(
+            "non-bypass path without sec-fetch-site",
+            "POST",
+            "/api/",
+            "",
+            a,
+            403,
+        ),
         case(
             "non-bypass path with cross-site",
             "POST",
@@ -213,8 +255,22 @@ async fn go_table_pattern_bypass() {
         ),
         case("wildcard bypass", "POST", "/only/123", "", a, 200),
         case("non-wildcard", "POST", "/only/123/foo", "", a, 403),
-        case("no trailing slash exact match", "POST", "/no-trailing", "", a, 200),
-        case("no trailing slash with slash", "POST", "/no-trailing/", "", a, 403),
+        case(
+            "no trailing slash exact match",
+            "POST",
+            "/no-trailing",
+            "",
+            a,
+            200,
+        ),
+        case(
+            "no trailing slash with slash",
+            "POST",
+            "/no-trailing/",
+            "",
+            a,
+            403,
+        ),
         case(
             "yes trailing slash exact match",
             "POST",
@@ -232,8 +288,22 @@ async fn go_table_pattern_bypass() {
             403,
         ),
         case("method-specific hit", "POST", "/post-only/", "", a, 200),
-        case("method-specific miss (PUT)", "POST", "/put-only/", "", a, 403),
-        case("method-specific miss (GET)", "POST", "/get-only/", "", a, 403),
+        case(
+            "method-specific miss (PUT)",
+            "POST",
+            "/put-only/",
+            "",
+            a,
+            403,
+        ),
+        case(
+            "method-specific miss (GET)",
+            "POST",
+            "/get-only/",
+            "",
+            a,
+            403,
+        ),
     ];
     run(addr, "example.com", &cases).await;
 }
@@ -246,7 +316,14 @@ async fn go_table_deny_handler_decisions() {
     let cases = [
         case("cross-site POST denied", "POST", "/", "cross-site", "", 403),
         case("GET allowed", "GET", "/", "", "", 200),
-        case("cross-site POST denied again", "POST", "/", "cross-site", "", 403),
+        case(
+            "cross-site POST denied again",
+            "POST",
+            "/",
+            "cross-site",
+            "",
+            403,
+        ),
     ];
     run(addr, "example.com", &cases).await;
 }
@@ -322,7 +399,14 @@ async fn go_table_server() {
         case("cross-site", "POST", "/", "cross-site", a, 403),
         case("same-origin", "POST", "/", "same-origin", "", 200),
         case("origin matches host", "POST", "/", "", own, 200),
-        case("trusted origin", "POST", "/", "", "https://trusted.example", 200),
+        case(
+            "trusted origin",
+            "POST",
+            "/",
+            "",
+            "https://trusted.example",
+            200,
+        ),
         case("untrusted origin", "POST", "/", "", a, 403),
         case("bypass path", "POST", "/bypass/", "", a, 200),
     ];
@@ -335,7 +419,14 @@ async fn bypass_patterns_match_the_canonical_path() {
     let a = "https://attacker.example";
     let cases = [
         case("bypassed", "POST", "/api/webhooks/x", "cross-site", a, 200),
-        case("bypassed, canonical", "POST", "/api//webhooks/./x", "", a, 200),
+        case(
+            "bypassed, canonical",
+            "POST",
+            "/api//webhooks/./x",
+            "",
+            a,
+            200,
+        ),
         case("encoded letters", "POST", "/api/%77ebhooks/x", "", a, 200),
         case("case variant", "POST", "/api/Webhooks/x", "", a, 403),
         case("sibling", "POST", "/api/webhooksx", "", a, 403),
@@ -379,7 +470,14 @@ async fn requests_without_either_header_pass_lenient_and_fail_strict() {
     assert_eq!(r.status, 403);
     assert_eq!(r.json()["code"], "csrf_origin_mismatch");
     // Strict changes nothing else: browser headers and bypasses still decide.
-    let r = send(strict, "POST", "/x", &[("sec-fetch-site", "same-origin")], "").await;
+    let r = send(
+        strict,
+        "POST",
+        "/x",
+        &[("sec-fetch-site", "same-origin")],
+        "",
+    )
+    .await;
     assert_eq!(r.status, 200);
     let r = send(strict, "POST", "/hooks/a", &[], "").await;
     assert_eq!(r.status, 200);
@@ -392,11 +490,32 @@ async fn public_origins_stand_in_for_a_rewritten_host() {
     let guard = CsrfGuard::builder().public_origins(["https://app.example:443"]);
     let addr = start_with(guard, None).await;
     let cases = [
-        case("browser origin, default port", "POST", "/", "", "https://app.example", 200),
+        case(
+            "browser origin, default port",
+            "POST",
+            "/",
+            "",
+            "https://app.example",
+            200,
+        ),
         case("scheme differs", "POST", "/", "", "http://app.example", 403),
-        case("port differs", "POST", "/", "", "https://app.example:8443", 403),
+        case(
+            "port differs",
+            "POST",
+            "/",
+            "",
+            "https://app.example:8443",
+            403,
+        ),
         case("another site", "POST", "/", "", "https://evil.example", 403),
-        case("cross-site stays refused", "POST", "/", "cross-site", "https://app.example", 403),
+        case(
+            "cross-site stays refused",
+            "POST",
+            "/",
+            "cross-site",
+            "https://app.example",
+            403,
+        ),
     ];
     run(addr, "10.0.0.5:8080", &cases).await;
 }
@@ -427,7 +546,10 @@ async fn vary_is_merged_with_the_application_s() {
     let addr = serve_with(app, layer).await;
     let r = send(addr, "POST", "/", &[("sec-fetch-site", "same-origin")], "").await;
     assert_eq!(r.headers.get_all("vary").iter().count(), 1);
-    assert_eq!(r.header("vary"), Some("Accept-Encoding, origin, Sec-Fetch-Site"));
+    assert_eq!(
+        r.header("vary"),
+        Some("Accept-Encoding, origin, Sec-Fetch-Site")
+    );
 }
 
 #[tokio::test]
