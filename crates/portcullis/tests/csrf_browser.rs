@@ -1,7 +1,8 @@
 //! CSRF in a real browser: Debian's headless Chromium, driven by playwright-core
 //! (tests/browser/csrf.mjs), against an axum app behind `SecurityLayer` with token-mode CSRF.
 //!
-//! The app's page runs under the strict nonce CSP and loads the helper as a file; it posts
+//! The app's page runs under the strict nonce CSP and loads the helper as a file (served by
+//! the layer at /.well-known/portcullis/csrf.js); it posts
 //! with `csrfFetch` (200), recovers from a forged token cookie through the token endpoint, is
 //! refused without the helper, and submits a form filled by `portcullisCsrf.fillForms` (200).
 //! Attacker pages on another site (127.0.0.2) and on a sibling origin of the same site
@@ -25,7 +26,7 @@ use axum::response::{Html, IntoResponse};
 use axum::routing::{get, post};
 use common::serve_with;
 use portcullis::audit::{MemorySink, Outcome};
-use portcullis::csrf::{CLIENT_JS, CsrfGuard};
+use portcullis::csrf::CsrfGuard;
 use portcullis::policy::CsrfMode;
 use portcullis::{CspNonce, Policy, Preset, SecurityLayer};
 use tokio::net::TcpListener;
@@ -97,7 +98,7 @@ async fn page(nonce: CspNonce) -> Html<String> {
     let n = nonce.as_str();
     Html(format!(
         r#"<!doctype html><html><head><title>notes</title>
-<script src="/csrf.js" nonce="{n}"></script>
+<script src="/.well-known/portcullis/csrf.js" nonce="{n}"></script>
 <script type="module" src="/app.js" nonce="{n}"></script></head>
 <body><form id="note" method="post" action="/api/counter-form">
 <input name="note" value="hello"><button id="note-submit" type="submit">save</button></form>
@@ -125,7 +126,6 @@ async fn start_app(audit: MemorySink) -> (SocketAddr, Counter) {
     };
     let app = Router::new()
         .route("/", get(page))
-        .route("/csrf.js", get(|| async { js(CLIENT_JS) }))
         .route("/app.js", get(|| async { js(APP_JS) }))
         .route("/api/counter", post(bump))
         .route("/api/counter-form", post(bump))

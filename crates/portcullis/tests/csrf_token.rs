@@ -461,6 +461,24 @@ async fn bypassed_paths_need_no_token() {
     assert_token_refused(&r, "not bypassed");
 }
 
+#[tokio::test]
+async fn the_layer_serves_the_client_helper() {
+    let addr = start(guard(&[1])).await;
+    let r = fetch(addr, portcullis::csrf::CLIENT_JS_PATH).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(
+        r.header("content-type"),
+        Some("text/javascript; charset=utf-8")
+    );
+    assert_eq!(r.header("x-content-type-options"), Some("nosniff"));
+    assert_eq!(r.text(), portcullis::csrf::CLIENT_JS);
+    assert!(r.text().contains("function csrfFetch"));
+    assert!(
+        set_cookies(&r).is_empty(),
+        "serving the script issues nothing"
+    );
+}
+
 #[test]
 fn a_short_secret_is_refused_and_secrets_never_print() {
     assert!(Secret::new(vec![0u8; 16]).is_err());

@@ -21,9 +21,11 @@
 //! `__Host-` prefix (cookies `csrf` and `csrf-session`) for plain-HTTP development only: without
 //! the prefix a sibling subdomain could plant both cookies.
 //!
-//! `GET /.well-known/portcullis/csrf` ([`TOKEN_PATH`]) answers `{"token": "…"}` and sets the
-//! cookies; [`CLIENT_JS`] (`csrfFetch`, `portcullisCsrf.fillForms`) uses it to recover once
-//! from a `csrf_token_invalid` refusal.
+//! The guard answers two paths itself, on every route, after the earlier controls (methods,
+//! authentication, rate limit): `GET /.well-known/portcullis/csrf` ([`TOKEN_PATH`]) with
+//! `{"token": "…"}` and the cookies, and `GET /.well-known/portcullis/csrf.js`
+//! ([`CLIENT_JS_PATH`]) with [`CLIENT_JS`] (`csrfFetch`, `portcullisCsrf.fillForms`), which
+//! uses the token endpoint to recover once from a `csrf_token_invalid` refusal.
 //!
 //! Refusals are 403 with code `csrf_origin_mismatch` or `csrf_token_invalid`, audited as
 //! `csrf_validation_failed`. Responses to unsafe methods carry `Vary: Sec-Fetch-Site, Origin`.
@@ -65,11 +67,11 @@ use fetch_metadata::{CrossOrigin, OriginCheck, is_safe, request_host};
 use token::{Secret, SessionBinding, TokenSigner};
 
 /// The JavaScript helper: `csrfFetch(url, options)` and `portcullisCsrf.fillForms(root)`.
-/// Serve it as `application/javascript` (the gateway does, at [`CLIENT_JS_PATH`]) and load it
-/// with `<script src="…" nonce="…">`: it needs no inline script and no `eval`.
+/// The guard serves it at [`CLIENT_JS_PATH`]; load it with `<script src="…" nonce="…">`: it
+/// needs no inline script and no `eval`.
 pub const CLIENT_JS: &str = include_str!("client.js");
 
-/// Where the gateway serves [`CLIENT_JS`].
+/// Where the guard serves [`CLIENT_JS`].
 pub const CLIENT_JS_PATH: &str = "/.well-known/portcullis/csrf.js";
 
 /// The token endpoint the guard answers itself.
@@ -422,10 +424,17 @@ impl Guard for CsrfGuard {
         Box::pin(std::future::ready(self.decide(parts, exchange, None)))
     }
 
+    /// Serves the token endpoint (`GET` [`TOKEN_PATH`]) and the helper (`GET`/`HEAD`
+    /// [`CLIENT_JS_PATH`]), so neither the application nor the gateway has to.
     fn answer(&self, parts: &Parts, exchange: &mut Exchange) -> Option<Response<Bytes>> {
-        let hit = parts.method == Method::GET
-            && exchange.path().is_some_and(|p| p.as_str() == TOKEN_PATH);
-        hit.then(|| self.token_response(parts, exchange))
+        let path = exchange.path()?.as_str();
+        if path == TOKEN_PATH && parts.method == Method::GET {
+            return Some(self.token_response(parts, exchange));
+        }
+        if path == CLIENT_JS_PATH && matches!(parts.method, Method::GET | Method::HEAD) {
+            return Some(client_js_response());
+        }
+        None
     }
 
     /// A form body is read only when it alone can carry the token: a token-mode route, an
@@ -454,6 +463,22 @@ impl Guard for CsrfGuard {
     ) -> BoxFuture<'a, Result<(), Rejection>> {
         Box::pin(std::future::ready(self.decide(parts, exchange, Some(body))))
     }
+}
+
+/// [`CLIENT_JS`] as served at [`CLIENT_JS_PATH`]: cacheable for an hour (it changes only
+/// with a release).
+pub fn client_js_response() -> Response<Bytes> {
+    let mut res = Response::new(Bytes::from_static(CLIENT_JS.as_bytes()));
+    let h = res.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/javascript; charset=utf-8"),
+    );
+    h.insert(
+        header::CACHE_CONTROL,
+        HeaderValue::from_static("public, max-age=3600"),
+    );
+    res
 }
 
 fn single_form_content_type(headers: &HeaderMap) -> bool {
