@@ -11,7 +11,9 @@
 //!   of an `application/x-www-form-urlencoded` or `multipart/form-data` body, never in the
 //!   query or the cookie alone — must equal the `__Host-csrf` cookie *and* carry a MAC over the
 //!   caller's session under one of the configured secrets. Safe requests get the cookie when
-//!   it is missing or not valid for the session.
+//!   it is missing or not valid for the session. A form without the header is read (up to the
+//!   route's body limit, or [`DEFAULT_FORM_LIMIT`]) only after its origin passed, then handed
+//!   to the application whole; JSON and other bodies are never read: they need the header.
 //!
 //! The session is the authenticated principal's id, or else an anonymous session cookie
 //! `__Host-csrf-session` (random 128 bits; `HttpOnly`, `Secure`, `SameSite=Lax`) issued with
