@@ -1057,6 +1057,10 @@ struct Parts2<'a> {
 /// Adds a guard's `Vary` fields to the response's, on one line and without repeats, so
 /// readers of the first value see every field the response varies on.
 fn merge_vary(headers: &mut HeaderMap, add: &HeaderValue) {
+    if !headers.contains_key(header::VARY) {
+        headers.insert(header::VARY, add.clone());
+        return;
+    }
     let fields = |v: &HeaderValue| -> Vec<String> {
         v.to_str()
             .unwrap_or("")
