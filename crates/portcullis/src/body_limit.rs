@@ -19,7 +19,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll};
 
-use bytes::Buf;
+use bytes::{Buf, Bytes};
 use http::HeaderMap;
 use http::header;
 use http_body::{Body, Frame, SizeHint};
@@ -159,10 +159,13 @@ pub fn check_body_content_type(
 
 pin_project! {
     /// A request body that errors with [`BodyTooLarge`] once more than its limit has streamed
-    /// through, and records that it did so the layer can answer 413.
+    /// through, and records that it did so the layer can answer 413. Its data is [`Bytes`]
+    /// (zero-copy for `Bytes` bodies), so a body the layer had to read first (a form a guard
+    /// inspected) can be replayed in its place.
     pub struct LimitedBody<B> {
         #[pin]
-        inner: B,
+        inner: Option<B>,
+        replay: Option<Bytes>,
         remaining: u64,
         limit: u64,
         tripped: Option<Arc<AtomicBool>>,
@@ -174,7 +177,8 @@ impl<B> LimitedBody<B> {
     /// Wraps `inner` with no limit.
     pub fn unlimited(inner: B) -> Self {
         LimitedBody {
-            inner,
+            inner: Some(inner),
+            replay: None,
             remaining: u64::MAX,
             limit: u64::MAX,
             tripped: None,
@@ -185,7 +189,8 @@ impl<B> LimitedBody<B> {
     /// Wraps `inner`, cutting it after `limit` bytes and setting `tripped` when it does.
     pub fn new(inner: B, limit: u64, tripped: Arc<AtomicBool>) -> Self {
         LimitedBody {
-            inner,
+            inner: Some(inner),
+            replay: None,
             remaining: limit,
             limit,
             tripped: Some(tripped),
@@ -201,6 +206,18 @@ impl<B> LimitedBody<B> {
             ..LimitedBody::new(inner, limit, tripped)
         }
     }
+
+    /// A body the layer already read in full (within its limit), replayed as one frame.
+    pub fn buffered(bytes: Bytes) -> Self {
+        LimitedBody {
+            inner: None,
+            replay: (!bytes.is_empty()).then_some(bytes),
+            remaining: u64::MAX,
+            limit: u64::MAX,
+            tripped: None,
+            cut: true,
+        }
+    }
 }
 
 impl<B> Body for LimitedBody<B>
@@ -208,7 +225,7 @@ where
     B: Body,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    type Data = B::Data;
+    type Data = Bytes;
     type Error = Box<dyn std::error::Error + Send + Sync>;
 
     fn poll_frame(
@@ -216,8 +233,15 @@ where
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
         let this = self.project();
-        match this.inner.poll_frame(cx) {
+        if let Some(bytes) = this.replay.take() {
+            return Poll::Ready(Some(Ok(Frame::data(bytes))));
+        }
+        let Some(inner) = this.inner.as_pin_mut() else {
+            return Poll::Ready(None);
+        };
+        match inner.poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {
+                let frame = frame.map_data(|mut d| d.copy_to_bytes(d.remaining()));
                 if let Some(data) = frame.data_ref() {
                     let n = data.remaining() as u64;
                     if n > *this.remaining {
@@ -243,11 +267,14 @@ where
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        self.replay.is_none() && self.inner.as_ref().is_none_or(Body::is_end_stream)
     }
 
     fn size_hint(&self) -> SizeHint {
-        let mut hint = self.inner.size_hint();
+        let Some(inner) = &self.inner else {
+            return SizeHint::with_exact(self.replay.as_ref().map_or(0, |b| b.len() as u64));
+        };
+        let mut hint = inner.size_hint();
         if self.cut && self.limit != u64::MAX {
             if hint.lower() > self.remaining {
                 return hint;

@@ -84,6 +84,8 @@ pub struct Exchange {
     response_headers: HeaderMap,
     detail: Option<&'static str>,
     notes: Vec<Note>,
+    /// Set at step 11 when the CSRF guard must read this many body bytes to decide.
+    guard_body: Option<u64>,
 }
 
 /// An audit note a guard leaves for the layer to record with the request's final status.
@@ -154,6 +156,33 @@ pub trait Guard: Send + Sync + 'static {
         parts: &'a Parts,
         exchange: &'a mut Exchange,
     ) -> BoxFuture<'a, Result<(), Rejection>>;
+
+    /// Answers the request in the application's place when the guard serves an endpoint of
+    /// its own (the CSRF token endpoint). Asked at the guard's step, after every earlier
+    /// control, on any route; the response is decorated like the application's. Default: none.
+    fn answer(&self, _parts: &Parts, _exchange: &mut Exchange) -> Option<Response<Bytes>> {
+        None
+    }
+
+    /// How many body bytes the guard must read before it can decide (a CSRF token in a form
+    /// field), or `None` when the headers suffice. When `Some`, the layer calls
+    /// [`Guard::check_body`] *instead of* [`Guard::check`], once the body checks of step 12
+    /// have passed and the body is read; a longer body is refused with 413. Default: `None`.
+    fn body_needed(&self, _parts: &Parts, _exchange: &Exchange) -> Option<u64> {
+        None
+    }
+
+    /// Decides with the whole body in hand (at most [`Guard::body_needed`] bytes); the body is
+    /// then replayed to the application. Default: [`Guard::check`].
+    fn check_body<'a>(
+        &'a self,
+        parts: &'a Parts,
+        exchange: &'a mut Exchange,
+        body: &'a Bytes,
+    ) -> BoxFuture<'a, Result<(), Rejection>> {
+        let _ = body;
+        self.check(parts, exchange)
+    }
 }
 
 /// Why a layer could not be built.
@@ -497,6 +526,8 @@ where
     S::Future: Send + 'static,
     S::Error: Send + 'static,
     ReqBody: Body + Send + 'static,
+    ReqBody::Data: Send,
+    ReqBody::Error: Into<axum::BoxError>,
     ResBody: Body<Data = Bytes> + Send + 'static,
     ResBody::Error: Into<axum::BoxError>,
 {
@@ -543,6 +574,7 @@ impl Engine {
     where
         S: Service<Request<LimitedBody<ReqBody>>, Response = Response<ResBody>>,
         ReqBody: Body,
+        ReqBody::Error: Into<axum::BoxError>,
         ResBody: Body<Data = Bytes> + Send + 'static,
         ResBody::Error: Into<axum::BoxError>,
     {
@@ -580,6 +612,7 @@ impl Engine {
             response_headers: HeaderMap::new(),
             detail: None,
             notes: Vec::new(),
+            guard_body: None,
         };
 
         let tripped = match self.before(&mut parts, &mut x, body_announced).await {
@@ -597,12 +630,20 @@ impl Engine {
             _ => None,
         };
         let report_body = x.policy.report_only_mode().covers(Control::Body);
-        let body = match (&tripped, x.policy.max_body_bytes()) {
-            (Some(flag), Some(max)) if report_body => {
-                LimitedBody::observing(body, max, flag.clone())
+        let body = if let Some(cap) = x.guard_body {
+            // 11, deferred: the CSRF guard reads the (form) body, which is then replayed.
+            match self.check_guard_body(body, cap, &parts, &mut x).await {
+                Ok(bytes) => LimitedBody::buffered(bytes),
+                Err(r) => return Ok(self.reject(r, &parts, &x)),
             }
-            (Some(flag), Some(max)) => LimitedBody::new(body, max, flag.clone()),
-            _ => LimitedBody::unlimited(body),
+        } else {
+            match (&tripped, x.policy.max_body_bytes()) {
+                (Some(flag), Some(max)) if report_body => {
+                    LimitedBody::observing(body, max, flag.clone())
+                }
+                (Some(flag), Some(max)) => LimitedBody::new(body, max, flag.clone()),
+                _ => LimitedBody::unlimited(body),
+            }
         };
         // Keep what decorate() needs of the request: only CORS reads a header (Origin).
         let mut req_headers = HeaderMap::new();
@@ -775,12 +816,20 @@ impl Engine {
             self.enforce(r, parts, x)?;
         }
 
-        // 11. CSRF.
-        if let Some(csrf) = &self.csrf
-            && policy.csrf_mode() != CsrfMode::Off
-            && let Err(r) = csrf.check(parts, x).await
-        {
-            self.enforce(r, parts, x)?;
+        // 11. CSRF. The guard may answer itself (its token endpoint), or need the body (a
+        // token in a form field): then it decides in `handle`, after the body checks.
+        if let Some(csrf) = &self.csrf {
+            if let Some(res) = csrf.answer(parts, x) {
+                return Err(Step::Respond(Box::new(res)));
+            }
+            if policy.csrf_mode() != CsrfMode::Off {
+                x.guard_body = csrf.body_needed(parts, x);
+                if x.guard_body.is_none()
+                    && let Err(r) = csrf.check(parts, x).await
+                {
+                    self.enforce(r, parts, x)?;
+                }
+            }
         }
 
         // 12. Body.
@@ -805,6 +854,47 @@ impl Engine {
         }
         let counted = policy.max_body_bytes().is_some() && !reported;
         Ok(counted.then(|| Arc::new(AtomicBool::new(false))))
+    }
+
+    /// Step 11 for a guard that needs the body: reads at most `cap` bytes and lets the guard
+    /// decide. A longer body is refused whatever the report-only setting: it is consumed.
+    async fn check_guard_body<B>(
+        &self,
+        body: B,
+        cap: u64,
+        parts: &Parts,
+        x: &mut Exchange,
+    ) -> Result<Bytes, Rejection>
+    where
+        B: Body,
+        B::Error: Into<axum::BoxError>,
+    {
+        use http_body_util::BodyExt;
+        let limit = usize::try_from(cap).unwrap_or(usize::MAX);
+        let bytes = match http_body_util::Limited::new(body, limit).collect().await {
+            Ok(collected) => collected.to_bytes(),
+            Err(e) if e.is::<http_body_util::LengthLimitError>() => {
+                return Err(Rejection::body_too_large(cap));
+            }
+            Err(_) => {
+                return Err(Rejection::new(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_body",
+                    "Request body could not be read",
+                    AuditAction::InvalidInput,
+                    Control::Body,
+                ));
+            }
+        };
+        if let Some(csrf) = &self.csrf
+            && let Err(r) = csrf.check_body(parts, x, &bytes).await
+        {
+            match self.enforce(r, parts, x) {
+                Err(Step::Reject(r)) => return Err(r),
+                Err(Step::Respond(_)) | Ok(()) => {}
+            }
+        }
+        Ok(bytes)
     }
 
     /// Refuses, or in report-only mode audits and lets through.
@@ -923,7 +1013,11 @@ impl Engine {
             cors.apply(req.headers, headers);
         }
         for (name, value) in &x.response_headers {
-            headers.append(name.clone(), value.clone());
+            if name == header::VARY {
+                merge_vary(headers, value);
+            } else {
+                headers.append(name.clone(), value.clone());
+            }
         }
         if x.policy.is_no_store() && !headers.contains_key(header::CACHE_CONTROL) {
             headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
@@ -993,6 +1087,47 @@ impl Engine {
 struct Parts2<'a> {
     headers: &'a HeaderMap,
     method: &'a Method,
+}
+
+/// Adds a guard's `Vary` fields to the response's, on one line and without repeats, so
+/// readers of the first value see every field the response varies on.
+fn merge_vary(headers: &mut HeaderMap, add: &HeaderValue) {
+    if !headers.contains_key(header::VARY) {
+        headers.insert(header::VARY, add.clone());
+        return;
+    }
+    let fields = |v: &HeaderValue| -> Vec<String> {
+        v.to_str()
+            .unwrap_or("")
+            .split(',')
+            .map(|f| f.trim().to_string())
+            .filter(|f| !f.is_empty())
+            .collect()
+    };
+    if headers
+        .get_all(header::VARY)
+        .iter()
+        .any(|v| v.to_str().is_err())
+    {
+        headers.append(header::VARY, add.clone());
+        return;
+    }
+    let mut merged: Vec<String> = headers
+        .get_all(header::VARY)
+        .iter()
+        .flat_map(fields)
+        .collect();
+    if merged.iter().any(|f| f == "*") {
+        return;
+    }
+    for f in fields(add) {
+        if !merged.iter().any(|m| m.eq_ignore_ascii_case(&f)) {
+            merged.push(f);
+        }
+    }
+    if let Ok(v) = HeaderValue::from_str(&merged.join(", ")) {
+        headers.insert(header::VARY, v);
+    }
 }
 
 /// Puts the canonical path into the URI. Absolute-form HTTP/1 targets become origin-form;

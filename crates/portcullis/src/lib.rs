@@ -32,6 +32,7 @@ pub mod auth;
 pub mod body_limit;
 pub mod client_ip;
 pub mod cors;
+pub mod csrf;
 pub mod error;
 pub mod headers;
 pub mod inbound;
