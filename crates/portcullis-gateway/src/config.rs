@@ -589,8 +589,7 @@ impl GatewayConfig {
         if let Some(writer) = stores.audit_writer() {
             builder = builder.audit(Arc::new(writer));
         }
-        // CSRF ([csrf]) is parsed and validated above; it is wired in by the issue that brings
-        // that control to the gateway, through `.csrf_guard(..)`.
+        builder = builder.csrf_guard(stores.csrf_guard(&self.csrf)?);
         builder.build().map_err(|e| {
             let key = if e.key == "trusted_proxies" {
                 "server.trusted_proxies".to_string()
@@ -666,6 +665,7 @@ impl StorageConfig {
 /// rate-limit store, so counters survive it.
 #[derive(Default)]
 pub struct Stores {
+    csrf_secret: std::sync::OnceLock<portcullis::csrf::token::Secret>,
     audit: std::sync::Mutex<Option<(String, AuditWriter)>>,
     failed_auth: std::sync::Mutex<Option<CachedTracker>>,
     rate_limit: std::sync::Mutex<
@@ -693,6 +693,44 @@ type CachedTracker = (
 const MEMORY_KEYS: usize = 1_000_000;
 
 impl Stores {
+    /// The CSRF guard of `[csrf]`. Without `secret_env` the guard signs with a random secret
+    /// drawn once per process and kept across reloads, so tokens survive a reload (but not a
+    /// restart, and are not shared between replicas: set `secret_env` for that).
+    pub fn csrf_guard(&self, csrf: &CsrfConfig) -> Result<Arc<dyn portcullis::Guard>, ConfigError> {
+        use portcullis::csrf::{CsrfGuard, Mode, token::Secret as CsrfSecret};
+        let err = |key: &str, e: &dyn std::fmt::Display| ConfigError {
+            key: key.to_string(),
+            reason: e.to_string(),
+        };
+        let mut secrets = Vec::new();
+        if let Some(s) = &csrf.secret {
+            secrets.push(
+                CsrfSecret::new(s.expose().to_vec()).map_err(|e| err("csrf.secret_env", &e))?,
+            );
+            for (i, p) in csrf.previous_secrets.iter().enumerate() {
+                secrets.push(
+                    CsrfSecret::new(p.expose().to_vec())
+                        .map_err(|e| err(&format!("csrf.previous_secret_envs[{i}]"), &e))?,
+                );
+            }
+        } else {
+            secrets.push(self.csrf_secret.get_or_init(CsrfSecret::generate).clone());
+        }
+        let guard = CsrfGuard::builder()
+            .mode(match csrf.mode {
+                CsrfStrictness::Lenient => Mode::Lenient,
+                CsrfStrictness::Strict => Mode::Strict,
+            })
+            .trusted_origins(csrf.trusted_origins.iter().cloned())
+            .public_origins(csrf.public_origin.iter().cloned())
+            .bypass(csrf.bypass.iter().cloned())
+            .secrets(secrets)
+            .insecure_dev(csrf.insecure_dev)
+            .build()
+            .map_err(|e| err("csrf", &e))?;
+        Ok(Arc::new(guard))
+    }
+
     /// Opens the audit writer `config` names (replaying a leftover spool first), or keeps the
     /// open one when the store and spool are unchanged. Call it before
     /// [`GatewayConfig::security_layer_with`] in a server; tools that build a layer without it

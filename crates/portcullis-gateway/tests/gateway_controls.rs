@@ -201,3 +201,74 @@ async fn denials_reach_the_audit_log_and_shutdown_flushes_it() {
     );
     let _ = std::fs::remove_dir_all(dir);
 }
+
+#[tokio::test]
+async fn csrf_through_the_gateway_token_origin_and_client_helper() {
+    let (gw, up) = gateway(
+        "[[route]]\npath = \"/api/user/**\"\npreset = \"authenticated\"\n",
+        "[csrf]\nsecret_env = \"PC_GW_CONTROLS_SECRET\"\ninsecure_dev = true\n",
+    )
+    .await;
+    let alice = format!("Bearer {}", token("alice", &["user"]));
+    let post = |headers: Vec<(String, String)>| {
+        let mut req = http::Request::post(gw.url("/api/user/notes"));
+        for (k, v) in headers {
+            req = req.header(k, v);
+        }
+        req.body(full("{}")).unwrap()
+    };
+    let client = client();
+    let auth = ("authorization".to_string(), alice.clone());
+
+    // No token: refused, and the upstream never sees it.
+    let r = send(&client, post(vec![auth.clone()])).await;
+    assert_eq!(r.status, 403, "{}", r.text());
+    assert_eq!(r.json()["code"], "csrf_token_invalid");
+    assert_eq!(up.hits(), 0);
+
+    // A GET issues the token cookie; echoed in the header it passes.
+    let r = get(&gw.url("/api/user/notes"), &[("authorization", &alice)]).await;
+    assert_eq!(r.status, 200);
+    let cookie = r
+        .headers
+        .get_all("set-cookie")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .find(|c| c.starts_with("csrf="))
+        .expect("a csrf cookie")
+        .split(';')
+        .next()
+        .unwrap()
+        .to_string();
+    let token_value = cookie.trim_start_matches("csrf=").to_string();
+    let r = send(
+        &client,
+        post(vec![
+            auth.clone(),
+            ("cookie".into(), cookie.clone()),
+            ("x-csrf-token".into(), token_value.clone()),
+        ]),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+
+    // A cross-site browser request is refused on its origin, token or not.
+    let r = send(
+        &client,
+        post(vec![
+            auth,
+            ("cookie".into(), cookie),
+            ("x-csrf-token".into(), token_value),
+            ("sec-fetch-site".into(), "cross-site".into()),
+            ("origin".into(), "https://evil.example".into()),
+        ]),
+    )
+    .await;
+    assert_eq!(r.status, 403);
+    assert_eq!(r.json()["code"], "csrf_origin_mismatch");
+
+    // The client helper is served by the gateway itself.
+    let r = get(&gw.url("/.well-known/portcullis/csrf.js"), &[]).await;
+    assert_eq!(r.status, 200);
+    assert!(r.text().contains("csrfFetch"));
+}

@@ -270,7 +270,12 @@ impl SecurityLayerBuilder {
             rate_limit: Some(Arc::new(crate::rate_limit::RateLimiter::new(Arc::new(
                 crate::rate_limit::memory::MemoryStore::new(DEFAULT_MEMORY_KEYS),
             )))),
-            csrf: None,
+            // Lenient origin check and tokens signed with a per-process random secret; set your
+            // own guard (shared secrets) for several instances.
+            csrf: crate::csrf::CsrfGuard::builder()
+                .build()
+                .ok()
+                .map(|g| Arc::new(g) as Arc<dyn Guard>),
             audit: None,
         }
     }
@@ -283,6 +288,7 @@ impl SecurityLayerBuilder {
             headers: None,
             csp: None,
             rate_limit: None,
+            csrf: None,
             ..SecurityLayerBuilder::secure()
         }
     }
@@ -387,6 +393,12 @@ impl SecurityLayerBuilder {
     /// The CSRF guard (step 11).
     pub fn csrf_guard(mut self, guard: Arc<dyn Guard>) -> Self {
         self.csrf = Some(guard);
+        self
+    }
+
+    /// Turns the CSRF guard off for every route (the secure defaults have one).
+    pub fn no_csrf_guard(mut self) -> Self {
+        self.csrf = None;
         self
     }
 

@@ -15,6 +15,7 @@ use http::Method;
 use http::request::Parts;
 use portcullis::audit::{MemorySink, Outcome};
 use portcullis::auth::{AuthMethod, AuthOutcome, Authenticator, BoxFuture};
+use portcullis::policy::CsrfMode;
 use portcullis::policy::ReportOnly;
 use portcullis::{Control, Policy, Preset, Principal, SecurityLayer};
 
@@ -46,8 +47,15 @@ impl Authenticator for HeaderUser {
 async fn start(sink: MemorySink) -> SocketAddr {
     let layer = SecurityLayer::builder()
         .default_policy(Preset::Public)
-        .route("/api/auth/**", Preset::Authenticated)
-        .route("/api/strict/**", Preset::Strict)
+        // The method allowlist alone is under test here: the CSRF token is tested elsewhere.
+        .route(
+            "/api/auth/**",
+            Policy::preset(Preset::Authenticated).csrf(CsrfMode::Origin),
+        )
+        .route(
+            "/api/strict/**",
+            Policy::preset(Preset::Strict).csrf(CsrfMode::Origin),
+        )
         .route(
             "/api/custom/**",
             Policy::preset(Preset::Public).methods([Method::GET, Method::PUT]),
