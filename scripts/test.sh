@@ -33,6 +33,8 @@ fi
 
 # Throwaway folder for servers' data, removed on exit whatever happens.
 WORK=$(mktemp -d -t portcullis-test.XXXXXX)
+# PostgreSQL runs as the `postgres` user and must reach its data folder inside.
+chmod 755 "$WORK"
 PIDS=()
 cleanup() {
   for pid in "${PIDS[@]:-}"; do
