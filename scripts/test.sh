@@ -47,6 +47,12 @@ export PORTCULLIS_TEST_WORK="$WORK"
 # Servers the tests start themselves (on free loopback ports, throwaway data folders).
 ensure_pkg redis-server redis-server
 ensure_pkg redis-cli redis-tools
+# The gateway's browser tests (nonce_gateway.rs, nextjs.rs): headless Chromium driven by
+# playwright-core, and npm for it and for the Next.js test app (installed into their folders
+# under crates/portcullis-gateway/tests/ by the tests themselves).
+ensure_pkg chromium chromium
+ensure_pkg node nodejs
+ensure_pkg npm npm
 
 log "cargo test (workspace)"
 if [ "$#" -gt 0 ]; then

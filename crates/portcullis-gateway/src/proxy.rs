@@ -326,10 +326,7 @@ impl Proxy {
                 headers.remove(header::CONTENT_SECURITY_POLICY);
                 headers.remove(header::CONTENT_SECURITY_POLICY_REPORT_ONLY);
                 headers.remove(X_NONCE);
-                let csp = self
-                    .inner
-                    .csps
-                    .for_route(extensions.get::<MatchedRoute>());
+                let csp = self.inner.csps.for_route(extensions.get::<MatchedRoute>());
                 if let (Some(nonce), Some(csp)) = (nonce, csp) {
                     headers.insert(csp.header_name(), csp.render(Some(nonce)));
                     if let Ok(v) = HeaderValue::from_str(nonce.as_str()) {
@@ -519,7 +516,9 @@ fn accepts_html(headers: &HeaderMap) -> bool {
         .flat_map(|v| v.split(','))
         .filter_map(|item| item.split(';').next())
         .map(str::trim)
-        .any(|t| t.eq_ignore_ascii_case("text/html") || t.eq_ignore_ascii_case("application/xhtml+xml"))
+        .any(|t| {
+            t.eq_ignore_ascii_case("text/html") || t.eq_ignore_ascii_case("application/xhtml+xml")
+        })
 }
 
 /// True when the request asks for a protocol upgrade (`Connection: upgrade` + `Upgrade`).
@@ -874,7 +873,9 @@ mod tests {
         assert!(accepts_html(&h));
         h.insert(
             header::ACCEPT,
-            "text/html,application/xhtml+xml;q=0.9,*/*;q=0.8".parse().unwrap(),
+            "text/html,application/xhtml+xml;q=0.9,*/*;q=0.8"
+                .parse()
+                .unwrap(),
         );
         assert!(accepts_html(&h));
         h.insert(header::ACCEPT, "*/*".parse().unwrap());

@@ -107,7 +107,9 @@ impl TlsAcceptor for TlsAcceptorHandle {
         Box::pin(async move {
             let tls = tokio::time::timeout(timeout, acceptor.accept(tcp))
                 .await
-                .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "TLS handshake timed out"))??;
+                .map_err(|_| {
+                    io::Error::new(io::ErrorKind::TimedOut, "TLS handshake timed out")
+                })??;
             let alpn = match tls.get_ref().1.alpn_protocol() {
                 Some(b"h2") => Alpn::Http2,
                 _ => Alpn::Http1,

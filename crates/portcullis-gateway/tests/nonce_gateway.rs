@@ -38,7 +38,8 @@ const APP_JS: &str = "document.getElementById('external').textContent = 'ran';\n
 const JSON: &str = r#"{"html":"<script nonce=\"{{portcullis-nonce}}\"></script>"}"#;
 
 /// Not real gzip: the gateway must pass it on byte for byte, whatever it is.
-const GZIP_BYTES: &[u8] = b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\x03<script nonce=\"{{portcullis-nonce}}\">";
+const GZIP_BYTES: &[u8] =
+    b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\x03<script nonce=\"{{portcullis-nonce}}\">";
 
 /// Bytes of the large page on each side of the pause.
 const HALF: usize = 1024 * 1024;
@@ -322,10 +323,7 @@ async fn json_passes_untouched_with_its_compression_asked_for() {
     let gw = gateway(&app, "", "").await;
     let res = common::get(
         &gw.url("/data.json"),
-        &[
-            ("accept", "application/json"),
-            ("accept-encoding", "gzip"),
-        ],
+        &[("accept", "application/json"), ("accept-encoding", "gzip")],
     )
     .await;
     assert_eq!(res.status, StatusCode::OK);
@@ -347,10 +345,7 @@ async fn gzip_encoded_html_passes_untouched_with_a_warning() {
     assert_eq!(res.status, StatusCode::OK);
     assert_eq!(&res.body[..], GZIP_BYTES);
     assert_eq!(header(&res, "content-encoding"), "gzip");
-    assert_eq!(
-        header(&res, "content-length"),
-        GZIP_BYTES.len().to_string()
-    );
+    assert_eq!(header(&res, "content-length"), GZIP_BYTES.len().to_string());
     // The CSP still carries a nonce, which the untouched placeholder does not match.
     nonce_of(&res);
     assert!(
@@ -413,7 +408,10 @@ async fn nextjs_mode_sends_the_response_csp_on_the_upstream_request() {
     let csp = header(&res, "content-security-policy");
     assert_eq!(seen.headers["content-security-policy"], csp);
     assert_eq!(
-        seen.headers.get_all("content-security-policy").iter().count(),
+        seen.headers
+            .get_all("content-security-policy")
+            .iter()
+            .count(),
         1
     );
     assert!(
@@ -429,7 +427,10 @@ async fn nextjs_mode_sends_the_response_csp_on_the_upstream_request() {
     // Each request its own nonce, on both sides.
     let again = common::get(&gw.url("/page"), &[]).await;
     assert_ne!(nonce_of(&again), nonce_of(&res));
-    assert_eq!(app.seen("/page").headers["x-nonce"], nonce_of(&again).as_str());
+    assert_eq!(
+        app.seen("/page").headers["x-nonce"],
+        nonce_of(&again).as_str()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -451,7 +452,10 @@ async fn nextjs_mode_uses_the_routes_own_csp_and_sends_none_where_it_is_off() {
 
     let res = common::get(
         &gw.url("/data.json"),
-        &[("content-security-policy", "script-src *"), ("x-nonce", "x")],
+        &[
+            ("content-security-policy", "script-src *"),
+            ("x-nonce", "x"),
+        ],
     )
     .await;
     assert!(res.headers.get("content-security-policy").is_none());
@@ -490,14 +494,21 @@ async fn in_chromium_only_the_marked_scripts_run() {
         .iter()
         .map(|s| s["nonce"].as_str().unwrap_or(""))
         .collect();
-    assert_eq!(dom_nonces, [nonce.as_str(), "", "", nonce.as_str()], "{report}");
+    assert_eq!(
+        dom_nonces,
+        [nonce.as_str(), "", "", nonce.as_str()],
+        "{report}"
+    );
     // Exactly the two unmarked inline scripts were blocked.
     let violations = report["violations"].as_array().expect("violations");
     assert_eq!(violations.len(), 2, "{report}");
     for v in violations {
         assert_eq!(v["blocked"], "inline", "{report}");
         assert!(
-            v["directive"].as_str().unwrap_or("").starts_with("script-src"),
+            v["directive"]
+                .as_str()
+                .unwrap_or("")
+                .starts_with("script-src"),
             "{report}"
         );
     }

@@ -87,7 +87,8 @@ async fn start(cert: &SelfSigned) -> TlsGateway {
     let text = common::config(port, up.addr, "", "") + &tls;
     let gw = Gateway::start(port, &text).await;
     assert!(
-        gw.logs().contains(&format!("listening on https://127.0.0.1:{port}")),
+        gw.logs()
+            .contains(&format!("listening on https://127.0.0.1:{port}")),
         "{}",
         gw.logs()
     );
@@ -106,7 +107,9 @@ async fn connect(
     alpn: &[&[u8]],
 ) -> std::io::Result<TlsStream<TcpStream>> {
     let mut roots = RootCertStore::empty();
-    roots.add(trusted.clone()).expect("the certificate as a root");
+    roots
+        .add(trusted.clone())
+        .expect("the certificate as a root");
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut config = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
@@ -241,8 +244,10 @@ async fn hsts_is_not_sent_over_plain_http() {
 async fn the_redirect_listener_answers_308_to_the_https_url() {
     let cert = SelfSigned::new();
     let t = start(&cert).await;
-    let request =
-        format!("GET /a/b?x=1 HTTP/1.1\r\nHost: localhost:{}\r\n\r\n", t.redirect_port);
+    let request = format!(
+        "GET /a/b?x=1 HTTP/1.1\r\nHost: localhost:{}\r\n\r\n",
+        t.redirect_port
+    );
     let out = common::raw(t.redirect_port, request.as_bytes(), Duration::from_secs(5)).await;
     assert!(out.starts_with("HTTP/1.1 308"), "{out}");
     let location = format!("location: https://localhost:{}/a/b?x=1", t.gw.port);
@@ -286,8 +291,11 @@ async fn sighup_serves_a_new_certificate_to_new_connections() {
     std::fs::write(t.certs.join("key.pem"), "not a key").expect("break key.pem");
     t.gw.signal("-HUP");
     assert!(
-        t.gw.wait_log("TLS certificate reload (SIGHUP) refused", Duration::from_secs(5))
-            .await,
+        t.gw.wait_log(
+            "TLS certificate reload (SIGHUP) refused",
+            Duration::from_secs(5)
+        )
+        .await,
         "{}",
         t.gw.logs()
     );

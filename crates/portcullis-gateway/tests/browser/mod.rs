@@ -123,7 +123,9 @@ pub fn script_tags(html: &str) -> Vec<(String, Option<String>)> {
     let mut at = 0;
     while let Some(i) = lower[at..].find("<script") {
         let start = at + i;
-        let end = lower[start..].find('>').map_or(html.len(), |e| start + e + 1);
+        let end = lower[start..]
+            .find('>')
+            .map_or(html.len(), |e| start + e + 1);
         let tag = &html[start..end];
         tags.push((tag.to_string(), attribute(tag, "nonce")));
         at = end;

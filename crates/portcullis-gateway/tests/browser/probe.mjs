@@ -3,6 +3,7 @@
 //
 //   node probe.mjs '{"url": "http://127.0.0.1:PORT/", "read": ["#status"], "click": "#counter", "clicks": 2}'
 //
+// `waitFor` (an expression) is polled until true after the load, before reading and clicking.
 // Reported: the HTTP status, the response's Content-Security-Policy header, the raw HTML as
 // the server sent it, the document title after load, the text of each `read` selector (before
 // and after the clicks), the nonce of every <script> in the DOM, and every
@@ -57,7 +58,13 @@ try {
   const html = response ? await response.text() : '';
   const headers = response ? await response.allHeaders() : {};
   if (opts.waitFor) {
-    await page.waitForFunction(opts.waitFor, null, { timeout: 15000 });
+    // Polled with page.evaluate (exempt from the page's CSP), not waitForFunction, so the
+    // wait itself can never cause an eval violation.
+    const deadline = Date.now() + 15000;
+    while (!(await page.evaluate(opts.waitFor))) {
+      if (Date.now() > deadline) throw new Error(`timed out waiting for: ${opts.waitFor}`);
+      await page.waitForTimeout(100);
+    }
   }
   const read = async () => {
     const out = {};
