@@ -29,7 +29,31 @@
 //!
 //! Response bodies stream without a deadline (downloads, server-sent events); a connection
 //! with a response in flight is never closed as idle.
+//!
+//! # The CSP nonce and the upstream's HTML
+//!
+//! When the route's CSP carries a nonce, the layer puts a fresh [`Nonce`] in the request's
+//! extensions and the rendered policy on the response. The proxy makes the upstream's HTML
+//! match it, by `server.upstream_kind`:
+//!
+//! - `nextjs`: the upstream request carries the same policy as the response
+//!   (`Content-Security-Policy`, or `-Report-Only` when the policy is report-only) with this
+//!   request's nonce, and the nonce alone as `x-nonce`. Next.js (13.4+) reads the nonce from
+//!   the request's CSP and puts it on every script it emits; `x-nonce` is for application
+//!   code that follows Next's CSP guide (`headers().get('x-nonce')`). Client-sent copies of
+//!   these headers never reach the upstream (the layer strips them; so does the proxy). The
+//!   response passes as it is; the layer makes nonce'd HTML `Cache-Control: no-store`.
+//! - any other upstream: HTML responses stream through the nonce rewrite
+//!   ([`portcullis::headers::nonce_html`]), which puts the nonce on the `<script>` and
+//!   `<style>` elements whose `nonce` is the `server.nonce_placeholder` marker and removes
+//!   every other `nonce`; `Content-Length` and `ETag` are dropped (the length changes) and
+//!   the response is `Cache-Control: no-store`. GET and HEAD requests that accept HTML ask the
+//!   upstream for `Accept-Encoding: identity`, because the rewrite reads plain HTML only; a
+//!   compressed HTML response passes untouched with a warning (its placeholders then stay,
+//!   and the CSP blocks those scripts). Non-HTML responses, HEAD requests and 204/304
+//!   responses pass untouched.
 
+use std::collections::HashMap;
 use std::error::Error as StdError;
 use std::net::IpAddr;
 use std::pin::Pin;
@@ -41,7 +65,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::uri::{Authority, PathAndQuery, Scheme};
-use http::{Extensions, Request, Response, StatusCode, Uri, Version};
+use http::{Extensions, Method, Request, Response, StatusCode, Uri, Version};
 use http_body_util::BodyExt;
 use http_body_util::combinators::UnsyncBoxBody;
 use hyper::body::{Body, Frame, SizeHint};
@@ -52,11 +76,13 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use portcullis::audit::AuditAction;
 use portcullis::auth::BoxFuture;
 use portcullis::client_ip::{PeerAddr, canonical_ip};
-use portcullis::layer::Https;
-use portcullis::{Control, Principal, Rejection, RequestId};
+use portcullis::headers::nonce_html::{self, NonceRewriter};
+use portcullis::layer::{Https, MatchedRoute};
+use portcullis::policy::CspSetting;
+use portcullis::{Control, Csp, Nonce, Principal, Rejection, RequestId};
 use tokio::time::{Instant, Sleep};
 
-use crate::config::{ConfigError, ServerConfig, UpstreamKind};
+use crate::config::{ConfigError, GatewayConfig, ServerConfig, UpstreamKind};
 
 /// A boxed error, as bodies carry them.
 pub type BoxError = Box<dyn StdError + Send + Sync>;
@@ -75,6 +101,8 @@ const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host")
 const FORWARDED: HeaderName = HeaderName::from_static("forwarded");
 const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+/// The nonce alone, for Next.js application code (Next's CSP guide reads it).
+pub const X_NONCE: HeaderName = HeaderName::from_static("x-nonce");
 
 /// How long idle upstream connections stay in the pool.
 const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
@@ -91,9 +119,53 @@ struct ProxyInner {
     authority: Authority,
     upstream_timeout: Duration,
     request_timeout: Duration,
-    /// For the Next.js request hook (see [`Proxy::transform_request`]).
-    #[allow(dead_code)]
     upstream_kind: UpstreamKind,
+    /// The CSP of each route, for the Next.js request header.
+    csps: RouteCsps,
+    /// The placeholder rewrite for other upstreams' HTML.
+    rewriter: NonceRewriter,
+}
+
+/// The CSP each route sends, by route pattern, resolved the way the layer resolves it, so
+/// the policy Next.js reads on its request is the one the browser gets on the response.
+#[derive(Debug, Clone, Default)]
+pub struct RouteCsps {
+    /// `[headers] csp`, for routes that inherit it and for the default (`"*"`).
+    layer: Option<Arc<Csp>>,
+    /// `[[route]]` patterns and their CSP (`None`: `csp = false`).
+    routes: HashMap<String, Option<Arc<Csp>>>,
+}
+
+impl RouteCsps {
+    /// The CSPs of a config's `[headers]` and `[[route]]`s.
+    pub fn of(config: &GatewayConfig) -> RouteCsps {
+        let layer = config
+            .headers
+            .csp
+            .clone()
+            .map(|c| Arc::new(c.report_only(config.headers.csp_report_only)));
+        let routes = config
+            .routes
+            .iter()
+            .map(|r| {
+                let csp = match r.policy.csp_setting() {
+                    CspSetting::Inherit => layer.clone(),
+                    CspSetting::Off => None,
+                    CspSetting::Custom(c) => Some(c.clone()),
+                };
+                (r.path.clone(), csp)
+            })
+            .collect();
+        RouteCsps { layer, routes }
+    }
+
+    /// The CSP of the route the layer matched (the layer-wide one for the default route).
+    fn for_route(&self, route: Option<&MatchedRoute>) -> Option<&Csp> {
+        match route.and_then(|r| self.routes.get(&*r.0)) {
+            Some(csp) => csp.as_deref(),
+            None => self.layer.as_deref(),
+        }
+    }
 }
 
 impl std::fmt::Debug for Proxy {
@@ -105,8 +177,20 @@ impl std::fmt::Debug for Proxy {
 }
 
 impl Proxy {
-    /// A proxy to `server.upstream` with its timeouts; must be called within a Tokio runtime.
+    /// The proxy `serve` runs: to `server.upstream`, with the routes' CSPs for the Next.js
+    /// request header; must be called within a Tokio runtime.
+    pub fn for_config(config: &GatewayConfig) -> Result<Proxy, ConfigError> {
+        Proxy::build(&config.server, RouteCsps::of(config))
+    }
+
+    /// A proxy to `server.upstream` with its timeouts, knowing no CSP (a Next.js upstream
+    /// gets none on its requests; see [`Proxy::for_config`]); must be called within a Tokio
+    /// runtime.
     pub fn new(server: &ServerConfig) -> Result<Proxy, ConfigError> {
+        Proxy::build(server, RouteCsps::default())
+    }
+
+    fn build(server: &ServerConfig, csps: RouteCsps) -> Result<Proxy, ConfigError> {
         let bad = |reason: &str| ConfigError {
             key: "server.upstream".to_string(),
             reason: reason.to_string(),
@@ -123,6 +207,10 @@ impl Proxy {
             .authority()
             .cloned()
             .ok_or_else(|| bad("the upstream URL has no host"))?;
+        let rewriter = NonceRewriter::new(&server.nonce_placeholder).map_err(|e| ConfigError {
+            key: "server.nonce_placeholder".to_string(),
+            reason: e.to_string(),
+        })?;
         let mut connector = HttpConnector::new();
         connector.set_connect_timeout(Some(server.upstream_connect_timeout));
         connector.set_nodelay(true);
@@ -140,6 +228,8 @@ impl Proxy {
                 upstream_timeout: server.upstream_timeout,
                 request_timeout: server.request_timeout,
                 upstream_kind: server.upstream_kind,
+                csps,
+                rewriter,
             }),
         })
     }
@@ -162,6 +252,7 @@ impl Proxy {
             .get::<RequestId>()
             .map_or_else(String::new, |r| r.as_str().to_string());
         let upgrade = parts.version == Version::HTTP_11 && is_upgrade(&parts.headers);
+        let method = parts.method.clone();
         let mut client_upgrade = extensions.remove::<OnUpgrade>();
 
         let progress = Arc::new(BodyProgress::default());
@@ -220,21 +311,69 @@ impl Proxy {
         let (mut rparts, rbody) = res.into_parts();
         strip_hop_by_hop(&mut rparts.headers);
         let res = Response::from_parts(rparts, rbody.map_err(BoxError::from).boxed_unsync());
-        self.transform_response(res, &extensions)
+        self.transform_response(res, &extensions, &method)
     }
 
-    /// Hook for request rewrites that depend on the upstream kind, such as the Next.js CSP
-    /// request header carrying the nonce. Not done in this build: a no-op.
-    fn transform_request(&self, _req: &mut Request<ProxyBody>, _extensions: &Extensions) {}
+    /// The nonce on the upstream request: the CSP header for Next.js, or a plain-HTML ask
+    /// for the placeholder rewrite (see the module docs).
+    fn transform_request(&self, req: &mut Request<ProxyBody>, extensions: &Extensions) {
+        let nonce = extensions.get::<Nonce>();
+        match self.inner.upstream_kind {
+            UpstreamKind::Nextjs => {
+                let headers = req.headers_mut();
+                // The layer already strips client-sent copies; a second look costs nothing
+                // and keeps this hook right on its own.
+                headers.remove(header::CONTENT_SECURITY_POLICY);
+                headers.remove(header::CONTENT_SECURITY_POLICY_REPORT_ONLY);
+                headers.remove(X_NONCE);
+                let csp = self.inner.csps.for_route(extensions.get::<MatchedRoute>());
+                if let (Some(nonce), Some(csp)) = (nonce, csp) {
+                    headers.insert(csp.header_name(), csp.render(Some(nonce)));
+                    if let Ok(v) = HeaderValue::from_str(nonce.as_str()) {
+                        headers.insert(X_NONCE, v);
+                    }
+                }
+            }
+            UpstreamKind::Generic => {
+                let asks_html = matches!(*req.method(), Method::GET | Method::HEAD)
+                    && accepts_html(req.headers());
+                if nonce.is_some() && asks_html {
+                    req.headers_mut().insert(
+                        header::ACCEPT_ENCODING,
+                        HeaderValue::from_static("identity"),
+                    );
+                }
+            }
+        }
+    }
 
-    /// Hook for response rewrites, such as nonces in the upstream's HTML. Not done in this
-    /// build: a no-op.
+    /// The placeholder rewrite of a generic upstream's HTML (see the module docs).
     fn transform_response(
         &self,
         res: Response<ProxyBody>,
-        _extensions: &Extensions,
+        extensions: &Extensions,
+        method: &Method,
     ) -> Response<ProxyBody> {
-        res
+        if self.inner.upstream_kind != UpstreamKind::Generic || *method == Method::HEAD {
+            return res;
+        }
+        let Some(nonce) = extensions.get::<Nonce>() else {
+            return res;
+        };
+        let status = res.status();
+        if status.is_informational()
+            || status == StatusCode::NO_CONTENT
+            || status == StatusCode::NOT_MODIFIED
+        {
+            return res;
+        }
+        let (mut parts, body) = res.into_parts();
+        if !nonce_html::should_rewrite(&parts.headers) {
+            return Response::from_parts(parts, body);
+        }
+        let rewriter = self.inner.rewriter.clone().charset_from(&parts.headers);
+        nonce_html::prepare_response_headers(&mut parts.headers);
+        Response::from_parts(parts, UnsyncBoxBody::new(rewriter.rewrite(body, nonce)))
     }
 
     /// The upstream request's head: URI, cleaned headers, forwarding and identity headers.
@@ -362,6 +501,24 @@ async fn tunnel(client: OnUpgrade, upstream: OnUpgrade, request_id: String) {
         Ok((up, down)) => tracing::debug!(request_id, up, down, "upgraded connection closed"),
         Err(e) => tracing::debug!(request_id, error = %e, "upgraded connection ended"),
     }
+}
+
+/// True when the client may take HTML for an answer: no `Accept`, or one that names
+/// `text/html` or `application/xhtml+xml` (browsers' navigations do; their script, style and
+/// image requests do not, so those keep their compression).
+fn accepts_html(headers: &HeaderMap) -> bool {
+    let mut accepts = headers.get_all(header::ACCEPT).iter().peekable();
+    if accepts.peek().is_none() {
+        return true;
+    }
+    accepts
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|item| item.split(';').next())
+        .map(str::trim)
+        .any(|t| {
+            t.eq_ignore_ascii_case("text/html") || t.eq_ignore_ascii_case("application/xhtml+xml")
+        })
 }
 
 /// True when the request asks for a protocol upgrade (`Connection: upgrade` + `Upgrade`).
@@ -708,6 +865,23 @@ mod tests {
         h.append(X_FORWARDED_FOR, "2.2.2.2".parse().unwrap());
         append_list(&mut h, X_FORWARDED_FOR, "10.0.0.1");
         assert_eq!(h[X_FORWARDED_FOR], "1.1.1.1, 2.2.2.2, 10.0.0.1");
+    }
+
+    #[test]
+    fn html_is_accepted_by_navigations_and_clients_without_accept() {
+        let mut h = HeaderMap::new();
+        assert!(accepts_html(&h));
+        h.insert(
+            header::ACCEPT,
+            "text/html,application/xhtml+xml;q=0.9,*/*;q=0.8"
+                .parse()
+                .unwrap(),
+        );
+        assert!(accepts_html(&h));
+        h.insert(header::ACCEPT, "*/*".parse().unwrap());
+        assert!(!accepts_html(&h));
+        h.insert(header::ACCEPT, "application/json".parse().unwrap());
+        assert!(!accepts_html(&h));
     }
 
     #[test]

@@ -52,7 +52,7 @@ impl Generation {
     /// the generation when the storage settings stay the same.
     pub fn build(config: GatewayConfig, stores: &Stores) -> Result<Generation, ConfigError> {
         let layer = config.security_layer_with(stores)?;
-        let proxy = Proxy::new(&config.server)?;
+        let proxy = Proxy::for_config(&config)?;
         Ok(Generation {
             service: layer.layer(proxy.clone()),
             proxy,

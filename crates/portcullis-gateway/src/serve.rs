@@ -2,8 +2,16 @@
 //!
 //! Start: the config is built into a [`Generation`] (every error reported as
 //! `FILE: KEY: REASON`), the traffic listener binds `server.listen` and logs
-//! `listening on http://ADDR`, and the admin listener binds `server.admin_listen` when set.
-//! Then the file is watched for reloads (see [`crate::reload`]).
+//! `listening on http://ADDR` (`https://` with `[server.tls]`), and the admin listener binds
+//! `server.admin_listen` when set. Then the file is watched for reloads (see
+//! [`crate::reload`]).
+//!
+//! TLS: with `[server.tls]`, `server.listen` serves HTTPS only (see [`crate::tls`] and
+//! [`crate::server`]). SIGHUP re-reads the certificate and key files, as well as the config:
+//! new connections get the new certificate, and a file that cannot be used is logged with
+//! the reason while the old certificate keeps serving. The files are the ones named at start
+//! (changing `[server.tls]` itself needs a restart). With `redirect_http_listen`, a plain-HTTP
+//! listener there answers every request with a 308 to the same URL on HTTPS.
 //!
 //! Stop: SIGTERM or SIGINT closes the listeners (new connections are refused), tells open
 //! connections to finish their requests and close, and waits for them up to
@@ -21,13 +29,16 @@ use tokio::sync::watch;
 
 use crate::config::{ConfigErrors, GatewayConfig, Stores};
 use crate::reload::{Generation, Live};
-use crate::server::Server;
+use crate::server::{Server, TlsAcceptor};
+use crate::tls::{TlsAcceptorHandle, TlsError};
 
 /// Why the gateway could not run.
 #[derive(Debug)]
 pub enum ServeError {
     /// The config was refused.
     Config(ConfigErrors),
+    /// The TLS certificate or key could not be used.
+    Tls(TlsError),
     /// A listener could not be bound, or a signal handler installed.
     Io {
         /// What was being done.
@@ -41,6 +52,7 @@ impl fmt::Display for ServeError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             ServeError::Config(errors) => write!(f, "{errors}"),
+            ServeError::Tls(e) => write!(f, "server.tls: {e}"),
             ServeError::Io { what, source } => write!(f, "{what}: {source}"),
         }
     }
@@ -81,9 +93,20 @@ pub async fn run(path: &Path, config: GatewayConfig) -> Result<(), ServeError> {
     }
     let server = generation.config.server.clone();
     let live = Live::new(generation, stores);
+    let tls = match &server.tls {
+        Some(config) => Some(Arc::new(
+            TlsAcceptorHandle::from_config(config).map_err(ServeError::Tls)?,
+        )),
+        None => None,
+    };
 
     // Signal handlers first: until they exist, SIGHUP and SIGTERM kill the process.
     let hangup = signal(SignalKind::hangup()).map_err(io_error("cannot handle SIGHUP"))?;
+    // Each handler gets every SIGHUP: one reloads the config, this one the certificate.
+    let tls_hangup = match &tls {
+        Some(_) => Some(signal(SignalKind::hangup()).map_err(io_error("cannot handle SIGHUP"))?),
+        None => None,
+    };
     let mut terminate =
         signal(SignalKind::terminate()).map_err(io_error("cannot handle SIGTERM"))?;
     let mut interrupt =
@@ -103,6 +126,11 @@ pub async fn run(path: &Path, config: GatewayConfig) -> Result<(), ServeError> {
                 None
             }
         },
+        None => None,
+    };
+    let redirect_listen = server.tls.as_ref().and_then(|t| t.redirect_http_listen);
+    let redirect = match redirect_listen {
+        Some(addr) => Some(bind(addr, "server.tls.redirect_http_listen").await?),
         None => None,
     };
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
@@ -125,11 +153,27 @@ pub async fn run(path: &Path, config: GatewayConfig) -> Result<(), ServeError> {
         hangup,
         shutdown_rx.clone(),
     ));
-    // The TLS acceptor (tls.rs) plugs in here.
-    let traffic = Server::new(listener, live.clone(), None, server.max_connections);
+    if let (Some(tls), Some(hangup)) = (&tls, tls_hangup) {
+        tokio::spawn(reload_certificate(tls.clone(), hangup, shutdown_rx.clone()));
+    }
+    let redirecting = match redirect {
+        Some(redirect) => {
+            if let Ok(addr) = redirect.local_addr() {
+                tracing::info!("redirecting http://{addr} to https://…:{}", local.port());
+            }
+            Some(tokio::spawn(crate::tls::redirect_http_to_https(
+                redirect,
+                local.port(),
+            )))
+        }
+        None => None,
+    };
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    let acceptor = tls.map(|t| t as Arc<dyn TlsAcceptor>);
+    let traffic = Server::new(listener, live.clone(), acceptor, server.max_connections);
     let accepting = tokio::spawn(traffic.run(shutdown_rx));
     tracing::info!(
-        "listening on http://{local}, forwarding to {}",
+        "listening on {scheme}://{local}, forwarding to {}",
         live.current().proxy.upstream_authority()
     );
 
@@ -143,6 +187,9 @@ pub async fn run(path: &Path, config: GatewayConfig) -> Result<(), ServeError> {
         grace.as_secs_f32()
     );
     let _ = shutdown_tx.send(true);
+    if let Some(redirecting) = redirecting {
+        redirecting.abort();
+    }
     let drained = match accepting.await {
         Ok(drain) => drain.wait(grace).await,
         Err(e) => {
@@ -159,4 +206,28 @@ pub async fn run(path: &Path, config: GatewayConfig) -> Result<(), ServeError> {
     live.stores().shutdown_audit().await;
     tracing::info!("audit log flushed; bye");
     Ok(())
+}
+
+/// Re-reads the certificate and key on each SIGHUP until `shutdown` turns true; a failed
+/// reload is logged and the old certificate keeps serving.
+async fn reload_certificate(
+    tls: Arc<TlsAcceptorHandle>,
+    mut hangup: tokio::signal::unix::Signal,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    loop {
+        tokio::select! {
+            _ = crate::server::stopped(&mut shutdown) => return,
+            got = hangup.recv() => if got.is_none() { return },
+        }
+        match tls.reload() {
+            Ok(()) => tracing::info!(
+                "TLS certificate reloaded (SIGHUP) from {}",
+                tls.cert_path().display()
+            ),
+            Err(e) => tracing::error!(
+                "TLS certificate reload (SIGHUP) refused; the previous certificate keeps serving: {e}"
+            ),
+        }
+    }
 }

@@ -1,7 +1,9 @@
 //! The traffic listener: accepting connections, the server limits, graceful draining.
 //!
 //! Each connection is served by hyper-util's `auto` builder (HTTP/1.1, and HTTP/2 with prior
-//! knowledge), with upgrades enabled for WebSocket passthrough. The limits of `[server]` and
+//! knowledge), with upgrades enabled for WebSocket passthrough. Over TLS the protocol is the
+//! one ALPN chose (`h2` or `http/1.1`; HTTP/1.1 when the client offered none), and every
+//! request is marked [`Https`] so HSTS is sent only over HTTPS. The limits of `[server]` and
 //! how they behave:
 //!
 //! - `max_connections`: a semaphore taken *before* `accept`, so excess connections wait in
@@ -14,8 +16,8 @@
 //!   more than 100 fields, gets hyper's own bare 431 and the connection is closed. Over
 //!   HTTP/2 the header list is capped at the same size: h2 answers 431 itself, or sends
 //!   GOAWAY (`ENHANCE_YOUR_CALM`) for a list far over the cap.
-//! - `header_read_timeout`: the first request's headers must arrive within it from the
-//!   moment the connection is accepted; on a kept-alive HTTP/1 connection, from the first
+//! - `header_read_timeout`: the TLS handshake, then the first request's headers, must each
+//!   complete within it from the moment the connection is accepted (or the handshake ends); on a kept-alive HTTP/1 connection, from the first
 //!   byte of the next request. A client trickling header bytes (slowloris) has its
 //!   connection closed at the deadline, without a response; other connections are unaffected.
 //! - `idle_timeout`: a connection with no request in flight and no bytes moving for this
@@ -53,6 +55,7 @@ use tower::ServiceExt;
 
 use crate::config::ServerConfig;
 use crate::reload::Live;
+use crate::tls::TlsAcceptorHandle;
 
 /// How far above `max_header_bytes` hyper's own read-buffer cap sits: header blocks in
 /// between get the JSON 431, larger ones hyper's bare 431.
@@ -66,11 +69,57 @@ pub trait Io: AsyncRead + AsyncWrite + Unpin + Send + 'static {}
 
 impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> Io for T {}
 
-/// Turns an accepted TCP stream into a TLS stream. Supplied by the TLS module (not in this
-/// build); the handshake is bounded by `header_read_timeout`.
+/// The HTTP version a TLS client chose by ALPN.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Alpn {
+    /// `h2`.
+    Http2,
+    /// `http/1.1`, or no ALPN at all.
+    Http1,
+}
+
+/// A finished TLS handshake: the decrypted stream and the protocol agreed on.
+pub struct TlsConnection {
+    /// The stream to serve HTTP on.
+    pub io: Box<dyn Io>,
+    /// The protocol ALPN chose.
+    pub alpn: Alpn,
+}
+
+/// Turns an accepted TCP stream into a TLS stream; [`TlsAcceptorHandle`] is the gateway's.
 pub trait TlsAcceptor: Send + Sync + 'static {
-    /// Runs the TLS handshake.
-    fn accept(&self, tcp: TcpStream) -> BoxFuture<'static, io::Result<Box<dyn Io>>>;
+    /// Runs the TLS handshake, giving up after `timeout` (`header_read_timeout`).
+    fn accept(
+        &self,
+        tcp: TcpStream,
+        timeout: Duration,
+    ) -> BoxFuture<'static, io::Result<TlsConnection>>;
+}
+
+impl TlsAcceptor for TlsAcceptorHandle {
+    fn accept(
+        &self,
+        tcp: TcpStream,
+        timeout: Duration,
+    ) -> BoxFuture<'static, io::Result<TlsConnection>> {
+        // The acceptor in force now: a certificate reloaded later applies to later connections.
+        let acceptor = self.acceptor();
+        Box::pin(async move {
+            let tls = tokio::time::timeout(timeout, acceptor.accept(tcp))
+                .await
+                .map_err(|_| {
+                    io::Error::new(io::ErrorKind::TimedOut, "TLS handshake timed out")
+                })??;
+            let alpn = match tls.get_ref().1.alpn_protocol() {
+                Some(b"h2") => Alpn::Http2,
+                _ => Alpn::Http1,
+            };
+            Ok(TlsConnection {
+                io: Box::new(tls),
+                alpn,
+            })
+        })
+    }
 }
 
 /// The per-connection limits, taken from `[server]` when a connection is accepted.
@@ -197,20 +246,19 @@ impl Connection {
     async fn run(self, tcp: TcpStream, tls: Option<Arc<dyn TlsAcceptor>>) {
         let limits = ConnectionLimits::of(&self.live.current().config.server);
         match tls {
-            None => self.serve(tcp, false, limits).await,
-            Some(acceptor) => {
-                match tokio::time::timeout(limits.header_read_timeout, acceptor.accept(tcp)).await {
-                    Ok(Ok(io)) => self.serve(io, true, limits).await,
-                    Ok(Err(e)) => {
-                        tracing::debug!(peer = %self.peer, error = %e, "TLS handshake failed")
-                    }
-                    Err(_) => tracing::debug!(peer = %self.peer, "TLS handshake timed out"),
+            None => self.serve(tcp, None, limits).await,
+            Some(acceptor) => match acceptor.accept(tcp, limits.header_read_timeout).await {
+                Ok(tls) => self.serve(tls.io, Some(tls.alpn), limits).await,
+                Err(e) => {
+                    tracing::debug!(peer = %self.peer, error = %e, "TLS handshake failed")
                 }
-            }
+            },
         }
     }
 
-    async fn serve<I: Io>(self, io: I, https: bool, limits: ConnectionLimits) {
+    /// Serves HTTP on `io`: plain (`alpn` is `None`: HTTP/1.1 or HTTP/2 with prior knowledge,
+    /// told apart by the first bytes) or over TLS (the ALPN protocol only).
+    async fn serve<I: Io>(self, io: I, alpn: Option<Alpn>, limits: ConnectionLimits) {
         let Connection {
             peer,
             live,
@@ -218,6 +266,8 @@ impl Connection {
             permit,
             _done,
         } = self;
+        let https = alpn.is_some();
+        // The handshake's time does not count against the first request's headers.
         let state = Arc::new(ConnState::new());
         let io = TokioIo::new(TrackedIo {
             inner: io,
@@ -239,6 +289,11 @@ impl Connection {
             .timer(TokioTimer::new())
             .max_concurrent_streams(limits.http2_max_concurrent_streams)
             .max_header_list_size(u32::try_from(cap).unwrap_or(u32::MAX));
+        let builder = match alpn {
+            None => builder,
+            Some(Alpn::Http1) => builder.http1_only(),
+            Some(Alpn::Http2) => builder.http2_only(),
+        };
         let service = ConnService {
             live,
             peer,
