@@ -1,0 +1,146 @@
+//! The library face of the benchmarks (`bench/run.sh`): an axum app answering `{"ok":true}`,
+//! served bare (`--layer none`) or behind [`SecurityLayer`] (`--layer public`), so the two runs
+//! show what securing the app in Rust costs.
+//!
+//! Behind the layer:
+//! - every path has the public preset (security headers, CSP nonce, methods, 1 MiB body,
+//!   inbound header stripping) with a rate limit so high it never triggers;
+//! - `/api/user/me` is `Preset::Authenticated`: a JWT from `Authorization: Bearer …`, HS256
+//!   with the secret in `BENCH_JWT_SECRET` (at least 32 bytes), and RS256 as well when
+//!   `BENCH_JWT_PUBLIC_KEY` holds a PEM public key; issuer and audience are `portcullis`, as
+//!   `portcullis token` mints;
+//! - `/api/limited` allows one request a minute per client, to measure refusals.
+//!
+//! ```text
+//! BENCH_JWT_SECRET=$(openssl rand -hex 32) \
+//!   cargo run --release -p portcullis --example bench_axum -- --listen 127.0.0.1:3001 --layer public
+//! ```
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Bytes;
+use axum::extract::Request;
+use axum::http::header;
+use axum::response::IntoResponse;
+use axum::routing::get;
+use axum::{Router, ServiceExt};
+use portcullis::auth::Secret;
+use portcullis::auth::jwks::VerificationKey;
+use portcullis::auth::jwt::{Algorithm, JwtAuthenticator};
+use portcullis::policy::{RateKey, RateLimitSpec};
+use portcullis::{Policy, Preset, SecurityLayer};
+use tower::Layer;
+
+/// What `portcullis token` puts in `iss` and `aud` when the config names none.
+const ISSUER: &str = "portcullis";
+const USAGE: &str = "usage: bench_axum [--listen ADDR:PORT] [--layer none|public]";
+
+/// Far above what one machine can send: the limiter runs on every request, never refuses.
+fn never_limited(key: RateKey) -> RateLimitSpec {
+    RateLimitSpec::new(10_000_000, Duration::from_secs(1), key)
+}
+
+async fn ok() -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        r#"{"ok":true}"#,
+    )
+}
+
+/// Reads the whole body, as an application would, then answers.
+async fn ok_after_body(body: Bytes) -> impl IntoResponse {
+    drop(body);
+    ok().await
+}
+
+fn router() -> Router {
+    Router::new()
+        .route("/api/user/me", get(ok))
+        .route("/api/limited", get(ok))
+        .fallback(ok_after_body)
+}
+
+/// The JWT authenticator: HS256 from `BENCH_JWT_SECRET`, RS256 from `BENCH_JWT_PUBLIC_KEY`.
+fn authenticator() -> JwtAuthenticator {
+    let secret = std::env::var("BENCH_JWT_SECRET")
+        .expect("BENCH_JWT_SECRET must hold the HS256 secret (at least 32 bytes)");
+    let mut jwt = JwtAuthenticator::builder()
+        .issuer(ISSUER)
+        .audience(ISSUER)
+        .key(
+            VerificationKey::hmac(Algorithm::HS256, &Secret::from(secret))
+                .expect("BENCH_JWT_SECRET must be at least 32 bytes"),
+        );
+    let mut algorithms = vec![Algorithm::HS256];
+    if let Ok(pem) = std::env::var("BENCH_JWT_PUBLIC_KEY") {
+        jwt = jwt.key(
+            VerificationKey::from_pem(Algorithm::RS256, &pem)
+                .expect("BENCH_JWT_PUBLIC_KEY must hold an RSA public key in PEM"),
+        );
+        algorithms.push(Algorithm::RS256);
+    }
+    jwt.algorithms(algorithms)
+        .build()
+        .expect("the bench authenticator is valid")
+}
+
+fn security() -> SecurityLayer {
+    SecurityLayer::builder()
+        .default_policy(Policy::preset(Preset::Public).rate_limits([never_limited(RateKey::Ip)]))
+        .route(
+            "/api/user/**",
+            Policy::preset(Preset::Authenticated).rate_limits([never_limited(RateKey::User)]),
+        )
+        .route(
+            "/api/limited",
+            Policy::preset(Preset::Public).rate_limits([RateLimitSpec::new(
+                1,
+                Duration::from_secs(60),
+                RateKey::Ip,
+            )]),
+        )
+        .authenticator(Arc::new(authenticator()))
+        .build()
+        .expect("the bench policy is valid")
+}
+
+#[tokio::main]
+async fn main() {
+    let mut listen = "127.0.0.1:3001".to_string();
+    let mut layer = "public".to_string();
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
+        match arg.as_str() {
+            "--listen" => listen = args.next().expect(USAGE),
+            "--layer" => layer = args.next().expect(USAGE),
+            _ => panic!("unknown argument {arg:?}; {USAGE}"),
+        }
+    }
+    let addr: SocketAddr = listen.parse().expect(USAGE);
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .expect("the listen address must be free");
+    eprintln!(
+        "bench_axum (--layer {layer}) listening on http://{}",
+        listener
+            .local_addr()
+            .expect("a bound listener has an address")
+    );
+    match layer.as_str() {
+        "none" => {
+            let make =
+                ServiceExt::<Request>::into_make_service_with_connect_info::<SocketAddr>(router());
+            axum::serve(listener, make).await.expect("serving");
+        }
+        "public" => {
+            // Wrapping the whole router: routing, like every control, sees the canonical path.
+            let app = security().layer(router());
+            let make =
+                ServiceExt::<Request>::into_make_service_with_connect_info::<SocketAddr>(app);
+            axum::serve(listener, make).await.expect("serving");
+        }
+        other => panic!("unknown layer {other:?}; {USAGE}"),
+    }
+}
