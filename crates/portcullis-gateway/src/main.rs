@@ -18,7 +18,7 @@ fn main() -> ExitCode {
     match Cli::parse().command {
         Command::CheckConfig { config } => check_config(&config),
         Command::Serve { config } => serve(&config),
-        Command::Demo { .. } => not_implemented("demo"),
+        Command::Demo { listen } => demo(&listen),
         Command::Token {
             sub,
             role,
@@ -30,6 +30,17 @@ fn main() -> ExitCode {
         } => apikey_new(&id, &role),
         Command::Audit { .. } => not_implemented("audit"),
     }
+}
+
+/// `demo`: the gateway in front of the built-in demo app, with secrets made for this run.
+fn demo(listen: &str) -> ExitCode {
+    init_logging();
+    for (name, value) in portcullis_gateway::demo::fresh_secrets() {
+        // SAFETY: no other thread exists yet (`demo::main` starts the runtime), so nothing
+        // can read the environment while it changes.
+        unsafe { std::env::set_var(name, value) };
+    }
+    portcullis_gateway::demo::main(listen)
 }
 
 /// `token`: mints a development HS256 token with `[auth.jwt] secret_env`.
