@@ -187,7 +187,11 @@ fn asset(content_type: &'static str, body: &'static str) -> Response {
 
 /// The gateway's error shape, for the app's own refusals.
 fn error(status: StatusCode, code: &str, message: &str) -> Response {
-    (status, axum::Json(json!({ "error": message, "code": code }))).into_response()
+    (
+        status,
+        axum::Json(json!({ "error": message, "code": code })),
+    )
+        .into_response()
 }
 
 /// The caller as the gateway vouches for it.
@@ -302,7 +306,11 @@ async fn sensitive_operation(caller: Caller, body: Bytes) -> Response {
 
 async fn admin_users(State(app): State<Arc<DemoApp>>, caller: Caller) -> Response {
     if !caller.roles.iter().any(|r| r == "admin") {
-        return error(StatusCode::FORBIDDEN, "forbidden", "the admin role is required");
+        return error(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            "the admin role is required",
+        );
     }
     let notes = app.notes();
     let users: Vec<_> = DEMO_USERS

@@ -123,7 +123,9 @@ pub fn parse_listen(s: &str) -> Result<SocketAddr, DemoError> {
         ))
     })?;
     if addr.port() == 0 {
-        return Err(DemoError::Listen(format!("{s:?}: choose a port other than 0")));
+        return Err(DemoError::Listen(format!(
+            "{s:?}: choose a port other than 0"
+        )));
     }
     Ok(addr)
 }
@@ -279,19 +281,14 @@ fn banner(listen: SocketAddr, upstream: SocketAddr, config: &Path, tokens: &Toke
                 "for i in $(seq 100); do curl -s -o /dev/null -w '%{{http_code}}\\n' {g}/api/public-data; done | sort | uniq -c"
             ),
         ),
-        (
-            "401: not logged in",
-            format!("curl -i {g}/api/user/notes"),
-        ),
+        ("401: not logged in", format!("curl -i {g}/api/user/notes")),
         (
             "403: a POST without a CSRF token",
             format!("curl -i -X POST {alice} {json} -d '{{\"text\":\"hi\"}}' {g}/api/user/notes"),
         ),
         (
             "403 as alice, 200 as admin",
-            format!(
-                "curl -i {alice} {g}/api/admin/users\n  curl -i {admin} {g}/api/admin/users"
-            ),
+            format!("curl -i {alice} {g}/api/admin/users\n  curl -i {admin} {g}/api/admin/users"),
         ),
         (
             "403: the same route once the path is made canonical, so the same policy",
