@@ -137,6 +137,8 @@ pub fn router(app: Arc<DemoApp>) -> Router {
     Router::new()
         .route("/", get(|| async { page(INDEX_HTML) }))
         .route("/notes", get(|| async { page(&notes_html()) }))
+        // Browsers ask for it on every page; an empty answer keeps their consoles quiet.
+        .route("/favicon.ico", get(|| async { StatusCode::NO_CONTENT }))
         .route("/login", get(login_page).post(login))
         .route("/logout", post(logout))
         .route(
