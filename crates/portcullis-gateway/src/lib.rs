@@ -10,6 +10,7 @@
 pub mod admin;
 pub mod auth;
 pub mod config;
+pub mod demo;
 pub mod jwks_https;
 pub mod proxy;
 pub mod reload;

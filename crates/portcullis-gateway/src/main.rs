@@ -19,7 +19,7 @@ fn main() -> ExitCode {
     match Cli::parse().command {
         Command::CheckConfig { config } => check_config(&config),
         Command::Serve { config } => serve(&config),
-        Command::Demo { .. } => not_implemented("demo"),
+        Command::Demo { listen } => demo(&listen),
         Command::Token {
             sub,
             role,
@@ -31,6 +31,17 @@ fn main() -> ExitCode {
         } => apikey_new(&id, &role),
         Command::Audit { command } => audit_cli::run(command),
     }
+}
+
+/// `demo`: the gateway in front of the built-in demo app, with secrets made for this run.
+fn demo(listen: &str) -> ExitCode {
+    init_logging();
+    for (name, value) in portcullis_gateway::demo::fresh_secrets() {
+        // SAFETY: no other thread exists yet (`demo::main` starts the runtime), so nothing
+        // can read the environment while it changes.
+        unsafe { std::env::set_var(name, value) };
+    }
+    portcullis_gateway::demo::main(listen)
 }
 
 /// `token`: mints a development HS256 token with `[auth.jwt] secret_env`.
@@ -82,12 +93,6 @@ fn apikey_new(id: &str, roles: &[String]) -> ExitCode {
 {entry}"
     );
     ExitCode::SUCCESS
-}
-
-/// The placeholder of a command still being written.
-fn not_implemented(command: &str) -> ExitCode {
-    eprintln!("portcullis {command}: not implemented yet");
-    ExitCode::FAILURE
 }
 
 /// `serve`: every config error on stderr and exit 2, or run until SIGTERM/SIGINT.

@@ -392,10 +392,3 @@ fn help_lists_the_commands() {
         );
     }
 }
-
-#[test]
-fn placeholder_commands_say_not_implemented() {
-    let out = portcullis().arg("demo").output().expect("runs");
-    assert_eq!(out.status.code(), Some(1));
-    assert!(stderr(&out).contains("not implemented yet"));
-}
