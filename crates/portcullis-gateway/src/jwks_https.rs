@@ -12,10 +12,10 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Request, Response, Uri, header};
-use http_body_util::{BodyExt, Empty, Limited};
+use http_body_util::Empty;
 use hyper_util::rt::TokioIo;
 use portcullis::auth::BoxFuture;
-use portcullis::auth::jwks::{FetchError, JwksFetcher};
+use portcullis::auth::jwks::{FetchError, JwksFetcher, read_bounded};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName};
 use tokio::net::TcpStream;
@@ -111,13 +111,7 @@ impl HttpsFetcher {
             .send_request(req)
             .await
             .map_err(|_| FetchError("connection failed"))?;
-        let (parts, body) = res.into_parts();
-        let body = Limited::new(body, self.max_bytes)
-            .collect()
-            .await
-            .map_err(|_| FetchError("body unreadable or too large"))?
-            .to_bytes();
-        Ok(Response::from_parts(parts, body))
+        read_bounded(res, self.max_bytes).await
     }
 }
 

@@ -83,6 +83,8 @@ pub struct Exchange {
     https: bool,
     response_headers: HeaderMap,
     detail: Option<&'static str>,
+    /// The socket peer is a trusted proxy (decided once, used by steps 3 and 14).
+    peer_trusted: bool,
     notes: Vec<Note>,
     /// Set at step 11 when the CSRF guard must read this many body bytes to decide.
     guard_body: Option<u64>,
@@ -623,6 +625,7 @@ impl Engine {
             https,
             response_headers: HeaderMap::new(),
             detail: None,
+            peer_trusted,
             notes: Vec::new(),
             guard_body: None,
         };
@@ -741,9 +744,8 @@ impl Engine {
             parts.uri = rewrite_uri(&parts.uri, path.as_str(), h2)?;
         }
         // 3. Inbound headers.
-        let peer_trusted = client_ip::peer_of(parts).is_some_and(|p| self.trusted.contains(p));
         if let Some(strip) = &self.inbound {
-            strip.strip(&mut parts.headers, peer_trusted);
+            strip.strip(&mut parts.headers, x.peer_trusted);
         }
         // 5. Route → policy.
         let entry = self
@@ -780,7 +782,8 @@ impl Engine {
         // 8. Authentication, behind the brute-force limit (authenticated routes only, so a
         // stale cookie on public pages never locks anyone out).
         let tracker = self.failed_auth.as_ref().filter(|_| policy.requires_auth());
-        let client_key = x.client_ip.key();
+        // Formatted only where the tracker applies: public routes pay nothing for it.
+        let client_key = tracker.map(|_| x.client_ip.key()).unwrap_or_default();
         if let Some(t) = tracker
             && let Err(wait) = t.check(&client_key).await
         {

@@ -569,6 +569,24 @@ pub trait JwksFetcher: Send + Sync + 'static {
     fn get<'a>(&'a self, url: &'a Uri) -> BoxFuture<'a, Result<Response<Bytes>, FetchError>>;
 }
 
+/// Reads a JWKS answer whole, refusing a body over `max_bytes`; for [`JwksFetcher`]s.
+pub async fn read_bounded<B>(
+    res: Response<B>,
+    max_bytes: usize,
+) -> Result<Response<Bytes>, FetchError>
+where
+    B: http_body::Body<Data = Bytes>,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let (parts, body) = res.into_parts();
+    let body = Limited::new(body, max_bytes)
+        .collect()
+        .await
+        .map_err(|_| FetchError("body unreadable or too large"))?
+        .to_bytes();
+    Ok(Response::from_parts(parts, body))
+}
+
 /// The built-in fetcher: hyper over plain HTTP, with a timeout and a body size cap; no
 /// redirects are followed.
 #[derive(Clone)]
@@ -619,13 +637,7 @@ impl JwksFetcher for HttpFetcher {
                     .request(req)
                     .await
                     .map_err(|_| FetchError("connection failed"))?;
-                let (parts, body) = res.into_parts();
-                let body = Limited::new(body, self.max_bytes)
-                    .collect()
-                    .await
-                    .map_err(|_| FetchError("body unreadable or too large"))?
-                    .to_bytes();
-                Ok(Response::from_parts(parts, body))
+                read_bounded(res, self.max_bytes).await
             };
             tokio::time::timeout(self.timeout, exchange)
                 .await
