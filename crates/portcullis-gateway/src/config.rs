@@ -167,6 +167,27 @@ pub enum UpstreamKind {
     Nextjs,
 }
 
+/// How the gateway spreads connections over its worker threads (`server.threading`).
+///
+/// ```
+/// use portcullis_gateway::config::Threading;
+/// assert_eq!(Threading::default(), Threading::PerCore);
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Threading {
+    /// `"per-core"` (default): each worker thread runs its own single-threaded runtime, its own
+    /// `SO_REUSEPORT` listener (the kernel spreads new connections over them) and its own
+    /// pool of upstream connections, so a request never crosses threads. Fastest for many
+    /// short requests; a connection stays on the thread that accepted it.
+    #[default]
+    PerCore,
+    /// `"work-stealing"`: one listener and one multi-threaded runtime whose idle threads take
+    /// work from busy ones, and one shared upstream pool. Evens out uneven loads (a few
+    /// connections doing heavy work, such as RS256 verification or long streams) at the cost
+    /// of cross-thread wake-ups on every request.
+    WorkStealing,
+}
+
 /// `[server]`.
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
@@ -204,6 +225,8 @@ pub struct ServerConfig {
     pub http2_max_concurrent_streams: u32,
     /// Worker threads (0: one per core).
     pub workers: usize,
+    /// How connections are spread over the workers (default per-core).
+    pub threading: Threading,
     /// The nonce marker in upstream HTML (default `{{portcullis-nonce}}`).
     pub nonce_placeholder: String,
     /// `[server.tls]`: serve HTTPS.

@@ -7,7 +7,7 @@ use std::path::Path;
 use std::process::ExitCode;
 
 use clap::Parser;
-use portcullis_gateway::config::{ConfigErrors, GatewayConfig};
+use portcullis_gateway::config::{ConfigErrors, GatewayConfig, Threading};
 use portcullis_gateway::serve::ServeError;
 
 use cli::{Cli, Command};
@@ -105,11 +105,20 @@ fn serve(path: &Path) -> ExitCode {
             return ExitCode::from(EXIT_CONFIG);
         }
     };
-    let mut runtime = tokio::runtime::Builder::new_multi_thread();
+    // Per-core: the workers start their own runtimes (see `serve`); the main thread keeps
+    // signals, reloads, the admin listener and the audit writer. Work-stealing: one runtime
+    // of `workers` threads serves everything.
+    let mut runtime = match config.server.threading {
+        Threading::PerCore => tokio::runtime::Builder::new_current_thread(),
+        Threading::WorkStealing => {
+            let mut rt = tokio::runtime::Builder::new_multi_thread();
+            rt.worker_threads(portcullis_gateway::serve::worker_count(
+                config.server.workers,
+            ));
+            rt
+        }
+    };
     runtime.enable_all();
-    if config.server.workers > 0 {
-        runtime.worker_threads(config.server.workers);
-    }
     let runtime = match runtime.build() {
         Ok(rt) => rt,
         Err(e) => {

@@ -53,12 +53,13 @@
 //!   and the CSP blocks those scripts). Non-HTML responses, HEAD requests and 204/304
 //!   responses pass untouched.
 
+use std::cell::RefCell;
 use std::collections::HashMap;
 use std::error::Error as StdError;
 use std::net::IpAddr;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::{Arc, Weak};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -82,7 +83,7 @@ use portcullis::policy::CspSetting;
 use portcullis::{Control, Csp, Nonce, Principal, Rejection, RequestId};
 use tokio::time::{Instant, Sleep};
 
-use crate::config::{ConfigError, GatewayConfig, ServerConfig, UpstreamKind};
+use crate::config::{ConfigError, GatewayConfig, ServerConfig, Threading, UpstreamKind};
 
 /// A boxed error, as bodies carry them.
 pub type BoxError = Box<dyn StdError + Send + Sync>;
@@ -114,7 +115,11 @@ pub struct Proxy {
 }
 
 struct ProxyInner {
-    client: Client<HttpConnector, ProxyBody>,
+    /// The shared pool (work-stealing threading).
+    client: UpstreamClient,
+    /// Per-core threading: each thread keeps its own pool (see [`Proxy::send`]).
+    pool_per_thread: bool,
+    connect_timeout: Duration,
     scheme: Scheme,
     authority: Authority,
     upstream_timeout: Duration,
@@ -124,6 +129,30 @@ struct ProxyInner {
     csps: RouteCsps,
     /// The placeholder rewrite for other upstreams' HTML.
     rewriter: NonceRewriter,
+}
+
+/// A pooled HTTP/1.1 client to the upstream.
+type UpstreamClient = Client<HttpConnector, ProxyBody>;
+
+/// A client whose connections are spawned on the runtime that first uses it.
+fn upstream_client(connect_timeout: Duration) -> UpstreamClient {
+    let mut connector = HttpConnector::new();
+    connector.set_connect_timeout(Some(connect_timeout));
+    connector.set_nodelay(true);
+    connector.enforce_http(true);
+    Client::builder(TokioExecutor::new())
+        .timer(TokioTimer::new())
+        .pool_timer(TokioTimer::new())
+        .pool_idle_timeout(POOL_IDLE_TIMEOUT)
+        .build(connector)
+}
+
+thread_local! {
+    /// Per-core threading: this thread's upstream pool for each proxy still alive. A pooled
+    /// connection is driven by the runtime that opened it; keeping one pool per worker
+    /// thread means a request and its upstream connection never wake another thread.
+    static THREAD_POOLS: RefCell<Vec<(Weak<ProxyInner>, UpstreamClient)>> =
+        const { RefCell::new(Vec::new()) };
 }
 
 /// The CSP each route sends, by route pattern, resolved the way the layer resolves it, so
@@ -211,18 +240,11 @@ impl Proxy {
             key: "server.nonce_placeholder".to_string(),
             reason: e.to_string(),
         })?;
-        let mut connector = HttpConnector::new();
-        connector.set_connect_timeout(Some(server.upstream_connect_timeout));
-        connector.set_nodelay(true);
-        connector.enforce_http(true);
-        let client = Client::builder(TokioExecutor::new())
-            .timer(TokioTimer::new())
-            .pool_timer(TokioTimer::new())
-            .pool_idle_timeout(POOL_IDLE_TIMEOUT)
-            .build(connector);
         Ok(Proxy {
             inner: Arc::new(ProxyInner {
-                client,
+                client: upstream_client(server.upstream_connect_timeout),
+                connect_timeout: server.upstream_connect_timeout,
+                pool_per_thread: server.threading == Threading::PerCore,
                 scheme,
                 authority,
                 upstream_timeout: server.upstream_timeout,
@@ -232,6 +254,30 @@ impl Proxy {
                 rewriter,
             }),
         })
+    }
+
+    /// Sends `req` over this thread's pool (per-core) or the shared one.
+    fn send(&self, req: Request<ProxyBody>) -> hyper_util::client::legacy::ResponseFuture {
+        if !self.inner.pool_per_thread {
+            return self.inner.client.request(req);
+        }
+        let pool = THREAD_POOLS.try_with(|pools| {
+            let mut pools = pools.borrow_mut();
+            let me = Arc::as_ptr(&self.inner);
+            if let Some((_, client)) = pools.iter().find(|(p, _)| std::ptr::eq(p.as_ptr(), me)) {
+                return client.clone();
+            }
+            // A reload left pools of proxies no request uses any more: close them.
+            pools.retain(|(p, _)| p.strong_count() > 0);
+            let client = upstream_client(self.inner.connect_timeout);
+            pools.push((Arc::downgrade(&self.inner), client.clone()));
+            client
+        });
+        match pool {
+            Ok(client) => client.request(req),
+            // The thread is exiting (its locals are gone): the shared pool still works.
+            Err(_) => self.inner.client.request(req),
+        }
     }
 
     /// The upstream's `host:port`.
@@ -267,7 +313,7 @@ impl Proxy {
             .inner
             .upstream_timeout
             .min(deadline.saturating_duration_since(Instant::now()));
-        let sent = tokio::time::timeout(wait, self.inner.client.request(upstream_req)).await;
+        let sent = tokio::time::timeout(wait, self.send(upstream_req)).await;
         let mut res = match sent {
             Ok(Ok(res)) => res,
             Ok(Err(e)) => {

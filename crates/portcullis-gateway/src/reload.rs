@@ -141,6 +141,9 @@ fn restart_only_changes(old: &ServerConfig, new: &ServerConfig) -> Vec<&'static 
     if old.workers != new.workers {
         keys.push("server.workers");
     }
+    if old.threading != new.threading {
+        keys.push("server.threading");
+    }
     if old.tls.is_some() != new.tls.is_some() {
         keys.push("server.tls");
     }

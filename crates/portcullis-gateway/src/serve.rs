@@ -13,6 +13,16 @@
 //! (changing `[server.tls]` itself needs a restart). With `redirect_http_listen`, a plain-HTTP
 //! listener there answers every request with a 308 to the same URL on HTTPS.
 //!
+//! Threads: with `server.threading = "per-core"` (the default), `server.workers` threads
+//! (0: one per core) each run a single-threaded runtime with its own `SO_REUSEPORT`
+//! listener on `server.listen` and its own upstream pool, so a request is read, checked,
+//! proxied and answered on one thread; the kernel spreads new connections over the
+//! listeners. Signals, reloads, the admin listener and the audit writer run on the main
+//! thread. Before the listeners bind, the address is probed with a plain bind, so a port
+//! another process holds is refused as `cannot listen on ADDR` rather than shared. With
+//! `"work-stealing"`, one listener feeds one multi-threaded runtime of `server.workers`
+//! threads (see [`Threading`]).
+//!
 //! Stop: SIGTERM or SIGINT closes the listeners (new connections are refused), tells open
 //! connections to finish their requests and close, and waits for them up to
 //! `server.shutdown_timeout`; connections still open then are dropped. Upgraded (WebSocket)
@@ -27,7 +37,9 @@ use tokio::net::TcpListener;
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::watch;
 
-use crate::config::{ConfigErrors, GatewayConfig, Stores};
+use tokio::sync::{Semaphore, oneshot};
+
+use crate::config::{ConfigErrors, GatewayConfig, Stores, Threading};
 use crate::reload::{Generation, Live};
 use crate::server::{Server, TlsAcceptor};
 use crate::tls::{TlsAcceptorHandle, TlsError};
@@ -112,7 +124,12 @@ pub async fn run(path: &Path, config: GatewayConfig) -> Result<(), ServeError> {
     let mut interrupt =
         signal(SignalKind::interrupt()).map_err(io_error("cannot handle SIGINT"))?;
 
-    let listener = bind(server.listen, "server.listen").await?;
+    let listeners = match server.threading {
+        Threading::WorkStealing => Listeners::Shared(bind(server.listen, "server.listen").await?),
+        Threading::PerCore => {
+            Listeners::PerCore(bind_per_core(server.listen, worker_count(server.workers))?)
+        }
+    };
     let admin = match server.admin_listen {
         Some(addr) if server.admin_listen_explicit => {
             Some(bind(addr, "server.admin_listen").await?)
@@ -134,9 +151,7 @@ pub async fn run(path: &Path, config: GatewayConfig) -> Result<(), ServeError> {
         None => None,
     };
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
-    let local = listener
-        .local_addr()
-        .map_err(io_error("listener address"))?;
+    let local = listeners.local_addr()?;
     if let Some(admin) = admin {
         if let Ok(addr) = admin.local_addr() {
             tracing::info!("admin listening on http://{addr}");
@@ -170,8 +185,7 @@ pub async fn run(path: &Path, config: GatewayConfig) -> Result<(), ServeError> {
     };
     let scheme = if tls.is_some() { "https" } else { "http" };
     let acceptor = tls.map(|t| t as Arc<dyn TlsAcceptor>);
-    let traffic = Server::new(listener, live.clone(), acceptor, server.max_connections);
-    let accepting = tokio::spawn(traffic.run(shutdown_rx));
+    let traffic = listeners.serve(&live, acceptor, server.max_connections, shutdown_rx)?;
     tracing::info!(
         "listening on {scheme}://{local}, forwarding to {}",
         live.current().proxy.upstream_authority()
@@ -190,13 +204,7 @@ pub async fn run(path: &Path, config: GatewayConfig) -> Result<(), ServeError> {
     if let Some(redirecting) = redirecting {
         redirecting.abort();
     }
-    let drained = match accepting.await {
-        Ok(drain) => drain.wait(grace).await,
-        Err(e) => {
-            tracing::error!(error = %e, "the accept loop failed");
-            false
-        }
-    };
+    let drained = traffic.finish(grace).await;
     if drained {
         tracing::info!("all connections closed");
     } else {
@@ -206,6 +214,153 @@ pub async fn run(path: &Path, config: GatewayConfig) -> Result<(), ServeError> {
     live.stores().shutdown_audit().await;
     tracing::info!("audit log flushed; bye");
     Ok(())
+}
+
+/// The number of worker threads `server.workers` asks for (0: one per core).
+pub fn worker_count(workers: usize) -> usize {
+    if workers > 0 {
+        return workers;
+    }
+    std::thread::available_parallelism().map_or(1, usize::from)
+}
+
+/// The traffic listeners, bound.
+enum Listeners {
+    /// One listener for the multi-threaded runtime.
+    Shared(TcpListener),
+    /// One `SO_REUSEPORT` listener per worker thread.
+    PerCore(Vec<std::net::TcpListener>),
+}
+
+/// The traffic being served: wait for it to drain with [`Traffic::finish`].
+enum Traffic {
+    /// The accept loop on the multi-threaded runtime.
+    Shared(tokio::task::JoinHandle<crate::server::Drain>),
+    /// Each worker thread reports whether its connections drained within the grace time.
+    PerCore(Vec<oneshot::Receiver<bool>>),
+}
+
+/// Binds `workers` listeners on `addr` with `SO_REUSEPORT`. A plain bind first makes sure
+/// nothing else holds the address (a `SO_REUSEPORT` bind would silently share it with
+/// another process of the same user), and turns port 0 into the one port every worker binds.
+fn bind_per_core(
+    addr: SocketAddr,
+    workers: usize,
+) -> Result<Vec<std::net::TcpListener>, ServeError> {
+    let what = format!("cannot listen on {addr} (server.listen)");
+    let addr = {
+        let probe = std::net::TcpListener::bind(addr).map_err(io_error(what.clone()))?;
+        probe.local_addr().map_err(io_error(what.clone()))?
+    };
+    (0..workers.max(1))
+        .map(|_| reuseport_listener(addr).map_err(io_error(what.clone())))
+        .collect()
+}
+
+/// One non-blocking listener on `addr` with `SO_REUSEADDR` and `SO_REUSEPORT`.
+fn reuseport_listener(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    socket.set_reuse_address(true)?;
+    socket.set_reuse_port(true)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(4096)?;
+    Ok(socket.into())
+}
+
+impl Listeners {
+    fn local_addr(&self) -> Result<SocketAddr, ServeError> {
+        let addr = match self {
+            Listeners::Shared(l) => l.local_addr(),
+            Listeners::PerCore(ls) => match ls.first() {
+                Some(l) => l.local_addr(),
+                None => Err(std::io::Error::other("no listener")),
+            },
+        };
+        addr.map_err(io_error("listener address"))
+    }
+
+    /// Starts accepting: a task on this runtime, or one thread per listener.
+    fn serve(
+        self,
+        live: &Live,
+        acceptor: Option<Arc<dyn TlsAcceptor>>,
+        max_connections: usize,
+        shutdown: watch::Receiver<bool>,
+    ) -> Result<Traffic, ServeError> {
+        match self {
+            Listeners::Shared(listener) => {
+                let server = Server::new(listener, live.clone(), acceptor, max_connections);
+                Ok(Traffic::Shared(tokio::spawn(server.run(shutdown))))
+            }
+            Listeners::PerCore(listeners) => {
+                let slots = Arc::new(Semaphore::new(max_connections));
+                let mut done = Vec::with_capacity(listeners.len());
+                for (i, listener) in listeners.into_iter().enumerate() {
+                    let runtime = tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()
+                        .map_err(io_error("cannot start a worker runtime"))?;
+                    let (tx, rx) = oneshot::channel();
+                    let live = live.clone();
+                    let acceptor = acceptor.clone();
+                    let slots = slots.clone();
+                    let shutdown = shutdown.clone();
+                    std::thread::Builder::new()
+                        .name(format!("portcullis-worker-{i}"))
+                        .spawn(move || {
+                            runtime.block_on(async move {
+                                let drained = match TcpListener::from_std(listener) {
+                                    Ok(listener) => {
+                                        let server = Server::with_slots(
+                                            listener,
+                                            live.clone(),
+                                            acceptor,
+                                            slots,
+                                        );
+                                        let drain = server.run(shutdown).await;
+                                        let grace = live.current().config.server.shutdown_timeout;
+                                        drain.wait(grace).await
+                                    }
+                                    Err(e) => {
+                                        tracing::error!(error = %e, "worker {i}: listener refused");
+                                        true
+                                    }
+                                };
+                                let _ = tx.send(drained);
+                            });
+                        })
+                        .map_err(io_error("cannot start a worker thread"))?;
+                    done.push(rx);
+                }
+                Ok(Traffic::PerCore(done))
+            }
+        }
+    }
+}
+
+impl Traffic {
+    /// Waits for the open connections to finish, up to `grace`; true when they all did.
+    async fn finish(self, grace: std::time::Duration) -> bool {
+        match self {
+            Traffic::Shared(accepting) => match accepting.await {
+                Ok(drain) => drain.wait(grace).await,
+                Err(e) => {
+                    tracing::error!(error = %e, "the accept loop failed");
+                    false
+                }
+            },
+            Traffic::PerCore(workers) => {
+                let mut all = true;
+                for worker in workers {
+                    // A worker that panicked dropped its sender: its connections are gone.
+                    all &= worker.await.unwrap_or(false);
+                }
+                all
+            }
+        }
+    }
 }
 
 /// Re-reads the certificate and key on each SIGHUP until `shutdown` turns true; a failed

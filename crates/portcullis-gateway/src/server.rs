@@ -6,9 +6,10 @@
 //! request is marked [`Https`] so HSTS is sent only over HTTPS. The limits of `[server]` and
 //! how they behave:
 //!
-//! - `max_connections`: a semaphore taken *before* `accept`, so excess connections wait in
-//!   the kernel's listen backlog (their TCP handshake completes, but nothing is read) until
-//!   a slot frees; a client that gives up first sees a timeout. The slot travels with the
+//! - `max_connections`: a semaphore shared by every listener. At the limit, a listener
+//!   holds the connection it just accepted unread until a slot frees, and accepts nothing
+//!   more meanwhile, so excess connections wait (their TCP handshake completes, but nothing
+//!   is read); a client that gives up first sees a timeout. The slot travels with the
 //!   socket, so an upgraded (WebSocket) connection holds it until it closes.
 //! - `max_header_bytes`: header fields (`name: value\r\n`) over the limit get the JSON 431
 //!   `headers_too_large`. hyper's read buffer is capped `HEADER_SLACK` bytes above it (and
@@ -50,7 +51,7 @@ use portcullis::layer::{Https, SecurityBody};
 use portcullis::{Rejection, RequestId};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc, watch};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
 use tower::ServiceExt;
 
 use crate::config::ServerConfig;
@@ -168,11 +169,28 @@ impl Server {
         tls: Option<Arc<dyn TlsAcceptor>>,
         max_connections: usize,
     ) -> Self {
+        Server::with_slots(
+            listener,
+            live,
+            tls,
+            Arc::new(Semaphore::new(max_connections)),
+        )
+    }
+
+    /// A server whose connection slots (`max_connections`) are shared with other listeners:
+    /// the per-core workers of [`Threading::PerCore`](crate::config::Threading::PerCore)
+    /// each run one, and together never hold more than the limit.
+    pub fn with_slots(
+        listener: TcpListener,
+        live: Live,
+        tls: Option<Arc<dyn TlsAcceptor>>,
+        slots: Arc<Semaphore>,
+    ) -> Self {
         Server {
             listener,
             live,
             tls,
-            slots: Arc::new(Semaphore::new(max_connections)),
+            slots,
         }
     }
 
@@ -182,10 +200,6 @@ impl Server {
     pub async fn run(self, mut shutdown: watch::Receiver<bool>) -> Drain {
         let (done_tx, done_rx) = mpsc::channel::<()>(1);
         loop {
-            let permit = tokio::select! {
-                p = self.slots.clone().acquire_owned() => p.expect("the semaphore is never closed"),
-                _ = crate::server::stopped(&mut shutdown) => break,
-            };
             let (tcp, peer) = tokio::select! {
                 r = self.listener.accept() => match r {
                     Ok(accepted) => accepted,
@@ -197,6 +211,18 @@ impl Server {
                     }
                 },
                 _ = crate::server::stopped(&mut shutdown) => break,
+            };
+            // At the limit, this connection waits unread for a free slot, and this listener
+            // accepts nothing more until it has one.
+            let permit = match self.slots.clone().try_acquire_owned() {
+                Ok(p) => p,
+                Err(_) => tokio::select! {
+                    p = self.slots.clone().acquire_owned() => match p {
+                        Ok(p) => p,
+                        Err(_) => break,
+                    },
+                    _ = crate::server::stopped(&mut shutdown) => break,
+                },
             };
             let _ = tcp.set_nodelay(true);
             let conn = Connection {
@@ -217,6 +243,11 @@ impl Server {
 /// Resolves once `shutdown` turns true (or its sender is gone).
 pub(crate) async fn stopped(shutdown: &mut watch::Receiver<bool>) {
     let _ = shutdown.wait_for(|s| *s).await;
+}
+
+/// [`stopped`], owning its receiver, to keep pinned across a loop.
+async fn stopped_owned(mut shutdown: watch::Receiver<bool>) {
+    stopped(&mut shutdown).await;
 }
 
 /// Waits for open connections to finish after shutdown.
@@ -262,7 +293,7 @@ impl Connection {
         let Connection {
             peer,
             live,
-            mut shutdown,
+            shutdown,
             permit,
             _done,
         } = self;
@@ -303,36 +334,47 @@ impl Connection {
         };
         let conn = builder.serve_connection_with_upgrades(io, service);
         tokio::pin!(conn);
+        // The watchdog is lazy: nothing wakes it per request. When its timer fires it looks
+        // at what the connection did (requests in flight, last byte moved) and either acts
+        // or sleeps until the deadline that activity implies. The futures live across
+        // iterations, so a wake-up for socket readiness costs one poll of each.
+        let stop = crate::server::stopped_owned(shutdown);
+        tokio::pin!(stop);
+        let (_, first) = state.verdict(&limits);
+        let timer = tokio::time::sleep_until(first.into());
+        tokio::pin!(timer);
         let mut draining = false;
         loop {
-            let (verdict, recheck) = state.verdict(&limits);
-            match verdict {
-                Verdict::Silent => {
-                    tracing::debug!(%peer, "no request within the header read timeout: closing");
-                    return;
-                }
-                Verdict::Idle if draining => return,
-                Verdict::Idle => {
-                    tracing::debug!(%peer, "idle: closing");
-                    conn.as_mut().graceful_shutdown();
-                    draining = true;
-                    state.touch();
-                }
-                Verdict::Busy | Verdict::Wait => {}
-            }
             tokio::select! {
+                biased;
                 res = conn.as_mut() => {
                     if let Err(e) = res {
                         tracing::debug!(%peer, error = %e, "connection ended with an error");
                     }
                     return;
                 }
-                _ = crate::server::stopped(&mut shutdown), if !draining => {
+                _ = stop.as_mut(), if !draining => {
                     conn.as_mut().graceful_shutdown();
                     draining = true;
                 }
-                _ = tokio::time::sleep_until(recheck.into()) => {}
-                _ = state.changed.notified() => {}
+                _ = timer.as_mut() => {
+                    let (verdict, recheck) = state.verdict(&limits);
+                    match verdict {
+                        Verdict::Silent => {
+                            tracing::debug!(%peer, "no request within the header read timeout: closing");
+                            return;
+                        }
+                        Verdict::Idle if draining => return,
+                        Verdict::Idle => {
+                            tracing::debug!(%peer, "idle: closing");
+                            conn.as_mut().graceful_shutdown();
+                            draining = true;
+                            state.touch();
+                        }
+                        Verdict::Busy | Verdict::Wait => {}
+                    }
+                    timer.as_mut().reset(recheck.into());
+                }
             }
         }
     }
@@ -359,8 +401,6 @@ struct ConnState {
     bytes_read: AtomicU64,
     requests: AtomicU64,
     in_flight: AtomicUsize,
-    /// Wakes the watchdog when a request starts or ends, so it recomputes its deadline.
-    changed: Notify,
 }
 
 impl ConnState {
@@ -371,7 +411,6 @@ impl ConnState {
             bytes_read: AtomicU64::new(0),
             requests: AtomicU64::new(0),
             in_flight: AtomicUsize::new(0),
-            changed: Notify::new(),
         }
     }
 
@@ -387,10 +426,12 @@ impl ConnState {
         }
         if self.requests.load(Ordering::Acquire) == 0 {
             let deadline = self.started + limits.header_read_timeout;
+            // Nothing wakes the watchdog when the first request comes and goes, so it looks
+            // again no later than an idle timeout from now.
             return if now >= deadline {
                 (Verdict::Silent, now)
             } else {
-                (Verdict::Wait, deadline)
+                (Verdict::Wait, deadline.min(now + limits.idle_timeout))
             };
         }
         let last =
@@ -412,7 +453,6 @@ impl InFlight {
     fn enter(state: &Arc<ConnState>) -> Self {
         state.requests.fetch_add(1, Ordering::AcqRel);
         state.in_flight.fetch_add(1, Ordering::AcqRel);
-        state.changed.notify_one();
         InFlight(state.clone())
     }
 }
@@ -421,7 +461,6 @@ impl Drop for InFlight {
     fn drop(&mut self) {
         self.0.touch();
         self.0.in_flight.fetch_sub(1, Ordering::AcqRel);
-        self.0.changed.notify_one();
     }
 }
 

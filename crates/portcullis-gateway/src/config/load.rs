@@ -26,7 +26,7 @@ use super::{
     ApiKeyConfig, ApiKeyHash, AuditConfig, AuthConfig, ConfigError, CorsConfig, CsrfConfig,
     CsrfStrictness, Env, GatewayConfig, HeadersConfig, JwtAlgorithm, JwtConfig,
     MIN_HMAC_SECRET_BYTES, OnStoreError, Purpose, RouteConfig, SYNTAX_KEY, Secret, ServerConfig,
-    StorageConfig, TlsConfig, UpstreamKind,
+    StorageConfig, Threading, TlsConfig, UpstreamKind,
 };
 
 /// Renders a TOML syntax error as `line L, column C: MESSAGE`.
@@ -301,6 +301,15 @@ impl Loader<'_> {
         let workers = s
             .integer("workers", e, 0..=4096)
             .map_or(Some(0), |v| usize::try_from(v).ok());
+        let threading = self.choice(
+            &mut s,
+            "threading",
+            &[
+                ("per-core", Threading::PerCore),
+                ("work-stealing", Threading::WorkStealing),
+            ],
+            Threading::PerCore,
+        );
         let header_read_timeout =
             self.duration(&mut s, "header_read_timeout", Duration::from_secs(10));
         let request_timeout = self.duration(&mut s, "request_timeout", Duration::from_secs(30));
@@ -352,6 +361,7 @@ impl Loader<'_> {
             shutdown_timeout: shutdown_timeout?,
             http2_max_concurrent_streams: http2_max_concurrent_streams?,
             workers: workers?,
+            threading: threading?,
             nonce_placeholder: nonce_placeholder?,
             tls: tls?,
         })
