@@ -3,6 +3,10 @@
 mod audit_cli;
 mod cli;
 
+/// mimalloc: the gateway allocates and frees small buffers on every request, across threads.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::path::Path;
 use std::process::ExitCode;
 
