@@ -479,8 +479,9 @@ impl Proxy {
         let https = extensions.get::<Https>().is_some();
         let proto = if https { "https" } else { "http" };
         let peer = extensions.get::<PeerAddr>().map(|p| canonical_ip(p.0.ip()));
-        if let Some(peer) = peer {
-            append_list(headers, X_FORWARDED_FOR, &peer.to_string());
+        let peer_text = peer.map(|p| p.to_string());
+        if let Some(text) = &peer_text {
+            append_list(headers, X_FORWARDED_FOR, text);
         }
         if !headers.contains_key(&X_FORWARDED_PROTO) {
             headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(proto));
@@ -490,7 +491,7 @@ impl Proxy {
         {
             headers.insert(X_FORWARDED_HOST, host.clone());
         }
-        let element = forwarded_element(peer, proto, client_host.as_ref());
+        let element = forwarded_element(peer, peer_text.as_deref(), proto, client_host.as_ref());
         append_list(headers, FORWARDED, &element);
 
         headers.remove(X_PORTCULLIS_USER);
@@ -620,6 +621,13 @@ fn join_cookies(headers: &mut HeaderMap) {
 
 /// Appends `item` to a comma-separated list header, joining repeated fields into one.
 fn append_list(headers: &mut HeaderMap, name: HeaderName, item: &str) {
+    if !headers.contains_key(&name) {
+        // The common case: we are the first hop.
+        if let Ok(v) = HeaderValue::from_str(item) {
+            headers.insert(name, v);
+        }
+        return;
+    }
     let mut parts: Vec<String> = headers
         .get_all(&name)
         .iter()
@@ -634,13 +642,25 @@ fn append_list(headers: &mut HeaderMap, name: HeaderName, item: &str) {
 }
 
 /// Our hop as an RFC 7239 `Forwarded` element: `for=…;proto=…;host=…`.
-fn forwarded_element(peer: Option<IpAddr>, proto: &str, host: Option<&HeaderValue>) -> String {
-    let node = match peer {
-        Some(IpAddr::V6(v6)) => format!("\"[{v6}]\""),
-        Some(IpAddr::V4(v4)) => v4.to_string(),
-        None => "unknown".to_string(),
-    };
-    let mut element = format!("for={node};proto={proto}");
+fn forwarded_element(
+    peer: Option<IpAddr>,
+    peer_text: Option<&str>,
+    proto: &str,
+    host: Option<&HeaderValue>,
+) -> String {
+    let mut element = String::with_capacity(64);
+    element.push_str("for=");
+    match (peer, peer_text) {
+        (Some(IpAddr::V6(_)), Some(text)) => {
+            element.push_str("\"[");
+            element.push_str(text);
+            element.push_str("]\"");
+        }
+        (Some(IpAddr::V4(_)), Some(text)) => element.push_str(text),
+        _ => element.push_str("unknown"),
+    }
+    element.push_str(";proto=");
+    element.push_str(proto);
     if let Some(host) = host.and_then(|h| h.to_str().ok()) {
         element.push_str(";host=");
         element.push_str(&forwarded_value(host));
@@ -891,15 +911,34 @@ mod tests {
     }
 
     #[test]
+    fn the_first_hop_starts_the_list() {
+        let mut h = HeaderMap::new();
+        append_list(&mut h, X_FORWARDED_FOR, "10.0.0.9");
+        assert_eq!(h[X_FORWARDED_FOR], "10.0.0.9");
+        append_list(&mut h, X_FORWARDED_FOR, "10.0.0.10");
+        assert_eq!(h[X_FORWARDED_FOR], "10.0.0.9, 10.0.0.10");
+    }
+
+    #[test]
     fn forwarded_quotes_ipv6_and_hosts_with_ports() {
         let host = HeaderValue::from_static("example.com:8080");
         assert_eq!(
-            forwarded_element(Some("::1".parse().unwrap()), "http", Some(&host)),
+            forwarded_element(
+                Some("::1".parse().unwrap()),
+                Some("::1"),
+                "http",
+                Some(&host)
+            ),
             "for=\"[::1]\";proto=http;host=\"example.com:8080\""
         );
         let host = HeaderValue::from_static("example.com");
         assert_eq!(
-            forwarded_element(Some("10.1.2.3".parse().unwrap()), "https", Some(&host)),
+            forwarded_element(
+                Some("10.1.2.3".parse().unwrap()),
+                Some("10.1.2.3"),
+                "https",
+                Some(&host)
+            ),
             "for=10.1.2.3;proto=https;host=example.com"
         );
     }

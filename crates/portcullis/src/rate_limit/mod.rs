@@ -328,39 +328,84 @@ pub fn rule_of(spec: &RateLimitSpec) -> Rule {
 
 /// The key of one limit for one request: route pattern, limit and subject.
 fn key_for(spec: &RateLimitSpec, parts: &Parts, x: &Exchange) -> String {
-    let ip = || format!("ip:{}", x.client_ip().key());
-    let subject = match &spec.key {
-        RateKey::Ip => ip(),
+    // Built by hand (this runs on every request): `ROUTE|NAME:LIMIT/WINDOW_USAlgorithm|SUBJECT`.
+    let rule = rule_of(spec);
+    let route = x.route();
+    let mut key = String::with_capacity(route.len() + spec.name.len() + 80);
+    key.push_str(route);
+    key.push('|');
+    key.push_str(&spec.name);
+    key.push(':');
+    push_decimal(&mut key, u64::from(rule.limit));
+    key.push('/');
+    push_decimal(&mut key, rule.window_us);
+    key.push_str(algorithm_name(rule.algorithm));
+    key.push('|');
+    let ip = |key: &mut String| {
+        key.push_str("ip:");
+        key.push_str(&x.client_ip().key());
+    };
+    match &spec.key {
+        RateKey::Ip => ip(&mut key),
         RateKey::User => match x.principal() {
-            Some(p) => format!("user:{}", p.id),
-            None => ip(),
+            Some(p) => {
+                key.push_str("user:");
+                key.push_str(&p.id);
+            }
+            None => ip(&mut key),
         },
         RateKey::ApiKey => match x.principal() {
-            Some(p) if p.method == AuthMethod::ApiKey => format!("key:{}", p.id),
-            _ => ip(),
+            Some(p) if p.method == AuthMethod::ApiKey => {
+                key.push_str("key:");
+                key.push_str(&p.id);
+            }
+            _ => ip(&mut key),
         },
         RateKey::Header(name) => match parts
             .headers
             .get(name.as_str())
             .and_then(|v| v.to_str().ok())
         {
-            Some(v) => format!("h:{}", &v[..v.len().min(128)]),
-            None => ip(),
+            Some(v) => {
+                key.push_str("h:");
+                // At most 128 bytes, cut on a character boundary (the value is ASCII).
+                key.push_str(v.get(..v.len().min(128)).unwrap_or(v));
+            }
+            None => ip(&mut key),
         },
-        RateKey::Route => "route".to_string(),
+        RateKey::Route => key.push_str("route"),
         #[allow(unreachable_patterns)]
-        _ => ip(),
-    };
-    let rule = rule_of(spec);
-    format!(
-        "{}|{}:{}/{}{:?}|{}",
-        x.route(),
-        spec.name,
-        rule.limit,
-        rule.window_us,
-        rule.algorithm,
-        subject
-    )
+        _ => ip(&mut key),
+    }
+    key
+}
+
+/// The algorithm's name as its `Debug` form spells it (part of stored keys: never change).
+fn algorithm_name(a: crate::policy::Algorithm) -> &'static str {
+    match a {
+        crate::policy::Algorithm::SlidingWindow => "SlidingWindow",
+        crate::policy::Algorithm::TokenBucket => "TokenBucket",
+        crate::policy::Algorithm::FixedWindow => "FixedWindow",
+        #[allow(unreachable_patterns)]
+        _ => "Other",
+    }
+}
+
+/// Appends `n` in decimal.
+fn push_decimal(out: &mut String, mut n: u64) {
+    let mut buf = [0u8; 20];
+    let mut i = buf.len();
+    loop {
+        i -= 1;
+        buf[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    for &b in &buf[i..] {
+        out.push(char::from(b));
+    }
 }
 
 const RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
@@ -375,21 +420,24 @@ fn render_headers(
     if style == HeaderStyle::None || limits.is_empty() {
         return Vec::new();
     }
-    let mut policy = String::new();
-    let mut state = String::new();
+    let mut policy = String::with_capacity(32 * limits.len());
+    let mut state = String::with_capacity(32 * limits.len());
     for (l, v) in limits.iter().zip(verdicts) {
         let w = rule_of(l).window_secs();
         if !policy.is_empty() {
             policy.push_str(", ");
             state.push_str(", ");
         }
-        let name = sf_string(&l.name);
-        policy.push_str(&format!("{name};q={};w={w}", l.requests));
-        state.push_str(&format!(
-            "{name};r={};t={}",
-            v.remaining,
-            v.reset_us.div_ceil(1_000_000)
-        ));
+        push_sf_string(&mut policy, &l.name);
+        policy.push_str(";q=");
+        push_decimal(&mut policy, u64::from(l.requests));
+        policy.push_str(";w=");
+        push_decimal(&mut policy, w);
+        push_sf_string(&mut state, &l.name);
+        state.push_str(";r=");
+        push_decimal(&mut state, u64::from(v.remaining));
+        state.push_str(";t=");
+        push_decimal(&mut state, v.reset_us.div_ceil(1_000_000));
     }
     let mut out = Vec::with_capacity(5);
     if let (Ok(p), Ok(s)) = (
@@ -420,8 +468,7 @@ fn render_headers(
 }
 
 /// A structured-field string: quoted, with `"` and `\` escaped and non-printables dropped.
-fn sf_string(s: &str) -> String {
-    let mut out = String::with_capacity(s.len() + 2);
+fn push_sf_string(out: &mut String, s: &str) {
     out.push('"');
     for c in s.chars() {
         match c {
@@ -434,7 +481,6 @@ fn sf_string(s: &str) -> String {
         }
     }
     out.push('"');
-    out
 }
 
 /// Adds the header map to `out` (helper for stores' tests).
@@ -448,6 +494,35 @@ pub fn append_all(out: &mut HeaderMap, headers: Vec<(HeaderName, HeaderValue)>) 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn hand_built_keys_spell_numbers_and_algorithms_as_format_did() {
+        // Stored keys (Redis, SQLite) must not change across versions.
+        for n in [
+            0u64,
+            7,
+            10,
+            59,
+            1_000_000,
+            60_000_000,
+            u64::from(u32::MAX),
+            u64::MAX,
+        ] {
+            let mut s = String::from("x");
+            push_decimal(&mut s, n);
+            assert_eq!(s, format!("x{n}"));
+        }
+        for a in [
+            crate::policy::Algorithm::SlidingWindow,
+            crate::policy::Algorithm::TokenBucket,
+            crate::policy::Algorithm::FixedWindow,
+        ] {
+            assert_eq!(algorithm_name(a), format!("{a:?}"));
+        }
+        let mut s = String::new();
+        push_sf_string(&mut s, "a \"b\\ c\u{7f}é");
+        assert_eq!(s, "\"a \\\"b\\\\ c\"");
+    }
     use std::time::Duration;
 
     #[test]
