@@ -411,6 +411,7 @@ S_HS="GET /api/user/me HS256"
 S_RS="GET /api/user/me RS256"
 S_POST="POST 64 KiB"
 S_LIM="GET /api/limited (refusals/s)"
+S_ONE="GET /api/public, 1 connection"
 AUTH_HS=(-H "Authorization: Bearer $TOKEN_HS256")
 AUTH_RS=(-H "Authorization: Bearer $TOKEN_RS256")
 
@@ -431,6 +432,11 @@ for t in upstream portcullis nginx express axum axum+layer; do
 done
 for t in portcullis nginx express axum+layer; do
     measure "$S_LIM" "$t" /api/limited refusals
+done
+# Latency without queueing: one connection, one request at a time (wrk takes the last -t/-c).
+# The p50 difference with the upstream's row is what the proxy adds to each request.
+for t in upstream portcullis nginx axum axum+layer; do
+    measure "$S_ONE" "$t" /api/public ok -t1 -c1
 done
 
 # ---------------------------------------------------------------------------------------------
@@ -476,6 +482,8 @@ cat <<'EOF'
 Notes:
   * ratio against the target's `GET /api/public` row (the scenario has no such row).
   req/s counts 2xx answers; on /api/limited it counts refusals (429) per second instead.
+  "1 connection": wrk -t1 -c1, one request in flight; the p50 over the upstream's p50 is the
+  latency the proxy adds per request (at 64 connections p50 is mostly queueing).
   non-2xx counts non-2xx answers plus socket errors (expected only on /api/limited).
   max RSS: peak resident memory (VmHWM, reset before the run) of the serving process;
   nginx is master + workers. express is one Node process.
