@@ -125,7 +125,12 @@ pub async fn run(path: &Path, config: GatewayConfig) -> Result<(), ServeError> {
         signal(SignalKind::interrupt()).map_err(io_error("cannot handle SIGINT"))?;
 
     let listeners = match server.threading {
-        Threading::WorkStealing => Listeners::Shared(bind(server.listen, "server.listen").await?),
+        Threading::WorkStealing => {
+            Listeners::Shared(bound_socket(server.listen, false).map_err(io_error(format!(
+                "cannot listen on {} (server.listen)",
+                server.listen
+            )))?)
+        }
         Threading::PerCore => {
             Listeners::PerCore(bind_per_core(server.listen, worker_count(server.workers))?)
         }
@@ -185,11 +190,12 @@ pub async fn run(path: &Path, config: GatewayConfig) -> Result<(), ServeError> {
     };
     let scheme = if tls.is_some() { "https" } else { "http" };
     let acceptor = tls.map(|t| t as Arc<dyn TlsAcceptor>);
-    let traffic = listeners.serve(&live, acceptor, server.max_connections, shutdown_rx)?;
+    // Announced before the sockets listen: whoever sees the port open also finds the line.
     tracing::info!(
         "listening on {scheme}://{local}, forwarding to {}",
         live.current().proxy.upstream_authority()
     );
+    let traffic = listeners.serve(&live, acceptor, server.max_connections, shutdown_rx)?;
 
     let why = tokio::select! {
         _ = terminate.recv() => "SIGTERM",
@@ -224,13 +230,17 @@ pub fn worker_count(workers: usize) -> usize {
     std::thread::available_parallelism().map_or(1, usize::from)
 }
 
-/// The traffic listeners, bound.
+/// The traffic sockets, bound but not listening yet (connections are refused until
+/// [`Listeners::serve`]).
 enum Listeners {
     /// One listener for the multi-threaded runtime.
-    Shared(TcpListener),
+    Shared(socket2::Socket),
     /// One `SO_REUSEPORT` listener per worker thread.
-    PerCore(Vec<std::net::TcpListener>),
+    PerCore(Vec<socket2::Socket>),
 }
+
+/// The backlog of each traffic listener (the kernel caps it at `net.core.somaxconn`).
+const BACKLOG: i32 = 4096;
 
 /// The traffic being served: wait for it to drain with [`Traffic::finish`].
 enum Traffic {
@@ -240,41 +250,57 @@ enum Traffic {
     PerCore(Vec<oneshot::Receiver<bool>>),
 }
 
-/// Binds `workers` listeners on `addr` with `SO_REUSEPORT`. A plain bind first makes sure
+/// Binds `workers` sockets on `addr` with `SO_REUSEPORT`. A plain bind first makes sure
 /// nothing else holds the address (a `SO_REUSEPORT` bind would silently share it with
 /// another process of the same user), and turns port 0 into the one port every worker binds.
-fn bind_per_core(
-    addr: SocketAddr,
-    workers: usize,
-) -> Result<Vec<std::net::TcpListener>, ServeError> {
+fn bind_per_core(addr: SocketAddr, workers: usize) -> Result<Vec<socket2::Socket>, ServeError> {
     let what = format!("cannot listen on {addr} (server.listen)");
     let addr = {
-        let probe = std::net::TcpListener::bind(addr).map_err(io_error(what.clone()))?;
-        probe.local_addr().map_err(io_error(what.clone()))?
+        let probe = bound_socket(addr, false).map_err(io_error(what.clone()))?;
+        socket_addr(&probe).map_err(io_error(what.clone()))?
     };
     (0..workers.max(1))
-        .map(|_| reuseport_listener(addr).map_err(io_error(what.clone())))
+        .map(|_| bound_socket(addr, true).map_err(io_error(what.clone())))
         .collect()
 }
 
-/// One non-blocking listener on `addr` with `SO_REUSEADDR` and `SO_REUSEPORT`.
-fn reuseport_listener(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
+/// A non-blocking TCP socket bound to `addr` with `SO_REUSEADDR` (and `SO_REUSEPORT` when
+/// asked), not listening yet.
+fn bound_socket(addr: SocketAddr, reuse_port: bool) -> std::io::Result<socket2::Socket> {
     use socket2::{Domain, Protocol, Socket, Type};
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
     socket.set_reuse_address(true)?;
-    socket.set_reuse_port(true)?;
+    if reuse_port {
+        socket.set_reuse_port(true)?;
+    }
     socket.set_nonblocking(true)?;
     socket.bind(&addr.into())?;
-    socket.listen(4096)?;
+    Ok(socket)
+}
+
+fn socket_addr(socket: &socket2::Socket) -> std::io::Result<SocketAddr> {
+    socket
+        .local_addr()?
+        .as_socket()
+        .ok_or_else(|| std::io::Error::other("not an IP socket"))
+}
+
+/// Starts listening on a bound socket.
+fn listen(socket: socket2::Socket) -> Result<std::net::TcpListener, ServeError> {
+    let what = match socket_addr(&socket) {
+        Ok(addr) => format!("cannot listen on {addr} (server.listen)"),
+        Err(_) => "cannot listen (server.listen)".to_string(),
+    };
+    socket.listen(BACKLOG).map_err(io_error(what))?;
     Ok(socket.into())
 }
 
 impl Listeners {
     fn local_addr(&self) -> Result<SocketAddr, ServeError> {
         let addr = match self {
-            Listeners::Shared(l) => l.local_addr(),
+            Listeners::Shared(l) => socket_addr(l),
             Listeners::PerCore(ls) => match ls.first() {
-                Some(l) => l.local_addr(),
+                Some(l) => socket_addr(l),
                 None => Err(std::io::Error::other("no listener")),
             },
         };
@@ -290,14 +316,17 @@ impl Listeners {
         shutdown: watch::Receiver<bool>,
     ) -> Result<Traffic, ServeError> {
         match self {
-            Listeners::Shared(listener) => {
+            Listeners::Shared(socket) => {
+                let listener = TcpListener::from_std(listen(socket)?)
+                    .map_err(io_error("cannot register the listener"))?;
                 let server = Server::new(listener, live.clone(), acceptor, max_connections);
                 Ok(Traffic::Shared(tokio::spawn(server.run(shutdown))))
             }
             Listeners::PerCore(listeners) => {
                 let slots = Arc::new(Semaphore::new(max_connections));
                 let mut done = Vec::with_capacity(listeners.len());
-                for (i, listener) in listeners.into_iter().enumerate() {
+                for (i, socket) in listeners.into_iter().enumerate() {
+                    let listener = listen(socket)?;
                     let runtime = tokio::runtime::Builder::new_current_thread()
                         .enable_all()
                         .build()

@@ -87,6 +87,13 @@ async fn per_core_workers_share_one_port() {
         ),
     )
     .await;
+    // The port opens only once the line announcing it is written.
+    assert!(
+        gw.logs()
+            .contains(&format!("listening on http://127.0.0.1:{port}")),
+        "{}",
+        gw.logs()
+    );
     let names = thread_names(&gw);
     // `comm` is cut at 15 bytes: `portcullis-work`.
     assert_eq!(
@@ -127,6 +134,12 @@ async fn work_stealing_runs_one_runtime_of_workers_threads() {
         ),
     )
     .await;
+    assert!(
+        gw.logs()
+            .contains(&format!("listening on http://127.0.0.1:{port}")),
+        "{}",
+        gw.logs()
+    );
     let names = thread_names(&gw);
     assert!(
         !names.iter().any(|n| n.starts_with("portcullis-work")),
