@@ -223,6 +223,12 @@ pub async fn run(path: &Path, config: GatewayConfig) -> Result<(), ServeError> {
 }
 
 /// The number of worker threads `server.workers` asks for (0: one per core).
+///
+/// ```
+/// use portcullis_gateway::serve::worker_count;
+/// assert_eq!(worker_count(3), 3);
+/// assert!(worker_count(0) >= 1);
+/// ```
 pub fn worker_count(workers: usize) -> usize {
     if workers > 0 {
         return workers;
