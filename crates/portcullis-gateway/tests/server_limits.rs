@@ -19,31 +19,7 @@ async fn keep_alive_get(tcp: &mut TcpStream, path: &str) -> String {
     tcp.write_all(format!("GET {path} HTTP/1.1\r\nHost: t\r\n\r\n").as_bytes())
         .await
         .unwrap();
-    let mut buf = Vec::new();
-    let mut b = [0u8; 4096];
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        let n = tokio::time::timeout_at(deadline.into(), tcp.read(&mut b))
-            .await
-            .expect("a response in time")
-            .unwrap();
-        assert!(n > 0, "closed early: {}", String::from_utf8_lossy(&buf));
-        buf.extend_from_slice(&b[..n]);
-        let text = String::from_utf8_lossy(&buf).to_string();
-        if let Some(end) = text.find("\r\n\r\n") {
-            let len: usize = text
-                .lines()
-                .find_map(|l| {
-                    l.to_ascii_lowercase()
-                        .strip_prefix("content-length:")
-                        .map(|v| v.trim().parse().unwrap())
-                })
-                .expect("a content-length");
-            if buf.len() >= end + 4 + len {
-                return text;
-            }
-        }
-    }
+    read_response(tcp).await
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -44,56 +44,28 @@ async fn load(port: u16, connections: usize, requests: usize) {
     }
 }
 
-/// One whole response with a `Content-Length` body.
-async fn read_response(tcp: &mut TcpStream) -> String {
-    let mut buf = Vec::new();
-    let mut b = [0u8; 4096];
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let n = tokio::time::timeout_at(deadline.into(), tcp.read(&mut b))
-            .await
-            .expect("a response in time")
-            .unwrap();
-        assert!(n > 0, "closed early: {}", String::from_utf8_lossy(&buf));
-        buf.extend_from_slice(&b[..n]);
-        let text = String::from_utf8_lossy(&buf).to_string();
-        if let Some(end) = text.find("\r\n\r\n") {
-            let len: usize = text
-                .lines()
-                .find_map(|l| {
-                    l.to_ascii_lowercase()
-                        .strip_prefix("content-length:")
-                        .map(|v| v.trim().parse().unwrap())
-                })
-                .expect("a content-length");
-            if buf.len() >= end + 4 + len {
-                return text;
-            }
-        }
-    }
-}
-
-#[tokio::test(flavor = "multi_thread")]
-async fn per_core_workers_share_one_port() {
-    let up = Upstream::start().await;
+/// The gateway on `server_extra`, started, with the line announcing its port already logged
+/// (the port opens only once that line is written).
+async fn gateway(up: &Upstream, server_extra: &str) -> Gateway {
     let port = free_port();
-    let gw = Gateway::start(
-        port,
-        &config(
-            port,
-            up.addr,
-            "threading = \"per-core\"\nworkers = 3\nadmin_listen = false",
-            "",
-        ),
-    )
-    .await;
-    // The port opens only once the line announcing it is written.
+    let gw = Gateway::start(port, &config(port, up.addr, server_extra, "")).await;
     assert!(
         gw.logs()
             .contains(&format!("listening on http://127.0.0.1:{port}")),
         "{}",
         gw.logs()
     );
+    gw
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn per_core_workers_share_one_port() {
+    let up = Upstream::start().await;
+    let gw = gateway(
+        &up,
+        "threading = \"per-core\"\nworkers = 3\nadmin_listen = false",
+    )
+    .await;
     let names = thread_names(&gw);
     // `comm` is cut at 15 bytes: `portcullis-work`.
     assert_eq!(
@@ -107,7 +79,7 @@ async fn per_core_workers_share_one_port() {
 
     // Many connections at once: the kernel spreads them over the three listeners, and every
     // one is served on its worker's own upstream pool.
-    load(port, 48, 5).await;
+    load(gw.port, 48, 5).await;
     assert_eq!(up.hits(), 48 * 5);
 
     // HTTP/2 with prior knowledge too.
@@ -123,23 +95,11 @@ async fn per_core_workers_share_one_port() {
 #[tokio::test(flavor = "multi_thread")]
 async fn work_stealing_runs_one_runtime_of_workers_threads() {
     let up = Upstream::start().await;
-    let port = free_port();
-    let gw = Gateway::start(
-        port,
-        &config(
-            port,
-            up.addr,
-            "threading = \"work-stealing\"\nworkers = 3\nadmin_listen = false",
-            "",
-        ),
+    let gw = gateway(
+        &up,
+        "threading = \"work-stealing\"\nworkers = 3\nadmin_listen = false",
     )
     .await;
-    assert!(
-        gw.logs()
-            .contains(&format!("listening on http://127.0.0.1:{port}")),
-        "{}",
-        gw.logs()
-    );
     let names = thread_names(&gw);
     assert!(
         !names.iter().any(|n| n.starts_with("portcullis-work")),
@@ -154,22 +114,16 @@ async fn work_stealing_runs_one_runtime_of_workers_threads() {
             >= 3,
         "{names:?}"
     );
-    load(port, 24, 5).await;
+    load(gw.port, 24, 5).await;
     assert_eq!(up.hits(), 24 * 5);
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn max_connections_holds_across_per_core_workers() {
     let up = Upstream::start().await;
-    let port = free_port();
-    let gw = Gateway::start(
-        port,
-        &config(
-            port,
-            up.addr,
-            "workers = 4\nmax_connections = 2\nidle_timeout = \"30s\"\nadmin_listen = false",
-            "",
-        ),
+    let gw = gateway(
+        &up,
+        "workers = 4\nmax_connections = 2\nidle_timeout = \"30s\"\nadmin_listen = false",
     )
     .await;
     let mut a = TcpStream::connect(("127.0.0.1", gw.port)).await.unwrap();

@@ -513,3 +513,32 @@ pub async fn read_until_closed(tcp: &mut TcpStream, timeout: Duration) -> (Vec<u
     .is_ok();
     (out, closed)
 }
+
+/// Reads one whole response with a `Content-Length` body from a kept-alive connection.
+pub async fn read_response(tcp: &mut TcpStream) -> String {
+    let mut buf = Vec::new();
+    let mut b = [0u8; 4096];
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let n = tokio::time::timeout_at(deadline.into(), tcp.read(&mut b))
+            .await
+            .expect("a response in time")
+            .unwrap();
+        assert!(n > 0, "closed early: {}", String::from_utf8_lossy(&buf));
+        buf.extend_from_slice(&b[..n]);
+        let text = String::from_utf8_lossy(&buf).to_string();
+        if let Some(end) = text.find("\r\n\r\n") {
+            let len: usize = text
+                .lines()
+                .find_map(|l| {
+                    l.to_ascii_lowercase()
+                        .strip_prefix("content-length:")
+                        .map(|v| v.trim().parse().unwrap())
+                })
+                .expect("a content-length");
+            if buf.len() >= end + 4 + len {
+                return text;
+            }
+        }
+    }
+}
