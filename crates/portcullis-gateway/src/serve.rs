@@ -35,9 +35,7 @@ use std::sync::Arc;
 
 use tokio::net::TcpListener;
 use tokio::signal::unix::{SignalKind, signal};
-use tokio::sync::watch;
-
-use tokio::sync::{Semaphore, oneshot};
+use tokio::sync::{Semaphore, oneshot, watch};
 
 use crate::config::{ConfigErrors, GatewayConfig, Stores, Threading};
 use crate::reload::{Generation, Live};

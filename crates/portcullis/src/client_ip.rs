@@ -214,15 +214,30 @@ impl ClientIp {
     /// assert_eq!(a.key(), "2001:db8:1:2::/64");
     /// ```
     pub fn key(&self) -> String {
+        let mut out = String::with_capacity(24);
+        self.push_key(&mut out);
+        out
+    }
+
+    /// Appends [`key`](Self::key) to `out`, without a separate allocation.
+    ///
+    /// ```
+    /// use portcullis::client_ip::ClientIp;
+    /// let mut key = String::from("ip:");
+    /// ClientIp("::ffff:198.51.100.4".parse().unwrap()).push_key(&mut key);
+    /// assert_eq!(key, "ip:198.51.100.4");
+    /// ```
+    pub fn push_key(&self, out: &mut String) {
+        use std::fmt::Write;
         // Fold first: an IPv4-mapped address left in a hand-built `ClientIp` would otherwise
-        // put every IPv4 client in the one bucket `::/64`.
-        match canonical_ip(self.0) {
-            IpAddr::V4(v4) => v4.to_string(),
+        // put every IPv4 client in the one bucket `::/64`. Writing to a String cannot fail.
+        let _ = match canonical_ip(self.0) {
+            IpAddr::V4(v4) => write!(out, "{v4}"),
             IpAddr::V6(v6) => {
                 let net = Ipv6Addr::from(u128::from(v6) & !((1u128 << 64) - 1));
-                format!("{net}/64")
+                write!(out, "{net}/64")
             }
-        }
+        };
     }
 
     /// The unspecified address, used when no peer address is known.
