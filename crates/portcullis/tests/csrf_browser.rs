@@ -3,8 +3,8 @@
 //!
 //! The app's page runs under the strict nonce CSP and loads the helper as a file (served by
 //! the layer at /.well-known/portcullis/csrf.js); it posts
-//! with `csrfFetch` (200), recovers from a forged token cookie through the token endpoint, is
-//! refused without the helper, and submits a form filled by `portcullisCsrf.fillForms` (200).
+//! with `csrfFetch` (200), recovers from a forged token cookie through the token endpoint (also
+//! while other GETs reset that cookie under it), is refused without the helper, and submits a form filled by `portcullisCsrf.fillForms` (200).
 //! Attacker pages on another site (127.0.0.2) and on a sibling origin of the same site
 //! (127.0.0.1, another port) submit a form and fire a `fetch` at the app: all refused, and the
 //! app's counter shows only the legitimate posts.
@@ -81,6 +81,13 @@ document.cookie = '__Host-csrf=' + 'A'.repeat(86) + '; Path=/; Secure; SameSite=
 out.cookie_forged = document.cookie.indexOf('A'.repeat(86)) >= 0;
 out.retried = (await post('/api/counter', { body: '{}' })).status;
 
+// The same, while other GETs carrying the forged cookie are in flight: each of them sets a
+// fresh token cookie of its own, and whichever lands last is the one the retry must send.
+document.cookie = '__Host-csrf=' + 'B'.repeat(86) + '; Path=/; Secure; SameSite=Strict';
+const racing = [1, 2, 3].map((n) => fetch('/slow?n=' + n, { cache: 'no-store' }));
+out.raced = (await post('/api/counter-race', { body: '{}' })).status;
+await Promise.all(racing);
+
 // Without the helper: no token header.
 const plain = await fetch('/api/counter', { method: 'POST', body: '{}' });
 out.plain = plain.status;
@@ -98,12 +105,24 @@ async fn page(nonce: CspNonce) -> Html<String> {
     let n = nonce.as_str();
     Html(format!(
         r#"<!doctype html><html><head><title>notes</title>
+<link rel="icon" href="data:,">
 <script src="/.well-known/portcullis/csrf.js" nonce="{n}"></script>
 <script type="module" src="/app.js" nonce="{n}"></script></head>
 <body><form id="note" method="post" action="/api/counter-form">
 <input name="note" value="hello"><button id="note-submit" type="submit">save</button></form>
 </body></html>"#
     ))
+}
+
+/// A GET that lands at a spread of moments: 0, 10, 20 or 30 ms after it arrives.
+async fn slow(axum::extract::RawQuery(q): axum::extract::RawQuery) -> &'static str {
+    let n: u64 = q
+        .as_deref()
+        .and_then(|q| q.strip_prefix("n="))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
+    tokio::time::sleep(Duration::from_millis(10 * (n % 4))).await;
+    "ok"
 }
 
 fn js(body: &'static str) -> impl IntoResponse {
@@ -129,6 +148,8 @@ async fn start_app(audit: MemorySink) -> (SocketAddr, Counter) {
         .route("/app.js", get(|| async { js(APP_JS) }))
         .route("/api/counter", post(bump))
         .route("/api/counter-form", post(bump))
+        .route("/api/counter-race", post(bump))
+        .route("/slow", get(slow))
         .with_state(counter.clone());
     (serve_with(app, layer).await, counter)
 }
@@ -161,40 +182,54 @@ async fn csrf_fetch_works_and_cross_site_posts_are_refused_in_chromium() {
     require("node", "Node.js");
     ensure_playwright();
 
-    let audit = MemorySink::default();
-    let (app, counter) = start_app(audit.clone()).await;
-    let cross_site = start_attacker("127.0.0.2:0", app).await;
-    let same_site = start_attacker("127.0.0.1:0", app).await;
-
     // A first Chromium start on a fresh machine can stall (caches being built): one retry,
-    // with the same servers, before the run counts as failed.
+    // with fresh servers so that the audit log and the counter hold one run only.
     let mut output = None;
+    let mut servers = None;
     for attempt in 1..=2 {
+        let audit = MemorySink::default();
+        let (app, counter) = start_app(audit.clone()).await;
+        let cross_site = start_attacker("127.0.0.2:0", app).await;
+        let same_site = start_attacker("127.0.0.1:0", app).await;
+        let log_path = std::env::temp_dir().join(format!(
+            "portcullis-csrf-mjs-{}-{attempt}.log",
+            std::process::id()
+        ));
+        let log = std::fs::File::create(&log_path).expect("create the driver's log");
         let mut cmd = tokio::process::Command::new("node");
         cmd.arg(browser_dir().join("csrf.mjs"))
             .arg(format!("http://{app}"))
             .arg(format!("http://{cross_site}"))
             .arg(format!("http://{same_site}"))
             .current_dir(browser_dir())
+            .stdout(std::process::Stdio::piped())
+            .stderr(log)
             .stdin(std::process::Stdio::null())
-            .stderr(std::process::Stdio::inherit())
             .kill_on_drop(true);
-        match tokio::time::timeout(Duration::from_secs(60), cmd.output()).await {
+        // `spawn`, not `output`: `output` would pipe stderr over the log file.
+        let child = cmd.spawn().expect("node runs");
+        let done = tokio::time::timeout(Duration::from_secs(60), child.wait_with_output()).await;
+        let driver_log = std::fs::read_to_string(&log_path).unwrap_or_default();
+        let _ = std::fs::remove_file(&log_path);
+        match done {
             Ok(out) => {
-                output = Some(out.expect("node runs"));
+                output = Some((out.expect("node runs"), driver_log));
+                servers = Some((audit, counter));
                 break;
             }
-            Err(_) => eprintln!("csrf.mjs attempt {attempt} did not finish within 60 s"),
+            Err(_) => eprintln!(
+                "csrf.mjs attempt {attempt} did not finish within 60 s; its log:\n{driver_log}"
+            ),
         }
     }
-    let output = output.expect("the browser run finishes within 60 s (two attempts)");
+    let (audit, counter) = servers.expect("the browser run finishes within 60 s (two attempts)");
+    let (output, driver_log) = output.expect("an output with the servers");
     let stdout = String::from_utf8_lossy(&output.stdout);
     let report: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap_or_else(|_| {
-        panic!(
-            "csrf.mjs printed no report.\nstdout: {stdout}\nstderr: {}",
-            String::from_utf8_lossy(&output.stderr)
-        )
+        panic!("csrf.mjs printed no report.\nstdout: {stdout}\nlog: {driver_log}")
     });
+    // What the driver saw, step by step, for any assertion below that fails.
+    eprintln!("{driver_log}");
     assert_eq!(report["errors"], serde_json::json!([]), "{report:#}");
 
     // The page ran under the strict nonce CSP: no inline script was needed.
@@ -209,6 +244,10 @@ async fn csrf_fetch_works_and_cross_site_posts_are_refused_in_chromium() {
     assert_eq!(
         page["retried"], 200,
         "csrfFetch after a forged cookie: {report:#}"
+    );
+    assert_eq!(
+        page["raced"], 200,
+        "csrfFetch after a forged cookie, racing GETs that reset it: {report:#}"
     );
     assert_eq!(page["plain"], 403, "fetch without the helper: {report:#}");
     assert_eq!(page["plain_code"], "csrf_token_invalid");
@@ -229,11 +268,19 @@ async fn csrf_fetch_works_and_cross_site_posts_are_refused_in_chromium() {
     }
     // Every refusal, as the server saw it: the page's two token refusals (the forged cookie
     // before the retry, the post without the helper), and per attacker its fetch and its form,
-    // refused on their origin before any token was looked at.
+    // refused on their origin before any token was looked at. The raced post was refused once
+    // or, when a racing GET reset the cookie while its retry was in flight, twice.
+    let raced_refusals = audit
+        .events()
+        .iter()
+        .filter(|e| e.path == "/api/counter-race")
+        .inspect(|e| assert_eq!(e.metadata["code"], "csrf_token_invalid", "{e:?}"))
+        .count();
+    assert!((1..=2).contains(&raced_refusals), "{raced_refusals}");
     let mut refused: Vec<(String, String)> = audit
         .events()
         .iter()
-        .filter(|e| e.outcome == Outcome::Denied)
+        .filter(|e| e.outcome == Outcome::Denied && e.path != "/api/counter-race")
         .map(|e| {
             assert_eq!(e.status, 403);
             (
@@ -253,6 +300,6 @@ async fn csrf_fetch_works_and_cross_site_posts_are_refused_in_chromium() {
     ]
     .map(|(c, p)| (c.to_string(), p.to_string()));
     assert_eq!(refused, want, "{report:#}");
-    // First post, the retried one and the form: nothing from the attackers.
-    assert_eq!(counter.0.load(Ordering::SeqCst), 3, "{report:#}");
+    // First post, the retried one, the raced one and the form: nothing from the attackers.
+    assert_eq!(counter.0.load(Ordering::SeqCst), 4, "{report:#}");
 }

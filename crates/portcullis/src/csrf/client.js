@@ -7,7 +7,7 @@
  *   csrfFetch(url, options)           fetch() that adds X-CSRF-Token on POST/PUT/PATCH/DELETE
  *                                     to this origin, and on a 403 `csrf_token_invalid` gets a
  *                                     fresh token from /.well-known/portcullis/csrf and retries
- *                                     once.
+ *                                     (once more if the cookie changed meanwhile).
  *   portcullisCsrf.fillForms(root)    puts the token in a hidden `csrf_token` input of every
  *                                     POST form under `root` (default: document) that submits
  *                                     to this origin. Forms are also filled when submitted.
@@ -96,8 +96,11 @@
     if (!UNSAFE[method] || !sameOrigin(url)) {
       return fetch(input, options);
     }
-    // A Request's body can be read once: keep a copy for the retry.
-    var spare = isRequest ? input.clone() : input;
+    // A Request's body can be read once: keep a copy to clone for each retry.
+    var spare = isRequest ? input.clone() : null;
+    function again() {
+      return isRequest ? spare.clone() : input;
+    }
 
     function send(target, token) {
       var headers = new Headers(options.headers || (isRequest ? target.headers : undefined));
@@ -112,16 +115,31 @@
       return fetch(target, init);
     }
 
+    // After a token refusal: a fresh token, then one retry. The retry sends the token the
+    // cookie holds when it leaves, which is the endpoint's unless another response (a page's
+    // image, another tab) set a newer one meanwhile; both are valid for the session, and only
+    // the cookie's matches it. If such a response lands while the retry is in flight, the
+    // cookie changes under it: one more try with the new cookie, and no further.
+    function retry(res, sent, left) {
+      return isTokenRefusal(res).then(function (refused) {
+        if (!refused || left === 0) return res;
+        var next = left === 2 ? freshToken() : Promise.resolve(null);
+        return next.then(function (fresh) {
+          var cookie = cookieToken();
+          var token = cookie && cookie !== sent ? cookie : fresh;
+          if (!token || token === sent) return res;
+          return send(again(), token).then(function (res2) {
+            return retry(res2, token, left - 1);
+          });
+        });
+      });
+    }
+
     var first = cookieToken();
     var start = first ? Promise.resolve(first) : freshToken();
     return start.then(function (token) {
-      return send(input, token).then(function (res) {
-        return isTokenRefusal(res).then(function (refused) {
-          if (!refused) return res;
-          return freshToken().then(function (fresh) {
-            return fresh ? send(spare, fresh) : res;
-          });
-        });
+      return send(isRequest ? again() : input, token).then(function (res) {
+        return retry(res, token, 2);
       });
     });
   }

@@ -19,6 +19,7 @@ const out = { app: null, csp: null, form: null, attackers: [], errors: [] };
 const t0 = Date.now();
 const log = (msg) => process.stderr.write(`[csrf.mjs +${Date.now() - t0} ms] ${msg}\n`);
 
+log('launching chromium');
 const context = await chromium.launchPersistentContext(userDataDir, {
   executablePath: '/usr/bin/chromium',
   headless: true,
@@ -34,7 +35,20 @@ const context = await chromium.launchPersistentContext(userDataDir, {
   timeout: 15000,
 });
 
+// Waits for `promise`, at most `ms`: a step that hangs is reported, not waited on forever.
+function bounded(promise, ms, what) {
+  let timer;
+  const late = new Promise((resolve) => {
+    timer = setTimeout(() => {
+      log(`${what}: still pending after ${ms} ms, going on`);
+      resolve();
+    }, ms);
+  });
+  return Promise.race([promise, late]).finally(() => clearTimeout(timer));
+}
+
 function watch(page, tag) {
+  page.on('response', (r) => log(`${tag}: ${r.request().method()} ${r.url()} -> ${r.status()}`));
   page.on('pageerror', (e) => out.errors.push(`${tag}: ${e.message}`));
   page.on('console', (m) => {
     // Refused requests log "Failed to load resource" (and CORS errors on the attacker's
@@ -62,10 +76,15 @@ try {
   ]);
   out.form = formResponse.status();
   log(`form: ${out.form}`);
-  await page.close();
+  // Closing a page while the form's navigation is still committing can hang Chromium's close
+  // (seen about one run in ten): let the navigation finish first.
+  await page.waitForURL(`${app}/api/counter-form`, { waitUntil: 'load', timeout: 10000 });
+  await bounded(page.close(), 5000, 'closing the app page');
+  log('app page closed');
 
   for (const attacker of attackers) {
     const evil = await context.newPage();
+    log(`page for ${attacker} opened`);
     watch(evil, 'attacker');
     const seen = [];
     evil.on('response', (r) => {
@@ -77,17 +96,22 @@ try {
       timeout: 10000,
     });
     await evil.goto(`${attacker}/`, { waitUntil: 'load', timeout: 10000 });
+    log(`${attacker} loaded`);
     await formDone;
     // The page's fetch ran before its form was submitted. Chromium hides a response that CORS
     // blocks from the page (and from Playwright), so the server's audit log tells its status.
     out.attackers.push({ origin: attacker, responses: seen });
     log(`${attacker}: ${JSON.stringify(seen)}`);
-    await evil.close();
+    await bounded(evil.close(), 5000, `closing ${attacker}`);
   }
 } catch (e) {
   out.errors.push(`driver: ${e && e.stack ? e.stack : e}`);
+  log(`driver error: ${e && e.stack ? e.stack : e}`);
 } finally {
-  await context.close();
+  log('closing chromium');
+  await bounded(context.close(), 10000, 'closing chromium');
+  log('chromium closed');
   rmSync(userDataDir, { recursive: true, force: true });
 }
-process.stdout.write(JSON.stringify(out) + '\n');
+// Exit even if Chromium never closed: it quits itself when its pipe to this process closes.
+process.stdout.write(JSON.stringify(out) + '\n', () => process.exit(0));
