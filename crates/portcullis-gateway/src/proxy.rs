@@ -53,13 +53,12 @@
 //!   and the CSP blocks those scripts). Non-HTML responses, HEAD requests and 204/304
 //!   responses pass untouched.
 
-use std::cell::RefCell;
 use std::collections::HashMap;
 use std::error::Error as StdError;
 use std::net::IpAddr;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, Ordering};
-use std::sync::{Arc, Weak};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -84,6 +83,8 @@ use portcullis::{Control, Csp, Nonce, Principal, Rejection, RequestId};
 use tokio::time::{Instant, Sleep};
 
 use crate::config::{ConfigError, GatewayConfig, ServerConfig, Threading, UpstreamKind};
+
+mod local_pool;
 
 /// A boxed error, as bodies carry them.
 pub type BoxError = Box<dyn StdError + Send + Sync>;
@@ -117,7 +118,7 @@ pub struct Proxy {
 struct ProxyInner {
     /// The shared pool (work-stealing threading).
     client: UpstreamClient,
-    /// Per-core threading: each thread keeps its own pool (see [`Proxy::send`]).
+    /// Per-core threading: each thread keeps its own connections (see `local_pool`).
     pool_per_thread: bool,
     connect_timeout: Duration,
     scheme: Scheme,
@@ -145,14 +146,6 @@ fn upstream_client(connect_timeout: Duration) -> UpstreamClient {
         .pool_timer(TokioTimer::new())
         .pool_idle_timeout(POOL_IDLE_TIMEOUT)
         .build(connector)
-}
-
-thread_local! {
-    /// Per-core threading: this thread's upstream pool for each proxy still alive. A pooled
-    /// connection is driven by the runtime that opened it; keeping one pool per worker
-    /// thread means a request and its upstream connection never wake another thread.
-    static THREAD_POOLS: RefCell<Vec<(Weak<ProxyInner>, UpstreamClient)>> =
-        const { RefCell::new(Vec::new()) };
 }
 
 /// The CSP each route sends, by route pattern, resolved the way the layer resolves it, so
@@ -256,28 +249,22 @@ impl Proxy {
         })
     }
 
-    /// Sends `req` over this thread's pool (per-core) or the shared one.
-    fn send(&self, req: Request<ProxyBody>) -> hyper_util::client::legacy::ResponseFuture {
-        if !self.inner.pool_per_thread {
-            return self.inner.client.request(req);
+    /// Sends `req` over this thread's connections (`local`, per-core) or the shared pool.
+    async fn send(
+        &self,
+        req: Request<ProxyBody>,
+        local: bool,
+    ) -> Result<Response<ProxyBody>, SendError> {
+        if local {
+            return local_pool::send(&self.inner, req).await;
         }
-        let pool = THREAD_POOLS.try_with(|pools| {
-            let mut pools = pools.borrow_mut();
-            let me = Arc::as_ptr(&self.inner);
-            if let Some((_, client)) = pools.iter().find(|(p, _)| std::ptr::eq(p.as_ptr(), me)) {
-                return client.clone();
-            }
-            // A reload left pools of proxies no request uses any more: close them.
-            pools.retain(|(p, _)| p.strong_count() > 0);
-            let client = upstream_client(self.inner.connect_timeout);
-            pools.push((Arc::downgrade(&self.inner), client.clone()));
-            client
-        });
-        match pool {
-            Ok(client) => client.request(req),
-            // The thread is exiting (its locals are gone): the shared pool still works.
-            Err(_) => self.inner.client.request(req),
-        }
+        let res = self
+            .inner
+            .client
+            .request(req)
+            .await
+            .map_err(SendError::Pooled)?;
+        Ok(res.map(|b| b.map_err(BoxError::from).boxed_unsync()))
     }
 
     /// The upstream's `host:port`.
@@ -303,7 +290,10 @@ impl Proxy {
 
         let progress = Arc::new(BodyProgress::default());
         let body = DeadlineBody::new(body, deadline, progress.clone());
-        let mut upstream_req = match self.upstream_request(parts, &extensions, upgrade) {
+        // Per-core threading sends over this thread's connections, unless the thread is
+        // exiting; then the shared pool, which wants the absolute URI.
+        let local = self.inner.pool_per_thread && local_pool::available();
+        let mut upstream_req = match self.upstream_request(parts, &extensions, upgrade, !local) {
             Ok(head) => Request::from_parts(head, UnsyncBoxBody::new(body)),
             Err(r) => return error_response(r, &request_id),
         };
@@ -313,7 +303,7 @@ impl Proxy {
             .inner
             .upstream_timeout
             .min(deadline.saturating_duration_since(Instant::now()));
-        let sent = tokio::time::timeout(wait, self.send(upstream_req)).await;
+        let sent = tokio::time::timeout(wait, self.send(upstream_req, local)).await;
         let mut res = match sent {
             Ok(Ok(res)) => res,
             Ok(Err(e)) => {
@@ -356,7 +346,7 @@ impl Proxy {
 
         let (mut rparts, rbody) = res.into_parts();
         strip_hop_by_hop(&mut rparts.headers);
-        let res = Response::from_parts(rparts, rbody.map_err(BoxError::from).boxed_unsync());
+        let res = Response::from_parts(rparts, rbody);
         self.transform_response(res, &extensions, &method)
     }
 
@@ -428,6 +418,7 @@ impl Proxy {
         mut parts: http::request::Parts,
         extensions: &Extensions,
         upgrade: bool,
+        absolute: bool,
     ) -> Result<http::request::Parts, Rejection> {
         let client_host = parts.headers.get(header::HOST).cloned().or_else(|| {
             parts
@@ -440,12 +431,16 @@ impl Proxy {
             .path_and_query()
             .cloned()
             .unwrap_or_else(|| PathAndQuery::from_static("/"));
-        parts.uri = Uri::builder()
-            .scheme(self.inner.scheme.clone())
-            .authority(self.inner.authority.clone())
-            .path_and_query(pq)
-            .build()
-            .map_err(|_| Rejection::invalid_path("Malformed path"))?;
+        parts.uri = if absolute {
+            Uri::builder()
+                .scheme(self.inner.scheme.clone())
+                .authority(self.inner.authority.clone())
+                .path_and_query(pq)
+                .build()
+                .map_err(|_| Rejection::invalid_path("Malformed path"))?
+        } else {
+            Uri::from(pq)
+        };
         parts.version = Version::HTTP_11;
 
         let headers = &mut parts.headers;
@@ -472,8 +467,16 @@ impl Proxy {
         }
         // HTTP/2 splits cookies over several fields; HTTP/1.1 wants one.
         join_cookies(headers);
-        if let Some(host) = &client_host {
-            headers.insert(header::HOST, host.clone());
+        match &client_host {
+            Some(host) => {
+                headers.insert(header::HOST, host.clone());
+            }
+            // An HTTP/1.0 client may send none; the upstream's name stands in.
+            None => {
+                if let Ok(v) = HeaderValue::from_str(self.inner.authority.as_str()) {
+                    headers.insert(header::HOST, v);
+                }
+            }
         }
 
         let https = extensions.get::<Https>().is_some();
@@ -726,14 +729,54 @@ fn request_body_incomplete() -> Rejection {
     )
 }
 
-fn classify_error(e: &hyper_util::client::legacy::Error, progress: &BodyProgress) -> Rejection {
+/// Why a request got no response from the upstream.
+#[derive(Debug)]
+enum SendError {
+    /// The TCP connect (or the name lookup) failed.
+    Connect(std::io::Error),
+    /// The connect did not finish within `upstream_connect_timeout`.
+    ConnectTimeout,
+    /// The exchange failed once the connection was up.
+    Http(hyper::Error),
+    /// The shared pool (work-stealing threading) failed.
+    Pooled(hyper_util::client::legacy::Error),
+}
+
+impl std::fmt::Display for SendError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SendError::Connect(_) => f.write_str("connect"),
+            SendError::ConnectTimeout => f.write_str("connect: timed out"),
+            SendError::Http(_) => f.write_str("exchange"),
+            SendError::Pooled(e) => write!(f, "{e}"),
+        }
+    }
+}
+
+impl StdError for SendError {
+    fn source(&self) -> Option<&(dyn StdError + 'static)> {
+        match self {
+            SendError::Connect(e) => Some(e),
+            SendError::ConnectTimeout => None,
+            SendError::Http(e) => Some(e),
+            SendError::Pooled(e) => e.source(),
+        }
+    }
+}
+
+fn classify_error(e: &SendError, progress: &BodyProgress) -> Rejection {
     match progress.get() {
         BodyState::TimedOut => return request_timeout(),
         BodyState::Failed => return request_body_incomplete(),
         _ => {}
     }
+    let pooled = match e {
+        SendError::ConnectTimeout => return upstream_timeout(),
+        SendError::Connect(_) | SendError::Http(_) => return upstream_unavailable(),
+        SendError::Pooled(e) => e,
+    };
     let timed_out = {
-        let mut source: Option<&(dyn StdError + 'static)> = e.source();
+        let mut source: Option<&(dyn StdError + 'static)> = pooled.source();
         let mut found = false;
         while let Some(s) = source {
             if s.downcast_ref::<std::io::Error>()
@@ -746,7 +789,7 @@ fn classify_error(e: &hyper_util::client::legacy::Error, progress: &BodyProgress
         }
         found
     };
-    if e.is_connect() && timed_out {
+    if pooled.is_connect() && timed_out {
         upstream_timeout()
     } else {
         upstream_unavailable()

@@ -1,0 +1,255 @@
+//! Per-core threading: this thread's keep-alive HTTP/1.1 connections to the upstream.
+//!
+//! Each worker thread keeps its own idle connections, so a request, its upstream connection
+//! and its response never leave the thread, and no lock, channel or extra task sits between
+//! them (hyper-util's pooled client pays for a checkout, a dispatch channel and one spawned
+//! task per request to return the connection). A connection goes back to this thread's list
+//! when its response body ends, and is taken by the next request, newest first.
+//!
+//! What a pool must get right, and this one does:
+//! - a request that never left on a reused connection the upstream had just closed is sent
+//!   again on another one (the upstream's keep-alive timeout racing our reuse); a request
+//!   that may have reached the upstream is never repeated;
+//! - a connection whose response body was not read to its end, that failed, or that was
+//!   upgraded (101) is never reused;
+//! - idle connections older than [`POOL_IDLE_TIMEOUT`](super::POOL_IDLE_TIMEOUT) are closed,
+//!   and at most [`MAX_IDLE`] wait per thread;
+//! - the connect is bounded by `upstream_connect_timeout` (504 when it passes; a refusal is
+//!   502), and the URI is sent in origin form with the client's `Host`.
+
+use std::cell::RefCell;
+use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
+use std::sync::{Arc, Weak};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::uri::Authority;
+use http::{Request, Response, StatusCode};
+use http_body_util::BodyExt;
+use hyper::body::{Body, Frame, Incoming, SizeHint};
+use hyper::client::conn::http1::{self, SendRequest};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+
+use super::{BoxError, ProxyBody, ProxyInner, SendError};
+
+/// The most idle connections one thread keeps for one upstream.
+pub const MAX_IDLE: usize = 1024;
+
+type Sender = SendRequest<ProxyBody>;
+
+struct Idle {
+    sender: Sender,
+    since: Instant,
+}
+
+thread_local! {
+    /// This thread's idle connections, per proxy still alive (a reload makes a new proxy;
+    /// the old one's connections close once it is gone).
+    static IDLE: RefCell<Vec<(Weak<ProxyInner>, Vec<Idle>)>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Whether the thread is still able to keep connections (its locals not yet torn down).
+pub fn available() -> bool {
+    IDLE.try_with(|_| ()).is_ok()
+}
+
+/// Takes this thread's newest idle connection to `proxy`, closing expired and dead ones.
+fn checkout(proxy: &Arc<ProxyInner>) -> Option<Sender> {
+    IDLE.try_with(|all| {
+        let mut all = all.borrow_mut();
+        let me = Arc::as_ptr(proxy);
+        let (_, idle) = all.iter_mut().find(|(p, _)| std::ptr::eq(p.as_ptr(), me))?;
+        let now = Instant::now();
+        while let Some(c) = idle.pop() {
+            if now.saturating_duration_since(c.since) > super::POOL_IDLE_TIMEOUT {
+                // The rest are older still.
+                idle.clear();
+                return None;
+            }
+            if !c.sender.is_closed() {
+                return Some(c.sender);
+            }
+        }
+        None
+    })
+    .ok()
+    .flatten()
+}
+
+/// Returns a connection whose exchange is over to this thread's list for `proxy`.
+fn checkin(proxy: &Weak<ProxyInner>, sender: Sender) {
+    if sender.is_closed() {
+        return;
+    }
+    let _ = IDLE.try_with(|all| {
+        let mut all = all.borrow_mut();
+        let now = Instant::now();
+        let idle = match all.iter_mut().position(|(p, _)| p.ptr_eq(proxy)) {
+            Some(i) => &mut all[i].1,
+            None => {
+                if proxy.strong_count() == 0 {
+                    return;
+                }
+                // A reload left lists of proxies no request uses any more: close them.
+                all.retain(|(p, _)| p.strong_count() > 0);
+                all.push((proxy.clone(), Vec::new()));
+                let last = all.len() - 1;
+                &mut all[last].1
+            }
+        };
+        let expired = idle
+            .iter()
+            .take_while(|c| now.saturating_duration_since(c.since) > super::POOL_IDLE_TIMEOUT)
+            .count();
+        idle.drain(..expired);
+        if idle.len() < MAX_IDLE {
+            idle.push(Idle { sender, since: now });
+        }
+    });
+}
+
+/// Opens a new connection to the upstream, within `connect_timeout`.
+async fn connect(authority: &Authority, connect_timeout: Duration) -> Result<Sender, SendError> {
+    let port = authority.port_u16().unwrap_or(80);
+    let host = authority.host();
+    let open = async {
+        let literal = host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .parse::<IpAddr>();
+        let addrs: Vec<SocketAddr> = match literal {
+            Ok(ip) => vec![SocketAddr::new(ip, port)],
+            Err(_) => tokio::net::lookup_host((host, port)).await?.collect(),
+        };
+        let mut last = std::io::Error::new(
+            std::io::ErrorKind::NotFound,
+            format!("{host} has no address"),
+        );
+        for addr in addrs {
+            match TcpStream::connect(addr).await {
+                Ok(s) => return Ok(s),
+                Err(e) => last = e,
+            }
+        }
+        Err(last)
+    };
+    let stream = match tokio::time::timeout(connect_timeout, open).await {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => return Err(SendError::Connect(e)),
+        Err(_) => return Err(SendError::ConnectTimeout),
+    };
+    stream.set_nodelay(true).map_err(SendError::Connect)?;
+    let (sender, conn) = http1::Builder::new()
+        .handshake(TokioIo::new(stream))
+        .await
+        .map_err(SendError::Http)?;
+    tokio::spawn(async move {
+        if let Err(e) = conn.with_upgrades().await {
+            tracing::debug!(error = %e, "upstream connection closed with an error");
+        }
+    });
+    Ok(sender)
+}
+
+/// Sends `req` (origin-form URI, `Host` set) over this thread's connections to `proxy`'s
+/// upstream; the response body returns the connection when it ends.
+pub async fn send(
+    proxy: &Arc<ProxyInner>,
+    mut req: Request<ProxyBody>,
+) -> Result<Response<ProxyBody>, SendError> {
+    loop {
+        let (mut sender, reused) = match checkout(proxy) {
+            Some(s) => (s, true),
+            None => (
+                connect(&proxy.authority, proxy.connect_timeout).await?,
+                false,
+            ),
+        };
+        // A connection whose last response just ended may still be finishing it; one that
+        // closed meanwhile is passed over. (A fresh one takes its first request at once.)
+        if reused
+            && std::future::poll_fn(|cx| sender.poll_ready(cx))
+                .await
+                .is_err()
+        {
+            continue;
+        }
+        match sender.try_send_request(req).await {
+            Ok(res) => {
+                let back = (res.status() != StatusCode::SWITCHING_PROTOCOLS)
+                    .then(|| (sender, Arc::downgrade(proxy)));
+                return Ok(res.map(|body| PooledBody::new(body, back).boxed_unsync()));
+            }
+            Err(mut e) => match e.take_message() {
+                // It never left, and the connection had served before: the upstream closed
+                // it meanwhile. Another connection, fresh if need be.
+                Some(r) if reused => req = r,
+                _ => return Err(SendError::Http(e.into_error())),
+            },
+        }
+    }
+}
+
+/// The upstream's response body; gives its connection back when it ends.
+struct PooledBody {
+    inner: Incoming,
+    back: Option<(Sender, Weak<ProxyInner>)>,
+}
+
+impl PooledBody {
+    fn new(inner: Incoming, back: Option<(Sender, Weak<ProxyInner>)>) -> PooledBody {
+        let mut body = PooledBody { inner, back };
+        if body.inner.is_end_stream() {
+            body.release();
+        }
+        body
+    }
+
+    fn release(&mut self) {
+        if let Some((sender, proxy)) = self.back.take() {
+            checkin(&proxy, sender);
+        }
+    }
+}
+
+impl Body for PooledBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = &mut *self;
+        match Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                if this.inner.is_end_stream() {
+                    this.release();
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(Some(Err(e))) => {
+                // A broken exchange: the connection is not reused.
+                this.back = None;
+                Poll::Ready(Some(Err(e.into())))
+            }
+            Poll::Ready(None) => {
+                this.release();
+                Poll::Ready(None)
+            }
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}

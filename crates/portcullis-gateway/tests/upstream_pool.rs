@@ -1,0 +1,315 @@
+//! The upstream connections of per-core threading (each worker's own keep-alive pool),
+//! against raw TCP upstreams that behave the way real ones do: closing idle keep-alive
+//! connections at any moment, dropping a connection mid-exchange, counting connections.
+
+mod common;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use common::*;
+use http::StatusCode;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+/// What the raw upstream does after answering a request.
+#[derive(Clone, Copy, PartialEq)]
+enum AfterAnswer {
+    /// Keeps the connection for the next request.
+    KeepAlive,
+    /// Closes it at once, without `Connection: close`: the way an upstream whose keep-alive
+    /// timeout just passed looks to a pool that reuses the connection.
+    Close,
+}
+
+/// A raw HTTP/1.1 upstream on loopback, counting connections and requests.
+struct RawUpstream {
+    port: u16,
+    connections: Arc<AtomicUsize>,
+    requests: Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl RawUpstream {
+    /// Answers every request with `200 ok`, except a request whose line contains `drop`: that
+    /// one is read whole, then the connection is closed without an answer.
+    async fn start(after: AfterAnswer) -> RawUpstream {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let connections = Arc::new(AtomicUsize::new(0));
+        let requests = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (c, r) = (connections.clone(), requests.clone());
+        tokio::spawn(async move {
+            loop {
+                let Ok((tcp, _)) = listener.accept().await else {
+                    continue;
+                };
+                c.fetch_add(1, Ordering::SeqCst);
+                tokio::spawn(serve(tcp, after, r.clone()));
+            }
+        });
+        RawUpstream {
+            port,
+            connections,
+            requests,
+        }
+    }
+
+    fn addr(&self) -> std::net::SocketAddr {
+        ([127, 0, 0, 1], self.port).into()
+    }
+
+    fn connections(&self) -> usize {
+        self.connections.load(Ordering::SeqCst)
+    }
+
+    fn requests(&self) -> Vec<String> {
+        self.requests.lock().unwrap().clone()
+    }
+}
+
+async fn serve(mut tcp: TcpStream, after: AfterAnswer, seen: Arc<std::sync::Mutex<Vec<String>>>) {
+    let mut buf = Vec::new();
+    let mut b = [0u8; 4096];
+    loop {
+        // One request head (the tests send no bodies).
+        let end = loop {
+            if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                break i + 4;
+            }
+            match tcp.read(&mut b).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => buf.extend_from_slice(&b[..n]),
+            }
+        };
+        let head = String::from_utf8_lossy(&buf[..end]).into_owned();
+        buf.drain(..end);
+        let line = head.lines().next().unwrap_or_default().to_string();
+        seen.lock().unwrap().push(head);
+        if line.contains("drop") {
+            return;
+        }
+        let answer = "HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: 2\r\n\r\nok";
+        if tcp.write_all(answer.as_bytes()).await.is_err() || after == AfterAnswer::Close {
+            return;
+        }
+    }
+}
+
+async fn gateway(up: &RawUpstream) -> Gateway {
+    let port = free_port();
+    // One worker: every request shares one pool, so reuse is observable.
+    Gateway::start(
+        port,
+        &config(port, up.addr(), "workers = 1\nthreading = \"per-core\"", ""),
+    )
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn keep_alive_connections_are_reused() {
+    let up = RawUpstream::start(AfterAnswer::KeepAlive).await;
+    let gw = gateway(&up).await;
+    let client = client();
+    for i in 0..20 {
+        let r = send(
+            &client,
+            http::Request::get(gw.url(&format!("/n/{i}")))
+                .body(full(""))
+                .unwrap(),
+        )
+        .await;
+        assert_eq!(r.status, StatusCode::OK, "{i}: {}", r.text());
+        assert_eq!(r.text(), "ok");
+    }
+    assert_eq!(
+        up.connections(),
+        1,
+        "20 requests in a row share one connection"
+    );
+    // Origin form, the client's Host.
+    let requests = up.requests();
+    assert!(
+        requests[0].starts_with("GET /n/0 HTTP/1.1\r\n"),
+        "{}",
+        requests[0]
+    );
+    assert!(
+        requests[0]
+            .to_ascii_lowercase()
+            .contains(&format!("\r\nhost: 127.0.0.1:{}\r\n", gw.port)),
+        "{}",
+        requests[0]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_connection_the_upstream_closed_is_replaced_not_a_502() {
+    let up = RawUpstream::start(AfterAnswer::Close).await;
+    let gw = gateway(&up).await;
+    let client = client();
+    // Back to back: the pool often takes the connection before it has seen the close, so
+    // the request is refused unsent and goes out again on a new connection.
+    for i in 0..60 {
+        let r = send(
+            &client,
+            http::Request::get(gw.url(&format!("/n/{i}")))
+                .body(full(""))
+                .unwrap(),
+        )
+        .await;
+        assert_eq!(r.status, StatusCode::OK, "request {i}: {}", r.text());
+        if i % 20 == 19 {
+            // And after a pause, with the close long seen.
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    let requests = up.requests();
+    assert_eq!(requests.len(), 60, "each request reached the upstream once");
+    assert_eq!(up.connections(), 60);
+    assert!(
+        !gw.logs().contains("upstream request failed"),
+        "{}",
+        gw.logs()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_request_that_reached_the_upstream_is_never_sent_twice() {
+    let up = RawUpstream::start(AfterAnswer::KeepAlive).await;
+    let gw = gateway(&up).await;
+    let client = client();
+    let first = send(
+        &client,
+        http::Request::get(gw.url("/warm")).body(full("")).unwrap(),
+    )
+    .await;
+    assert_eq!(first.status, StatusCode::OK);
+    // On the pooled connection, the upstream reads the request and hangs up unanswered.
+    let r = send(
+        &client,
+        http::Request::post(gw.url("/drop/1"))
+            .body(full(""))
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::BAD_GATEWAY, "{}", r.text());
+    assert_eq!(r.json()["code"], "upstream_unavailable");
+    let drops = up
+        .requests()
+        .iter()
+        .filter(|h| h.starts_with("POST /drop/1 "))
+        .count();
+    assert_eq!(
+        drops,
+        1,
+        "the POST must not be repeated: {:?}",
+        up.requests()
+    );
+    // The broken connection is not reused; the next request gets a new one.
+    let after = send(
+        &client,
+        http::Request::get(gw.url("/after")).body(full("")).unwrap(),
+    )
+    .await;
+    assert_eq!(after.status, StatusCode::OK, "{}", after.text());
+    assert_eq!(up.connections(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_response_the_client_abandoned_does_not_poison_the_pool() {
+    // An upstream whose body the client never reads to its end: that connection cannot be
+    // reused (its rest is still on the wire), and must not be.
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let up_addr = listener.local_addr().unwrap();
+    let connections = Arc::new(AtomicUsize::new(0));
+    let c = connections.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut tcp, _)) = listener.accept().await else {
+                continue;
+            };
+            c.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut b = [0u8; 4096];
+                loop {
+                    let end = loop {
+                        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                            break i + 4;
+                        }
+                        match tcp.read(&mut b).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&b[..n]),
+                        }
+                    };
+                    let big = String::from_utf8_lossy(&buf[..end]).contains("/big");
+                    buf.drain(..end);
+                    if big {
+                        // Announces 1 MiB, sends 1 KiB, then waits.
+                        let head = "HTTP/1.1 200 OK\r\ncontent-length: 1048576\r\n\r\n";
+                        let _ = tcp.write_all(head.as_bytes()).await;
+                        let _ = tcp.write_all(&[b'x'; 1024]).await;
+                        tokio::time::sleep(Duration::from_secs(30)).await;
+                        return;
+                    }
+                    let answer = "HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+                    if tcp.write_all(answer.as_bytes()).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    let port = free_port();
+    let gw = Gateway::start(port, &config(port, up_addr, "workers = 1", "")).await;
+
+    let mut tcp = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    tcp.write_all(b"GET /big HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut b = [0u8; 512];
+    let n = tcp.read(&mut b).await.unwrap();
+    assert!(String::from_utf8_lossy(&b[..n]).starts_with("HTTP/1.1 200"));
+    drop(tcp);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+
+    let client = client();
+    for i in 0..5 {
+        let r = send(
+            &client,
+            http::Request::get(gw.url(&format!("/small/{i}")))
+                .body(full(""))
+                .unwrap(),
+        )
+        .await;
+        assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+        assert_eq!(r.text(), "ok");
+    }
+    assert_eq!(connections.load(Ordering::SeqCst), 2);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_http_1_0_request_without_host_gets_the_upstream_s_name() {
+    let up = RawUpstream::start(AfterAnswer::KeepAlive).await;
+    let gw = gateway(&up).await;
+    let out = raw(
+        gw.port,
+        b"GET /old HTTP/1.0\r\n\r\n",
+        Duration::from_secs(5),
+    )
+    .await;
+    assert!(
+        out.starts_with("HTTP/1.0 200") || out.starts_with("HTTP/1.1 200"),
+        "{out}"
+    );
+    let head = up
+        .requests()
+        .pop()
+        .expect("the request reached the upstream");
+    assert!(
+        head.to_ascii_lowercase()
+            .contains(&format!("\r\nhost: 127.0.0.1:{}\r\n", up.port)),
+        "{head}"
+    );
+}
