@@ -219,6 +219,7 @@ free_port P_NGINX
 free_port P_EXPRESS
 free_port P_AXUM
 free_port P_AXUM_LAYER
+free_port P_AXUM_HEADERS
 
 log "starting the upstream, portcullis (memory, redis, sqlite stores), redis, nginx, express, axum"
 start upstream "$UPSTREAM" "127.0.0.1:$P_UPSTREAM"
@@ -264,6 +265,8 @@ start axum "$AXUM" --listen "127.0.0.1:$P_AXUM" --layer none
 PID_AXUM=$LAST_PID
 start axum-layer "$AXUM" --listen "127.0.0.1:$P_AXUM_LAYER" --layer public
 PID_AXUM_LAYER=$LAST_PID
+start axum-headers "$AXUM" --listen "127.0.0.1:$P_AXUM_HEADERS" --layer headers
+PID_AXUM_HEADERS=$LAST_PID
 
 wait_http upstream "$PID_UPSTREAM" "http://127.0.0.1:$P_UPSTREAM/"
 for ((i = 0; i < 100; i++)); do
@@ -281,6 +284,7 @@ wait_http nginx "$PID_NGINX" "http://127.0.0.1:$P_NGINX/"
 wait_http express "$PID_EXPRESS" "http://127.0.0.1:$P_EXPRESS/"
 wait_http axum "$PID_AXUM" "http://127.0.0.1:$P_AXUM/"
 wait_http axum-layer "$PID_AXUM_LAYER" "http://127.0.0.1:$P_AXUM_LAYER/"
+wait_http axum-headers "$PID_AXUM_HEADERS" "http://127.0.0.1:$P_AXUM_HEADERS/"
 
 # target NAME: sets T_PORT and T_PIDS (the processes whose RSS is the target's).
 target() {
@@ -294,6 +298,7 @@ target() {
     express) T_PORT=$P_EXPRESS T_PIDS=("$PID_EXPRESS") ;;
     axum) T_PORT=$P_AXUM T_PIDS=("$PID_AXUM") ;;
     axum+layer) T_PORT=$P_AXUM_LAYER T_PIDS=("$PID_AXUM_LAYER") ;;
+    axum+headers) T_PORT=$P_AXUM_HEADERS T_PIDS=("$PID_AXUM_HEADERS") ;;
     *) die "unknown target $1" ;;
     esac
 }
@@ -416,7 +421,8 @@ AUTH_HS=(-H "Authorization: Bearer $TOKEN_HS256")
 AUTH_RS=(-H "Authorization: Bearer $TOKEN_RS256")
 
 log "load: wrk -t$THREADS -c$CONNECTIONS -d$DURATION --latency (after a $WARMUP warm-up)"
-for t in upstream portcullis portcullis+redis portcullis+sqlite nginx express axum axum+layer; do
+for t in upstream portcullis portcullis+redis portcullis+sqlite nginx express axum axum+layer \
+    axum+headers; do
     measure "$S_GET" "$t" /api/public ok
 done
 for t in portcullis express axum+layer; do
@@ -491,5 +497,7 @@ Notes:
   CSP nonces (its CSP is static), 403 instead of 405 for a refused method, no path
   canonicalisation, per-instance per-IP limits only, no RateLimit headers.
   Express verifies the JWT with node:crypto (no JWT package in that stack).
+  axum+headers: the bare axum app adding the layer's 14 response headers as constants, the
+  floor under axum+layer (the header bytes cost the server's encoder, the kernel and wrk).
 EOF
 printf '\nHeaders on GET /api/public (besides date, content-*, connection, etag):\n%s' "$HEADERS"

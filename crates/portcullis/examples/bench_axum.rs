@@ -35,7 +35,7 @@ use tower::Layer;
 
 /// What `portcullis token` puts in `iss` and `aud` when the config names none.
 const ISSUER: &str = "portcullis";
-const USAGE: &str = "usage: bench_axum [--listen ADDR:PORT] [--layer none|public]";
+const USAGE: &str = "usage: bench_axum [--listen ADDR:PORT] [--layer none|public|headers]";
 
 /// Far above what one machine can send: the limiter runs on every request, never refuses.
 fn never_limited(key: RateKey) -> RateLimitSpec {
@@ -106,6 +106,41 @@ fn security() -> SecurityLayer {
         .expect("the bench policy is valid")
 }
 
+/// The headers `--layer public` adds to `GET /api/public`, as constants (`--layer headers`).
+const STATIC_HEADERS: [(&str, &str); 14] = [
+    ("x-content-type-options", "nosniff"),
+    ("x-frame-options", "DENY"),
+    ("referrer-policy", "strict-origin-when-cross-origin"),
+    ("permissions-policy", "camera=(), microphone=(), geolocation=(), payment=()"),
+    ("cross-origin-opener-policy", "same-origin"),
+    ("cross-origin-resource-policy", "same-origin"),
+    ("x-permitted-cross-domain-policies", "none"),
+    ("x-xss-protection", "0"),
+    ("strict-transport-security", "max-age=63072000; includeSubDomains"),
+    (
+        "content-security-policy",
+        "default-src 'self'; script-src 'self' 'nonce-fUihaJqCol6B1XKEWjHA9g==' \
+         'strict-dynamic'; style-src 'self'; img-src 'self' data:; font-src 'self'; \
+         connect-src 'self'; object-src 'none'; base-uri 'self'; form-action 'self'; \
+         frame-ancestors 'none'",
+    ),
+    ("ratelimit-policy", "\"default\";q=10000000;w=1"),
+    ("ratelimit", "\"default\";r=9999999;t=1"),
+    ("cache-control", "no-store"),
+    ("x-request-id", "9d1739c9-cbff-447b-8c51-d809b006f98d"),
+];
+
+async fn static_headers(mut res: axum::response::Response) -> axum::response::Response {
+    let h = res.headers_mut();
+    for (name, value) in STATIC_HEADERS {
+        h.insert(
+            header::HeaderName::from_static(name),
+            header::HeaderValue::from_static(value),
+        );
+    }
+    res
+}
+
 #[tokio::main]
 async fn main() {
     let mut listen = "127.0.0.1:3001".to_string();
@@ -137,6 +172,14 @@ async fn main() {
         "public" => {
             // Wrapping the whole router: routing, like every control, sees the canonical path.
             let app = security().layer(router());
+            let make =
+                ServiceExt::<Request>::into_make_service_with_connect_info::<SocketAddr>(app);
+            axum::serve(listener, make).await.expect("serving");
+        }
+        "headers" => {
+            // The floor: the same response headers, written as constants by a bare
+            // middleware. What the layer costs above it is its own work.
+            let app = router().layer(axum::middleware::map_response(static_headers));
             let make =
                 ServiceExt::<Request>::into_make_service_with_connect_info::<SocketAddr>(app);
             axum::serve(listener, make).await.expect("serving");
