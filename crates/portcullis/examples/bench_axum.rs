@@ -111,12 +111,18 @@ const STATIC_HEADERS: [(&str, &str); 14] = [
     ("x-content-type-options", "nosniff"),
     ("x-frame-options", "DENY"),
     ("referrer-policy", "strict-origin-when-cross-origin"),
-    ("permissions-policy", "camera=(), microphone=(), geolocation=(), payment=()"),
+    (
+        "permissions-policy",
+        "camera=(), microphone=(), geolocation=(), payment=()",
+    ),
     ("cross-origin-opener-policy", "same-origin"),
     ("cross-origin-resource-policy", "same-origin"),
     ("x-permitted-cross-domain-policies", "none"),
     ("x-xss-protection", "0"),
-    ("strict-transport-security", "max-age=63072000; includeSubDomains"),
+    (
+        "strict-transport-security",
+        "max-age=63072000; includeSubDomains",
+    ),
     (
         "content-security-policy",
         "default-src 'self'; script-src 'self' 'nonce-fUihaJqCol6B1XKEWjHA9g==' \

@@ -119,6 +119,11 @@ impl Exchange {
         &self.policy
     }
 
+    /// The route's policy, shared: for a guard that keeps it while it changes the exchange.
+    pub(crate) fn policy_arc(&self) -> Arc<Policy> {
+        self.policy.clone()
+    }
+
     /// The resolved client address.
     pub fn client_ip(&self) -> ClientIp {
         self.client_ip

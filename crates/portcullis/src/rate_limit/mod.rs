@@ -225,18 +225,28 @@ impl RateLimiter {
 
     /// Decides `limits` for `subject`s computed from the request, charging only if all allow.
     async fn decide(&self, parts: &Parts, exchange: &mut Exchange) -> Result<(), Rejection> {
-        let limits = exchange.policy().limits().to_vec();
-        let keys: Vec<String> = limits.iter().map(|l| key_for(l, parts, exchange)).collect();
-        let charges: Vec<Charge<'_>> = limits
-            .iter()
-            .zip(&keys)
-            .map(|(l, k)| Charge {
-                key: k,
-                rule: rule_of(l),
-                cost: l.cost.max(1),
-            })
-            .collect();
-        let verdicts = match self.store.decide(&charges).await {
+        // The policy outlives the exchange's borrow: one reference count, no copy of limits.
+        let policy = exchange.policy_arc();
+        let limits = policy.limits();
+        let charge = |l: &RateLimitSpec, key| Charge {
+            key,
+            rule: rule_of(l),
+            cost: l.cost.max(1),
+        };
+        // One limit (the common case) needs no vectors of keys and charges.
+        let decided = if let [only] = limits {
+            let key = key_for(only, parts, exchange);
+            self.store.decide(&[charge(only, &key)]).await
+        } else {
+            let keys: Vec<String> = limits.iter().map(|l| key_for(l, parts, exchange)).collect();
+            let charges: Vec<Charge<'_>> = limits
+                .iter()
+                .zip(&keys)
+                .map(|(l, k)| charge(l, k))
+                .collect();
+            self.store.decide(&charges).await
+        };
+        let verdicts = match decided {
             Ok(v) => {
                 if self.in_incident.swap(false, Ordering::AcqRel) {
                     tracing::warn!(store = self.store.name(), "rate-limit store recovered");
@@ -246,14 +256,12 @@ impl RateLimiter {
             Err(e) => return self.store_failed(&e, exchange),
         };
         let violated = verdicts.iter().position(|v| !v.allowed);
-        let headers = render_headers(self.headers, &limits, &verdicts);
         match violated {
             None => {
                 self.stats.allowed.fetch_add(1, Ordering::Relaxed);
-                let out = exchange.response_headers_mut();
-                for (k, v) in headers {
-                    out.append(k, v);
-                }
+                render_headers(self.headers, limits, &verdicts, |k, v| {
+                    exchange.response_headers_mut().append(k, v);
+                });
                 Ok(())
             }
             Some(i) => {
@@ -272,6 +280,8 @@ impl RateLimiter {
                     limits[i].requests,
                     rule_of(&limits[i]).window_secs()
                 ));
+                let mut headers = Vec::with_capacity(5);
+                render_headers(self.headers, limits, &verdicts, |k, v| headers.push((k, v)));
                 for (k, v) in headers {
                     r = r.with_header(k, v);
                 }
@@ -400,22 +410,22 @@ fn push_decimal(out: &mut String, mut n: u64) {
             break;
         }
     }
-    for &b in &buf[i..] {
-        out.push(char::from(b));
-    }
+    // ASCII digits only: always valid UTF-8.
+    out.push_str(std::str::from_utf8(&buf[i..]).unwrap_or_default());
 }
 
 const RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
 const RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
 
-/// The response headers for the limits' verdicts.
+/// The response headers for the limits' verdicts, handed to `emit` one by one.
 fn render_headers(
     style: HeaderStyle,
     limits: &[RateLimitSpec],
     verdicts: &[Verdict],
-) -> Vec<(HeaderName, HeaderValue)> {
+    mut emit: impl FnMut(HeaderName, HeaderValue),
+) {
     if style == HeaderStyle::None || limits.is_empty() {
-        return Vec::new();
+        return;
     }
     let mut policy = String::with_capacity(32 * limits.len());
     let mut state = String::with_capacity(32 * limits.len());
@@ -436,32 +446,31 @@ fn render_headers(
         state.push_str(";t=");
         push_decimal(&mut state, v.reset_us.div_ceil(1_000_000));
     }
-    let mut out = Vec::with_capacity(5);
+    // The strings become the header values as they are (checked, not copied).
     if let (Ok(p), Ok(s)) = (
-        HeaderValue::from_str(&policy),
-        HeaderValue::from_str(&state),
+        HeaderValue::from_maybe_shared(bytes::Bytes::from(policy)),
+        HeaderValue::from_maybe_shared(bytes::Bytes::from(state)),
     ) {
-        out.push((RATELIMIT_POLICY, p));
-        out.push((RATELIMIT, s));
+        emit(RATELIMIT_POLICY, p);
+        emit(RATELIMIT, s);
     }
     if style == HeaderStyle::DraftAndLegacy {
         // The most restrictive limit speaks for the triplet.
         if let Some((l, v)) = limits.iter().zip(verdicts).min_by_key(|(_, v)| v.remaining) {
-            out.push((
+            emit(
                 HeaderName::from_static("ratelimit-limit"),
                 HeaderValue::from(l.requests),
-            ));
-            out.push((
+            );
+            emit(
                 HeaderName::from_static("ratelimit-remaining"),
                 HeaderValue::from(v.remaining),
-            ));
-            out.push((
+            );
+            emit(
                 HeaderName::from_static("ratelimit-reset"),
                 HeaderValue::from(v.reset_us.div_ceil(1_000_000)),
-            ));
+            );
         }
     }
-    out
 }
 
 /// A structured-field string: quoted, with `"` and `\` escaped and non-printables dropped.
@@ -531,7 +540,10 @@ mod tests {
             reset_us: 41_500_000,
             retry_after_us: 0,
         };
-        let h = render_headers(HeaderStyle::DraftAndLegacy, &[l], &[v]);
+        let mut h = Vec::new();
+        render_headers(HeaderStyle::DraftAndLegacy, &[l], &[v], |k, v| {
+            h.push((k, v))
+        });
         let get = |n: &str| {
             h.iter()
                 .find(|(k, _)| k == n)
