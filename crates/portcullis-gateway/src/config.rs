@@ -219,6 +219,10 @@ pub struct ServerConfig {
     pub upstream_connect_timeout: Duration,
     /// Time allowed for the upstream's response (default 30 s).
     pub upstream_timeout: Duration,
+    /// How long an idle keep-alive connection to the upstream is kept (default 4 s: below the
+    /// 5 s keep-alive timeout of Node's HTTP server, so the gateway, not the application,
+    /// closes it, and never sends a request on a connection the application is closing).
+    pub upstream_idle_timeout: Duration,
     /// Time given to open requests on shutdown (default 30 s).
     pub shutdown_timeout: Duration,
     /// The most concurrent streams on one HTTP/2 connection (default 100).

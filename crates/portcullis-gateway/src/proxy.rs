@@ -21,6 +21,8 @@
 //! The timeouts of `[server]`:
 //! - `upstream_connect_timeout` bounds the TCP connect to the upstream (504 when it passes;
 //!   a refused connection is 502);
+//! - `upstream_idle_timeout` is how long an idle keep-alive connection to the upstream is
+//!   kept (default 4 s, below Node's 5 s: the gateway closes it before the application does);
 //! - `upstream_timeout` bounds the wait for the upstream's response headers once the request
 //!   is sent, which includes the time the upstream takes to read a streamed body (504);
 //! - `request_timeout` bounds the whole request from the moment the layer hands it over:
@@ -106,9 +108,6 @@ const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection")
 /// The nonce alone, for Next.js application code (Next's CSP guide reads it).
 pub const X_NONCE: HeaderName = HeaderName::from_static("x-nonce");
 
-/// How long idle upstream connections stay in the pool.
-const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
-
 /// The reverse proxy to one upstream. Cheap to clone: clones share the connection pool.
 #[derive(Clone)]
 pub struct Proxy {
@@ -121,6 +120,8 @@ struct ProxyInner {
     /// Per-core threading: each thread keeps its own connections (see `local_pool`).
     pool_per_thread: bool,
     connect_timeout: Duration,
+    /// How long an idle upstream connection is kept.
+    idle_timeout: Duration,
     scheme: Scheme,
     authority: Authority,
     upstream_timeout: Duration,
@@ -136,7 +137,7 @@ struct ProxyInner {
 type UpstreamClient = Client<HttpConnector, ProxyBody>;
 
 /// A client whose connections are spawned on the runtime that first uses it.
-fn upstream_client(connect_timeout: Duration) -> UpstreamClient {
+fn upstream_client(connect_timeout: Duration, idle_timeout: Duration) -> UpstreamClient {
     let mut connector = HttpConnector::new();
     connector.set_connect_timeout(Some(connect_timeout));
     connector.set_nodelay(true);
@@ -144,7 +145,7 @@ fn upstream_client(connect_timeout: Duration) -> UpstreamClient {
     Client::builder(TokioExecutor::new())
         .timer(TokioTimer::new())
         .pool_timer(TokioTimer::new())
-        .pool_idle_timeout(POOL_IDLE_TIMEOUT)
+        .pool_idle_timeout(idle_timeout)
         .build(connector)
 }
 
@@ -235,8 +236,12 @@ impl Proxy {
         })?;
         Ok(Proxy {
             inner: Arc::new(ProxyInner {
-                client: upstream_client(server.upstream_connect_timeout),
+                client: upstream_client(
+                    server.upstream_connect_timeout,
+                    server.upstream_idle_timeout,
+                ),
                 connect_timeout: server.upstream_connect_timeout,
+                idle_timeout: server.upstream_idle_timeout,
                 pool_per_thread: server.threading == Threading::PerCore,
                 scheme,
                 authority,

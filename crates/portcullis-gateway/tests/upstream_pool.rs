@@ -27,6 +27,8 @@ enum AfterAnswer {
 struct RawUpstream {
     port: u16,
     connections: Arc<AtomicUsize>,
+    /// Connections the gateway closed (read returned end of file).
+    closed: Arc<AtomicUsize>,
     requests: Arc<std::sync::Mutex<Vec<String>>>,
 }
 
@@ -37,20 +39,27 @@ impl RawUpstream {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
         let connections = Arc::new(AtomicUsize::new(0));
+        let closed = Arc::new(AtomicUsize::new(0));
         let requests = Arc::new(std::sync::Mutex::new(Vec::new()));
-        let (c, r) = (connections.clone(), requests.clone());
+        let (c, d, r) = (connections.clone(), closed.clone(), requests.clone());
         tokio::spawn(async move {
             loop {
                 let Ok((tcp, _)) = listener.accept().await else {
                     continue;
                 };
                 c.fetch_add(1, Ordering::SeqCst);
-                tokio::spawn(serve(tcp, after, r.clone()));
+                let (d, r) = (d.clone(), r.clone());
+                tokio::spawn(async move {
+                    if serve(tcp, after, r).await {
+                        d.fetch_add(1, Ordering::SeqCst);
+                    }
+                });
             }
         });
         RawUpstream {
             port,
             connections,
+            closed,
             requests,
         }
     }
@@ -63,12 +72,21 @@ impl RawUpstream {
         self.connections.load(Ordering::SeqCst)
     }
 
+    fn closed_by_the_gateway(&self) -> usize {
+        self.closed.load(Ordering::SeqCst)
+    }
+
     fn requests(&self) -> Vec<String> {
         self.requests.lock().unwrap().clone()
     }
 }
 
-async fn serve(mut tcp: TcpStream, after: AfterAnswer, seen: Arc<std::sync::Mutex<Vec<String>>>) {
+/// Serves one connection; true when the gateway closed it.
+async fn serve(
+    mut tcp: TcpStream,
+    after: AfterAnswer,
+    seen: Arc<std::sync::Mutex<Vec<String>>>,
+) -> bool {
     let mut buf = Vec::new();
     let mut b = [0u8; 4096];
     loop {
@@ -78,7 +96,7 @@ async fn serve(mut tcp: TcpStream, after: AfterAnswer, seen: Arc<std::sync::Mute
                 break i + 4;
             }
             match tcp.read(&mut b).await {
-                Ok(0) | Err(_) => return,
+                Ok(0) | Err(_) => return buf.is_empty(),
                 Ok(n) => buf.extend_from_slice(&b[..n]),
             }
         };
@@ -87,11 +105,11 @@ async fn serve(mut tcp: TcpStream, after: AfterAnswer, seen: Arc<std::sync::Mute
         let line = head.lines().next().unwrap_or_default().to_string();
         seen.lock().unwrap().push(head);
         if line.contains("drop") {
-            return;
+            return false;
         }
         let answer = "HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: 2\r\n\r\nok";
         if tcp.write_all(answer.as_bytes()).await.is_err() || after == AfterAnswer::Close {
-            return;
+            return false;
         }
     }
 }
@@ -312,4 +330,51 @@ async fn an_http_1_0_request_without_host_gets_the_upstream_s_name() {
             .contains(&format!("\r\nhost: 127.0.0.1:{}\r\n", up.port)),
         "{head}"
     );
+}
+
+/// Idle connections to the upstream close once `upstream_idle_timeout` passes, with no
+/// request to notice it: in both threading models.
+#[tokio::test(flavor = "multi_thread")]
+async fn idle_upstream_connections_close_after_the_idle_timeout() {
+    for threading in ["per-core", "work-stealing"] {
+        let up = RawUpstream::start(AfterAnswer::KeepAlive).await;
+        let port = free_port();
+        let extra =
+            format!("workers = 1\nthreading = \"{threading}\"\nupstream_idle_timeout = \"300ms\"");
+        let gw = Gateway::start(port, &config(port, up.addr(), &extra, "")).await;
+        let client = client();
+        let r = send(
+            &client,
+            http::Request::get(gw.url("/a")).body(full("")).unwrap(),
+        )
+        .await;
+        assert_eq!(r.status, StatusCode::OK);
+        // Reused while it is fresh.
+        let r = send(
+            &client,
+            http::Request::get(gw.url("/b")).body(full("")).unwrap(),
+        )
+        .await;
+        assert_eq!(r.status, StatusCode::OK);
+        assert_eq!(up.connections(), 1, "{threading}");
+        assert_eq!(up.closed_by_the_gateway(), 0, "{threading}");
+        // Closed by the gateway, unprompted, within a few timeouts.
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while up.closed_by_the_gateway() == 0 && std::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert_eq!(
+            up.closed_by_the_gateway(),
+            1,
+            "{threading}: the idle connection was not closed"
+        );
+        // The next request opens a new one.
+        let r = send(
+            &client,
+            http::Request::get(gw.url("/c")).body(full("")).unwrap(),
+        )
+        .await;
+        assert_eq!(r.status, StatusCode::OK);
+        assert_eq!(up.connections(), 2, "{threading}");
+    }
 }

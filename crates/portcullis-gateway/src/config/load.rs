@@ -317,6 +317,8 @@ impl Loader<'_> {
         let upstream_connect_timeout =
             self.duration(&mut s, "upstream_connect_timeout", Duration::from_secs(5));
         let upstream_timeout = self.duration(&mut s, "upstream_timeout", Duration::from_secs(30));
+        let upstream_idle_timeout =
+            self.duration(&mut s, "upstream_idle_timeout", Duration::from_secs(4));
         let shutdown_timeout = self.duration(&mut s, "shutdown_timeout", Duration::from_secs(30));
         let http2_max_concurrent_streams = s
             .integer("http2_max_concurrent_streams", &mut self.errs, 1..=10_000)
@@ -358,6 +360,7 @@ impl Loader<'_> {
             idle_timeout: idle_timeout?,
             upstream_connect_timeout: upstream_connect_timeout?,
             upstream_timeout: upstream_timeout?,
+            upstream_idle_timeout: upstream_idle_timeout?,
             shutdown_timeout: shutdown_timeout?,
             http2_max_concurrent_streams: http2_max_concurrent_streams?,
             workers: workers?,

@@ -12,8 +12,9 @@
 //!   that may have reached the upstream is never repeated;
 //! - a connection whose response body was not read to its end, that failed, or that was
 //!   upgraded (101) is never reused;
-//! - idle connections older than [`POOL_IDLE_TIMEOUT`](super::POOL_IDLE_TIMEOUT) are closed,
-//!   and at most [`MAX_IDLE`] wait per thread;
+//! - idle connections are closed once `upstream_idle_timeout` passes (a task per worker
+//!   thread sweeps them, so they close on time even when no request comes), and at most
+//!   [`MAX_IDLE`] wait per thread;
 //! - the connect is bounded by `upstream_connect_timeout` (504 when it passes; a refusal is
 //!   502), and the URI is sent in origin form with the client's `Host`.
 
@@ -46,10 +47,32 @@ struct Idle {
     since: Instant,
 }
 
+/// One proxy's idle connections on this thread, oldest first.
+struct IdleList {
+    proxy: Weak<ProxyInner>,
+    timeout: Duration,
+    conns: Vec<Idle>,
+}
+
+impl IdleList {
+    /// Closes the connections idle for longer than the timeout.
+    fn expire(&mut self, now: Instant) {
+        let timeout = self.timeout;
+        let expired = self
+            .conns
+            .iter()
+            .take_while(|c| now.saturating_duration_since(c.since) >= timeout)
+            .count();
+        self.conns.drain(..expired);
+    }
+}
+
 thread_local! {
     /// This thread's idle connections, per proxy still alive (a reload makes a new proxy;
     /// the old one's connections close once it is gone).
-    static IDLE: RefCell<Vec<(Weak<ProxyInner>, Vec<Idle>)>> = const { RefCell::new(Vec::new()) };
+    static IDLE: RefCell<Vec<IdleList>> = const { RefCell::new(Vec::new()) };
+    /// Whether this thread's sweeper task runs.
+    static SWEEPING: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
 }
 
 /// Whether the thread is still able to keep connections (its locals not yet torn down).
@@ -62,12 +85,14 @@ fn checkout(proxy: &Arc<ProxyInner>) -> Option<Sender> {
     IDLE.try_with(|all| {
         let mut all = all.borrow_mut();
         let me = Arc::as_ptr(proxy);
-        let (_, idle) = all.iter_mut().find(|(p, _)| std::ptr::eq(p.as_ptr(), me))?;
+        let list = all
+            .iter_mut()
+            .find(|l| std::ptr::eq(l.proxy.as_ptr(), me))?;
         let now = Instant::now();
-        while let Some(c) = idle.pop() {
-            if now.saturating_duration_since(c.since) > super::POOL_IDLE_TIMEOUT {
+        while let Some(c) = list.conns.pop() {
+            if now.saturating_duration_since(c.since) >= list.timeout {
                 // The rest are older still.
-                idle.clear();
+                list.conns.clear();
                 return None;
             }
             if !c.sender.is_closed() {
@@ -85,31 +110,65 @@ fn checkin(proxy: &Weak<ProxyInner>, sender: Sender) {
     if sender.is_closed() {
         return;
     }
-    let _ = IDLE.try_with(|all| {
-        let mut all = all.borrow_mut();
-        let now = Instant::now();
-        let idle = match all.iter_mut().position(|(p, _)| p.ptr_eq(proxy)) {
-            Some(i) => &mut all[i].1,
-            None => {
-                if proxy.strong_count() == 0 {
-                    return;
+    let start_sweeper = IDLE
+        .try_with(|all| {
+            let mut all = all.borrow_mut();
+            let now = Instant::now();
+            let list = match all.iter().position(|l| l.proxy.ptr_eq(proxy)) {
+                Some(i) => &mut all[i],
+                None => {
+                    let Some(p) = proxy.upgrade() else {
+                        return false;
+                    };
+                    // A reload left lists of proxies no request uses any more: close them.
+                    all.retain(|l| l.proxy.strong_count() > 0);
+                    all.push(IdleList {
+                        proxy: proxy.clone(),
+                        timeout: p.idle_timeout,
+                        conns: Vec::new(),
+                    });
+                    let last = all.len() - 1;
+                    &mut all[last]
                 }
-                // A reload left lists of proxies no request uses any more: close them.
-                all.retain(|(p, _)| p.strong_count() > 0);
-                all.push((proxy.clone(), Vec::new()));
-                let last = all.len() - 1;
-                &mut all[last].1
+            };
+            list.expire(now);
+            if list.conns.len() < MAX_IDLE && !list.timeout.is_zero() {
+                list.conns.push(Idle { sender, since: now });
             }
-        };
-        let expired = idle
-            .iter()
-            .take_while(|c| now.saturating_duration_since(c.since) > super::POOL_IDLE_TIMEOUT)
-            .count();
-        idle.drain(..expired);
-        if idle.len() < MAX_IDLE {
-            idle.push(Idle { sender, since: now });
+            !SWEEPING.replace(true)
+        })
+        .unwrap_or(false);
+    if start_sweeper {
+        match tokio::runtime::Handle::try_current() {
+            Ok(rt) => drop(rt.spawn(sweep())),
+            Err(_) => {
+                let _ = SWEEPING.try_with(|s| s.set(false));
+            }
         }
-    });
+    }
+}
+
+/// Closes this thread's expired idle connections, on time even when no request comes.
+async fn sweep() {
+    loop {
+        let period = IDLE
+            .try_with(|all| {
+                let mut all = all.borrow_mut();
+                let now = Instant::now();
+                all.retain(|l| l.proxy.strong_count() > 0);
+                for list in all.iter_mut() {
+                    list.expire(now);
+                }
+                // Half the shortest timeout, so a connection closes at most 50% late.
+                all.iter()
+                    .map(|l| l.timeout / 2)
+                    .min()
+                    .unwrap_or(Duration::from_secs(1))
+                    .clamp(Duration::from_millis(50), Duration::from_secs(30))
+            })
+            .unwrap_or(Duration::from_secs(1));
+        tokio::time::sleep(period).await;
+    }
 }
 
 /// Opens a new connection to the upstream, within `connect_timeout`.
