@@ -1,10 +1,11 @@
 //! Per-core threading: this thread's keep-alive HTTP/1.1 connections to the upstream.
 //!
 //! Each worker thread keeps its own idle connections, so a request, its upstream connection
-//! and its response never leave the thread, and no lock, channel or extra task sits between
-//! them (hyper-util's pooled client pays for a checkout, a dispatch channel and one spawned
-//! task per request to return the connection). A connection goes back to this thread's list
-//! when its response body ends, and is taken by the next request, newest first.
+//! and its response never leave the thread, and no lock or pool machinery sits between them
+//! (hyper-util's pooled client pays for a shared checkout and one spawned task per request to
+//! return the connection). Each connection keeps hyper's own task and request channel. A
+//! connection goes back to this thread's list when its response body ends, and is taken by
+//! the next request, newest first.
 //!
 //! What a pool must get right, and this one does:
 //! - a request that never left on a reused connection the upstream had just closed is sent
