@@ -114,6 +114,22 @@ async fn serve(
     }
 }
 
+/// GET `path` through the gateway on the client's kept-alive connection.
+async fn get_via(
+    client: &hyper_util::client::legacy::Client<
+        hyper_util::client::legacy::connect::HttpConnector,
+        TestBody,
+    >,
+    gw: &Gateway,
+    path: &str,
+) -> Reply {
+    send(
+        client,
+        http::Request::get(gw.url(path)).body(full("")).unwrap(),
+    )
+    .await
+}
+
 async fn gateway(up: &RawUpstream) -> Gateway {
     let port = free_port();
     // One worker: every request shares one pool, so reuse is observable.
@@ -130,13 +146,7 @@ async fn keep_alive_connections_are_reused() {
     let gw = gateway(&up).await;
     let client = client();
     for i in 0..20 {
-        let r = send(
-            &client,
-            http::Request::get(gw.url(&format!("/n/{i}")))
-                .body(full(""))
-                .unwrap(),
-        )
-        .await;
+        let r = get_via(&client, &gw, &format!("/n/{i}")).await;
         assert_eq!(r.status, StatusCode::OK, "{i}: {}", r.text());
         assert_eq!(r.text(), "ok");
     }
@@ -169,13 +179,7 @@ async fn a_connection_the_upstream_closed_is_replaced_not_a_502() {
     // Back to back: the pool often takes the connection before it has seen the close, so
     // the request is refused unsent and goes out again on a new connection.
     for i in 0..60 {
-        let r = send(
-            &client,
-            http::Request::get(gw.url(&format!("/n/{i}")))
-                .body(full(""))
-                .unwrap(),
-        )
-        .await;
+        let r = get_via(&client, &gw, &format!("/n/{i}")).await;
         assert_eq!(r.status, StatusCode::OK, "request {i}: {}", r.text());
         if i % 20 == 19 {
             // And after a pause, with the close long seen.
@@ -197,11 +201,7 @@ async fn a_request_that_reached_the_upstream_is_never_sent_twice() {
     let up = RawUpstream::start(AfterAnswer::KeepAlive).await;
     let gw = gateway(&up).await;
     let client = client();
-    let first = send(
-        &client,
-        http::Request::get(gw.url("/warm")).body(full("")).unwrap(),
-    )
-    .await;
+    let first = get_via(&client, &gw, "/warm").await;
     assert_eq!(first.status, StatusCode::OK);
     // On the pooled connection, the upstream reads the request and hangs up unanswered.
     let r = send(
@@ -225,11 +225,7 @@ async fn a_request_that_reached_the_upstream_is_never_sent_twice() {
         up.requests()
     );
     // The broken connection is not reused; the next request gets a new one.
-    let after = send(
-        &client,
-        http::Request::get(gw.url("/after")).body(full("")).unwrap(),
-    )
-    .await;
+    let after = get_via(&client, &gw, "/after").await;
     assert_eq!(after.status, StatusCode::OK, "{}", after.text());
     assert_eq!(up.connections(), 2);
 }
@@ -294,13 +290,7 @@ async fn a_response_the_client_abandoned_does_not_poison_the_pool() {
 
     let client = client();
     for i in 0..5 {
-        let r = send(
-            &client,
-            http::Request::get(gw.url(&format!("/small/{i}")))
-                .body(full(""))
-                .unwrap(),
-        )
-        .await;
+        let r = get_via(&client, &gw, &format!("/small/{i}")).await;
         assert_eq!(r.status, StatusCode::OK, "{}", r.text());
         assert_eq!(r.text(), "ok");
     }
@@ -343,18 +333,10 @@ async fn idle_upstream_connections_close_after_the_idle_timeout() {
             format!("workers = 1\nthreading = \"{threading}\"\nupstream_idle_timeout = \"300ms\"");
         let gw = Gateway::start(port, &config(port, up.addr(), &extra, "")).await;
         let client = client();
-        let r = send(
-            &client,
-            http::Request::get(gw.url("/a")).body(full("")).unwrap(),
-        )
-        .await;
+        let r = get_via(&client, &gw, "/a").await;
         assert_eq!(r.status, StatusCode::OK);
         // Reused while it is fresh.
-        let r = send(
-            &client,
-            http::Request::get(gw.url("/b")).body(full("")).unwrap(),
-        )
-        .await;
+        let r = get_via(&client, &gw, "/b").await;
         assert_eq!(r.status, StatusCode::OK);
         assert_eq!(up.connections(), 1, "{threading}");
         assert_eq!(up.closed_by_the_gateway(), 0, "{threading}");
@@ -369,11 +351,7 @@ async fn idle_upstream_connections_close_after_the_idle_timeout() {
             "{threading}: the idle connection was not closed"
         );
         // The next request opens a new one.
-        let r = send(
-            &client,
-            http::Request::get(gw.url("/c")).body(full("")).unwrap(),
-        )
-        .await;
+        let r = get_via(&client, &gw, "/c").await;
         assert_eq!(r.status, StatusCode::OK);
         assert_eq!(up.connections(), 2, "{threading}");
     }
