@@ -81,6 +81,24 @@ impl RawUpstream {
     }
 }
 
+/// Reads one request head (the tests send no bodies); `None` once the connection ends, with
+/// whatever partial head came in left in `buf`.
+async fn read_head(tcp: &mut TcpStream, buf: &mut Vec<u8>) -> Option<String> {
+    let mut b = [0u8; 4096];
+    let end = loop {
+        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break i + 4;
+        }
+        match tcp.read(&mut b).await {
+            Ok(0) | Err(_) => return None,
+            Ok(n) => buf.extend_from_slice(&b[..n]),
+        }
+    };
+    let head = String::from_utf8_lossy(&buf[..end]).into_owned();
+    buf.drain(..end);
+    Some(head)
+}
+
 /// Serves one connection; true when the gateway closed it.
 async fn serve(
     mut tcp: TcpStream,
@@ -88,20 +106,10 @@ async fn serve(
     seen: Arc<std::sync::Mutex<Vec<String>>>,
 ) -> bool {
     let mut buf = Vec::new();
-    let mut b = [0u8; 4096];
     loop {
-        // One request head (the tests send no bodies).
-        let end = loop {
-            if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                break i + 4;
-            }
-            match tcp.read(&mut b).await {
-                Ok(0) | Err(_) => return buf.is_empty(),
-                Ok(n) => buf.extend_from_slice(&b[..n]),
-            }
+        let Some(head) = read_head(&mut tcp, &mut buf).await else {
+            return buf.is_empty();
         };
-        let head = String::from_utf8_lossy(&buf[..end]).into_owned();
-        buf.drain(..end);
         let line = head.lines().next().unwrap_or_default().to_string();
         seen.lock().unwrap().push(head);
         if line.contains("drop") {
@@ -246,23 +254,11 @@ async fn a_response_the_client_abandoned_does_not_poison_the_pool() {
             c.fetch_add(1, Ordering::SeqCst);
             tokio::spawn(async move {
                 let mut buf = Vec::new();
-                let mut b = [0u8; 4096];
-                loop {
-                    let end = loop {
-                        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                            break i + 4;
-                        }
-                        match tcp.read(&mut b).await {
-                            Ok(0) | Err(_) => return,
-                            Ok(n) => buf.extend_from_slice(&b[..n]),
-                        }
-                    };
-                    let big = String::from_utf8_lossy(&buf[..end]).contains("/big");
-                    buf.drain(..end);
-                    if big {
+                while let Some(head) = read_head(&mut tcp, &mut buf).await {
+                    if head.contains("/big") {
                         // Announces 1 MiB, sends 1 KiB, then waits.
-                        let head = "HTTP/1.1 200 OK\r\ncontent-length: 1048576\r\n\r\n";
-                        let _ = tcp.write_all(head.as_bytes()).await;
+                        let announced = "HTTP/1.1 200 OK\r\ncontent-length: 1048576\r\n\r\n";
+                        let _ = tcp.write_all(announced.as_bytes()).await;
                         let _ = tcp.write_all(&[b'x'; 1024]).await;
                         tokio::time::sleep(Duration::from_secs(30)).await;
                         return;
