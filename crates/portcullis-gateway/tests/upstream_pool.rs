@@ -21,6 +21,10 @@ enum AfterAnswer {
     /// Closes it at once, without `Connection: close`: the way an upstream whose keep-alive
     /// timeout just passed looks to a pool that reuses the connection.
     Close,
+    /// Says `Connection: close`, then closes.
+    SaysClose,
+    /// Answers as HTTP/1.0 without keep-alive (old or minimal servers), then closes.
+    Http10,
 }
 
 /// A raw HTTP/1.1 upstream on loopback, counting connections and requests.
@@ -115,8 +119,16 @@ async fn serve(
         if line.contains("drop") {
             return false;
         }
-        let answer = "HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: 2\r\n\r\nok";
-        if tcp.write_all(answer.as_bytes()).await.is_err() || after == AfterAnswer::Close {
+        let answer = match after {
+            AfterAnswer::KeepAlive | AfterAnswer::Close => {
+                "HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: 2\r\n\r\nok"
+            }
+            AfterAnswer::SaysClose => {
+                "HTTP/1.1 200 OK\r\nconnection: close\r\ncontent-length: 2\r\n\r\nok"
+            }
+            AfterAnswer::Http10 => "HTTP/1.0 200 OK\r\ncontent-length: 2\r\n\r\nok",
+        };
+        if tcp.write_all(answer.as_bytes()).await.is_err() || after != AfterAnswer::KeepAlive {
             return false;
         }
     }
@@ -181,7 +193,18 @@ async fn keep_alive_connections_are_reused() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_connection_the_upstream_closed_is_replaced_not_a_502() {
-    let up = RawUpstream::start(AfterAnswer::Close).await;
+    for after in [
+        AfterAnswer::Close,
+        AfterAnswer::SaysClose,
+        AfterAnswer::Http10,
+    ] {
+        one_request_per_connection(after).await;
+    }
+}
+
+/// An upstream that closes every connection after one answer, however it says so.
+async fn one_request_per_connection(after: AfterAnswer) {
+    let up = RawUpstream::start(after).await;
     let gw = gateway(&up).await;
     let client = client();
     // Back to back: the pool often takes the connection before it has seen the close, so
