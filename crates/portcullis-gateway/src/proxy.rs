@@ -286,21 +286,27 @@ impl Proxy {
         let deadline = Instant::now() + self.inner.request_timeout;
         let (mut parts, body) = req.into_parts();
         let mut extensions = std::mem::take(&mut parts.extensions);
-        let request_id = extensions
-            .get::<RequestId>()
-            .map_or_else(String::new, |r| r.as_str().to_string());
+        let request_id = extensions.get::<RequestId>().cloned();
+        let request_id = request_id.as_ref().map_or("", RequestId::as_str);
         let upgrade = parts.version == Version::HTTP_11 && is_upgrade(&parts.headers);
         let method = parts.method.clone();
         let mut client_upgrade = extensions.remove::<OnUpgrade>();
 
-        let progress = Arc::new(BodyProgress::default());
-        let body = DeadlineBody::new(body, deadline, progress.clone());
+        // A request without a body (most GETs) needs no deadline or progress on it.
+        let (body, progress) = if body.is_end_stream() {
+            (empty(), None)
+        } else {
+            let progress = Arc::new(BodyProgress::default());
+            let body = DeadlineBody::new(body, deadline, progress.clone());
+            (UnsyncBoxBody::new(body), Some(progress))
+        };
+        let body_state = || progress.as_ref().map_or(BodyState::Done, |p| p.get());
         // Per-core threading sends over this thread's connections, unless the thread is
         // exiting; then the shared pool, which wants the absolute URI.
         let local = self.inner.pool_per_thread && local_pool::available();
         let mut upstream_req = match self.upstream_request(parts, &extensions, upgrade, !local) {
-            Ok(head) => Request::from_parts(head, UnsyncBoxBody::new(body)),
-            Err(r) => return error_response(r, &request_id),
+            Ok(head) => Request::from_parts(head, body),
+            Err(r) => return error_response(r, request_id),
         };
         self.transform_request(&mut upstream_req, &extensions);
 
@@ -312,18 +318,18 @@ impl Proxy {
         let mut res = match sent {
             Ok(Ok(res)) => res,
             Ok(Err(e)) => {
-                let r = classify_error(&e, &progress);
+                let r = classify_error(&e, body_state());
                 tracing::warn!(request_id, upstream = %self.inner.authority, error = %ErrorChain(&e), "upstream request failed: {}", r.code());
-                return error_response(r, &request_id);
+                return error_response(r, request_id);
             }
             Err(_) => {
-                let r = if progress.get() == BodyState::Reading {
+                let r = if body_state() == BodyState::Reading {
                     request_timeout()
                 } else {
                     upstream_timeout()
                 };
                 tracing::warn!(request_id, upstream = %self.inner.authority, "upstream request timed out: {}", r.code());
-                return error_response(r, &request_id);
+                return error_response(r, request_id);
             }
         };
 
@@ -333,10 +339,10 @@ impl Proxy {
                     request_id,
                     "upstream switched protocols without being asked"
                 );
-                return error_response(upstream_unavailable(), &request_id);
+                return error_response(upstream_unavailable(), request_id);
             };
             let upstream_side = hyper::upgrade::on(&mut res);
-            tokio::spawn(tunnel(client_side, upstream_side, request_id.clone()));
+            tokio::spawn(tunnel(client_side, upstream_side, request_id.to_string()));
             let (mut rparts, _) = res.into_parts();
             let upgrade_to = rparts.headers.get(header::UPGRADE).cloned();
             strip_hop_by_hop(&mut rparts.headers);
@@ -777,8 +783,8 @@ impl StdError for SendError {
     }
 }
 
-fn classify_error(e: &SendError, progress: &BodyProgress) -> Rejection {
-    match progress.get() {
+fn classify_error(e: &SendError, body: BodyState) -> Rejection {
+    match body {
         BodyState::TimedOut => return request_timeout(),
         BodyState::Failed => return request_body_incomplete(),
         _ => {}
@@ -881,7 +887,9 @@ impl StdError for RequestBodyTimeout {}
 /// waiting for the client, and records how far it got so errors can be told apart.
 struct DeadlineBody<B> {
     inner: B,
-    sleep: Pin<Box<Sleep>>,
+    deadline: Instant,
+    /// Armed the first time the client keeps the body waiting.
+    sleep: Option<Pin<Box<Sleep>>>,
     progress: Arc<BodyProgress>,
 }
 
@@ -892,7 +900,8 @@ impl<B: Body> DeadlineBody<B> {
         }
         DeadlineBody {
             inner,
-            sleep: Box::pin(tokio::time::sleep_until(deadline)),
+            deadline,
+            sleep: None,
             progress,
         }
     }
@@ -927,7 +936,11 @@ where
                 Poll::Ready(None)
             }
             Poll::Pending => {
-                if this.sleep.as_mut().poll(cx).is_ready() {
+                let deadline = this.deadline;
+                let sleep = this
+                    .sleep
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+                if sleep.as_mut().poll(cx).is_ready() {
                     this.progress.set(BodyState::TimedOut);
                     return Poll::Ready(Some(Err(Box::new(RequestBodyTimeout))));
                 }
