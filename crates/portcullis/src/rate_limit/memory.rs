@@ -199,22 +199,31 @@ impl MemoryStore {
         if all_allowed {
             for ((c, &id), cell) in charges.iter().zip(&ids).zip(cells) {
                 let g = shard_of(&mut guards, id);
-                let shard = &mut guards[g].1;
-                let expires_s =
-                    (c.rule.expires_at(&cell).div_ceil(1_000_000)).min(u64::from(u32::MAX)) as u32;
-                if !shard.map.contains_key(&id) {
-                    self.make_room(shard, now);
-                }
-                shard.map.insert(id, Entry { cell, expires_s });
+                self.charge(&mut guards[g].1, id, c, cell, now);
             }
         }
         for (_, g) in guards.iter_mut() {
-            if now >= g.next_sweep_us {
-                g.map.retain(|_, e| e.expires_s > now_s);
-                g.next_sweep_us = now + SWEEP_EVERY_US;
-            }
+            Self::sweep_due(g, now, now_s);
         }
         Ok(verdicts)
+    }
+
+    /// Stores a charged cell, making room first for a new key.
+    fn charge(&self, shard: &mut Shard, id: u64, c: &Charge<'_>, cell: Cell, now: u64) {
+        let expires_s =
+            (c.rule.expires_at(&cell).div_ceil(1_000_000)).min(u64::from(u32::MAX)) as u32;
+        if !shard.map.contains_key(&id) {
+            self.make_room(shard, now);
+        }
+        shard.map.insert(id, Entry { cell, expires_s });
+    }
+
+    /// Drops a shard's expired entries when its sweep is due.
+    fn sweep_due(shard: &mut Shard, now: u64, now_s: u32) {
+        if now >= shard.next_sweep_us {
+            shard.map.retain(|_, e| e.expires_s > now_s);
+            shard.next_sweep_us = now + SWEEP_EVERY_US;
+        }
     }
 
     /// One charge (the common case): one shard, no bookkeeping of several.
@@ -226,23 +235,9 @@ impl MemoryStore {
         let cell = shard.map.get(&id).map_or_else(Cell::default, |e| e.cell);
         let (v, new) = c.rule.evaluate(cell, now, c.cost);
         if v.allowed {
-            let expires_s =
-                (c.rule.expires_at(&new).div_ceil(1_000_000)).min(u64::from(u32::MAX)) as u32;
-            if !shard.map.contains_key(&id) {
-                self.make_room(&mut shard, now);
-            }
-            shard.map.insert(
-                id,
-                Entry {
-                    cell: new,
-                    expires_s,
-                },
-            );
+            self.charge(&mut shard, id, c, new, now);
         }
-        if now >= shard.next_sweep_us {
-            shard.map.retain(|_, e| e.expires_s > now_s);
-            shard.next_sweep_us = now + SWEEP_EVERY_US;
-        }
+        Self::sweep_due(&mut shard, now, now_s);
         Ok(v)
     }
 
