@@ -9,8 +9,9 @@
 //!
 //! What a pool must get right, and this one does:
 //! - a request that never left on a reused connection the upstream had just closed is sent
-//!   again on another one (the upstream's keep-alive timeout racing our reuse); a request
-//!   that may have reached the upstream is never repeated;
+//!   again on another one (the upstream's keep-alive timeout racing our reuse); so is a
+//!   bodiless GET, HEAD or OPTIONS whose reused connection died before any answer (as nginx
+//!   does); any other request that may have reached the upstream is never repeated;
 //! - a connection whose response body was not read to its end, that failed, or that was
 //!   upgraded (101) is never reused;
 //! - idle connections are closed once `upstream_idle_timeout` passes (a task per worker
@@ -28,7 +29,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::uri::Authority;
-use http::{Request, Response, StatusCode};
+use http::{Method, Request, Response, StatusCode};
 use http_body_util::BodyExt;
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper::client::conn::http1::{self, SendRequest};
@@ -221,8 +222,14 @@ pub async fn send(
     proxy: &Arc<ProxyInner>,
     mut req: Request<ProxyBody>,
 ) -> Result<Response<ProxyBody>, SendError> {
+    // A bodiless GET, HEAD or OPTIONS that dies on a reused connection before any answer
+    // goes out once more on a new one, the way nginx retries on a failed keep-alive
+    // connection: the upstream may have closed it just as it left (it cannot have acted on
+    // a request it never read, and these methods are safe to repeat anyway).
+    let mut fresh_only = false;
     loop {
-        let (mut sender, reused) = match checkout(proxy) {
+        let pooled = if fresh_only { None } else { checkout(proxy) };
+        let (mut sender, reused) = match pooled {
             Some(s) => (s, true),
             None => (
                 connect(&proxy.authority, proxy.connect_timeout).await?,
@@ -238,20 +245,62 @@ pub async fn send(
         {
             continue;
         }
+        let spare = if reused { replayable(&req) } else { None };
         match sender.try_send_request(req).await {
             Ok(res) => {
                 let back = (res.status() != StatusCode::SWITCHING_PROTOCOLS)
                     .then(|| (sender, Arc::downgrade(proxy)));
                 return Ok(res.map(|body| PooledBody::new(body, back).boxed_unsync()));
             }
-            Err(mut e) => match e.take_message() {
+            Err(mut e) => match (e.take_message(), spare) {
                 // It never left, and the connection had served before: the upstream closed
                 // it meanwhile. Another connection, fresh if need be.
-                Some(r) if reused => req = r,
+                (Some(r), _) if reused => req = r,
+                // It left, and the connection died before any answer.
+                (None, Some(again)) if closed_before_answer(e.error()) => {
+                    tracing::debug!(error = %e.error(), "reused upstream connection closed; sending the request again on a new one");
+                    req = again;
+                    fresh_only = true;
+                }
                 _ => return Err(SendError::Http(e.into_error())),
             },
         }
     }
+}
+
+/// A copy of a request that may be sent again: GET, HEAD or OPTIONS without a body.
+fn replayable(req: &Request<ProxyBody>) -> Option<Request<ProxyBody>> {
+    let safe = matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS);
+    if !safe || !req.body().is_end_stream() {
+        return None;
+    }
+    let mut copy = Request::new(super::empty());
+    *copy.method_mut() = req.method().clone();
+    *copy.uri_mut() = req.uri().clone();
+    *copy.version_mut() = req.version();
+    *copy.headers_mut() = req.headers().clone();
+    Some(copy)
+}
+
+/// The connection ended before any of the answer came: closed, reset, or a broken pipe.
+fn closed_before_answer(e: &hyper::Error) -> bool {
+    if e.is_incomplete_message() || e.is_canceled() {
+        return true;
+    }
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        if let Some(io) = s.downcast_ref::<std::io::Error>() {
+            return matches!(
+                io.kind(),
+                std::io::ErrorKind::ConnectionReset
+                    | std::io::ErrorKind::BrokenPipe
+                    | std::io::ErrorKind::ConnectionAborted
+                    | std::io::ErrorKind::UnexpectedEof
+            );
+        }
+        source = s.source();
+    }
+    false
 }
 
 /// The upstream's response body; gives its connection back when it ends.
