@@ -794,25 +794,27 @@ fn classify_error(e: &SendError, body: BodyState) -> Rejection {
         SendError::Connect(_) | SendError::Http(_) => return upstream_unavailable(),
         SendError::Pooled(e) => e,
     };
-    let timed_out = {
-        let mut source: Option<&(dyn StdError + 'static)> = pooled.source();
-        let mut found = false;
-        while let Some(s) = source {
-            if s.downcast_ref::<std::io::Error>()
-                .is_some_and(|io| io.kind() == std::io::ErrorKind::TimedOut)
-            {
-                found = true;
-                break;
-            }
-            source = s.source();
-        }
-        found
-    };
+    let timed_out = io_cause(pooled, |kind| kind == std::io::ErrorKind::TimedOut);
     if pooled.is_connect() && timed_out {
         upstream_timeout()
     } else {
         upstream_unavailable()
     }
+}
+
+/// Whether an I/O error among `e`'s causes (its sources, not `e` itself) has a kind `wanted`
+/// accepts.
+fn io_cause(e: &dyn StdError, wanted: impl Fn(std::io::ErrorKind) -> bool) -> bool {
+    let mut source = e.source();
+    while let Some(s) = source {
+        if s.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| wanted(io.kind()))
+        {
+            return true;
+        }
+        source = s.source();
+    }
+    false
 }
 
 fn error_response(r: Rejection, request_id: &str) -> Response<ProxyBody> {
