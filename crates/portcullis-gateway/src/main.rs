@@ -102,6 +102,7 @@ fn apikey_new(id: &str, roles: &[String]) -> ExitCode {
 /// `serve`: every config error on stderr and exit 2, or run until SIGTERM/SIGINT.
 fn serve(path: &Path) -> ExitCode {
     init_logging();
+    let loaded = portcullis_gateway::reload::FileStamp::of(path);
     let config = match GatewayConfig::from_file(path) {
         Ok(config) => config,
         Err(errors) => {
@@ -130,7 +131,7 @@ fn serve(path: &Path) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(portcullis_gateway::serve::run(path, config)) {
+    match runtime.block_on(portcullis_gateway::serve::run(path, loaded, config)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(ServeError::Config(errors)) => {
             eprintln!("{errors}");

@@ -150,21 +150,51 @@ fn restart_only_changes(old: &ServerConfig, new: &ServerConfig) -> Vec<&'static 
     keys
 }
 
-/// The file's identity for change detection.
-fn stamp(path: &Path) -> Option<(SystemTime, u64)> {
-    let meta = std::fs::metadata(path).ok()?;
-    Some((meta.modified().ok()?, meta.len()))
+/// What change detection compares: a file's modification and change times, length, inode
+/// and device, so an in-place write, a same-length rewrite and an editor's rename-over all
+/// count. `None` when the file cannot be read.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FileStamp {
+    modified: SystemTime,
+    changed: (i64, i64),
+    len: u64,
+    inode: u64,
+    device: u64,
+}
+
+impl FileStamp {
+    /// Takes the stamp of `path` now. Take it *before* reading the file, so a write that
+    /// lands between the read and the watcher's start is still seen as a change.
+    ///
+    /// ```
+    /// use portcullis_gateway::reload::FileStamp;
+    /// assert!(FileStamp::of(std::path::Path::new("/no/such/file")).is_none());
+    /// ```
+    pub fn of(path: &Path) -> Option<FileStamp> {
+        use std::os::unix::fs::MetadataExt;
+        let meta = std::fs::metadata(path).ok()?;
+        Some(FileStamp {
+            modified: meta.modified().ok()?,
+            changed: (meta.ctime(), meta.ctime_nsec()),
+            len: meta.len(),
+            inode: meta.ino(),
+            device: meta.dev(),
+        })
+    }
 }
 
 /// Reloads on SIGHUP and when the file changes, until `shutdown` turns true. `hangup` must
 /// be registered before the process announces it is ready, or an early SIGHUP kills it.
+/// `loaded` is the file's stamp from before the serving config was read: any later write,
+/// even one made before this task first runs, is a change.
 pub async fn watch(
     path: PathBuf,
+    loaded: Option<FileStamp>,
     live: Live,
     mut hangup: Signal,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let mut last = stamp(&path);
+    let mut last = loaded;
     let mut tick = tokio::time::interval(POLL_INTERVAL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -172,14 +202,14 @@ pub async fn watch(
             _ = crate::server::stopped(&mut shutdown) => return,
             _ = hangup.recv() => "SIGHUP",
             _ = tick.tick() => {
-                let now = stamp(&path);
+                let now = FileStamp::of(&path);
                 if now == last || now.is_none() {
                     continue;
                 }
                 "file change"
             }
         };
-        last = stamp(&path);
+        last = FileStamp::of(&path);
         match reload(&path, &live).await {
             Ok(()) => tracing::info!(
                 "config reloaded ({why}): {} route(s)",
@@ -192,5 +222,31 @@ pub async fn watch(
                 tracing::error!("config reload ({why}) refused; the previous config keeps serving");
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::FileStamp;
+
+    #[test]
+    fn a_stamp_sees_appends_and_rename_over_with_the_same_length() {
+        let dir = std::env::temp_dir().join(format!("portcullis-stamp-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("p.toml");
+        std::fs::write(&path, "a = 1\n").unwrap();
+        let first = FileStamp::of(&path);
+        assert!(first.is_some());
+        assert_eq!(FileStamp::of(&path), first, "nothing changed");
+        // An editor's save: a new file renamed over the old one, same length.
+        let tmp = dir.join("p.toml.tmp");
+        std::fs::write(&tmp, "a = 2\n").unwrap();
+        std::fs::rename(&tmp, &path).unwrap();
+        let renamed = FileStamp::of(&path);
+        assert_ne!(renamed, first, "same length, new inode");
+        std::fs::write(&path, "a = 2\nb = 3\n").unwrap();
+        assert_ne!(FileStamp::of(&path), renamed, "longer");
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert_eq!(FileStamp::of(&path), None);
     }
 }

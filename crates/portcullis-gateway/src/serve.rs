@@ -38,7 +38,7 @@ use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::{Semaphore, oneshot, watch};
 
 use crate::config::{ConfigErrors, GatewayConfig, Stores, Threading};
-use crate::reload::{Generation, Live};
+use crate::reload::{FileStamp, Generation, Live};
 use crate::server::{Server, TlsAcceptor};
 use crate::tls::{TlsAcceptorHandle, TlsError};
 
@@ -81,8 +81,23 @@ async fn bind(addr: SocketAddr, what: &str) -> Result<TcpListener, ServeError> {
         .map_err(io_error(format!("cannot listen on {addr} ({what})")))
 }
 
-/// Runs the gateway for the config loaded from `path` until SIGTERM or SIGINT.
-pub async fn run(path: &Path, config: GatewayConfig) -> Result<(), ServeError> {
+/// Runs the gateway for the config loaded from `path` until SIGTERM or SIGINT. `loaded` is
+/// the file's [`FileStamp`] taken just before `config` was read: a write after it reloads.
+///
+/// ```no_run
+/// use portcullis_gateway::{config::GatewayConfig, reload::FileStamp, serve};
+/// # async fn f() -> Result<(), Box<dyn std::error::Error>> {
+/// let path = std::path::Path::new("portcullis.toml");
+/// let loaded = FileStamp::of(path);
+/// let config = GatewayConfig::from_file(path)?;
+/// serve::run(path, loaded, config).await?;
+/// # Ok(()) }
+/// ```
+pub async fn run(
+    path: &Path,
+    loaded: Option<FileStamp>,
+    config: GatewayConfig,
+) -> Result<(), ServeError> {
     let file = path.display().to_string();
     let stores = Arc::new(Stores::default());
     // The audit writer first: it replays a spool a previous run left behind.
@@ -167,6 +182,7 @@ pub async fn run(path: &Path, config: GatewayConfig) -> Result<(), ServeError> {
     }
     tokio::spawn(crate::reload::watch(
         path.to_path_buf(),
+        loaded,
         live.clone(),
         hangup,
         shutdown_rx.clone(),

@@ -211,6 +211,7 @@ pub async fn run(listen: SocketAddr) -> Result<(), DemoError> {
     let path = dir.path().join("portcullis.toml");
     std::fs::write(&path, config_text(listen, upstream))
         .map_err(io_error(format!("cannot write {}", path.display())))?;
+    let loaded = crate::reload::FileStamp::of(&path);
     let config = GatewayConfig::from_file(&path).map_err(DemoError::Config)?;
     let jwt = config
         .auth
@@ -238,7 +239,7 @@ pub async fn run(listen: SocketAddr) -> Result<(), DemoError> {
     });
 
     println!("{}", banner(listen, upstream, &path, &tokens));
-    let served = crate::serve::run(&path, config).await;
+    let served = crate::serve::run(&path, loaded, config).await;
 
     let _ = stop_app.send(());
     match tokio::time::timeout(Duration::from_secs(2), app_task).await {
