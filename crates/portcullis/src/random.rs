@@ -6,7 +6,7 @@
 
 use std::cell::RefCell;
 
-const BUFFER: usize = 512;
+const BUFFER: usize = 4096;
 
 struct Pool {
     bytes: [u8; BUFFER],
@@ -63,7 +63,7 @@ mod tests {
     #[test]
     fn refills_across_the_buffer_edge() {
         let mut seen = std::collections::HashSet::new();
-        for _ in 0..200 {
+        for _ in 0..600 {
             assert!(seen.insert(bytes::<16>()));
         }
     }
