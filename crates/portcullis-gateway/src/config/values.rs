@@ -324,16 +324,18 @@ const CSP_KEYWORDS: [&str; 11] = [
 /// Parses a CSP string with [`Csp::parse`], after checks of our own that catch the usual
 /// mistakes: directive names that are not `[a-z-]+`, unquoted keywords (`self` instead of
 /// `'self'`), repeated directives (browsers ignore the second), `,` between directives and
-/// characters a header cannot carry.
+/// characters a header cannot carry. Line breaks count as spaces, as in CSP's own parsing,
+/// so a long policy can be written as a multi-line TOML string; the header sends it on one
+/// line with single spaces.
 pub fn parse_csp(s: &str) -> Result<Csp, String> {
     if s.trim().is_empty() {
         return Err("the policy is empty (write false to send no CSP)".to_string());
     }
     if !s
         .bytes()
-        .all(|b| b == b' ' || b == b'\t' || (0x21..=0x7e).contains(&b))
+        .all(|b| b.is_ascii_whitespace() || (0x21..=0x7e).contains(&b))
     {
-        return Err("only visible ASCII characters are allowed".to_string());
+        return Err("only visible ASCII characters and whitespace are allowed".to_string());
     }
     if s.contains(',') {
         return Err("',' separates whole policies in a header; use ';' between directives".into());
@@ -657,6 +659,22 @@ mod tests {
                 .contains("twice")
         );
         assert!(parse_csp("  ").is_err());
+        assert!(parse_csp("default-src 'self'\u{7f}").is_err());
+        assert!(parse_csp("img-src 'self' d\u{e9}j\u{e0}.example").is_err());
+    }
+
+    #[test]
+    fn a_multi_line_csp_is_sent_on_one_line() {
+        let csp = parse_csp(
+            "\n  default-src 'self';\r\n  script-src 'self'\t'nonce'\n    'strict-dynamic';\n  object-src 'none'\n",
+        )
+        .unwrap();
+        assert_eq!(
+            csp.to_string(),
+            "default-src 'self'; script-src 'self' 'nonce' 'strict-dynamic'; object-src 'none'"
+        );
+        let header = csp.render(Some(&portcullis::Nonce::generate()));
+        assert!(header.as_bytes().iter().all(|b| (0x20..0x7f).contains(b)));
     }
 
     #[test]
