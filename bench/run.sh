@@ -2,7 +2,7 @@
 # Portcullis benchmarks: the gateway and the library against the bare upstream, nginx and the
 # Express security stack, all driven by wrk with the same load in one run. See bench/README.md.
 #
-#   bash bench/run.sh                 # full run (~5 min once built)
+#   bash bench/run.sh                 # full run (~7 min once built)
 #   BENCH_QUICK=1 bash bench/run.sh   # 2 s per target: a smoke run of the script itself
 #
 # Environment:
@@ -10,6 +10,8 @@
 #   BENCH_WARMUP       warm-up before each measured run (default 1s)
 #   BENCH_CONNECTIONS  open connections (default 64)
 #   BENCH_THREADS      wrk threads (default 2)
+#   BENCH_ROUNDS       alternating head-to-head rounds for the targets (default 3; 1 quick)
+#   BENCH_ROUND        wrk duration of each head-to-head run (default 5s; 1s quick)
 #   CARGO_TARGET_DIR   where cargo builds (the usual meaning)
 #
 # Nothing is pinned: servers, wrk and the OS share every core, as on a developer's machine.
@@ -20,9 +22,14 @@ ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 BENCH=$ROOT/bench
 if [[ ${BENCH_QUICK:-0} == 1 ]]; then
     DURATION=${BENCH_DURATION:-2s}
+    ROUNDS=${BENCH_ROUNDS:-1}
+    ROUND=${BENCH_ROUND:-1s}
 else
     DURATION=${BENCH_DURATION:-10s}
+    ROUNDS=${BENCH_ROUNDS:-3}
+    ROUND=${BENCH_ROUND:-5s}
 fi
+[[ $ROUNDS =~ ^[1-9][0-9]*$ ]] || { echo "BENCH_ROUNDS must be a positive integer" >&2; exit 2; }
 WARMUP=${BENCH_WARMUP:-1s}
 CONNECTIONS=${BENCH_CONNECTIONS:-64}
 THREADS=${BENCH_THREADS:-2}
@@ -445,6 +452,28 @@ for t in upstream portcullis nginx axum axum+layer; do
     measure "$S_ONE" "$t" /api/public ok -t1 -c1
 done
 
+# Head to head: the issue's target ratios from alternating rounds, so a noisy minute on a
+# shared machine hits every side of a ratio alike; the medians are reported.
+H2H=$TMP/h2h.tsv
+: >"$H2H"
+H2H_TARGETS=(upstream portcullis nginx axum axum+layer express)
+log "head to head: $ROUNDS alternating rounds of wrk -t$THREADS -c$CONNECTIONS -d$ROUND"
+for ((r = 1; r <= ROUNDS; r++)); do
+    for t in "${H2H_TARGETS[@]}"; do
+        target "$t"
+        url="http://127.0.0.1:$T_PORT/api/public"
+        wrk -t"$THREADS" -c"$CONNECTIONS" -d"$WARMUP" -s "$TMP/report.lua" "$url" >/dev/null 2>&1 || true
+        out=$(wrk -t"$THREADS" -c"$CONNECTIONS" -d"$ROUND" --latency -s "$TMP/report.lua" "$url" 2>&1) ||
+            die "wrk failed on $t: $out"
+        line=$(grep '^BENCH ' <<<"$out") || die "no report from wrk on $t: $out"
+        # round, target, 2xx per second, p99 (µs)
+        awk -v r="$r" -v t="$t" '{
+            for (i = 2; i <= NF; i++) { split($i, kv, "="); v[kv[1]] = kv[2] }
+            printf "%d\t%s\t%.0f\t%d\n", r, t, (v["requests"] - v["non2xx"]) / (v["duration_us"] / 1e6), v["p99_us"]
+        }' <<<"$line" >>"$H2H"
+    done
+done
+
 # ---------------------------------------------------------------------------------------------
 # The table. Ratios compare req/s with the bare upstream's and nginx's rows of the same
 # scenario; where that scenario has no such row, with their `GET /api/public` row (marked *).
@@ -501,3 +530,41 @@ Notes:
   floor under axum+layer (the header bytes cost the server's encoder, the kernel and wrk).
 EOF
 printf '\nHeaders on GET /api/public (besides date, content-*, connection, etag):\n%s' "$HEADERS"
+
+printf '\nHead to head, GET /api/public: %s alternating rounds of wrk -t%s -c%s -d%s --latency\n\n' \
+    "$ROUNDS" "$THREADS" "$CONNECTIONS" "$ROUND"
+# The added p50 comes from the main table's one-connection rows.
+ADDED_P50=$(awk -F'\t' -v one="$S_ONE" '$1 == one && $2 == "upstream" {u = $6}
+    $1 == one && $2 == "portcullis" {p = $6} END {if (u != "" && p != "") print p - u}' "$ROWS")
+awk -F'\t' -v added="$ADDED_P50" '
+    function median(a, n,   i, j, t) {
+        for (i = 2; i <= n; i++) for (j = i; j > 1 && a[j - 1] > a[j]; j--) { t = a[j]; a[j] = a[j - 1]; a[j - 1] = t }
+        return n % 2 ? a[(n + 1) / 2] : (a[n / 2] + a[n / 2 + 1]) / 2
+    }
+    function verdict(ok) { return ok ? "met" : "not met" }
+    { rate[$1, $2] = $3; p99[$1, $2] = $4; if ($1 > rounds) rounds = $1 }
+    END {
+        printf "%-6s %9s %11s %9s %9s %11s %9s %17s %16s %16s %22s\n", "round", "upstream",
+            "portcullis", "nginx", "axum", "axum+layer", "express", "portcullis/nginx",
+            "axum+layer/axum", "axum+layer/expr", "p99 portcullis/nginx"
+        for (r = 1; r <= rounds; r++) {
+            a[r] = rate[r, "portcullis"] / rate[r, "nginx"]
+            b[r] = rate[r, "axum+layer"] / rate[r, "axum"]
+            c[r] = rate[r, "axum+layer"] / rate[r, "express"]
+            d[r] = (p99[r, "portcullis"] - p99[r, "nginx"]) / 1000
+            printf "%-6d %9d %11d %9d %9d %11d %9d %17.2f %16.2f %16.1f %11.2f / %.2f ms\n", r,
+                rate[r, "upstream"], rate[r, "portcullis"], rate[r, "nginx"], rate[r, "axum"],
+                rate[r, "axum+layer"], rate[r, "express"], a[r], b[r], c[r],
+                p99[r, "portcullis"] / 1000, p99[r, "nginx"] / 1000
+        }
+        ma = median(a, rounds); mb = median(b, rounds); mc = median(c, rounds); md = median(d, rounds)
+        printf "%-6s %9s %11s %9s %9s %11s %9s %17.2f %16.2f %16.1f %+19.2f ms\n", "median",
+            "", "", "", "", "", "", ma, mb, mc, md
+        printf "\nThe issue'"'"'s targets (medians of the rounds above; added p50 from the 1-connection rows):\n"
+        printf "  portcullis / nginx req/s          >= 1.0     %6.2f    %s\n", ma, verdict(ma >= 1.0)
+        printf "  portcullis p99 - nginx p99        <= +1 ms   %+6.2f ms %s\n", md, verdict(md <= 1.0)
+        printf "  axum+layer / express req/s        >= 10      %6.1f    %s\n", mc, verdict(mc >= 10)
+        printf "  axum+layer / axum req/s           >= 0.8     %6.2f    %s\n", mb, verdict(mb >= 0.8)
+        if (added != "")
+            printf "  added p50 over the upstream       <= 150 us  %6d us %s\n", added, verdict(added <= 150)
+    }' "$H2H"
