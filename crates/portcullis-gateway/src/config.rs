@@ -270,6 +270,9 @@ pub struct StorageConfig {
     pub audit: AuditStore,
     /// The PostgreSQL password, from `postgres_password_env`.
     pub postgres_password: Option<Secret>,
+    /// PEM CA certificates for a `postgres://…?sslmode=require` audit store (default: the
+    /// system's bundle).
+    pub postgres_ca_file: Option<PathBuf>,
     /// Fail closed (default) or open when a store is down.
     pub on_store_error: OnStoreError,
 }
@@ -781,7 +784,12 @@ impl Stores {
                 )),
             }
         });
-        let ident = format!("{url}|{}", spool.display());
+        let ca = config
+            .storage
+            .postgres_ca_file
+            .as_deref()
+            .unwrap_or(Path::new(""));
+        let ident = format!("{url}|{}|{}", spool.display(), ca.display());
         let old = {
             let cached = self
                 .audit
@@ -798,6 +806,7 @@ impl Stores {
             .postgres_password
             .as_ref()
             .map(|p| String::from_utf8_lossy(p.expose()).into_owned());
+        wc.store_options.postgres_ca_file = config.storage.postgres_ca_file.clone();
         let writer = AuditWriter::open(&url, wc).await.map_err(|e| ConfigError {
             key: "storage.audit".into(),
             reason: e.to_string(),
@@ -919,6 +928,71 @@ mod tests {
 
     const HEAD: &str = "[server]\nupstream = \"http://127.0.0.1:3000\"\n\
         [auth.jwt]\nsecret_env = \"JWT_SECRET\"\n[csrf]\nsecret_env = \"CSRF_SECRET\"\n";
+
+    #[test]
+    fn a_postgres_ca_file_needs_sslmode_require_and_an_existing_file() {
+        let ca = std::env::temp_dir().join(format!("portcullis-ca-{}.pem", std::process::id()));
+        std::fs::write(&ca, "not read by the config loader").unwrap();
+        let storage = |audit: &str, ca: &Path| {
+            format!(
+                "{HEAD}[storage]\naudit = \"{audit}\"\npostgres_ca_file = \"{}\"\n",
+                ca.display()
+            )
+        };
+        let tls = "postgres://audit@db.example.com:5432/audit?sslmode=require";
+        let c = load(&storage(tls, &ca)).unwrap();
+        assert_eq!(c.storage.postgres_ca_file.as_deref(), Some(ca.as_path()));
+        for (audit, file, reason) in [
+            (
+                "postgres://audit@db.example.com/audit",
+                ca.as_path(),
+                "only used with sslmode=require",
+            ),
+            (
+                "jsonl://audit.jsonl",
+                ca.as_path(),
+                "only used with a postgres://",
+            ),
+            (tls, Path::new("/no/such/ca.pem"), "does not exist"),
+        ] {
+            let errs = errors(&storage(audit, file));
+            assert!(
+                errs.iter()
+                    .any(|e| e.key == "storage.postgres_ca_file" && e.reason.contains(reason)),
+                "{audit}: {errs:?}"
+            );
+        }
+        let _ = std::fs::remove_file(&ca);
+    }
+
+    #[test]
+    fn the_postgres_ca_file_reaches_the_audit_store() {
+        let dir = std::env::temp_dir().join(format!("portcullis-ca-open-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let ca = dir.join("ca.pem");
+        let text = |ca: &Path| {
+            format!(
+                "{HEAD}[audit]\nspool_dir = \"{}\"\n\
+                 [storage]\naudit = \"postgres://audit@127.0.0.1:1/audit?sslmode=require\"\n\
+                 postgres_ca_file = \"{}\"\n",
+                dir.join("spool").display(),
+                ca.display()
+            )
+        };
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        // Not PEM: opening the store reads the file and says so.
+        std::fs::write(&ca, "not a certificate\n").unwrap();
+        let config = load(&text(&ca)).unwrap();
+        let err = rt
+            .block_on(Stores::default().open_audit(&config))
+            .unwrap_err();
+        assert_eq!(err.key, "storage.audit");
+        assert!(err.reason.contains("no usable CA certificate"), "{err:?}");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 
     #[test]
     fn strict_route_with_overrides_maps_onto_the_policy() {

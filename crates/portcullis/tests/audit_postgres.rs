@@ -11,7 +11,8 @@ use std::time::Duration;
 
 use audit_common::{check, config, event, flush_all};
 use common::services::{PostgresServer, TempDir};
-use portcullis::audit::{AuditQuery, AuditSink, AuditWriter, TailCursor, now_ms};
+use portcullis::audit::postgres::PostgresAuditStore;
+use portcullis::audit::{AuditQuery, AuditSink, AuditStore, AuditWriter, TailCursor, now_ms};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn denials_are_stored_in_postgres_with_every_column() {
@@ -166,4 +167,135 @@ async fn a_writer_started_while_postgres_is_down_spools_then_delivers() {
     assert_eq!(writer.apply_retention().await.unwrap(), 10);
     assert_eq!(pg.psql("SELECT count(*) FROM audit_events"), "20");
     writer.shutdown().await.unwrap();
+}
+
+/// A CA made for one test, and PEM files of its certificates.
+struct TestCa(rcgen::CertifiedIssuer<'static, rcgen::KeyPair>);
+
+impl TestCa {
+    fn new() -> TestCa {
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("CA params");
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let key = rcgen::KeyPair::generate().expect("CA key");
+        TestCa(rcgen::CertifiedIssuer::self_signed(params, key).expect("CA certificate"))
+    }
+
+    fn pem(&self) -> String {
+        pem("CERTIFICATE", self.0.der())
+    }
+
+    /// A server certificate and key (PEM) for `names` (host names or IP addresses).
+    fn leaf(&self, names: &[&str]) -> (String, String) {
+        let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+        let params = rcgen::CertificateParams::new(names).expect("leaf params");
+        let key = rcgen::KeyPair::generate().expect("leaf key");
+        let cert = params.signed_by(&key, &self.0).expect("leaf certificate");
+        (
+            pem("CERTIFICATE", cert.der()),
+            pem("PRIVATE KEY", &key.serialize_der()),
+        )
+    }
+}
+
+/// PEM armour (RFC 7468), so rcgen's `pem` feature stays out of the build.
+fn pem(label: &str, der: &[u8]) -> String {
+    use base64::Engine;
+    let b64 = base64::engine::general_purpose::STANDARD.encode(der);
+    let mut out = format!("-----BEGIN {label}-----\n");
+    for line in b64.as_bytes().chunks(64) {
+        out.push_str(std::str::from_utf8(line).expect("base64 is ASCII"));
+        out.push('\n');
+    }
+    out.push_str(&format!("-----END {label}-----\n"));
+    out
+}
+
+/// Writes one event through `store`, returning the error text on failure.
+async fn write_one(store: &PostgresAuditStore, request_id: &str) -> Result<(), String> {
+    store
+        .write(&[event(request_id.to_string(), now_ms())])
+        .await
+        .map_err(|e| e.to_string())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sslmode_require_reaches_a_tls_only_server_and_verifies_it() {
+    let ca = TestCa::new();
+    let (cert, key) = ca.leaf(&["127.0.0.1"]);
+    let pg = PostgresServer::start_tls(&cert, &key);
+    let dir = TempDir::new("audit-pg-tls");
+    let ca_file = dir.0.join("ca.pem");
+    std::fs::write(&ca_file, ca.pem()).unwrap();
+    let require = format!("{}?sslmode=require", pg.url());
+
+    // The server takes TLS only: a plain connection is turned away.
+    let plain = PostgresAuditStore::new(&pg.url(), None).unwrap();
+    let err = write_one(&plain, "plain").await.unwrap_err();
+    assert!(
+        err.contains("no encryption") || err.contains("pg_hba"),
+        "{err}"
+    );
+
+    // Verified against the CA file: the event is stored over TLS.
+    let tls = PostgresAuditStore::with_ca_file(&require, None, Some(&ca_file)).unwrap();
+    assert!(
+        tls.describe().starts_with("postgres+tls:"),
+        "{}",
+        tls.describe()
+    );
+    write_one(&tls, "over-tls").await.unwrap();
+    assert_eq!(
+        pg.psql("SELECT request_id FROM audit_events"),
+        "over-tls",
+        "exactly the TLS write is stored"
+    );
+    assert_eq!(
+        pg.psql(
+            "SELECT bool_and(s.ssl) FROM pg_stat_ssl s JOIN pg_stat_activity a USING (pid) \
+             WHERE a.application_name = 'portcullis-audit'"
+        ),
+        "t",
+        "the store's connection is encrypted"
+    );
+
+    // Another CA's certificate is not trusted: nothing is written.
+    let other = TestCa::new();
+    let other_file = dir.0.join("other-ca.pem");
+    std::fs::write(&other_file, other.pem()).unwrap();
+    let wrong_ca = PostgresAuditStore::with_ca_file(&require, None, Some(&other_file)).unwrap();
+    let err = write_one(&wrong_ca, "wrong-ca").await.unwrap_err();
+    assert!(err.contains("certificate"), "{err}");
+
+    // The right CA, the wrong name: the certificate is for 127.0.0.1, not localhost.
+    let by_name = format!(
+        "postgres://postgres@localhost:{}/postgres?sslmode=require",
+        pg.port
+    );
+    let wrong_name = PostgresAuditStore::with_ca_file(&by_name, None, Some(&ca_file)).unwrap();
+    let err = write_one(&wrong_name, "wrong-name").await.unwrap_err();
+    assert!(err.contains("certificate"), "{err}");
+
+    // The system bundle does not hold the test CA either.
+    let system = PostgresAuditStore::new(&require, None);
+    if let Ok(system) = system {
+        let err = write_one(&system, "system-roots").await.unwrap_err();
+        assert!(err.contains("certificate"), "{err}");
+    }
+    assert_eq!(pg.psql("SELECT count(*) FROM audit_events"), "1");
+}
+
+#[test]
+fn a_ca_file_that_holds_no_certificate_is_a_config_error() {
+    let dir = TempDir::new("audit-pg-ca");
+    let empty = dir.0.join("empty.pem");
+    std::fs::write(&empty, "no certificate here\n").unwrap();
+    let url = "postgres://audit@db.example.com/audit?sslmode=require";
+    let err = PostgresAuditStore::with_ca_file(url, None, Some(&empty)).unwrap_err();
+    assert!(
+        err.to_string().contains("no usable CA certificate"),
+        "{err}"
+    );
+    let err =
+        PostgresAuditStore::with_ca_file(url, None, Some(&dir.0.join("missing.pem"))).unwrap_err();
+    assert!(err.to_string().contains("cannot read"), "{err}");
 }

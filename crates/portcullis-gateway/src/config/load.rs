@@ -454,6 +454,25 @@ impl Loader<'_> {
         } else {
             Some(None)
         };
+        let postgres_ca_file = if s.has("postgres_ca_file") {
+            match &audit {
+                Some(AuditStore::Postgres(url)) if !url.contains("sslmode=require") => {
+                    self.errs.push(
+                        s.key("postgres_ca_file"),
+                        "only used with sslmode=require in the postgres:// URL (without it the \
+                         connection is not encrypted)",
+                    );
+                }
+                Some(AuditStore::Postgres(_)) | None => {}
+                Some(_) => self.errs.push(
+                    s.key("postgres_ca_file"),
+                    "only used with a postgres:// audit store",
+                ),
+            }
+            self.file_path(&mut s, "postgres_ca_file", true).map(Some)
+        } else {
+            Some(None)
+        };
         let on_store_error = self.choice(
             &mut s,
             "on_store_error",
@@ -470,6 +489,7 @@ impl Loader<'_> {
             redis_prefix: redis_prefix?,
             audit: audit?,
             postgres_password: postgres_password?,
+            postgres_ca_file: postgres_ca_file?,
             on_store_error: on_store_error?,
         })
     }

@@ -32,6 +32,8 @@
 pub mod jsonl;
 #[cfg(feature = "postgres")]
 pub mod postgres;
+#[cfg(feature = "postgres")]
+mod postgres_tls;
 pub mod query;
 pub mod redact;
 pub mod spool;

@@ -9,25 +9,37 @@
 //!   NOTHING`: twelve array parameters whatever the batch size, atomic, and idempotent.
 //! - `id` is a `uuid`, `ts` a `timestamptz`, `metadata` a `jsonb`; `seq` (an identity column)
 //!   orders rows for `audit tail`.
-//! - No TLS yet: connect over loopback, a Unix socket (`host=/run/postgresql`) or a private
-//!   network; `sslmode=require` is refused at connect time rather than silently downgraded.
+//! - TLS with `sslmode=require` in the URL (rustls): the server's certificate is verified
+//!   against a CA file ([`PostgresAuditStore::with_ca_file`], the gateway's
+//!   `postgres_ca_file`) or the system's CA bundle, and for the host the URL names, like
+//!   libpq's `verify-full`. A connection that cannot be verified fails; it is never downgraded.
+//!   Without `sslmode=require` the connection is plain TCP (or a Unix socket,
+//!   `host=/run/postgresql`): there is no opportunistic, unverified TLS.
 //!
 //! ```no_run
 //! # async fn run() -> Result<(), portcullis::audit::AuditError> {
 //! use portcullis::audit::postgres::PostgresAuditStore;
-//! let store = PostgresAuditStore::new("postgres://audit@127.0.0.1:5432/audit", Some("pw"))?;
+//! let local = PostgresAuditStore::new("postgres://audit@127.0.0.1:5432/audit", Some("pw"))?;
+//! let managed = PostgresAuditStore::with_ca_file(
+//!     "postgres://audit@db.example.com/audit?sslmode=require",
+//!     Some("pw"),
+//!     Some(std::path::Path::new("/etc/portcullis/db-ca.pem")),
+//! )?;
 //! # Ok(()) }
 //! ```
 
 use std::fmt;
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::Mutex;
+use tokio_postgres::config::SslMode;
 use tokio_postgres::types::ToSql;
 use tokio_postgres::{Client, Config, NoTls, Row, Statement};
 
 use super::AuditEvent;
+use super::postgres_tls::RustlsMakeConnect;
 use super::query::{AuditQuery, Dialect, SqlParam, TailCursor};
 use super::store::{AuditError, AuditStore, build_event};
 use crate::auth::BoxFuture;
@@ -73,6 +85,8 @@ const SELECT: &str = "SELECT seq, id::text, (extract(epoch FROM ts) * 1000)::big
 pub struct PostgresAuditStore {
     config: Config,
     describe: String,
+    /// Set with `sslmode=require`.
+    tls: Option<RustlsMakeConnect>,
     conn: Mutex<Option<Connected>>,
 }
 
@@ -106,11 +120,43 @@ fn pg_err(e: tokio_postgres::Error) -> AuditError {
 
 impl PostgresAuditStore {
     /// A store for `url` (a libpq-style URL or key=value string); `password` overrides one in
-    /// the URL. Does not connect yet.
+    /// the URL. Does not connect yet. With `sslmode=require` the server is verified against
+    /// the system's CA bundle (see [`PostgresAuditStore::with_ca_file`]).
     pub fn new(url: &str, password: Option<&str>) -> Result<Self, AuditError> {
+        Self::with_ca_file(url, password, None)
+    }
+
+    /// Like [`PostgresAuditStore::new`], trusting the CA certificates in `ca_file` (PEM)
+    /// instead of the system's bundle for `sslmode=require`. A CA file without
+    /// `sslmode=require` is refused: it would suggest a TLS connection that is not made.
+    ///
+    /// ```
+    /// use portcullis::audit::postgres::PostgresAuditStore;
+    /// let err = PostgresAuditStore::with_ca_file(
+    ///     "postgres://audit@db.example.com/audit",
+    ///     None,
+    ///     Some(std::path::Path::new("/etc/portcullis/db-ca.pem")),
+    /// )
+    /// .unwrap_err();
+    /// assert!(err.to_string().contains("sslmode=require"));
+    /// ```
+    pub fn with_ca_file(
+        url: &str,
+        password: Option<&str>,
+        ca_file: Option<&Path>,
+    ) -> Result<Self, AuditError> {
         let mut config: Config = url
             .parse()
             .map_err(|e| AuditError::Config(format!("postgres URL: {e}")))?;
+        let tls = match config.get_ssl_mode() {
+            SslMode::Require => Some(RustlsMakeConnect::new(ca_file)?),
+            _ if ca_file.is_some() => {
+                return Err(AuditError::Config(
+                    "a postgres CA file is only used with sslmode=require in the URL".into(),
+                ));
+            }
+            _ => None,
+        };
         if let Some(pw) = password {
             config.password(pw);
         }
@@ -127,7 +173,8 @@ impl PostgresAuditStore {
             })
             .collect();
         let describe = format!(
-            "postgres:{}@{}:{}/{}",
+            "postgres{}:{}@{}:{}/{}",
+            if tls.is_some() { "+tls" } else { "" },
             config.get_user().unwrap_or(""),
             hosts.join(","),
             config
@@ -141,6 +188,7 @@ impl PostgresAuditStore {
         Ok(PostgresAuditStore {
             config,
             describe,
+            tls,
             conn: Mutex::new(None),
         })
     }
@@ -154,11 +202,20 @@ impl PostgresAuditStore {
             return Ok((c.client.clone(), c.insert.clone()));
         }
         *slot = None;
-        let (mut client, connection) = self.config.connect(NoTls).await.map_err(pg_err)?;
-        tokio::spawn(async move {
-            // Ends when the server goes away; the next use reconnects.
-            let _ = connection.await;
-        });
+        // The connection task ends when the server goes away; the next use reconnects.
+        let mut client = match &self.tls {
+            Some(tls) => {
+                let (client, connection) =
+                    self.config.connect(tls.clone()).await.map_err(pg_err)?;
+                tokio::spawn(connection);
+                client
+            }
+            None => {
+                let (client, connection) = self.config.connect(NoTls).await.map_err(pg_err)?;
+                tokio::spawn(connection);
+                client
+            }
+        };
         migrate(&mut client).await.map_err(pg_err)?;
         let insert = client.prepare(INSERT).await.map_err(pg_err)?;
         let client = Arc::new(client);

@@ -107,6 +107,9 @@ pub trait AuditStore: Send + Sync + 'static {
 pub struct StoreOptions {
     /// The PostgreSQL password (from `postgres_password_env`; never in the URL of a file).
     pub postgres_password: Option<String>,
+    /// PEM CA certificates that verify the PostgreSQL server with `sslmode=require`, instead
+    /// of the system's bundle.
+    pub postgres_ca_file: Option<PathBuf>,
     /// JSON lines: rotate when the file reaches this many bytes (default 64 MiB).
     pub jsonl_max_bytes: Option<u64>,
     /// JSON lines: how many rotated files to keep, `PATH.1` … `PATH.N` (default 5).
@@ -120,6 +123,7 @@ impl fmt::Debug for StoreOptions {
                 "postgres_password",
                 &self.postgres_password.as_ref().map(|_| "[redacted]"),
             )
+            .field("postgres_ca_file", &self.postgres_ca_file)
             .field("jsonl_max_bytes", &self.jsonl_max_bytes)
             .field("jsonl_keep", &self.jsonl_keep)
             .finish()
@@ -177,10 +181,13 @@ pub async fn open_store(
             Ok(Arc::new(store))
         }
         #[cfg(feature = "postgres")]
-        "postgres" | "postgresql" => Ok(Arc::new(super::postgres::PostgresAuditStore::new(
-            url,
-            options.postgres_password.as_deref(),
-        )?)),
+        "postgres" | "postgresql" => {
+            Ok(Arc::new(super::postgres::PostgresAuditStore::with_ca_file(
+                url,
+                options.postgres_password.as_deref(),
+                options.postgres_ca_file.as_deref(),
+            )?))
+        }
         _ => Err(unknown_scheme(url)),
     }
 }

@@ -140,6 +140,7 @@ pub struct PostgresServer {
     as_postgres: bool,
     dir: TempDir,
     running: bool,
+    tls: bool,
 }
 
 /// The newest `/usr/lib/postgresql/*/bin` holding `initdb`.
@@ -169,6 +170,16 @@ fn running_as_root() -> bool {
 
 impl PostgresServer {
     pub fn start() -> PostgresServer {
+        Self::start_with(None)
+    }
+
+    /// A cluster that accepts TCP connections over TLS only (`ssl = on` with this certificate
+    /// and key, and `hostnossl … reject` first in `pg_hba.conf`).
+    pub fn start_tls(cert_pem: &str, key_pem: &str) -> PostgresServer {
+        Self::start_with(Some((cert_pem, key_pem)))
+    }
+
+    fn start_with(tls: Option<(&str, &str)>) -> PostgresServer {
         let bin = postgres_bin();
         let as_postgres = running_as_root();
         let dir = TempDir::new("postgres");
@@ -188,6 +199,7 @@ impl PostgresServer {
             as_postgres,
             dir,
             running: false,
+            tls: tls.is_some(),
         };
         let out = s
             .command("initdb")
@@ -208,6 +220,28 @@ impl PostgresServer {
             "initdb failed: {}",
             String::from_utf8_lossy(&out.stderr)
         );
+        if let Some((cert, key)) = tls {
+            let hba = data.join("pg_hba.conf");
+            let rules = std::fs::read_to_string(&hba).expect("read pg_hba.conf");
+            let files = [
+                (s.dir.0.join("server.crt"), cert),
+                (s.dir.0.join("server.key"), key),
+                (hba, &*format!("hostnossl all all all reject\n{rules}")),
+            ];
+            for (path, text) in &files {
+                std::fs::write(path, text).expect("write a TLS file");
+                let mode = std::os::unix::fs::PermissionsExt::from_mode(0o600);
+                std::fs::set_permissions(path, mode).expect("chmod 600");
+                if s.as_postgres {
+                    let ok = Command::new("chown")
+                        .args(["postgres:postgres"])
+                        .arg(path)
+                        .status()
+                        .is_ok_and(|st| st.success());
+                    assert!(ok, "chown {}", path.display());
+                }
+            }
+        }
         let mut s = s;
         s.restart();
         s
@@ -232,11 +266,17 @@ impl PostgresServer {
     /// Starts (again) on the same port and waits until it accepts connections.
     pub fn restart(&mut self) {
         let data = self.dir.0.join("data");
-        let opts = format!(
+        let mut opts = format!(
             "-p {} -h 127.0.0.1 -k {} -c fsync=off -c full_page_writes=off",
             self.port,
             self.dir.0.display()
         );
+        if self.tls {
+            opts.push_str(&format!(
+                " -c ssl=on -c ssl_cert_file={0}/server.crt -c ssl_key_file={0}/server.key",
+                self.dir.0.display()
+            ));
+        }
         let out = self
             .command("pg_ctl")
             .arg("-D")
