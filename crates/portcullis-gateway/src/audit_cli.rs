@@ -111,11 +111,7 @@ async fn open(source: &AuditSource) -> Result<Arc<dyn AuditStore>, ExitCode> {
                 eprintln!("{e}");
                 ExitCode::from(EXIT_USAGE)
             })?;
-            options.postgres_password = config
-                .storage
-                .postgres_password
-                .as_ref()
-                .map(|s| String::from_utf8_lossy(s.expose()).into_owned());
+            options = config.storage.store_options();
             match &config.storage.audit {
                 ConfiguredStore::Sqlite(p) => format!("sqlite://{}", p.display()),
                 ConfiguredStore::Jsonl(p) => format!("jsonl://{}", p.display()),

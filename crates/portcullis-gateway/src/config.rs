@@ -37,6 +37,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use http::Uri;
+use portcullis::audit::StoreOptions;
 use portcullis::audit::writer::{AuditWriter, WriterConfig};
 use portcullis::auth::FailedAuthTracker;
 use portcullis::cors::Cors;
@@ -689,6 +690,19 @@ impl StorageConfig {
             AuditStore::Stdout => "stdout".to_string(),
         }
     }
+
+    /// What opening the audit store needs beyond its URL: the PostgreSQL password and CA
+    /// file. The gateway's writer and `portcullis audit` both open the store with these.
+    pub fn store_options(&self) -> StoreOptions {
+        StoreOptions {
+            postgres_password: self
+                .postgres_password
+                .as_ref()
+                .map(|p| String::from_utf8_lossy(p.expose()).into_owned()),
+            postgres_ca_file: self.postgres_ca_file.clone(),
+            ..StoreOptions::default()
+        }
+    }
 }
 
 /// Stores kept across hot reloads: a reload that leaves `[storage]` unchanged keeps the same
@@ -801,12 +815,7 @@ impl Stores {
             cached.as_ref().map(|(_, w)| w.clone())
         };
         let mut wc = WriterConfig::new(spool).retention(config.audit.retention);
-        wc.store_options.postgres_password = config
-            .storage
-            .postgres_password
-            .as_ref()
-            .map(|p| String::from_utf8_lossy(p.expose()).into_owned());
-        wc.store_options.postgres_ca_file = config.storage.postgres_ca_file.clone();
+        wc.store_options = config.storage.store_options();
         let writer = AuditWriter::open(&url, wc).await.map_err(|e| ConfigError {
             key: "storage.audit".into(),
             reason: e.to_string(),

@@ -236,6 +236,20 @@ async fn query_reads_the_store_the_config_names() {
     let o = portcullis(&["audit", "query", "--config", config.to_str().unwrap()]);
     assert_eq!(o.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&o.stderr).contains("stdout"));
+
+    // The config's postgres_ca_file is the one the query trusts: this one is read, and
+    // refused, before any connection is tried.
+    std::fs::write(dir.0.join("ca.pem"), "not a certificate\n").unwrap();
+    std::fs::write(
+        &config,
+        "[storage]\naudit = \"postgres://audit@127.0.0.1:1/audit?sslmode=require\"\n\
+         postgres_ca_file = \"ca.pem\"\n",
+    )
+    .unwrap();
+    let o = portcullis(&["audit", "query", "--config", config.to_str().unwrap()]);
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("no usable CA certificate"), "{err}");
 }
 
 #[tokio::test]
