@@ -117,6 +117,8 @@ pub struct Proxy {
 struct ProxyInner {
     /// The shared pool (work-stealing threading).
     client: UpstreamClient,
+    /// The same without idle connections: a replay goes out on a new connection.
+    fresh: UpstreamClient,
     /// Per-core threading: each thread keeps its own connections (see `local_pool`).
     pool_per_thread: bool,
     connect_timeout: Duration,
@@ -136,17 +138,26 @@ struct ProxyInner {
 /// A pooled HTTP/1.1 client to the upstream.
 type UpstreamClient = Client<HttpConnector, ProxyBody>;
 
-/// A client whose connections are spawned on the runtime that first uses it.
-fn upstream_client(connect_timeout: Duration, idle_timeout: Duration) -> UpstreamClient {
+/// A client whose connections are spawned on the runtime that first uses it; with
+/// `keep_idle` false it keeps no idle connection, so every request opens a new one.
+fn upstream_client(
+    connect_timeout: Duration,
+    idle_timeout: Duration,
+    keep_idle: bool,
+) -> UpstreamClient {
     let mut connector = HttpConnector::new();
     connector.set_connect_timeout(Some(connect_timeout));
     connector.set_nodelay(true);
     connector.enforce_http(true);
-    Client::builder(TokioExecutor::new())
+    let mut builder = Client::builder(TokioExecutor::new());
+    builder
         .timer(TokioTimer::new())
         .pool_timer(TokioTimer::new())
-        .pool_idle_timeout(idle_timeout)
-        .build(connector)
+        .pool_idle_timeout(idle_timeout);
+    if !keep_idle {
+        builder.pool_max_idle_per_host(0);
+    }
+    builder.build(connector)
 }
 
 /// The CSP each route sends, by route pattern, resolved the way the layer resolves it, so
@@ -239,6 +250,12 @@ impl Proxy {
                 client: upstream_client(
                     server.upstream_connect_timeout,
                     server.upstream_idle_timeout,
+                    true,
+                ),
+                fresh: upstream_client(
+                    server.upstream_connect_timeout,
+                    server.upstream_idle_timeout,
+                    false,
                 ),
                 connect_timeout: server.upstream_connect_timeout,
                 idle_timeout: server.upstream_idle_timeout,
@@ -263,12 +280,24 @@ impl Proxy {
         if local {
             return local_pool::send(&self.inner, req).await;
         }
-        let res = self
-            .inner
-            .client
-            .request(req)
-            .await
-            .map_err(SendError::Pooled)?;
+        // As on the per-core pool: a bodiless GET, HEAD or OPTIONS whose connection died
+        // before any answer goes out once more, on a new connection. (hyper-util does not
+        // say whether the connection was a reused one; these methods are safe to repeat.)
+        let spare = local_pool::replayable(&req);
+        let res = match self.inner.client.request(req).await {
+            Ok(res) => res,
+            Err(e) => match spare {
+                Some(again) if !e.is_connect() && pooled_closed_before_answer(&e) => {
+                    tracing::debug!(error = %ErrorChain(&e), "upstream connection closed before an answer; sending the request again on a new one");
+                    self.inner
+                        .fresh
+                        .request(again)
+                        .await
+                        .map_err(SendError::Pooled)?
+                }
+                _ => return Err(SendError::Pooled(e)),
+            },
+        };
         Ok(res.map(|b| b.map_err(BoxError::from).boxed_unsync()))
     }
 
@@ -804,6 +833,18 @@ fn classify_error(e: &SendError, body: BodyState) -> Rejection {
 
 /// Whether an I/O error among `e`'s causes (its sources, not `e` itself) has a kind `wanted`
 /// accepts.
+/// Whether the shared pool's error is a connection that ended before any answer came.
+fn pooled_closed_before_answer(e: &hyper_util::client::legacy::Error) -> bool {
+    let mut cause = StdError::source(e);
+    while let Some(c) = cause {
+        if let Some(h) = c.downcast_ref::<hyper::Error>() {
+            return local_pool::closed_before_answer(h);
+        }
+        cause = c.source();
+    }
+    false
+}
+
 fn io_cause(e: &dyn StdError, wanted: impl Fn(std::io::ErrorKind) -> bool) -> bool {
     let mut source = e.source();
     while let Some(s) = source {

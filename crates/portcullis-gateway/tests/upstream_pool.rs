@@ -1,5 +1,5 @@
-//! The upstream connections of per-core threading (each worker's own keep-alive pool),
-//! against raw TCP upstreams that behave the way real ones do: closing idle keep-alive
+//! The upstream connections (per-core threading: each worker's own keep-alive pool;
+//! work-stealing: hyper-util's shared one), against raw TCP upstreams that behave the way real ones do: closing idle keep-alive
 //! connections at any moment, dropping a connection mid-exchange, counting connections.
 
 mod common;
@@ -151,13 +151,14 @@ async fn get_via(
 }
 
 async fn gateway(up: &RawUpstream) -> Gateway {
+    gateway_with(up, "per-core").await
+}
+
+async fn gateway_with(up: &RawUpstream, threading: &str) -> Gateway {
     let port = free_port();
     // One worker: every request shares one pool, so reuse is observable.
-    Gateway::start(
-        port,
-        &config(port, up.addr(), "workers = 1\nthreading = \"per-core\"", ""),
-    )
-    .await
+    let server = format!("workers = 1\nthreading = \"{threading}\"");
+    Gateway::start(port, &config(port, up.addr(), &server, "")).await
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -193,25 +194,32 @@ async fn keep_alive_connections_are_reused() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_connection_the_upstream_closed_is_replaced_not_a_502() {
-    for after in [
-        AfterAnswer::Close,
-        AfterAnswer::SaysClose,
-        AfterAnswer::Http10,
-    ] {
-        one_request_per_connection(after).await;
+    for threading in ["per-core", "work-stealing"] {
+        for after in [
+            AfterAnswer::Close,
+            AfterAnswer::SaysClose,
+            AfterAnswer::Http10,
+        ] {
+            one_request_per_connection(after, threading).await;
+        }
     }
 }
 
 /// An upstream that closes every connection after one answer, however it says so.
-async fn one_request_per_connection(after: AfterAnswer) {
+async fn one_request_per_connection(after: AfterAnswer, threading: &str) {
     let up = RawUpstream::start(after).await;
-    let gw = gateway(&up).await;
+    let gw = gateway_with(&up, threading).await;
     let client = client();
     // Back to back: the pool often takes the connection before it has seen the close, so
     // the request is refused unsent and goes out again on a new connection.
     for i in 0..60 {
         let r = get_via(&client, &gw, &format!("/n/{i}")).await;
-        assert_eq!(r.status, StatusCode::OK, "request {i}: {}", r.text());
+        assert_eq!(
+            r.status,
+            StatusCode::OK,
+            "{threading}, request {i}: {}",
+            r.text()
+        );
         if i % 20 == 19 {
             // And after a pause, with the close long seen.
             tokio::time::sleep(Duration::from_millis(50)).await;
@@ -229,8 +237,14 @@ async fn one_request_per_connection(after: AfterAnswer) {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_request_that_reached_the_upstream_is_never_sent_twice() {
+    for threading in ["per-core", "work-stealing"] {
+        a_post_is_sent_once(threading).await;
+    }
+}
+
+async fn a_post_is_sent_once(threading: &str) {
     let up = RawUpstream::start(AfterAnswer::KeepAlive).await;
-    let gw = gateway(&up).await;
+    let gw = gateway_with(&up, threading).await;
     let client = client();
     let first = get_via(&client, &gw, "/warm").await;
     assert_eq!(first.status, StatusCode::OK);
@@ -252,13 +266,13 @@ async fn a_request_that_reached_the_upstream_is_never_sent_twice() {
     assert_eq!(
         drops,
         1,
-        "the POST must not be repeated: {:?}",
+        "{threading}: the POST must not be repeated: {:?}",
         up.requests()
     );
     // The broken connection is not reused; the next request gets a new one.
     let after = get_via(&client, &gw, "/after").await;
     assert_eq!(after.status, StatusCode::OK, "{}", after.text());
-    assert_eq!(up.connections(), 2);
+    assert_eq!(up.connections(), 2, "{threading}");
 }
 
 #[tokio::test(flavor = "multi_thread")]

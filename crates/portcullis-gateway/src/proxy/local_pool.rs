@@ -269,7 +269,7 @@ pub async fn send(
 }
 
 /// A copy of a request that may be sent again: GET, HEAD or OPTIONS without a body.
-fn replayable(req: &Request<ProxyBody>) -> Option<Request<ProxyBody>> {
+pub(super) fn replayable(req: &Request<ProxyBody>) -> Option<Request<ProxyBody>> {
     let safe = matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS);
     if !safe || !req.body().is_end_stream() {
         return None;
@@ -283,7 +283,7 @@ fn replayable(req: &Request<ProxyBody>) -> Option<Request<ProxyBody>> {
 }
 
 /// The connection ended before any of the answer came: closed, reset, or a broken pipe.
-fn closed_before_answer(e: &hyper::Error) -> bool {
+pub(super) fn closed_before_answer(e: &hyper::Error) -> bool {
     if e.is_incomplete_message() || e.is_canceled() {
         return true;
     }
