@@ -2,6 +2,8 @@
 //! reload with a new certificate and with broken files, the handshake timeout, and the
 //! HTTP→HTTPS redirect listener.
 
+mod common;
+
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -22,6 +24,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
+
+use common::pem;
 
 /// A test CA that signs `localhost` leaves.
 struct Ca {
@@ -63,20 +67,6 @@ impl Ca {
         roots.add(self.issuer.der().clone()).expect("CA as a root");
         roots
     }
-}
-
-/// PEM armour (RFC 7468), written here so rcgen's `pem` feature and its second base64 stay
-/// out of the build.
-fn pem(label: &str, der: &[u8]) -> String {
-    use base64::Engine;
-    let b64 = base64::engine::general_purpose::STANDARD.encode(der);
-    let mut out = format!("-----BEGIN {label}-----\n");
-    for line in b64.as_bytes().chunks(64) {
-        out.push_str(std::str::from_utf8(line).expect("base64 is ASCII"));
-        out.push('\n');
-    }
-    out.push_str(&format!("-----END {label}-----\n"));
-    out
 }
 
 /// A fresh directory under the system temp dir, removed on drop.

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use common::{Gateway, Upstream, free_port, temp_dir};
+use common::{Gateway, Upstream, free_port, pem, temp_dir};
 use http::{HeaderMap, Request, StatusCode, Version};
 use http_body_util::{BodyExt, Empty};
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -44,19 +44,6 @@ impl SelfSigned {
         std::fs::write(dir.join("cert.pem"), &self.cert_pem).expect("write cert.pem");
         std::fs::write(dir.join("key.pem"), &self.key_pem).expect("write key.pem");
     }
-}
-
-/// PEM armour (RFC 7468), so rcgen's `pem` feature stays out of the build.
-fn pem(label: &str, der: &[u8]) -> String {
-    use base64::Engine;
-    let b64 = base64::engine::general_purpose::STANDARD.encode(der);
-    let mut out = format!("-----BEGIN {label}-----\n");
-    for line in b64.as_bytes().chunks(64) {
-        out.push_str(std::str::from_utf8(line).expect("base64 is ASCII"));
-        out.push('\n');
-    }
-    out.push_str(&format!("-----END {label}-----\n"));
-    out
 }
 
 /// The gateway with TLS on a free port and the redirect listener on another.

@@ -542,3 +542,17 @@ pub async fn read_response(tcp: &mut TcpStream) -> String {
         }
     }
 }
+
+/// PEM armour (RFC 7468) for test certificates and keys, so rcgen's `pem` feature and its
+/// second base64 stay out of the build.
+pub fn pem(label: &str, der: &[u8]) -> String {
+    use base64::Engine;
+    let b64 = base64::engine::general_purpose::STANDARD.encode(der);
+    let mut out = format!("-----BEGIN {label}-----\n");
+    for line in b64.as_bytes().chunks(64) {
+        out.push_str(std::str::from_utf8(line).expect("base64 is ASCII"));
+        out.push('\n');
+    }
+    out.push_str(&format!("-----END {label}-----\n"));
+    out
+}
