@@ -12,9 +12,10 @@
 //!   is read); a client that gives up first sees a timeout. The slot travels with the
 //!   socket, so an upgraded (WebSocket) connection holds it until it closes.
 //! - `max_header_bytes`: header fields (`name: value\r\n`) over the limit get the JSON 431
-//!   `headers_too_large`. hyper's read buffer is capped `HEADER_SLACK` bytes above it (and
-//!   at least 8 KiB, hyper's minimum): a header block too large for that buffer, or with
-//!   more than 100 fields, gets hyper's own bare 431 and the connection is closed. Over
+//!   `headers_too_large`. hyper's read buffer is capped `HEADER_SLACK` bytes above it, and
+//!   at least 64 KiB (so bodies are read, and sent on, in large pieces): a header block too
+//!   large for that buffer, or with more than 100 fields, gets hyper's own bare 431 and the
+//!   connection is closed. Over
 //!   HTTP/2 the header list is capped at the same size: h2 answers 431 itself, or sends
 //!   GOAWAY (`ENHANCE_YOUR_CALM`) for a list far over the cap.
 //! - `header_read_timeout`: the TLS handshake, then the first request's headers, must each
@@ -64,6 +65,11 @@ pub const HEADER_SLACK: usize = 8 * 1024;
 
 /// hyper's smallest allowed read buffer.
 const MIN_BUF: usize = 8 * 1024;
+
+/// The smallest HTTP/1 read-buffer cap: one read takes up to this much of a request body.
+/// It also bounds a header block (hyper answers a bare 431 when one fills the buffer), so
+/// a connection holds at most this much of an unfinished head.
+const BODY_READ: usize = 64 * 1024;
 
 /// A connection stream: TCP, or TLS over it.
 pub trait Io: AsyncRead + AsyncWrite + Unpin + Send + 'static {}
@@ -147,9 +153,15 @@ impl ConnectionLimits {
         }
     }
 
-    /// hyper's read-buffer cap (HTTP/1) and header-list cap (HTTP/2).
+    /// The HTTP/2 header-list cap.
     fn hard_header_cap(&self) -> usize {
         (self.max_header_bytes + HEADER_SLACK).max(MIN_BUF)
+    }
+
+    /// hyper's HTTP/1 read-buffer cap: the header cap, but at least [`BODY_READ`], so a body
+    /// moves in large reads (and as large writes to the upstream) rather than 24 KiB at a time.
+    fn read_buf_cap(&self) -> usize {
+        self.hard_header_cap().max(BODY_READ)
     }
 }
 
@@ -313,7 +325,7 @@ impl Connection {
                 state: state.clone(),
             })
             .header_read_timeout(limits.header_read_timeout)
-            .max_buf_size(cap)
+            .max_buf_size(limits.read_buf_cap())
             .keep_alive(true);
         builder
             .http2()
