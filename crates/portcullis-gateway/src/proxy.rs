@@ -831,8 +831,6 @@ fn classify_error(e: &SendError, body: BodyState) -> Rejection {
     }
 }
 
-/// Whether an I/O error among `e`'s causes (its sources, not `e` itself) has a kind `wanted`
-/// accepts.
 /// Whether the shared pool's error is a connection that ended before any answer came.
 fn pooled_closed_before_answer(e: &hyper_util::client::legacy::Error) -> bool {
     let mut cause = StdError::source(e);
@@ -845,6 +843,8 @@ fn pooled_closed_before_answer(e: &hyper_util::client::legacy::Error) -> bool {
     false
 }
 
+/// Whether an I/O error among `e`'s causes (its sources, not `e` itself) has a kind `wanted`
+/// accepts.
 fn io_cause(e: &dyn StdError, wanted: impl Fn(std::io::ErrorKind) -> bool) -> bool {
     let mut source = e.source();
     while let Some(s) = source {

@@ -15,9 +15,9 @@
 //!   `headers_too_large`. hyper's read buffer is capped `HEADER_SLACK` bytes above it, and
 //!   at least 64 KiB (so bodies are read, and sent on, in large pieces): a header block too
 //!   large for that buffer, or with more than 100 fields, gets hyper's own bare 431 and the
-//!   connection is closed. Over
-//!   HTTP/2 the header list is capped at the same size: h2 answers 431 itself, or sends
-//!   GOAWAY (`ENHANCE_YOUR_CALM`) for a list far over the cap.
+//!   connection is closed. Over HTTP/2 the header list is capped `HEADER_SLACK` bytes above
+//!   the limit: h2 answers 431 itself, or sends GOAWAY (`ENHANCE_YOUR_CALM`) for a list far
+//!   over the cap.
 //! - `header_read_timeout`: the TLS handshake, then the first request's headers, must each
 //!   complete within it from the moment the connection is accepted (or the handshake ends); on a kept-alive HTTP/1 connection, from the first
 //!   byte of the next request. A client trickling header bytes (slowloris) has its
