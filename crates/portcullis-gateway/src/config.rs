@@ -602,6 +602,8 @@ impl GatewayConfig {
             },
         );
         let mut builder = SecurityLayer::builder()
+            // Real clients on the wire: HTTP/1.1 without Host is refused (RFC 9112 §3.2).
+            .require_host(true)
             .failed_auth(Some(stores.failed_auth(&self.auth, &self.storage)?))
             .trusted_proxies(self.server.trusted_proxies.iter().cloned())
             .security_headers(Some(self.headers.security.clone()))

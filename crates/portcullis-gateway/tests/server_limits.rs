@@ -239,3 +239,29 @@ async fn a_request_body_slower_than_request_timeout_is_408() {
     assert!(out.contains("\"code\":\"request_timeout\""), "{out}");
     assert!(started.elapsed() < Duration::from_millis(2500));
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_missing_or_doubled_host_is_a_400_that_never_reaches_the_upstream() {
+    let up = Upstream::start().await;
+    let gw = gateway(&up, "").await;
+    for (what, head) in [
+        ("no Host", "GET /x HTTP/1.1\r\nConnection: close\r\n\r\n"),
+        (
+            "two Hosts",
+            "GET /x HTTP/1.1\r\nHost: a.example\r\nHost: b.example\r\nConnection: close\r\n\r\n",
+        ),
+    ] {
+        let out = raw(gw.port, head.as_bytes(), Duration::from_secs(5)).await;
+        assert!(out.starts_with("HTTP/1.1 400"), "{what}: {out}");
+        assert!(out.contains("\"code\":\"invalid_host\""), "{what}: {out}");
+        assert!(
+            out.to_ascii_lowercase().contains("x-request-id:"),
+            "{what}: {out}"
+        );
+    }
+    assert_eq!(up.hits(), 0);
+    // An HTTP/1.0 request may leave Host out.
+    let out = raw(gw.port, b"GET /x HTTP/1.0\r\n\r\n", Duration::from_secs(5)).await;
+    assert!(out.starts_with("HTTP/1.0 200"), "{out}");
+    assert_eq!(up.hits(), 1);
+}

@@ -114,3 +114,51 @@ async fn the_application_sees_the_canonical_path() {
     assert_eq!(v["path"], "/some/where/~home");
     assert_eq!(v["query"], "x=%2F");
 }
+
+/// An app behind the layer, with `require_host` as given, auditing into `sink`.
+async fn start_hosts(sink: MemorySink, require_host: bool) -> std::net::SocketAddr {
+    let layer = SecurityLayer::builder()
+        .require_host(require_host)
+        .audit(Arc::new(sink))
+        .build()
+        .unwrap();
+    serve_with(Router::new().fallback(echo), layer).await
+}
+
+#[tokio::test]
+async fn two_host_headers_are_refused_and_audited() {
+    let sink = MemorySink::default();
+    let addr = start_hosts(sink.clone(), false).await;
+    for hosts in [
+        "Host: a.example\r\nHost: b.example\r\n",
+        "Host: a.example\r\nHost: a.example\r\n",
+    ] {
+        let raw = format!("GET /x HTTP/1.1\r\n{hosts}Connection: close\r\n\r\n");
+        let r = send_raw(addr, raw.as_bytes()).await;
+        assert_eq!(r.status, 400, "{hosts:?}: {}", r.text());
+        assert_eq!(r.json()["code"], "invalid_host");
+    }
+    let events = sink.events();
+    assert_eq!(events.len(), 2, "{events:?}");
+    assert!(events.iter().all(|e| e.status == 400
+        && e.action == portcullis::audit::AuditAction::InvalidInput
+        && e.outcome == Outcome::Denied));
+}
+
+#[tokio::test]
+async fn http_1_1_without_host_is_refused_when_required() {
+    let strict = start_hosts(MemorySink::default(), true).await;
+    let lenient = start_hosts(MemorySink::default(), false).await;
+    let no_host = b"GET /x HTTP/1.1\r\nConnection: close\r\n\r\n";
+    let r = send_raw(strict, no_host).await;
+    assert_eq!(r.status, 400, "{}", r.text());
+    assert_eq!(r.json()["code"], "invalid_host");
+    // Off by default (requests built in tests often have no Host).
+    assert_eq!(send_raw(lenient, no_host).await.status, 200);
+    // HTTP/1.0 may leave it out; with it, HTTP/1.1 is served.
+    assert_eq!(
+        send_raw(strict, b"GET /x HTTP/1.0\r\n\r\n").await.status,
+        200
+    );
+    assert_eq!(raw_get(strict, "/x").await.status, 200);
+}
