@@ -33,6 +33,11 @@ use portcullis::policy::{RateKey, RateLimitSpec};
 use portcullis::{Policy, Preset, SecurityLayer};
 use tower::Layer;
 
+/// The allocator the gateway ships with, in every mode alike, so the library face is measured
+/// as the gateway is (and as a production axum service with mimalloc would run).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// What `portcullis token` puts in `iss` and `aud` when the config names none.
 const ISSUER: &str = "portcullis";
 const USAGE: &str = "usage: bench_axum [--listen ADDR:PORT] [--layer none|public|headers]";
