@@ -241,7 +241,7 @@ async fn a_request_body_slower_than_request_timeout_is_408() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn a_missing_or_doubled_host_is_a_400_that_never_reaches_the_upstream() {
+async fn a_missing_doubled_or_malformed_host_is_a_400_that_never_reaches_the_upstream() {
     let up = Upstream::start().await;
     let gw = gateway(&up, "").await;
     for (what, head) in [
@@ -249,6 +249,14 @@ async fn a_missing_or_doubled_host_is_a_400_that_never_reaches_the_upstream() {
         (
             "two Hosts",
             "GET /x HTTP/1.1\r\nHost: a.example\r\nHost: b.example\r\nConnection: close\r\n\r\n",
+        ),
+        (
+            "user info",
+            "GET /x HTTP/1.1\r\nHost: evil.example@good.example\r\nConnection: close\r\n\r\n",
+        ),
+        (
+            "a space",
+            "GET /x HTTP/1.1\r\nHost: good.example evil\r\nConnection: close\r\n\r\n",
         ),
     ] {
         let out = raw(gw.port, head.as_bytes(), Duration::from_secs(5)).await;

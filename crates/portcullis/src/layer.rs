@@ -596,6 +596,49 @@ impl From<Rejection> for Step {
     }
 }
 
+/// Whether a `Host` value is `host[:port]`: a DNS-style name or IPv4 address of letters,
+/// digits, `-`, `.`, `_` and `~` (at most 255 bytes), or a bracketed IPv6 address; then
+/// optionally `:` and a port of up to 5 digits, at most 65535. No user info, escapes,
+/// spaces, slashes or second colon: what RFC 3986 allows beyond this is never sent by a
+/// browser and only serves to confuse whoever reads the header next.
+fn valid_host(v: &[u8]) -> bool {
+    let (host, rest) = if v.first() == Some(&b'[') {
+        let Some(end) = v.iter().position(|&b| b == b']') else {
+            return false;
+        };
+        let literal = std::str::from_utf8(&v[1..end]).ok();
+        if literal
+            .and_then(|l| l.parse::<std::net::Ipv6Addr>().ok())
+            .is_none()
+        {
+            return false;
+        }
+        (None, &v[end + 1..])
+    } else {
+        let end = v.iter().position(|&b| b == b':').unwrap_or(v.len());
+        (Some(&v[..end]), &v[end..])
+    };
+    if let Some(name) = host {
+        let name_byte =
+            |b: &u8| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~');
+        if name.is_empty() || name.len() > 255 || !name.iter().all(name_byte) {
+            return false;
+        }
+    }
+    match rest {
+        [] => true,
+        [b':', digits @ ..] => {
+            digits.len() <= 5
+                && digits.iter().all(u8::is_ascii_digit)
+                && digits
+                    .iter()
+                    .fold(0u32, |n, d| n * 10 + u32::from(d - b'0'))
+                    <= 65_535
+        }
+        _ => false,
+    }
+}
+
 fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -962,8 +1005,16 @@ impl Engine {
         if hosts.next().is_some() {
             return Err(framing("Request has more than one Host header"));
         }
-        if host_header.is_none() && self.require_host && parts.version == http::Version::HTTP_11 {
+        // An empty Host is how a client says the target has no authority: as good as none.
+        let present = host_header.filter(|h| !h.is_empty());
+        if present.is_none() && self.require_host && parts.version == http::Version::HTTP_11 {
             return Err(framing("Request has no Host header"));
+        }
+        // `host[:port]` and nothing else (RFC 9112 §3.2: an invalid Host is a 400), so no
+        // application behind builds a link or picks a tenant from `evil@good`, `a b` or
+        // `good.com:80:80`.
+        if present.is_some_and(|h| !valid_host(h.as_bytes())) {
+            return Err(framing("Request Host header is not a host name or address"));
         }
         if let Some(auth) = parts.uri.authority() {
             if auth.as_str().contains('@') {
@@ -1201,4 +1252,52 @@ fn rewrite_uri(uri: &Uri, path: &str, keep_authority: bool) -> Result<Uri, Rejec
         p.authority = uri.authority().cloned();
     }
     Uri::from_parts(p).map_err(|_| Rejection::invalid_path("Malformed path"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::valid_host;
+
+    #[test]
+    fn host_values_are_host_and_port_only() {
+        for ok in [
+            "example.com",
+            "EXAMPLE.com.",
+            "api.example.com:8443",
+            "127.0.0.1",
+            "127.0.0.1:8080",
+            "[::1]",
+            "[::1]:80",
+            "[2001:db8::1]:443",
+            "xn--bcher-kva.example",
+            "my_host.internal",
+            "localhost:",
+            "a:65535",
+        ] {
+            assert!(valid_host(ok.as_bytes()), "{ok}");
+        }
+        for bad in [
+            "",
+            "a b",
+            "a/b",
+            "evil.com@good.com",
+            "good.com:80:80",
+            "good.com:abc",
+            "good.com:99999",
+            "good.com:123456",
+            "[::1",
+            "[::1]x",
+            "[not-ip]",
+            "[fe80::1%25eth0]",
+            "::1",
+            "\u{e9}.example",
+            "a%20b",
+            "good.com;evil",
+            "good.com\\evil",
+        ] {
+            assert!(!valid_host(bad.as_bytes()), "{bad:?}");
+        }
+        assert!(!valid_host("a".repeat(256).as_bytes()));
+        assert!(!valid_host(b"good\x00.com"));
+    }
 }

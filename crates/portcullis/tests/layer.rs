@@ -126,7 +126,7 @@ async fn start_hosts(sink: MemorySink, require_host: bool) -> std::net::SocketAd
 }
 
 #[tokio::test]
-async fn two_host_headers_are_refused_and_audited() {
+async fn two_or_malformed_host_headers_are_refused_and_audited() {
     let sink = MemorySink::default();
     let addr = start_hosts(sink.clone(), false).await;
     for hosts in [
@@ -138,8 +138,20 @@ async fn two_host_headers_are_refused_and_audited() {
         assert_eq!(r.status, 400, "{hosts:?}: {}", r.text());
         assert_eq!(r.json()["code"], "invalid_host");
     }
+    // A Host that is not `host[:port]`: what an application would paste into a link.
+    for host in [
+        "evil.example@good.example",
+        "good.example:80:80",
+        "good.example:99999",
+        "good.example;evil",
+    ] {
+        let raw = format!("GET /x HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
+        let r = send_raw(addr, raw.as_bytes()).await;
+        assert_eq!(r.status, 400, "{host:?}: {}", r.text());
+        assert_eq!(r.json()["code"], "invalid_host", "{host:?}");
+    }
     let events = sink.events();
-    assert_eq!(events.len(), 2, "{events:?}");
+    assert_eq!(events.len(), 6, "{events:?}");
     assert!(events.iter().all(|e| e.status == 400
         && e.action == portcullis::audit::AuditAction::InvalidInput
         && e.outcome == Outcome::Denied));
