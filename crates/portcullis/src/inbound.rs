@@ -8,7 +8,9 @@
 //! peer is a trusted proxy — `forwarded` and every `x-forwarded-*`, plus the other headers
 //! common client-address libraries read (`x-real-ip`, `x-client-ip`, `true-client-ip`,
 //! `cf-connecting-ip`, `fastly-client-ip`, `x-cluster-client-ip`, `x-forwarded`,
-//! `forwarded-for`, `x-appengine-user-ip`, `cf-pseudo-ipv4`).
+//! `forwarded-for`, `x-appengine-user-ip`, `cf-pseudo-ipv4`, `client-ip` (Rack's and many
+//! PHP helpers' first pick), `x-original-forwarded-for`) and the host-override headers
+//! proxies set (`x-original-host`, `x-host`).
 //!
 //! Names are matched with `_` read as `-`: CGI, WSGI, PHP and Rack expose both
 //! `X_Forwarded_For` and `X-Forwarded-For` as `HTTP_X_FORWARDED_FOR`, so an underscore
@@ -67,6 +69,10 @@ impl Default for InboundHeaders {
                 "forwarded-for",
                 "x-appengine-user-ip",
                 "cf-pseudo-ipv4",
+                "client-ip",
+                "x-original-forwarded-for",
+                "x-original-host",
+                "x-host",
             ]),
             forwarded_prefixes: vec!["x-forwarded-".to_string()],
         }
@@ -140,6 +146,10 @@ mod tests {
             "x-forwarded-for",
             "forwarded",
             "x-real-ip",
+            "client-ip",
+            "x-original-host",
+            "x-host",
+            "x-original-forwarded-for",
         ] {
             h.append(
                 HeaderName::from_bytes(n.as_bytes()).unwrap(),
