@@ -836,8 +836,11 @@ impl Engine {
             return Err(Step::Respond(Box::new(res)));
         }
 
-        // 7. Methods.
-        if !policy.allowed_methods().allows(&parts.method) {
+        // 7. Methods: the request's, and any it asks the application to act as instead.
+        let methods = policy.allowed_methods();
+        if !methods.allows(&parts.method)
+            || !methods.allows_overrides(&parts.headers, parts.uri.query())
+        {
             self.enforce(
                 Rejection::method_not_allowed(policy.allowed_methods().allow_header()),
                 parts,

@@ -1,5 +1,11 @@
 //! Method allowlist: a method outside the route's list gets 405 with `Allow`.
 //!
+//! So does a request that asks the application to act as another method the list lacks:
+//! Express's `method-override`, Rails, Laravel, Symfony and ASP.NET Core read
+//! `X-HTTP-Method-Override` (or `X-HTTP-Method`, `X-Method-Override`, a `_method` query
+//! parameter) and route a POST as, say, DELETE. The override is not removed, so an
+//! application that relies on it keeps working where the route allows the method it names.
+//!
 //! ```
 //! use portcullis::methods::MethodSet;
 //! let m = MethodSet::new([http::Method::GET, http::Method::POST]);
@@ -8,7 +14,14 @@
 //! assert_eq!(m.allow_header(), "GET, POST");
 //! ```
 
-use http::Method;
+use http::{HeaderMap, HeaderName, Method};
+
+/// Headers through which a client asks an application to treat a request as another method.
+pub const OVERRIDE_HEADERS: [HeaderName; 3] = [
+    HeaderName::from_static("x-http-method-override"),
+    HeaderName::from_static("x-http-method"),
+    HeaderName::from_static("x-method-override"),
+];
 
 /// A set of allowed methods with its `Allow` header value computed once.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -78,6 +91,42 @@ impl MethodSet {
     /// True when `method` is allowed.
     pub fn allows(&self, method: &Method) -> bool {
         self.any || self.methods.contains(method)
+    }
+
+    /// Whether every method the request names in an override header (see
+    /// [`OVERRIDE_HEADERS`]) or a `_method` query parameter is allowed too, compared in upper
+    /// case as the frameworks do; an override that is not a method token is not allowed.
+    ///
+    /// ```
+    /// use portcullis::methods::MethodSet;
+    /// let m = MethodSet::new([http::Method::GET, http::Method::POST]);
+    /// let mut h = http::HeaderMap::new();
+    /// assert!(m.allows_overrides(&h, Some("page=2")));
+    /// h.insert("x-http-method-override", "delete".parse().unwrap());
+    /// assert!(!m.allows_overrides(&h, None));
+    /// assert!(!MethodSet::new([http::Method::POST]).allows_overrides(&http::HeaderMap::new(), Some("_method=PUT")));
+    /// ```
+    pub fn allows_overrides(&self, headers: &HeaderMap, query: Option<&str>) -> bool {
+        if self.any {
+            return true;
+        }
+        let named_ok = |name: &[u8]| {
+            let upper = name.trim_ascii().to_ascii_uppercase();
+            Method::from_bytes(&upper).is_ok_and(|m| self.allows(&m))
+        };
+        let headers_ok = OVERRIDE_HEADERS
+            .iter()
+            .all(|n| headers.get_all(n).iter().all(|v| named_ok(v.as_bytes())));
+        let query_ok = query.is_none_or(|q| {
+            q.split('&')
+                .filter_map(|pair| {
+                    let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+                    (key.eq_ignore_ascii_case("_method") || key.eq_ignore_ascii_case("%5fmethod"))
+                        .then_some(value)
+                })
+                .all(|v| named_ok(v.as_bytes()))
+        });
+        headers_ok && query_ok
     }
 
     /// The value of the `Allow` header.

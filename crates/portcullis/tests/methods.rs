@@ -257,3 +257,64 @@ async fn connect_never_reaches_the_application() {
         PUBLIC_ALLOW,
     );
 }
+
+/// One raw POST (the method frameworks honour an override on) with extra header lines.
+async fn post_with(addr: SocketAddr, path: &str, extra: &str) -> Reply {
+    let req = format!(
+        "POST {path} HTTP/1.1\r\nHost: {addr}\r\n{extra}Content-Length: 0\r\nConnection: close\r\n\r\n"
+    );
+    send_raw(addr, req.as_bytes()).await
+}
+
+#[tokio::test]
+async fn a_method_override_must_name_an_allowed_method_too() {
+    let sink = MemorySink::default();
+    let addr = start(sink.clone()).await;
+    // The public preset allows GET, HEAD, POST: a POST asking to be handled as DELETE or
+    // PUT (Express's method-override, Rails, Laravel, Symfony, ASP.NET) is refused.
+    for (extra, path) in [
+        ("X-HTTP-Method-Override: DELETE\r\n", "/api/x"),
+        ("x-http-method-override: delete\r\n", "/api/x"),
+        ("X-HTTP-Method: PUT\r\n", "/api/x"),
+        ("X-Method-Override: PATCH\r\n", "/api/x"),
+        (
+            "X-HTTP-Method-Override: GET\r\nX-HTTP-Method-Override: DELETE\r\n",
+            "/api/x",
+        ),
+        ("X-HTTP-Method-Override: not a method\r\n", "/api/x"),
+        ("", "/api/x?_method=DELETE"),
+        ("", "/api/x?page=1&_METHOD=put"),
+        ("", "/api/x?%5Fmethod=DELETE"),
+    ] {
+        let r = post_with(addr, path, extra).await;
+        assert_405(&r, "POST", &format!("{path} with {extra:?}"), PUBLIC_ALLOW);
+    }
+    let refused = sink
+        .events()
+        .iter()
+        .filter(|e| e.status == 405 && e.outcome == Outcome::Denied)
+        .count();
+    assert_eq!(refused, 9);
+
+    // An override naming an allowed method passes, untouched, to the application.
+    let r = post_with(addr, "/api/x", "X-HTTP-Method-Override: GET\r\n").await;
+    assert_passes(&r, "POST", "/api/x with an override to GET");
+    assert_eq!(r.json()["headers"]["x-http-method-override"], "GET");
+    // Where the route allows PUT, a POST overridden to PUT is the application's business.
+    let r = post_with(addr, "/api/custom/x", "X-HTTP-Method-Override: PUT\r\n").await;
+    assert_eq!(
+        r.status,
+        405,
+        "POST itself is not allowed on /api/custom: {}",
+        r.text()
+    );
+    let r = send_raw(
+        addr,
+        format!(
+            "GET /api/custom/x?_method=put HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+        )
+        .as_bytes(),
+    )
+    .await;
+    assert_passes(&r, "GET", "/api/custom/x?_method=put");
+}
