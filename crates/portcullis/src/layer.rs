@@ -838,14 +838,20 @@ impl Engine {
 
         // 7. Methods: the request's, and any it asks the application to act as instead.
         let methods = policy.allowed_methods();
-        if !methods.allows(&parts.method)
-            || !methods.allows_overrides(&parts.headers, parts.uri.query())
-        {
+        if !methods.allows(&parts.method) {
             self.enforce(
-                Rejection::method_not_allowed(policy.allowed_methods().allow_header()),
+                Rejection::method_not_allowed(methods.allow_header()),
                 parts,
                 x,
             )?;
+        } else if !methods.allows_overrides(&parts.headers, parts.uri.query()) {
+            x.detail = Some("method_override");
+            self.enforce(
+                Rejection::method_not_allowed(methods.allow_header()),
+                parts,
+                x,
+            )?;
+            x.detail = None;
         }
 
         // 8. Authentication, behind the brute-force limit (authenticated routes only, so a
