@@ -26,6 +26,10 @@
 //!   long is closed (HTTP/1) or sent GOAWAY (HTTP/2). A connection that never completes a
 //!   first request is closed after `header_read_timeout`.
 //! - `request_timeout` and the upstream timeouts: see [`crate::proxy`].
+//! - Refusals the security layer never sees — the JSON 431 over `max_header_bytes`, and
+//!   hyper's own bare 400 or 431 for a request it cannot parse — are audited like the
+//!   layer's: `invalid_input`, `denied`, the socket peer, `metadata.code`
+//!   (`headers_too_large` or `malformed_request`).
 //! - `http2_max_concurrent_streams`: streams one HTTP/2 connection may have open at once.
 //!
 //! Limits are read from the config in force when a connection is accepted, so a reload
@@ -337,6 +341,7 @@ impl Connection {
             Some(Alpn::Http1) => builder.http1_only(),
             Some(Alpn::Http2) => builder.http2_only(),
         };
+        let audit_live = live.clone();
         let service = ConnService {
             live,
             peer,
@@ -362,6 +367,18 @@ impl Connection {
                 res = conn.as_mut() => {
                     if let Err(e) = res {
                         tracing::debug!(%peer, error = %e, "connection ended with an error");
+                        // hyper answered a request it could not parse (400 or 431) itself.
+                        if let Some(h) = e.downcast_ref::<hyper::Error>()
+                            && h.is_parse()
+                        {
+                            let (status, code) = if h.is_parse_too_large() {
+                                (431, "headers_too_large")
+                            } else {
+                                (400, "malformed_request")
+                            };
+                            let id = RequestId::generate();
+                            audit_refusal(&audit_live, peer, status, code, ("", ""), id.as_str());
+                        }
                     }
                     return;
                 }
@@ -620,13 +637,29 @@ impl hyper::service::Service<Request<Incoming>> for ConnService {
         }
         let generation = self.live.current();
         let https = self.https;
-        let too_large = header_bytes(req.headers()) > self.max_header_bytes;
+        // Over max_header_bytes: what the audit event needs, taken before the request moves.
+        let refused = (header_bytes(req.headers()) > self.max_header_bytes).then(|| {
+            (
+                self.live.clone(),
+                self.peer,
+                req.method().clone(),
+                req.uri().path().to_string(),
+            )
+        });
         Box::pin(async move {
-            let res = if too_large {
+            let res = if let Some((live, peer, method, path)) = refused {
                 let id = RequestId::generate();
                 tracing::info!(
                     request_id = id.as_str(),
                     "request headers over max_header_bytes: 431"
+                );
+                audit_refusal(
+                    &live,
+                    peer,
+                    431,
+                    "headers_too_large",
+                    (method.as_str(), &path),
+                    id.as_str(),
                 );
                 let mut res = Rejection::headers_too_large()
                     .into_response_with_id(id.as_str())
@@ -684,4 +717,35 @@ impl Body for GatewayBody {
     fn size_hint(&self) -> SizeHint {
         self.inner.size_hint()
     }
+}
+
+/// Records a refusal the security layer never saw (hyper's own 400 or 431 for a request it
+/// could not parse, or the 431 over `max_header_bytes`) in the audit log, as the layer
+/// records its own: action `invalid_input`, outcome `denied`, the socket peer as client.
+fn audit_refusal(
+    live: &Live,
+    peer: SocketAddr,
+    status: u16,
+    code: &'static str,
+    (method, path): (&str, &str),
+    request_id: &str,
+) {
+    use portcullis::audit::{AuditAction, AuditEvent, AuditSink, Outcome, now_ms, uuid_v7};
+    let Some(writer) = live.stores().audit_writer() else {
+        return;
+    };
+    writer.record(AuditEvent {
+        id: uuid_v7(),
+        ts_ms: now_ms(),
+        action: AuditAction::InvalidInput,
+        outcome: Outcome::Denied,
+        principal: None,
+        client_ip: Some(portcullis::client_ip::canonical_ip(peer.ip()).to_string()),
+        method: method.to_string(),
+        route: "*".to_string(),
+        path: path.to_string(),
+        status,
+        request_id: request_id.to_string(),
+        metadata: serde_json::json!({ "code": code, "control": "server" }),
+    });
 }

@@ -273,3 +273,64 @@ async fn a_missing_doubled_or_malformed_host_is_a_400_that_never_reaches_the_ups
     assert!(out.starts_with("HTTP/1.0 200"), "{out}");
     assert_eq!(up.hits(), 1);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn refusals_before_the_layer_are_audited_too() {
+    let up = Upstream::start().await;
+    let dir = temp_dir();
+    let log = dir.join("audit.jsonl");
+    let port = free_port();
+    let mut gw = Gateway::start(
+        port,
+        &format!(
+            "{}[storage]\naudit = \"jsonl://{}\"\n",
+            config(port, up.addr, "max_header_bytes = 4096", ""),
+            log.display()
+        ),
+    )
+    .await;
+    // hyper's own 400: a folded header line it will not parse.
+    let out = raw(
+        gw.port,
+        b"GET /folded HTTP/1.1\r\nHost: t\r\nX-Folded: a\r\n  b\r\n\r\n",
+        Duration::from_secs(5),
+    )
+    .await;
+    assert!(out.starts_with("HTTP/1.1 400"), "{out}");
+    // hyper's own 431: a header block larger than its read buffer.
+    let huge = "h".repeat(70 * 1024);
+    let req = format!("GET /huge HTTP/1.1\r\nHost: t\r\nX-Huge: {huge}\r\n\r\n");
+    let out = raw(gw.port, req.as_bytes(), Duration::from_secs(5)).await;
+    assert!(out.starts_with("HTTP/1.1 431"), "{out}");
+    // The JSON 431 over max_header_bytes, answered before the layer.
+    let r = get(&gw.url("/big"), &[("x-big", &"b".repeat(6000))]).await;
+    assert_eq!(r.status, StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE);
+    let id = r.headers["x-request-id"].to_str().unwrap().to_string();
+    gw.signal("-TERM");
+    assert!(gw.wait_exit(Duration::from_secs(10)).await.success());
+
+    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    let events: Vec<serde_json::Value> = text
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+    let find = |status: u64, code: &str| {
+        events.iter().any(|e| {
+            e["status"] == status
+                && e["action"] == "invalid_input"
+                && e["outcome"] == "denied"
+                && e["client_ip"] == "127.0.0.1"
+                && e["metadata"]["code"] == code
+        })
+    };
+    assert!(find(400, "malformed_request"), "{text}");
+    assert!(find(431, "headers_too_large"), "{text}");
+    assert!(
+        events
+            .iter()
+            .any(|e| e["request_id"] == id.as_str() && e["path"] == "/big"),
+        "{text}"
+    );
+    assert_eq!(up.hits(), 0);
+    let _ = std::fs::remove_dir_all(dir);
+}
