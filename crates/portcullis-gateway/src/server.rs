@@ -28,8 +28,8 @@
 //! - `request_timeout` and the upstream timeouts: see [`crate::proxy`].
 //! - Refusals the security layer never sees — the JSON 431 over `max_header_bytes`, and
 //!   hyper's own bare 400 or 431 for a request it cannot parse — are audited like the
-//!   layer's: `invalid_input`, `denied`, the socket peer, `metadata.code`
-//!   (`headers_too_large` or `malformed_request`).
+//!   layer's: `invalid_input`, `denied`, the socket peer, and the rejection's `code`
+//!   (`headers_too_large` or `malformed_request`), `control` and `reason` in `metadata`.
 //! - `http2_max_concurrent_streams`: streams one HTTP/2 connection may have open at once.
 //!
 //! Limits are read from the config in force when a connection is accepted, so a reload
@@ -371,13 +371,9 @@ impl Connection {
                         if let Some(h) = e.downcast_ref::<hyper::Error>()
                             && h.is_parse()
                         {
-                            let (status, code) = if h.is_parse_too_large() {
-                                (431, "headers_too_large")
-                            } else {
-                                (400, "malformed_request")
-                            };
+                            let r = unparsable(h.is_parse_too_large());
                             let id = RequestId::generate();
-                            audit_refusal(&audit_live, peer, status, code, ("", ""), id.as_str());
+                            audit_refusal(&audit_live, peer, &r, ("", ""), id.as_str());
                         }
                     }
                     return;
@@ -653,17 +649,9 @@ impl hyper::service::Service<Request<Incoming>> for ConnService {
                     request_id = id.as_str(),
                     "request headers over max_header_bytes: 431"
                 );
-                audit_refusal(
-                    &live,
-                    peer,
-                    431,
-                    "headers_too_large",
-                    (method.as_str(), &path),
-                    id.as_str(),
-                );
-                let mut res = Rejection::headers_too_large()
-                    .into_response_with_id(id.as_str())
-                    .map(SecurityBody::from);
+                let r = Rejection::headers_too_large();
+                audit_refusal(&live, peer, &r, (method.as_str(), &path), id.as_str());
+                let mut res = r.into_response_with_id(id.as_str()).map(SecurityBody::from);
                 generation
                     .config
                     .headers
@@ -725,27 +713,40 @@ impl Body for GatewayBody {
 fn audit_refusal(
     live: &Live,
     peer: SocketAddr,
-    status: u16,
-    code: &'static str,
+    r: &Rejection,
     (method, path): (&str, &str),
     request_id: &str,
 ) {
-    use portcullis::audit::{AuditAction, AuditEvent, AuditSink, Outcome, now_ms, uuid_v7};
+    use portcullis::audit::{AuditEvent, AuditSink, Outcome, now_ms, uuid_v7};
     let Some(writer) = live.stores().audit_writer() else {
         return;
     };
     writer.record(AuditEvent {
         id: uuid_v7(),
         ts_ms: now_ms(),
-        action: AuditAction::InvalidInput,
+        action: r.action(),
         outcome: Outcome::Denied,
         principal: None,
         client_ip: Some(portcullis::client_ip::canonical_ip(peer.ip()).to_string()),
         method: method.to_string(),
         route: "*".to_string(),
         path: path.to_string(),
-        status,
+        status: r.status().as_u16(),
         request_id: request_id.to_string(),
-        metadata: serde_json::json!({ "code": code, "control": "server" }),
+        metadata: serde_json::Value::Object(r.audit_metadata()),
     });
+}
+
+/// What hyper answered, by itself, to a request it could not parse.
+fn unparsable(too_large: bool) -> Rejection {
+    if too_large {
+        return Rejection::headers_too_large();
+    }
+    Rejection::new(
+        http::StatusCode::BAD_REQUEST,
+        "malformed_request",
+        "Request could not be parsed",
+        portcullis::audit::AuditAction::InvalidInput,
+        portcullis::Control::ServerLimits,
+    )
 }

@@ -321,6 +321,10 @@ async fn refusals_before_the_layer_are_audited_too() {
                 && e["outcome"] == "denied"
                 && e["client_ip"] == "127.0.0.1"
                 && e["metadata"]["code"] == code
+                && e["metadata"]["control"] == "server_limits"
+                && e["metadata"]["reason"]
+                    .as_str()
+                    .is_some_and(|r| !r.is_empty())
         })
     };
     assert!(find(400, "malformed_request"), "{text}");

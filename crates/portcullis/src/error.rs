@@ -133,10 +133,21 @@ impl Rejection {
 
     /// 400 for a `Host` or absolute-form authority that is not ours.
     pub fn invalid_host() -> Self {
+        Self::bad_host("Request host is not served here")
+    }
+
+    /// 400 `invalid_host` saying what is wrong with the request's host (two `Host` headers,
+    /// none, or one that is not `host[:port]`).
+    ///
+    /// ```
+    /// let r = portcullis::Rejection::bad_host("Request has no Host header");
+    /// assert_eq!((r.status().as_u16(), r.code()), (400, "invalid_host"));
+    /// ```
+    pub fn bad_host(message: &'static str) -> Self {
         Self::new(
             StatusCode::BAD_REQUEST,
             "invalid_host",
-            "Request host is not served here",
+            message,
             AuditAction::InvalidInput,
             Control::Path,
         )
@@ -281,6 +292,22 @@ impl Rejection {
     /// The control that refused.
     pub fn control(&self) -> Control {
         self.control
+    }
+
+    /// What an audit event records of this rejection in its `metadata`: `code`, `control`
+    /// and `reason` (the message).
+    ///
+    /// ```
+    /// let m = portcullis::Rejection::headers_too_large().audit_metadata();
+    /// assert_eq!(m["code"], "headers_too_large");
+    /// assert_eq!(m["control"], "server_limits");
+    /// ```
+    pub fn audit_metadata(&self) -> serde_json::Map<String, serde_json::Value> {
+        let mut metadata = serde_json::Map::new();
+        metadata.insert("code".into(), self.code.into());
+        metadata.insert("control".into(), self.control.name().into());
+        metadata.insert("reason".into(), self.message().into());
+        metadata
     }
 
     /// Seconds until a retry may succeed (429 only).

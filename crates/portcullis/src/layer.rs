@@ -1002,28 +1002,21 @@ impl Engine {
         // guard and an application each read a different one.
         let mut hosts = parts.headers.get_all(header::HOST).iter();
         let host_header = hosts.next();
-        let framing = |message: &'static str| {
-            Rejection::new(
-                StatusCode::BAD_REQUEST,
-                "invalid_host",
-                message,
-                AuditAction::InvalidInput,
-                Control::Path,
-            )
-        };
         if hosts.next().is_some() {
-            return Err(framing("Request has more than one Host header"));
+            return Err(Rejection::bad_host("Request has more than one Host header"));
         }
         // An empty Host is how a client says the target has no authority: as good as none.
         let present = host_header.filter(|h| !h.is_empty());
         if present.is_none() && self.require_host && parts.version == http::Version::HTTP_11 {
-            return Err(framing("Request has no Host header"));
+            return Err(Rejection::bad_host("Request has no Host header"));
         }
         // `host[:port]` and nothing else (RFC 9112 §3.2: an invalid Host is a 400), so no
         // application behind builds a link or picks a tenant from `evil@good`, `a b` or
         // `good.com:80:80`.
         if present.is_some_and(|h| !valid_host(h.as_bytes())) {
-            return Err(framing("Request Host header is not a host name or address"));
+            return Err(Rejection::bad_host(
+                "Request Host header is not a host name or address",
+            ));
         }
         if let Some(auth) = parts.uri.authority() {
             if auth.as_str().contains('@') {
@@ -1169,12 +1162,7 @@ impl Engine {
         x: &Exchange,
     ) {
         let Some(sink) = &self.audit else { return };
-        let mut metadata = serde_json::Map::new();
-        if let Some(r) = r {
-            metadata.insert("code".into(), r.code().into());
-            metadata.insert("control".into(), r.control().name().into());
-            metadata.insert("reason".into(), r.message().into());
-        }
+        let mut metadata = r.map(Rejection::audit_metadata).unwrap_or_default();
         if let Some(detail) = x.detail {
             metadata.insert("detail".into(), detail.into());
         }
