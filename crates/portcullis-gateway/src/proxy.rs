@@ -77,7 +77,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use portcullis::audit::AuditAction;
 use portcullis::auth::BoxFuture;
-use portcullis::client_ip::{PeerAddr, canonical_ip};
+use portcullis::client_ip::{PeerAddr, canonical_ip, push_ip};
 use portcullis::headers::nonce_html::{self, NonceRewriter};
 use portcullis::layer::{Https, MatchedRoute};
 use portcullis::policy::CspSetting;
@@ -522,7 +522,11 @@ impl Proxy {
         let https = extensions.get::<Https>().is_some();
         let proto = if https { "https" } else { "http" };
         let peer = extensions.get::<PeerAddr>().map(|p| canonical_ip(p.0.ip()));
-        let peer_text = peer.map(|p| p.to_string());
+        let peer_text = peer.map(|p| {
+            let mut text = String::with_capacity(39);
+            push_ip(&mut text, p);
+            text
+        });
         if let Some(text) = &peer_text {
             append_list(headers, X_FORWARDED_FOR, text);
         }
@@ -714,22 +718,28 @@ fn forwarded_element(
     element.push_str(proto);
     if let Some(host) = host.and_then(|h| h.to_str().ok()) {
         element.push_str(";host=");
-        element.push_str(&forwarded_value(host));
+        push_forwarded_value(&mut element, host);
     }
     element
 }
 
-/// A `Forwarded` parameter value: a token as is, anything else as a quoted string.
-fn forwarded_value(v: &str) -> String {
+/// Appends a `Forwarded` parameter value: a token as is, anything else as a quoted string.
+fn push_forwarded_value(out: &mut String, v: &str) {
     let token = !v.is_empty()
         && v.bytes()
             .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
     if token {
-        v.to_string()
-    } else {
-        let escaped = v.replace('\\', "\\\\").replace('"', "\\\"");
-        format!("\"{escaped}\"")
+        out.push_str(v);
+        return;
     }
+    out.push('"');
+    for c in v.chars() {
+        if c == '\\' || c == '"' {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out.push('"');
 }
 
 /// 502: the upstream could not be reached or broke the exchange.
@@ -1055,6 +1065,20 @@ mod tests {
         assert_eq!(h[X_FORWARDED_FOR], "10.0.0.9");
         append_list(&mut h, X_FORWARDED_FOR, "10.0.0.10");
         assert_eq!(h[X_FORWARDED_FOR], "10.0.0.9, 10.0.0.10");
+    }
+
+    #[test]
+    fn forwarded_values_are_tokens_or_escaped_quoted_strings() {
+        for (value, written) in [
+            ("example.com", "example.com"),
+            ("a:1", "\"a:1\""),
+            ("a\"b\\c", "\"a\\\"b\\\\c\""),
+            ("", "\"\""),
+        ] {
+            let mut out = String::new();
+            push_forwarded_value(&mut out, value);
+            assert_eq!(out, written, "{value:?}");
+        }
     }
 
     #[test]

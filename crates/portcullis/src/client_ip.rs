@@ -141,6 +141,47 @@ pub fn canonical_ip(ip: IpAddr) -> IpAddr {
     }
 }
 
+/// Appends `ip` as text, exactly as its `Display` writes it: IPv4 by hand (this runs on every
+/// request, for rate-limit keys and forwarding headers, and `Display` goes through the
+/// formatting machinery for each octet), IPv6 through `Display`.
+///
+/// ```
+/// let mut s = String::from("for=");
+/// portcullis::client_ip::push_ip(&mut s, "192.0.2.60".parse().unwrap());
+/// assert_eq!(s, "for=192.0.2.60");
+/// ```
+pub fn push_ip(out: &mut String, ip: IpAddr) {
+    match ip {
+        IpAddr::V4(v4) => {
+            let mut buf = [0u8; 15];
+            let mut len = 0;
+            for (i, octet) in v4.octets().into_iter().enumerate() {
+                if i > 0 {
+                    buf[len] = b'.';
+                    len += 1;
+                }
+                if octet >= 100 {
+                    buf[len] = b'0' + octet / 100;
+                    len += 1;
+                }
+                if octet >= 10 {
+                    buf[len] = b'0' + octet / 10 % 10;
+                    len += 1;
+                }
+                buf[len] = b'0' + octet % 10;
+                len += 1;
+            }
+            // Digits and dots only: always valid UTF-8.
+            out.push_str(std::str::from_utf8(&buf[..len]).unwrap_or_default());
+        }
+        IpAddr::V6(v6) => {
+            use std::fmt::Write;
+            // Writing to a String cannot fail.
+            let _ = write!(out, "{v6}");
+        }
+    }
+}
+
 /// Parses one `X-Forwarded-For` entry: `1.2.3.4`, `1.2.3.4:5678`, `2001:db8::1`,
 /// `[2001:db8::1]`, `[2001:db8::1]:443`, optionally quoted.
 fn parse_hop(entry: &str) -> Option<IpAddr> {
@@ -231,13 +272,13 @@ impl ClientIp {
         use std::fmt::Write;
         // Fold first: an IPv4-mapped address left in a hand-built `ClientIp` would otherwise
         // put every IPv4 client in the one bucket `::/64`. Writing to a String cannot fail.
-        let _ = match canonical_ip(self.0) {
-            IpAddr::V4(v4) => write!(out, "{v4}"),
+        match canonical_ip(self.0) {
+            IpAddr::V4(v4) => push_ip(out, IpAddr::V4(v4)),
             IpAddr::V6(v6) => {
                 let net = Ipv6Addr::from(u128::from(v6) & !((1u128 << 64) - 1));
-                write!(out, "{net}/64")
+                let _ = write!(out, "{net}/64");
             }
-        };
+        }
     }
 
     /// The unspecified address, used when no peer address is known.
@@ -269,6 +310,30 @@ impl<S: Send + Sync> axum::extract::FromRequestParts<S> for ClientIp {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn push_ip_writes_what_display_writes() {
+        let mut cases: Vec<IpAddr> = [
+            "0.0.0.0",
+            "1.2.3.4",
+            "9.10.99.100",
+            "127.0.0.1",
+            "255.255.255.255",
+            "10.200.0.9",
+            "::1",
+            "2001:db8::1",
+            "::ffff:1.2.3.4",
+        ]
+        .iter()
+        .map(|s| s.parse().unwrap())
+        .collect();
+        cases.extend((0..=255u8).map(|b| IpAddr::V4(Ipv4Addr::new(b, 255 - b, b / 3, b % 7))));
+        for ip in cases {
+            let mut s = String::from("x");
+            push_ip(&mut s, ip);
+            assert_eq!(s, format!("x{ip}"));
+        }
+    }
 
     fn xff(v: &str) -> HeaderMap {
         let mut h = HeaderMap::new();
