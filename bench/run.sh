@@ -72,11 +72,14 @@ if ! node_modules_ok; then
     (cd "$BENCH/express" && npm install --no-audit --no-fund --loglevel=error >/dev/null)
 fi
 
-log "building the release binaries"
+# Every target alike with the `dist` profile (release + fat LTO, one codegen unit; see the
+# workspace Cargo.toml): the gateway as shipped, and the baselines built the same way.
+log "building the binaries (cargo --profile dist: release with fat LTO; a few minutes cold)"
 (
     cd "$ROOT"
-    cargo build --release --quiet -p portcullis-gateway --bin portcullis --example bench_upstream
-    cargo build --release --quiet -p portcullis --example bench_axum
+    cargo build --profile dist --quiet -p portcullis-gateway --bin portcullis --example bench_upstream \
+        --example bench_bare_proxy
+    cargo build --profile dist --quiet -p portcullis --example bench_axum
 )
 if [[ -n ${CARGO_TARGET_DIR:-} ]]; then
     TARGET=$CARGO_TARGET_DIR
@@ -84,10 +87,11 @@ else
     TARGET=$(cd "$ROOT" && cargo metadata --format-version 1 --no-deps |
         sed -n 's/.*"target_directory":"\([^"]*\)".*/\1/p')
 fi
-PORTCULLIS=$TARGET/release/portcullis
-UPSTREAM=$TARGET/release/examples/bench_upstream
-AXUM=$TARGET/release/examples/bench_axum
-for bin in "$PORTCULLIS" "$UPSTREAM" "$AXUM"; do
+PORTCULLIS=$TARGET/dist/portcullis
+UPSTREAM=$TARGET/dist/examples/bench_upstream
+AXUM=$TARGET/dist/examples/bench_axum
+BARE_PROXY=$TARGET/dist/examples/bench_bare_proxy
+for bin in "$PORTCULLIS" "$UPSTREAM" "$AXUM" "$BARE_PROXY"; do
     [[ -x $bin ]] || die "$bin was not built"
 done
 
@@ -227,6 +231,7 @@ free_port P_EXPRESS
 free_port P_AXUM
 free_port P_AXUM_LAYER
 free_port P_AXUM_HEADERS
+free_port P_BARE_PROXY
 
 log "starting the upstream, portcullis (memory, redis, sqlite stores), redis, nginx, express, axum"
 start upstream "$UPSTREAM" "127.0.0.1:$P_UPSTREAM"
@@ -274,6 +279,9 @@ start axum-layer "$AXUM" --listen "127.0.0.1:$P_AXUM_LAYER" --layer public
 PID_AXUM_LAYER=$LAST_PID
 start axum-headers "$AXUM" --listen "127.0.0.1:$P_AXUM_HEADERS" --layer headers
 PID_AXUM_HEADERS=$LAST_PID
+# The reference point: a bare thread-per-core hyper proxy adding nginx's constant headers.
+start hyper-proxy "$BARE_PROXY" "127.0.0.1:$P_BARE_PROXY" "127.0.0.1:$P_UPSTREAM"
+PID_BARE_PROXY=$LAST_PID
 
 wait_http upstream "$PID_UPSTREAM" "http://127.0.0.1:$P_UPSTREAM/"
 for ((i = 0; i < 100; i++)); do
@@ -292,6 +300,7 @@ wait_http express "$PID_EXPRESS" "http://127.0.0.1:$P_EXPRESS/"
 wait_http axum "$PID_AXUM" "http://127.0.0.1:$P_AXUM/"
 wait_http axum-layer "$PID_AXUM_LAYER" "http://127.0.0.1:$P_AXUM_LAYER/"
 wait_http axum-headers "$PID_AXUM_HEADERS" "http://127.0.0.1:$P_AXUM_HEADERS/"
+wait_http hyper-proxy "$PID_BARE_PROXY" "http://127.0.0.1:$P_BARE_PROXY/"
 
 # target NAME: sets T_PORT and T_PIDS (the processes whose RSS is the target's).
 target() {
@@ -306,6 +315,7 @@ target() {
     axum) T_PORT=$P_AXUM T_PIDS=("$PID_AXUM") ;;
     axum+layer) T_PORT=$P_AXUM_LAYER T_PIDS=("$PID_AXUM_LAYER") ;;
     axum+headers) T_PORT=$P_AXUM_HEADERS T_PIDS=("$PID_AXUM_HEADERS") ;;
+    hyper-proxy) T_PORT=$P_BARE_PROXY T_PIDS=("$PID_BARE_PROXY") ;;
     *) die "unknown target $1" ;;
     esac
 }
@@ -428,8 +438,8 @@ AUTH_HS=(-H "Authorization: Bearer $TOKEN_HS256")
 AUTH_RS=(-H "Authorization: Bearer $TOKEN_RS256")
 
 log "load: wrk -t$THREADS -c$CONNECTIONS -d$DURATION --latency (after a $WARMUP warm-up)"
-for t in upstream portcullis portcullis+redis portcullis+sqlite nginx express axum axum+layer \
-    axum+headers; do
+for t in upstream portcullis portcullis+redis portcullis+sqlite nginx hyper-proxy express axum \
+    axum+layer axum+headers; do
     measure "$S_GET" "$t" /api/public ok
 done
 for t in portcullis express axum+layer; do
@@ -456,7 +466,7 @@ done
 # shared machine hits every side of a ratio alike; the medians are reported.
 H2H=$TMP/h2h.tsv
 : >"$H2H"
-H2H_TARGETS=(upstream portcullis nginx axum axum+layer axum+headers express)
+H2H_TARGETS=(upstream portcullis nginx hyper-proxy axum axum+layer axum+headers express)
 log "head to head: $ROUNDS alternating rounds of wrk -t$THREADS -c$CONNECTIONS -d$ROUND"
 for ((r = 1; r <= ROUNDS; r++)); do
     for t in "${H2H_TARGETS[@]}"; do
@@ -528,6 +538,9 @@ Notes:
   Express verifies the JWT with node:crypto (no JWT package in that stack).
   axum+headers: the bare axum app adding the layer's 14 response headers as constants, the
   floor under axum+layer (the header bytes cost the server's encoder, the kernel and wrk).
+  hyper-proxy: a bare thread-per-core hyper proxy (examples/bench_bare_proxy.rs) adding
+  nginx's constant headers: no routing, limits, timeouts or audit. What the HTTP stacks and
+  the runtime cost alone, the floor under portcullis.
 EOF
 printf '\nHeaders on GET /api/public (besides date, content-*, connection, etag):\n%s' "$HEADERS"
 
@@ -544,27 +557,30 @@ awk -F'\t' -v added="$ADDED_P50" '
     function verdict(ok) { return ok ? "met" : "not met" }
     { rate[$1, $2] = $3; p99[$1, $2] = $4; if ($1 > rounds) rounds = $1 }
     END {
-        printf "%-6s %9s %11s %9s %9s %11s %13s %9s %17s %16s %18s %16s %22s\n", "round",
-            "upstream", "portcullis", "nginx", "axum", "axum+layer", "axum+headers", "express",
-            "portcullis/nginx", "axum+layer/axum", "axum+headers/axum", "axum+layer/expr",
-            "p99 portcullis/nginx"
+        printf "%-6s %9s %11s %9s %12s %9s %11s %13s %9s %17s %18s %16s %18s %16s %22s\n", "round",
+            "upstream", "portcullis", "nginx", "hyper-proxy", "axum", "axum+layer", "axum+headers",
+            "express", "portcullis/nginx", "hyper-proxy/nginx", "axum+layer/axum",
+            "axum+headers/axum", "axum+layer/expr", "p99 portcullis/nginx"
         for (r = 1; r <= rounds; r++) {
             a[r] = rate[r, "portcullis"] / rate[r, "nginx"]
             b[r] = rate[r, "axum+layer"] / rate[r, "axum"]
             f[r] = rate[r, "axum+headers"] / rate[r, "axum"]
+            h[r] = rate[r, "hyper-proxy"] / rate[r, "nginx"]
             c[r] = rate[r, "axum+layer"] / rate[r, "express"]
             d[r] = (p99[r, "portcullis"] - p99[r, "nginx"]) / 1000
-            printf "%-6d %9d %11d %9d %9d %11d %13d %9d %17.2f %16.2f %18.2f %16.1f %11.2f / %.2f ms\n",
-                r, rate[r, "upstream"], rate[r, "portcullis"], rate[r, "nginx"], rate[r, "axum"],
-                rate[r, "axum+layer"], rate[r, "axum+headers"], rate[r, "express"], a[r], b[r],
-                f[r], c[r], p99[r, "portcullis"] / 1000, p99[r, "nginx"] / 1000
+            printf "%-6d %9d %11d %9d %12d %9d %11d %13d %9d %17.2f %18.2f %16.2f %18.2f %16.1f %11.2f / %.2f ms\n",
+                r, rate[r, "upstream"], rate[r, "portcullis"], rate[r, "nginx"],
+                rate[r, "hyper-proxy"], rate[r, "axum"], rate[r, "axum+layer"],
+                rate[r, "axum+headers"], rate[r, "express"], a[r], h[r], b[r], f[r], c[r],
+                p99[r, "portcullis"] / 1000, p99[r, "nginx"] / 1000
         }
         ma = median(a, rounds); mb = median(b, rounds); mc = median(c, rounds); md = median(d, rounds)
-        mf = median(f, rounds)
-        printf "%-6s %9s %11s %9s %9s %11s %13s %9s %17.2f %16.2f %18.2f %16.1f %+19.2f ms\n",
-            "median", "", "", "", "", "", "", "", ma, mb, mf, mc, md
+        mf = median(f, rounds); mh = median(h, rounds)
+        printf "%-6s %9s %11s %9s %12s %9s %11s %13s %9s %17.2f %18.2f %16.2f %18.2f %16.1f %+19.2f ms\n",
+            "median", "", "", "", "", "", "", "", "", ma, mh, mb, mf, mc, md
         printf "\nThe issue'"'"'s targets (medians of the rounds above; added p50 from the 1-connection rows):\n"
-        printf "  portcullis / nginx req/s          >= 1.0     %6.2f    %s\n", ma, verdict(ma >= 1.0)
+        printf "  portcullis / nginx req/s          >= 1.0     %6.2f    %s (a bare hyper proxy: %.2f)\n",
+            ma, verdict(ma >= 1.0), mh
         printf "  portcullis p99 - nginx p99        <= +1 ms   %+6.2f ms %s\n", md, verdict(md <= 1.0)
         printf "  axum+layer / express req/s        >= 10      %6.1f    %s\n", mc, verdict(mc >= 10)
         printf "  axum+layer / axum req/s           >= 0.8     %6.2f    %s (the 14 headers alone: %.2f)\n",
