@@ -398,20 +398,9 @@ fn algorithm_name(a: crate::policy::Algorithm) -> &'static str {
     }
 }
 
-/// Appends `n` in decimal.
-fn push_decimal(out: &mut String, mut n: u64) {
-    let mut buf = [0u8; 20];
-    let mut i = buf.len();
-    loop {
-        i -= 1;
-        buf[i] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
-    }
-    // ASCII digits only: always valid UTF-8.
-    out.push_str(std::str::from_utf8(&buf[i..]).unwrap_or_default());
+/// Appends `n` in decimal (two digits at a time, no formatting machinery or UTF-8 check).
+fn push_decimal(out: &mut String, n: u64) {
+    out.push_str(itoa::Buffer::new().format(n));
 }
 
 const RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
@@ -500,6 +489,28 @@ pub fn append_all(out: &mut HeaderMap, headers: Vec<(HeaderName, HeaderValue)>) 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn decimals_are_written_as_display_writes_them() {
+        let mut values = vec![
+            0,
+            1,
+            9,
+            10,
+            99,
+            100,
+            999_999,
+            1_000_000,
+            10_000_000,
+            u64::MAX,
+        ];
+        values.extend((0..64).map(|i| 1u64 << i));
+        for n in values {
+            let mut s = String::from("k:");
+            push_decimal(&mut s, n);
+            assert_eq!(s, format!("k:{n}"));
+        }
+    }
 
     #[test]
     fn hand_built_keys_spell_numbers_and_algorithms_as_format_did() {
