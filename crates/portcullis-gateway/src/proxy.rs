@@ -65,7 +65,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::header::{self, Entry, HeaderMap, HeaderName, HeaderValue};
 use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{Extensions, Method, Request, Response, StatusCode, Uri, Version};
 use http_body_util::BodyExt;
@@ -530,13 +530,14 @@ impl Proxy {
         if let Some(text) = &peer_text {
             append_list(headers, X_FORWARDED_FOR, text);
         }
-        if !headers.contains_key(&X_FORWARDED_PROTO) {
-            headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(proto));
+        // One hashed lookup per name (entry), not a look and then an insert.
+        if let Entry::Vacant(v) = headers.entry(X_FORWARDED_PROTO) {
+            v.insert(HeaderValue::from_static(proto));
         }
-        if !headers.contains_key(&X_FORWARDED_HOST)
-            && let Some(host) = &client_host
+        if let Some(host) = &client_host
+            && let Entry::Vacant(v) = headers.entry(X_FORWARDED_HOST)
         {
-            headers.insert(X_FORWARDED_HOST, host.clone());
+            v.insert(host.clone());
         }
         let element = forwarded_element(peer, peer_text.as_deref(), proto, client_host.as_ref());
         append_list(headers, FORWARDED, &element);
@@ -676,23 +677,26 @@ fn join_cookies(headers: &mut HeaderMap) {
 
 /// Appends `item` to a comma-separated list header, joining repeated fields into one.
 fn append_list(headers: &mut HeaderMap, name: HeaderName, item: &str) {
-    if !headers.contains_key(&name) {
+    match headers.entry(name) {
         // The common case: we are the first hop.
-        if let Ok(v) = HeaderValue::from_str(item) {
-            headers.insert(name, v);
+        Entry::Vacant(v) => {
+            if let Ok(value) = HeaderValue::from_str(item) {
+                v.insert(value);
+            }
         }
-        return;
-    }
-    let mut parts: Vec<String> = headers
-        .get_all(&name)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .map(|v| v.trim().to_string())
-        .filter(|v| !v.is_empty())
-        .collect();
-    parts.push(item.to_string());
-    if let Ok(v) = HeaderValue::from_str(&parts.join(", ")) {
-        headers.insert(name, v);
+        Entry::Occupied(mut o) => {
+            let mut parts: Vec<String> = o
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .map(|v| v.trim().to_string())
+                .filter(|v| !v.is_empty())
+                .collect();
+            parts.push(item.to_string());
+            // Replaces every field of that name with the one joined list.
+            if let Ok(value) = HeaderValue::from_str(&parts.join(", ")) {
+                o.insert(value);
+            }
+        }
     }
 }
 
@@ -1112,6 +1116,11 @@ mod tests {
         h.append(X_FORWARDED_FOR, "2.2.2.2".parse().unwrap());
         append_list(&mut h, X_FORWARDED_FOR, "10.0.0.1");
         assert_eq!(h[X_FORWARDED_FOR], "1.1.1.1, 2.2.2.2, 10.0.0.1");
+        assert_eq!(
+            h.get_all(X_FORWARDED_FOR).iter().count(),
+            1,
+            "one joined field"
+        );
     }
 
     #[test]
