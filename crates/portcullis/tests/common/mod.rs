@@ -2,6 +2,7 @@
 //! requests, raw TCP for request targets no well-behaved client would send.
 #![allow(dead_code)]
 
+pub mod ports;
 pub mod services;
 
 use std::collections::HashMap;
