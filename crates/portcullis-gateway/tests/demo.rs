@@ -233,7 +233,9 @@ async fn hundred_requests_to_public_data_give_60_then_429_with_retry_after() {
                 .unwrap()
                 .parse()
                 .expect("Retry-After in seconds");
-            assert!((1..=60).contains(&retry), "Retry-After {retry}");
+            // At most 61 s: a burst at the very start of a minute fits again a sixtieth of a
+            // minute after that minute ends (the sliding window weighs the previous 60).
+            assert!((1..=61).contains(&retry), "Retry-After {retry}");
             assert_eq!(r.json()["code"], "rate_limited", "{}", r.text());
         }
         statuses.push(r.status);

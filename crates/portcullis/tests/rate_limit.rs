@@ -42,7 +42,9 @@ async fn seed_check_100_requests_give_exactly_60_then_429() {
     assert_eq!(ok, 60);
     let r = first_429.expect("a 429 after the limit");
     let retry: u64 = r.header("retry-after").unwrap().parse().unwrap();
-    assert!((1..=60).contains(&retry), "{retry}");
+    // At most 61 s: a burst taken at the very start of a minute fits again a sixtieth of a
+    // minute after that minute ends (the sliding window weighs the previous minute's 60).
+    assert!((1..=61).contains(&retry), "{retry}");
     let v = r.json();
     assert_eq!(v["code"], "rate_limited");
     assert_eq!(v["retry_after"], retry);

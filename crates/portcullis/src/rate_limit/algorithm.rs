@@ -310,6 +310,23 @@ mod tests {
     }
 
     #[test]
+    fn sliding_retry_after_of_a_burst_at_a_window_start_passes_the_window_end() {
+        // 60 a minute, all taken in the window's first instant: the 61st fits again only once
+        // a sixtieth of them has slid out of the next window, 61 s later, not 60 (the
+        // integration tests' Retry-After bounds rest on this).
+        let r = Rule::new(60, 60 * S, Algorithm::SlidingWindow, 0);
+        let mut cell = Cell::default();
+        for _ in 0..60 {
+            cell = r.evaluate(cell, 120 * S, 1).1;
+        }
+        let (v, _) = r.evaluate(cell, 120 * S, 1);
+        assert!(!v.allowed);
+        assert_eq!(v.retry_after_us, 61 * S);
+        assert!(!r.evaluate(cell, 120 * S + 61 * S - 1, 1).0.allowed);
+        assert!(r.evaluate(cell, 120 * S + 61 * S, 1).0.allowed);
+    }
+
+    #[test]
     fn gcra_allows_burst_then_paces() {
         let r = Rule::new(10, 10 * S, Algorithm::TokenBucket, 5);
         let mut cell = Cell::default();
