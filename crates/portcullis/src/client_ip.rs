@@ -141,9 +141,9 @@ pub fn canonical_ip(ip: IpAddr) -> IpAddr {
     }
 }
 
-/// Appends `ip` as text, exactly as its `Display` writes it: IPv4 by hand (this runs on every
-/// request, for rate-limit keys and forwarding headers, and `Display` goes through the
-/// formatting machinery for each octet), IPv6 through `Display`.
+/// Appends `ip` as text, exactly as its `Display` writes it: IPv4 octet by octet with `itoa`
+/// (this runs on every request, for rate-limit keys and forwarding headers, and `Display`
+/// goes through the formatting machinery for each octet), IPv6 through `Display`.
 ///
 /// ```
 /// let mut s = String::from("for=");
@@ -153,26 +153,13 @@ pub fn canonical_ip(ip: IpAddr) -> IpAddr {
 pub fn push_ip(out: &mut String, ip: IpAddr) {
     match ip {
         IpAddr::V4(v4) => {
-            let mut buf = [0u8; 15];
-            let mut len = 0;
+            let mut digits = itoa::Buffer::new();
             for (i, octet) in v4.octets().into_iter().enumerate() {
                 if i > 0 {
-                    buf[len] = b'.';
-                    len += 1;
+                    out.push('.');
                 }
-                if octet >= 100 {
-                    buf[len] = b'0' + octet / 100;
-                    len += 1;
-                }
-                if octet >= 10 {
-                    buf[len] = b'0' + octet / 10 % 10;
-                    len += 1;
-                }
-                buf[len] = b'0' + octet % 10;
-                len += 1;
+                out.push_str(digits.format(octet));
             }
-            // Digits and dots only: always valid UTF-8.
-            out.push_str(std::str::from_utf8(&buf[..len]).unwrap_or_default());
         }
         IpAddr::V6(v6) => {
             use std::fmt::Write;
@@ -273,7 +260,7 @@ impl ClientIp {
         // Fold first: an IPv4-mapped address left in a hand-built `ClientIp` would otherwise
         // put every IPv4 client in the one bucket `::/64`. Writing to a String cannot fail.
         match canonical_ip(self.0) {
-            IpAddr::V4(v4) => push_ip(out, IpAddr::V4(v4)),
+            v4 @ IpAddr::V4(_) => push_ip(out, v4),
             IpAddr::V6(v6) => {
                 let net = Ipv6Addr::from(u128::from(v6) & !((1u128 << 64) - 1));
                 let _ = write!(out, "{net}/64");
