@@ -22,7 +22,7 @@ use hyper::client::conn::http1::SendRequest;
 use hyper_util::rt::TokioIo;
 
 #[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static ALLOCATOR: portcullis_alloc::MiMalloc = portcullis_alloc::MiMalloc;
 
 type Body = UnsyncBoxBody<Bytes, hyper::Error>;
 

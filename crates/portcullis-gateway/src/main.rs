@@ -4,8 +4,9 @@ mod audit_cli;
 mod cli;
 
 /// mimalloc: the gateway allocates and frees small buffers on every request, across threads.
+/// (Through `portcullis-alloc`, which keeps word-aligned blocks on mimalloc's fast path.)
 #[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static ALLOCATOR: portcullis_alloc::MiMalloc = portcullis_alloc::MiMalloc;
 
 use std::path::Path;
 use std::process::ExitCode;

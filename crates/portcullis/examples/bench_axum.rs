@@ -36,7 +36,7 @@ use tower::Layer;
 /// The allocator the gateway ships with, in every mode alike, so the library face is measured
 /// as the gateway is (and as a production axum service with mimalloc would run).
 #[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static ALLOCATOR: portcullis_alloc::MiMalloc = portcullis_alloc::MiMalloc;
 
 /// What `portcullis token` puts in `iss` and `aud` when the config names none.
 const ISSUER: &str = "portcullis";
