@@ -771,7 +771,8 @@ impl Engine {
             headers: &req_headers,
             method: &method,
         };
-        self.decorate_with(&mut rparts.headers, meta, &x, nonce.as_ref());
+        let added = std::mem::take(&mut x.response_headers);
+        self.decorate_with(&mut rparts.headers, meta, &x, nonce.as_ref(), added);
         self.audit_notes(rparts.status, meta, &x);
         if x.policy.audits_allowed() {
             self.audit_event(
@@ -1065,7 +1066,7 @@ impl Engine {
         let res = r.into_response_with_id(x.request_id.as_str());
         let mut res = res.map(SecurityBody::from);
         // Errors carry the security headers too, but never a nonce'd CSP worth caching.
-        self.decorate_with(res.headers_mut(), meta, x, None);
+        self.decorate_with(res.headers_mut(), meta, x, None, x.response_headers.clone());
         res
     }
 
@@ -1084,16 +1085,19 @@ impl Engine {
             },
             x,
             nonce,
+            x.response_headers.clone(),
         );
     }
 
-    /// Step 14: the response headers.
+    /// Step 14: the response headers. `added` is what the guards put in
+    /// [`Exchange::response_headers_mut`].
     fn decorate_with(
         &self,
         headers: &mut HeaderMap,
         req: Parts2<'_>,
         x: &Exchange,
         nonce: Option<&Nonce>,
+        added: HeaderMap,
     ) {
         headers.reserve(16);
         if let Some(sh) = &self.headers {
@@ -1121,11 +1125,17 @@ impl Engine {
         {
             cors.apply(req.headers, headers);
         }
-        for (name, value) in &x.response_headers {
+        // Moved, not cloned: a clone of a header value built from a `String` allocates.
+        let mut last: Option<header::HeaderName> = None;
+        for (name, value) in added {
+            if let Some(name) = name {
+                last = Some(name);
+            }
+            let Some(name) = &last else { continue };
             if name == header::VARY {
-                merge_vary(headers, value);
+                merge_vary(headers, &value);
             } else {
-                headers.append(name.clone(), value.clone());
+                headers.append(name.clone(), value);
             }
         }
         if x.policy.is_no_store() && !headers.contains_key(header::CACHE_CONTROL) {

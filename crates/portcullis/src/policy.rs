@@ -212,6 +212,8 @@ pub struct Policy {
     roles: Vec<String>,
     all_roles: Vec<String>,
     rate_limits: Vec<RateLimitSpec>,
+    /// `RateLimit-Policy` for `rate_limits`, rendered once (set with them).
+    rate_limit_policy: Option<http::HeaderValue>,
     max_body: Option<u64>,
     content_types: Option<Vec<String>>,
     csrf: CsrfMode,
@@ -234,6 +236,7 @@ impl Policy {
             roles: Vec::new(),
             all_roles: Vec::new(),
             rate_limits: Vec::new(),
+            rate_limit_policy: None,
             max_body: None,
             content_types: None,
             csrf: CsrfMode::Off,
@@ -274,6 +277,7 @@ impl Policy {
             preset: Some(preset),
             methods: MethodSet::new(methods),
             auth,
+            rate_limit_policy: crate::rate_limit::policy_field(std::slice::from_ref(&limit)),
             rate_limits: vec![limit],
             max_body: Some(body),
             csrf,
@@ -329,6 +333,7 @@ impl Policy {
     /// Replaces the rate limits (an empty list disables rate limiting).
     pub fn rate_limits(mut self, limits: impl IntoIterator<Item = RateLimitSpec>) -> Self {
         self.rate_limits = limits.into_iter().collect();
+        self.rate_limit_policy = crate::rate_limit::policy_field(&self.rate_limits);
         self
     }
 
@@ -420,6 +425,11 @@ impl Policy {
         &self.rate_limits
     }
 
+    /// The `RateLimit-Policy` field of [`Policy::limits`].
+    pub(crate) fn rate_limit_policy_field(&self) -> Option<&http::HeaderValue> {
+        self.rate_limit_policy.as_ref()
+    }
+
     /// The body limit.
     pub fn max_body_bytes(&self) -> Option<u64> {
         self.max_body
@@ -465,6 +475,25 @@ impl From<Preset> for Policy {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_rate_limit_policy_field_follows_the_limits() {
+        let p = Policy::preset(Preset::Public);
+        assert_eq!(
+            p.rate_limit_policy_field().unwrap(),
+            "\"default\";q=60;w=60"
+        );
+        let p = p.rate_limits([
+            RateLimitSpec::new(10, Duration::from_secs(1), RateKey::Ip).named("burst"),
+            RateLimitSpec::new(1000, Duration::from_secs(3600), RateKey::User).named("a \"b\""),
+        ]);
+        assert_eq!(
+            p.rate_limit_policy_field().unwrap(),
+            "\"burst\";q=10;w=1, \"a \\\"b\\\"\";q=1000;w=3600"
+        );
+        assert!(p.rate_limits([]).rate_limit_policy_field().is_none());
+        assert!(Policy::open().rate_limit_policy_field().is_none());
+    }
 
     #[test]
     fn presets_carry_the_seed_values() {

@@ -131,10 +131,12 @@ fn the_public_preset_allocates_little_per_request() {
         bytes - bare_bytes
     );
     // 29 when written (the request's boxed future, the canonical path, the rate-limit key and
-    // headers, the CSP value, the response header map growing to hold the controls' headers).
+    // headers, the CSP value, the response header map growing to hold the controls' headers);
+    // 27 since `RateLimit-Policy` is rendered once per policy and the guards' headers are
+    // moved, not cloned, onto the response.
     assert!(
-        allocs - bare_allocs <= 32,
-        "the layer allocates {} times per request (29 when this test was written)",
+        allocs - bare_allocs <= 30,
+        "the layer allocates {} times per request (27 when this bound was set)",
         allocs - bare_allocs
     );
 }

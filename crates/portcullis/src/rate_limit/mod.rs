@@ -259,9 +259,15 @@ impl RateLimiter {
         match violated {
             None => {
                 self.stats.allowed.fetch_add(1, Ordering::Relaxed);
-                render_headers(self.headers, limits, &verdicts, |k, v| {
-                    exchange.response_headers_mut().append(k, v);
-                });
+                render_headers(
+                    self.headers,
+                    limits,
+                    policy.rate_limit_policy_field(),
+                    &verdicts,
+                    |k, v| {
+                        exchange.response_headers_mut().append(k, v);
+                    },
+                );
                 Ok(())
             }
             Some(i) => {
@@ -281,7 +287,13 @@ impl RateLimiter {
                     rule_of(&limits[i]).window_secs()
                 ));
                 let mut headers = Vec::with_capacity(5);
-                render_headers(self.headers, limits, &verdicts, |k, v| headers.push((k, v)));
+                render_headers(
+                    self.headers,
+                    limits,
+                    policy.rate_limit_policy_field(),
+                    &verdicts,
+                    |k, v| headers.push((k, v)),
+                );
                 for (k, v) in headers {
                     r = r.with_header(k, v);
                 }
@@ -406,41 +418,55 @@ fn push_decimal(out: &mut String, n: u64) {
 const RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
 const RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
 
-/// The response headers for the limits' verdicts, handed to `emit` one by one.
+/// The `RateLimit-Policy` field for `limits`: `"name";q=REQUESTS;w=SECONDS, …`. It depends on
+/// the limits alone, so [`Policy`](crate::Policy) renders it once.
+pub(crate) fn policy_field(limits: &[RateLimitSpec]) -> Option<HeaderValue> {
+    if limits.is_empty() {
+        return None;
+    }
+    let mut policy = String::with_capacity(32 * limits.len());
+    for l in limits {
+        if !policy.is_empty() {
+            policy.push_str(", ");
+        }
+        push_sf_string(&mut policy, &l.name);
+        policy.push_str(";q=");
+        push_decimal(&mut policy, u64::from(l.requests));
+        policy.push_str(";w=");
+        push_decimal(&mut policy, rule_of(l).window_secs());
+    }
+    HeaderValue::from_maybe_shared(bytes::Bytes::from(policy)).ok()
+}
+
+/// The response headers for the limits' verdicts, handed to `emit` one by one. `policy` is
+/// [`policy_field`] of `limits`.
 fn render_headers(
     style: HeaderStyle,
     limits: &[RateLimitSpec],
+    policy: Option<&HeaderValue>,
     verdicts: &[Verdict],
     mut emit: impl FnMut(HeaderName, HeaderValue),
 ) {
     if style == HeaderStyle::None || limits.is_empty() {
         return;
     }
-    let mut policy = String::with_capacity(32 * limits.len());
     let mut state = String::with_capacity(32 * limits.len());
     for (l, v) in limits.iter().zip(verdicts) {
-        let w = rule_of(l).window_secs();
-        if !policy.is_empty() {
-            policy.push_str(", ");
+        if !state.is_empty() {
             state.push_str(", ");
         }
-        push_sf_string(&mut policy, &l.name);
-        policy.push_str(";q=");
-        push_decimal(&mut policy, u64::from(l.requests));
-        policy.push_str(";w=");
-        push_decimal(&mut policy, w);
         push_sf_string(&mut state, &l.name);
         state.push_str(";r=");
         push_decimal(&mut state, u64::from(v.remaining));
         state.push_str(";t=");
         push_decimal(&mut state, v.reset_us.div_ceil(1_000_000));
     }
-    // The strings become the header values as they are (checked, not copied).
-    if let (Ok(p), Ok(s)) = (
-        HeaderValue::from_maybe_shared(bytes::Bytes::from(policy)),
+    // The string becomes the header value as it is (checked, not copied).
+    if let (Some(p), Ok(s)) = (
+        policy,
         HeaderValue::from_maybe_shared(bytes::Bytes::from(state)),
     ) {
-        emit(RATELIMIT_POLICY, p);
+        emit(RATELIMIT_POLICY, p.clone());
         emit(RATELIMIT, s);
     }
     if style == HeaderStyle::DraftAndLegacy {
@@ -552,9 +578,14 @@ mod tests {
             retry_after_us: 0,
         };
         let mut h = Vec::new();
-        render_headers(HeaderStyle::DraftAndLegacy, &[l], &[v], |k, v| {
-            h.push((k, v))
-        });
+        let field = policy_field(std::slice::from_ref(&l));
+        render_headers(
+            HeaderStyle::DraftAndLegacy,
+            &[l],
+            field.as_ref(),
+            &[v],
+            |k, v| h.push((k, v)),
+        );
         let get = |n: &str| {
             h.iter()
                 .find(|(k, _)| k == n)
