@@ -1099,9 +1099,10 @@ impl Engine {
         nonce: Option<&Nonce>,
         added: HeaderMap,
     ) {
-        headers.reserve(16);
-        if let Some(sh) = &self.headers {
-            sh.apply(headers, x.https);
+        match &self.headers {
+            // Starts the map over from a copy of the set, sized for what follows.
+            Some(sh) => sh.apply(headers, x.https),
+            None => headers.reserve(16),
         }
         if let Some(csp) = self.csp_for(&x.policy) {
             headers.insert(csp.header_name(), csp.render(nonce));
