@@ -132,11 +132,12 @@ fn the_public_preset_allocates_little_per_request() {
     );
     // 29 when written (the request's boxed future, the canonical path, the rate-limit key and
     // headers, the CSP value, the response header map growing to hold the controls' headers);
-    // 27 since `RateLimit-Policy` is rendered once per policy and the guards' headers are
-    // moved, not cloned, onto the response.
+    // 27 once `RateLimit-Policy` was rendered once per policy and the guards' headers moved,
+    // not cloned, onto the response; 28 since the response map starts from a copy of the
+    // security-header set (fewer instructions, one more block than growing the map in place).
     assert!(
         allocs - bare_allocs <= 30,
-        "the layer allocates {} times per request (27 when this bound was set)",
+        "the layer allocates {} times per request (28 when this bound was set)",
         allocs - bare_allocs
     );
 }
