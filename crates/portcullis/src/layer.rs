@@ -39,7 +39,7 @@ use std::task::{Context, Poll};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
-use http::header::{self, HeaderMap, HeaderValue};
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::request::Parts;
 use http::uri::PathAndQuery;
 use http::{Method, Request, Response, StatusCode, Uri};
@@ -81,13 +81,47 @@ pub struct Exchange {
     client_ip: ClientIp,
     principal: Option<Principal>,
     https: bool,
-    response_headers: HeaderMap,
+    response_headers: AddedFields,
     detail: Option<&'static str>,
     /// The socket peer is a trusted proxy (decided once, used by steps 3 and 14).
     peer_trusted: bool,
     notes: Vec<Note>,
     /// Set at step 11 when the CSRF guard must read this many body bytes to decide.
     guard_body: Option<u64>,
+}
+
+/// The response fields the guards add. The first two (the rate limiter's `RateLimit-Policy`
+/// and `RateLimit`, on every request of a limited route) are kept inline: no map to allocate
+/// and hash into, only to copy out again onto the response.
+#[derive(Debug, Clone, Default)]
+struct AddedFields {
+    inline: [Option<(HeaderName, HeaderValue)>; 2],
+    more: HeaderMap,
+}
+
+impl AddedFields {
+    fn push(&mut self, name: HeaderName, value: HeaderValue) {
+        match self.inline.iter_mut().find(|slot| slot.is_none()) {
+            Some(slot) => *slot = Some((name, value)),
+            None => {
+                self.more.append(name, value);
+            }
+        }
+    }
+
+    /// Every field: the inline ones, then the map's (a repeated name yields each value).
+    fn into_fields(self) -> impl Iterator<Item = (HeaderName, HeaderValue)> {
+        let mut last: Option<HeaderName> = None;
+        self.inline
+            .into_iter()
+            .flatten()
+            .chain(self.more.into_iter().filter_map(move |(name, value)| {
+                if let Some(name) = name {
+                    last = Some(name);
+                }
+                last.clone().map(|name| (name, value))
+            }))
+    }
 }
 
 /// An audit note a guard leaves for the layer to record with the request's final status.
@@ -141,7 +175,13 @@ impl Exchange {
 
     /// Headers to add to the response (rate-limit headers, cookies).
     pub fn response_headers_mut(&mut self) -> &mut HeaderMap {
-        &mut self.response_headers
+        &mut self.response_headers.more
+    }
+
+    /// Adds one response field: what [`Exchange::response_headers_mut`] and `append` do, kept
+    /// inline for the first two fields (the rate limiter's, on every request).
+    pub(crate) fn add_response_field(&mut self, name: HeaderName, value: HeaderValue) {
+        self.response_headers.push(name, value);
     }
 
     /// Leaves an audit event to be recorded (outcome `allowed`) when the request completes,
@@ -689,7 +729,7 @@ impl Engine {
             client_ip: client,
             principal: None,
             https,
-            response_headers: HeaderMap::new(),
+            response_headers: AddedFields::default(),
             detail: None,
             peer_trusted,
             notes: Vec::new(),
@@ -1097,7 +1137,7 @@ impl Engine {
         req: Parts2<'_>,
         x: &Exchange,
         nonce: Option<&Nonce>,
-        added: HeaderMap,
+        added: AddedFields,
     ) {
         match &self.headers {
             // Starts the map over from a copy of the set, sized for what follows.
@@ -1127,16 +1167,11 @@ impl Engine {
             cors.apply(req.headers, headers);
         }
         // Moved, not cloned: a clone of a header value built from a `String` allocates.
-        let mut last: Option<header::HeaderName> = None;
-        for (name, value) in added {
-            if let Some(name) = name {
-                last = Some(name);
-            }
-            let Some(name) = &last else { continue };
+        for (name, value) in added.into_fields() {
             if name == header::VARY {
                 merge_vary(headers, &value);
             } else {
-                headers.append(name.clone(), value);
+                headers.append(name, value);
             }
         }
         if x.policy.is_no_store() && !headers.contains_key(header::CACHE_CONTROL) {
@@ -1264,7 +1299,39 @@ fn rewrite_uri(uri: &Uri, path: &str, keep_authority: bool) -> Result<Uri, Rejec
 
 #[cfg(test)]
 mod tests {
-    use super::valid_host;
+    use super::{AddedFields, HeaderName, HeaderValue, header, valid_host};
+
+    #[test]
+    fn added_fields_keep_every_value_inline_ones_first() {
+        let name = |n: &'static str| HeaderName::from_static(n);
+        let value = |v: &'static str| HeaderValue::from_static(v);
+        let mut a = AddedFields::default();
+        a.push(name("ratelimit-policy"), value("p"));
+        a.more.append(header::SET_COOKIE, value("a=1"));
+        a.more.append(header::SET_COOKIE, value("b=2"));
+        a.push(name("ratelimit"), value("r"));
+        // Past the two inline slots: into the map, after its own.
+        a.push(header::SET_COOKIE, value("c=3"));
+        a.push(name("ratelimit-limit"), value("10"));
+        let fields: Vec<(String, String)> = a
+            .clone()
+            .into_fields()
+            .map(|(n, v)| (n.to_string(), v.to_str().unwrap().to_string()))
+            .collect();
+        let want = [
+            ("ratelimit-policy", "p"),
+            ("ratelimit", "r"),
+            ("set-cookie", "a=1"),
+            ("set-cookie", "b=2"),
+            ("set-cookie", "c=3"),
+            ("ratelimit-limit", "10"),
+        ];
+        assert_eq!(
+            fields,
+            want.map(|(n, v)| (n.to_string(), v.to_string())).to_vec()
+        );
+        assert_eq!(AddedFields::default().into_fields().count(), 0);
+    }
 
     #[test]
     fn host_values_are_host_and_port_only() {

@@ -265,7 +265,7 @@ impl RateLimiter {
                     policy.rate_limit_policy_field(),
                     &verdicts,
                     |k, v| {
-                        exchange.response_headers_mut().append(k, v);
+                        exchange.add_response_field(k, v);
                     },
                 );
                 Ok(())
