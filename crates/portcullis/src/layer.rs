@@ -204,6 +204,14 @@ pub trait Guard: Send + Sync + 'static {
         exchange: &'a mut Exchange,
     ) -> BoxFuture<'a, Result<(), Rejection>>;
 
+    /// The same decision, when the guard can take it without waiting: the layer then skips
+    /// the boxed future of [`Guard::check`] (it runs on every request). A guard that answers
+    /// here must decide as [`Guard::check`] would. Default: `None` (always `check`).
+    fn check_now(&self, parts: &Parts, exchange: &mut Exchange) -> Option<Result<(), Rejection>> {
+        let _ = (parts, exchange);
+        None
+    }
+
     /// Answers the request in the application's place when the guard serves an endpoint of
     /// its own (the CSRF token endpoint). Asked at the guard's step, after every earlier
     /// control, on any route; the response is decorated like the application's. Default: none.
@@ -908,7 +916,10 @@ impl Engine {
             x.detail = None;
         }
         let credentials = match &self.authenticator {
-            Some(auth) => auth.authenticate(parts).await,
+            Some(auth) => match auth.authenticate_now(parts) {
+                Some(outcome) => outcome,
+                None => auth.authenticate(parts).await,
+            },
             None => AuthOutcome::NoCredentials,
         };
         match credentials {
@@ -942,9 +953,14 @@ impl Engine {
         // 10. Rate limit.
         if let Some(limiter) = &self.rate_limit
             && !policy.limits().is_empty()
-            && let Err(r) = limiter.check(parts, x).await
         {
-            self.enforce(r, parts, x)?;
+            let decided = match limiter.check_now(parts, x) {
+                Some(decided) => decided,
+                None => limiter.check(parts, x).await,
+            };
+            if let Err(r) = decided {
+                self.enforce(r, parts, x)?;
+            }
         }
 
         // 11. CSRF. The guard may answer itself (its token endpoint), or need the body (a
@@ -955,10 +971,14 @@ impl Engine {
             }
             if policy.csrf_mode() != CsrfMode::Off {
                 x.guard_body = csrf.body_needed(parts, x);
-                if x.guard_body.is_none()
-                    && let Err(r) = csrf.check(parts, x).await
-                {
-                    self.enforce(r, parts, x)?;
+                if x.guard_body.is_none() {
+                    let decided = match csrf.check_now(parts, x) {
+                        Some(decided) => decided,
+                        None => csrf.check(parts, x).await,
+                    };
+                    if let Err(r) = decided {
+                        self.enforce(r, parts, x)?;
+                    }
                 }
             }
         }

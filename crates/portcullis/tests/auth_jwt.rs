@@ -419,3 +419,43 @@ async fn debug_output_never_shows_secrets() {
     let err = jwt.verify(&format!("{token}x")).await.unwrap_err();
     assert!(!format!("{err} {err:?}").contains(&token[..20]));
 }
+
+/// What the layer learns without awaiting verification: nothing to verify, or something
+/// malformed, is answered at once; a token must go through `authenticate`.
+#[test]
+fn outcomes_known_without_verifying_are_answered_at_once() {
+    use portcullis::auth::{AuthOutcome, Authenticator};
+    let k = hmac_key(Algorithm::HS256);
+    let jwt = builder()
+        .key(k.verification())
+        .cookie("authToken")
+        .build()
+        .unwrap();
+    let now = |headers: &[(&str, &str)]| {
+        let mut req = http::Request::builder().uri("/api/user/me");
+        for (n, v) in headers {
+            req = req.header(*n, *v);
+        }
+        let (parts, ()) = req.body(()).unwrap().into_parts();
+        jwt.authenticate_now(&parts)
+    };
+    let token = k.token(None, &claims("dave", &["user"]));
+    assert!(matches!(now(&[]), Some(AuthOutcome::NoCredentials)));
+    assert!(matches!(
+        now(&[("authorization", "Basic YTpi")]),
+        Some(AuthOutcome::NoCredentials)
+    ));
+    assert!(matches!(
+        now(&[("authorization", "Bearer ")]),
+        Some(AuthOutcome::Invalid(_))
+    ));
+    assert!(matches!(
+        now(&[("authorization", "Bearer a"), ("authorization", "Bearer b")]),
+        Some(AuthOutcome::Invalid(_))
+    ));
+    // A token, in the header or the cookie, is verified (never decided here).
+    assert!(now(&[("authorization", &bearer(&token))]).is_none());
+    assert!(now(&[("cookie", &format!("authToken={token}"))]).is_none());
+    // A forged token is not accepted at once either: it reaches verification.
+    assert!(now(&[("authorization", "Bearer x.y.z")]).is_none());
+}

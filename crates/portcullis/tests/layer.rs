@@ -174,3 +174,50 @@ async fn http_1_1_without_host_is_refused_when_required() {
     );
     assert_eq!(raw_get(strict, "/x").await.status, 200);
 }
+
+/// A guard of the application's own that only knows how to wait (`check`), in both guard
+/// slots: the layer still asks it on every request (the at-once path is optional).
+struct DenyHeader(&'static str);
+
+impl portcullis::Guard for DenyHeader {
+    fn check<'a>(
+        &'a self,
+        parts: &'a http::request::Parts,
+        exchange: &'a mut portcullis::layer::Exchange,
+    ) -> portcullis::auth::BoxFuture<'a, Result<(), portcullis::Rejection>> {
+        Box::pin(async move {
+            tokio::task::yield_now().await;
+            if parts.headers.contains_key(self.0) {
+                return Err(portcullis::Rejection::forbidden());
+            }
+            exchange
+                .response_headers_mut()
+                .append("x-guard", http::HeaderValue::from_static(self.0));
+            Ok(())
+        })
+    }
+}
+
+#[tokio::test]
+async fn guards_that_only_check_asynchronously_are_still_asked() {
+    let layer = SecurityLayer::builder()
+        .default_policy(Preset::Public)
+        .rate_limiter(Arc::new(DenyHeader("x-deny-limit")))
+        .csrf_guard(Arc::new(DenyHeader("x-deny-csrf")))
+        .build()
+        .unwrap();
+    let addr = serve_with(Router::new().fallback(echo), layer).await;
+    let r = send(addr, "GET", "/api/x", &[], "").await;
+    assert_eq!(r.status, 200);
+    let guards: Vec<&str> = r
+        .headers
+        .get_all("x-guard")
+        .iter()
+        .map(|v| v.to_str().unwrap())
+        .collect();
+    assert_eq!(guards, ["x-deny-limit", "x-deny-csrf"]);
+    for h in ["x-deny-limit", "x-deny-csrf"] {
+        let r = send(addr, "GET", "/api/x", &[(h, "1")], "").await;
+        assert_eq!(r.status, 403, "{h}");
+    }
+}

@@ -336,7 +336,18 @@ impl ApiKeyAuthenticator {
 
 impl Authenticator for ApiKeyAuthenticator {
     fn authenticate<'a>(&'a self, parts: &'a Parts) -> BoxFuture<'a, AuthOutcome> {
-        let outcome = match Self::key_of(parts) {
+        Box::pin(std::future::ready(self.outcome(parts)))
+    }
+
+    fn authenticate_now(&self, parts: &Parts) -> Option<AuthOutcome> {
+        Some(self.outcome(parts))
+    }
+}
+
+impl ApiKeyAuthenticator {
+    /// The whole decision: keys are checked in memory.
+    fn outcome(&self, parts: &Parts) -> AuthOutcome {
+        match Self::key_of(parts) {
             Ok(None) => AuthOutcome::NoCredentials,
             Err(Refusal::Malformed) => AuthOutcome::Invalid("malformed"),
             Err(Refusal::Multiple) => AuthOutcome::Invalid("multiple_credentials"),
@@ -344,8 +355,7 @@ impl Authenticator for ApiKeyAuthenticator {
                 Ok(p) => AuthOutcome::Authenticated(p),
                 Err(reason) => AuthOutcome::Invalid(reason),
             },
-        };
-        Box::pin(std::future::ready(outcome))
+        }
     }
 }
 

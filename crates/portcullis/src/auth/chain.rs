@@ -75,6 +75,16 @@ impl Authenticator for AnyOf {
             AuthOutcome::NoCredentials
         })
     }
+
+    fn authenticate_now(&self, parts: &Parts) -> Option<AuthOutcome> {
+        for auth in &self.chain {
+            match auth.authenticate_now(parts)? {
+                AuthOutcome::NoCredentials => continue,
+                decided => return Some(decided),
+            }
+        }
+        Some(AuthOutcome::NoCredentials)
+    }
 }
 
 #[cfg(test)]
@@ -118,5 +128,46 @@ mod tests {
             AuthOutcome::NoCredentials
         ));
         assert!(matches!(run(&AnyOf::new()), AuthOutcome::NoCredentials));
+    }
+
+    /// Answers at once as well.
+    struct Known(AuthOutcome);
+    impl Authenticator for Known {
+        fn authenticate<'a>(&'a self, _: &'a Parts) -> BoxFuture<'a, AuthOutcome> {
+            Box::pin(std::future::ready(self.0.clone()))
+        }
+        fn authenticate_now(&self, _: &Parts) -> Option<AuthOutcome> {
+            Some(self.0.clone())
+        }
+    }
+
+    #[test]
+    fn the_chain_answers_at_once_only_when_every_member_asked_does() {
+        let (parts, ()) = http::Request::new(()).into_parts();
+        let now = |chain: &AnyOf| chain.authenticate_now(&parts);
+        let none = || Known(AuthOutcome::NoCredentials);
+        // Anonymous through members that all answer at once: no future at all.
+        assert!(matches!(
+            now(&AnyOf::new().or(none()).or(none())),
+            Some(AuthOutcome::NoCredentials)
+        ));
+        // A member that must be awaited: the chain must be too (from the start).
+        assert!(
+            now(&AnyOf::new()
+                .or(none())
+                .or(Fixed(AuthOutcome::NoCredentials)))
+            .is_none()
+        );
+        // A decision before it is final, as in `authenticate`.
+        assert!(matches!(
+            now(&AnyOf::new()
+                .or(Known(AuthOutcome::Invalid("bad")))
+                .or(Fixed(AuthOutcome::NoCredentials))),
+            Some(AuthOutcome::Invalid("bad"))
+        ));
+        assert!(matches!(
+            now(&AnyOf::new()),
+            Some(AuthOutcome::NoCredentials)
+        ));
     }
 }

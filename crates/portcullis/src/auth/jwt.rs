@@ -908,6 +908,16 @@ impl Authenticator for JwtAuthenticator {
             }
         })
     }
+
+    /// Without a token, or with a malformed one, the outcome is known at once; a token is
+    /// verified in [`Authenticator::authenticate`] (its key may have to be fetched).
+    fn authenticate_now(&self, parts: &Parts) -> Option<AuthOutcome> {
+        match self.token_of(parts) {
+            Ok(None) => Some(AuthOutcome::NoCredentials),
+            Err(e) => Some(AuthOutcome::Invalid(e.reason())),
+            Ok(Some(_)) => None,
+        }
+    }
 }
 
 /// Mints an HS256 token for development and the CLI (`portcullis token`): `sub`, `roles`,

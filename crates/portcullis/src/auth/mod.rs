@@ -170,4 +170,13 @@ pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 pub trait Authenticator: Send + Sync + 'static {
     /// Inspects the request's credentials.
     fn authenticate<'a>(&'a self, parts: &'a Parts) -> BoxFuture<'a, AuthOutcome>;
+
+    /// The outcome, when it is known without waiting (no credentials at all, a malformed
+    /// header, a key checked in memory): the layer then skips the boxed future of
+    /// [`Authenticator::authenticate`], which it would pay on every anonymous request. One
+    /// that answers here must answer as `authenticate` would. Default: `None`.
+    fn authenticate_now(&self, parts: &Parts) -> Option<AuthOutcome> {
+        let _ = parts;
+        None
+    }
 }

@@ -426,6 +426,10 @@ impl Guard for CsrfGuard {
         Box::pin(std::future::ready(self.decide(parts, exchange, None)))
     }
 
+    fn check_now(&self, parts: &Parts, exchange: &mut Exchange) -> Option<Result<(), Rejection>> {
+        Some(self.decide(parts, exchange, None))
+    }
+
     /// Serves the token endpoint (`GET` [`TOKEN_PATH`]) and the helper (`GET`/`HEAD`
     /// [`CLIENT_JS_PATH`]), so neither the application nor the gateway has to.
     fn answer(&self, parts: &Parts, exchange: &mut Exchange) -> Option<Response<Bytes>> {

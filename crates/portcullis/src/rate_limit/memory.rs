@@ -269,8 +269,12 @@ impl RateLimitStore for MemoryStore {
         &'a self,
         charges: &'a [Charge<'a>],
     ) -> BoxFuture<'a, Result<Vec<Verdict>, StoreError>> {
-        let out = self.decide_now(charges);
+        let out = MemoryStore::decide_now(self, charges);
         Box::pin(std::future::ready(out))
+    }
+
+    fn decide_now(&self, charges: &[Charge<'_>]) -> Option<Result<Vec<Verdict>, StoreError>> {
+        Some(MemoryStore::decide_now(self, charges))
     }
 
     fn name(&self) -> &'static str {

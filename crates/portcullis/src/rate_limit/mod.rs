@@ -139,6 +139,27 @@ pub trait RateLimitStore: Send + Sync + 'static {
         charges: &'a [Charge<'a>],
     ) -> BoxFuture<'a, Result<Vec<Verdict>, StoreError>>;
 
+    /// The same decision, when the store can take it without waiting (an in-process store):
+    /// the limiter then skips the boxed future of [`RateLimitStore::decide`]. A store that
+    /// answers here must answer [`RateLimitStore::decide`] the same way. Default: `None`
+    /// (always asked through `decide`).
+    ///
+    /// ```
+    /// use portcullis::rate_limit::algorithm::Rule;
+    /// use portcullis::rate_limit::{Charge, RateLimitStore};
+    /// use portcullis::rate_limit::memory::MemoryStore;
+    /// use portcullis::policy::Algorithm;
+    ///
+    /// let store: &dyn RateLimitStore = &MemoryStore::new(1000);
+    /// let charge = Charge { key: "k", rule: Rule::new(1, 60_000_000, Algorithm::FixedWindow, 0), cost: 1 };
+    /// let first = store.decide_now(&[charge]).unwrap().unwrap();
+    /// assert!(first[0].allowed);
+    /// ```
+    fn decide_now(&self, charges: &[Charge<'_>]) -> Option<Result<Vec<Verdict>, StoreError>> {
+        let _ = charges;
+        None
+    }
+
     /// The store's kind, for logs and metrics.
     fn name(&self) -> &'static str;
 }
@@ -228,24 +249,49 @@ impl RateLimiter {
         // The policy outlives the exchange's borrow: one reference count, no copy of limits.
         let policy = exchange.policy_arc();
         let limits = policy.limits();
-        let charge = |l: &RateLimitSpec, key| Charge {
-            key,
-            rule: rule_of(l),
-            cost: l.cost.max(1),
-        };
         // One limit (the common case) needs no vectors of keys and charges.
         let decided = if let [only] = limits {
             let key = key_for(only, parts, exchange);
-            self.store.decide(&[charge(only, &key)]).await
+            self.store.decide(&[charge_of(only, &key)]).await
         } else {
             let keys: Vec<String> = limits.iter().map(|l| key_for(l, parts, exchange)).collect();
             let charges: Vec<Charge<'_>> = limits
                 .iter()
                 .zip(&keys)
-                .map(|(l, k)| charge(l, k))
+                .map(|(l, k)| charge_of(l, k))
                 .collect();
             self.store.decide(&charges).await
         };
+        self.conclude(&policy, decided, exchange)
+    }
+
+    /// [`RateLimiter::decide`] for a store that decides without waiting; `None` otherwise.
+    fn decide_now(&self, parts: &Parts, exchange: &mut Exchange) -> Option<Result<(), Rejection>> {
+        let policy = exchange.policy_arc();
+        let limits = policy.limits();
+        let decided = if let [only] = limits {
+            let key = key_for(only, parts, exchange);
+            self.store.decide_now(&[charge_of(only, &key)])?
+        } else {
+            let keys: Vec<String> = limits.iter().map(|l| key_for(l, parts, exchange)).collect();
+            let charges: Vec<Charge<'_>> = limits
+                .iter()
+                .zip(&keys)
+                .map(|(l, k)| charge_of(l, k))
+                .collect();
+            self.store.decide_now(&charges)?
+        };
+        Some(self.conclude(&policy, decided, exchange))
+    }
+
+    /// The verdicts (or the store's failure) as the request's outcome and headers.
+    fn conclude(
+        &self,
+        policy: &crate::Policy,
+        decided: Result<Vec<Verdict>, StoreError>,
+        exchange: &mut Exchange,
+    ) -> Result<(), Rejection> {
+        let limits = policy.limits();
         let verdicts = match decided {
             Ok(v) => {
                 if self.in_incident.swap(false, Ordering::AcqRel) {
@@ -335,6 +381,19 @@ impl Guard for RateLimiter {
         exchange: &'a mut Exchange,
     ) -> BoxFuture<'a, Result<(), Rejection>> {
         Box::pin(self.decide(parts, exchange))
+    }
+
+    fn check_now(&self, parts: &Parts, exchange: &mut Exchange) -> Option<Result<(), Rejection>> {
+        self.decide_now(parts, exchange)
+    }
+}
+
+/// One limit's charge for one key.
+fn charge_of<'a>(l: &RateLimitSpec, key: &'a str) -> Charge<'a> {
+    Charge {
+        key,
+        rule: rule_of(l),
+        cost: l.cost.max(1),
     }
 }
 
