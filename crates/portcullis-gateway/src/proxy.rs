@@ -529,7 +529,8 @@ impl Proxy {
             push_ip(&mut text, p);
             text
         });
-        if let Some(text) = &peer_text {
+        let element = forwarded_element(peer, peer_text.as_deref(), proto, client_host.as_ref());
+        if let Some(text) = peer_text {
             append_list(headers, X_FORWARDED_FOR, text);
         }
         // One hashed lookup per name (entry), not a look and then an insert.
@@ -541,8 +542,7 @@ impl Proxy {
         {
             v.insert(host.clone());
         }
-        let element = forwarded_element(peer, peer_text.as_deref(), proto, client_host.as_ref());
-        append_list(headers, FORWARDED, &element);
+        append_list(headers, FORWARDED, element);
 
         // The layer strips client copies already (step 3); this keeps the proxy right on its
         // own, with a look at each name before paying for a hashed removal per header.
@@ -685,11 +685,12 @@ fn join_cookies(headers: &mut HeaderMap) {
 }
 
 /// Appends `item` to a comma-separated list header, joining repeated fields into one.
-fn append_list(headers: &mut HeaderMap, name: HeaderName, item: &str) {
+fn append_list(headers: &mut HeaderMap, name: HeaderName, item: String) {
     match headers.entry(name) {
-        // The common case: we are the first hop.
+        // The common case: we are the first hop. The string becomes the value (checked, not
+        // copied).
         Entry::Vacant(v) => {
-            if let Ok(value) = HeaderValue::from_str(item) {
+            if let Ok(value) = HeaderValue::from_maybe_shared(Bytes::from(item)) {
                 v.insert(value);
             }
         }
@@ -700,7 +701,7 @@ fn append_list(headers: &mut HeaderMap, name: HeaderName, item: &str) {
                 .map(|v| v.trim().to_string())
                 .filter(|v| !v.is_empty())
                 .collect();
-            parts.push(item.to_string());
+            parts.push(item);
             // Replaces every field of that name with the one joined list.
             if let Ok(value) = HeaderValue::from_str(&parts.join(", ")) {
                 o.insert(value);
@@ -1115,9 +1116,9 @@ mod tests {
     #[test]
     fn the_first_hop_starts_the_list() {
         let mut h = HeaderMap::new();
-        append_list(&mut h, X_FORWARDED_FOR, "10.0.0.9");
+        append_list(&mut h, X_FORWARDED_FOR, "10.0.0.9".to_string());
         assert_eq!(h[X_FORWARDED_FOR], "10.0.0.9");
-        append_list(&mut h, X_FORWARDED_FOR, "10.0.0.10");
+        append_list(&mut h, X_FORWARDED_FOR, "10.0.0.10".to_string());
         assert_eq!(h[X_FORWARDED_FOR], "10.0.0.9, 10.0.0.10");
     }
 
@@ -1164,7 +1165,7 @@ mod tests {
         let mut h = HeaderMap::new();
         h.append(X_FORWARDED_FOR, "1.1.1.1".parse().unwrap());
         h.append(X_FORWARDED_FOR, "2.2.2.2".parse().unwrap());
-        append_list(&mut h, X_FORWARDED_FOR, "10.0.0.1");
+        append_list(&mut h, X_FORWARDED_FOR, "10.0.0.1".to_string());
         assert_eq!(h[X_FORWARDED_FOR], "1.1.1.1, 2.2.2.2, 10.0.0.1");
         assert_eq!(
             h.get_all(X_FORWARDED_FOR).iter().count(),
