@@ -249,19 +249,8 @@ impl RateLimiter {
         // The policy outlives the exchange's borrow: one reference count, no copy of limits.
         let policy = exchange.policy_arc();
         let limits = policy.limits();
-        // One limit (the common case) needs no vectors of keys and charges.
-        let decided = if let [only] = limits {
-            let key = key_for(only, parts, exchange);
-            self.store.decide(&[charge_of(only, &key)]).await
-        } else {
-            let keys: Vec<String> = limits.iter().map(|l| key_for(l, parts, exchange)).collect();
-            let charges: Vec<Charge<'_>> = limits
-                .iter()
-                .zip(&keys)
-                .map(|(l, k)| charge_of(l, k))
-                .collect();
-            self.store.decide(&charges).await
-        };
+        let keys = Keys::of(limits, parts, exchange);
+        let decided = self.store.decide(keys.charges(limits).as_slice()).await;
         self.conclude(&policy, decided, exchange)
     }
 
@@ -269,18 +258,8 @@ impl RateLimiter {
     fn decide_now(&self, parts: &Parts, exchange: &mut Exchange) -> Option<Result<(), Rejection>> {
         let policy = exchange.policy_arc();
         let limits = policy.limits();
-        let decided = if let [only] = limits {
-            let key = key_for(only, parts, exchange);
-            self.store.decide_now(&[charge_of(only, &key)])?
-        } else {
-            let keys: Vec<String> = limits.iter().map(|l| key_for(l, parts, exchange)).collect();
-            let charges: Vec<Charge<'_>> = limits
-                .iter()
-                .zip(&keys)
-                .map(|(l, k)| charge_of(l, k))
-                .collect();
-            self.store.decide_now(&charges)?
-        };
+        let keys = Keys::of(limits, parts, exchange);
+        let decided = self.store.decide_now(keys.charges(limits).as_slice())?;
         Some(self.conclude(&policy, decided, exchange))
     }
 
@@ -388,12 +367,51 @@ impl Guard for RateLimiter {
     }
 }
 
-/// One limit's charge for one key.
-fn charge_of<'a>(l: &RateLimitSpec, key: &'a str) -> Charge<'a> {
-    Charge {
-        key,
-        rule: rule_of(l),
-        cost: l.cost.max(1),
+/// The keys of a request's limits. One limit (the common case) needs no vectors of keys and
+/// charges.
+enum Keys {
+    One(String),
+    Many(Vec<String>),
+}
+
+/// The charges of a request's limits, borrowing their [`Keys`].
+enum Charges<'a> {
+    One([Charge<'a>; 1]),
+    Many(Vec<Charge<'a>>),
+}
+
+impl Keys {
+    fn of(limits: &[RateLimitSpec], parts: &Parts, exchange: &Exchange) -> Keys {
+        match limits {
+            [only] => Keys::One(key_for(only, parts, exchange)),
+            _ => Keys::Many(limits.iter().map(|l| key_for(l, parts, exchange)).collect()),
+        }
+    }
+
+    fn charges<'a>(&'a self, limits: &[RateLimitSpec]) -> Charges<'a> {
+        let charge = |l: &RateLimitSpec, key: &'a str| Charge {
+            key,
+            rule: rule_of(l),
+            cost: l.cost.max(1),
+        };
+        match self {
+            Keys::One(key) => match limits.first() {
+                Some(l) => Charges::One([charge(l, key)]),
+                None => Charges::Many(Vec::new()),
+            },
+            Keys::Many(keys) => {
+                Charges::Many(limits.iter().zip(keys).map(|(l, k)| charge(l, k)).collect())
+            }
+        }
+    }
+}
+
+impl<'a> Charges<'a> {
+    fn as_slice(&self) -> &[Charge<'a>] {
+        match self {
+            Charges::One(one) => one,
+            Charges::Many(many) => many,
+        }
     }
 }
 
