@@ -41,6 +41,17 @@ fn builder() -> portcullis::auth::jwt::JwtAuthenticatorBuilder {
     JwtAuthenticator::builder().issuer(ISS).audience(AUD)
 }
 
+/// An HS256 key, and an authenticator that also reads its token from the `authToken` cookie.
+fn hs256_with_cookie() -> (TestKey, JwtAuthenticator) {
+    let k = hmac_key(Algorithm::HS256);
+    let jwt = builder()
+        .key(k.verification())
+        .cookie("authToken")
+        .build()
+        .unwrap();
+    (k, jwt)
+}
+
 #[tokio::test]
 async fn every_algorithm_verifies_with_a_kid_and_reaches_the_handler() {
     let keys = every_key();
@@ -98,12 +109,7 @@ async fn a_token_from_another_key_of_the_same_algorithm_is_refused() {
 
 #[tokio::test]
 async fn the_configured_cookie_carries_the_token() {
-    let k = hmac_key(Algorithm::HS256);
-    let jwt = builder()
-        .key(k.verification())
-        .cookie("authToken")
-        .build()
-        .unwrap();
+    let (k, jwt) = hs256_with_cookie();
     let addr = start(jwt).await;
     let token = k.token(None, &claims("carol", &["user"]));
     let cookie = format!("theme=dark; authToken={token}; lang=en");
@@ -425,12 +431,7 @@ async fn debug_output_never_shows_secrets() {
 #[test]
 fn outcomes_known_without_verifying_are_answered_at_once() {
     use portcullis::auth::{AuthOutcome, Authenticator};
-    let k = hmac_key(Algorithm::HS256);
-    let jwt = builder()
-        .key(k.verification())
-        .cookie("authToken")
-        .build()
-        .unwrap();
+    let (k, jwt) = hs256_with_cookie();
     let now = |headers: &[(&str, &str)]| {
         let mut req = http::Request::builder().uri("/api/user/me");
         for (n, v) in headers {
