@@ -207,6 +207,24 @@ pub trait Guard: Send + Sync + 'static {
     /// The same decision, when the guard can take it without waiting: the layer then skips
     /// the boxed future of [`Guard::check`] (it runs on every request). A guard that answers
     /// here must decide as [`Guard::check`] would. Default: `None` (always `check`).
+    ///
+    /// ```
+    /// use portcullis::auth::BoxFuture;
+    /// use portcullis::layer::{Exchange, Guard};
+    /// use portcullis::Rejection;
+    /// /// Refuses requests that carry `x-debug` (a decision on the headers alone).
+    /// struct NoDebug;
+    /// impl Guard for NoDebug {
+    ///     fn check<'a>(&'a self, parts: &'a http::request::Parts, x: &'a mut Exchange)
+    ///         -> BoxFuture<'a, Result<(), Rejection>> {
+    ///         Box::pin(std::future::ready(self.check_now(parts, x).unwrap_or(Ok(()))))
+    ///     }
+    ///     fn check_now(&self, parts: &http::request::Parts, _: &mut Exchange)
+    ///         -> Option<Result<(), Rejection>> {
+    ///         Some(if parts.headers.contains_key("x-debug") { Err(Rejection::forbidden()) } else { Ok(()) })
+    ///     }
+    /// }
+    /// ```
     fn check_now(&self, parts: &Parts, exchange: &mut Exchange) -> Option<Result<(), Rejection>> {
         let _ = (parts, exchange);
         None

@@ -175,6 +175,27 @@ pub trait Authenticator: Send + Sync + 'static {
     /// header, a key checked in memory): the layer then skips the boxed future of
     /// [`Authenticator::authenticate`], which it would pay on every anonymous request. One
     /// that answers here must answer as `authenticate` would. Default: `None`.
+    ///
+    /// ```
+    /// use portcullis::auth::{Authenticator, AuthOutcome, BoxFuture};
+    /// struct Sessions;
+    /// impl Authenticator for Sessions {
+    ///     fn authenticate<'a>(&'a self, parts: &'a http::request::Parts) -> BoxFuture<'a, AuthOutcome> {
+    ///         Box::pin(async move {
+    ///             match parts.headers.get("x-session") {
+    ///                 None => AuthOutcome::NoCredentials,
+    ///                 Some(_) => AuthOutcome::Invalid("unknown_session"), // a store lookup here
+    ///             }
+    ///         })
+    ///     }
+    ///     // Anonymous requests need no future: the session store is asked only for a session.
+    ///     fn authenticate_now(&self, parts: &http::request::Parts) -> Option<AuthOutcome> {
+    ///         (!parts.headers.contains_key("x-session")).then_some(AuthOutcome::NoCredentials)
+    ///     }
+    /// }
+    /// let (parts, ()) = http::Request::new(()).into_parts();
+    /// assert!(matches!(Sessions.authenticate_now(&parts), Some(AuthOutcome::NoCredentials)));
+    /// ```
     fn authenticate_now(&self, parts: &Parts) -> Option<AuthOutcome> {
         let _ = parts;
         None
