@@ -1,15 +1,20 @@
 #!/usr/bin/env bash
-# Instructions per proxied request, counted by callgrind: repeatable on a shared machine,
-# where req/s swings by ±10 % between runs (the same binary and config give the same count).
+# Instructions per request, counted by callgrind: repeatable on a shared machine, where req/s
+# swings by ±10 % between runs (the same binary and config give the same count).
 #
-#   bash bench/callgrind.sh [CONFIG]   # a template with @PORT@ and @UPSTREAM_PORT@ (as
-#                                      # bench/portcullis.toml.tmpl, the default, or
-#                                      # bench/portcullis-controls-off.toml.tmpl)
+#   bash bench/callgrind.sh [CONFIG]     # the gateway, with a config template holding @PORT@
+#                                        # and @UPSTREAM_PORT@ (bench/portcullis.toml.tmpl, the
+#                                        # default, or bench/portcullis-controls-off.toml.tmpl)
+#   bash bench/callgrind.sh axum         # bench_axum --layer none    (the library face, bare)
+#   bash bench/callgrind.sh axum+layer   # bench_axum --layer public  (behind SecurityLayer)
+#   bash bench/callgrind.sh axum+headers # bench_axum --layer headers (its 14 headers, constant)
+#   bash bench/callgrind.sh hyper-proxy  # bench_bare_proxy (the reference proxy)
 #
-# Builds the dist profile, starts bench_upstream and the gateway (one worker) under
-# `valgrind --tool=callgrind`, warms up for 2 s, zeroes the counters, drives it with
-# `wrk -t1 -c4 -d10s` on GET /api/public, dumps, and prints the instructions per request.
-# The profile stays in $CALLGRIND_OUT (default target/callgrind.out.*) for callgrind_annotate.
+# Builds the dist profile, starts the target (the gateway with one worker) under
+# `valgrind --tool=callgrind` (and bench_upstream behind the proxies), warms up for 2 s,
+# zeroes the counters, drives it with `wrk -t1 -c4 -d10s` on GET /api/public, dumps, and
+# prints the instructions per request. The profile stays in $CALLGRIND_OUT (default
+# target/callgrind.out.*) for `callgrind_annotate --inclusive=yes`.
 # Needs valgrind and wrk (Debian packages; installed when missing).
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -22,7 +27,25 @@ for pkg in valgrind wrk curl openssl; do
         DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "$pkg" >/dev/null
     fi
 done
-cargo build --profile dist --quiet -p portcullis-gateway --bin portcullis --example bench_upstream
+WHAT=${1:-bench/portcullis.toml.tmpl}
+case $WHAT in
+    axum) MODE=none ;;
+    axum+layer) MODE=public ;;
+    axum+headers) MODE=headers ;;
+    hyper-proxy) MODE=proxy ;;
+    *)
+        [[ -f $WHAT ]] || {
+            echo "callgrind.sh: $WHAT is neither a config template nor one of axum, axum+layer, axum+headers, hyper-proxy" >&2
+            exit 2
+        }
+        MODE=gateway
+        ;;
+esac
+case $MODE in
+    gateway) cargo build --profile dist --quiet -p portcullis-gateway --bin portcullis --example bench_upstream ;;
+    proxy) cargo build --profile dist --quiet -p portcullis-gateway --example bench_bare_proxy --example bench_upstream ;;
+    *) cargo build --profile dist --quiet -p portcullis --example bench_axum ;;
+esac
 TARGET=${CARGO_TARGET_DIR:-$(cargo metadata --format-version 1 --no-deps |
     sed -n 's/.*"target_directory":"\([^"]*\)".*/\1/p')}
 TMP=$(mktemp -d)
@@ -34,26 +57,38 @@ cleanup() {
 trap cleanup EXIT INT TERM
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 UP=$(free_port)
-GW=$(free_port)
+PORT=$(free_port)
 export BENCH_JWT_SECRET BENCH_CSRF_SECRET BENCH_JWT_PUBLIC_KEY
 BENCH_JWT_SECRET=$(openssl rand -hex 32)
 BENCH_CSRF_SECRET=$(openssl rand -hex 32)
 openssl genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:2048 -out "$TMP/rsa.pem" 2>/dev/null
 BENCH_JWT_PUBLIC_KEY=$(openssl pkey -in "$TMP/rsa.pem" -pubout)
-CONFIG=${1:-bench/portcullis.toml.tmpl}
-sed -e "s|@PORT@|$GW|g" -e "s|@UPSTREAM_PORT@|$UP|g" -e "s|@STORE@|memory|g" \
-    -e 's/^workers = .*/workers = 1/' "$CONFIG" >"$TMP/portcullis.toml"
 OUT=${CALLGRIND_OUT:-$TARGET/callgrind.out}
 rm -f "$OUT".*
-"$TARGET/dist/examples/bench_upstream" "127.0.0.1:$UP" >/dev/null 2>&1 &
-PIDS+=($!)
-RUST_LOG=warn valgrind --tool=callgrind --callgrind-out-file="$OUT" \
-    "$TARGET/dist/portcullis" serve --config "$TMP/portcullis.toml" >"$TMP/valgrind.log" 2>&1 &
+if [[ $MODE == gateway || $MODE == proxy ]]; then
+    "$TARGET/dist/examples/bench_upstream" "127.0.0.1:$UP" >/dev/null 2>&1 &
+    PIDS+=($!)
+fi
+case $MODE in
+    gateway)
+        sed -e "s|@PORT@|$PORT|g" -e "s|@UPSTREAM_PORT@|$UP|g" -e "s|@STORE@|memory|g" \
+            -e 's/^workers = .*/workers = 1/' "$WHAT" >"$TMP/portcullis.toml"
+        CMD=("$TARGET/dist/portcullis" serve --config "$TMP/portcullis.toml")
+        ;;
+    proxy) CMD=("$TARGET/dist/examples/bench_bare_proxy" "127.0.0.1:$PORT" "127.0.0.1:$UP") ;;
+    *) CMD=("$TARGET/dist/examples/bench_axum" --listen "127.0.0.1:$PORT" --layer "$MODE") ;;
+esac
+RUST_LOG=warn valgrind --tool=callgrind --callgrind-out-file="$OUT" "${CMD[@]}" \
+    >"$TMP/valgrind.log" 2>&1 &
 VG=$!
 PIDS+=("$VG")
-url="http://127.0.0.1:$GW/api/public"
+url="http://127.0.0.1:$PORT/api/public"
 for _ in $(seq 1 150); do
     curl -s -o /dev/null "$url" && break
+    kill -0 "$VG" 2>/dev/null || {
+        echo "callgrind.sh: $WHAT exited: $(tail -n 5 "$TMP/valgrind.log")" >&2
+        exit 1
+    }
     sleep 0.2
 done
 wrk -t1 -c4 -d2s "$url" >/dev/null
@@ -63,4 +98,4 @@ callgrind_control -d "$VG" >/dev/null
 sleep 1
 dump=$(ls -t "$OUT".* | head -1)
 ir=$(callgrind_annotate "$dump" 2>/dev/null | awk '/PROGRAM TOTALS/ {gsub(",", "", $1); print $1}')
-echo "requests: $n  instructions: $ir  per request: $((ir / n))  profile: $dump"
+echo "$WHAT: requests: $n  instructions: $ir  per request: $((ir / n))  profile: $dump"
