@@ -347,3 +347,71 @@ async fn a_failing_store_fails_closed_by_default_and_open_on_request() {
         )
     );
 }
+
+/// A store that can only be awaited (as Redis and SQLite are), over the memory store, counting
+/// how it is asked.
+struct AwaitedOnly {
+    inner: portcullis::rate_limit::memory::MemoryStore,
+    now_asked: std::sync::atomic::AtomicUsize,
+    awaited: std::sync::atomic::AtomicUsize,
+}
+
+impl RateLimitStore for AwaitedOnly {
+    fn decide<'a>(
+        &'a self,
+        charges: &'a [Charge<'a>],
+    ) -> BoxFuture<'a, Result<Vec<Verdict>, StoreError>> {
+        self.awaited
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Box::pin(async move {
+            tokio::task::yield_now().await;
+            self.inner.decide_now(charges)
+        })
+    }
+    fn decide_now(&self, _: &[Charge<'_>]) -> Option<Result<Vec<Verdict>, StoreError>> {
+        self.now_asked
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        None
+    }
+    fn name(&self) -> &'static str {
+        "awaited-only"
+    }
+}
+
+#[tokio::test]
+async fn a_store_that_must_be_awaited_is_awaited_and_asked_at_once_only_when_built() {
+    use std::sync::atomic::Ordering::Relaxed;
+    let store = Arc::new(AwaitedOnly {
+        inner: portcullis::rate_limit::memory::MemoryStore::new(1000),
+        now_asked: Default::default(),
+        awaited: Default::default(),
+    });
+    let layer = SecurityLayer::builder()
+        .default_policy(
+            Policy::preset(Preset::Public).rate_limits([RateLimitSpec::new(
+                2,
+                Duration::from_secs(60),
+                RateKey::Ip,
+            )]),
+        )
+        .rate_limiter(Arc::new(RateLimiter::new(store.clone())))
+        .build()
+        .unwrap();
+    let addr = serve_with(router(), layer).await;
+    let statuses = [
+        fetch(addr, "/api/public-data").await.status,
+        fetch(addr, "/api/public-data").await.status,
+        fetch(addr, "/api/public-data").await.status,
+    ];
+    assert_eq!(statuses, [200, 200, 429]);
+    assert_eq!(
+        store.awaited.load(Relaxed),
+        3,
+        "one awaited decision a request"
+    );
+    assert_eq!(
+        store.now_asked.load(Relaxed),
+        1,
+        "asked at once only when the limiter was built, never per request"
+    );
+}

@@ -141,7 +141,9 @@ pub trait RateLimitStore: Send + Sync + 'static {
 
     /// The same decision, when the store can take it without waiting (an in-process store):
     /// the limiter then skips the boxed future of [`RateLimitStore::decide`]. A store that
-    /// answers here must answer [`RateLimitStore::decide`] the same way. Default: `None`
+    /// answers here must answer [`RateLimitStore::decide`] the same way, and must answer
+    /// here always or never: the limiter asks once, with no charges, when it is built, and
+    /// then builds a request's keys only for the path the store takes. Default: `None`
     /// (always asked through `decide`).
     ///
     /// ```
@@ -204,6 +206,8 @@ pub struct RateLimiter {
     headers: HeaderStyle,
     in_incident: AtomicBool,
     stats: Arc<LimiterStats>,
+    /// The store decides at once ([`RateLimitStore::decide_now`]), asked when built.
+    at_once: bool,
 }
 
 impl std::fmt::Debug for RateLimiter {
@@ -219,6 +223,7 @@ impl RateLimiter {
     /// A limiter over `store`, failing closed, with the draft headers.
     pub fn new(store: Arc<dyn RateLimitStore>) -> Self {
         RateLimiter {
+            at_once: store.decide_now(&[]).is_some(),
             store,
             on_error: OnStoreError::Closed,
             headers: HeaderStyle::Draft,
@@ -254,8 +259,12 @@ impl RateLimiter {
         self.conclude(&policy, decided, exchange)
     }
 
-    /// [`RateLimiter::decide`] for a store that decides without waiting; `None` otherwise.
+    /// [`RateLimiter::decide`] for a store that decides without waiting; `None` otherwise
+    /// (before any key is built: `decide` builds them).
     fn decide_now(&self, parts: &Parts, exchange: &mut Exchange) -> Option<Result<(), Rejection>> {
+        if !self.at_once {
+            return None;
+        }
         let policy = exchange.policy_arc();
         let limits = policy.limits();
         let keys = Keys::of(limits, parts, exchange);
