@@ -14,8 +14,8 @@
 //! - `max_header_bytes`: header fields (`name: value\r\n`) over the limit get the JSON 431
 //!   `headers_too_large`. hyper's read buffer is capped `HEADER_SLACK` bytes above it, and
 //!   at least 64 KiB (so bodies are read, and sent on, in large pieces): a header block too
-//!   large for that buffer, or with more than 100 fields, gets hyper's own bare 431 and the
-//!   connection is closed. Over HTTP/2 the header list is capped `HEADER_SLACK` bytes above
+//!   large for that buffer, or with more than 100 fields, is refused by hyper itself and the
+//!   connection is closed; the answer is still the JSON 431 (see below). Over HTTP/2 the header list is capped `HEADER_SLACK` bytes above
 //!   the limit: h2 answers 431 itself, or sends GOAWAY (`ENHANCE_YOUR_CALM`) for a list far
 //!   over the cap.
 //! - `header_read_timeout`: the TLS handshake, then the first request's headers, must each
@@ -26,8 +26,13 @@
 //!   long is closed (HTTP/1) or sent GOAWAY (HTTP/2). A connection that never completes a
 //!   first request is closed after `header_read_timeout`.
 //! - `request_timeout` and the upstream timeouts: see [`crate::proxy`].
+//! - A request hyper cannot parse (a malformed request line or header, a header block over
+//!   its buffer, a target over 64 KiB) never reaches the service: hyper writes a bare 400,
+//!   431 or 414 and closes. The connection's IO writes the JSON error in its place, with a
+//!   request id and the security headers (`malformed_request`, `headers_too_large` or
+//!   `uri_too_long`); responses sent before it on the connection are untouched.
 //! - Refusals the security layer never sees — the JSON 431 over `max_header_bytes`, and
-//!   hyper's own bare 400 or 431 for a request it cannot parse — are audited like the
+//!   the answers to requests hyper cannot parse — are audited like the
 //!   layer's: `invalid_input`, `denied`, the socket peer, and the rejection's `code`
 //!   (`headers_too_large` or `malformed_request`), `control` and `reason` in `metadata`.
 //! - `http2_max_concurrent_streams`: streams one HTTP/2 connection may have open at once.
@@ -46,7 +51,7 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http::{HeaderMap, Request, Response};
+use http::{HeaderMap, Request, Response, StatusCode};
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
@@ -64,14 +69,14 @@ use crate::reload::Live;
 use crate::tls::TlsAcceptorHandle;
 
 /// How far above `max_header_bytes` hyper's own read-buffer cap sits: header blocks in
-/// between get the JSON 431, larger ones hyper's bare 431.
+/// between are refused by the service, larger ones by hyper (both get the JSON 431).
 pub const HEADER_SLACK: usize = 8 * 1024;
 
 /// hyper's smallest allowed read buffer.
 const MIN_BUF: usize = 8 * 1024;
 
 /// The smallest HTTP/1 read-buffer cap: one read takes up to this much of a request body.
-/// It also bounds a header block (hyper answers a bare 431 when one fills the buffer), so
+/// It also bounds a header block (hyper refuses one that fills the buffer with 431), so
 /// a connection holds at most this much of an unfinished head.
 const BODY_READ: usize = 64 * 1024;
 
@@ -320,6 +325,11 @@ impl Connection {
             inner: io,
             state: state.clone(),
             _permit: permit,
+            answers: Some(ErrorAnswers {
+                live: live.clone(),
+                https,
+            }),
+            replacing: None,
         });
         let cap = limits.hard_header_cap();
         let mut builder = auto::Builder::new(TokioExecutor::new());
@@ -371,9 +381,13 @@ impl Connection {
                         if let Some(h) = e.downcast_ref::<hyper::Error>()
                             && h.is_parse()
                         {
-                            let r = unparsable(h.is_parse_too_large());
-                            let id = RequestId::generate();
-                            audit_refusal(&audit_live, peer, &r, ("", ""), id.as_str());
+                            // The JSON answer that replaced hyper's, if it was written; else
+                            // what hyper's own answer said.
+                            let (r, id) = state.take_refusal().unwrap_or_else(|| {
+                                let r = unparsable(h.is_parse_too_large());
+                                (r, RequestId::generate().as_str().to_string())
+                            });
+                            audit_refusal(&audit_live, peer, &r, ("", ""), &id);
                         }
                     }
                     return;
@@ -426,6 +440,8 @@ struct ConnState {
     bytes_read: AtomicU64,
     requests: AtomicU64,
     in_flight: AtomicUsize,
+    /// The refusal and request id of the JSON answer written in place of hyper's own.
+    refusal: std::sync::Mutex<Option<(Rejection, String)>>,
 }
 
 impl ConnState {
@@ -436,6 +452,21 @@ impl ConnState {
             bytes_read: AtomicU64::new(0),
             requests: AtomicU64::new(0),
             in_flight: AtomicUsize::new(0),
+            refusal: std::sync::Mutex::new(None),
+        }
+    }
+
+    fn take_refusal(&self) -> Option<(Rejection, String)> {
+        match self.refusal.lock() {
+            Ok(mut r) => r.take(),
+            Err(poisoned) => poisoned.into_inner().take(),
+        }
+    }
+
+    fn set_refusal(&self, refusal: (Rejection, String)) {
+        match self.refusal.lock() {
+            Ok(mut r) => *r = Some(refusal),
+            Err(poisoned) => *poisoned.into_inner() = Some(refusal),
         }
     }
 
@@ -491,10 +522,171 @@ impl Drop for InFlight {
 
 /// The socket, counting bytes and activity for the watchdog, and holding the connection's
 /// slot until it is closed.
+///
+/// It also puts the JSON error in place of hyper's own bare answer to a request hyper could
+/// not parse (400, 414 or 431, with no body): see [`hyper_error_head`].
 struct TrackedIo<I> {
     inner: I,
     state: Arc<ConnState>,
     _permit: OwnedSemaphorePermit,
+    /// What the JSON answers are built from; `None` once one is written.
+    answers: Option<ErrorAnswers>,
+    /// A JSON answer being written in place of hyper's.
+    replacing: Option<Replacement>,
+}
+
+/// What the JSON answer to an unparsable request is built from.
+struct ErrorAnswers {
+    live: Live,
+    https: bool,
+}
+
+/// The JSON answer being written, and how many of hyper's bytes it stands for.
+struct Replacement {
+    bytes: Vec<u8>,
+    written: usize,
+    replaces: usize,
+}
+
+/// What the next write should do with hyper's bytes.
+enum WritePlan {
+    /// Write them as they are.
+    Pass,
+    /// Write only the first this many: hyper's own error answer follows them.
+    Before(usize),
+    /// Write the replacement (hyper's error answer starts the write).
+    Replace,
+}
+
+impl<I: Io> TrackedIo<I> {
+    /// Looks for hyper's error answer at the end of the bytes hyper asks to write. hyper
+    /// writes it last, with nothing queued after it, then closes the connection.
+    fn plan(&mut self, bufs: &[io::IoSlice<'_>]) -> WritePlan {
+        let Some(answers) = &self.answers else {
+            return WritePlan::Pass;
+        };
+        let Some(last) = bufs.iter().rev().find(|b| !b.is_empty()) else {
+            return WritePlan::Pass;
+        };
+        let Some((len, status, date)) = hyper_error_head(last) else {
+            return WritePlan::Pass;
+        };
+        let total: usize = bufs.iter().map(|b| b.len()).sum();
+        if total > len {
+            return WritePlan::Before(total - len);
+        }
+        let (bytes, refusal) = answers.render(status, date);
+        self.state.set_refusal(refusal);
+        self.answers = None;
+        self.replacing = Some(Replacement {
+            bytes,
+            written: 0,
+            replaces: len,
+        });
+        WritePlan::Replace
+    }
+
+    /// Writes the replacement; done, it reports hyper's bytes as written.
+    fn poll_replacement(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
+        let Some(r) = &mut self.replacing else {
+            return Poll::Ready(Ok(0));
+        };
+        while r.written < r.bytes.len() {
+            match Pin::new(&mut self.inner).poll_write(cx, &r.bytes[r.written..]) {
+                Poll::Ready(Ok(0)) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
+                Poll::Ready(Ok(n)) => {
+                    r.written += n;
+                    self.state.touch();
+                }
+                other => return other,
+            }
+        }
+        let replaces = r.replaces;
+        self.replacing = None;
+        Poll::Ready(Ok(replaces))
+    }
+}
+
+impl ErrorAnswers {
+    /// The whole HTTP/1.1 response for hyper's `status`: the JSON error, the request id, the
+    /// security headers, `connection: close`, and hyper's `date`.
+    fn render(&self, status: StatusCode, date: &[u8]) -> (Vec<u8>, (Rejection, String)) {
+        let r = unparsable_status(status);
+        let id = RequestId::generate();
+        let mut res = r.clone().into_response_with_id(id.as_str());
+        self.live
+            .current()
+            .config
+            .headers
+            .security
+            .apply(res.headers_mut(), self.https);
+        let body = res.body();
+        let mut out = Vec::with_capacity(1024 + body.len());
+        out.extend_from_slice(b"HTTP/1.1 ");
+        out.extend_from_slice(status.as_str().as_bytes());
+        out.push(b' ');
+        out.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
+        out.extend_from_slice(b"\r\n");
+        for (name, value) in res.headers() {
+            out.extend_from_slice(name.as_str().as_bytes());
+            out.extend_from_slice(b": ");
+            out.extend_from_slice(value.as_bytes());
+            out.extend_from_slice(b"\r\n");
+        }
+        out.extend_from_slice(b"connection: close\r\ncontent-length: ");
+        out.extend_from_slice(body.len().to_string().as_bytes());
+        out.extend_from_slice(b"\r\ndate: ");
+        out.extend_from_slice(date);
+        out.extend_from_slice(b"\r\n\r\n");
+        out.extend_from_slice(body);
+        (out, (r, id.as_str().to_string()))
+    }
+}
+
+/// hyper's own answer to a request it could not parse, if `bytes` end with one: its length,
+/// status and `date` value. hyper writes exactly
+/// `HTTP/1.1 <status> <reason>\r\n[connection: close\r\n]content-length: 0\r\ndate: <date>\r\n\r\n`
+/// (statuses 400, 414 and 431), and never sends a response of ours without the headers the
+/// layer adds (`x-request-id` at least), so nothing else has this shape.
+fn hyper_error_head(bytes: &[u8]) -> Option<(usize, StatusCode, &[u8])> {
+    const DATE: usize = 29; // "Mon, 07 Dec 2026 00:34:52 GMT"
+    const END: &[u8] = b" GMT\r\n\r\n";
+    const MIDDLES: [&[u8]; 2] = [
+        b"\r\nconnection: close\r\ncontent-length: 0\r\ndate: ",
+        b"\r\ncontent-length: 0\r\ndate: ",
+    ];
+    const LINES: [(&[u8], StatusCode); 3] = [
+        (b"HTTP/1.1 400 Bad Request", StatusCode::BAD_REQUEST),
+        (
+            b"HTTP/1.1 431 Request Header Fields Too Large",
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+        ),
+        (b"HTTP/1.1 414 URI Too Long", StatusCode::URI_TOO_LONG),
+    ];
+    if !bytes.ends_with(END) {
+        return None;
+    }
+    let date_start = bytes.len().checked_sub(4 + DATE)?;
+    for middle in MIDDLES {
+        let Some(middle_start) = date_start.checked_sub(middle.len()) else {
+            continue;
+        };
+        if &bytes[middle_start..date_start] != middle {
+            continue;
+        }
+        for (line, status) in LINES {
+            if let Some(start) = middle_start.checked_sub(line.len())
+                && &bytes[start..middle_start] == line
+            {
+                return Some((
+                    bytes.len() - start,
+                    status,
+                    &bytes[date_start..date_start + DATE],
+                ));
+            }
+        }
+    }
+    None
 }
 
 impl<I: Io> AsyncRead for TrackedIo<I> {
@@ -520,9 +712,18 @@ impl<I: Io> AsyncWrite for TrackedIo<I> {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        let res = Pin::new(&mut self.inner).poll_write(cx, buf);
+        let this = &mut *self;
+        if this.replacing.is_some() {
+            return this.poll_replacement(cx);
+        }
+        let buf = match this.plan(&[io::IoSlice::new(buf)]) {
+            WritePlan::Pass => buf,
+            WritePlan::Before(n) => &buf[..n],
+            WritePlan::Replace => return this.poll_replacement(cx),
+        };
+        let res = Pin::new(&mut this.inner).poll_write(cx, buf);
         if matches!(res, Poll::Ready(Ok(n)) if n > 0) {
-            self.state.touch();
+            this.state.touch();
         }
         res
     }
@@ -532,9 +733,30 @@ impl<I: Io> AsyncWrite for TrackedIo<I> {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        let res = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        let this = &mut *self;
+        if this.replacing.is_some() {
+            return this.poll_replacement(cx);
+        }
+        let res = match this.plan(bufs) {
+            WritePlan::Pass => Pin::new(&mut this.inner).poll_write_vectored(cx, bufs),
+            WritePlan::Before(n) => {
+                // Only the bytes before hyper's answer (an error path: the copy is fine).
+                let mut left = n;
+                let mut before = Vec::with_capacity(bufs.len());
+                for b in bufs {
+                    if left == 0 {
+                        break;
+                    }
+                    let take = b.len().min(left);
+                    before.push(io::IoSlice::new(&b[..take]));
+                    left -= take;
+                }
+                Pin::new(&mut this.inner).poll_write_vectored(cx, &before)
+            }
+            WritePlan::Replace => return this.poll_replacement(cx),
+        };
         if matches!(res, Poll::Ready(Ok(n)) if n > 0) {
-            self.state.touch();
+            this.state.touch();
         }
         res
     }
@@ -707,7 +929,7 @@ impl Body for GatewayBody {
     }
 }
 
-/// Records a refusal the security layer never saw (hyper's own 400 or 431 for a request it
+/// Records a refusal the security layer never saw (the 400, 414 or 431 for a request hyper
 /// could not parse, or the 431 over `max_header_bytes`) in the audit log, as the layer
 /// records its own: action `invalid_input`, outcome `denied`, the socket peer as client.
 fn audit_refusal(
@@ -739,14 +961,96 @@ fn audit_refusal(
 
 /// What hyper answered, by itself, to a request it could not parse.
 fn unparsable(too_large: bool) -> Rejection {
-    if too_large {
-        return Rejection::headers_too_large();
-    }
+    unparsable_status(if too_large {
+        StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE
+    } else {
+        StatusCode::BAD_REQUEST
+    })
+}
+
+/// The refusal for hyper's answer `status` to a request it could not parse.
+fn unparsable_status(status: StatusCode) -> Rejection {
+    let (code, message) = match status {
+        StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE => return Rejection::headers_too_large(),
+        StatusCode::URI_TOO_LONG => ("uri_too_long", "Request target too long"),
+        _ => ("malformed_request", "Request could not be parsed"),
+    };
     Rejection::new(
-        http::StatusCode::BAD_REQUEST,
-        "malformed_request",
-        "Request could not be parsed",
+        status,
+        code,
+        message,
         portcullis::audit::AuditAction::InvalidInput,
         portcullis::Control::ServerLimits,
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const DATE: &str = "Mon, 07 Dec 2026 00:34:52 GMT";
+
+    #[test]
+    fn hyper_error_heads_are_recognised_at_the_end_of_a_write() {
+        for (line, status) in [
+            ("HTTP/1.1 400 Bad Request", StatusCode::BAD_REQUEST),
+            ("HTTP/1.1 414 URI Too Long", StatusCode::URI_TOO_LONG),
+            (
+                "HTTP/1.1 431 Request Header Fields Too Large",
+                StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            ),
+        ] {
+            for middle in ["connection: close\r\n", ""] {
+                let head = format!("{line}\r\n{middle}content-length: 0\r\ndate: {DATE}\r\n\r\n");
+                assert_eq!(
+                    hyper_error_head(head.as_bytes()),
+                    Some((head.len(), status, DATE.as_bytes())),
+                    "{head}"
+                );
+                // After the end of an earlier response in the same buffer.
+                let both = format!("HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok{head}");
+                assert_eq!(
+                    hyper_error_head(both.as_bytes()).map(|(len, ..)| len),
+                    Some(head.len())
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn responses_of_ours_are_not_mistaken_for_hyper_error_heads() {
+        for bytes in [
+            // Any header of ours between the status line and the end.
+            format!(
+                "HTTP/1.1 400 Bad Request\r\nx-request-id: 1\r\ncontent-length: 0\r\ndate: {DATE}\r\n\r\n"
+            ),
+            format!("HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\ndate: {DATE}\r\n\r\n"),
+            format!("HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\ndate: {DATE}\r\n\r\nx"),
+            format!("HTTP/1.1 400 Bad Request\r\ncontent-length: 5\r\ndate: {DATE}\r\n\r\n"),
+            format!("HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\ndate: {DATE}x\r\n\r\n"),
+            "content-length: 0\r\ndate: Mon, 07 Dec 2026 00:34:52 GMT\r\n\r\n".to_string(),
+            " GMT\r\n\r\n".to_string(),
+            String::new(),
+        ] {
+            assert_eq!(hyper_error_head(bytes.as_bytes()), None, "{bytes}");
+        }
+    }
+
+    #[test]
+    fn unparsable_statuses_map_to_their_refusals() {
+        assert_eq!(
+            unparsable_status(StatusCode::BAD_REQUEST).code(),
+            "malformed_request"
+        );
+        assert_eq!(
+            unparsable_status(StatusCode::URI_TOO_LONG).code(),
+            "uri_too_long"
+        );
+        assert_eq!(
+            unparsable_status(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE).code(),
+            "headers_too_large"
+        );
+        assert_eq!(unparsable(true).status(), 431);
+        assert_eq!(unparsable(false).status(), 400);
+    }
 }

@@ -41,11 +41,16 @@ async fn oversized_headers_get_431() {
     assert_eq!(r.status, StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE);
     assert_eq!(r.json()["code"], "headers_too_large");
 
-    // Far over it: hyper's own 431, then the connection is closed.
+    // Far over it: hyper refuses it before the service, and the connection is closed; the
+    // answer is still the JSON error.
     let huge = "b".repeat(64 * 1024);
     let req = format!("GET /x HTTP/1.1\r\nHost: t\r\nX-Huge: {huge}\r\n\r\n");
     let out = raw(gw.port, req.as_bytes(), Duration::from_secs(5)).await;
-    assert!(out.starts_with("HTTP/1.1 431"), "{out}");
+    let (status, headers, body) = json_answer(&out);
+    assert_eq!(status, 431, "{out}");
+    assert_eq!(body["code"], "headers_too_large", "{out}");
+    assert_eq!(headers["connection"], "close", "{out}");
+    assert_eq!(headers["x-content-type-options"], "nosniff", "{out}");
 
     // Under the limit: served; and nothing oversized reached the upstream.
     let r = get(&gw.url("/x"), &[("x-ok", &"c".repeat(3000))]).await;
@@ -296,12 +301,18 @@ async fn refusals_before_the_layer_are_audited_too() {
         Duration::from_secs(5),
     )
     .await;
-    assert!(out.starts_with("HTTP/1.1 400"), "{out}");
+    let (status, headers, body) = json_answer(&out);
+    assert_eq!(status, 400, "{out}");
+    assert_eq!(body["code"], "malformed_request", "{out}");
+    let folded_id = headers["x-request-id"].clone();
+    assert_eq!(body["request_id"], folded_id.as_str(), "{out}");
     // hyper's own 431: a header block larger than its read buffer.
     let huge = "h".repeat(70 * 1024);
     let req = format!("GET /huge HTTP/1.1\r\nHost: t\r\nX-Huge: {huge}\r\n\r\n");
     let out = raw(gw.port, req.as_bytes(), Duration::from_secs(5)).await;
-    assert!(out.starts_with("HTTP/1.1 431"), "{out}");
+    let (status, headers, _) = json_answer(&out);
+    assert_eq!(status, 431, "{out}");
+    let huge_id = headers["x-request-id"].clone();
     // The JSON 431 over max_header_bytes, answered before the layer.
     let r = get(&gw.url("/big"), &[("x-big", &"b".repeat(6000))]).await;
     assert_eq!(r.status, StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE);
@@ -329,6 +340,15 @@ async fn refusals_before_the_layer_are_audited_too() {
     };
     assert!(find(400, "malformed_request"), "{text}");
     assert!(find(431, "headers_too_large"), "{text}");
+    // The audit rows carry the request ids the answers gave.
+    for (id, status) in [(&folded_id, 400), (&huge_id, 431)] {
+        assert!(
+            events
+                .iter()
+                .any(|e| e["request_id"] == id.as_str() && e["status"] == status),
+            "{id}: {text}"
+        );
+    }
     assert!(
         events
             .iter()
@@ -337,4 +357,77 @@ async fn refusals_before_the_layer_are_audited_too() {
     );
     assert_eq!(up.hits(), 0);
     let _ = std::fs::remove_dir_all(dir);
+}
+
+/// Splits a raw HTTP/1.1 answer with a JSON body: status, header fields (lower-cased names),
+/// and the body, whose length must match `content-length`.
+fn json_answer(
+    out: &str,
+) -> (
+    u16,
+    std::collections::HashMap<String, String>,
+    serde_json::Value,
+) {
+    let (head, body) = out.split_once("\r\n\r\n").expect("a complete head");
+    let mut lines = head.split("\r\n");
+    let status = lines
+        .next()
+        .and_then(|l| l.strip_prefix("HTTP/1.1 "))
+        .and_then(|l| l.get(..3))
+        .and_then(|s| s.parse().ok())
+        .expect("a status line");
+    let headers: std::collections::HashMap<String, String> = lines
+        .filter_map(|l| l.split_once(": "))
+        .map(|(n, v)| (n.to_ascii_lowercase(), v.to_string()))
+        .collect();
+    assert_eq!(headers["content-type"], "application/json", "{out}");
+    assert_eq!(headers["content-length"], body.len().to_string(), "{out}");
+    assert!(headers.contains_key("date"), "{out}");
+    let json = serde_json::from_str(body).expect("a JSON body");
+    (status, headers, json)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn unparsable_requests_get_the_json_error_even_after_pipelined_ones() {
+    let up = Upstream::start().await;
+    let gw = gateway(&up, "").await;
+    for (what, bad) in [
+        (
+            "header line without a colon",
+            "GET /x HTTP/1.1\r\nHost: t\r\nNo colon here\r\n\r\n",
+        ),
+        ("request line", "GARBAGE\r\n\r\n"),
+        ("bad version", "GET /x HTTP/9.9\r\nHost: t\r\n\r\n"),
+        (
+            "control byte in a value",
+            "GET /x HTTP/1.1\r\nHost: t\r\nX-A: a\x01b\r\n\r\n",
+        ),
+    ] {
+        // Alone.
+        let out = raw(gw.port, bad.as_bytes(), Duration::from_secs(5)).await;
+        let (status, headers, body) = json_answer(&out);
+        assert_eq!(status, 400, "{what}: {out}");
+        assert_eq!(body["code"], "malformed_request", "{what}: {out}");
+        assert_eq!(headers["connection"], "close", "{what}: {out}");
+        assert_eq!(headers["x-frame-options"], "DENY", "{what}: {out}");
+        assert!(!headers.contains_key("server"), "{what}: {out}");
+        // After two good requests in the same write: both answered in full first.
+        let req =
+            format!("GET /a HTTP/1.1\r\nHost: t\r\n\r\nGET /b HTTP/1.1\r\nHost: t\r\n\r\n{bad}");
+        let out = raw(gw.port, req.as_bytes(), Duration::from_secs(5)).await;
+        let parts: Vec<&str> = out.split("HTTP/1.1 ").collect();
+        assert_eq!(parts.len(), 4, "{what}: {out}");
+        assert!(
+            parts[1].starts_with("200") && parts[1].ends_with("hello"),
+            "{what}: {out}"
+        );
+        assert!(
+            parts[2].starts_with("200") && parts[2].ends_with("hello"),
+            "{what}: {out}"
+        );
+        let (status, _, body) = json_answer(&format!("HTTP/1.1 {}", parts[3]));
+        assert_eq!(status, 400, "{what}: {out}");
+        assert_eq!(body["code"], "malformed_request", "{what}: {out}");
+    }
+    assert_eq!(up.hits(), 8);
 }

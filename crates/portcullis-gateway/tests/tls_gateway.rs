@@ -171,6 +171,38 @@ async fn https_over_http1_reaches_the_upstream_with_hsts() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn an_unparsable_request_over_https_gets_the_json_error_with_hsts() {
+    let cert = SelfSigned::new();
+    let t = start(&cert).await;
+    let mut tls = connect(t.gw.port, &cert.der, &[b"http/1.1"])
+        .await
+        .expect("TLS handshake");
+    tls.write_all(b"GET /x HTTP/1.1\r\nHost: localhost\r\nNo colon\r\n\r\n")
+        .await
+        .expect("write");
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), tls.read_to_end(&mut out)).await;
+    let text = String::from_utf8_lossy(&out);
+    let (head, body) = text.split_once("\r\n\r\n").expect("a response");
+    assert!(head.starts_with("HTTP/1.1 400 Bad Request\r\n"), "{text}");
+    assert!(
+        head.contains("\r\ncontent-type: application/json\r\n"),
+        "{text}"
+    );
+    assert!(
+        head.contains("\r\nstrict-transport-security: max-age=63072000; includeSubDomains\r\n"),
+        "{text}"
+    );
+    assert!(
+        head.contains(&format!("\r\ncontent-length: {}\r\n", body.len())),
+        "{text}"
+    );
+    let json: serde_json::Value = serde_json::from_str(body).expect("a JSON body");
+    assert_eq!(json["code"], "malformed_request");
+    assert_eq!(t.up.hits(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn https_over_h2_is_chosen_by_alpn_and_carries_hsts() {
     let cert = SelfSigned::new();
     let t = start(&cert).await;
