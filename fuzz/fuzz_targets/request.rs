@@ -1,0 +1,4 @@
+#![no_main]
+//! See `portcullis_fuzz::checks::request`.
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| portcullis_fuzz::checks::request(data));
