@@ -75,9 +75,10 @@ pub fn canonical_path(data: &[u8]) {
 // ---------------------------------------------------------------------------------------
 // A request through the whole layer.
 
-/// The app behind the fuzzed layer. Its handler checks the layer's promise: a request under
+/// The app behind the fuzzed layer. Its handler checks the layer's promises: a request under
 /// `/api/admin` (the path the app is given) arrives only with a principal holding `admin`,
-/// and one under `/api/user` only with a principal.
+/// one under `/api/user` only with a principal, and an unsafe method never without passing
+/// the CSRF checks.
 async fn handler(req: Request) -> Response {
     let path = req.uri().path().to_string();
     let principal = req.extensions().get::<Principal>().cloned();
@@ -91,10 +92,27 @@ async fn handler(req: Request) -> Response {
             "{path} reached the app without the admin role: {principal:?}"
         );
     }
-    if path == "/api/user" || path.starts_with("/api/user/") {
+    let protected = path == "/api/user" || path.starts_with("/api/user/");
+    if protected {
         assert!(
             principal.is_some(),
             "{path} reached the app without a principal"
+        );
+    }
+    let unsafe_method = !matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS);
+    if unsafe_method {
+        // The CSRF token is signed with a secret the inputs cannot know, so no unsafe request
+        // reaches a route that requires one; and no route takes a cross-site one.
+        assert!(
+            !(protected || path.starts_with("/api/admin")),
+            "{} {path} passed the CSRF token check",
+            req.method()
+        );
+        let site = req.headers().get("sec-fetch-site").map(|v| v.as_bytes());
+        assert!(
+            !matches!(site, Some(b"cross-site" | b"same-site")),
+            "a {site:?} {} {path} passed the origin check",
+            req.method()
         );
     }
     // Drain the body as an app would; the layer's limit may cut it.
