@@ -15,9 +15,9 @@
 //!   `headers_too_large`. hyper's read buffer is capped `HEADER_SLACK` bytes above it, and
 //!   at least 64 KiB (so bodies are read, and sent on, in large pieces): a header block too
 //!   large for that buffer, or with more than 100 fields, is refused by hyper itself and the
-//!   connection is closed; the answer is still the JSON 431 (see below). Over HTTP/2 the header list is capped `HEADER_SLACK` bytes above
-//!   the limit: h2 answers 431 itself, or sends GOAWAY (`ENHANCE_YOUR_CALM`) for a list far
-//!   over the cap.
+//!   connection is closed; the answer is still the JSON 431 (see below). Over HTTP/2 the
+//!   header list is capped `HEADER_SLACK` bytes above the limit: h2 answers 431 itself, or
+//!   sends GOAWAY (`ENHANCE_YOUR_CALM`) for a list far over the cap.
 //! - `header_read_timeout`: the TLS handshake, then the first request's headers, must each
 //!   complete within it from the moment the connection is accepted (or the handshake ends); on a kept-alive HTTP/1 connection, from the first
 //!   byte of the next request. A client trickling header bytes (slowloris) has its
@@ -34,7 +34,8 @@
 //! - Refusals the security layer never sees — the JSON 431 over `max_header_bytes`, and
 //!   the answers to requests hyper cannot parse — are audited like the
 //!   layer's: `invalid_input`, `denied`, the socket peer, and the rejection's `code`
-//!   (`headers_too_large` or `malformed_request`), `control` and `reason` in `metadata`.
+//!   (`headers_too_large`, `malformed_request` or `uri_too_long`), `control` and `reason`
+//!   in `metadata`, and the request id the answer carried.
 //! - `http2_max_concurrent_streams`: streams one HTTP/2 connection may have open at once.
 //!
 //! Limits are read from the config in force when a connection is accepted, so a reload
