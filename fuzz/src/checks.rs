@@ -75,6 +75,12 @@ pub fn canonical_path(data: &[u8]) {
 // ---------------------------------------------------------------------------------------
 // A request through the whole layer.
 
+/// Whether `path` is `prefix` or under it (what the route `prefix/**` covers).
+pub fn under(path: &str, prefix: &str) -> bool {
+    path.strip_prefix(prefix)
+        .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+}
+
 /// The app behind the fuzzed layer. Its handler checks the layer's promises: a request under
 /// `/api/admin` (the path the app is given) arrives only with a principal holding `admin`,
 /// one under `/api/user` only with a principal, and an unsafe method never without passing
@@ -82,7 +88,8 @@ pub fn canonical_path(data: &[u8]) {
 async fn handler(req: Request) -> Response {
     let path = req.uri().path().to_string();
     let principal = req.extensions().get::<Principal>().cloned();
-    if path == "/api/admin" || path.starts_with("/api/admin/") {
+    let admin = under(&path, "/api/admin");
+    if admin {
         let roles = principal
             .as_ref()
             .map(|p| p.roles.clone())
@@ -92,7 +99,7 @@ async fn handler(req: Request) -> Response {
             "{path} reached the app without the admin role: {principal:?}"
         );
     }
-    let protected = path == "/api/user" || path.starts_with("/api/user/");
+    let protected = under(&path, "/api/user");
     if protected {
         assert!(
             principal.is_some(),
@@ -104,7 +111,7 @@ async fn handler(req: Request) -> Response {
         // The CSRF token is signed with a secret the inputs cannot know, so no unsafe request
         // reaches a route that requires one; and no route takes a cross-site one.
         assert!(
-            !(protected || path.starts_with("/api/admin")),
+            !(protected || admin),
             "{} {path} passed the CSRF token check",
             req.method()
         );

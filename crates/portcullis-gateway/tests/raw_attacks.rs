@@ -340,10 +340,14 @@ async fn raw_attacks_and_their_mutations_never_crash_leak_or_bypass() {
             .get("x-portcullis-roles")
             .and_then(|v| v.to_str().ok())
             .unwrap_or("");
-        if path.starts_with("/api/admin") {
+        let under = |prefix: &str| {
+            path.strip_prefix(prefix)
+                .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+        };
+        if under("/api/admin") {
             assert!(roles.split(',').any(|r| r.trim() == "admin"), "{seen:?}");
         }
-        let protected = path.starts_with("/api/user") || path.starts_with("/api/admin");
+        let protected = under("/api/user") || under("/api/admin");
         if protected {
             assert!(seen.headers.contains_key("x-portcullis-user"), "{seen:?}");
             assert!(matches!(seen.method.as_str(), "GET" | "HEAD"), "{seen:?}");
