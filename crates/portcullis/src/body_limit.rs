@@ -28,6 +28,20 @@ use pin_project_lite::pin_project;
 use crate::error::Rejection;
 
 /// The error a [`LimitedBody`] yields once the limit is passed.
+///
+/// ```
+/// use std::sync::{Arc, atomic::AtomicBool};
+/// use bytes::Bytes;
+/// use http_body_util::{BodyExt, Full};
+/// use portcullis::body_limit::{BodyTooLarge, LimitedBody};
+/// # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
+/// let flag = Arc::new(AtomicBool::new(false));
+/// let body = LimitedBody::new(Full::new(Bytes::from("0123456789")), 4, flag);
+/// let err = body.collect().await.unwrap_err();
+/// assert_eq!(err.downcast_ref::<BodyTooLarge>(), Some(&BodyTooLarge { limit: 4 }));
+/// assert_eq!(err.to_string(), "request body exceeds the limit of 4 bytes");
+/// # });
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct BodyTooLarge {
     /// The limit in bytes.
@@ -43,6 +57,16 @@ impl std::fmt::Display for BodyTooLarge {
 impl std::error::Error for BodyTooLarge {}
 
 /// Refuses a declared `Content-Length` over `limit` (and a malformed one).
+///
+/// ```
+/// use portcullis::body_limit::check_declared_length;
+/// let mut h = http::HeaderMap::new();
+/// assert!(check_declared_length(&h, 10).is_ok());
+/// h.insert("content-length", "11".parse().unwrap());
+/// assert_eq!(check_declared_length(&h, 10).unwrap_err().status(), 413);
+/// h.insert("content-length", "+5".parse().unwrap());
+/// assert_eq!(check_declared_length(&h, 10).unwrap_err().code(), "invalid_content_length");
+/// ```
 pub fn check_declared_length(headers: &HeaderMap, limit: u64) -> Result<(), Rejection> {
     let mut values = headers.get_all(header::CONTENT_LENGTH).iter();
     let Some(first) = values.next() else {
@@ -80,6 +104,16 @@ fn bad_length() -> Rejection {
 }
 
 /// True when the request announces a body (a non-zero length or a transfer coding).
+///
+/// ```
+/// use portcullis::body_limit::has_body;
+/// let mut h = http::HeaderMap::new();
+/// assert!(!has_body(&h));
+/// h.insert("content-length", "0".parse().unwrap());
+/// assert!(!has_body(&h));
+/// h.insert("transfer-encoding", "chunked".parse().unwrap());
+/// assert!(has_body(&h));
+/// ```
 pub fn has_body(headers: &HeaderMap) -> bool {
     if headers.contains_key(header::TRANSFER_ENCODING) {
         return true;
@@ -162,6 +196,19 @@ pin_project! {
     /// through, and records that it did so the layer can answer 413. Its data is [`Bytes`]
     /// (zero-copy for `Bytes` bodies), so a body the layer had to read first (a form a guard
     /// inspected) can be replayed in its place.
+    ///
+    /// ```
+    /// use std::sync::{Arc, atomic::{AtomicBool, Ordering}};
+    /// use bytes::Bytes;
+    /// use http_body_util::{BodyExt, Full};
+    /// use portcullis::body_limit::LimitedBody;
+    /// # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
+    /// let tripped = Arc::new(AtomicBool::new(false));
+    /// let body = LimitedBody::new(Full::new(Bytes::from("0123456789")), 4, tripped.clone());
+    /// assert!(body.collect().await.is_err());
+    /// assert!(tripped.load(Ordering::Acquire));
+    /// # });
+    /// ```
     pub struct LimitedBody<B> {
         #[pin]
         inner: Option<B>,
@@ -175,6 +222,16 @@ pin_project! {
 
 impl<B> LimitedBody<B> {
     /// Wraps `inner` with no limit.
+    ///
+    /// ```
+    /// use bytes::Bytes;
+    /// use http_body_util::{BodyExt, Full};
+    /// use portcullis::body_limit::LimitedBody;
+    /// # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
+    /// let body = LimitedBody::unlimited(Full::new(Bytes::from(vec![7u8; 100_000])));
+    /// assert_eq!(body.collect().await.unwrap().to_bytes().len(), 100_000);
+    /// # });
+    /// ```
     pub fn unlimited(inner: B) -> Self {
         LimitedBody {
             inner: Some(inner),
@@ -187,6 +244,20 @@ impl<B> LimitedBody<B> {
     }
 
     /// Wraps `inner`, cutting it after `limit` bytes and setting `tripped` when it does.
+    ///
+    /// ```
+    /// use std::sync::{Arc, atomic::{AtomicBool, Ordering}};
+    /// use bytes::Bytes;
+    /// use http_body_util::{BodyExt, Full};
+    /// use portcullis::body_limit::LimitedBody;
+    /// # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
+    /// let tripped = Arc::new(AtomicBool::new(false));
+    /// let body = LimitedBody::new(Full::new(Bytes::from("hello")), 5, tripped.clone());
+    /// // Exactly at the limit: every byte arrives and nothing trips.
+    /// assert_eq!(body.collect().await.unwrap().to_bytes(), "hello");
+    /// assert!(!tripped.load(Ordering::Acquire));
+    /// # });
+    /// ```
     pub fn new(inner: B, limit: u64, tripped: Arc<AtomicBool>) -> Self {
         LimitedBody {
             inner: Some(inner),
@@ -200,6 +271,19 @@ impl<B> LimitedBody<B> {
 
     /// Wraps `inner` for report-only mode: sets `tripped` once more than `limit` bytes have
     /// streamed through, but lets every byte pass.
+    ///
+    /// ```
+    /// use std::sync::{Arc, atomic::{AtomicBool, Ordering}};
+    /// use bytes::Bytes;
+    /// use http_body_util::{BodyExt, Full};
+    /// use portcullis::body_limit::LimitedBody;
+    /// # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
+    /// let tripped = Arc::new(AtomicBool::new(false));
+    /// let body = LimitedBody::observing(Full::new(Bytes::from("0123456789")), 4, tripped.clone());
+    /// assert_eq!(body.collect().await.unwrap().to_bytes(), "0123456789");
+    /// assert!(tripped.load(Ordering::Acquire));
+    /// # });
+    /// ```
     pub fn observing(inner: B, limit: u64, tripped: Arc<AtomicBool>) -> Self {
         LimitedBody {
             cut: false,
@@ -208,6 +292,18 @@ impl<B> LimitedBody<B> {
     }
 
     /// A body the layer already read in full (within its limit), replayed as one frame.
+    ///
+    /// ```
+    /// use bytes::Bytes;
+    /// use http_body::Body;
+    /// use http_body_util::{BodyExt, Empty};
+    /// use portcullis::body_limit::LimitedBody;
+    /// # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
+    /// let body = LimitedBody::<Empty<Bytes>>::buffered(Bytes::from("csrf_token=abc"));
+    /// assert_eq!(body.size_hint().exact(), Some(14));
+    /// assert_eq!(body.collect().await.unwrap().to_bytes(), "csrf_token=abc");
+    /// # });
+    /// ```
     pub fn buffered(bytes: Bytes) -> Self {
         LimitedBody {
             inner: None,

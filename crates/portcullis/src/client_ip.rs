@@ -23,10 +23,25 @@ use http::request::Parts;
 
 /// The peer socket address, inserted as a request extension by a server that is not axum
 /// (axum's `ConnectInfo<SocketAddr>` is read as well).
+///
+/// ```
+/// use portcullis::client_ip::{PeerAddr, peer_of};
+/// let mut req = http::Request::new(());
+/// req.extensions_mut().insert(PeerAddr("198.51.100.7:443".parse().unwrap()));
+/// let (parts, ()) = req.into_parts();
+/// assert_eq!(peer_of(&parts), Some("198.51.100.7".parse().unwrap()));
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PeerAddr(pub SocketAddr);
 
 /// One CIDR block.
+///
+/// ```
+/// use portcullis::client_ip::Cidr;
+/// let net = Cidr::parse("2001:db8::/32").unwrap();
+/// assert!(net.contains("2001:db8:1::5".parse().unwrap()));
+/// assert!(!net.contains("2001:db9::5".parse().unwrap()));
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Cidr {
     addr: IpAddr,
@@ -79,6 +94,15 @@ impl Cidr {
     }
 
     /// True when `ip` is inside this block.
+    ///
+    /// ```
+    /// use portcullis::client_ip::Cidr;
+    /// let net = Cidr::parse("192.168.0.0/16").unwrap();
+    /// assert!(net.contains("192.168.4.2".parse().unwrap()));
+    /// // IPv4-mapped IPv6 addresses count as IPv4.
+    /// assert!(net.contains("::ffff:192.168.4.2".parse().unwrap()));
+    /// assert!(!net.contains("10.0.0.1".parse().unwrap()));
+    /// ```
     pub fn contains(&self, ip: IpAddr) -> bool {
         match (self.addr, canonical_ip(ip)) {
             (IpAddr::V4(net), IpAddr::V4(ip)) => {
@@ -99,6 +123,14 @@ impl Cidr {
 }
 
 /// The proxies whose `X-Forwarded-For` is believed.
+///
+/// ```
+/// use portcullis::client_ip::TrustedProxies;
+/// let trusted = TrustedProxies::parse(["10.0.0.0/8", "fd00::/8"]).unwrap();
+/// assert!(trusted.contains("10.20.30.40".parse().unwrap()));
+/// assert!(trusted.contains("fd12::1".parse().unwrap()));
+/// assert!(!trusted.contains("203.0.113.1".parse().unwrap()));
+/// ```
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct TrustedProxies {
     nets: Vec<Cidr>,
@@ -106,11 +138,25 @@ pub struct TrustedProxies {
 
 impl TrustedProxies {
     /// Trusts no proxy: the socket peer is always the client.
+    ///
+    /// ```
+    /// use portcullis::client_ip::TrustedProxies;
+    /// let trusted = TrustedProxies::none();
+    /// assert!(trusted.is_empty());
+    /// assert!(!trusted.contains("127.0.0.1".parse().unwrap()));
+    /// ```
     pub fn none() -> Self {
         TrustedProxies::default()
     }
 
     /// Parses a CIDR list; the error names the bad entry.
+    ///
+    /// ```
+    /// use portcullis::client_ip::TrustedProxies;
+    /// assert!(TrustedProxies::parse(["10.0.0.0/8", "127.0.0.1"]).is_ok());
+    /// let err = TrustedProxies::parse(["10.0.0.0/8", "proxy.internal"]).unwrap_err();
+    /// assert!(err.contains("proxy.internal"));
+    /// ```
     pub fn parse<'a>(list: impl IntoIterator<Item = &'a str>) -> Result<Self, String> {
         let nets = list
             .into_iter()
@@ -120,17 +166,39 @@ impl TrustedProxies {
     }
 
     /// True when `ip` is a trusted proxy.
+    ///
+    /// ```
+    /// use portcullis::client_ip::TrustedProxies;
+    /// let trusted = TrustedProxies::parse(["127.0.0.1"]).unwrap();
+    /// assert!(trusted.contains("127.0.0.1".parse().unwrap()));
+    /// assert!(!trusted.contains("127.0.0.2".parse().unwrap()));
+    /// ```
     pub fn contains(&self, ip: IpAddr) -> bool {
         self.nets.iter().any(|n| n.contains(ip))
     }
 
     /// True when no proxy is trusted.
+    ///
+    /// ```
+    /// use portcullis::client_ip::TrustedProxies;
+    /// assert!(TrustedProxies::parse([]).unwrap().is_empty());
+    /// assert!(!TrustedProxies::parse(["10.0.0.0/8"]).unwrap().is_empty());
+    /// ```
     pub fn is_empty(&self) -> bool {
         self.nets.is_empty()
     }
 }
 
 /// Folds an IPv4-mapped IPv6 address into IPv4.
+///
+/// ```
+/// use std::net::IpAddr;
+/// use portcullis::client_ip::canonical_ip;
+/// let mapped: IpAddr = "::ffff:203.0.113.9".parse().unwrap();
+/// assert_eq!(canonical_ip(mapped), "203.0.113.9".parse::<IpAddr>().unwrap());
+/// let v6: IpAddr = "2001:db8::1".parse().unwrap();
+/// assert_eq!(canonical_ip(v6), v6);
+/// ```
 pub fn canonical_ip(ip: IpAddr) -> IpAddr {
     match ip {
         IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
@@ -189,6 +257,17 @@ fn parse_hop(entry: &str) -> Option<IpAddr> {
 }
 
 /// Resolves the client address for a request from `peer`.
+///
+/// ```
+/// use portcullis::client_ip::{TrustedProxies, resolve};
+/// let mut h = http::HeaderMap::new();
+/// h.insert("x-forwarded-for", "1.1.1.1".parse().unwrap());
+/// // An untrusted peer is the client, whatever it claims.
+/// let none = TrustedProxies::none();
+/// assert_eq!(resolve("203.0.113.9".parse().unwrap(), &h, &none).to_string(), "203.0.113.9");
+/// let proxies = TrustedProxies::parse(["10.0.0.0/8"]).unwrap();
+/// assert_eq!(resolve("10.0.0.1".parse().unwrap(), &h, &proxies).to_string(), "1.1.1.1");
+/// ```
 pub fn resolve(peer: IpAddr, headers: &HeaderMap, trusted: &TrustedProxies) -> IpAddr {
     let peer = canonical_ip(peer);
     if !trusted.contains(peer) {
@@ -217,6 +296,18 @@ pub fn resolve(peer: IpAddr, headers: &HeaderMap, trusted: &TrustedProxies) -> I
 }
 
 /// The peer address of a request, from [`PeerAddr`] or axum's `ConnectInfo<SocketAddr>`.
+///
+/// ```
+/// use std::net::SocketAddr;
+/// use axum::extract::ConnectInfo;
+/// use portcullis::client_ip::peer_of;
+/// let (parts, ()) = http::Request::new(()).into_parts();
+/// assert_eq!(peer_of(&parts), None);
+/// let mut req = http::Request::new(());
+/// req.extensions_mut().insert(ConnectInfo("192.0.2.1:8080".parse::<SocketAddr>().unwrap()));
+/// let (parts, ()) = req.into_parts();
+/// assert_eq!(peer_of(&parts), Some("192.0.2.1".parse().unwrap()));
+/// ```
 pub fn peer_of(parts: &Parts) -> Option<IpAddr> {
     if let Some(p) = parts.extensions.get::<PeerAddr>() {
         return Some(p.0.ip());
@@ -228,6 +319,13 @@ pub fn peer_of(parts: &Parts) -> Option<IpAddr> {
 }
 
 /// The resolved client address; a request extension and an axum extractor.
+///
+/// ```
+/// use portcullis::ClientIp;
+/// let ip = ClientIp("198.51.100.23".parse().unwrap());
+/// assert_eq!(ip.to_string(), "198.51.100.23");
+/// assert_eq!(ip.key(), "198.51.100.23");
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct ClientIp(pub IpAddr);
 
@@ -269,6 +367,12 @@ impl ClientIp {
     }
 
     /// The unspecified address, used when no peer address is known.
+    ///
+    /// ```
+    /// use portcullis::ClientIp;
+    /// assert_eq!(ClientIp::unknown().to_string(), "0.0.0.0");
+    /// assert!(ClientIp::unknown().0.is_unspecified());
+    /// ```
     pub fn unknown() -> Self {
         ClientIp(IpAddr::V4(Ipv4Addr::UNSPECIFIED))
     }

@@ -21,6 +21,14 @@ use http::{Response, StatusCode};
 use crate::audit::AuditAction;
 
 /// Why a request was refused; becomes the JSON error response.
+///
+/// ```
+/// use portcullis::{Control, Rejection};
+/// let r = Rejection::forbidden();
+/// assert_eq!(r.status(), http::StatusCode::FORBIDDEN);
+/// assert_eq!(r.control(), Control::Authorization);
+/// assert_eq!(r.to_string(), "403 forbidden: Insufficient permissions");
+/// ```
 #[derive(Debug, Clone)]
 pub struct Rejection {
     status: StatusCode,
@@ -33,6 +41,12 @@ pub struct Rejection {
 }
 
 /// The control that produced a decision; used for report-only selection and audit metadata.
+///
+/// ```
+/// use portcullis::{Control, Rejection};
+/// assert_eq!(Rejection::rate_limited(5).control(), Control::RateLimit);
+/// assert_eq!(Control::from_name("csrf"), Some(Control::Csrf));
+/// ```
 #[non_exhaustive]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Control {
@@ -62,6 +76,12 @@ pub enum Control {
 
 impl Control {
     /// The control's name as written in config files (`report_only = ["csrf"]`).
+    ///
+    /// ```
+    /// use portcullis::Control;
+    /// assert_eq!(Control::Authentication.name(), "auth");
+    /// assert_eq!(Control::RateLimit.name(), "rate_limit");
+    /// ```
     pub fn name(self) -> &'static str {
         match self {
             Control::Path => "path",
@@ -79,6 +99,13 @@ impl Control {
     }
 
     /// Parses a control name as written in config files.
+    ///
+    /// ```
+    /// use portcullis::Control;
+    /// assert_eq!(Control::from_name("roles"), Some(Control::Authorization));
+    /// // Controls that always enforce cannot be named for report-only.
+    /// assert_eq!(Control::from_name("path"), None);
+    /// ```
     pub fn from_name(name: &str) -> Option<Control> {
         Some(match name {
             "cors" => Control::Cors,
@@ -121,6 +148,13 @@ impl Rejection {
     }
 
     /// 400 for a path that is ambiguous or malformed.
+    ///
+    /// ```
+    /// use portcullis::Rejection;
+    /// let r = Rejection::invalid_path("Encoded slash in path");
+    /// assert_eq!((r.status().as_u16(), r.code()), (400, "invalid_path"));
+    /// assert_eq!(r.message(), "Encoded slash in path");
+    /// ```
     pub fn invalid_path(reason: impl Into<Cow<'static, str>>) -> Self {
         Self::new(
             StatusCode::BAD_REQUEST,
@@ -132,6 +166,13 @@ impl Rejection {
     }
 
     /// 400 for a `Host` or absolute-form authority that is not ours.
+    ///
+    /// ```
+    /// use portcullis::{Control, Rejection};
+    /// let r = Rejection::invalid_host();
+    /// assert_eq!((r.status().as_u16(), r.code()), (400, "invalid_host"));
+    /// assert_eq!(r.control(), Control::Path);
+    /// ```
     pub fn invalid_host() -> Self {
         Self::bad_host("Request host is not served here")
     }
@@ -154,6 +195,13 @@ impl Rejection {
     }
 
     /// 405 with the `Allow` header listing `allow`.
+    ///
+    /// ```
+    /// use portcullis::Rejection;
+    /// let r = Rejection::method_not_allowed("GET, POST");
+    /// assert_eq!(r.status().as_u16(), 405);
+    /// assert_eq!(r.header("allow").unwrap(), "GET, POST");
+    /// ```
     pub fn method_not_allowed(allow: &str) -> Self {
         let mut r = Self::new(
             StatusCode::METHOD_NOT_ALLOWED,
@@ -169,6 +217,13 @@ impl Rejection {
     }
 
     /// 413 for a body over `limit` bytes.
+    ///
+    /// ```
+    /// use portcullis::Rejection;
+    /// let r = Rejection::body_too_large(1024);
+    /// assert_eq!((r.status().as_u16(), r.code()), (413, "body_too_large"));
+    /// assert!(r.message().contains("1024"));
+    /// ```
     pub fn body_too_large(limit: u64) -> Self {
         Self::new(
             StatusCode::PAYLOAD_TOO_LARGE,
@@ -180,6 +235,12 @@ impl Rejection {
     }
 
     /// 415 for a content type outside the route's allowlist.
+    ///
+    /// ```
+    /// use portcullis::Rejection;
+    /// let r = Rejection::unsupported_media_type();
+    /// assert_eq!((r.status().as_u16(), r.code()), (415, "unsupported_media_type"));
+    /// ```
     pub fn unsupported_media_type() -> Self {
         Self::new(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
@@ -192,6 +253,14 @@ impl Rejection {
 
     /// 401 with `WWW-Authenticate: Bearer error="invalid_token"` (or the bare challenge when no
     /// credentials were sent).
+    ///
+    /// ```
+    /// use portcullis::Rejection;
+    /// assert_eq!(Rejection::unauthorized(false).header("www-authenticate").unwrap(), "Bearer");
+    /// let r = Rejection::unauthorized(true);
+    /// assert_eq!(r.status().as_u16(), 401);
+    /// assert_eq!(r.header("WWW-Authenticate").unwrap(), "Bearer error=\"invalid_token\"");
+    /// ```
     pub fn unauthorized(credentials_sent: bool) -> Self {
         let mut r = Self::new(
             StatusCode::UNAUTHORIZED,
@@ -210,6 +279,13 @@ impl Rejection {
     }
 
     /// 403 for a principal without the route's roles.
+    ///
+    /// ```
+    /// use portcullis::{Rejection, audit::AuditAction};
+    /// let r = Rejection::forbidden();
+    /// assert_eq!((r.status().as_u16(), r.code()), (403, "forbidden"));
+    /// assert_eq!(r.action(), AuditAction::Forbidden);
+    /// ```
     pub fn forbidden() -> Self {
         Self::new(
             StatusCode::FORBIDDEN,
@@ -221,6 +297,14 @@ impl Rejection {
     }
 
     /// 429 with `Retry-After` and `retry_after` in the body.
+    ///
+    /// ```
+    /// use portcullis::Rejection;
+    /// let r = Rejection::rate_limited(30);
+    /// assert_eq!(r.status().as_u16(), 429);
+    /// assert_eq!(r.retry_after(), Some(30));
+    /// assert_eq!(r.header("retry-after").unwrap(), "30");
+    /// ```
     pub fn rate_limited(retry_after_secs: u64) -> Self {
         let mut r = Self::new(
             StatusCode::TOO_MANY_REQUESTS,
@@ -236,6 +320,12 @@ impl Rejection {
     }
 
     /// 431 for request headers over the server's limit.
+    ///
+    /// ```
+    /// use portcullis::Rejection;
+    /// let r = Rejection::headers_too_large();
+    /// assert_eq!((r.status().as_u16(), r.code()), (431, "headers_too_large"));
+    /// ```
     pub fn headers_too_large() -> Self {
         Self::new(
             StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
@@ -247,6 +337,13 @@ impl Rejection {
     }
 
     /// 500 without internal detail (the detail goes to the log, never the client).
+    ///
+    /// ```
+    /// use portcullis::Rejection;
+    /// let r = Rejection::internal();
+    /// assert_eq!((r.status().as_u16(), r.code()), (500, "internal_error"));
+    /// assert_eq!(r.message(), "Internal error");
+    /// ```
     pub fn internal() -> Self {
         Self::new(
             StatusCode::INTERNAL_SERVER_ERROR,
@@ -258,38 +355,78 @@ impl Rejection {
     }
 
     /// Replaces the human message.
+    ///
+    /// ```
+    /// use portcullis::Rejection;
+    /// let r = Rejection::forbidden().with_message("Admins only");
+    /// assert_eq!(r.message(), "Admins only");
+    /// assert_eq!(r.code(), "forbidden");
+    /// ```
     pub fn with_message(mut self, message: impl Into<Cow<'static, str>>) -> Self {
         self.message = message.into();
         self
     }
 
     /// Adds a header to the error response (e.g. `Allow`, `WWW-Authenticate`).
+    ///
+    /// ```
+    /// use http::header::{HeaderValue, LINK};
+    /// use portcullis::Rejection;
+    /// let r = Rejection::forbidden().with_header(LINK, HeaderValue::from_static("</help>; rel=help"));
+    /// assert_eq!(r.header("link").unwrap(), "</help>; rel=help");
+    /// ```
     pub fn with_header(mut self, name: HeaderName, value: HeaderValue) -> Self {
         self.headers.push((name, value));
         self
     }
 
     /// The HTTP status.
+    ///
+    /// ```
+    /// use portcullis::Rejection;
+    /// assert_eq!(Rejection::body_too_large(10).status(), http::StatusCode::PAYLOAD_TOO_LARGE);
+    /// ```
     pub fn status(&self) -> StatusCode {
         self.status
     }
 
     /// The machine-readable code, stable across releases.
+    ///
+    /// ```
+    /// use portcullis::Rejection;
+    /// assert_eq!(Rejection::rate_limited(1).code(), "rate_limited");
+    /// ```
     pub fn code(&self) -> &'static str {
         self.code
     }
 
     /// The human message.
+    ///
+    /// ```
+    /// use portcullis::Rejection;
+    /// assert_eq!(Rejection::unauthorized(false).message(), "Authentication required");
+    /// ```
     pub fn message(&self) -> &str {
         &self.message
     }
 
     /// The audit action this rejection is recorded under.
+    ///
+    /// ```
+    /// use portcullis::{Rejection, audit::AuditAction};
+    /// assert_eq!(Rejection::rate_limited(1).action(), AuditAction::RateLimitExceeded);
+    /// assert_eq!(Rejection::body_too_large(1).action(), AuditAction::BodyTooLarge);
+    /// ```
     pub fn action(&self) -> AuditAction {
         self.action
     }
 
     /// The control that refused.
+    ///
+    /// ```
+    /// use portcullis::{Control, Rejection};
+    /// assert_eq!(Rejection::unsupported_media_type().control(), Control::Body);
+    /// ```
     pub fn control(&self) -> Control {
         self.control
     }
@@ -311,16 +448,37 @@ impl Rejection {
     }
 
     /// Seconds until a retry may succeed (429 only).
+    ///
+    /// ```
+    /// use portcullis::Rejection;
+    /// assert_eq!(Rejection::rate_limited(7).retry_after(), Some(7));
+    /// assert_eq!(Rejection::forbidden().retry_after(), None);
+    /// ```
     pub fn retry_after(&self) -> Option<u64> {
         self.retry_after
     }
 
     /// Extra response headers, in the order added.
+    ///
+    /// ```
+    /// use portcullis::Rejection;
+    /// let r = Rejection::method_not_allowed("GET");
+    /// assert_eq!(r.headers().len(), 1);
+    /// assert_eq!(r.headers()[0].0, http::header::ALLOW);
+    /// assert!(Rejection::forbidden().headers().is_empty());
+    /// ```
     pub fn headers(&self) -> &[(HeaderName, HeaderValue)] {
         &self.headers
     }
 
     /// The first extra header named `name`.
+    ///
+    /// ```
+    /// use portcullis::Rejection;
+    /// let r = Rejection::rate_limited(3);
+    /// assert_eq!(r.header("Retry-After").unwrap(), "3");
+    /// assert!(r.header("allow").is_none());
+    /// ```
     pub fn header(&self, name: impl AsRef<str>) -> Option<&HeaderValue> {
         let name = name.as_ref();
         self.headers
@@ -330,6 +488,15 @@ impl Rejection {
     }
 
     /// The JSON body for this rejection.
+    ///
+    /// ```
+    /// use portcullis::Rejection;
+    /// let body = Rejection::rate_limited(9).body_json("req-1");
+    /// let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    /// assert_eq!(v["code"], "rate_limited");
+    /// assert_eq!(v["request_id"], "req-1");
+    /// assert_eq!(v["retry_after"], 9);
+    /// ```
     pub fn body_json(&self, request_id: &str) -> Bytes {
         let mut body = serde_json::json!({
             "error": self.message,
@@ -345,6 +512,16 @@ impl Rejection {
     /// Renders the response: JSON body, `Content-Type`, `Cache-Control: no-store`,
     /// `X-Request-Id` and the extra headers. The rejection itself travels in the response's
     /// extensions so outer layers and tests can read it.
+    ///
+    /// ```
+    /// use portcullis::Rejection;
+    /// let res = Rejection::method_not_allowed("GET").into_response_with_id("req-7");
+    /// assert_eq!(res.status(), 405);
+    /// assert_eq!(res.headers()["content-type"], "application/json");
+    /// assert_eq!(res.headers()["x-request-id"], "req-7");
+    /// assert_eq!(res.headers()["allow"], "GET");
+    /// assert_eq!(res.extensions().get::<Rejection>().unwrap().code(), "method_not_allowed");
+    /// ```
     pub fn into_response_with_id(self, request_id: &str) -> Response<Bytes> {
         let body = self.body_json(request_id);
         let mut res = Response::new(body);

@@ -29,6 +29,16 @@
 use http::{HeaderMap, HeaderName};
 
 /// Which inbound headers are stripped.
+///
+/// ```
+/// use portcullis::inbound::InboundHeaders;
+/// let mut h = http::HeaderMap::new();
+/// h.insert("x-forwarded-for", "6.6.6.6".parse().unwrap());
+/// h.insert("x_real_ip", "6.6.6.6".parse().unwrap());
+/// // From an untrusted peer, forged forwarding headers go, underscore spellings too.
+/// InboundHeaders::default().strip(&mut h, false);
+/// assert!(h.is_empty());
+/// ```
 #[derive(Debug, Clone)]
 pub struct InboundHeaders {
     exact: Vec<HeaderName>,
@@ -81,6 +91,16 @@ impl Default for InboundHeaders {
 
 impl InboundHeaders {
     /// Also strips `name` (exact, case-insensitive; `_` and `-` are the same).
+    ///
+    /// ```
+    /// use http::HeaderName;
+    /// use portcullis::inbound::InboundHeaders;
+    /// let strip = InboundHeaders::default().also(HeaderName::from_static("x-user-id"));
+    /// let mut h = http::HeaderMap::new();
+    /// h.insert("x_user_id", "42".parse().unwrap());
+    /// strip.strip(&mut h, true);
+    /// assert!(h.is_empty());
+    /// ```
     pub fn also(mut self, name: HeaderName) -> Self {
         let dashed = name.as_str().replace('_', "-");
         self.exact
@@ -90,6 +110,16 @@ impl InboundHeaders {
 
     /// Also strips every header starting with `prefix` (case-insensitive; `_` and `-` are the
     /// same).
+    ///
+    /// ```
+    /// use portcullis::inbound::InboundHeaders;
+    /// let strip = InboundHeaders::default().also_prefix("X-Internal-");
+    /// let mut h = http::HeaderMap::new();
+    /// h.insert("x-internal-role", "admin".parse().unwrap());
+    /// h.insert("x-request-id", "abc".parse().unwrap());
+    /// strip.strip(&mut h, false);
+    /// assert_eq!(h.keys().collect::<Vec<_>>(), ["x-request-id"]);
+    /// ```
     pub fn also_prefix(mut self, prefix: &str) -> Self {
         self.prefixes
             .push(prefix.to_ascii_lowercase().replace('_', "-"));
@@ -98,6 +128,17 @@ impl InboundHeaders {
 
     /// Removes the spoofable headers. `peer_trusted` keeps the forwarding headers a trusted
     /// proxy added.
+    ///
+    /// ```
+    /// use portcullis::inbound::InboundHeaders;
+    /// let mut h = http::HeaderMap::new();
+    /// h.insert("x-forwarded-for", "203.0.113.9".parse().unwrap());
+    /// h.insert("x-original-url", "/admin".parse().unwrap());
+    /// // A trusted proxy's forwarding header is kept; a URL override never is.
+    /// InboundHeaders::default().strip(&mut h, true);
+    /// assert!(h.contains_key("x-forwarded-for"));
+    /// assert!(!h.contains_key("x-original-url"));
+    /// ```
     pub fn strip(&self, headers: &mut HeaderMap, peer_trusted: bool) {
         let mut doomed: Vec<HeaderName> = Vec::new();
         for name in headers.keys() {

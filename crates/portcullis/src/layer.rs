@@ -63,15 +63,80 @@ use crate::route::{CanonicalPath, RouteTable};
 
 /// The pattern of the route a request matched (`"*"` for the default policy); a request
 /// extension.
+///
+/// ```
+/// use axum::{Extension, Router, body::Body};
+/// use portcullis::{Policy, Preset, SecurityLayer, layer::MatchedRoute};
+/// use tower::{Layer, ServiceExt};
+/// let layer = SecurityLayer::bare().route("/api/**", Policy::preset(Preset::Public)).build()?;
+/// let app = layer.layer(Router::new().fallback(
+///     |Extension(MatchedRoute(route)): Extension<MatchedRoute>| async move { route.to_string() },
+/// ));
+/// # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
+/// let res = app.oneshot(http::Request::get("/api/users").body(Body::empty()).unwrap()).await.unwrap();
+/// assert_eq!(axum::body::to_bytes(res.into_body(), 1024).await.unwrap(), "/api/**");
+/// # });
+/// # Ok::<(), portcullis::layer::BuildError>(())
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MatchedRoute(pub Arc<str>);
 
 /// Marks a request as received over TLS (set by a TLS-terminating server).
+///
+/// ```
+/// use axum::{Router, body::Body};
+/// use portcullis::{SecurityLayer, layer::Https};
+/// use portcullis::headers::security::{HstsMode, SecurityHeaders};
+/// use tower::{Layer, ServiceExt};
+/// let headers = SecurityHeaders::default().hsts_mode(HstsMode::HttpsOnly);
+/// let layer = SecurityLayer::bare().security_headers(Some(headers)).build()?;
+/// let app = layer.layer(Router::new().fallback(|| async { "ok" }));
+/// # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
+/// let mut req = http::Request::get("/").body(Body::empty()).unwrap();
+/// req.extensions_mut().insert(Https);
+/// let res = app.clone().oneshot(req).await.unwrap();
+/// assert!(res.headers().contains_key("strict-transport-security"));
+/// let res = app.oneshot(http::Request::get("/").body(Body::empty()).unwrap()).await.unwrap();
+/// assert!(!res.headers().contains_key("strict-transport-security"));
+/// # });
+/// # Ok::<(), portcullis::layer::BuildError>(())
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Https;
 
 /// What the layer knows about one request as it goes through the steps; guards read it and
 /// add response headers to it.
+///
+/// ```
+/// use std::sync::Arc;
+/// use axum::{Router, body::Body};
+/// use http::request::Parts;
+/// use portcullis::{Exchange, Guard, Preset, Rejection, SecurityLayer, auth::BoxFuture};
+/// use tower::{Layer, ServiceExt};
+///
+/// /// Refuses anonymous callers on the `/api/**` route.
+/// struct ApiNeedsLogin;
+/// impl Guard for ApiNeedsLogin {
+///     fn check<'a>(&'a self, _: &'a Parts, x: &'a mut Exchange)
+///         -> BoxFuture<'a, Result<(), Rejection>> {
+///         let refuse = x.route() == "/api/**" && x.principal().is_none();
+///         let result = if refuse { Err(Rejection::unauthorized(false)) } else { Ok(()) };
+///         Box::pin(std::future::ready(result))
+///     }
+/// }
+/// let layer = SecurityLayer::bare()
+///     .default_policy(Preset::Public)
+///     .route("/api/**", Preset::Public)
+///     .rate_limiter(Arc::new(ApiNeedsLogin))
+///     .build()?;
+/// let app = layer.layer(Router::new().fallback(|| async { "ok" }));
+/// # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
+/// let get = |path| http::Request::get(path).body(Body::empty()).unwrap();
+/// assert_eq!(app.clone().oneshot(get("/api/users")).await.unwrap().status(), 401);
+/// assert_eq!(app.oneshot(get("/home")).await.unwrap().status(), 200);
+/// # });
+/// # Ok::<(), portcullis::layer::BuildError>(())
+/// ```
 #[derive(Debug)]
 pub struct Exchange {
     request_id: RequestId,
@@ -134,21 +199,142 @@ struct Note {
 
 impl Exchange {
     /// The request id.
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use http::{HeaderValue, request::Parts};
+    /// use portcullis::{Exchange, Guard, Policy, Preset, Rejection, SecurityLayer, auth::BoxFuture};
+    /// use axum::{Router, body::Body};
+    /// use tower::{Layer, ServiceExt};
+    ///
+    /// /// Repeats the request id in `x-seen-id`.
+    /// struct EchoId;
+    /// impl Guard for EchoId {
+    ///     fn check<'a>(&'a self, _: &'a Parts, x: &'a mut Exchange)
+    ///         -> BoxFuture<'a, Result<(), Rejection>> {
+    ///         let id = HeaderValue::from_str(x.request_id().as_str()).unwrap();
+    ///         x.response_headers_mut().insert("x-seen-id", id);
+    ///         Box::pin(std::future::ready(Ok(())))
+    ///     }
+    /// }
+    /// let layer = SecurityLayer::bare()
+    ///     .route("/api/**", Policy::preset(Preset::Public))
+    ///     .rate_limiter(Arc::new(EchoId))
+    ///     .build()?;
+    /// let app = layer.layer(Router::new().fallback(|| async { "ok" }));
+    /// # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
+    /// let req = http::Request::get("/api/v1").header("x-request-id", "trace-42");
+    /// let res = app.oneshot(req.body(Body::empty()).unwrap()).await.unwrap();
+    /// assert_eq!(res.headers()["x-seen-id"], "trace-42");
+    /// # });
+    /// # Ok::<(), portcullis::layer::BuildError>(())
+    /// ```
     pub fn request_id(&self) -> &RequestId {
         &self.request_id
     }
 
     /// The canonical path (set from step 2 on).
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use http::{HeaderValue, request::Parts};
+    /// use portcullis::{Exchange, Guard, Policy, Preset, Rejection, SecurityLayer, auth::BoxFuture};
+    /// use axum::{Router, body::Body};
+    /// use tower::{Layer, ServiceExt};
+    ///
+    /// /// Repeats the canonical path in `x-seen-path`.
+    /// struct EchoPath;
+    /// impl Guard for EchoPath {
+    ///     fn check<'a>(&'a self, _: &'a Parts, x: &'a mut Exchange)
+    ///         -> BoxFuture<'a, Result<(), Rejection>> {
+    ///         let path = x.path().map_or("", |p| p.as_str());
+    ///         let path = HeaderValue::from_str(path).unwrap();
+    ///         x.response_headers_mut().insert("x-seen-path", path);
+    ///         Box::pin(std::future::ready(Ok(())))
+    ///     }
+    /// }
+    /// let layer = SecurityLayer::bare()
+    ///     .route("/api/**", Policy::preset(Preset::Public))
+    ///     .rate_limiter(Arc::new(EchoPath))
+    ///     .build()?;
+    /// let app = layer.layer(Router::new().fallback(|| async { "ok" }));
+    /// # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
+    /// let req = http::Request::get("/api//v1/./users").body(Body::empty()).unwrap();
+    /// let res = app.oneshot(req).await.unwrap();
+    /// assert_eq!(res.headers()["x-seen-path"], "/api/v1/users");
+    /// # });
+    /// # Ok::<(), portcullis::layer::BuildError>(())
+    /// ```
     pub fn path(&self) -> Option<&CanonicalPath> {
         self.path.as_ref()
     }
 
     /// The matched route pattern (`"*"` for the default policy).
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use http::{HeaderValue, request::Parts};
+    /// use portcullis::{Exchange, Guard, Policy, Preset, Rejection, SecurityLayer, auth::BoxFuture};
+    /// use axum::{Router, body::Body};
+    /// use tower::{Layer, ServiceExt};
+    ///
+    /// /// Repeats the matched route pattern in `x-route`.
+    /// struct EchoRoute;
+    /// impl Guard for EchoRoute {
+    ///     fn check<'a>(&'a self, _: &'a Parts, x: &'a mut Exchange)
+    ///         -> BoxFuture<'a, Result<(), Rejection>> {
+    ///         let pattern = HeaderValue::from_str(x.route()).unwrap();
+    ///         x.response_headers_mut().insert("x-route", pattern);
+    ///         Box::pin(std::future::ready(Ok(())))
+    ///     }
+    /// }
+    /// let layer = SecurityLayer::bare()
+    ///     .route("/api/**", Policy::preset(Preset::Public))
+    ///     .rate_limiter(Arc::new(EchoRoute))
+    ///     .build()?;
+    /// let app = layer.layer(Router::new().fallback(|| async { "ok" }));
+    /// # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
+    /// let req = http::Request::get("/api/users/7").body(Body::empty()).unwrap();
+    /// let res = app.oneshot(req).await.unwrap();
+    /// assert_eq!(res.headers()["x-route"], "/api/**");
+    /// # });
+    /// # Ok::<(), portcullis::layer::BuildError>(())
+    /// ```
     pub fn route(&self) -> &str {
         &self.route
     }
 
     /// The route's policy.
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use http::{HeaderValue, request::Parts};
+    /// use portcullis::{Exchange, Guard, Policy, Preset, Rejection, SecurityLayer, auth::BoxFuture};
+    /// use axum::{Router, body::Body};
+    /// use tower::{Layer, ServiceExt};
+    ///
+    /// /// Names the route's preset in `x-preset`.
+    /// struct EchoPreset;
+    /// impl Guard for EchoPreset {
+    ///     fn check<'a>(&'a self, _: &'a Parts, x: &'a mut Exchange)
+    ///         -> BoxFuture<'a, Result<(), Rejection>> {
+    ///         let preset = x.policy().preset_of().map_or("custom", Preset::name);
+    ///         x.response_headers_mut().insert("x-preset", HeaderValue::from_static(preset));
+    ///         Box::pin(std::future::ready(Ok(())))
+    ///     }
+    /// }
+    /// let layer = SecurityLayer::bare()
+    ///     .route("/api/**", Policy::preset(Preset::Public))
+    ///     .rate_limiter(Arc::new(EchoPreset))
+    ///     .build()?;
+    /// let app = layer.layer(Router::new().fallback(|| async { "ok" }));
+    /// # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
+    /// let req = http::Request::get("/api/users").body(Body::empty()).unwrap();
+    /// let res = app.oneshot(req).await.unwrap();
+    /// assert_eq!(res.headers()["x-preset"], "public");
+    /// # });
+    /// # Ok::<(), portcullis::layer::BuildError>(())
+    /// ```
     pub fn policy(&self) -> &Policy {
         &self.policy
     }
@@ -159,21 +345,148 @@ impl Exchange {
     }
 
     /// The resolved client address.
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use http::{HeaderValue, request::Parts};
+    /// use portcullis::{Exchange, Guard, Policy, Preset, Rejection, SecurityLayer, auth::BoxFuture, client_ip::PeerAddr};
+    /// use axum::{Router, body::Body};
+    /// use tower::{Layer, ServiceExt};
+    ///
+    /// /// Repeats the client's rate-limit key in `x-client`.
+    /// struct EchoClient;
+    /// impl Guard for EchoClient {
+    ///     fn check<'a>(&'a self, _: &'a Parts, x: &'a mut Exchange)
+    ///         -> BoxFuture<'a, Result<(), Rejection>> {
+    ///         let key = HeaderValue::from_str(&x.client_ip().key()).unwrap();
+    ///         x.response_headers_mut().insert("x-client", key);
+    ///         Box::pin(std::future::ready(Ok(())))
+    ///     }
+    /// }
+    /// let layer = SecurityLayer::bare()
+    ///     .route("/api/**", Policy::preset(Preset::Public))
+    ///     .rate_limiter(Arc::new(EchoClient))
+    ///     .build()?;
+    /// let app = layer.layer(Router::new().fallback(|| async { "ok" }));
+    /// # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
+    /// // The server puts the socket peer in the request's extensions.
+    /// let mut req = http::Request::get("/api/users").body(Body::empty()).unwrap();
+    /// req.extensions_mut().insert(PeerAddr("192.0.2.7:50000".parse().unwrap()));
+    /// let res = app.oneshot(req).await.unwrap();
+    /// assert_eq!(res.headers()["x-client"], "192.0.2.7");
+    /// # });
+    /// # Ok::<(), portcullis::layer::BuildError>(())
+    /// ```
     pub fn client_ip(&self) -> ClientIp {
         self.client_ip
     }
 
     /// The authenticated principal, if any.
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use http::{HeaderValue, request::Parts};
+    /// use portcullis::{Exchange, Guard, Policy, Preset, Rejection, SecurityLayer, auth::BoxFuture};
+    /// use axum::{Router, body::Body};
+    /// use tower::{Layer, ServiceExt};
+    ///
+    /// /// Refuses anonymous callers.
+    /// struct SignedInOnly;
+    /// impl Guard for SignedInOnly {
+    ///     fn check<'a>(&'a self, _: &'a Parts, x: &'a mut Exchange)
+    ///         -> BoxFuture<'a, Result<(), Rejection>> {
+    ///         let result = match x.principal() {
+    ///             Some(_) => Ok(()),
+    ///             None => Err(Rejection::unauthorized(false)),
+    ///         };
+    ///         Box::pin(std::future::ready(result))
+    ///     }
+    /// }
+    /// let layer = SecurityLayer::bare()
+    ///     .route("/api/**", Policy::preset(Preset::Public))
+    ///     .rate_limiter(Arc::new(SignedInOnly))
+    ///     .build()?;
+    /// let app = layer.layer(Router::new().fallback(|| async { "ok" }));
+    /// # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
+    /// // No authenticator is configured, so no request has a principal.
+    /// let req = http::Request::get("/api/users").body(Body::empty()).unwrap();
+    /// let res = app.oneshot(req).await.unwrap();
+    /// assert_eq!(res.status(), 401);
+    /// # });
+    /// # Ok::<(), portcullis::layer::BuildError>(())
+    /// ```
     pub fn principal(&self) -> Option<&Principal> {
         self.principal.as_ref()
     }
 
     /// True when the request came over HTTPS.
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use http::{HeaderValue, request::Parts};
+    /// use portcullis::{Exchange, Guard, Policy, Preset, Rejection, SecurityLayer, auth::BoxFuture, layer::Https};
+    /// use axum::{Router, body::Body};
+    /// use tower::{Layer, ServiceExt};
+    ///
+    /// /// Refuses requests that did not come over TLS.
+    /// struct HttpsOnly;
+    /// impl Guard for HttpsOnly {
+    ///     fn check<'a>(&'a self, _: &'a Parts, x: &'a mut Exchange)
+    ///         -> BoxFuture<'a, Result<(), Rejection>> {
+    ///         let result = if x.is_https() { Ok(()) } else { Err(Rejection::forbidden()) };
+    ///         Box::pin(std::future::ready(result))
+    ///     }
+    /// }
+    /// let layer = SecurityLayer::bare()
+    ///     .route("/api/**", Policy::preset(Preset::Public))
+    ///     .rate_limiter(Arc::new(HttpsOnly))
+    ///     .build()?;
+    /// let app = layer.layer(Router::new().fallback(|| async { "ok" }));
+    /// # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
+    /// let plain = http::Request::get("/api/users").body(Body::empty()).unwrap();
+    /// assert_eq!(app.clone().oneshot(plain).await.unwrap().status(), 403);
+    /// let mut tls = http::Request::get("/api/users").body(Body::empty()).unwrap();
+    /// tls.extensions_mut().insert(Https);
+    /// let res = app.oneshot(tls).await.unwrap();
+    /// assert_eq!(res.status(), 200);
+    /// # });
+    /// # Ok::<(), portcullis::layer::BuildError>(())
+    /// ```
     pub fn is_https(&self) -> bool {
         self.https
     }
 
     /// Headers to add to the response (rate-limit headers, cookies).
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use http::{HeaderValue, request::Parts};
+    /// use portcullis::{Exchange, Guard, Policy, Preset, Rejection, SecurityLayer, auth::BoxFuture};
+    /// use axum::{Router, body::Body};
+    /// use tower::{Layer, ServiceExt};
+    ///
+    /// /// Tells the client its quota.
+    /// struct Quota;
+    /// impl Guard for Quota {
+    ///     fn check<'a>(&'a self, _: &'a Parts, x: &'a mut Exchange)
+    ///         -> BoxFuture<'a, Result<(), Rejection>> {
+    ///         let quota = HeaderValue::from_static("1000");
+    ///         x.response_headers_mut().insert("x-quota-limit", quota);
+    ///         Box::pin(std::future::ready(Ok(())))
+    ///     }
+    /// }
+    /// let layer = SecurityLayer::bare()
+    ///     .route("/api/**", Policy::preset(Preset::Public))
+    ///     .rate_limiter(Arc::new(Quota))
+    ///     .build()?;
+    /// let app = layer.layer(Router::new().fallback(|| async { "ok" }));
+    /// # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
+    /// let req = http::Request::get("/api/users").body(Body::empty()).unwrap();
+    /// let res = app.oneshot(req).await.unwrap();
+    /// assert_eq!(res.headers()["x-quota-limit"], "1000");
+    /// # });
+    /// # Ok::<(), portcullis::layer::BuildError>(())
+    /// ```
     pub fn response_headers_mut(&mut self) -> &mut HeaderMap {
         &mut self.response_headers.more
     }
@@ -186,6 +499,39 @@ impl Exchange {
 
     /// Leaves an audit event to be recorded (outcome `allowed`) when the request completes,
     /// e.g. a decision taken while a store was down.
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use http::{HeaderValue, request::Parts};
+    /// use portcullis::{Exchange, Guard, Policy, Preset, Rejection, SecurityLayer, auth::BoxFuture, audit::{AuditAction, MemorySink, Outcome}};
+    /// use axum::{Router, body::Body};
+    /// use tower::{Layer, ServiceExt};
+    ///
+    /// /// Lets requests through while its store is down, and says so in the audit log.
+    /// struct FailOpen;
+    /// impl Guard for FailOpen {
+    ///     fn check<'a>(&'a self, _: &'a Parts, x: &'a mut Exchange)
+    ///         -> BoxFuture<'a, Result<(), Rejection>> {
+    ///         x.note(AuditAction::SecurityEvent, "store_down", "quota store unreachable");
+    ///         Box::pin(std::future::ready(Ok(())))
+    ///     }
+    /// }
+    /// let sink = MemorySink::default();
+    /// let layer = SecurityLayer::bare()
+    ///     .route("/api/**", Policy::preset(Preset::Public))
+    ///     .audit(Arc::new(sink.clone()))
+    ///     .rate_limiter(Arc::new(FailOpen))
+    ///     .build()?;
+    /// let app = layer.layer(Router::new().fallback(|| async { "ok" }));
+    /// # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
+    /// let req = http::Request::get("/api/users").body(Body::empty()).unwrap();
+    /// assert_eq!(app.oneshot(req).await.unwrap().status(), 200);
+    /// let events = sink.events();
+    /// assert_eq!((events[0].action, events[0].outcome), (AuditAction::SecurityEvent, Outcome::Allowed));
+    /// assert_eq!(events[0].metadata["code"], "store_down");
+    /// # });
+    /// # Ok::<(), portcullis::layer::BuildError>(())
+    /// ```
     pub fn note(&mut self, action: AuditAction, code: &'static str, reason: &'static str) {
         self.notes.push(Note {
             action,
@@ -196,6 +542,40 @@ impl Exchange {
 }
 
 /// An asynchronous check in one of the layer's slots (rate limit, CSRF).
+///
+/// ```
+/// use std::sync::Arc;
+/// use axum::{Router, body::Body};
+/// use http::request::Parts;
+/// use portcullis::{Exchange, Guard, Preset, Rejection, SecurityLayer, auth::BoxFuture};
+/// use tower::{Layer, ServiceExt};
+///
+/// /// Refuses requests without an `x-tenant` header.
+/// struct NeedsTenant;
+/// impl Guard for NeedsTenant {
+///     fn check<'a>(&'a self, parts: &'a Parts, _: &'a mut Exchange)
+///         -> BoxFuture<'a, Result<(), Rejection>> {
+///         let ok = parts.headers.contains_key("x-tenant");
+///         Box::pin(async move { if ok { Ok(()) } else { Err(Rejection::forbidden()) } })
+///     }
+/// }
+/// // In the rate-limit slot, the guard runs on routes that have rate limits (every preset does).
+/// let layer = SecurityLayer::bare()
+///     .default_policy(Preset::Public)
+///     .rate_limiter(Arc::new(NeedsTenant))
+///     .build()?;
+/// let app = layer.layer(Router::new().fallback(|| async { "ok" }));
+/// # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
+/// let req = |tenant: Option<&str>| {
+///     let mut b = http::Request::get("/");
+///     if let Some(t) = tenant { b = b.header("x-tenant", t); }
+///     b.body(Body::empty()).unwrap()
+/// };
+/// assert_eq!(app.clone().oneshot(req(None)).await.unwrap().status(), 403);
+/// assert_eq!(app.oneshot(req(Some("acme"))).await.unwrap().status(), 200);
+/// # });
+/// # Ok::<(), portcullis::layer::BuildError>(())
+/// ```
 pub trait Guard: Send + Sync + 'static {
     /// Decides on the request; may add response headers through `exchange`.
     fn check<'a>(
@@ -259,6 +639,13 @@ pub trait Guard: Send + Sync + 'static {
 }
 
 /// Why a layer could not be built.
+///
+/// ```
+/// use portcullis::{Policy, SecurityLayer};
+/// let err = SecurityLayer::builder().route("/api/{id}", Policy::open()).build().unwrap_err();
+/// assert_eq!(err.key, "route \"/api/{id}\"");
+/// assert_eq!(err.reason, "only '*' and '**' wildcards are supported");
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BuildError {
     /// Where the problem is (`route "/api/**"`, `trusted_proxies`, ...).
@@ -276,6 +663,10 @@ impl std::fmt::Display for BuildError {
 impl std::error::Error for BuildError {}
 
 /// Keys the default in-memory rate-limit store tracks at most.
+///
+/// ```
+/// assert_eq!(portcullis::layer::DEFAULT_MEMORY_KEYS, 1_000_000);
+/// ```
 pub const DEFAULT_MEMORY_KEYS: usize = 1_000_000;
 
 #[derive(Debug, Clone)]
@@ -370,18 +761,64 @@ impl SecurityLayerBuilder {
     }
 
     /// The policy of paths no route matches.
+    ///
+    /// ```
+    /// use axum::{Router, body::Body};
+    /// use portcullis::{Preset, SecurityLayer};
+    /// use tower::{Layer, ServiceExt};
+    /// // Every path takes POST only (the strict preset).
+    /// let layer = SecurityLayer::bare().default_policy(Preset::Strict).build()?;
+    /// let app = layer.layer(Router::new().fallback(|| async { "ok" }));
+    /// # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
+    /// let res = app.oneshot(http::Request::get("/any").body(Body::empty()).unwrap()).await.unwrap();
+    /// assert_eq!(res.status(), 405);
+    /// assert_eq!(res.headers()["allow"], "POST");
+    /// # });
+    /// # Ok::<(), portcullis::layer::BuildError>(())
+    /// ```
     pub fn default_policy(mut self, policy: impl Into<Policy>) -> Self {
         self.default_policy = policy.into();
         self
     }
 
     /// Adds a route: a glob pattern (`/api/admin/**`, `/api/*/notes`) and its policy.
+    ///
+    /// ```
+    /// use axum::{Router, body::Body};
+    /// use http::Method;
+    /// use portcullis::{Policy, SecurityLayer};
+    /// use tower::{Layer, ServiceExt};
+    /// let layer = SecurityLayer::bare()
+    ///     .route("/api/admin/**", Policy::open().methods([Method::POST]))
+    ///     .build()?;
+    /// let app = layer.layer(Router::new().fallback(|| async { "ok" }));
+    /// # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
+    /// let get = |path| http::Request::get(path).body(Body::empty()).unwrap();
+    /// assert_eq!(app.clone().oneshot(get("/api/admin/users")).await.unwrap().status(), 405);
+    /// assert_eq!(app.oneshot(get("/api/public")).await.unwrap().status(), 200);
+    /// # });
+    /// # Ok::<(), portcullis::layer::BuildError>(())
+    /// ```
     pub fn route(mut self, pattern: &str, policy: impl Into<Policy>) -> Self {
         self.routes.push((pattern.to_string(), policy.into()));
         self
     }
 
     /// Accepts only these hosts (`Host` and absolute-form targets; ports ignored).
+    ///
+    /// ```
+    /// use axum::{Router, body::Body};
+    /// use portcullis::SecurityLayer;
+    /// use tower::{Layer, ServiceExt};
+    /// let layer = SecurityLayer::bare().allowed_hosts(["api.example.com"]).build()?;
+    /// let app = layer.layer(Router::new().fallback(|| async { "ok" }));
+    /// # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
+    /// let req = |host| http::Request::get("/").header("host", host).body(Body::empty()).unwrap();
+    /// assert_eq!(app.clone().oneshot(req("api.example.com:8443")).await.unwrap().status(), 200);
+    /// assert_eq!(app.oneshot(req("evil.example")).await.unwrap().status(), 400);
+    /// # });
+    /// # Ok::<(), portcullis::layer::BuildError>(())
+    /// ```
     pub fn allowed_hosts<I, S>(mut self, hosts: I) -> Self
     where
         I: IntoIterator<Item = S>,
@@ -411,12 +848,50 @@ impl SecurityLayerBuilder {
     }
 
     /// Which inbound headers are stripped (`None`: none).
+    ///
+    /// ```
+    /// use axum::{Router, body::Body};
+    /// use http::{HeaderMap, HeaderName};
+    /// use portcullis::{SecurityLayer, inbound::InboundHeaders};
+    /// use tower::{Layer, ServiceExt};
+    /// let strip = InboundHeaders::default().also(HeaderName::from_static("x-user"));
+    /// let layer = SecurityLayer::bare().inbound_headers(Some(strip)).build()?;
+    /// // The application reports whether it saw an `x-user` header.
+    /// let app = layer.layer(Router::new().fallback(|h: HeaderMap| async move {
+    ///     h.contains_key("x-user").to_string()
+    /// }));
+    /// # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
+    /// let req = http::Request::get("/").header("x-user", "admin").body(Body::empty()).unwrap();
+    /// let res = app.oneshot(req).await.unwrap();
+    /// assert_eq!(axum::body::to_bytes(res.into_body(), 64).await.unwrap(), "false");
+    /// # });
+    /// # Ok::<(), portcullis::layer::BuildError>(())
+    /// ```
     pub fn inbound_headers(mut self, strip: Option<InboundHeaders>) -> Self {
         self.inbound = strip;
         self
     }
 
     /// Proxies whose `X-Forwarded-For` is believed (CIDR blocks).
+    ///
+    /// ```
+    /// use axum::{Router, body::Body};
+    /// use portcullis::{ClientIp, SecurityLayer, client_ip::PeerAddr};
+    /// use tower::{Layer, ServiceExt};
+    /// let layer = SecurityLayer::bare().trusted_proxies(["10.0.0.0/8"]).build()?;
+    /// let app = layer.layer(Router::new().fallback(|ip: ClientIp| async move { ip.to_string() }));
+    /// # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
+    /// // The request arrives from the proxy 10.0.0.2, on behalf of 203.0.113.9.
+    /// let mut req = http::Request::get("/")
+    ///     .header("x-forwarded-for", "203.0.113.9")
+    ///     .body(Body::empty())
+    ///     .unwrap();
+    /// req.extensions_mut().insert(PeerAddr("10.0.0.2:40000".parse().unwrap()));
+    /// let res = app.oneshot(req).await.unwrap();
+    /// assert_eq!(axum::body::to_bytes(res.into_body(), 64).await.unwrap(), "203.0.113.9");
+    /// # });
+    /// # Ok::<(), portcullis::layer::BuildError>(())
+    /// ```
     pub fn trusted_proxies<I, S>(mut self, cidrs: I) -> Self
     where
         I: IntoIterator<Item = S>,
@@ -427,24 +902,92 @@ impl SecurityLayerBuilder {
     }
 
     /// The security headers (`None`: none are added, banners are kept).
+    ///
+    /// ```
+    /// use axum::{Router, body::Body};
+    /// use portcullis::{SecurityLayer, headers::security::SecurityHeaders};
+    /// use tower::{Layer, ServiceExt};
+    /// let layer = SecurityLayer::bare().security_headers(Some(SecurityHeaders::default())).build()?;
+    /// let app = layer.layer(Router::new().fallback(|| async { ([("server", "nginx/1.2")], "ok") }));
+    /// # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
+    /// let res = app.oneshot(http::Request::get("/").body(Body::empty()).unwrap()).await.unwrap();
+    /// assert_eq!(res.headers()["x-content-type-options"], "nosniff");
+    /// assert!(!res.headers().contains_key("server"));
+    /// # });
+    /// # Ok::<(), portcullis::layer::BuildError>(())
+    /// ```
     pub fn security_headers(mut self, headers: Option<SecurityHeaders>) -> Self {
         self.headers = headers;
         self
     }
 
     /// The layer-wide CSP (`None`: no CSP unless a route sets one).
+    ///
+    /// ```
+    /// use axum::{Router, body::Body};
+    /// use portcullis::{Csp, SecurityLayer};
+    /// use tower::{Layer, ServiceExt};
+    /// let csp = Csp::parse("default-src 'self'")?;
+    /// let layer = SecurityLayer::bare().csp(Some(csp)).build()?;
+    /// let app = layer.layer(Router::new().fallback(|| async { "ok" }));
+    /// # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
+    /// let res = app.oneshot(http::Request::get("/").body(Body::empty()).unwrap()).await.unwrap();
+    /// assert_eq!(res.headers()["content-security-policy"], "default-src 'self'");
+    /// # });
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn csp(mut self, csp: Option<Csp>) -> Self {
         self.csp = csp;
         self
     }
 
     /// CORS settings (`None`: no CORS headers, preflights get 405 like any OPTIONS).
+    ///
+    /// ```
+    /// use axum::{Router, body::Body};
+    /// use portcullis::{SecurityLayer, cors::Cors};
+    /// use tower::{Layer, ServiceExt};
+    /// let cors = Cors::new().allow_origin("https://app.example.com")?;
+    /// let layer = SecurityLayer::bare().cors(Some(cors)).build()?;
+    /// let app = layer.layer(Router::new().fallback(|| async { "ok" }));
+    /// # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
+    /// let req = http::Request::get("/")
+    ///     .header("origin", "https://app.example.com")
+    ///     .body(Body::empty())
+    ///     .unwrap();
+    /// let res = app.oneshot(req).await.unwrap();
+    /// assert_eq!(res.headers()["access-control-allow-origin"], "https://app.example.com");
+    /// # });
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn cors(mut self, cors: Option<Cors>) -> Self {
         self.cors = cors;
         self
     }
 
     /// The authenticator for routes that require a principal.
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use axum::{Router, body::Body};
+    /// use portcullis::auth::api_key::{self, ApiKey, ApiKeyAuthenticator};
+    /// use portcullis::{Policy, SecurityLayer};
+    /// use tower::{Layer, ServiceExt};
+    /// let key = api_key::generate();
+    /// let auth = ApiKeyAuthenticator::new([ApiKey::new("ci", key.hash_line(), ["deploy"])?])?;
+    /// let layer = SecurityLayer::bare()
+    ///     .default_policy(Policy::open().auth(true))
+    ///     .authenticator(Arc::new(auth))
+    ///     .build()?;
+    /// let app = layer.layer(Router::new().fallback(|| async { "ok" }));
+    /// # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
+    /// let anonymous = http::Request::get("/").body(Body::empty()).unwrap();
+    /// assert_eq!(app.clone().oneshot(anonymous).await.unwrap().status(), 401);
+    /// let signed = http::Request::get("/").header("x-api-key", key.key()).body(Body::empty()).unwrap();
+    /// assert_eq!(app.oneshot(signed).await.unwrap().status(), 200);
+    /// # });
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn authenticator(mut self, auth: Arc<dyn Authenticator>) -> Self {
         self.authenticator = Some(auth);
         self
@@ -469,36 +1012,144 @@ impl SecurityLayerBuilder {
 
     /// The rate-limit guard (step 10). The secure defaults use a
     /// [`RateLimiter`](crate::rate_limit::RateLimiter) over an in-memory store.
+    ///
+    /// ```
+    /// use std::{sync::Arc, time::Duration};
+    /// use axum::{Router, body::Body};
+    /// use portcullis::policy::{RateKey, RateLimitSpec};
+    /// use portcullis::rate_limit::{RateLimiter, memory::MemoryStore};
+    /// use portcullis::{Policy, SecurityLayer};
+    /// use tower::{Layer, ServiceExt};
+    /// let once_a_minute = RateLimitSpec::new(1, Duration::from_secs(60), RateKey::Route);
+    /// let layer = SecurityLayer::bare()
+    ///     .default_policy(Policy::open().rate_limits([once_a_minute]))
+    ///     .rate_limiter(Arc::new(RateLimiter::new(Arc::new(MemoryStore::new(1_000)))))
+    ///     .build()?;
+    /// let app = layer.layer(Router::new().fallback(|| async { "ok" }));
+    /// # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
+    /// let get = || http::Request::get("/").body(Body::empty()).unwrap();
+    /// assert_eq!(app.clone().oneshot(get()).await.unwrap().status(), 200);
+    /// assert_eq!(app.oneshot(get()).await.unwrap().status(), 429);
+    /// # });
+    /// # Ok::<(), portcullis::layer::BuildError>(())
+    /// ```
     pub fn rate_limiter(mut self, guard: Arc<dyn Guard>) -> Self {
         self.rate_limit = Some(guard);
         self
     }
 
     /// Turns rate limiting off for every route.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use axum::{Router, body::Body};
+    /// use portcullis::policy::{RateKey, RateLimitSpec};
+    /// use portcullis::{Policy, Preset, SecurityLayer};
+    /// use tower::{Layer, ServiceExt};
+    /// let once_a_minute = RateLimitSpec::new(1, Duration::from_secs(60), RateKey::Route);
+    /// let layer = SecurityLayer::builder()
+    ///     .default_policy(Policy::preset(Preset::Public).rate_limits([once_a_minute]))
+    ///     .no_rate_limiter()
+    ///     .build()?;
+    /// let app = layer.layer(Router::new().fallback(|| async { "ok" }));
+    /// # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
+    /// for _ in 0..3 {
+    ///     let res = app.clone().oneshot(http::Request::get("/").body(Body::empty()).unwrap()).await;
+    ///     assert_eq!(res.unwrap().status(), 200);
+    /// }
+    /// # });
+    /// # Ok::<(), portcullis::layer::BuildError>(())
+    /// ```
     pub fn no_rate_limiter(mut self) -> Self {
         self.rate_limit = None;
         self
     }
 
     /// The CSRF guard (step 11).
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use axum::{Router, body::Body};
+    /// use portcullis::{Preset, SecurityLayer, csrf::CsrfGuard};
+    /// use tower::{Layer, ServiceExt};
+    /// let layer = SecurityLayer::bare()
+    ///     .default_policy(Preset::Public)
+    ///     .csrf_guard(Arc::new(CsrfGuard::builder().build()?))
+    ///     .build()?;
+    /// let app = layer.layer(Router::new().fallback(|| async { "ok" }));
+    /// # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
+    /// let forged = http::Request::post("/")
+    ///     .header("sec-fetch-site", "cross-site")
+    ///     .body(Body::empty())
+    ///     .unwrap();
+    /// assert_eq!(app.oneshot(forged).await.unwrap().status(), 403);
+    /// # });
+    /// # Ok::<(), portcullis::layer::BuildError>(())
+    /// ```
     pub fn csrf_guard(mut self, guard: Arc<dyn Guard>) -> Self {
         self.csrf = Some(guard);
         self
     }
 
     /// Turns the CSRF guard off for every route (the secure defaults have one).
+    ///
+    /// ```
+    /// use axum::{Router, body::Body};
+    /// use portcullis::{Preset, SecurityLayer};
+    /// use tower::{Layer, ServiceExt};
+    /// let layer = SecurityLayer::builder().default_policy(Preset::Public).no_csrf_guard().build()?;
+    /// let app = layer.layer(Router::new().fallback(|| async { "ok" }));
+    /// # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
+    /// // A cross-site POST is no longer refused.
+    /// let req = http::Request::post("/")
+    ///     .header("sec-fetch-site", "cross-site")
+    ///     .body(Body::empty())
+    ///     .unwrap();
+    /// assert_eq!(app.oneshot(req).await.unwrap().status(), 200);
+    /// # });
+    /// # Ok::<(), portcullis::layer::BuildError>(())
+    /// ```
     pub fn no_csrf_guard(mut self) -> Self {
         self.csrf = None;
         self
     }
 
     /// Where audit events go.
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use axum::{Router, body::Body};
+    /// use portcullis::audit::{AuditAction, MemorySink, Outcome};
+    /// use portcullis::{Preset, SecurityLayer};
+    /// use tower::{Layer, ServiceExt};
+    /// let sink = MemorySink::default();
+    /// let layer = SecurityLayer::bare()
+    ///     .default_policy(Preset::Strict)
+    ///     .audit(Arc::new(sink.clone()))
+    ///     .build()?;
+    /// let app = layer.layer(Router::new().fallback(|| async { "ok" }));
+    /// # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
+    /// let res = app.oneshot(http::Request::get("/").body(Body::empty()).unwrap()).await.unwrap();
+    /// assert_eq!(res.status(), 405);
+    /// # });
+    /// let events = sink.events();
+    /// assert_eq!(events.len(), 1);
+    /// assert_eq!((events[0].action, events[0].outcome), (AuditAction::MethodNotAllowed, Outcome::Denied));
+    /// # Ok::<(), portcullis::layer::BuildError>(())
+    /// ```
     pub fn audit(mut self, sink: Arc<dyn AuditSink>) -> Self {
         self.audit = Some(sink);
         self
     }
 
     /// Validates everything and builds the layer.
+    ///
+    /// ```
+    /// use portcullis::SecurityLayer;
+    /// assert!(SecurityLayer::builder().trusted_proxies(["10.0.0.0/8"]).build().is_ok());
+    /// let err = SecurityLayer::builder().trusted_proxies(["10.0.0.0/33"]).build().unwrap_err();
+    /// assert_eq!(err.key, "trusted_proxies");
+    /// ```
     pub fn build(self) -> Result<SecurityLayer, BuildError> {
         let trusted =
             TrustedProxies::parse(self.trusted.iter().map(String::as_str)).map_err(|reason| {
@@ -552,6 +1203,21 @@ impl SecurityLayerBuilder {
 }
 
 /// The security layer: wrap an axum `Router` (or any tower service) with it.
+///
+/// ```
+/// use axum::{Router, body::Body, routing::get};
+/// use portcullis::{Preset, SecurityLayer};
+/// use tower::ServiceExt;
+/// let app: Router = Router::new()
+///     .route("/api/data", get(|| async { "data" }))
+///     .layer(SecurityLayer::new(Preset::Public));
+/// # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
+/// let res = app.oneshot(http::Request::get("/api/data").body(Body::empty()).unwrap()).await.unwrap();
+/// assert_eq!(res.status(), 200);
+/// assert_eq!(res.headers()["x-frame-options"], "DENY");
+/// assert_eq!(res.headers()["x-request-id"].len(), 36);
+/// # });
+/// ```
 #[derive(Clone)]
 pub struct SecurityLayer {
     engine: Arc<Engine>,
@@ -579,6 +1245,22 @@ impl SecurityLayer {
 
     /// A builder starting from the secure defaults (public preset for unmatched paths, security
     /// headers, the default CSP, inbound header stripping).
+    ///
+    /// ```
+    /// use axum::{Router, body::Body};
+    /// use portcullis::SecurityLayer;
+    /// use tower::{Layer, ServiceExt};
+    /// let layer = SecurityLayer::builder().build()?;
+    /// let app = layer.layer(Router::new().fallback(|| async { "ok" }));
+    /// # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
+    /// let res = app.oneshot(http::Request::get("/").body(Body::empty()).unwrap()).await.unwrap();
+    /// // The secure defaults: security headers, a CSP and the public preset's rate limit.
+    /// assert_eq!(res.headers()["x-content-type-options"], "nosniff");
+    /// assert!(res.headers().contains_key("content-security-policy"));
+    /// assert!(res.headers().contains_key("ratelimit-policy"));
+    /// # });
+    /// # Ok::<(), portcullis::layer::BuildError>(())
+    /// ```
     pub fn builder() -> SecurityLayerBuilder {
         SecurityLayerBuilder::secure()
     }
@@ -610,6 +1292,19 @@ impl<S> Layer<S> for SecurityLayer {
 }
 
 /// The service [`SecurityLayer`] wraps around an inner service.
+///
+/// ```
+/// use axum::{Router, body::Body};
+/// use portcullis::{Preset, SecurityLayer, layer::SecurityService};
+/// use tower::{Layer, ServiceExt};
+/// // Wrapping the whole router (rather than `Router::layer`) lets routing see the canonical path.
+/// let svc: SecurityService<Router> =
+///     SecurityLayer::new(Preset::Public).layer(Router::new().fallback(|uri: http::Uri| async move { uri.to_string() }));
+/// # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
+/// let res = svc.oneshot(http::Request::get("/a//b/../c").body(Body::empty()).unwrap()).await.unwrap();
+/// assert_eq!(axum::body::to_bytes(res.into_body(), 64).await.unwrap(), "/a/c");
+/// # });
+/// ```
 #[derive(Clone)]
 pub struct SecurityService<S> {
     inner: S,
@@ -618,6 +1313,18 @@ pub struct SecurityService<S> {
 
 /// The response body: axum's, so the wrapped service can be served by `axum::serve` and
 /// used with `Router::layer` alike (axum does not box a body that already is one).
+///
+/// ```
+/// use axum::{Router, body::Body};
+/// use portcullis::{SecurityLayer, layer::SecurityBody};
+/// use tower::{Layer, ServiceExt};
+/// let svc = SecurityLayer::bare().build()?.layer(Router::new().fallback(|| async { "hello" }));
+/// # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
+/// let res: http::Response<SecurityBody> = svc.oneshot(http::Request::get("/").body(Body::empty()).unwrap()).await.unwrap();
+/// assert_eq!(axum::body::to_bytes(res.into_body(), 64).await.unwrap(), "hello");
+/// # });
+/// # Ok::<(), portcullis::layer::BuildError>(())
+/// ```
 pub type SecurityBody = axum::body::Body;
 
 impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for SecurityService<S>

@@ -17,6 +17,12 @@
 use http::{HeaderMap, HeaderName, Method};
 
 /// Headers through which a client asks an application to treat a request as another method.
+///
+/// ```
+/// use portcullis::methods::OVERRIDE_HEADERS;
+/// assert_eq!(OVERRIDE_HEADERS[0], "x-http-method-override");
+/// assert!(OVERRIDE_HEADERS.iter().any(|h| h == "x-method-override"));
+/// ```
 pub const OVERRIDE_HEADERS: [HeaderName; 3] = [
     HeaderName::from_static("x-http-method-override"),
     HeaderName::from_static("x-http-method"),
@@ -24,6 +30,14 @@ pub const OVERRIDE_HEADERS: [HeaderName; 3] = [
 ];
 
 /// A set of allowed methods with its `Allow` header value computed once.
+///
+/// ```
+/// use http::Method;
+/// use portcullis::methods::MethodSet;
+/// let m = MethodSet::new([Method::PUT, Method::DELETE]);
+/// assert!(m.allows(&Method::DELETE));
+/// assert_eq!(m.allow_header(), "PUT, DELETE");
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MethodSet {
     methods: Vec<Method>,
@@ -33,6 +47,14 @@ pub struct MethodSet {
 
 impl MethodSet {
     /// Allows exactly `methods` (in the given order for `Allow`, duplicates dropped).
+    ///
+    /// ```
+    /// use http::Method;
+    /// use portcullis::methods::MethodSet;
+    /// let m = MethodSet::new([Method::POST, Method::GET, Method::POST]);
+    /// assert_eq!(m.methods(), [Method::POST, Method::GET]);
+    /// assert_eq!(m.allow_header(), "POST, GET");
+    /// ```
     pub fn new(methods: impl IntoIterator<Item = Method>) -> Self {
         let mut list: Vec<Method> = Vec::new();
         for m in methods {
@@ -53,6 +75,14 @@ impl MethodSet {
     }
 
     /// Allows every method (no allowlist).
+    ///
+    /// ```
+    /// use portcullis::methods::MethodSet;
+    /// let m = MethodSet::any();
+    /// assert!(m.is_any());
+    /// assert!(m.allows(&http::Method::PATCH));
+    /// assert!(m.methods().is_empty());
+    /// ```
     pub fn any() -> Self {
         MethodSet {
             methods: Vec::new(),
@@ -89,6 +119,14 @@ impl MethodSet {
     }
 
     /// True when `method` is allowed.
+    ///
+    /// ```
+    /// use http::Method;
+    /// use portcullis::methods::MethodSet;
+    /// let m = MethodSet::parse(["GET", "HEAD"]).unwrap();
+    /// assert!(m.allows(&Method::HEAD));
+    /// assert!(!m.allows(&Method::POST));
+    /// ```
     pub fn allows(&self, method: &Method) -> bool {
         self.any || self.methods.contains(method)
     }
@@ -133,16 +171,36 @@ impl MethodSet {
     }
 
     /// The value of the `Allow` header.
+    ///
+    /// ```
+    /// use portcullis::methods::MethodSet;
+    /// let m = MethodSet::parse(["get", "head", "options"]).unwrap();
+    /// assert_eq!(m.allow_header(), "GET, HEAD, OPTIONS");
+    /// assert_eq!(MethodSet::any().allow_header(), "");
+    /// ```
     pub fn allow_header(&self) -> &str {
         &self.allow
     }
 
     /// The allowed methods (empty when any method is allowed).
+    ///
+    /// ```
+    /// use http::Method;
+    /// use portcullis::methods::MethodSet;
+    /// assert_eq!(MethodSet::new([Method::GET]).methods(), [Method::GET]);
+    /// assert!(MethodSet::any().methods().is_empty());
+    /// ```
     pub fn methods(&self) -> &[Method] {
         &self.methods
     }
 
     /// True when every method is allowed.
+    ///
+    /// ```
+    /// use portcullis::methods::MethodSet;
+    /// assert!(MethodSet::any().is_any());
+    /// assert!(!MethodSet::new([http::Method::GET]).is_any());
+    /// ```
     pub fn is_any(&self) -> bool {
         self.any
     }

@@ -28,6 +28,13 @@ use crate::headers::csp::Csp;
 use crate::methods::MethodSet;
 
 /// The three presets of the seed.
+///
+/// ```
+/// use portcullis::{Policy, Preset};
+/// let p = Policy::preset(Preset::Authenticated);
+/// assert!(p.requires_auth());
+/// assert_eq!(p.max_body_bytes(), Some(5 * 1024 * 1024));
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Preset {
     /// Anyone may call; 60/min per IP; 1 MiB; origin-checked CSRF.
@@ -40,6 +47,12 @@ pub enum Preset {
 
 impl Preset {
     /// Parses `public`, `authenticated` or `strict`.
+    ///
+    /// ```
+    /// use portcullis::Preset;
+    /// assert_eq!(Preset::from_name("strict"), Some(Preset::Strict));
+    /// assert_eq!(Preset::from_name("Strict"), None);
+    /// ```
     pub fn from_name(name: &str) -> Option<Preset> {
         match name {
             "public" => Some(Preset::Public),
@@ -50,6 +63,12 @@ impl Preset {
     }
 
     /// The preset's name.
+    ///
+    /// ```
+    /// use portcullis::Preset;
+    /// assert_eq!(Preset::Authenticated.name(), "authenticated");
+    /// assert_eq!(Preset::from_name(Preset::Public.name()), Some(Preset::Public));
+    /// ```
     pub fn name(self) -> &'static str {
         match self {
             Preset::Public => "public",
@@ -60,6 +79,12 @@ impl Preset {
 }
 
 /// Whose requests a rate limit counts together.
+///
+/// ```
+/// use portcullis::{Policy, Preset, policy::RateKey};
+/// assert_eq!(Policy::preset(Preset::Public).limits()[0].key, RateKey::Ip);
+/// assert_eq!(Policy::preset(Preset::Strict).limits()[0].key, RateKey::User);
+/// ```
 #[non_exhaustive]
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum RateKey {
@@ -76,6 +101,14 @@ pub enum RateKey {
 }
 
 /// The rate-limit algorithm.
+///
+/// ```
+/// use std::time::Duration;
+/// use portcullis::policy::{Algorithm, RateKey, RateLimitSpec};
+/// let l = RateLimitSpec::new(10, Duration::from_secs(1), RateKey::Ip);
+/// assert_eq!(l.algorithm, Algorithm::SlidingWindow);
+/// assert_eq!(Algorithm::default(), Algorithm::SlidingWindow);
+/// ```
 #[non_exhaustive]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub enum Algorithm {
@@ -89,6 +122,13 @@ pub enum Algorithm {
 }
 
 /// One limit: `requests` per `window`, counted per `key`.
+///
+/// ```
+/// use std::time::Duration;
+/// use portcullis::policy::{RateKey, RateLimitSpec};
+/// let l = RateLimitSpec::new(100, Duration::from_secs(60), RateKey::Header("x-tenant".into()));
+/// assert_eq!((l.name.as_str(), l.cost, l.burst), ("default", 1, 0));
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct RateLimitSpec {
     /// The limit's name in `RateLimit-Policy` and 429 bodies.
@@ -128,24 +168,57 @@ impl RateLimitSpec {
     }
 
     /// Names the limit (shown in `RateLimit-Policy` and 429 bodies).
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use portcullis::policy::{RateKey, RateLimitSpec};
+    /// let l = RateLimitSpec::new(10, Duration::from_secs(1), RateKey::Ip).named("burst");
+    /// assert_eq!(l.name, "burst");
+    /// ```
     pub fn named(mut self, name: &str) -> Self {
         self.name = name.to_string();
         self
     }
 
     /// Chooses the algorithm.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use portcullis::policy::{Algorithm, RateKey, RateLimitSpec};
+    /// let l = RateLimitSpec::new(10, Duration::from_secs(1), RateKey::Ip)
+    ///     .algorithm(Algorithm::TokenBucket);
+    /// assert_eq!(l.algorithm, Algorithm::TokenBucket);
+    /// ```
     pub fn algorithm(mut self, algorithm: Algorithm) -> Self {
         self.algorithm = algorithm;
         self
     }
 
     /// Sets the token bucket's burst capacity.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use portcullis::policy::{Algorithm, RateKey, RateLimitSpec};
+    /// let l = RateLimitSpec::new(10, Duration::from_secs(1), RateKey::Ip)
+    ///     .algorithm(Algorithm::TokenBucket)
+    ///     .burst(50);
+    /// assert_eq!(l.burst, 50);
+    /// ```
     pub fn burst(mut self, burst: u32) -> Self {
         self.burst = burst;
         self
     }
 
     /// Sets the cost of one request.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use portcullis::policy::{RateKey, RateLimitSpec};
+    /// let l = RateLimitSpec::new(100, Duration::from_secs(60), RateKey::User);
+    /// assert_eq!(l.clone().cost(5).cost, 5);
+    /// // A cost of zero is raised to one.
+    /// assert_eq!(l.cost(0).cost, 1);
+    /// ```
     pub fn cost(mut self, cost: u32) -> Self {
         self.cost = cost.max(1);
         self
@@ -153,6 +226,13 @@ impl RateLimitSpec {
 }
 
 /// CSRF protection for unsafe methods.
+///
+/// ```
+/// use portcullis::{Policy, Preset, policy::CsrfMode};
+/// assert_eq!(Policy::preset(Preset::Public).csrf_mode(), CsrfMode::Origin);
+/// assert_eq!(Policy::preset(Preset::Strict).csrf_mode(), CsrfMode::OriginAndToken);
+/// assert_eq!(Policy::open().csrf_mode(), CsrfMode::Off);
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum CsrfMode {
     /// No CSRF check.
@@ -164,6 +244,13 @@ pub enum CsrfMode {
 }
 
 /// Which controls only report (decide, audit, count) instead of refusing.
+///
+/// ```
+/// use portcullis::{Control, Policy, Preset, policy::ReportOnly};
+/// let p = Policy::preset(Preset::Public).report_only(ReportOnly::Controls(vec![Control::RateLimit]));
+/// assert!(p.report_only_mode().covers(Control::RateLimit));
+/// assert!(!p.report_only_mode().covers(Control::Csrf));
+/// ```
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub enum ReportOnly {
     /// Every control enforces.
@@ -177,6 +264,14 @@ pub enum ReportOnly {
 
 impl ReportOnly {
     /// True when `control` only reports under this setting.
+    ///
+    /// ```
+    /// use portcullis::{Control, policy::ReportOnly};
+    /// assert!(ReportOnly::All.covers(Control::Csrf));
+    /// // Path hygiene always enforces.
+    /// assert!(!ReportOnly::All.covers(Control::Path));
+    /// assert!(!ReportOnly::Off.covers(Control::Csrf));
+    /// ```
     pub fn covers(&self, control: Control) -> bool {
         let enforced_always = matches!(
             control,
@@ -192,6 +287,15 @@ impl ReportOnly {
 }
 
 /// The CSP of a route.
+///
+/// ```
+/// use std::sync::Arc;
+/// use portcullis::{Csp, Policy, policy::CspSetting};
+/// let p = Policy::open().csp(CspSetting::Custom(Arc::new(Csp::parse("default-src 'none'")?)));
+/// assert!(matches!(p.csp_setting(), CspSetting::Custom(csp) if csp.get("default-src").is_some()));
+/// assert!(matches!(Policy::open().csp_setting(), CspSetting::Inherit));
+/// # Ok::<(), portcullis::headers::csp::CspError>(())
+/// ```
 #[derive(Debug, Clone, Default)]
 pub enum CspSetting {
     /// The layer-wide CSP (if any).
@@ -204,6 +308,14 @@ pub enum CspSetting {
 }
 
 /// What a route requires.
+///
+/// ```
+/// use portcullis::{Policy, Preset};
+/// let p = Policy::preset(Preset::Public).max_body(64 * 1024);
+/// assert_eq!(p.preset_of(), Some(Preset::Public));
+/// assert_eq!(p.max_body_bytes(), Some(64 * 1024));
+/// assert!(!p.requires_auth());
+/// ```
 #[derive(Debug, Clone)]
 pub struct Policy {
     preset: Option<Preset>,
@@ -228,6 +340,15 @@ const MIB: u64 = 1024 * 1024;
 
 impl Policy {
     /// A policy that restricts nothing: any method, no auth, no limits, no CSRF check.
+    ///
+    /// ```
+    /// use portcullis::Policy;
+    /// let p = Policy::open();
+    /// assert!(p.allowed_methods().is_any());
+    /// assert!(!p.requires_auth());
+    /// assert!(p.limits().is_empty());
+    /// assert_eq!(p.max_body_bytes(), None);
+    /// ```
     pub fn open() -> Self {
         Policy {
             preset: None,
@@ -248,6 +369,14 @@ impl Policy {
     }
 
     /// The preset's policy (shared/DESIGN.md §3).
+    ///
+    /// ```
+    /// use portcullis::{Policy, Preset};
+    /// let p = Policy::preset(Preset::Strict);
+    /// assert_eq!(p.allowed_methods().allow_header(), "POST");
+    /// assert_eq!(p.limits()[0].requests, 10);
+    /// assert_eq!(p.max_body_bytes(), Some(512 * 1024));
+    /// ```
     pub fn preset(preset: Preset) -> Self {
         use Method as M;
         let (methods, auth, limit, body, csrf) = match preset {
@@ -287,24 +416,51 @@ impl Policy {
     }
 
     /// Replaces the method allowlist.
+    ///
+    /// ```
+    /// use http::Method;
+    /// use portcullis::{Policy, Preset};
+    /// let p = Policy::preset(Preset::Public).methods([Method::GET, Method::HEAD]);
+    /// assert_eq!(p.allowed_methods().allow_header(), "GET, HEAD");
+    /// assert!(!p.allowed_methods().allows(&Method::POST));
+    /// ```
     pub fn methods(mut self, methods: impl IntoIterator<Item = Method>) -> Self {
         self.methods = MethodSet::new(methods);
         self
     }
 
     /// Replaces the method allowlist with a prepared set.
+    ///
+    /// ```
+    /// use portcullis::{Policy, methods::MethodSet};
+    /// let p = Policy::open().method_set(MethodSet::parse(["get", "put"]).unwrap());
+    /// assert_eq!(p.allowed_methods().allow_header(), "GET, PUT");
+    /// ```
     pub fn method_set(mut self, methods: MethodSet) -> Self {
         self.methods = methods;
         self
     }
 
     /// Requires (or not) an authenticated principal.
+    ///
+    /// ```
+    /// use portcullis::{Policy, Preset};
+    /// assert!(Policy::open().auth(true).requires_auth());
+    /// assert!(!Policy::preset(Preset::Authenticated).auth(false).requires_auth());
+    /// ```
     pub fn auth(mut self, required: bool) -> Self {
         self.auth = required;
         self
     }
 
     /// Requires any one of `roles` (implies authentication).
+    ///
+    /// ```
+    /// use portcullis::Policy;
+    /// let p = Policy::open().roles(["admin", "ops"]);
+    /// assert_eq!(p.any_roles(), ["admin", "ops"]);
+    /// assert!(p.requires_auth());
+    /// ```
     pub fn roles<I, R>(mut self, roles: I) -> Self
     where
         I: IntoIterator<Item = R>,
@@ -318,6 +474,13 @@ impl Policy {
     }
 
     /// Requires every one of `roles` (implies authentication).
+    ///
+    /// ```
+    /// use portcullis::Policy;
+    /// let p = Policy::open().all_roles(["billing", "write"]);
+    /// assert_eq!(p.required_roles(), ["billing", "write"]);
+    /// assert!(p.requires_auth());
+    /// ```
     pub fn all_roles<I, R>(mut self, roles: I) -> Self
     where
         I: IntoIterator<Item = R>,
@@ -331,6 +494,17 @@ impl Policy {
     }
 
     /// Replaces the rate limits (an empty list disables rate limiting).
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use portcullis::{Policy, Preset, policy::{RateKey, RateLimitSpec}};
+    /// let p = Policy::preset(Preset::Public).rate_limits([
+    ///     RateLimitSpec::new(5, Duration::from_secs(1), RateKey::Ip).named("burst"),
+    ///     RateLimitSpec::new(1000, Duration::from_secs(3600), RateKey::Ip).named("hourly"),
+    /// ]);
+    /// assert_eq!(p.limits().len(), 2);
+    /// assert!(p.rate_limits([]).limits().is_empty());
+    /// ```
     pub fn rate_limits(mut self, limits: impl IntoIterator<Item = RateLimitSpec>) -> Self {
         self.rate_limits = limits.into_iter().collect();
         self.rate_limit_policy = crate::rate_limit::policy_field(&self.rate_limits);
@@ -338,12 +512,23 @@ impl Policy {
     }
 
     /// Sets the body limit in bytes.
+    ///
+    /// ```
+    /// use portcullis::Policy;
+    /// assert_eq!(Policy::open().max_body(4096).max_body_bytes(), Some(4096));
+    /// ```
     pub fn max_body(mut self, bytes: u64) -> Self {
         self.max_body = Some(bytes);
         self
     }
 
     /// Removes the body limit.
+    ///
+    /// ```
+    /// use portcullis::{Policy, Preset};
+    /// let p = Policy::preset(Preset::Public).unlimited_body();
+    /// assert_eq!(p.max_body_bytes(), None);
+    /// ```
     pub fn unlimited_body(mut self) -> Self {
         self.max_body = None;
         self
@@ -351,6 +536,12 @@ impl Policy {
 
     /// Accepts only these content types (`application/json`, `text/*`) for requests with a
     /// body; others get 415.
+    ///
+    /// ```
+    /// use portcullis::Policy;
+    /// let p = Policy::open().content_types(["Application/JSON ", "text/*"]);
+    /// assert_eq!(p.allowed_content_types().unwrap(), ["application/json", "text/*"]);
+    /// ```
     pub fn content_types<I, R>(mut self, types: I) -> Self
     where
         I: IntoIterator<Item = R>,
@@ -366,61 +557,130 @@ impl Policy {
     }
 
     /// Sets the CSRF mode.
+    ///
+    /// ```
+    /// use portcullis::{Policy, Preset, policy::CsrfMode};
+    /// let p = Policy::preset(Preset::Authenticated).csrf(CsrfMode::Origin);
+    /// assert_eq!(p.csrf_mode(), CsrfMode::Origin);
+    /// ```
     pub fn csrf(mut self, mode: CsrfMode) -> Self {
         self.csrf = mode;
         self
     }
 
     /// Sets the route's CSP.
+    ///
+    /// ```
+    /// use portcullis::{Policy, policy::CspSetting};
+    /// let p = Policy::open().csp(CspSetting::Off);
+    /// assert!(matches!(p.csp_setting(), CspSetting::Off));
+    /// ```
     pub fn csp(mut self, csp: CspSetting) -> Self {
         self.csp = csp;
         self
     }
 
     /// Adds `Cache-Control: no-store` to responses without a `Cache-Control` (API routes).
+    ///
+    /// ```
+    /// use portcullis::{Policy, Preset};
+    /// assert!(Policy::preset(Preset::Public).is_no_store());
+    /// assert!(!Policy::preset(Preset::Public).no_store(false).is_no_store());
+    /// ```
     pub fn no_store(mut self, on: bool) -> Self {
         self.no_store = on;
         self
     }
 
     /// Sets report-only mode.
+    ///
+    /// ```
+    /// use portcullis::{Control, Policy, Preset, policy::ReportOnly};
+    /// let p = Policy::preset(Preset::Strict).report_only(ReportOnly::All);
+    /// assert!(p.report_only_mode().covers(Control::RateLimit));
+    /// ```
     pub fn report_only(mut self, mode: ReportOnly) -> Self {
         self.report_only = mode;
         self
     }
 
     /// Audits allowed requests on this route too.
+    ///
+    /// ```
+    /// use portcullis::{Policy, Preset};
+    /// assert!(Policy::preset(Preset::Strict).audit_allowed(true).audits_allowed());
+    /// ```
     pub fn audit_allowed(mut self, on: bool) -> Self {
         self.audit_allowed = on;
         self
     }
 
     /// The preset this policy started from.
+    ///
+    /// ```
+    /// use portcullis::{Policy, Preset};
+    /// assert_eq!(Policy::preset(Preset::Strict).roles(["admin"]).preset_of(), Some(Preset::Strict));
+    /// assert_eq!(Policy::open().preset_of(), None);
+    /// ```
     pub fn preset_of(&self) -> Option<Preset> {
         self.preset
     }
 
     /// The method allowlist.
+    ///
+    /// ```
+    /// use portcullis::{Policy, Preset};
+    /// let p = Policy::preset(Preset::Authenticated);
+    /// assert_eq!(p.allowed_methods().allow_header(), "GET, HEAD, POST, PUT, PATCH, DELETE");
+    /// assert!(!p.allowed_methods().allows(&http::Method::OPTIONS));
+    /// ```
     pub fn allowed_methods(&self) -> &MethodSet {
         &self.methods
     }
 
     /// True when a principal is required.
+    ///
+    /// ```
+    /// use portcullis::{Policy, Preset};
+    /// assert!(!Policy::preset(Preset::Public).requires_auth());
+    /// assert!(Policy::preset(Preset::Public).roles(["user"]).requires_auth());
+    /// ```
     pub fn requires_auth(&self) -> bool {
         self.auth
     }
 
     /// Roles of which any one suffices.
+    ///
+    /// ```
+    /// use portcullis::{Policy, Preset};
+    /// assert!(Policy::preset(Preset::Strict).any_roles().is_empty());
+    /// assert_eq!(Policy::preset(Preset::Strict).roles(["admin"]).any_roles(), ["admin"]);
+    /// ```
     pub fn any_roles(&self) -> &[String] {
         &self.roles
     }
 
     /// Roles that are all required.
+    ///
+    /// ```
+    /// use portcullis::Policy;
+    /// let p = Policy::open().roles(["a", "b"]).all_roles(["c"]);
+    /// assert_eq!(p.required_roles(), ["c"]);
+    /// assert_eq!(p.any_roles(), ["a", "b"]);
+    /// ```
     pub fn required_roles(&self) -> &[String] {
         &self.all_roles
     }
 
     /// The rate limits.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use portcullis::{Policy, Preset};
+    /// let p = Policy::preset(Preset::Authenticated);
+    /// let l = &p.limits()[0];
+    /// assert_eq!((l.requests, l.window), (20, Duration::from_secs(3600)));
+    /// ```
     pub fn limits(&self) -> &[RateLimitSpec] {
         &self.rate_limits
     }
@@ -431,36 +691,75 @@ impl Policy {
     }
 
     /// The body limit.
+    ///
+    /// ```
+    /// use portcullis::{Policy, Preset};
+    /// assert_eq!(Policy::preset(Preset::Public).max_body_bytes(), Some(1024 * 1024));
+    /// assert_eq!(Policy::open().max_body_bytes(), None);
+    /// ```
     pub fn max_body_bytes(&self) -> Option<u64> {
         self.max_body
     }
 
     /// The content-type allowlist.
+    ///
+    /// ```
+    /// use portcullis::{Policy, Preset};
+    /// assert_eq!(Policy::preset(Preset::Public).allowed_content_types(), None);
+    /// let p = Policy::open().content_types(["application/json"]);
+    /// assert_eq!(p.allowed_content_types().unwrap(), ["application/json"]);
+    /// ```
     pub fn allowed_content_types(&self) -> Option<&[String]> {
         self.content_types.as_deref()
     }
 
     /// The CSRF mode.
+    ///
+    /// ```
+    /// use portcullis::{Policy, Preset, policy::CsrfMode};
+    /// assert_eq!(Policy::preset(Preset::Authenticated).csrf_mode(), CsrfMode::OriginAndToken);
+    /// ```
     pub fn csrf_mode(&self) -> CsrfMode {
         self.csrf
     }
 
     /// The CSP setting.
+    ///
+    /// ```
+    /// use portcullis::{Policy, Preset, policy::CspSetting};
+    /// assert!(matches!(Policy::preset(Preset::Public).csp_setting(), CspSetting::Inherit));
+    /// ```
     pub fn csp_setting(&self) -> &CspSetting {
         &self.csp
     }
 
     /// True when responses get `Cache-Control: no-store` by default.
+    ///
+    /// ```
+    /// use portcullis::{Policy, Preset};
+    /// assert!(Policy::preset(Preset::Strict).is_no_store());
+    /// assert!(!Policy::open().is_no_store());
+    /// ```
     pub fn is_no_store(&self) -> bool {
         self.no_store
     }
 
     /// The report-only setting.
+    ///
+    /// ```
+    /// use portcullis::{Policy, policy::ReportOnly};
+    /// assert_eq!(Policy::open().report_only_mode(), &ReportOnly::Off);
+    /// ```
     pub fn report_only_mode(&self) -> &ReportOnly {
         &self.report_only
     }
 
     /// True when allowed requests are audited.
+    ///
+    /// ```
+    /// use portcullis::{Policy, Preset};
+    /// assert!(!Policy::preset(Preset::Public).audits_allowed());
+    /// ```
     pub fn audits_allowed(&self) -> bool {
         self.audit_allowed
     }

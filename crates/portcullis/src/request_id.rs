@@ -14,18 +14,43 @@ use http::HeaderName;
 use http::request::Parts;
 
 /// The `x-request-id` header name.
+///
+/// ```
+/// use portcullis::request_id::X_REQUEST_ID;
+/// assert_eq!(X_REQUEST_ID, "x-request-id");
+/// ```
 pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
 /// The longest client-supplied id kept.
+///
+/// ```
+/// use portcullis::request_id::{MAX_LEN, RequestId};
+/// assert!(RequestId::from_client(&"a".repeat(MAX_LEN)).is_some());
+/// assert!(RequestId::from_client(&"a".repeat(MAX_LEN + 1)).is_none());
+/// ```
 pub const MAX_LEN: usize = 128;
 
 /// A request's id; also an axum extractor.
+///
+/// ```
+/// use portcullis::RequestId;
+/// let id = RequestId::from_client("req-42").unwrap();
+/// assert_eq!(id.to_string(), "req-42");
+/// assert_ne!(RequestId::generate(), RequestId::generate());
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct RequestId(Arc<str>);
 
 impl RequestId {
     /// Accepts a client's id if it is 1–128 characters of `A-Z a-z 0-9 - _ . :`, so it can
     /// never inject into logs or headers; anything else is replaced by a generated id.
+    ///
+    /// ```
+    /// use portcullis::RequestId;
+    /// assert_eq!(RequestId::from_client("trace:01.a_b-c").unwrap().as_str(), "trace:01.a_b-c");
+    /// assert!(RequestId::from_client("").is_none());
+    /// assert!(RequestId::from_client("<script>").is_none());
+    /// ```
     pub fn from_client(value: &str) -> Option<RequestId> {
         let ok = !value.is_empty()
             && value.len() <= MAX_LEN
@@ -36,6 +61,15 @@ impl RequestId {
     }
 
     /// A fresh random id in UUID v4 form.
+    ///
+    /// ```
+    /// use portcullis::RequestId;
+    /// let id = RequestId::generate();
+    /// let s = id.as_str();
+    /// assert_eq!((s.len(), &s[14..15], &s[8..9]), (36, "4", "-"));
+    /// // A generated id is itself one a client may send back.
+    /// assert!(RequestId::from_client(s).is_some());
+    /// ```
     pub fn generate() -> RequestId {
         let mut b: [u8; 16] = crate::random::bytes();
         b[6] = (b[6] & 0x0f) | 0x40;
@@ -59,6 +93,11 @@ impl RequestId {
     }
 
     /// The id as text.
+    ///
+    /// ```
+    /// use portcullis::RequestId;
+    /// assert_eq!(RequestId::from_client("abc").unwrap().as_str(), "abc");
+    /// ```
     pub fn as_str(&self) -> &str {
         &self.0
     }

@@ -42,6 +42,13 @@
 use std::fmt;
 
 /// Why a raw path was refused.
+///
+/// ```
+/// use portcullis::route::{CanonicalPath, PathError};
+/// assert_eq!(CanonicalPath::parse("/files/a%2fb"), Err(PathError::EncodedSlash));
+/// assert_eq!(CanonicalPath::parse("/a/..;/admin"), Err(PathError::PathParameter));
+/// assert_eq!(CanonicalPath::parse("/admin."), Err(PathError::TrailingDotOrSpace));
+/// ```
 #[non_exhaustive]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PathError {
@@ -77,6 +84,13 @@ pub enum PathError {
 
 impl PathError {
     /// A short human reason, safe to show to the client.
+    ///
+    /// ```
+    /// use portcullis::route::{CanonicalPath, PathError};
+    /// let err = CanonicalPath::parse("/../etc/passwd").unwrap_err();
+    /// assert_eq!(err, PathError::AboveRoot);
+    /// assert_eq!(err.reason(), "Path climbs above the root");
+    /// ```
     pub fn reason(self) -> &'static str {
         match self {
             PathError::NotAbsolute => "Path must start with '/'",
@@ -105,9 +119,23 @@ impl fmt::Display for PathError {
 impl std::error::Error for PathError {}
 
 /// The longest raw path accepted, in bytes.
+///
+/// ```
+/// use portcullis::route::{CanonicalPath, MAX_PATH_LEN, PathError};
+/// let long = format!("/{}", "a".repeat(MAX_PATH_LEN));
+/// assert_eq!(CanonicalPath::parse(&long), Err(PathError::TooLong));
+/// ```
 pub const MAX_PATH_LEN: usize = 8192;
 
 /// A request path in canonical form: the one form every control and the upstream see.
+///
+/// ```
+/// use portcullis::CanonicalPath;
+/// let p = CanonicalPath::parse("/api/./v1//%7Euser")?;
+/// assert_eq!(p.to_string(), "/api/v1/~user");
+/// assert_eq!(p, CanonicalPath::parse("/api/v1/~user")?);
+/// # Ok::<(), portcullis::route::PathError>(())
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct CanonicalPath(String);
 
@@ -124,11 +152,26 @@ impl CanonicalPath {
     }
 
     /// The canonical path as a string.
+    ///
+    /// ```
+    /// use portcullis::CanonicalPath;
+    /// assert_eq!(CanonicalPath::parse("/a/b/../c/")?.as_str(), "/a/c/");
+    /// assert_eq!(CanonicalPath::parse("/")?.as_str(), "/");
+    /// # Ok::<(), portcullis::route::PathError>(())
+    /// ```
     pub fn as_str(&self) -> &str {
         &self.0
     }
 
     /// The path's segments, ignoring a trailing slash.
+    ///
+    /// ```
+    /// use portcullis::CanonicalPath;
+    /// let p = CanonicalPath::parse("/api/v1/users/")?;
+    /// assert_eq!(p.segments().collect::<Vec<_>>(), ["api", "v1", "users"]);
+    /// assert_eq!(CanonicalPath::parse("/")?.segments().count(), 0);
+    /// # Ok::<(), portcullis::route::PathError>(())
+    /// ```
     pub fn segments(&self) -> impl Iterator<Item = &str> {
         self.0.split('/').filter(|s| !s.is_empty())
     }
@@ -346,6 +389,13 @@ fn canonicalize(raw: &str) -> Result<String, PathError> {
 }
 
 /// Why a route pattern was refused.
+///
+/// ```
+/// use portcullis::route::RouteTable;
+/// let err = RouteTable::new(()).insert("/api/**/x**", ()).unwrap_err();
+/// assert_eq!(err.pattern, "/api/**/x**");
+/// assert_eq!(err.reason, "'**' must be a whole segment");
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PatternError {
     /// The pattern as written.
@@ -363,6 +413,15 @@ impl fmt::Display for PatternError {
 impl std::error::Error for PatternError {}
 
 /// Why a lookup refused a path.
+///
+/// ```
+/// use portcullis::route::{CanonicalPath, RouteError, RouteTable};
+/// let mut table = RouteTable::new("public");
+/// table.insert("/api/admin/**", "admin").unwrap();
+/// // `/API/admin` would reach the admin handler in a case-insensitive application.
+/// let err = table.lookup(&CanonicalPath::parse("/API/admin/users").unwrap()).unwrap_err();
+/// assert_eq!(err, RouteError::CaseVariant { exact: "*".into(), folded: "/api/admin/**".into() });
+/// ```
 #[non_exhaustive]
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RouteError {
@@ -502,6 +561,16 @@ fn literal(part: &str, pattern: &str) -> Result<String, PatternError> {
 }
 
 /// A successful lookup: the route's pattern and value.
+///
+/// ```
+/// use portcullis::route::{CanonicalPath, RouteTable};
+/// let mut table = RouteTable::new(0);
+/// table.insert("/api/*/notes", 1).unwrap();
+/// let hit = table.lookup(&CanonicalPath::parse("/api/42/notes").unwrap()).unwrap();
+/// assert_eq!((hit.pattern, hit.pattern_opt, *hit.value), ("/api/*/notes", Some("/api/*/notes"), 1));
+/// let miss = table.lookup(&CanonicalPath::parse("/other").unwrap()).unwrap();
+/// assert_eq!((miss.pattern, miss.pattern_opt, *miss.value), ("*", None, 0));
+/// ```
 #[derive(Debug)]
 pub struct RouteMatch<'a, T> {
     /// The matching pattern, or `None` when the default applied.
@@ -517,6 +586,18 @@ pub struct RouteMatch<'a, T> {
 /// Specificity compares the patterns segment by segment from the left: a literal beats a
 /// glob segment (`*.js`), which beats `*`, and a pattern that ends beats one that continues
 /// with `**`. Two patterns of equal specificity: the one inserted first wins.
+///
+/// ```
+/// use portcullis::route::{CanonicalPath, RouteTable};
+/// let mut table = RouteTable::new("default");
+/// table.insert("/api/**", "api").unwrap();
+/// table.insert("/api/health", "health").unwrap();
+/// let value = |p| *table.lookup(&CanonicalPath::parse(p).unwrap()).unwrap().value;
+/// // The literal pattern is more specific than `**`, whatever the insertion order.
+/// assert_eq!(value("/api/health"), "health");
+/// assert_eq!(value("/api/users"), "api");
+/// assert_eq!(value("/"), "default");
+/// ```
 #[derive(Debug, Clone)]
 pub struct RouteTable<T> {
     routes: Vec<Route<T>>,
@@ -525,6 +606,13 @@ pub struct RouteTable<T> {
 
 impl<T> RouteTable<T> {
     /// A table whose unmatched paths get `default`.
+    ///
+    /// ```
+    /// use portcullis::route::{CanonicalPath, RouteTable};
+    /// let table = RouteTable::new("fallback");
+    /// assert_eq!(*table.default_value(), "fallback");
+    /// assert_eq!(*table.lookup(&CanonicalPath::parse("/x").unwrap()).unwrap().value, "fallback");
+    /// ```
     pub fn new(default: T) -> Self {
         RouteTable {
             routes: Vec::new(),
@@ -533,6 +621,14 @@ impl<T> RouteTable<T> {
     }
 
     /// Adds a route. Refuses a malformed or duplicate pattern.
+    ///
+    /// ```
+    /// use portcullis::route::RouteTable;
+    /// let mut table = RouteTable::new(0);
+    /// assert!(table.insert("/static/*.js", 1).is_ok());
+    /// assert_eq!(table.insert("/static/*.js/", 2).unwrap_err().reason, "duplicate route pattern");
+    /// assert!(table.insert("static", 3).is_err());
+    /// ```
     pub fn insert(&mut self, pattern: &str, value: T) -> Result<(), PatternError> {
         let segs = parse_pattern(pattern)?;
         if self.routes.iter().any(|r| r.segs == segs) {
@@ -550,16 +646,40 @@ impl<T> RouteTable<T> {
     }
 
     /// The value for unmatched paths.
+    ///
+    /// ```
+    /// use portcullis::route::RouteTable;
+    /// let mut table = RouteTable::new(10);
+    /// table.insert("/api/**", 20).unwrap();
+    /// assert_eq!(*table.default_value(), 10);
+    /// ```
     pub fn default_value(&self) -> &T {
         &self.default
     }
 
     /// Iterates the routes in insertion order as (pattern, value).
+    ///
+    /// ```
+    /// use portcullis::route::RouteTable;
+    /// let mut table = RouteTable::new(0);
+    /// table.insert("/b/**", 2).unwrap();
+    /// table.insert("/a", 1).unwrap();
+    /// assert_eq!(table.iter().collect::<Vec<_>>(), [("/b/**", &2), ("/a", &1)]);
+    /// ```
     pub fn iter(&self) -> impl Iterator<Item = (&str, &T)> {
         self.routes.iter().map(|r| (r.pattern.as_str(), &r.value))
     }
 
     /// Mutable access to every value, the default included.
+    ///
+    /// ```
+    /// use portcullis::route::RouteTable;
+    /// let mut table = RouteTable::new(1);
+    /// table.insert("/api/**", 2).unwrap();
+    /// table.values_mut().for_each(|v| *v *= 10);
+    /// assert_eq!(*table.default_value(), 10);
+    /// assert_eq!(table.iter().next(), Some(("/api/**", &20)));
+    /// ```
     pub fn values_mut(&mut self) -> impl Iterator<Item = &mut T> {
         std::iter::once(&mut self.default).chain(self.routes.iter_mut().map(|r| &mut r.value))
     }
@@ -567,6 +687,16 @@ impl<T> RouteTable<T> {
     /// Finds the most specific route for `path`.
     ///
     /// Refuses a path whose case-folded form selects a different route (see the module docs).
+    ///
+    /// ```
+    /// use portcullis::route::{CanonicalPath, RouteTable};
+    /// let mut table = RouteTable::new("public");
+    /// table.insert("/api/admin/**", "admin").unwrap();
+    /// let path = CanonicalPath::parse("/api//admin/./users")?;
+    /// assert_eq!(*table.lookup(&path).unwrap().value, "admin");
+    /// assert!(table.lookup(&CanonicalPath::parse("/api/Admin/users")?).is_err());
+    /// # Ok::<(), portcullis::route::PathError>(())
+    /// ```
     pub fn lookup(&self, path: &CanonicalPath) -> Result<RouteMatch<'_, T>, RouteError> {
         let mut segs: [&str; 32] = [""; 32];
         let mut n = 0;
