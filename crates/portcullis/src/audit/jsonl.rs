@@ -26,6 +26,34 @@ use super::store::{AuditError, AuditStore};
 use crate::auth::BoxFuture;
 
 /// The JSON-lines file [`AuditStore`].
+///
+/// ```
+/// use portcullis::audit::{AuditQuery, AuditStore, jsonl::JsonlStore};
+/// # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
+/// # let path = std::env::temp_dir().join(format!("portcullis-doc-{}-jsonl-store.jsonl", std::process::id()));
+/// # let _ = std::fs::remove_file(&path);
+/// let store = JsonlStore::open(&path).unwrap();
+/// # let event = portcullis::audit::AuditEvent {
+/// #     id: portcullis::audit::uuid_v7(),
+/// #     ts_ms: 0,
+/// #     action: portcullis::audit::AuditAction::Forbidden,
+/// #     outcome: portcullis::audit::Outcome::Denied,
+/// #     principal: Some("alice".into()),
+/// #     client_ip: Some("203.0.113.7".into()),
+/// #     method: "POST".into(),
+/// #     route: "/api/admin/**".into(),
+/// #     path: "/api/admin/users".into(),
+/// #     status: 403,
+/// #     request_id: "req-1".into(),
+/// #     metadata: serde_json::json!({"code": "forbidden"}),
+/// # };
+/// store.write(&[event]).await.unwrap();
+/// let text = std::fs::read_to_string(&path).unwrap();
+/// assert!(text.starts_with('{') && text.ends_with("}\n")); // one JSON object per line
+/// assert_eq!(store.query(&AuditQuery::new()).await.unwrap().len(), 1);
+/// # std::fs::remove_file(&path).ok();
+/// # });
+/// ```
 #[derive(Debug, Clone)]
 pub struct JsonlStore {
     inner: Arc<Inner>,
@@ -41,6 +69,16 @@ struct Inner {
 
 impl JsonlStore {
     /// Opens (or creates) the file at `path`.
+    ///
+    /// ```
+    /// use portcullis::audit::jsonl::JsonlStore;
+    /// # let path = std::env::temp_dir().join(format!("portcullis-doc-{}-jsonl-open.jsonl", std::process::id()));
+    /// # let _ = std::fs::remove_file(&path);
+    /// let store = JsonlStore::open(&path)?;
+    /// assert!(path.exists()); // created at once, so a bad path fails at start-up
+    /// # std::fs::remove_file(&path).ok();
+    /// # Ok::<(), portcullis::audit::AuditError>(())
+    /// ```
     pub fn open(path: impl Into<PathBuf>) -> Result<Self, AuditError> {
         let path = path.into();
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
@@ -63,11 +101,100 @@ impl JsonlStore {
     }
 
     /// Rotates when the file would exceed `bytes`.
+    ///
+    /// ```
+    /// use portcullis::audit::{AuditQuery, AuditStore, jsonl::JsonlStore};
+    /// # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
+    /// # let path = std::env::temp_dir().join(format!("portcullis-doc-{}-jsonl-max.jsonl", std::process::id()));
+    /// # let _ = std::fs::remove_file(&path);
+    /// let store = JsonlStore::open(&path).unwrap().max_bytes(1); // rotate before every write
+    /// # let a = portcullis::audit::AuditEvent {
+    /// #     id: portcullis::audit::uuid_v7(),
+    /// #     ts_ms: 1,
+    /// #     action: portcullis::audit::AuditAction::Forbidden,
+    /// #     outcome: portcullis::audit::Outcome::Denied,
+    /// #     principal: Some("alice".into()),
+    /// #     client_ip: Some("203.0.113.7".into()),
+    /// #     method: "POST".into(),
+    /// #     route: "/api/admin/**".into(),
+    /// #     path: "/api/admin/users".into(),
+    /// #     status: 403,
+    /// #     request_id: "req-1".into(),
+    /// #     metadata: serde_json::json!({"code": "forbidden"}),
+    /// # };
+    /// # let b = portcullis::audit::AuditEvent {
+    /// #     id: portcullis::audit::uuid_v7(),
+    /// #     ts_ms: 2,
+    /// #     action: portcullis::audit::AuditAction::Forbidden,
+    /// #     outcome: portcullis::audit::Outcome::Denied,
+    /// #     principal: Some("alice".into()),
+    /// #     client_ip: Some("203.0.113.7".into()),
+    /// #     method: "POST".into(),
+    /// #     route: "/api/admin/**".into(),
+    /// #     path: "/api/admin/users".into(),
+    /// #     status: 403,
+    /// #     request_id: "req-1".into(),
+    /// #     metadata: serde_json::json!({"code": "forbidden"}),
+    /// # };
+    /// store.write(&[a]).await.unwrap();
+    /// store.write(&[b]).await.unwrap();
+    /// let rotated = std::path::PathBuf::from(format!("{}.1", path.display()));
+    /// assert!(rotated.exists());
+    /// // Queries read the rotated files too.
+    /// assert_eq!(store.query(&AuditQuery::new()).await.unwrap().len(), 2);
+    /// # std::fs::remove_file(&rotated).ok();
+    /// # std::fs::remove_file(&path).ok();
+    /// # });
+    /// ```
     pub fn max_bytes(self, bytes: u64) -> Self {
         self.with(|i| i.max_bytes = bytes.max(1))
     }
 
     /// Keeps `n` rotated files.
+    ///
+    /// ```
+    /// use portcullis::audit::{AuditQuery, AuditStore, jsonl::JsonlStore};
+    /// # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
+    /// # let path = std::env::temp_dir().join(format!("portcullis-doc-{}-jsonl-keep.jsonl", std::process::id()));
+    /// # let _ = std::fs::remove_file(&path);
+    /// // Keep no rotated file: a full file is deleted.
+    /// let store = JsonlStore::open(&path).unwrap().max_bytes(1).keep(0);
+    /// # let a = portcullis::audit::AuditEvent {
+    /// #     id: portcullis::audit::uuid_v7(),
+    /// #     ts_ms: 1,
+    /// #     action: portcullis::audit::AuditAction::Forbidden,
+    /// #     outcome: portcullis::audit::Outcome::Denied,
+    /// #     principal: Some("alice".into()),
+    /// #     client_ip: Some("203.0.113.7".into()),
+    /// #     method: "POST".into(),
+    /// #     route: "/api/admin/**".into(),
+    /// #     path: "/api/admin/users".into(),
+    /// #     status: 403,
+    /// #     request_id: "req-1".into(),
+    /// #     metadata: serde_json::json!({"code": "forbidden"}),
+    /// # };
+    /// # let b = portcullis::audit::AuditEvent {
+    /// #     id: portcullis::audit::uuid_v7(),
+    /// #     ts_ms: 2,
+    /// #     action: portcullis::audit::AuditAction::Forbidden,
+    /// #     outcome: portcullis::audit::Outcome::Denied,
+    /// #     principal: Some("alice".into()),
+    /// #     client_ip: Some("203.0.113.7".into()),
+    /// #     method: "POST".into(),
+    /// #     route: "/api/admin/**".into(),
+    /// #     path: "/api/admin/users".into(),
+    /// #     status: 403,
+    /// #     request_id: "req-1".into(),
+    /// #     metadata: serde_json::json!({"code": "forbidden"}),
+    /// # };
+    /// store.write(&[a]).await.unwrap();
+    /// store.write(&[b]).await.unwrap();
+    /// let left = store.query(&AuditQuery::new()).await.unwrap();
+    /// assert_eq!(left.len(), 1);
+    /// assert_eq!(left[0].ts_ms, 2);
+    /// # std::fs::remove_file(&path).ok();
+    /// # });
+    /// ```
     pub fn keep(self, n: u32) -> Self {
         self.with(|i| i.keep = n)
     }
@@ -86,6 +213,15 @@ impl JsonlStore {
     }
 
     /// The live file; rotated ones are `PATH.1` (newest) … `PATH.N`.
+    ///
+    /// ```
+    /// use portcullis::audit::jsonl::JsonlStore;
+    /// # let path = std::env::temp_dir().join(format!("portcullis-doc-{}-jsonl-path.jsonl", std::process::id()));
+    /// # let _ = std::fs::remove_file(&path);
+    /// let store = JsonlStore::open(&path).unwrap();
+    /// assert_eq!(store.path(), path);
+    /// # std::fs::remove_file(&path).ok();
+    /// ```
     pub fn path(&self) -> &Path {
         &self.inner.path
     }
@@ -299,6 +435,14 @@ impl AuditStore for JsonlStore {
 
 /// `stdout`: one JSON object per line on standard output (for log collectors). Cannot be
 /// queried.
+///
+/// ```
+/// use portcullis::audit::{AuditError, AuditQuery, AuditStore, jsonl::StdoutStore};
+/// # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
+/// assert_eq!(StdoutStore.describe(), "stdout");
+/// assert_eq!(StdoutStore.query(&AuditQuery::new()).await.unwrap_err(), AuditError::Unsupported("query"));
+/// # });
+/// ```
 #[derive(Debug, Clone, Copy, Default)]
 pub struct StdoutStore;
 

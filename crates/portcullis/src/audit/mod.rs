@@ -52,6 +52,12 @@ pub use store::{AuditError, AuditStore, StoreOptions, open_store};
 pub use writer::{AuditCounters, AuditWriter, WriterConfig};
 
 /// What happened, as stored in the `action` column.
+///
+/// ```
+/// use portcullis::audit::AuditAction;
+/// assert_eq!(AuditAction::RateLimitExceeded.as_str(), "rate_limit_exceeded");
+/// assert_eq!(serde_json::to_string(&AuditAction::Forbidden).unwrap(), r#""forbidden""#);
+/// ```
 #[non_exhaustive]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -80,6 +86,12 @@ pub enum AuditAction {
 
 impl AuditAction {
     /// The action's name in storage.
+    ///
+    /// ```
+    /// use portcullis::audit::AuditAction;
+    /// assert_eq!(AuditAction::CsrfValidationFailed.as_str(), "csrf_validation_failed");
+    /// assert_eq!(AuditAction::from_name(AuditAction::Banned.as_str()), Some(AuditAction::Banned));
+    /// ```
     pub fn as_str(self) -> &'static str {
         match self {
             AuditAction::UnauthorizedAccess => "unauthorized_access",
@@ -96,6 +108,12 @@ impl AuditAction {
     }
 
     /// Every action, in declaration order.
+    ///
+    /// ```
+    /// use portcullis::audit::AuditAction;
+    /// assert_eq!(AuditAction::ALL.len(), 10);
+    /// assert!(AuditAction::ALL.iter().all(|a| AuditAction::from_name(a.as_str()) == Some(*a)));
+    /// ```
     pub const ALL: [AuditAction; 10] = [
         AuditAction::UnauthorizedAccess,
         AuditAction::Forbidden,
@@ -122,6 +140,11 @@ impl AuditAction {
 }
 
 /// The decision recorded.
+///
+/// ```
+/// use portcullis::audit::Outcome;
+/// assert_eq!(serde_json::to_string(&Outcome::ReportOnly).unwrap(), r#""report_only""#);
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Outcome {
@@ -135,6 +158,11 @@ pub enum Outcome {
 
 impl Outcome {
     /// The outcome's name in storage.
+    ///
+    /// ```
+    /// use portcullis::audit::Outcome;
+    /// assert_eq!(Outcome::ReportOnly.as_str(), "report_only");
+    /// ```
     pub fn as_str(self) -> &'static str {
         match self {
             Outcome::Denied => "denied",
@@ -144,6 +172,12 @@ impl Outcome {
     }
 
     /// Parses a stored outcome name.
+    ///
+    /// ```
+    /// use portcullis::audit::Outcome;
+    /// assert_eq!(Outcome::from_name("denied"), Some(Outcome::Denied));
+    /// assert_eq!(Outcome::from_name("Denied"), None);
+    /// ```
     pub fn from_name(name: &str) -> Option<Outcome> {
         [Outcome::Denied, Outcome::Allowed, Outcome::ReportOnly]
             .into_iter()
@@ -155,6 +189,27 @@ impl Outcome {
 ///
 /// Serialized (spool, JSON lines, `audit query --format json`) with the field names below;
 /// `ts_ms` is the `ts` column.
+///
+/// ```
+/// use portcullis::audit::{AuditAction, AuditEvent, Outcome, now_ms, uuid_v7};
+/// let event = AuditEvent {
+///     id: uuid_v7(),
+///     ts_ms: now_ms(),
+///     action: AuditAction::RateLimitExceeded,
+///     outcome: Outcome::Denied,
+///     principal: None,
+///     client_ip: Some("203.0.113.7".into()),
+///     method: "GET".into(),
+///     route: "/api/**".into(),
+///     path: "/api/notes".into(),
+///     status: 429,
+///     request_id: "req-1".into(),
+///     metadata: serde_json::json!({"code": "rate_limited"}),
+/// };
+/// let json = serde_json::to_value(&event).unwrap();
+/// assert_eq!(json["action"], "rate_limit_exceeded");
+/// assert_eq!(json["outcome"], "denied");
+/// ```
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct AuditEvent {
     /// Event id: a UUIDv7, so ids sort by time and a replayed event keeps its identity.
@@ -185,6 +240,25 @@ pub struct AuditEvent {
 
 impl AuditEvent {
     /// `ts` as RFC 3339 UTC with milliseconds, e.g. `2026-01-02T03:04:05.678Z`.
+    ///
+    /// ```
+    /// # let event = portcullis::audit::AuditEvent {
+    /// #     id: portcullis::audit::uuid_v7(),
+    /// #     ts_ms: 1_767_323_045_678,
+    /// #     action: portcullis::audit::AuditAction::Forbidden,
+    /// #     outcome: portcullis::audit::Outcome::Denied,
+    /// #     principal: Some("alice".into()),
+    /// #     client_ip: Some("203.0.113.7".into()),
+    /// #     method: "POST".into(),
+    /// #     route: "/api/admin/**".into(),
+    /// #     path: "/api/admin/users".into(),
+    /// #     status: 403,
+    /// #     request_id: "req-1".into(),
+    /// #     metadata: serde_json::json!({"code": "forbidden"}),
+    /// # };
+    /// assert_eq!(event.ts_ms, 1_767_323_045_678);
+    /// assert_eq!(event.ts_rfc3339(), "2026-01-02T03:04:05.678Z");
+    /// ```
     pub fn ts_rfc3339(&self) -> String {
         format_rfc3339_ms(self.ts_ms)
     }
@@ -220,6 +294,13 @@ pub fn format_rfc3339_ms(ms: u64) -> String {
 }
 
 /// Milliseconds since the Unix epoch, now.
+///
+/// ```
+/// use portcullis::audit::{format_rfc3339_ms, now_ms};
+/// let ms = now_ms();
+/// assert!(ms > 1_600_000_000_000); // after September 2020
+/// assert!(format_rfc3339_ms(ms).ends_with('Z'));
+/// ```
 pub fn now_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -227,12 +308,65 @@ pub fn now_ms() -> u64 {
 }
 
 /// Where events go. `record` must not block: sinks queue and write elsewhere.
+///
+/// ```
+/// use std::sync::{Arc, atomic::{AtomicU64, Ordering}};
+/// use portcullis::audit::{AuditEvent, AuditSink};
+/// /// Counts events instead of storing them.
+/// #[derive(Default)]
+/// struct Counter(AtomicU64);
+/// impl AuditSink for Counter {
+///     fn record(&self, _: AuditEvent) {
+///         self.0.fetch_add(1, Ordering::Relaxed);
+///     }
+/// }
+/// let counter = Arc::new(Counter::default());
+/// let layer = portcullis::SecurityLayer::builder().audit(counter.clone()).build().unwrap();
+/// # let event = portcullis::audit::AuditEvent {
+/// #     id: portcullis::audit::uuid_v7(),
+/// #     ts_ms: 0,
+/// #     action: portcullis::audit::AuditAction::Forbidden,
+/// #     outcome: portcullis::audit::Outcome::Denied,
+/// #     principal: Some("alice".into()),
+/// #     client_ip: Some("203.0.113.7".into()),
+/// #     method: "POST".into(),
+/// #     route: "/api/admin/**".into(),
+/// #     path: "/api/admin/users".into(),
+/// #     status: 403,
+/// #     request_id: "req-1".into(),
+/// #     metadata: serde_json::json!({"code": "forbidden"}),
+/// # };
+/// counter.record(event);
+/// assert_eq!(counter.0.load(Ordering::Relaxed), 1);
+/// ```
 pub trait AuditSink: Send + Sync + 'static {
     /// Hands an event to the sink.
     fn record(&self, event: AuditEvent);
 }
 
 /// A sink that keeps events in memory, for tests and small tools.
+///
+/// ```
+/// use portcullis::audit::{AuditSink, MemorySink};
+/// let sink = MemorySink::default();
+/// let shared = sink.clone(); // clones share the events
+/// # let event = portcullis::audit::AuditEvent {
+/// #     id: portcullis::audit::uuid_v7(),
+/// #     ts_ms: 0,
+/// #     action: portcullis::audit::AuditAction::Forbidden,
+/// #     outcome: portcullis::audit::Outcome::Denied,
+/// #     principal: Some("alice".into()),
+/// #     client_ip: Some("203.0.113.7".into()),
+/// #     method: "POST".into(),
+/// #     route: "/api/admin/**".into(),
+/// #     path: "/api/admin/users".into(),
+/// #     status: 403,
+/// #     request_id: "req-1".into(),
+/// #     metadata: serde_json::json!({"code": "forbidden"}),
+/// # };
+/// shared.record(event);
+/// assert_eq!(sink.events().len(), 1);
+/// ```
 #[derive(Debug, Clone, Default)]
 pub struct MemorySink {
     events: Arc<Mutex<Vec<AuditEvent>>>,
@@ -240,6 +374,27 @@ pub struct MemorySink {
 
 impl MemorySink {
     /// A copy of the events recorded so far.
+    ///
+    /// ```
+    /// use portcullis::audit::{AuditAction, AuditSink, MemorySink};
+    /// let sink = MemorySink::default();
+    /// # let event = portcullis::audit::AuditEvent {
+    /// #     id: portcullis::audit::uuid_v7(),
+    /// #     ts_ms: 0,
+    /// #     action: portcullis::audit::AuditAction::Banned,
+    /// #     outcome: portcullis::audit::Outcome::Denied,
+    /// #     principal: Some("alice".into()),
+    /// #     client_ip: Some("203.0.113.7".into()),
+    /// #     method: "POST".into(),
+    /// #     route: "/api/admin/**".into(),
+    /// #     path: "/api/admin/users".into(),
+    /// #     status: 403,
+    /// #     request_id: "req-1".into(),
+    /// #     metadata: serde_json::json!({"code": "forbidden"}),
+    /// # };
+    /// sink.record(event);
+    /// assert_eq!(sink.events()[0].action, AuditAction::Banned);
+    /// ```
     pub fn events(&self) -> Vec<AuditEvent> {
         self.events.lock().map(|e| e.clone()).unwrap_or_default()
     }
@@ -254,6 +409,14 @@ impl AuditSink for MemorySink {
 }
 
 /// A sink that writes each event as one JSON line through `tracing` (target `portcullis::audit`).
+///
+/// ```
+/// use std::sync::Arc;
+/// use portcullis::audit::TracingSink;
+/// use portcullis::SecurityLayer;
+/// // Events become `tracing` lines with target `portcullis::audit`.
+/// let layer = SecurityLayer::builder().audit(Arc::new(TracingSink)).build().unwrap();
+/// ```
 #[derive(Debug, Clone, Copy, Default)]
 pub struct TracingSink;
 

@@ -82,6 +82,13 @@ const SELECT: &str = "SELECT seq, id::text, (extract(epoch FROM ts) * 1000)::big
      principal, client_ip, method, route, path, status, request_id, metadata::text FROM audit_events";
 
 /// The PostgreSQL [`AuditStore`].
+///
+/// ```
+/// use portcullis::audit::{AuditStore, postgres::PostgresAuditStore};
+/// // Nothing connects yet: the store connects on its first write.
+/// let store = PostgresAuditStore::new("postgres://audit@db.example.com/audit", None).unwrap();
+/// assert!(store.describe().starts_with("postgres:audit@db.example.com"));
+/// ```
 pub struct PostgresAuditStore {
     config: Config,
     describe: String,
@@ -122,6 +129,15 @@ impl PostgresAuditStore {
     /// A store for `url` (a libpq-style URL or key=value string); `password` overrides one in
     /// the URL. Does not connect yet. With `sslmode=require` the server is verified against
     /// the system's CA bundle (see [`PostgresAuditStore::with_ca_file`]).
+    ///
+    /// ```
+    /// use portcullis::audit::{AuditStore, postgres::PostgresAuditStore};
+    /// let password = std::env::var("AUDIT_DB_PASSWORD").ok();
+    /// let store = PostgresAuditStore::new("postgres://audit:test-only@db.example.com/audit", password.as_deref())?;
+    /// assert!(!store.describe().contains("test-only")); // never the password
+    /// assert!(PostgresAuditStore::new("postgres://db.example.com/audit?sslmode=bogus", None).is_err());
+    /// # Ok::<(), portcullis::audit::AuditError>(())
+    /// ```
     pub fn new(url: &str, password: Option<&str>) -> Result<Self, AuditError> {
         Self::with_ca_file(url, password, None)
     }

@@ -13,9 +13,22 @@
 use super::AuditEvent;
 
 /// The default number of events a query returns.
+///
+/// ```
+/// use portcullis::audit::{AuditQuery, query::DEFAULT_LIMIT};
+/// assert_eq!(AuditQuery::new().limit_or_default(), DEFAULT_LIMIT);
+/// assert_eq!(DEFAULT_LIMIT, 100);
+/// ```
 pub const DEFAULT_LIMIT: u32 = 100;
 
 /// Filters over the audit log; every one set must match.
+///
+/// ```
+/// use portcullis::audit::AuditQuery;
+/// let q = AuditQuery::new().user("alice").action("forbidden").limit(20);
+/// assert_eq!(q.user.as_deref(), Some("alice"));
+/// assert_eq!(q.since_ms, None);
+/// ```
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct AuditQuery {
     /// Events at or after this time (Unix milliseconds).
@@ -36,58 +49,233 @@ pub struct AuditQuery {
 
 impl AuditQuery {
     /// A query matching everything (up to the default limit).
+    ///
+    /// ```
+    /// use portcullis::audit::AuditQuery;
+    /// # let event = portcullis::audit::AuditEvent {
+    /// #     id: portcullis::audit::uuid_v7(),
+    /// #     ts_ms: 0,
+    /// #     action: portcullis::audit::AuditAction::Forbidden,
+    /// #     outcome: portcullis::audit::Outcome::Denied,
+    /// #     principal: Some("alice".into()),
+    /// #     client_ip: Some("203.0.113.7".into()),
+    /// #     method: "POST".into(),
+    /// #     route: "/api/admin/**".into(),
+    /// #     path: "/api/admin/users".into(),
+    /// #     status: 403,
+    /// #     request_id: "req-1".into(),
+    /// #     metadata: serde_json::json!({"code": "forbidden"}),
+    /// # };
+    /// assert!(AuditQuery::new().matches(&event));
+    /// assert_eq!(AuditQuery::new(), AuditQuery::default());
+    /// ```
     pub fn new() -> Self {
         Self::default()
     }
 
     /// Events at or after `ms`.
+    ///
+    /// ```
+    /// use portcullis::audit::AuditQuery;
+    /// # let event = portcullis::audit::AuditEvent {
+    /// #     id: portcullis::audit::uuid_v7(),
+    /// #     ts_ms: 5_000,
+    /// #     action: portcullis::audit::AuditAction::Forbidden,
+    /// #     outcome: portcullis::audit::Outcome::Denied,
+    /// #     principal: Some("alice".into()),
+    /// #     client_ip: Some("203.0.113.7".into()),
+    /// #     method: "POST".into(),
+    /// #     route: "/api/admin/**".into(),
+    /// #     path: "/api/admin/users".into(),
+    /// #     status: 403,
+    /// #     request_id: "req-1".into(),
+    /// #     metadata: serde_json::json!({"code": "forbidden"}),
+    /// # };
+    /// assert!(AuditQuery::new().since_ms(5_000).matches(&event)); // inclusive
+    /// assert!(!AuditQuery::new().since_ms(5_001).matches(&event));
+    /// ```
     pub fn since_ms(mut self, ms: u64) -> Self {
         self.since_ms = Some(ms);
         self
     }
 
     /// Events before `ms`.
+    ///
+    /// ```
+    /// use portcullis::audit::AuditQuery;
+    /// # let event = portcullis::audit::AuditEvent {
+    /// #     id: portcullis::audit::uuid_v7(),
+    /// #     ts_ms: 5_000,
+    /// #     action: portcullis::audit::AuditAction::Forbidden,
+    /// #     outcome: portcullis::audit::Outcome::Denied,
+    /// #     principal: Some("alice".into()),
+    /// #     client_ip: Some("203.0.113.7".into()),
+    /// #     method: "POST".into(),
+    /// #     route: "/api/admin/**".into(),
+    /// #     path: "/api/admin/users".into(),
+    /// #     status: 403,
+    /// #     request_id: "req-1".into(),
+    /// #     metadata: serde_json::json!({"code": "forbidden"}),
+    /// # };
+    /// assert!(AuditQuery::new().until_ms(5_001).matches(&event));
+    /// assert!(!AuditQuery::new().until_ms(5_000).matches(&event)); // exclusive
+    /// ```
     pub fn until_ms(mut self, ms: u64) -> Self {
         self.until_ms = Some(ms);
         self
     }
 
     /// Only `action`.
+    ///
+    /// ```
+    /// use portcullis::audit::{AuditAction, AuditQuery};
+    /// # let event = portcullis::audit::AuditEvent {
+    /// #     id: portcullis::audit::uuid_v7(),
+    /// #     ts_ms: 0,
+    /// #     action: portcullis::audit::AuditAction::Forbidden,
+    /// #     outcome: portcullis::audit::Outcome::Denied,
+    /// #     principal: Some("alice".into()),
+    /// #     client_ip: Some("203.0.113.7".into()),
+    /// #     method: "POST".into(),
+    /// #     route: "/api/admin/**".into(),
+    /// #     path: "/api/admin/users".into(),
+    /// #     status: 403,
+    /// #     request_id: "req-1".into(),
+    /// #     metadata: serde_json::json!({"code": "forbidden"}),
+    /// # };
+    /// assert!(AuditQuery::new().action(AuditAction::Forbidden.as_str()).matches(&event));
+    /// assert!(!AuditQuery::new().action("rate_limit_exceeded").matches(&event));
+    /// ```
     pub fn action(mut self, action: impl Into<String>) -> Self {
         self.action = Some(action.into());
         self
     }
 
     /// Only `user`.
+    ///
+    /// ```
+    /// use portcullis::audit::AuditQuery;
+    /// # let event = portcullis::audit::AuditEvent {
+    /// #     id: portcullis::audit::uuid_v7(),
+    /// #     ts_ms: 0,
+    /// #     action: portcullis::audit::AuditAction::Forbidden,
+    /// #     outcome: portcullis::audit::Outcome::Denied,
+    /// #     principal: Some("alice".into()),
+    /// #     client_ip: Some("203.0.113.7".into()),
+    /// #     method: "POST".into(),
+    /// #     route: "/api/admin/**".into(),
+    /// #     path: "/api/admin/users".into(),
+    /// #     status: 403,
+    /// #     request_id: "req-1".into(),
+    /// #     metadata: serde_json::json!({"code": "forbidden"}),
+    /// # };
+    /// assert_eq!(event.principal.as_deref(), Some("alice"));
+    /// assert!(AuditQuery::new().user("alice").matches(&event));
+    /// assert!(!AuditQuery::new().user("bob").matches(&event));
+    /// ```
     pub fn user(mut self, user: impl Into<String>) -> Self {
         self.user = Some(user.into());
         self
     }
 
     /// Only `ip`.
+    ///
+    /// ```
+    /// use portcullis::audit::AuditQuery;
+    /// # let event = portcullis::audit::AuditEvent {
+    /// #     id: portcullis::audit::uuid_v7(),
+    /// #     ts_ms: 0,
+    /// #     action: portcullis::audit::AuditAction::Forbidden,
+    /// #     outcome: portcullis::audit::Outcome::Denied,
+    /// #     principal: Some("alice".into()),
+    /// #     client_ip: Some("203.0.113.7".into()),
+    /// #     method: "POST".into(),
+    /// #     route: "/api/admin/**".into(),
+    /// #     path: "/api/admin/users".into(),
+    /// #     status: 403,
+    /// #     request_id: "req-1".into(),
+    /// #     metadata: serde_json::json!({"code": "forbidden"}),
+    /// # };
+    /// assert_eq!(event.client_ip.as_deref(), Some("203.0.113.7"));
+    /// assert!(AuditQuery::new().ip("203.0.113.7").matches(&event));
+    /// assert!(!AuditQuery::new().ip("203.0.113.8").matches(&event));
+    /// ```
     pub fn ip(mut self, ip: impl Into<String>) -> Self {
         self.ip = Some(ip.into());
         self
     }
 
     /// Only `route` (pattern or canonical path).
+    ///
+    /// ```
+    /// use portcullis::audit::AuditQuery;
+    /// # let event = portcullis::audit::AuditEvent {
+    /// #     id: portcullis::audit::uuid_v7(),
+    /// #     ts_ms: 0,
+    /// #     action: portcullis::audit::AuditAction::Forbidden,
+    /// #     outcome: portcullis::audit::Outcome::Denied,
+    /// #     principal: Some("alice".into()),
+    /// #     client_ip: Some("203.0.113.7".into()),
+    /// #     method: "POST".into(),
+    /// #     route: "/api/admin/**".into(),
+    /// #     path: "/api/admin/users".into(),
+    /// #     status: 403,
+    /// #     request_id: "req-1".into(),
+    /// #     metadata: serde_json::json!({"code": "forbidden"}),
+    /// # };
+    /// assert_eq!((event.route.as_str(), event.path.as_str()), ("/api/admin/**", "/api/admin/users"));
+    /// assert!(AuditQuery::new().route("/api/admin/**").matches(&event));
+    /// assert!(AuditQuery::new().route("/api/admin/users").matches(&event));
+    /// ```
     pub fn route(mut self, route: impl Into<String>) -> Self {
         self.route = Some(route.into());
         self
     }
 
     /// At most `n` events.
+    ///
+    /// ```
+    /// use portcullis::audit::AuditQuery;
+    /// assert_eq!(AuditQuery::new().limit(20).limit_or_default(), 20);
+    /// ```
     pub fn limit(mut self, n: u32) -> Self {
         self.limit = Some(n);
         self
     }
 
     /// The limit in force.
+    ///
+    /// ```
+    /// use portcullis::audit::AuditQuery;
+    /// assert_eq!(AuditQuery::new().limit_or_default(), 100);
+    /// assert_eq!(AuditQuery::new().limit(5).limit_or_default(), 5);
+    /// ```
     pub fn limit_or_default(&self) -> u32 {
         self.limit.unwrap_or(DEFAULT_LIMIT)
     }
 
     /// True when `e` passes every filter (used where there is no SQL).
+    ///
+    /// ```
+    /// use portcullis::audit::AuditQuery;
+    /// # let event = portcullis::audit::AuditEvent {
+    /// #     id: portcullis::audit::uuid_v7(),
+    /// #     ts_ms: 5_000,
+    /// #     action: portcullis::audit::AuditAction::Forbidden,
+    /// #     outcome: portcullis::audit::Outcome::Denied,
+    /// #     principal: Some("alice".into()),
+    /// #     client_ip: Some("203.0.113.7".into()),
+    /// #     method: "POST".into(),
+    /// #     route: "/api/admin/**".into(),
+    /// #     path: "/api/admin/users".into(),
+    /// #     status: 403,
+    /// #     request_id: "req-1".into(),
+    /// #     metadata: serde_json::json!({"code": "forbidden"}),
+    /// # };
+    /// let q = AuditQuery::new().since_ms(1_000).user("alice").action("forbidden");
+    /// assert!(q.matches(&event));
+    /// assert!(!q.clone().ip("198.51.100.1").matches(&event)); // every filter must match
+    /// ```
     pub fn matches(&self, e: &AuditEvent) -> bool {
         self.since_ms.is_none_or(|s| e.ts_ms >= s)
             && self.until_ms.is_none_or(|u| e.ts_ms < u)
@@ -110,6 +298,14 @@ impl AuditQuery {
     }
 
     /// The `WHERE` clause and its parameters in `dialect`.
+    ///
+    /// ```
+    /// use portcullis::audit::AuditQuery;
+    /// use portcullis::audit::query::{Dialect, SqlParam};
+    /// let f = AuditQuery::new().action("forbidden").user("alice").sql_filter(Dialect::Sqlite);
+    /// assert_eq!(f.clause, " WHERE action = ?1 AND principal = ?2");
+    /// assert_eq!(f.params, [SqlParam::Text("forbidden".into()), SqlParam::Text("alice".into())]);
+    /// ```
     pub fn sql_filter(&self, dialect: Dialect) -> SqlFilter {
         let mut f = SqlFilter {
             clause: String::new(),
@@ -174,6 +370,14 @@ fn clamp(ms: u64) -> i64 {
 }
 
 /// The SQL flavour a filter is written in.
+///
+/// ```
+/// use portcullis::audit::AuditQuery;
+/// use portcullis::audit::query::Dialect;
+/// let q = AuditQuery::new().user("alice");
+/// assert_eq!(q.sql_filter(Dialect::Sqlite).clause, " WHERE principal = ?1");
+/// assert_eq!(q.sql_filter(Dialect::Postgres).clause, " WHERE principal = $1");
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Dialect {
     /// `?1` placeholders, `ts` in Unix milliseconds.
@@ -183,6 +387,13 @@ pub enum Dialect {
 }
 
 /// A `WHERE` clause (empty, or starting with a space) and its parameters in order.
+///
+/// ```
+/// use portcullis::audit::AuditQuery;
+/// use portcullis::audit::query::{Dialect, SqlFilter};
+/// let f: SqlFilter = AuditQuery::new().sql_filter(Dialect::Postgres);
+/// assert!(f.clause.is_empty() && f.params.is_empty()); // no filter, no WHERE
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SqlFilter {
     /// ` WHERE a = ?1 AND …`, or empty.
@@ -192,6 +403,14 @@ pub struct SqlFilter {
 }
 
 /// One bound parameter.
+///
+/// ```
+/// use portcullis::audit::AuditQuery;
+/// use portcullis::audit::query::{Dialect, SqlParam};
+/// let f = AuditQuery::new().since_ms(1_000).sql_filter(Dialect::Sqlite);
+/// assert_eq!(f.clause, " WHERE ts >= ?1");
+/// assert_eq!(f.params, [SqlParam::Int(1_000)]);
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SqlParam {
     /// An integer (times in milliseconds).
@@ -202,6 +421,33 @@ pub enum SqlParam {
 
 /// Where `tail` goes on from, in the store's own storage order — never by time alone, because
 /// events replayed from the spool arrive later than their `ts` says.
+///
+/// ```
+/// use portcullis::audit::{AuditStore, TailCursor, sqlite::SqliteAuditStore};
+/// # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
+/// let store = SqliteAuditStore::open(":memory:").unwrap();
+/// // From `Start`: no events, and a cursor at the end of the log.
+/// let (none, cursor) = store.tail(&TailCursor::Start, 100).await.unwrap();
+/// assert!(none.is_empty() && cursor == TailCursor::Row(0));
+/// # let event = portcullis::audit::AuditEvent {
+/// #     id: portcullis::audit::uuid_v7(),
+/// #     ts_ms: 0,
+/// #     action: portcullis::audit::AuditAction::Forbidden,
+/// #     outcome: portcullis::audit::Outcome::Denied,
+/// #     principal: Some("alice".into()),
+/// #     client_ip: Some("203.0.113.7".into()),
+/// #     method: "POST".into(),
+/// #     route: "/api/admin/**".into(),
+/// #     path: "/api/admin/users".into(),
+/// #     status: 403,
+/// #     request_id: "req-1".into(),
+/// #     metadata: serde_json::json!({"code": "forbidden"}),
+/// # };
+/// store.write(&[event]).await.unwrap();
+/// let (new, _) = store.tail(&cursor, 100).await.unwrap();
+/// assert_eq!(new.len(), 1);
+/// # });
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub enum TailCursor {
     /// Not started: the first call returns nothing and positions at the end.

@@ -31,9 +31,20 @@ use serde_json::Value;
 use super::AuditEvent;
 
 /// What a secret is replaced with.
+///
+/// ```
+/// use portcullis::audit::{Redactor, redact::REDACTED};
+/// assert_eq!(Redactor::new().scrub("password=test-only"), format!("password={REDACTED}"));
+/// ```
 pub const REDACTED: &str = "[redacted]";
 
 /// Key fragments that name a secret by default.
+///
+/// ```
+/// use portcullis::audit::{Redactor, redact::DEFAULT_SENSITIVE_FIELDS};
+/// let r = Redactor::new();
+/// assert!(DEFAULT_SENSITIVE_FIELDS.iter().all(|f| r.is_sensitive_key(f)));
+/// ```
 pub const DEFAULT_SENSITIVE_FIELDS: [&str; 10] = [
     "password",
     "passwd",
@@ -48,6 +59,14 @@ pub const DEFAULT_SENSITIVE_FIELDS: [&str; 10] = [
 ];
 
 /// Removes secrets from events; see the module docs for what counts.
+///
+/// ```
+/// use portcullis::audit::Redactor;
+/// let r = Redactor::new().sensitive_field("ssn");
+/// let mut v = serde_json::json!({"user": "alice", "ssn": "000-00-0000"});
+/// r.redact_value(&mut v);
+/// assert_eq!(v, serde_json::json!({"user": "alice", "ssn": "[redacted]"}));
+/// ```
 #[derive(Debug, Clone)]
 pub struct Redactor {
     fields: Vec<String>,
@@ -75,11 +94,25 @@ fn normalize(key: &str) -> String {
 
 impl Redactor {
     /// The default sensitive fields.
+    ///
+    /// ```
+    /// use portcullis::audit::Redactor;
+    /// let r = Redactor::new();
+    /// assert!(r.is_sensitive_key("X-Api-Key"));
+    /// assert!(!r.is_sensitive_key("user_agent"));
+    /// ```
     pub fn new() -> Self {
         Self::default()
     }
 
     /// Also treats keys containing `name` as secret (e.g. `ssn`, `x-internal-sig`).
+    ///
+    /// ```
+    /// use portcullis::audit::Redactor;
+    /// let r = Redactor::new().sensitive_field("X-Internal-Sig");
+    /// assert!(r.is_sensitive_key("x_internal_sig_v2"));
+    /// assert_eq!(r.scrub("x-internal-sig=abc"), "x-internal-sig=[redacted]");
+    /// ```
     pub fn sensitive_field(mut self, name: &str) -> Self {
         let n = normalize(name);
         if !n.is_empty() && !self.fields.contains(&n) {
@@ -89,12 +122,43 @@ impl Redactor {
     }
 
     /// True when `key` names a secret.
+    ///
+    /// ```
+    /// use portcullis::audit::Redactor;
+    /// let r = Redactor::new();
+    /// assert!(r.is_sensitive_key("access_token"));
+    /// assert!(r.is_sensitive_key("Set-Cookie"));
+    /// assert!(!r.is_sensitive_key("route"));
+    /// ```
     pub fn is_sensitive_key(&self, key: &str) -> bool {
         let k = normalize(key);
         self.fields.iter().any(|f| k.contains(f.as_str()))
     }
 
     /// Scrubs every string column that could carry client input, and the metadata.
+    ///
+    /// ```
+    /// use portcullis::audit::Redactor;
+    /// # let mut event = portcullis::audit::AuditEvent {
+    /// #     id: portcullis::audit::uuid_v7(),
+    /// #     ts_ms: 0,
+    /// #     action: portcullis::audit::AuditAction::Forbidden,
+    /// #     outcome: portcullis::audit::Outcome::Denied,
+    /// #     principal: Some("alice".into()),
+    /// #     client_ip: Some("203.0.113.7".into()),
+    /// #     method: "POST".into(),
+    /// #     route: "/api/admin/**".into(),
+    /// #     path: "/api/admin/users".into(),
+    /// #     status: 403,
+    /// #     request_id: "req-1".into(),
+    /// #     metadata: serde_json::json!({"code": "forbidden"}),
+    /// # };
+    /// event.path = "/login?user=alice&password=test-only".into();
+    /// event.metadata = serde_json::json!({"headers": {"Authorization": "Bearer abc"}});
+    /// Redactor::new().redact_event(&mut event);
+    /// assert_eq!(event.path, "/login?user=alice&password=[redacted]");
+    /// assert_eq!(event.metadata["headers"]["Authorization"], "[redacted]");
+    /// ```
     pub fn redact_event(&self, e: &mut AuditEvent) {
         for s in [&mut e.path, &mut e.request_id, &mut e.route, &mut e.method] {
             scrub_in_place(self, s);
@@ -106,6 +170,14 @@ impl Redactor {
     }
 
     /// Scrubs a JSON value recursively.
+    ///
+    /// ```
+    /// use portcullis::audit::Redactor;
+    /// let mut v = serde_json::json!({"note": "sent Bearer abc.def", "list": [{"api_key": 42}]});
+    /// Redactor::new().redact_value(&mut v);
+    /// assert_eq!(v["note"], "sent Bearer [redacted]");
+    /// assert_eq!(v["list"][0]["api_key"], "[redacted]"); // whatever its type
+    /// ```
     pub fn redact_value(&self, v: &mut Value) {
         match v {
             Value::Object(map) => {
@@ -133,6 +205,14 @@ impl Redactor {
     }
 
     /// `s` with secrets replaced (borrowed when there were none).
+    ///
+    /// ```
+    /// use std::borrow::Cow;
+    /// use portcullis::audit::Redactor;
+    /// let r = Redactor::new();
+    /// assert!(matches!(r.scrub("/api/notes?page=2"), Cow::Borrowed(_))); // nothing to remove
+    /// assert_eq!(r.scrub("Cookie: session=abc; theme=dark"), "Cookie: [redacted]");
+    /// ```
     pub fn scrub<'a>(&self, s: &'a str) -> Cow<'a, str> {
         let b = s.as_bytes();
         let mut out = String::new();

@@ -21,11 +21,106 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use super::AuditEvent;
 
 /// The append file's name.
+///
+/// ```
+/// use portcullis::audit::spool::{SPOOL_FILE, Spool};
+/// # let dir = std::env::temp_dir().join(format!("portcullis-doc-{}-spool-file", std::process::id()));
+/// # let _ = std::fs::remove_dir_all(&dir);
+/// let spool = Spool::open(&dir).unwrap();
+/// # let event = portcullis::audit::AuditEvent {
+/// #     id: portcullis::audit::uuid_v7(),
+/// #     ts_ms: 0,
+/// #     action: portcullis::audit::AuditAction::Forbidden,
+/// #     outcome: portcullis::audit::Outcome::Denied,
+/// #     principal: Some("alice".into()),
+/// #     client_ip: Some("203.0.113.7".into()),
+/// #     method: "POST".into(),
+/// #     route: "/api/admin/**".into(),
+/// #     path: "/api/admin/users".into(),
+/// #     status: 403,
+/// #     request_id: "req-1".into(),
+/// #     metadata: serde_json::json!({"code": "forbidden"}),
+/// # };
+/// spool.append(&[event], true).unwrap();
+/// assert!(dir.join(SPOOL_FILE).exists());
+/// # std::fs::remove_dir_all(&dir).ok();
+/// ```
 pub const SPOOL_FILE: &str = "audit-spool.jsonl";
 /// The name of the spool being replayed.
+///
+/// ```
+/// use portcullis::audit::spool::{REPLAY_FILE, SPOOL_FILE, Spool};
+/// # let dir = std::env::temp_dir().join(format!("portcullis-doc-{}-spool-replay-file", std::process::id()));
+/// # let _ = std::fs::remove_dir_all(&dir);
+/// let spool = Spool::open(&dir).unwrap();
+/// # let event = portcullis::audit::AuditEvent {
+/// #     id: portcullis::audit::uuid_v7(),
+/// #     ts_ms: 0,
+/// #     action: portcullis::audit::AuditAction::Forbidden,
+/// #     outcome: portcullis::audit::Outcome::Denied,
+/// #     principal: Some("alice".into()),
+/// #     client_ip: Some("203.0.113.7".into()),
+/// #     method: "POST".into(),
+/// #     route: "/api/admin/**".into(),
+/// #     path: "/api/admin/users".into(),
+/// #     status: 403,
+/// #     request_id: "req-1".into(),
+/// #     metadata: serde_json::json!({"code": "forbidden"}),
+/// # };
+/// spool.append(&[event], true).unwrap();
+/// let replay = spool.take_for_replay().unwrap().unwrap();
+/// assert_eq!(replay, dir.join(REPLAY_FILE));
+/// assert!(!dir.join(SPOOL_FILE).exists()); // renamed, not copied
+/// # std::fs::remove_dir_all(&dir).ok();
+/// ```
 pub const REPLAY_FILE: &str = "audit-spool.replay.jsonl";
 
 /// The spool folder and its two files.
+///
+/// ```
+/// use portcullis::audit::spool::Spool;
+/// # let dir = std::env::temp_dir().join(format!("portcullis-doc-{}-spool", std::process::id()));
+/// # let _ = std::fs::remove_dir_all(&dir);
+/// let spool = Spool::open(&dir).unwrap();
+/// # let a = portcullis::audit::AuditEvent {
+/// #     id: portcullis::audit::uuid_v7(),
+/// #     ts_ms: 1,
+/// #     action: portcullis::audit::AuditAction::Forbidden,
+/// #     outcome: portcullis::audit::Outcome::Denied,
+/// #     principal: Some("alice".into()),
+/// #     client_ip: Some("203.0.113.7".into()),
+/// #     method: "POST".into(),
+/// #     route: "/api/admin/**".into(),
+/// #     path: "/api/admin/users".into(),
+/// #     status: 403,
+/// #     request_id: "req-1".into(),
+/// #     metadata: serde_json::json!({"code": "forbidden"}),
+/// # };
+/// # let b = portcullis::audit::AuditEvent {
+/// #     id: portcullis::audit::uuid_v7(),
+/// #     ts_ms: 2,
+/// #     action: portcullis::audit::AuditAction::Forbidden,
+/// #     outcome: portcullis::audit::Outcome::Denied,
+/// #     principal: Some("alice".into()),
+/// #     client_ip: Some("203.0.113.7".into()),
+/// #     method: "POST".into(),
+/// #     route: "/api/admin/**".into(),
+/// #     path: "/api/admin/users".into(),
+/// #     status: 403,
+/// #     request_id: "req-1".into(),
+/// #     metadata: serde_json::json!({"code": "forbidden"}),
+/// # };
+/// spool.append(&[a, b], true).unwrap();
+/// // Later, when the store answers again: replay in order, then remove the file.
+/// let file = spool.take_for_replay().unwrap().unwrap();
+/// let mut reader = Spool::read(&file, 0, 100).unwrap();
+/// let mut lines = 0;
+/// let events = reader.next_batch(&mut lines).unwrap();
+/// assert_eq!(events.iter().map(|e| e.ts_ms).collect::<Vec<_>>(), [1, 2]);
+/// spool.finish_replay(&file, lines).unwrap();
+/// assert_eq!(spool.pending(), 0);
+/// # std::fs::remove_dir_all(&dir).ok();
+/// ```
 #[derive(Debug)]
 pub struct Spool {
     dir: PathBuf,
@@ -43,6 +138,30 @@ struct State {
 
 impl Spool {
     /// Opens (or creates) the spool in `dir`, counting the events a previous run left.
+    ///
+    /// ```
+    /// use portcullis::audit::spool::Spool;
+    /// # let dir = std::env::temp_dir().join(format!("portcullis-doc-{}-spool-open", std::process::id()));
+    /// # let _ = std::fs::remove_dir_all(&dir);
+    /// # let event = portcullis::audit::AuditEvent {
+    /// #     id: portcullis::audit::uuid_v7(),
+    /// #     ts_ms: 0,
+    /// #     action: portcullis::audit::AuditAction::Forbidden,
+    /// #     outcome: portcullis::audit::Outcome::Denied,
+    /// #     principal: Some("alice".into()),
+    /// #     client_ip: Some("203.0.113.7".into()),
+    /// #     method: "POST".into(),
+    /// #     route: "/api/admin/**".into(),
+    /// #     path: "/api/admin/users".into(),
+    /// #     status: 403,
+    /// #     request_id: "req-1".into(),
+    /// #     metadata: serde_json::json!({"code": "forbidden"}),
+    /// # };
+    /// Spool::open(&dir).unwrap().append(&[event], true).unwrap();
+    /// // A new process finds what the last one left.
+    /// assert_eq!(Spool::open(&dir).unwrap().pending(), 1);
+    /// # std::fs::remove_dir_all(&dir).ok();
+    /// ```
     pub fn open(dir: impl Into<PathBuf>) -> io::Result<Spool> {
         let dir = dir.into();
         fs::create_dir_all(&dir)?;
@@ -63,11 +182,59 @@ impl Spool {
     }
 
     /// The spool folder.
+    ///
+    /// ```
+    /// use portcullis::audit::spool::Spool;
+    /// # let dir = std::env::temp_dir().join(format!("portcullis-doc-{}-spool-dir", std::process::id()));
+    /// # let _ = std::fs::remove_dir_all(&dir);
+    /// let spool = Spool::open(&dir).unwrap();
+    /// assert_eq!(spool.dir(), dir);
+    /// # std::fs::remove_dir_all(&dir).ok();
+    /// ```
     pub fn dir(&self) -> &Path {
         &self.dir
     }
 
     /// Events waiting in the spool.
+    ///
+    /// ```
+    /// use portcullis::audit::spool::Spool;
+    /// # let dir = std::env::temp_dir().join(format!("portcullis-doc-{}-spool-pending", std::process::id()));
+    /// # let _ = std::fs::remove_dir_all(&dir);
+    /// let spool = Spool::open(&dir).unwrap();
+    /// assert_eq!(spool.pending(), 0);
+    /// # let a = portcullis::audit::AuditEvent {
+    /// #     id: portcullis::audit::uuid_v7(),
+    /// #     ts_ms: 1,
+    /// #     action: portcullis::audit::AuditAction::Forbidden,
+    /// #     outcome: portcullis::audit::Outcome::Denied,
+    /// #     principal: Some("alice".into()),
+    /// #     client_ip: Some("203.0.113.7".into()),
+    /// #     method: "POST".into(),
+    /// #     route: "/api/admin/**".into(),
+    /// #     path: "/api/admin/users".into(),
+    /// #     status: 403,
+    /// #     request_id: "req-1".into(),
+    /// #     metadata: serde_json::json!({"code": "forbidden"}),
+    /// # };
+    /// # let b = portcullis::audit::AuditEvent {
+    /// #     id: portcullis::audit::uuid_v7(),
+    /// #     ts_ms: 2,
+    /// #     action: portcullis::audit::AuditAction::Forbidden,
+    /// #     outcome: portcullis::audit::Outcome::Denied,
+    /// #     principal: Some("alice".into()),
+    /// #     client_ip: Some("203.0.113.7".into()),
+    /// #     method: "POST".into(),
+    /// #     route: "/api/admin/**".into(),
+    /// #     path: "/api/admin/users".into(),
+    /// #     status: 403,
+    /// #     request_id: "req-1".into(),
+    /// #     metadata: serde_json::json!({"code": "forbidden"}),
+    /// # };
+    /// spool.append(&[a, b], false).unwrap();
+    /// assert_eq!(spool.pending(), 2);
+    /// # std::fs::remove_dir_all(&dir).ok();
+    /// ```
     pub fn pending(&self) -> u64 {
         self.pending.load(Ordering::Acquire)
     }
@@ -79,6 +246,46 @@ impl Spool {
 
     /// Appends `events` (one write), then `fsync`s if `sync`, else marks the file for the next
     /// [`Spool::sync`].
+    ///
+    /// ```
+    /// use portcullis::audit::spool::Spool;
+    /// # let dir = std::env::temp_dir().join(format!("portcullis-doc-{}-spool-append", std::process::id()));
+    /// # let _ = std::fs::remove_dir_all(&dir);
+    /// let spool = Spool::open(&dir).unwrap();
+    /// # let a = portcullis::audit::AuditEvent {
+    /// #     id: portcullis::audit::uuid_v7(),
+    /// #     ts_ms: 1,
+    /// #     action: portcullis::audit::AuditAction::Forbidden,
+    /// #     outcome: portcullis::audit::Outcome::Denied,
+    /// #     principal: Some("alice".into()),
+    /// #     client_ip: Some("203.0.113.7".into()),
+    /// #     method: "POST".into(),
+    /// #     route: "/api/admin/**".into(),
+    /// #     path: "/api/admin/users".into(),
+    /// #     status: 403,
+    /// #     request_id: "req-1".into(),
+    /// #     metadata: serde_json::json!({"code": "forbidden"}),
+    /// # };
+    /// # let b = portcullis::audit::AuditEvent {
+    /// #     id: portcullis::audit::uuid_v7(),
+    /// #     ts_ms: 2,
+    /// #     action: portcullis::audit::AuditAction::Forbidden,
+    /// #     outcome: portcullis::audit::Outcome::Denied,
+    /// #     principal: Some("alice".into()),
+    /// #     client_ip: Some("203.0.113.7".into()),
+    /// #     method: "POST".into(),
+    /// #     route: "/api/admin/**".into(),
+    /// #     path: "/api/admin/users".into(),
+    /// #     status: 403,
+    /// #     request_id: "req-1".into(),
+    /// #     metadata: serde_json::json!({"code": "forbidden"}),
+    /// # };
+    /// spool.append(&[a], true).unwrap(); // on disk now
+    /// assert!(!spool.is_dirty());
+    /// spool.append(&[b], false).unwrap(); // on disk at the next `sync`
+    /// assert!(spool.is_dirty());
+    /// # std::fs::remove_dir_all(&dir).ok();
+    /// ```
     pub fn append(&self, events: &[AuditEvent], sync: bool) -> io::Result<()> {
         if events.is_empty() {
             return Ok(());
@@ -114,6 +321,31 @@ impl Spool {
     }
 
     /// `fsync`s appends not yet synced.
+    ///
+    /// ```
+    /// use portcullis::audit::spool::Spool;
+    /// # let dir = std::env::temp_dir().join(format!("portcullis-doc-{}-spool-sync", std::process::id()));
+    /// # let _ = std::fs::remove_dir_all(&dir);
+    /// let spool = Spool::open(&dir).unwrap();
+    /// # let event = portcullis::audit::AuditEvent {
+    /// #     id: portcullis::audit::uuid_v7(),
+    /// #     ts_ms: 0,
+    /// #     action: portcullis::audit::AuditAction::Forbidden,
+    /// #     outcome: portcullis::audit::Outcome::Denied,
+    /// #     principal: Some("alice".into()),
+    /// #     client_ip: Some("203.0.113.7".into()),
+    /// #     method: "POST".into(),
+    /// #     route: "/api/admin/**".into(),
+    /// #     path: "/api/admin/users".into(),
+    /// #     status: 403,
+    /// #     request_id: "req-1".into(),
+    /// #     metadata: serde_json::json!({"code": "forbidden"}),
+    /// # };
+    /// spool.append(&[event], false).unwrap();
+    /// spool.sync().unwrap();
+    /// assert!(!spool.is_dirty());
+    /// # std::fs::remove_dir_all(&dir).ok();
+    /// ```
     pub fn sync(&self) -> io::Result<()> {
         let mut st = self.lock();
         if st.dirty {
@@ -126,12 +358,64 @@ impl Spool {
     }
 
     /// True when appends wait for an `fsync`.
+    ///
+    /// ```
+    /// use portcullis::audit::spool::Spool;
+    /// # let dir = std::env::temp_dir().join(format!("portcullis-doc-{}-spool-dirty", std::process::id()));
+    /// # let _ = std::fs::remove_dir_all(&dir);
+    /// let spool = Spool::open(&dir).unwrap();
+    /// assert!(!spool.is_dirty());
+    /// # let event = portcullis::audit::AuditEvent {
+    /// #     id: portcullis::audit::uuid_v7(),
+    /// #     ts_ms: 0,
+    /// #     action: portcullis::audit::AuditAction::Forbidden,
+    /// #     outcome: portcullis::audit::Outcome::Denied,
+    /// #     principal: Some("alice".into()),
+    /// #     client_ip: Some("203.0.113.7".into()),
+    /// #     method: "POST".into(),
+    /// #     route: "/api/admin/**".into(),
+    /// #     path: "/api/admin/users".into(),
+    /// #     status: 403,
+    /// #     request_id: "req-1".into(),
+    /// #     metadata: serde_json::json!({"code": "forbidden"}),
+    /// # };
+    /// spool.append(&[event], false).unwrap();
+    /// assert!(spool.is_dirty());
+    /// # std::fs::remove_dir_all(&dir).ok();
+    /// ```
     pub fn is_dirty(&self) -> bool {
         self.lock().dirty
     }
 
     /// The file to replay next: a leftover replay file, or the append file renamed to it.
     /// `None` when the spool is empty.
+    ///
+    /// ```
+    /// use portcullis::audit::spool::Spool;
+    /// # let dir = std::env::temp_dir().join(format!("portcullis-doc-{}-spool-take", std::process::id()));
+    /// # let _ = std::fs::remove_dir_all(&dir);
+    /// let spool = Spool::open(&dir).unwrap();
+    /// assert_eq!(spool.take_for_replay().unwrap(), None); // nothing to replay
+    /// # let event = portcullis::audit::AuditEvent {
+    /// #     id: portcullis::audit::uuid_v7(),
+    /// #     ts_ms: 0,
+    /// #     action: portcullis::audit::AuditAction::Forbidden,
+    /// #     outcome: portcullis::audit::Outcome::Denied,
+    /// #     principal: Some("alice".into()),
+    /// #     client_ip: Some("203.0.113.7".into()),
+    /// #     method: "POST".into(),
+    /// #     route: "/api/admin/**".into(),
+    /// #     path: "/api/admin/users".into(),
+    /// #     status: 403,
+    /// #     request_id: "req-1".into(),
+    /// #     metadata: serde_json::json!({"code": "forbidden"}),
+    /// # };
+    /// spool.append(&[event], true).unwrap();
+    /// let file = spool.take_for_replay().unwrap().unwrap();
+    /// // Until it is finished, the same file is handed out again (after a crash, too).
+    /// assert_eq!(spool.take_for_replay().unwrap(), Some(file));
+    /// # std::fs::remove_dir_all(&dir).ok();
+    /// ```
     pub fn take_for_replay(&self) -> io::Result<Option<PathBuf>> {
         let replay = self.dir.join(REPLAY_FILE);
         if replay.exists() {
@@ -156,6 +440,49 @@ impl Spool {
 
     /// Reads a spool file in batches of `batch` events, skipping the first `skip` events (ones
     /// already replayed from it) and unreadable lines (a torn last append).
+    ///
+    /// ```
+    /// use portcullis::audit::spool::Spool;
+    /// # let dir = std::env::temp_dir().join(format!("portcullis-doc-{}-spool-read", std::process::id()));
+    /// # let _ = std::fs::remove_dir_all(&dir);
+    /// let spool = Spool::open(&dir).unwrap();
+    /// # let a = portcullis::audit::AuditEvent {
+    /// #     id: portcullis::audit::uuid_v7(),
+    /// #     ts_ms: 1,
+    /// #     action: portcullis::audit::AuditAction::Forbidden,
+    /// #     outcome: portcullis::audit::Outcome::Denied,
+    /// #     principal: Some("alice".into()),
+    /// #     client_ip: Some("203.0.113.7".into()),
+    /// #     method: "POST".into(),
+    /// #     route: "/api/admin/**".into(),
+    /// #     path: "/api/admin/users".into(),
+    /// #     status: 403,
+    /// #     request_id: "req-1".into(),
+    /// #     metadata: serde_json::json!({"code": "forbidden"}),
+    /// # };
+    /// # let b = portcullis::audit::AuditEvent {
+    /// #     id: portcullis::audit::uuid_v7(),
+    /// #     ts_ms: 2,
+    /// #     action: portcullis::audit::AuditAction::Forbidden,
+    /// #     outcome: portcullis::audit::Outcome::Denied,
+    /// #     principal: Some("alice".into()),
+    /// #     client_ip: Some("203.0.113.7".into()),
+    /// #     method: "POST".into(),
+    /// #     route: "/api/admin/**".into(),
+    /// #     path: "/api/admin/users".into(),
+    /// #     status: 403,
+    /// #     request_id: "req-1".into(),
+    /// #     metadata: serde_json::json!({"code": "forbidden"}),
+    /// # };
+    /// spool.append(&[a, b], true).unwrap();
+    /// let file = spool.take_for_replay().unwrap().unwrap();
+    /// // Resume a replay after the first event.
+    /// let mut reader = Spool::read(&file, 1, 100).unwrap();
+    /// let mut lines = 0;
+    /// let rest = reader.next_batch(&mut lines).unwrap();
+    /// assert_eq!((rest.len(), rest[0].ts_ms, lines), (1, 2, 2));
+    /// # std::fs::remove_dir_all(&dir).ok();
+    /// ```
     pub fn read(path: &Path, skip: u64, batch: usize) -> io::Result<SpoolReader> {
         Ok(SpoolReader {
             lines: BufReader::with_capacity(1 << 16, File::open(path)?).split(b'\n'),
@@ -166,6 +493,33 @@ impl Spool {
     }
 
     /// Removes a fully replayed file; `events` were in it.
+    ///
+    /// ```
+    /// use portcullis::audit::spool::Spool;
+    /// # let dir = std::env::temp_dir().join(format!("portcullis-doc-{}-spool-finish", std::process::id()));
+    /// # let _ = std::fs::remove_dir_all(&dir);
+    /// let spool = Spool::open(&dir).unwrap();
+    /// # let event = portcullis::audit::AuditEvent {
+    /// #     id: portcullis::audit::uuid_v7(),
+    /// #     ts_ms: 0,
+    /// #     action: portcullis::audit::AuditAction::Forbidden,
+    /// #     outcome: portcullis::audit::Outcome::Denied,
+    /// #     principal: Some("alice".into()),
+    /// #     client_ip: Some("203.0.113.7".into()),
+    /// #     method: "POST".into(),
+    /// #     route: "/api/admin/**".into(),
+    /// #     path: "/api/admin/users".into(),
+    /// #     status: 403,
+    /// #     request_id: "req-1".into(),
+    /// #     metadata: serde_json::json!({"code": "forbidden"}),
+    /// # };
+    /// spool.append(&[event], true).unwrap();
+    /// let file = spool.take_for_replay().unwrap().unwrap();
+    /// spool.finish_replay(&file, 1).unwrap();
+    /// assert!(!file.exists());
+    /// assert_eq!(spool.pending(), 0);
+    /// # std::fs::remove_dir_all(&dir).ok();
+    /// ```
     pub fn finish_replay(&self, path: &Path, events: u64) -> io::Result<()> {
         fs::remove_file(path)?;
         sync_dir(&self.dir)?;
@@ -179,6 +533,69 @@ impl Spool {
 }
 
 /// Batches of events read from a spool file.
+///
+/// ```
+/// use portcullis::audit::spool::{Spool, SpoolReader};
+/// # let dir = std::env::temp_dir().join(format!("portcullis-doc-{}-spool-reader", std::process::id()));
+/// # let _ = std::fs::remove_dir_all(&dir);
+/// let spool = Spool::open(&dir).unwrap();
+/// # let a = portcullis::audit::AuditEvent {
+/// #     id: portcullis::audit::uuid_v7(),
+/// #     ts_ms: 1,
+/// #     action: portcullis::audit::AuditAction::Forbidden,
+/// #     outcome: portcullis::audit::Outcome::Denied,
+/// #     principal: Some("alice".into()),
+/// #     client_ip: Some("203.0.113.7".into()),
+/// #     method: "POST".into(),
+/// #     route: "/api/admin/**".into(),
+/// #     path: "/api/admin/users".into(),
+/// #     status: 403,
+/// #     request_id: "req-1".into(),
+/// #     metadata: serde_json::json!({"code": "forbidden"}),
+/// # };
+/// # let b = portcullis::audit::AuditEvent {
+/// #     id: portcullis::audit::uuid_v7(),
+/// #     ts_ms: 2,
+/// #     action: portcullis::audit::AuditAction::Forbidden,
+/// #     outcome: portcullis::audit::Outcome::Denied,
+/// #     principal: Some("alice".into()),
+/// #     client_ip: Some("203.0.113.7".into()),
+/// #     method: "POST".into(),
+/// #     route: "/api/admin/**".into(),
+/// #     path: "/api/admin/users".into(),
+/// #     status: 403,
+/// #     request_id: "req-1".into(),
+/// #     metadata: serde_json::json!({"code": "forbidden"}),
+/// # };
+/// # let c = portcullis::audit::AuditEvent {
+/// #     id: portcullis::audit::uuid_v7(),
+/// #     ts_ms: 3,
+/// #     action: portcullis::audit::AuditAction::Forbidden,
+/// #     outcome: portcullis::audit::Outcome::Denied,
+/// #     principal: Some("alice".into()),
+/// #     client_ip: Some("203.0.113.7".into()),
+/// #     method: "POST".into(),
+/// #     route: "/api/admin/**".into(),
+/// #     path: "/api/admin/users".into(),
+/// #     status: 403,
+/// #     request_id: "req-1".into(),
+/// #     metadata: serde_json::json!({"code": "forbidden"}),
+/// # };
+/// spool.append(&[a, b, c], true).unwrap();
+/// let file = spool.take_for_replay().unwrap().unwrap();
+/// let mut reader: SpoolReader = Spool::read(&file, 0, 2).unwrap();
+/// let mut lines = 0;
+/// let mut sizes = Vec::new();
+/// loop {
+///     let batch = reader.next_batch(&mut lines).unwrap();
+///     if batch.is_empty() {
+///         break;
+///     }
+///     sizes.push(batch.len());
+/// }
+/// assert_eq!((sizes, lines), (vec![2, 1], 3));
+/// # std::fs::remove_dir_all(&dir).ok();
+/// ```
 #[derive(Debug)]
 pub struct SpoolReader {
     lines: io::Split<BufReader<File>>,
@@ -189,6 +606,36 @@ pub struct SpoolReader {
 
 impl SpoolReader {
     /// The next batch; empty at the end. Counts lines (skipped included) in `lines_read`.
+    ///
+    /// ```
+    /// use std::io::Write;
+    /// use portcullis::audit::spool::Spool;
+    /// # let dir = std::env::temp_dir().join(format!("portcullis-doc-{}-spool-next", std::process::id()));
+    /// # let _ = std::fs::remove_dir_all(&dir);
+    /// let spool = Spool::open(&dir).unwrap();
+    /// # let event = portcullis::audit::AuditEvent {
+    /// #     id: portcullis::audit::uuid_v7(),
+    /// #     ts_ms: 0,
+    /// #     action: portcullis::audit::AuditAction::Forbidden,
+    /// #     outcome: portcullis::audit::Outcome::Denied,
+    /// #     principal: Some("alice".into()),
+    /// #     client_ip: Some("203.0.113.7".into()),
+    /// #     method: "POST".into(),
+    /// #     route: "/api/admin/**".into(),
+    /// #     path: "/api/admin/users".into(),
+    /// #     status: 403,
+    /// #     request_id: "req-1".into(),
+    /// #     metadata: serde_json::json!({"code": "forbidden"}),
+    /// # };
+    /// spool.append(&[event], true).unwrap();
+    /// let file = spool.take_for_replay().unwrap().unwrap();
+    /// // A torn last line (a crash mid-append) is counted and skipped.
+    /// std::fs::OpenOptions::new().append(true).open(&file).unwrap().write_all(b"{\"id\":").unwrap();
+    /// let mut lines = 0;
+    /// let batch = Spool::read(&file, 0, 100).unwrap().next_batch(&mut lines).unwrap();
+    /// assert_eq!((batch.len(), lines), (1, 2));
+    /// # std::fs::remove_dir_all(&dir).ok();
+    /// ```
     pub fn next_batch(&mut self, lines_read: &mut u64) -> io::Result<Vec<AuditEvent>> {
         let mut out = Vec::with_capacity(self.batch);
         while out.len() < self.batch {

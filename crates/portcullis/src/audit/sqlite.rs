@@ -48,6 +48,31 @@ const MIGRATIONS: &[&str] = &["CREATE TABLE audit_events (
 const COLUMNS: &str = "id, ts, action, outcome, principal, client_ip, method, route, path, status, request_id, metadata";
 
 /// The SQLite [`AuditStore`].
+///
+/// ```
+/// use portcullis::audit::{AuditQuery, AuditStore, sqlite::SqliteAuditStore};
+/// # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
+/// let store = SqliteAuditStore::open(":memory:").unwrap(); // a file path in production
+/// # let event = portcullis::audit::AuditEvent {
+/// #     id: portcullis::audit::uuid_v7(),
+/// #     ts_ms: 0,
+/// #     action: portcullis::audit::AuditAction::Forbidden,
+/// #     outcome: portcullis::audit::Outcome::Denied,
+/// #     principal: Some("alice".into()),
+/// #     client_ip: Some("203.0.113.7".into()),
+/// #     method: "POST".into(),
+/// #     route: "/api/admin/**".into(),
+/// #     path: "/api/admin/users".into(),
+/// #     status: 403,
+/// #     request_id: "req-1".into(),
+/// #     metadata: serde_json::json!({"code": "forbidden"}),
+/// # };
+/// // Writing the same event twice stores it once (spool replays are idempotent).
+/// store.write(&[event.clone()]).await.unwrap();
+/// store.write(&[event]).await.unwrap();
+/// assert_eq!(store.query(&AuditQuery::new()).await.unwrap().len(), 1);
+/// # });
+/// ```
 #[derive(Clone)]
 pub struct SqliteAuditStore {
     conn: Arc<Mutex<Connection>>,
@@ -68,6 +93,30 @@ fn err(path: &Path) -> impl Fn(rusqlite::Error) -> AuditError + '_ {
 
 impl SqliteAuditStore {
     /// Opens (or creates) the database at `path` and applies pending migrations. Blocking.
+    ///
+    /// ```
+    /// use portcullis::audit::{AuditQuery, AuditStore, sqlite::SqliteAuditStore};
+    /// # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
+    /// let store = SqliteAuditStore::open(":memory:").unwrap();
+    /// # let event = portcullis::audit::AuditEvent {
+    /// #     id: portcullis::audit::uuid_v7(),
+    /// #     ts_ms: 0,
+    /// #     action: portcullis::audit::AuditAction::Forbidden,
+    /// #     outcome: portcullis::audit::Outcome::Denied,
+    /// #     principal: Some("alice".into()),
+    /// #     client_ip: Some("203.0.113.7".into()),
+    /// #     method: "POST".into(),
+    /// #     route: "/api/admin/**".into(),
+    /// #     path: "/api/admin/users".into(),
+    /// #     status: 403,
+    /// #     request_id: "req-1".into(),
+    /// #     metadata: serde_json::json!({"code": "forbidden"}),
+    /// # };
+    /// store.write(&[event]).await.unwrap();
+    /// let found = store.query(&AuditQuery::new().action("forbidden")).await.unwrap();
+    /// assert_eq!(found[0].principal.as_deref(), Some("alice"));
+    /// # });
+    /// ```
     pub fn open(path: impl AsRef<Path>) -> Result<Self, AuditError> {
         let path = path.as_ref().to_path_buf();
         let e = err(&path);
@@ -91,6 +140,12 @@ impl SqliteAuditStore {
     }
 
     /// The database file.
+    ///
+    /// ```
+    /// use portcullis::audit::sqlite::SqliteAuditStore;
+    /// let store = SqliteAuditStore::open(":memory:").unwrap();
+    /// assert_eq!(store.path(), std::path::Path::new(":memory:"));
+    /// ```
     pub fn path(&self) -> &Path {
         &self.path
     }

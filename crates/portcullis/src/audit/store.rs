@@ -12,6 +12,12 @@ use super::{AuditAction, Outcome};
 use crate::auth::BoxFuture;
 
 /// Why an audit store or the writer failed.
+///
+/// ```
+/// use portcullis::audit::AuditError;
+/// let e = AuditError::Pending { spooled: 3, last_error: "timeout".into() };
+/// assert_eq!(e.to_string(), "3 audit events wait in the spool (store: timeout)");
+/// ```
 #[non_exhaustive]
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum AuditError {
@@ -63,6 +69,46 @@ impl std::error::Error for AuditError {}
 /// `write` stores one batch, all or nothing as far as the store allows, and ignores events
 /// whose id is already stored (so replays are idempotent). The writer calls it from one task
 /// at a time.
+///
+/// ```
+/// use std::sync::{Arc, Mutex};
+/// use portcullis::auth::BoxFuture;
+/// use portcullis::audit::{AuditError, AuditEvent, AuditStore};
+/// /// Keeps the ids only.
+/// #[derive(Default)]
+/// struct Ids(Mutex<Vec<String>>);
+/// impl AuditStore for Ids {
+///     fn describe(&self) -> String {
+///         "ids".into()
+///     }
+///     fn write<'a>(&'a self, batch: &'a [AuditEvent]) -> BoxFuture<'a, Result<(), AuditError>> {
+///         self.0.lock().unwrap().extend(batch.iter().map(|e| e.id.clone()));
+///         Box::pin(async { Ok(()) })
+///     }
+/// }
+/// # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
+/// let store = Ids::default();
+/// # let event = portcullis::audit::AuditEvent {
+/// #     id: portcullis::audit::uuid_v7(),
+/// #     ts_ms: 0,
+/// #     action: portcullis::audit::AuditAction::Forbidden,
+/// #     outcome: portcullis::audit::Outcome::Denied,
+/// #     principal: Some("alice".into()),
+/// #     client_ip: Some("203.0.113.7".into()),
+/// #     method: "POST".into(),
+/// #     route: "/api/admin/**".into(),
+/// #     path: "/api/admin/users".into(),
+/// #     status: 403,
+/// #     request_id: "req-1".into(),
+/// #     metadata: serde_json::json!({"code": "forbidden"}),
+/// # };
+/// store.write(&[event]).await.unwrap();
+/// assert_eq!(store.0.lock().unwrap().len(), 1);
+/// // The defaults: no retention, no queries.
+/// assert_eq!(store.delete_older_than(u64::MAX, 100).await, Ok(0));
+/// assert!(store.query(&portcullis::audit::AuditQuery::new()).await.is_err());
+/// # });
+/// ```
 pub trait AuditStore: Send + Sync + 'static {
     /// A short description for logs, without credentials (`sqlite:/var/lib/audit.db`).
     fn describe(&self) -> String;
@@ -103,6 +149,20 @@ pub trait AuditStore: Send + Sync + 'static {
 }
 
 /// Options that do not fit in the storage URL.
+///
+/// ```
+/// use portcullis::audit::{AuditStore, StoreOptions, open_store};
+/// # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
+/// let options = StoreOptions {
+///     postgres_password: std::env::var("AUDIT_DB_PASSWORD").ok(),
+///     jsonl_keep: Some(10),
+///     ..StoreOptions::default()
+/// };
+/// assert!(!format!("{options:?}").contains("AUDIT_DB_PASSWORD"));
+/// let store = open_store("stdout", &options).await.unwrap();
+/// assert_eq!(store.describe(), "stdout");
+/// # });
+/// ```
 #[derive(Clone, Default)]
 pub struct StoreOptions {
     /// The PostgreSQL password (from `postgres_password_env`; never in the URL of a file).

@@ -35,6 +35,17 @@ use super::store::{AuditError, AuditStore, StoreOptions, open_store};
 use super::{AuditEvent, AuditSink};
 
 /// How the writer batches, retries and keeps events.
+///
+/// ```
+/// use std::time::Duration;
+/// use portcullis::audit::{Redactor, WriterConfig};
+/// let config = WriterConfig::new("/var/lib/portcullis/audit-spool")
+///     .batching(1000, Duration::from_millis(500))
+///     .retention(Duration::from_secs(90 * 86_400))
+///     .redactor(Redactor::new().sensitive_field("ssn"));
+/// assert_eq!(config.batch_size, 1000);
+/// assert_eq!(config.retention_batch, 1000);
+/// ```
 #[derive(Debug, Clone)]
 pub struct WriterConfig {
     /// The spool folder (one writer per folder).
@@ -65,6 +76,16 @@ pub struct WriterConfig {
 
 impl WriterConfig {
     /// The defaults, spooling to `spool_dir`.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use portcullis::audit::WriterConfig;
+    /// let config = WriterConfig::new("audit-spool");
+    /// assert_eq!(config.spool_dir, std::path::Path::new("audit-spool"));
+    /// assert_eq!((config.queue_capacity, config.batch_size), (16_384, 500));
+    /// assert_eq!(config.batch_delay, Duration::from_millis(200));
+    /// assert_eq!(config.retention, None);
+    /// ```
     pub fn new(spool_dir: impl Into<PathBuf>) -> Self {
         WriterConfig {
             spool_dir: spool_dir.into(),
@@ -83,12 +104,25 @@ impl WriterConfig {
     }
 
     /// Sets the queue capacity.
+    ///
+    /// ```
+    /// use portcullis::audit::WriterConfig;
+    /// assert_eq!(WriterConfig::new("audit-spool").queue_capacity(1024).queue_capacity, 1024);
+    /// assert_eq!(WriterConfig::new("audit-spool").queue_capacity(0).queue_capacity, 1);
+    /// ```
     pub fn queue_capacity(mut self, n: usize) -> Self {
         self.queue_capacity = n.max(1);
         self
     }
 
     /// Sets the batch size and delay.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use portcullis::audit::WriterConfig;
+    /// let config = WriterConfig::new("audit-spool").batching(0, Duration::from_millis(50));
+    /// assert_eq!((config.batch_size, config.batch_delay), (1, Duration::from_millis(50)));
+    /// ```
     pub fn batching(mut self, size: usize, delay: Duration) -> Self {
         self.batch_size = size.max(1);
         self.batch_delay = delay;
@@ -96,6 +130,14 @@ impl WriterConfig {
     }
 
     /// Sets the retry back-off.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use portcullis::audit::WriterConfig;
+    /// let config = WriterConfig::new("audit-spool").retry(Duration::from_secs(1), Duration::from_millis(10));
+    /// // The longest delay is never shorter than the first.
+    /// assert_eq!(config.retry_max, Duration::from_secs(1));
+    /// ```
     pub fn retry(mut self, min: Duration, max: Duration) -> Self {
         self.retry_min = min;
         self.retry_max = max.max(min);
@@ -103,24 +145,53 @@ impl WriterConfig {
     }
 
     /// Sets the write timeout.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use portcullis::audit::WriterConfig;
+    /// let config = WriterConfig::new("audit-spool").write_timeout(Duration::from_secs(2));
+    /// assert_eq!(config.write_timeout, Duration::from_secs(2));
+    /// ```
     pub fn write_timeout(mut self, t: Duration) -> Self {
         self.write_timeout = t;
         self
     }
 
     /// Keeps events for `keep` (e.g. 90 days).
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use portcullis::audit::WriterConfig;
+    /// let config = WriterConfig::new("audit-spool").retention(Duration::from_secs(90 * 86_400));
+    /// assert_eq!(config.retention, Some(Duration::from_secs(90 * 86_400)));
+    /// ```
     pub fn retention(mut self, keep: Duration) -> Self {
         self.retention = Some(keep);
         self
     }
 
     /// Sets the redactor.
+    ///
+    /// ```
+    /// use portcullis::audit::{Redactor, WriterConfig};
+    /// let config = WriterConfig::new("audit-spool").redactor(Redactor::new().sensitive_field("ssn"));
+    /// assert!(config.redactor.is_sensitive_key("customer_ssn"));
+    /// ```
     pub fn redactor(mut self, r: Redactor) -> Self {
         self.redactor = r;
         self
     }
 
     /// Sets the store options.
+    ///
+    /// ```
+    /// use portcullis::audit::{StoreOptions, WriterConfig};
+    /// let config = WriterConfig::new("audit-spool").store_options(StoreOptions {
+    ///     postgres_password: std::env::var("AUDIT_DB_PASSWORD").ok(),
+    ///     ..StoreOptions::default()
+    /// });
+    /// assert_eq!(config.store_options.jsonl_keep, None);
+    /// ```
     pub fn store_options(mut self, o: StoreOptions) -> Self {
         self.store_options = o;
         self
@@ -128,6 +199,13 @@ impl WriterConfig {
 }
 
 /// The writer's counters, for metrics.
+///
+/// ```
+/// use portcullis::audit::AuditCounters;
+/// let c = AuditCounters { enqueued: 10, written: 7, spooled: 3, ..AuditCounters::default() };
+/// assert_eq!(c.acknowledged(), 10);
+/// assert_eq!(serde_json::to_value(c).unwrap()["dropped"], 0);
+/// ```
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
 pub struct AuditCounters {
     /// Events put on the queue.
@@ -146,6 +224,12 @@ pub struct AuditCounters {
 
 impl AuditCounters {
     /// Events acknowledged: in the store or in the spool.
+    ///
+    /// ```
+    /// use portcullis::audit::AuditCounters;
+    /// let c = AuditCounters { written: 5, spooled: 2, dropped: 1, ..AuditCounters::default() };
+    /// assert_eq!(c.acknowledged(), 7); // dropped events were never acknowledged
+    /// ```
     pub fn acknowledged(&self) -> u64 {
         self.written + self.spooled
     }
@@ -177,6 +261,36 @@ struct Shared {
 }
 
 /// The [`AuditSink`] that stores events; cheap to clone (clones share the queue).
+///
+/// ```
+/// use std::sync::Arc;
+/// use portcullis::audit::{AuditQuery, AuditSink, AuditWriter, WriterConfig};
+/// # tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap().block_on(async {
+/// # let spool = std::env::temp_dir().join(format!("portcullis-doc-{}-writer", std::process::id()));
+/// # let _ = std::fs::remove_dir_all(&spool);
+/// let writer = AuditWriter::open("sqlite://:memory:", WriterConfig::new(&spool)).await.unwrap();
+/// let layer = portcullis::SecurityLayer::builder().audit(Arc::new(writer.clone())).build().unwrap();
+/// # let event = portcullis::audit::AuditEvent {
+/// #     id: portcullis::audit::uuid_v7(),
+/// #     ts_ms: 0,
+/// #     action: portcullis::audit::AuditAction::Forbidden,
+/// #     outcome: portcullis::audit::Outcome::Denied,
+/// #     principal: Some("alice".into()),
+/// #     client_ip: Some("203.0.113.7".into()),
+/// #     method: "POST".into(),
+/// #     route: "/api/admin/**".into(),
+/// #     path: "/api/admin/users".into(),
+/// #     status: 403,
+/// #     request_id: "req-1".into(),
+/// #     metadata: serde_json::json!({"code": "forbidden"}),
+/// # };
+/// writer.record(event); // returns at once
+/// writer.flush().await.unwrap();
+/// assert_eq!(writer.store().query(&AuditQuery::new()).await.unwrap().len(), 1);
+/// writer.shutdown().await.unwrap();
+/// # std::fs::remove_dir_all(&spool).ok();
+/// # });
+/// ```
 #[derive(Clone)]
 pub struct AuditWriter {
     tx: mpsc::Sender<Msg>,
@@ -197,6 +311,20 @@ impl std::fmt::Debug for AuditWriter {
 impl AuditWriter {
     /// Opens the store `url` names ([`open_store`]) and starts a writer on it. Must be called
     /// inside a tokio runtime.
+    ///
+    /// ```
+    /// use portcullis::audit::{AuditError, AuditStore, AuditWriter, WriterConfig};
+    /// # tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap().block_on(async {
+    /// # let spool = std::env::temp_dir().join(format!("portcullis-doc-{}-writer-open", std::process::id()));
+    /// # let _ = std::fs::remove_dir_all(&spool);
+    /// let writer = AuditWriter::open("sqlite://:memory:", WriterConfig::new(&spool)).await.unwrap();
+    /// assert_eq!(writer.store().describe(), "sqlite::memory:");
+    /// let bad = AuditWriter::open("mysql://db/audit", WriterConfig::new(&spool)).await;
+    /// assert!(matches!(bad, Err(AuditError::Config(_))));
+    /// writer.shutdown().await.unwrap();
+    /// # std::fs::remove_dir_all(&spool).ok();
+    /// # });
+    /// ```
     pub async fn open(url: &str, config: WriterConfig) -> Result<AuditWriter, AuditError> {
         let store = open_store(url, &config.store_options).await?;
         AuditWriter::start(store, config)
@@ -204,6 +332,22 @@ impl AuditWriter {
 
     /// Starts a writer on `store`: opens the spool and spawns the background task, which
     /// replays a leftover spool before anything else. Must be called inside a tokio runtime.
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use portcullis::audit::{AuditError, AuditWriter, WriterConfig, sqlite::SqliteAuditStore};
+    /// # let spool = std::env::temp_dir().join(format!("portcullis-doc-{}-writer-start", std::process::id()));
+    /// # let _ = std::fs::remove_dir_all(&spool);
+    /// let store = Arc::new(SqliteAuditStore::open(":memory:").unwrap());
+    /// // Outside a tokio runtime there is nowhere to run the background task.
+    /// let outside = AuditWriter::start(store.clone(), WriterConfig::new(&spool));
+    /// assert!(matches!(outside, Err(AuditError::Config(_))));
+    /// # tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap().block_on(async {
+    /// let writer = AuditWriter::start(store, WriterConfig::new(&spool)).unwrap();
+    /// writer.shutdown().await.unwrap();
+    /// # });
+    /// # std::fs::remove_dir_all(&spool).ok();
+    /// ```
     pub fn start(
         store: Arc<dyn AuditStore>,
         config: WriterConfig,
@@ -241,6 +385,35 @@ impl AuditWriter {
     }
 
     /// The counters now.
+    ///
+    /// ```
+    /// use portcullis::audit::{AuditSink, AuditWriter, WriterConfig};
+    /// # tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap().block_on(async {
+    /// # let spool = std::env::temp_dir().join(format!("portcullis-doc-{}-writer-counters", std::process::id()));
+    /// # let _ = std::fs::remove_dir_all(&spool);
+    /// let writer = AuditWriter::open("sqlite://:memory:", WriterConfig::new(&spool)).await.unwrap();
+    /// # let event = portcullis::audit::AuditEvent {
+    /// #     id: portcullis::audit::uuid_v7(),
+    /// #     ts_ms: 0,
+    /// #     action: portcullis::audit::AuditAction::Forbidden,
+    /// #     outcome: portcullis::audit::Outcome::Denied,
+    /// #     principal: Some("alice".into()),
+    /// #     client_ip: Some("203.0.113.7".into()),
+    /// #     method: "POST".into(),
+    /// #     route: "/api/admin/**".into(),
+    /// #     path: "/api/admin/users".into(),
+    /// #     status: 403,
+    /// #     request_id: "req-1".into(),
+    /// #     metadata: serde_json::json!({"code": "forbidden"}),
+    /// # };
+    /// writer.record(event);
+    /// writer.flush().await.unwrap();
+    /// let c = writer.counters();
+    /// assert_eq!((c.enqueued, c.written, c.dropped, c.pending), (1, 1, 0, 0));
+    /// writer.shutdown().await.unwrap();
+    /// # std::fs::remove_dir_all(&spool).ok();
+    /// # });
+    /// ```
     pub fn counters(&self) -> AuditCounters {
         let c = &self.shared.counters;
         AuditCounters {
@@ -254,6 +427,35 @@ impl AuditWriter {
     }
 
     /// The store events go to.
+    ///
+    /// ```
+    /// use portcullis::audit::{AuditQuery, AuditSink, AuditWriter, WriterConfig};
+    /// # tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap().block_on(async {
+    /// # let spool = std::env::temp_dir().join(format!("portcullis-doc-{}-writer-store", std::process::id()));
+    /// # let _ = std::fs::remove_dir_all(&spool);
+    /// let writer = AuditWriter::open("sqlite://:memory:", WriterConfig::new(&spool)).await.unwrap();
+    /// # let event = portcullis::audit::AuditEvent {
+    /// #     id: portcullis::audit::uuid_v7(),
+    /// #     ts_ms: 0,
+    /// #     action: portcullis::audit::AuditAction::Forbidden,
+    /// #     outcome: portcullis::audit::Outcome::Denied,
+    /// #     principal: Some("alice".into()),
+    /// #     client_ip: Some("203.0.113.7".into()),
+    /// #     method: "POST".into(),
+    /// #     route: "/api/admin/**".into(),
+    /// #     path: "/api/admin/users".into(),
+    /// #     status: 403,
+    /// #     request_id: "req-1".into(),
+    /// #     metadata: serde_json::json!({"code": "forbidden"}),
+    /// # };
+    /// writer.record(event);
+    /// writer.flush().await.unwrap();
+    /// let found = writer.store().query(&AuditQuery::new().user("alice")).await.unwrap();
+    /// assert_eq!(found.len(), 1);
+    /// writer.shutdown().await.unwrap();
+    /// # std::fs::remove_dir_all(&spool).ok();
+    /// # });
+    /// ```
     pub fn store(&self) -> &Arc<dyn AuditStore> {
         &self.shared.store
     }
@@ -261,6 +463,45 @@ impl AuditWriter {
     /// Writes everything recorded so far, then tries to replay the spool (whatever the
     /// back-off). `Ok` when every event is in the store; [`AuditError::Pending`] when some
     /// wait in the spool (they are safe, and replayed when the store answers).
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use portcullis::auth::BoxFuture;
+    /// use portcullis::audit::{AuditError, AuditEvent, AuditSink, AuditStore, AuditWriter, WriterConfig};
+    /// /// A store that is down.
+    /// struct Down;
+    /// impl AuditStore for Down {
+    ///     fn describe(&self) -> String {
+    ///         "down".into()
+    ///     }
+    ///     fn write<'a>(&'a self, _: &'a [AuditEvent]) -> BoxFuture<'a, Result<(), AuditError>> {
+    ///         Box::pin(async { Err(AuditError::Unavailable("connection refused".into())) })
+    ///     }
+    /// }
+    /// # tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap().block_on(async {
+    /// # let spool = std::env::temp_dir().join(format!("portcullis-doc-{}-writer-flush", std::process::id()));
+    /// # let _ = std::fs::remove_dir_all(&spool);
+    /// let writer = AuditWriter::start(Arc::new(Down), WriterConfig::new(&spool)).unwrap();
+    /// # let event = portcullis::audit::AuditEvent {
+    /// #     id: portcullis::audit::uuid_v7(),
+    /// #     ts_ms: 0,
+    /// #     action: portcullis::audit::AuditAction::Forbidden,
+    /// #     outcome: portcullis::audit::Outcome::Denied,
+    /// #     principal: Some("alice".into()),
+    /// #     client_ip: Some("203.0.113.7".into()),
+    /// #     method: "POST".into(),
+    /// #     route: "/api/admin/**".into(),
+    /// #     path: "/api/admin/users".into(),
+    /// #     status: 403,
+    /// #     request_id: "req-1".into(),
+    /// #     metadata: serde_json::json!({"code": "forbidden"}),
+    /// # };
+    /// writer.record(event);
+    /// // The event is safe in the spool, not yet in the store.
+    /// assert!(matches!(writer.flush().await, Err(AuditError::Pending { spooled: 1, .. })));
+    /// # std::fs::remove_dir_all(&spool).ok();
+    /// # });
+    /// ```
     pub async fn flush(&self) -> Result<(), AuditError> {
         let (reply, rx) = oneshot::channel();
         self.tx
@@ -272,6 +513,34 @@ impl AuditWriter {
 
     /// Flushes, then stops the background tasks. Later `record`s go to the spool, for the
     /// next writer to replay.
+    ///
+    /// ```
+    /// use portcullis::audit::{AuditError, AuditSink, AuditWriter, WriterConfig};
+    /// # tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap().block_on(async {
+    /// # let spool = std::env::temp_dir().join(format!("portcullis-doc-{}-writer-shutdown", std::process::id()));
+    /// # let _ = std::fs::remove_dir_all(&spool);
+    /// let writer = AuditWriter::open("sqlite://:memory:", WriterConfig::new(&spool)).await.unwrap();
+    /// writer.shutdown().await.unwrap();
+    /// assert_eq!(writer.flush().await, Err(AuditError::Closed));
+    /// # let event = portcullis::audit::AuditEvent {
+    /// #     id: portcullis::audit::uuid_v7(),
+    /// #     ts_ms: 0,
+    /// #     action: portcullis::audit::AuditAction::Forbidden,
+    /// #     outcome: portcullis::audit::Outcome::Denied,
+    /// #     principal: Some("alice".into()),
+    /// #     client_ip: Some("203.0.113.7".into()),
+    /// #     method: "POST".into(),
+    /// #     route: "/api/admin/**".into(),
+    /// #     path: "/api/admin/users".into(),
+    /// #     status: 403,
+    /// #     request_id: "req-1".into(),
+    /// #     metadata: serde_json::json!({"code": "forbidden"}),
+    /// # };
+    /// writer.record(event); // kept in the spool for the next writer
+    /// assert_eq!(writer.counters().spooled, 1);
+    /// # std::fs::remove_dir_all(&spool).ok();
+    /// # });
+    /// ```
     pub async fn shutdown(&self) -> Result<(), AuditError> {
         if let Some(h) = self.retention.as_ref() {
             h.abort();
@@ -285,6 +554,52 @@ impl AuditWriter {
     }
 
     /// Deletes events older than the configured retention now (in batches); returns how many.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use portcullis::audit::{AuditQuery, AuditSink, AuditWriter, WriterConfig, now_ms};
+    /// # tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap().block_on(async {
+    /// # let spool = std::env::temp_dir().join(format!("portcullis-doc-{}-writer-retention", std::process::id()));
+    /// # let _ = std::fs::remove_dir_all(&spool);
+    /// let config = WriterConfig::new(&spool).retention(Duration::from_secs(30 * 86_400));
+    /// let writer = AuditWriter::open("sqlite://:memory:", config).await.unwrap();
+    /// # let old = portcullis::audit::AuditEvent {
+    /// #     id: portcullis::audit::uuid_v7(),
+    /// #     ts_ms: 1_000,
+    /// #     action: portcullis::audit::AuditAction::Forbidden,
+    /// #     outcome: portcullis::audit::Outcome::Denied,
+    /// #     principal: Some("alice".into()),
+    /// #     client_ip: Some("203.0.113.7".into()),
+    /// #     method: "POST".into(),
+    /// #     route: "/api/admin/**".into(),
+    /// #     path: "/api/admin/users".into(),
+    /// #     status: 403,
+    /// #     request_id: "req-1".into(),
+    /// #     metadata: serde_json::json!({"code": "forbidden"}),
+    /// # };
+    /// # let new = portcullis::audit::AuditEvent {
+    /// #     id: portcullis::audit::uuid_v7(),
+    /// #     ts_ms: now_ms(),
+    /// #     action: portcullis::audit::AuditAction::Forbidden,
+    /// #     outcome: portcullis::audit::Outcome::Denied,
+    /// #     principal: Some("alice".into()),
+    /// #     client_ip: Some("203.0.113.7".into()),
+    /// #     method: "POST".into(),
+    /// #     route: "/api/admin/**".into(),
+    /// #     path: "/api/admin/users".into(),
+    /// #     status: 403,
+    /// #     request_id: "req-1".into(),
+    /// #     metadata: serde_json::json!({"code": "forbidden"}),
+    /// # };
+    /// writer.record(old);
+    /// writer.record(new);
+    /// writer.flush().await.unwrap();
+    /// assert_eq!(writer.apply_retention().await.unwrap(), 1);
+    /// assert_eq!(writer.store().query(&AuditQuery::new()).await.unwrap().len(), 1);
+    /// writer.shutdown().await.unwrap();
+    /// # std::fs::remove_dir_all(&spool).ok();
+    /// # });
+    /// ```
     pub async fn apply_retention(&self) -> Result<u64, AuditError> {
         match self.shared.config.retention {
             Some(keep) => apply_retention(&self.shared, keep).await,

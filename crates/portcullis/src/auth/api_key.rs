@@ -32,12 +32,29 @@ use super::secret::Secret;
 use super::{AuthMethod, AuthOutcome, Authenticator, BoxFuture, Principal};
 
 /// The header carrying a bare key.
+///
+/// ```
+/// use portcullis::auth::{AuthOutcome, Authenticator};
+/// use portcullis::auth::api_key::{self, ApiKey, ApiKeyAuthenticator, X_API_KEY};
+/// let auth = ApiKeyAuthenticator::new([ApiKey::new("ci", &api_key::hash_key("pk_test_only"), ["deploy"]).unwrap()]).unwrap();
+/// let (parts, ()) = http::Request::get("/").header(X_API_KEY, "pk_test_only").body(()).unwrap().into_parts();
+/// assert!(matches!(auth.authenticate_now(&parts), Some(AuthOutcome::Authenticated(_))));
+/// ```
 pub const X_API_KEY: &str = "x-api-key";
 
 /// Keys longer than this are refused before hashing.
 const MAX_KEY_BYTES: usize = 512;
 
 /// Why an API key entry could not be read.
+///
+/// ```
+/// use portcullis::auth::api_key::{self, ApiKey, ApiKeyAuthenticator, ApiKeyError};
+/// assert_eq!(ApiKey::new("ci", "sha256:abc", ["deploy"]).unwrap_err(), ApiKeyError::BadHash);
+/// let line = api_key::hash_key("pk_test_only");
+/// let twice = [ApiKey::new("ci", &line, ["deploy"])?, ApiKey::new("ci", &line, ["deploy"])?];
+/// assert_eq!(ApiKeyAuthenticator::new(twice).unwrap_err(), ApiKeyError::DuplicateId("ci".into()));
+/// # Ok::<(), ApiKeyError>(())
+/// ```
 #[non_exhaustive]
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ApiKeyError {
@@ -94,6 +111,14 @@ impl std::fmt::Debug for ApiKey {
 
 impl ApiKey {
     /// An entry from its id, hash line (`sha256:<hex>`) and roles.
+    ///
+    /// ```
+    /// use portcullis::auth::api_key::{self, ApiKey, ApiKeyError};
+    /// let k = ApiKey::new("reporting", &api_key::hash_key("pk_test_only"), ["reader"])?;
+    /// assert_eq!(k.roles(), ["reader"]);
+    /// assert_eq!(ApiKey::new("", &api_key::hash_key("pk_test_only"), ["reader"]).unwrap_err(), ApiKeyError::EmptyId);
+    /// # Ok::<(), ApiKeyError>(())
+    /// ```
     pub fn new<I, R>(id: impl Into<String>, hash_line: &str, roles: I) -> Result<Self, ApiKeyError>
     where
         I: IntoIterator<Item = R>,
@@ -112,22 +137,53 @@ impl ApiKey {
     }
 
     /// The key stops working at `at`.
+    ///
+    /// ```
+    /// use std::time::{Duration, SystemTime};
+    /// use portcullis::auth::api_key::{self, ApiKey, ApiKeyAuthenticator};
+    /// let yesterday = SystemTime::now() - Duration::from_secs(86_400);
+    /// let k = ApiKey::new("old", &api_key::hash_key("pk_test_only"), ["reader"])?.expires_at(yesterday);
+    /// let auth = ApiKeyAuthenticator::new([k])?;
+    /// assert_eq!(auth.verify("pk_test_only").unwrap_err(), "expired");
+    /// # Ok::<(), api_key::ApiKeyError>(())
+    /// ```
     pub fn expires_at(mut self, at: SystemTime) -> Self {
         self.expires_at = Some(at);
         self
     }
 
     /// The key id.
+    ///
+    /// ```
+    /// use portcullis::auth::api_key::{self, ApiKey};
+    /// let k = ApiKey::new("ci-deploy", &api_key::hash_key("pk_test_only"), ["deploy"]).unwrap();
+    /// assert_eq!(k.id(), "ci-deploy");
+    /// ```
     pub fn id(&self) -> &str {
         &self.id
     }
 
     /// The key's roles.
+    ///
+    /// ```
+    /// use portcullis::auth::api_key::{self, ApiKey};
+    /// let k = ApiKey::new("ci", &api_key::hash_key("pk_test_only"), ["deploy", "read"]).unwrap();
+    /// assert_eq!(k.roles(), ["deploy", "read"]);
+    /// ```
     pub fn roles(&self) -> &[String] {
         &self.roles
     }
 
     /// When the key expires.
+    ///
+    /// ```
+    /// use std::time::{Duration, SystemTime};
+    /// use portcullis::auth::api_key::{self, ApiKey};
+    /// let k = ApiKey::new("ci", &api_key::hash_key("pk_test_only"), ["deploy"]).unwrap();
+    /// assert_eq!(k.expiry(), None);
+    /// let at = SystemTime::now() + Duration::from_secs(3600);
+    /// assert_eq!(k.expires_at(at).expiry(), Some(at));
+    /// ```
     pub fn expiry(&self) -> Option<SystemTime> {
         self.expires_at
     }
@@ -182,6 +238,12 @@ pub fn hash_key(key: &str) -> String {
 }
 
 /// A freshly generated key and its hash line. `Debug` hides the key.
+///
+/// ```
+/// use portcullis::auth::api_key::{self, NewApiKey};
+/// let fresh: NewApiKey = api_key::generate();
+/// assert_eq!(api_key::hash_key(fresh.key()), fresh.hash_line());
+/// ```
 #[derive(Clone)]
 pub struct NewApiKey {
     key: Secret,
@@ -190,11 +252,24 @@ pub struct NewApiKey {
 
 impl NewApiKey {
     /// The key, to show once and hand to the client.
+    ///
+    /// ```
+    /// let fresh = portcullis::auth::api_key::generate();
+    /// assert!(fresh.key().starts_with("pk_"));
+    /// assert_eq!(fresh.key().len(), 46);
+    /// ```
     pub fn key(&self) -> &str {
         std::str::from_utf8(self.key.expose()).expect("generated keys are ASCII")
     }
 
     /// The line to store in the config (`sha256:<hex>`).
+    ///
+    /// ```
+    /// use portcullis::auth::api_key::{self, ApiKey};
+    /// let fresh = api_key::generate();
+    /// assert!(fresh.hash_line().starts_with("sha256:"));
+    /// assert!(ApiKey::new("ci", fresh.hash_line(), ["deploy"]).is_ok());
+    /// ```
     pub fn hash_line(&self) -> &str {
         &self.hash_line
     }
@@ -233,6 +308,21 @@ pub fn generate() -> NewApiKey {
 }
 
 /// Authenticates API keys against stored hashes; see the [module docs](self).
+///
+/// ```
+/// use portcullis::auth::{AuthOutcome, Authenticator};
+/// use portcullis::auth::api_key::{self, ApiKey, ApiKeyAuthenticator};
+/// let auth = ApiKeyAuthenticator::new([ApiKey::new("ci", &api_key::hash_key("pk_test_only"), ["deploy"]).unwrap()]).unwrap();
+/// let (parts, ()) = http::Request::get("/")
+///     .header("authorization", "ApiKey pk_test_only")
+///     .body(())
+///     .unwrap()
+///     .into_parts();
+/// match auth.authenticate_now(&parts) {
+///     Some(AuthOutcome::Authenticated(p)) => assert!(p.has_role("deploy")),
+///     other => panic!("unexpected {other:?}"),
+/// }
+/// ```
 #[derive(Debug, Clone)]
 pub struct ApiKeyAuthenticator {
     keys: Vec<ApiKey>,
@@ -247,6 +337,16 @@ enum Refusal {
 
 impl ApiKeyAuthenticator {
     /// An authenticator over `keys`; ids and hashes must be unique.
+    ///
+    /// ```
+    /// use portcullis::auth::api_key::{self, ApiKey, ApiKeyAuthenticator, ApiKeyError};
+    /// let line = api_key::hash_key("pk_test_only");
+    /// let a = ApiKey::new("a", &line, ["reader"])?;
+    /// let b = ApiKey::new("b", &line, ["reader"])?;
+    /// // One key, two identities: refused.
+    /// assert_eq!(ApiKeyAuthenticator::new([a, b]).unwrap_err(), ApiKeyError::DuplicateHash("b".into()));
+    /// # Ok::<(), ApiKeyError>(())
+    /// ```
     pub fn new(keys: impl IntoIterator<Item = ApiKey>) -> Result<Self, ApiKeyError> {
         let keys: Vec<ApiKey> = keys.into_iter().collect();
         for (i, k) in keys.iter().enumerate() {
@@ -263,11 +363,22 @@ impl ApiKeyAuthenticator {
     }
 
     /// The number of stored keys.
+    ///
+    /// ```
+    /// use portcullis::auth::api_key::{self, ApiKey, ApiKeyAuthenticator};
+    /// let k = ApiKey::new("ci", api_key::generate().hash_line(), ["deploy"]).unwrap();
+    /// assert_eq!(ApiKeyAuthenticator::new([k]).unwrap().len(), 1);
+    /// ```
     pub fn len(&self) -> usize {
         self.keys.len()
     }
 
     /// True when no key is stored.
+    ///
+    /// ```
+    /// use portcullis::auth::api_key::ApiKeyAuthenticator;
+    /// assert!(ApiKeyAuthenticator::new([]).unwrap().is_empty());
+    /// ```
     pub fn is_empty(&self) -> bool {
         self.keys.is_empty()
     }

@@ -41,6 +41,17 @@ use crate::rate_limit::{Charge, RateLimitStore};
 const MEMORY_KEYS: usize = 100_000;
 
 /// Counts failed authentications per client key; see the [module docs](self).
+///
+/// ```
+/// use std::{sync::Arc, time::Duration};
+/// use portcullis::auth::FailedAuthTracker;
+/// use portcullis::SecurityLayer;
+/// let tracker = FailedAuthTracker::new(5, Duration::from_secs(600));
+/// let layer = SecurityLayer::builder()
+///     .failed_auth(Some(Arc::new(tracker)))
+///     .build()
+///     .unwrap();
+/// ```
 pub struct FailedAuthTracker {
     limit: u32,
     window: Duration,
@@ -66,11 +77,33 @@ impl Default for FailedAuthTracker {
 
 impl FailedAuthTracker {
     /// Blocks a key after `limit` failures within `window`, counted in memory.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use portcullis::auth::FailedAuthTracker;
+    /// let t = FailedAuthTracker::new(5, Duration::from_secs(600));
+    /// assert_eq!((t.limit(), t.window()), (5, Duration::from_secs(600)));
+    /// ```
     pub fn new(limit: u32, window: Duration) -> Self {
         Self::with_store(limit, window, Arc::new(MemoryStore::new(MEMORY_KEYS)))
     }
 
     /// The same, counted in `store` (the rate limiter's, to share counts between replicas).
+    ///
+    /// ```
+    /// use std::{sync::Arc, time::Duration};
+    /// use portcullis::auth::FailedAuthTracker;
+    /// use portcullis::rate_limit::{ManualClock, memory::MemoryStore};
+    /// # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
+    /// let clock = Arc::new(ManualClock::new(1_700_000_000_000_000));
+    /// let store = Arc::new(MemoryStore::with_clock(1000, clock.clone()));
+    /// let t = FailedAuthTracker::with_store(1, Duration::from_secs(60), store);
+    /// assert!(t.record_failure("203.0.113.7").await.is_err()); // the limit is reached
+    /// assert!(t.check("203.0.113.7").await.is_err());
+    /// clock.advance(120_000_000); // two windows later, the failure has slid out
+    /// assert!(t.check("203.0.113.7").await.is_ok());
+    /// # });
+    /// ```
     pub fn with_store(limit: u32, window: Duration, store: Arc<dyn RateLimitStore>) -> Self {
         FailedAuthTracker {
             limit: limit.max(1),
@@ -80,11 +113,25 @@ impl FailedAuthTracker {
     }
 
     /// The limit.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use portcullis::auth::FailedAuthTracker;
+    /// assert_eq!(FailedAuthTracker::default().limit(), 10);
+    /// // A limit of zero would block everyone: it is raised to one.
+    /// assert_eq!(FailedAuthTracker::new(0, Duration::from_secs(60)).limit(), 1);
+    /// ```
     pub fn limit(&self) -> u32 {
         self.limit
     }
 
     /// The window.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use portcullis::auth::FailedAuthTracker;
+    /// assert_eq!(FailedAuthTracker::default().window(), Duration::from_secs(15 * 60));
+    /// ```
     pub fn window(&self) -> Duration {
         self.window
     }
@@ -103,6 +150,19 @@ impl FailedAuthTracker {
     }
 
     /// `Err(retry_after)` when `key` is blocked. Charges nothing.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use portcullis::auth::FailedAuthTracker;
+    /// # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
+    /// let t = FailedAuthTracker::new(2, Duration::from_secs(60));
+    /// assert!(t.check("203.0.113.7").await.is_ok());
+    /// let _ = t.record_failure("203.0.113.7").await;
+    /// let _ = t.record_failure("203.0.113.7").await;
+    /// let retry_after = t.check("203.0.113.7").await.unwrap_err();
+    /// assert!(retry_after >= Duration::from_secs(1));
+    /// # });
+    /// ```
     pub async fn check(&self, key: &str) -> Result<(), Duration> {
         let k = Self::key(key);
         let peek = [Charge {
@@ -135,6 +195,18 @@ impl FailedAuthTracker {
     }
 
     /// Counts a failed authentication for `key`; `Err(retry_after)` when `key` is now blocked.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use portcullis::auth::FailedAuthTracker;
+    /// # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
+    /// let t = FailedAuthTracker::new(2, Duration::from_secs(60));
+    /// assert!(t.record_failure("203.0.113.7").await.is_ok());
+    /// // The second failure reaches the limit: the key is now blocked.
+    /// assert!(t.record_failure("203.0.113.7").await.is_err());
+    /// assert!(t.record_failure("198.51.100.1").await.is_ok());
+    /// # });
+    /// ```
     pub async fn record_failure(&self, key: &str) -> Result<(), Duration> {
         let k = Self::key(key);
         let one = [Charge {

@@ -35,17 +35,50 @@ impl std::fmt::Debug for AnyOf {
 
 impl AnyOf {
     /// An empty chain (it finds no credentials).
+    ///
+    /// ```
+    /// use portcullis::auth::{AnyOf, AuthOutcome, Authenticator};
+    /// let none = AnyOf::new();
+    /// assert!(none.is_empty());
+    /// let (parts, ()) = http::Request::new(()).into_parts();
+    /// assert!(matches!(none.authenticate_now(&parts), Some(AuthOutcome::NoCredentials)));
+    /// ```
     pub fn new() -> Self {
         AnyOf::default()
     }
 
     /// Appends an authenticator.
+    ///
+    /// ```
+    /// use portcullis::auth::{AnyOf, AuthOutcome, Authenticator};
+    /// use portcullis::auth::api_key::{self, ApiKey, ApiKeyAuthenticator};
+    /// let keys = ApiKeyAuthenticator::new([ApiKey::new("ci", &api_key::hash_key("pk_test_only"), ["deploy"]).unwrap()]).unwrap();
+    /// let chain = AnyOf::new().or(keys);
+    /// let (parts, ()) = http::Request::get("/").header("x-api-key", "pk_test_only").body(()).unwrap().into_parts();
+    /// match chain.authenticate_now(&parts) {
+    ///     Some(AuthOutcome::Authenticated(p)) => assert_eq!(p.id, "ci"),
+    ///     other => panic!("unexpected {other:?}"),
+    /// }
+    /// ```
     #[must_use]
     pub fn or(self, auth: impl Authenticator) -> Self {
         self.or_shared(Arc::new(auth))
     }
 
     /// Appends a shared authenticator.
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use portcullis::auth::{AnyOf, Authenticator};
+    /// use portcullis::auth::api_key::{self, ApiKey, ApiKeyAuthenticator};
+    /// let keys: Arc<dyn Authenticator> = Arc::new(
+    ///     ApiKeyAuthenticator::new([ApiKey::new("ci", &api_key::hash_key("pk_test_only"), ["deploy"]).unwrap()]).unwrap(),
+    /// );
+    /// // The same authenticator in two chains.
+    /// let a = AnyOf::new().or_shared(keys.clone());
+    /// let b = AnyOf::new().or_shared(keys);
+    /// assert_eq!((a.len(), b.len()), (1, 1));
+    /// ```
     #[must_use]
     pub fn or_shared(mut self, auth: Arc<dyn Authenticator>) -> Self {
         self.chain.push(auth);
@@ -53,11 +86,25 @@ impl AnyOf {
     }
 
     /// The number of authenticators.
+    ///
+    /// ```
+    /// use portcullis::auth::AnyOf;
+    /// use portcullis::auth::api_key::ApiKeyAuthenticator;
+    /// let no_keys = || ApiKeyAuthenticator::new([]).unwrap();
+    /// assert_eq!(AnyOf::new().or(no_keys()).or(no_keys()).len(), 2);
+    /// ```
     pub fn len(&self) -> usize {
         self.chain.len()
     }
 
     /// True when the chain is empty.
+    ///
+    /// ```
+    /// use portcullis::auth::AnyOf;
+    /// use portcullis::auth::api_key::ApiKeyAuthenticator;
+    /// assert!(AnyOf::new().is_empty());
+    /// assert!(!AnyOf::new().or(ApiKeyAuthenticator::new([]).unwrap()).is_empty());
+    /// ```
     pub fn is_empty(&self) -> bool {
         self.chain.is_empty()
     }

@@ -54,6 +54,13 @@ use super::secret::Secret;
 use super::strict_json;
 
 /// Why a key, key set or JWKS source could not be set up.
+///
+/// ```
+/// use portcullis::auth::{Secret, jwks::{KeyError, VerificationKey}, jwt::Algorithm};
+/// let err = VerificationKey::hmac(Algorithm::HS256, &Secret::from("too short")).unwrap_err();
+/// assert_eq!(err, KeyError::WeakSecret { algorithm: Algorithm::HS256, min_bytes: 32 });
+/// assert_eq!(err.to_string(), "an HS256 secret needs at least 32 bytes");
+/// ```
 #[non_exhaustive]
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum KeyError {
@@ -148,6 +155,15 @@ enum Curve {
 impl VerificationKey {
     /// An HMAC secret for HS256, HS384 or HS512; at least as long as the hash (32, 48, 64
     /// bytes).
+    ///
+    /// ```
+    /// use portcullis::auth::{Secret, jwks::VerificationKey, jwt::Algorithm};
+    /// let secret = Secret::from("test-only-secret-of-at-least-32-bytes");
+    /// assert!(VerificationKey::hmac(Algorithm::HS256, &secret).is_ok());
+    /// // 37 bytes are too few for HS384, and an HMAC secret never verifies RS256.
+    /// assert!(VerificationKey::hmac(Algorithm::HS384, &secret).is_err());
+    /// assert!(VerificationKey::hmac(Algorithm::RS256, &secret).is_err());
+    /// ```
     pub fn hmac(alg: Algorithm, secret: &Secret) -> Result<Self, KeyError> {
         let min = alg.hmac_min_bytes().ok_or(KeyError::WrongAlgorithm(
             "an HMAC secret needs HS256, HS384 or HS512",
@@ -222,17 +238,38 @@ impl VerificationKey {
     }
 
     /// Names the key: tokens whose header carries this `kid` are checked with it.
+    ///
+    /// ```
+    /// use portcullis::auth::{Secret, jwks::VerificationKey, jwt::Algorithm};
+    /// let secret = Secret::from("test-only-secret-of-at-least-32-bytes");
+    /// let k = VerificationKey::hmac(Algorithm::HS256, &secret).unwrap().with_kid("2026-01");
+    /// assert_eq!(k.kid(), Some("2026-01"));
+    /// ```
     pub fn with_kid(mut self, kid: impl Into<String>) -> Self {
         self.kid = Some(Arc::from(kid.into()));
         self
     }
 
     /// The one algorithm this key verifies.
+    ///
+    /// ```
+    /// use portcullis::auth::{Secret, jwks::VerificationKey, jwt::Algorithm};
+    /// let secret = Secret::new([7u8; 64]);
+    /// let k = VerificationKey::hmac(Algorithm::HS512, &secret).unwrap();
+    /// assert_eq!(k.algorithm(), Algorithm::HS512);
+    /// ```
     pub fn algorithm(&self) -> Algorithm {
         self.alg
     }
 
     /// The key id.
+    ///
+    /// ```
+    /// use portcullis::auth::{Secret, jwks::VerificationKey, jwt::Algorithm};
+    /// let k = VerificationKey::hmac(Algorithm::HS256, &Secret::new([7u8; 32])).unwrap();
+    /// assert_eq!(k.kid(), None);
+    /// assert_eq!(k.with_kid("a").kid(), Some("a"));
+    /// ```
     pub fn kid(&self) -> Option<&str> {
         self.kid.as_deref()
     }
@@ -426,6 +463,14 @@ pub struct KeySet {
 
 impl KeySet {
     /// A set of keys; two keys with the same `kid` are an error.
+    ///
+    /// ```
+    /// use portcullis::auth::{Secret, jwks::{KeyError, KeySet, VerificationKey}, jwt::Algorithm};
+    /// let key = |kid: &str| VerificationKey::hmac(Algorithm::HS256, &Secret::new([7u8; 32])).unwrap().with_kid(kid);
+    /// assert_eq!(KeySet::new([key("a"), key("b")])?.len(), 2);
+    /// assert_eq!(KeySet::new([key("a"), key("a")]).unwrap_err(), KeyError::DuplicateKid("a".into()));
+    /// # Ok::<(), KeyError>(())
+    /// ```
     pub fn new(keys: impl IntoIterator<Item = VerificationKey>) -> Result<Self, KeyError> {
         let mut set = KeySet::default();
         for k in keys {
@@ -450,21 +495,52 @@ impl KeySet {
     /// Reads a JWKS document (`{"keys":[...]}`), e.g. from a file. Symmetric (`oct`) keys are
     /// accepted here and need an `alg`; RSA keys without `alg` verify RS256. Keys for
     /// encryption or other algorithms are skipped; a malformed key is an error.
+    ///
+    /// ```
+    /// use portcullis::auth::jwks::{KeyError, KeySet};
+    /// let set = KeySet::from_jwks(
+    ///     r#"{"keys":[{"kty":"OKP","crv":"Ed25519","kid":"ed1","alg":"EdDSA",
+    ///                 "x":"11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo"}]}"#,
+    /// )?;
+    /// assert_eq!(set.kids().collect::<Vec<_>>(), ["ed1"]);
+    /// assert_eq!(KeySet::from_jwks(r#"{"keys":[]}"#).unwrap_err(), KeyError::NoUsableKeys);
+    /// # Ok::<(), KeyError>(())
+    /// ```
     pub fn from_jwks(json: &str) -> Result<Self, KeyError> {
         parse_jwks(json.as_bytes(), true, Algorithm::RS256, true)
     }
 
     /// The number of keys.
+    ///
+    /// ```
+    /// use portcullis::auth::{Secret, jwks::{KeySet, VerificationKey}, jwt::Algorithm};
+    /// let k = VerificationKey::hmac(Algorithm::HS256, &Secret::new([7u8; 32])).unwrap();
+    /// assert_eq!(KeySet::new([k.clone(), k]).unwrap().len(), 2); // keys without a kid may repeat
+    /// ```
     pub fn len(&self) -> usize {
         self.named.len() + self.unnamed.len()
     }
 
     /// True when the set holds no key.
+    ///
+    /// ```
+    /// use portcullis::auth::jwks::{KeySet, VerificationKey};
+    /// assert!(KeySet::default().is_empty());
+    /// assert!(KeySet::new(Vec::<VerificationKey>::new()).unwrap().is_empty());
+    /// ```
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
 
     /// The key ids in the set.
+    ///
+    /// ```
+    /// use portcullis::auth::{Secret, jwks::{KeySet, VerificationKey}, jwt::Algorithm};
+    /// let k = VerificationKey::hmac(Algorithm::HS256, &Secret::new([7u8; 32])).unwrap();
+    /// let set = KeySet::new([k.clone().with_kid("dev"), k]).unwrap();
+    /// // Only named keys have a kid to list.
+    /// assert_eq!(set.kids().collect::<Vec<_>>(), ["dev"]);
+    /// ```
     pub fn kids(&self) -> impl Iterator<Item = &str> {
         self.named.keys().map(|k| &**k)
     }
@@ -536,6 +612,12 @@ fn parse_jwks(
 }
 
 /// Why a JWKS fetch failed (the reason is logged; the last good key set stays in use).
+///
+/// ```
+/// use portcullis::auth::jwks::FetchError;
+/// let e = FetchError("timeout");
+/// assert_eq!(e.to_string(), "JWKS fetch failed: timeout");
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct FetchError(pub &'static str);
 
@@ -570,6 +652,18 @@ pub trait JwksFetcher: Send + Sync + 'static {
 }
 
 /// Reads a JWKS answer whole, refusing a body over `max_bytes`; for [`JwksFetcher`]s.
+///
+/// ```
+/// use bytes::Bytes;
+/// use http_body_util::Full;
+/// use portcullis::auth::jwks::read_bounded;
+/// # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
+/// let res = http::Response::new(Full::new(Bytes::from_static(br#"{"keys":[]}"#)));
+/// assert_eq!(read_bounded(res, 1024).await.unwrap().body().as_ref(), br#"{"keys":[]}"#);
+/// let big = http::Response::new(Full::new(Bytes::from(vec![b' '; 2048])));
+/// assert!(read_bounded(big, 1024).await.is_err());
+/// # });
+/// ```
 pub async fn read_bounded<B>(
     res: Response<B>,
     max_bytes: usize,
@@ -589,6 +683,15 @@ where
 
 /// The built-in fetcher: hyper over plain HTTP, with a timeout and a body size cap; no
 /// redirects are followed.
+///
+/// ```
+/// use std::{sync::Arc, time::Duration};
+/// use portcullis::auth::jwks::{HttpFetcher, Jwks, JwksOptions};
+/// let fetcher = HttpFetcher::new(Duration::from_secs(2), 64 * 1024);
+/// let jwks = Jwks::with_fetcher("http://127.0.0.1:8081/jwks.json", JwksOptions::default(), Arc::new(fetcher))?;
+/// assert_eq!(jwks.fetch_count(), 0); // nothing is fetched before it is needed
+/// # Ok::<(), portcullis::auth::jwks::KeyError>(())
+/// ```
 #[derive(Clone)]
 pub struct HttpFetcher {
     client: Client<HttpConnector, Empty<Bytes>>,
@@ -680,12 +783,49 @@ impl Default for JwksOptions {
 
 impl JwksOptions {
     /// Lifetime of a key set whose response has no `Cache-Control: max-age` (5 min).
+    ///
+    /// ```
+    /// use std::{sync::Arc, time::Duration};
+    /// use bytes::Bytes;
+    /// use portcullis::auth::{BoxFuture, Secret, jwks::{FetchError, Jwks, JwksFetcher, JwksOptions}};
+    /// use portcullis::auth::jwt::{self, JwtAuthenticator};
+    /// /// Serves one Ed25519 key, without `Cache-Control`.
+    /// struct Fixed;
+    /// impl JwksFetcher for Fixed {
+    ///     fn get<'a>(&'a self, _: &'a http::Uri) -> BoxFuture<'a, Result<http::Response<Bytes>, FetchError>> {
+    ///         Box::pin(async { Ok(http::Response::new(Bytes::from_static(
+    ///             br#"{"keys":[{"kty":"OKP","crv":"Ed25519","x":"11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo"}]}"#,
+    ///         ))) })
+    ///     }
+    /// }
+    /// # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
+    /// // Keys expire at once, and may be fetched again at once.
+    /// let options = JwksOptions::default().default_ttl(Duration::ZERO).refresh_cooldown(Duration::ZERO);
+    /// let jwks = Jwks::with_fetcher("https://issuer.example/jwks.json", options, Arc::new(Fixed)).unwrap();
+    /// let auth = JwtAuthenticator::builder().issuer("me").audience("api").jwks(jwks.clone()).build().unwrap();
+    /// let secret = Secret::from("test-only-secret-of-at-least-32-bytes");
+    /// let token = jwt::mint_hs256(&secret, "alice", ["user"], Duration::from_secs(60), "me", "api").unwrap();
+    /// let _ = auth.verify(&token).await; // loads the key set
+    /// let _ = auth.verify(&token).await; // stale already: fetched again
+    /// assert_eq!(jwks.fetch_count(), 2);
+    /// # });
+    /// ```
     pub fn default_ttl(mut self, ttl: Duration) -> Self {
         self.default_ttl = ttl;
         self
     }
 
     /// Bounds on the lifetime taken from `Cache-Control` (1 min to 24 h).
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use portcullis::auth::jwks::{Jwks, JwksOptions};
+    /// // Honour `Cache-Control: max-age` between 5 minutes and 1 hour.
+    /// let options = JwksOptions::default().ttl_bounds(Duration::from_secs(300), Duration::from_secs(3600));
+    /// let jwks = Jwks::with_options("http://127.0.0.1:8081/jwks.json", options)?;
+    /// assert_eq!(jwks.url(), "http://127.0.0.1:8081/jwks.json");
+    /// # Ok::<(), portcullis::auth::jwks::KeyError>(())
+    /// ```
     pub fn ttl_bounds(mut self, min: Duration, max: Duration) -> Self {
         self.min_ttl = min;
         self.max_ttl = max.max(min);
@@ -693,24 +833,55 @@ impl JwksOptions {
     }
 
     /// The least time between two fetches, whatever triggers them (10 s).
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use portcullis::auth::jwks::{Jwks, JwksOptions};
+    /// // A token naming an unknown `kid` triggers at most one fetch per minute.
+    /// let options = JwksOptions::default().refresh_cooldown(Duration::from_secs(60));
+    /// let jwks = Jwks::with_options("http://127.0.0.1:8081/jwks.json", options)?;
+    /// assert_eq!(jwks.fetch_count(), 0);
+    /// # Ok::<(), portcullis::auth::jwks::KeyError>(())
+    /// ```
     pub fn refresh_cooldown(mut self, cooldown: Duration) -> Self {
         self.cooldown = cooldown;
         self
     }
 
     /// The whole-fetch timeout of the built-in fetcher (5 s).
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use portcullis::auth::jwks::{Jwks, JwksOptions};
+    /// let options = JwksOptions::default().timeout(Duration::from_secs(2));
+    /// assert!(Jwks::with_options("http://127.0.0.1:8081/jwks.json", options).is_ok());
+    /// ```
     pub fn timeout(mut self, timeout: Duration) -> Self {
         self.timeout = timeout;
         self
     }
 
     /// The response size cap of the built-in fetcher (256 KiB).
+    ///
+    /// ```
+    /// use portcullis::auth::jwks::{Jwks, JwksOptions};
+    /// let options = JwksOptions::default().max_bytes(64 * 1024);
+    /// assert!(Jwks::with_options("http://127.0.0.1:8081/jwks.json", options).is_ok());
+    /// ```
     pub fn max_bytes(mut self, max: usize) -> Self {
         self.max_bytes = max;
         self
     }
 
     /// The algorithm of RSA keys that carry no `alg` (RS256).
+    ///
+    /// ```
+    /// use portcullis::auth::jwks::{Jwks, JwksOptions};
+    /// use portcullis::auth::jwt::Algorithm;
+    /// // An issuer that signs with RSA-PSS but does not say so in its JWKS.
+    /// let options = JwksOptions::default().rsa_default_algorithm(Algorithm::PS256);
+    /// assert!(Jwks::with_options("http://127.0.0.1:8081/jwks.json", options).is_ok());
+    /// ```
     pub fn rsa_default_algorithm(mut self, alg: Algorithm) -> Self {
         self.rsa_default = alg;
         self
@@ -788,11 +959,30 @@ impl std::fmt::Debug for Jwks {
 
 impl Jwks {
     /// A JWKS URL (`http://` only; see [`Jwks::with_fetcher`] for `https://`), default options.
+    ///
+    /// ```
+    /// use portcullis::auth::jwks::Jwks;
+    /// let jwks = Jwks::new("http://127.0.0.1:8081/jwks.json")?;
+    /// assert_eq!(jwks.fetch_count(), 0); // fetched on first use, or by `prefetch`
+    /// // The built-in fetcher speaks plain HTTP only.
+    /// assert!(Jwks::new("https://issuer.example/jwks.json").is_err());
+    /// # Ok::<(), portcullis::auth::jwks::KeyError>(())
+    /// ```
     pub fn new(url: &str) -> Result<Self, KeyError> {
         Self::with_options(url, JwksOptions::default())
     }
 
     /// A JWKS URL (`http://` only) with options.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use portcullis::auth::jwks::{Jwks, JwksOptions};
+    /// let options = JwksOptions::default().timeout(Duration::from_secs(2));
+    /// let jwks = Jwks::with_options("http://127.0.0.1:8081/jwks.json", options)?;
+    /// assert_eq!(jwks.url().path(), "/jwks.json");
+    /// assert!(Jwks::with_options("not a url", JwksOptions::default()).is_err());
+    /// # Ok::<(), portcullis::auth::jwks::KeyError>(())
+    /// ```
     pub fn with_options(url: &str, options: JwksOptions) -> Result<Self, KeyError> {
         let uri: Uri = url.parse().map_err(|_| KeyError::BadUrl("not a URL"))?;
         match uri.scheme_str() {
@@ -809,6 +999,22 @@ impl Jwks {
     }
 
     /// A JWKS URL fetched by `fetcher` (any scheme the fetcher supports).
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use bytes::Bytes;
+    /// use portcullis::auth::{BoxFuture, jwks::{FetchError, Jwks, JwksFetcher, JwksOptions}};
+    /// struct Unreachable;
+    /// impl JwksFetcher for Unreachable {
+    ///     fn get<'a>(&'a self, _: &'a http::Uri) -> BoxFuture<'a, Result<http::Response<Bytes>, FetchError>> {
+    ///         Box::pin(async { Err(FetchError("unreachable")) })
+    ///     }
+    /// }
+    /// // Any scheme the fetcher speaks; never credentials in the URL.
+    /// let o = JwksOptions::default;
+    /// assert!(Jwks::with_fetcher("https://issuer.example/jwks.json", o(), Arc::new(Unreachable)).is_ok());
+    /// assert!(Jwks::with_fetcher("https://user:pw@issuer.example/jwks.json", o(), Arc::new(Unreachable)).is_err());
+    /// ```
     pub fn with_fetcher(
         url: &str,
         options: JwksOptions,
@@ -835,6 +1041,25 @@ impl Jwks {
 
     /// Fetches now (subject to nothing but the single-flight lock) and returns the number of
     /// usable keys; for start-up checks.
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use bytes::Bytes;
+    /// use portcullis::auth::{BoxFuture, jwks::{FetchError, Jwks, JwksFetcher, JwksOptions}};
+    /// struct Fixed;
+    /// impl JwksFetcher for Fixed {
+    ///     fn get<'a>(&'a self, _: &'a http::Uri) -> BoxFuture<'a, Result<http::Response<Bytes>, FetchError>> {
+    ///         Box::pin(async { Ok(http::Response::new(Bytes::from_static(
+    ///             br#"{"keys":[{"kty":"OKP","crv":"Ed25519","x":"11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo"}]}"#,
+    ///         ))) })
+    ///     }
+    /// }
+    /// # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
+    /// let jwks = Jwks::with_fetcher("https://issuer.example/jwks.json", JwksOptions::default(), Arc::new(Fixed)).unwrap();
+    /// assert_eq!(jwks.prefetch().await, Ok(1));
+    /// assert_eq!(jwks.fetch_count(), 1);
+    /// # });
+    /// ```
     pub async fn prefetch(&self) -> Result<usize, FetchError> {
         let _guard = self.inner.refresh.lock().await;
         self.fetch_locked().await?;
@@ -842,11 +1067,35 @@ impl Jwks {
     }
 
     /// How many fetches were attempted (for metrics).
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use bytes::Bytes;
+    /// use portcullis::auth::{BoxFuture, jwks::{FetchError, Jwks, JwksFetcher, JwksOptions}};
+    /// struct Down;
+    /// impl JwksFetcher for Down {
+    ///     fn get<'a>(&'a self, _: &'a http::Uri) -> BoxFuture<'a, Result<http::Response<Bytes>, FetchError>> {
+    ///         Box::pin(async { Err(FetchError("connection failed")) })
+    ///     }
+    /// }
+    /// # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
+    /// let jwks = Jwks::with_fetcher("https://issuer.example/jwks.json", JwksOptions::default(), Arc::new(Down)).unwrap();
+    /// assert_eq!(jwks.prefetch().await, Err(FetchError("connection failed")));
+    /// assert_eq!(jwks.fetch_count(), 1); // failed attempts count too
+    /// # });
+    /// ```
     pub fn fetch_count(&self) -> u64 {
         self.inner.fetches.load(Ordering::Relaxed)
     }
 
     /// The URL.
+    ///
+    /// ```
+    /// use portcullis::auth::jwks::Jwks;
+    /// let jwks = Jwks::new("http://127.0.0.1:8081/.well-known/jwks.json").unwrap();
+    /// assert_eq!(jwks.url().host(), Some("127.0.0.1"));
+    /// assert_eq!(jwks.url().path(), "/.well-known/jwks.json");
+    /// ```
     pub fn url(&self) -> &Uri {
         &self.inner.url
     }

@@ -61,6 +61,16 @@ use super::{AuthMethod, AuthOutcome, Authenticator, BoxFuture, Principal};
 
 /// The largest token accepted by default (RFC 8725 recommends a cap; 8 KiB holds any sane
 /// token).
+///
+/// ```
+/// use portcullis::auth::{Secret, jwks::VerificationKey, jwt::{Algorithm, JwtAuthenticator, JwtError, MAX_TOKEN_BYTES}};
+/// # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
+/// let key = VerificationKey::hmac(Algorithm::HS256, &Secret::new([7u8; 32])).unwrap();
+/// let jwt = JwtAuthenticator::builder().issuer("me").audience("api").key(key).build().unwrap();
+/// let huge = "a".repeat(MAX_TOKEN_BYTES + 1);
+/// assert_eq!(jwt.verify(&huge).await.unwrap_err(), JwtError::TooLarge);
+/// # });
+/// ```
 pub const MAX_TOKEN_BYTES: usize = 8 * 1024;
 
 /// How many keys a token without a usable `kid` is tried against.
@@ -105,6 +115,12 @@ pub enum Algorithm {
 
 impl Algorithm {
     /// Every supported algorithm.
+    ///
+    /// ```
+    /// use portcullis::auth::jwt::Algorithm;
+    /// assert_eq!(Algorithm::ALL.len(), 12);
+    /// assert_eq!(Algorithm::ALL.iter().filter(|a| a.is_hmac()).count(), 3);
+    /// ```
     pub const ALL: [Algorithm; 12] = [
         Algorithm::HS256,
         Algorithm::HS384,
@@ -121,6 +137,12 @@ impl Algorithm {
     ];
 
     /// The `alg` value.
+    ///
+    /// ```
+    /// use portcullis::auth::jwt::Algorithm;
+    /// assert_eq!(Algorithm::EdDSA.name(), "EdDSA");
+    /// assert_eq!(Algorithm::from_name(Algorithm::PS384.name()), Some(Algorithm::PS384));
+    /// ```
     pub fn name(self) -> &'static str {
         match self {
             Algorithm::HS256 => "HS256",
@@ -139,11 +161,23 @@ impl Algorithm {
     }
 
     /// Parses an `alg` value exactly (`none` is not an algorithm here).
+    ///
+    /// ```
+    /// use portcullis::auth::jwt::Algorithm;
+    /// assert_eq!(Algorithm::from_name("RS256"), Some(Algorithm::RS256));
+    /// assert_eq!(Algorithm::from_name("None"), None);
+    /// ```
     pub fn from_name(name: &str) -> Option<Algorithm> {
         Algorithm::ALL.into_iter().find(|a| a.name() == name)
     }
 
     /// True for HS256/384/512.
+    ///
+    /// ```
+    /// use portcullis::auth::jwt::Algorithm;
+    /// assert!(Algorithm::HS384.is_hmac());
+    /// assert!(!Algorithm::ES256.is_hmac());
+    /// ```
     pub fn is_hmac(self) -> bool {
         self.hmac_min_bytes().is_some()
     }
@@ -269,6 +303,12 @@ pub enum JwtError {
 
 impl JwtError {
     /// The fixed reason string for the audit log.
+    ///
+    /// ```
+    /// use portcullis::auth::jwt::JwtError;
+    /// assert_eq!(JwtError::AlgNone.reason(), "alg_none");
+    /// assert_eq!(JwtError::WrongAudience.to_string(), "wrong_audience");
+    /// ```
     pub fn reason(self) -> &'static str {
         match self {
             JwtError::TooLarge => "token_too_large",
@@ -311,6 +351,12 @@ impl std::fmt::Display for JwtError {
 impl std::error::Error for JwtError {}
 
 /// Why a [`JwtAuthenticator`] could not be built.
+///
+/// ```
+/// use portcullis::auth::jwt::{JwtAuthenticator, JwtConfigError};
+/// let no_keys = JwtAuthenticator::builder().issuer("me").audience("api").build();
+/// assert_eq!(no_keys.unwrap_err(), JwtConfigError::NoKeys);
+/// ```
 #[non_exhaustive]
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum JwtConfigError {
@@ -388,36 +434,104 @@ pub struct JwtAuthenticatorBuilder {
 
 impl JwtAuthenticatorBuilder {
     /// Adds a key (HMAC secret, PEM public key).
+    ///
+    /// ```
+    /// use portcullis::auth::{Secret, jwks::VerificationKey, jwt::{Algorithm, JwtAuthenticator}};
+    /// let old = VerificationKey::hmac(Algorithm::HS256, &Secret::new([1u8; 32])).unwrap().with_kid("2025");
+    /// let new = VerificationKey::hmac(Algorithm::HS256, &Secret::new([2u8; 32])).unwrap().with_kid("2026");
+    /// let jwt = JwtAuthenticator::builder().issuer("me").audience("api").key(old).key(new).build();
+    /// assert!(jwt.is_ok());
+    /// ```
     pub fn key(mut self, key: VerificationKey) -> Self {
         self.keys.push(key);
         self
     }
 
     /// Adds the keys of a set (e.g. [`KeySet::from_jwks`] on a JWKS file).
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use portcullis::auth::{Secret, jwks::{KeySet, VerificationKey}, jwt::{self, Algorithm, JwtAuthenticator}};
+    /// # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
+    /// let secret = Secret::from("test-only-secret-of-at-least-32-bytes");
+    /// let set = KeySet::new([VerificationKey::hmac(Algorithm::HS256, &secret).unwrap()]).unwrap();
+    /// let jwt = JwtAuthenticator::builder().issuer("me").audience("api").key_set(set).build().unwrap();
+    /// let token = jwt::mint_hs256(&secret, "alice", ["user"], Duration::from_secs(60), "me", "api").unwrap();
+    /// assert_eq!(jwt.verify(&token).await.unwrap().id, "alice");
+    /// # });
+    /// ```
     pub fn key_set(mut self, set: KeySet) -> Self {
         self.key_sets.push(set);
         self
     }
 
     /// Fetches keys from a JWKS URL (after the static keys).
+    ///
+    /// ```
+    /// use portcullis::auth::jwks::Jwks;
+    /// use portcullis::auth::jwt::JwtAuthenticator;
+    /// let jwks = Jwks::new("http://127.0.0.1:8081/jwks.json").unwrap();
+    /// // A JWKS alone is a key source: no static key is needed.
+    /// let jwt = JwtAuthenticator::builder().issuer("http://127.0.0.1:8081").audience("api").jwks(jwks).build();
+    /// assert!(jwt.is_ok());
+    /// ```
     pub fn jwks(mut self, jwks: Jwks) -> Self {
         self.jwks = Some(jwks);
         self
     }
 
     /// The exact `iss` required.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use portcullis::auth::{Secret, jwks::VerificationKey, jwt::{self, Algorithm, JwtAuthenticator, JwtError}};
+    /// # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
+    /// let secret = Secret::from("test-only-secret-of-at-least-32-bytes");
+    /// let key = VerificationKey::hmac(Algorithm::HS256, &secret).unwrap();
+    /// let jwt = JwtAuthenticator::builder().issuer("https://auth.example").audience("api").key(key).build().unwrap();
+    /// let token = jwt::mint_hs256(&secret, "alice", ["user"], Duration::from_secs(60), "https://evil.example", "api").unwrap();
+    /// assert_eq!(jwt.verify(&token).await.unwrap_err(), JwtError::WrongIssuer);
+    /// # });
+    /// ```
     pub fn issuer(mut self, iss: impl Into<String>) -> Self {
         self.issuer = Some(iss.into());
         self
     }
 
     /// An accepted audience (call again for more); the token's `aud` must name one.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use portcullis::auth::{Secret, jwks::VerificationKey, jwt::{self, Algorithm, JwtAuthenticator, JwtError}};
+    /// # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
+    /// let secret = Secret::from("test-only-secret-of-at-least-32-bytes");
+    /// let key = VerificationKey::hmac(Algorithm::HS256, &secret).unwrap();
+    /// let jwt = JwtAuthenticator::builder().issuer("me").audience("api").audience("api-v2").key(key).build().unwrap();
+    /// let mint = |aud| jwt::mint_hs256(&secret, "alice", ["user"], Duration::from_secs(60), "me", aud).unwrap();
+    /// assert!(jwt.verify(&mint("api-v2")).await.is_ok());
+    /// assert_eq!(jwt.verify(&mint("billing")).await.unwrap_err(), JwtError::WrongAudience);
+    /// # });
+    /// ```
     pub fn audience(mut self, aud: impl Into<String>) -> Self {
         self.audiences.push(aud.into());
         self
     }
 
     /// Clock skew allowed on `exp`, `nbf` and `iat` (60 s).
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use portcullis::auth::{Secret, jwks::VerificationKey, jwt::{self, Algorithm, JwtAuthenticator, JwtError}};
+    /// # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
+    /// let secret = Secret::from("test-only-secret-of-at-least-32-bytes");
+    /// let key = || VerificationKey::hmac(Algorithm::HS256, &secret).unwrap();
+    /// let build = |leeway| JwtAuthenticator::builder().issuer("me").audience("api").key(key()).leeway(leeway).build().unwrap();
+    /// // A token that expires right now.
+    /// let token = jwt::mint_hs256(&secret, "alice", ["user"], Duration::ZERO, "me", "api").unwrap();
+    /// assert!(build(Duration::from_secs(60)).verify(&token).await.is_ok());
+    /// assert_eq!(build(Duration::ZERO).verify(&token).await.unwrap_err(), JwtError::Expired);
+    /// # });
+    /// ```
     pub fn leeway(mut self, leeway: Duration) -> Self {
         self.leeway = Some(leeway);
         self
@@ -425,12 +539,45 @@ impl JwtAuthenticatorBuilder {
 
     /// Requires this `typ` header (compared case-insensitively, `application/` optional),
     /// e.g. `at+jwt` (RFC 9068) to keep ID tokens out.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use portcullis::auth::{Secret, jwks::VerificationKey, jwt::{self, Algorithm, JwtAuthenticator, JwtError}};
+    /// # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
+    /// let secret = Secret::from("test-only-secret-of-at-least-32-bytes");
+    /// let key = VerificationKey::hmac(Algorithm::HS256, &secret).unwrap();
+    /// let jwt = JwtAuthenticator::builder().issuer("me").audience("api").key(key).require_typ("at+jwt").build().unwrap();
+    /// // `mint_hs256` writes `typ: JWT`, not an access-token type.
+    /// let token = jwt::mint_hs256(&secret, "alice", ["user"], Duration::from_secs(60), "me", "api").unwrap();
+    /// assert_eq!(jwt.verify(&token).await.unwrap_err(), JwtError::TypMismatch);
+    /// # });
+    /// ```
     pub fn require_typ(mut self, typ: impl Into<String>) -> Self {
         self.typ = Some(normalize_typ(&typ.into()));
         self
     }
 
     /// Also reads the token from this cookie (`authToken`) when there is no bearer header.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use portcullis::auth::{AuthOutcome, Authenticator, Secret, jwks::VerificationKey};
+    /// use portcullis::auth::jwt::{self, Algorithm, JwtAuthenticator, JwtConfigError};
+    /// # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
+    /// let secret = Secret::from("test-only-secret-of-at-least-32-bytes");
+    /// let key = || VerificationKey::hmac(Algorithm::HS256, &secret).unwrap();
+    /// let jwt = JwtAuthenticator::builder().issuer("me").audience("api").key(key()).cookie("authToken").build().unwrap();
+    /// let token = jwt::mint_hs256(&secret, "alice", ["user"], Duration::from_secs(60), "me", "api").unwrap();
+    /// let (parts, ()) = http::Request::get("/")
+    ///     .header("cookie", format!("theme=dark; authToken={token}"))
+    ///     .body(())
+    ///     .unwrap()
+    ///     .into_parts();
+    /// assert!(matches!(jwt.authenticate(&parts).await, AuthOutcome::Authenticated(p) if p.id == "alice"));
+    /// let bad = JwtAuthenticator::builder().issuer("me").audience("api").key(key()).cookie("auth token").build();
+    /// assert_eq!(bad.unwrap_err(), JwtConfigError::BadCookieName);
+    /// # });
+    /// ```
     pub fn cookie(mut self, name: impl Into<String>) -> Self {
         self.cookie = Some(name.into());
         self
@@ -439,24 +586,75 @@ impl JwtAuthenticatorBuilder {
     /// Where the roles are: a claim name or a dotted path (`realm_access.roles`), holding a
     /// string or an array of strings. Call again to add fallbacks; the first present wins.
     /// Default: `roles`, then `role`.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use portcullis::auth::{Secret, jwks::VerificationKey, jwt::{self, Algorithm, JwtAuthenticator}};
+    /// # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
+    /// let secret = Secret::from("test-only-secret-of-at-least-32-bytes");
+    /// let key = VerificationKey::hmac(Algorithm::HS256, &secret).unwrap();
+    /// let jwt = JwtAuthenticator::builder().issuer("me").audience("api").key(key)
+    ///     .roles_claim("realm_access.roles") // absent from this token...
+    ///     .roles_claim("roles")              // ...so the fallback is read
+    ///     .build()
+    ///     .unwrap();
+    /// let token = jwt::mint_hs256(&secret, "alice", ["admin"], Duration::from_secs(60), "me", "api").unwrap();
+    /// assert!(jwt.verify(&token).await.unwrap().has_role("admin"));
+    /// # });
+    /// ```
     pub fn roles_claim(mut self, path: impl Into<String>) -> Self {
         self.roles_claims.push(path.into());
         self
     }
 
     /// The token size cap in bytes (8 KiB).
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use portcullis::auth::{Secret, jwks::VerificationKey, jwt::{self, Algorithm, JwtAuthenticator, JwtError}};
+    /// # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
+    /// let secret = Secret::from("test-only-secret-of-at-least-32-bytes");
+    /// let key = VerificationKey::hmac(Algorithm::HS256, &secret).unwrap();
+    /// let jwt = JwtAuthenticator::builder().issuer("me").audience("api").key(key).max_token_bytes(64).build().unwrap();
+    /// let token = jwt::mint_hs256(&secret, "alice", ["user"], Duration::from_secs(60), "me", "api").unwrap();
+    /// assert_eq!(jwt.verify(&token).await.unwrap_err(), JwtError::TooLarge);
+    /// # });
+    /// ```
     pub fn max_token_bytes(mut self, max: usize) -> Self {
         self.max_token_bytes = Some(max);
         self
     }
 
     /// Restricts the algorithms accepted at all (every key is also bound to its own).
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use portcullis::auth::{Secret, jwks::VerificationKey, jwt::{self, Algorithm, JwtAuthenticator, JwtError}};
+    /// # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
+    /// let secret = Secret::from("test-only-secret-of-at-least-32-bytes");
+    /// let key = VerificationKey::hmac(Algorithm::HS256, &secret).unwrap();
+    /// let jwt = JwtAuthenticator::builder().issuer("me").audience("api").key(key)
+    ///     .algorithms([Algorithm::EdDSA])
+    ///     .build()
+    ///     .unwrap();
+    /// let token = jwt::mint_hs256(&secret, "alice", ["user"], Duration::from_secs(60), "me", "api").unwrap();
+    /// assert_eq!(jwt.verify(&token).await.unwrap_err(), JwtError::AlgNotAllowed);
+    /// # });
+    /// ```
     pub fn algorithms(mut self, algs: impl IntoIterator<Item = Algorithm>) -> Self {
         self.algorithms = Some(algs.into_iter().collect());
         self
     }
 
     /// Checks the configuration and builds the authenticator.
+    ///
+    /// ```
+    /// use portcullis::auth::{Secret, jwks::VerificationKey, jwt::{Algorithm, JwtAuthenticator, JwtConfigError}};
+    /// let key = || VerificationKey::hmac(Algorithm::HS256, &Secret::new([7u8; 32])).unwrap();
+    /// assert!(JwtAuthenticator::builder().issuer("me").audience("api").key(key()).build().is_ok());
+    /// let no_aud = JwtAuthenticator::builder().issuer("me").key(key()).build();
+    /// assert_eq!(no_aud.unwrap_err(), JwtConfigError::MissingAudience);
+    /// ```
     pub fn build(self) -> Result<JwtAuthenticator, JwtConfigError> {
         let issuer = self
             .issuer
@@ -511,6 +709,24 @@ fn normalize_typ(t: &str) -> String {
 }
 
 /// Verifies JWTs from `Authorization: Bearer` or a cookie; see the [module docs](self).
+///
+/// ```
+/// use std::time::Duration;
+/// use portcullis::auth::{AuthOutcome, Authenticator, Secret, jwks::VerificationKey};
+/// use portcullis::auth::jwt::{self, Algorithm, JwtAuthenticator};
+/// # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
+/// let secret = Secret::from("test-only-secret-of-at-least-32-bytes");
+/// let key = VerificationKey::hmac(Algorithm::HS256, &secret).unwrap();
+/// let jwt = JwtAuthenticator::builder().issuer("me").audience("api").key(key).build().unwrap();
+/// let token = jwt::mint_hs256(&secret, "alice", ["user"], Duration::from_secs(60), "me", "api").unwrap();
+/// let (parts, ()) = http::Request::get("/")
+///     .header("authorization", format!("Bearer {token}"))
+///     .body(())
+///     .unwrap()
+///     .into_parts();
+/// assert!(matches!(jwt.authenticate(&parts).await, AuthOutcome::Authenticated(p) if p.has_role("user")));
+/// # });
+/// ```
 pub struct JwtAuthenticator {
     keys: KeySet,
     jwks: Option<Jwks>,
@@ -550,6 +766,13 @@ struct Compact<'t> {
 
 impl JwtAuthenticator {
     /// A builder.
+    ///
+    /// ```
+    /// use portcullis::auth::{Secret, jwks::VerificationKey, jwt::{Algorithm, JwtAuthenticator}};
+    /// let key = VerificationKey::hmac(Algorithm::HS256, &Secret::new([7u8; 32])).unwrap();
+    /// let jwt = JwtAuthenticator::builder().issuer("me").audience("api").key(key).build();
+    /// assert!(jwt.is_ok());
+    /// ```
     pub fn builder() -> JwtAuthenticatorBuilder {
         JwtAuthenticatorBuilder::default()
     }

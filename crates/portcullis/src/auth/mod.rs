@@ -75,6 +75,14 @@ use std::time::SystemTime;
 use http::request::Parts;
 
 /// How a principal proved who it is.
+///
+/// ```
+/// use portcullis::auth::api_key::{self, ApiKey, ApiKeyAuthenticator};
+/// use portcullis::auth::AuthMethod;
+/// let k = api_key::generate();
+/// let auth = ApiKeyAuthenticator::new([ApiKey::new("ci", k.hash_line(), ["deploy"]).unwrap()]).unwrap();
+/// assert_eq!(auth.verify(k.key()).unwrap().method, AuthMethod::ApiKey);
+/// ```
 #[non_exhaustive]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum AuthMethod {
@@ -87,6 +95,14 @@ pub enum AuthMethod {
 }
 
 /// An authenticated caller.
+///
+/// ```
+/// use portcullis::auth::{AuthMethod, Principal};
+/// let p = Principal::new("alice", ["user", "admin"], AuthMethod::Custom);
+/// assert_eq!(p.id, "alice");
+/// assert_eq!(p.roles, ["user", "admin"]);
+/// assert!(p.expires_at.is_none());
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Principal {
     /// The caller's id (the JWT `sub`, the API key id, ...).
@@ -101,6 +117,12 @@ pub struct Principal {
 
 impl Principal {
     /// A principal with an id and roles.
+    ///
+    /// ```
+    /// use portcullis::auth::{AuthMethod, Principal};
+    /// let p = Principal::new("svc-reports", ["reader"], AuthMethod::Custom);
+    /// assert_eq!((p.id.as_str(), p.method), ("svc-reports", AuthMethod::Custom));
+    /// ```
     pub fn new<I, R>(id: impl Into<String>, roles: I, method: AuthMethod) -> Self
     where
         I: IntoIterator<Item = R>,
@@ -115,6 +137,13 @@ impl Principal {
     }
 
     /// True when the principal holds `role`.
+    ///
+    /// ```
+    /// use portcullis::auth::{AuthMethod, Principal};
+    /// let p = Principal::new("alice", ["user"], AuthMethod::Custom);
+    /// assert!(p.has_role("user"));
+    /// assert!(!p.has_role("admin"));
+    /// ```
     pub fn has_role(&self, role: &str) -> bool {
         self.roles.iter().any(|r| r == role)
     }
@@ -138,6 +167,14 @@ impl<S: Send + Sync> axum::extract::FromRequestParts<S> for Principal {
 }
 
 /// What an authenticator concluded.
+///
+/// ```
+/// use portcullis::auth::{AuthOutcome, Authenticator};
+/// use portcullis::auth::api_key::{self, ApiKey, ApiKeyAuthenticator};
+/// let auth = ApiKeyAuthenticator::new([ApiKey::new("ci", &api_key::hash_key("pk_test_only"), ["deploy"]).unwrap()]).unwrap();
+/// let (parts, ()) = http::Request::get("/").header("x-api-key", "pk_wrong").body(()).unwrap().into_parts();
+/// assert!(matches!(auth.authenticate_now(&parts), Some(AuthOutcome::Invalid("unknown_key"))));
+/// ```
 #[derive(Debug, Clone)]
 pub enum AuthOutcome {
     /// Valid credentials.
@@ -149,6 +186,16 @@ pub enum AuthOutcome {
 }
 
 /// A boxed, sendable future.
+///
+/// ```
+/// use portcullis::auth::BoxFuture;
+/// fn answer<'a>(name: &'a str) -> BoxFuture<'a, usize> {
+///     Box::pin(async move { name.len() })
+/// }
+/// # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
+/// assert_eq!(answer("alice").await, 5);
+/// # });
+/// ```
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
 /// Turns request credentials into a principal.

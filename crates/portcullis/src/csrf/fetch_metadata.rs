@@ -53,9 +53,29 @@ use crate::route::{CanonicalPath, RouteTable};
 use super::Mode;
 
 /// `Sec-Fetch-Site`.
+///
+/// ```
+/// use portcullis::csrf::fetch_metadata::SEC_FETCH_SITE;
+/// let req = http::Request::post("/api/notes")
+///     .header(SEC_FETCH_SITE, "same-origin")
+///     .body(())
+///     .unwrap();
+/// assert_eq!(req.headers()["Sec-Fetch-Site"], "same-origin");
+/// ```
 pub const SEC_FETCH_SITE: &str = "sec-fetch-site";
 
 /// Why the origin check refused a request.
+///
+/// ```
+/// use http::{HeaderMap, Method};
+/// use portcullis::CanonicalPath;
+/// use portcullis::csrf::{Mode, fetch_metadata::{CrossOrigin, OriginCheck}};
+/// let none: [&str; 0] = [];
+/// let check = OriginCheck::new(Mode::Strict, none, none, none).unwrap();
+/// let path = CanonicalPath::parse("/api/notes").unwrap();
+/// let verdict = check.check(&Method::POST, &HeaderMap::new(), Some("app.example"), &path);
+/// assert_eq!(verdict, Err(CrossOrigin::NoBrowserHeaders));
+/// ```
 #[non_exhaustive]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CrossOrigin {
@@ -69,6 +89,14 @@ pub enum CrossOrigin {
 
 impl CrossOrigin {
     /// A short human reason, safe to show to the client and recorded in the audit event.
+    ///
+    /// ```
+    /// use portcullis::csrf::fetch_metadata::CrossOrigin;
+    /// assert_eq!(
+    ///     CrossOrigin::OriginMismatch.reason(),
+    ///     "Cross-origin request refused (Origin does not match)"
+    /// );
+    /// ```
     pub fn reason(self) -> &'static str {
         match self {
             CrossOrigin::SecFetchSite => "Cross-origin request refused (Sec-Fetch-Site)",
@@ -81,6 +109,13 @@ impl CrossOrigin {
 }
 
 /// True for the methods that never need CSRF protection: `GET`, `HEAD`, `OPTIONS`.
+///
+/// ```
+/// use http::Method;
+/// use portcullis::csrf::fetch_metadata::is_safe;
+/// assert!(is_safe(&Method::GET) && is_safe(&Method::OPTIONS));
+/// assert!(!is_safe(&Method::POST));
+/// ```
 pub fn is_safe(method: &Method) -> bool {
     matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS)
 }
@@ -246,6 +281,12 @@ fn valid_authority(a: &str) -> bool {
 
 /// The `host[:port]` of an `Origin` value, as Go's `url.Parse(origin).Host` gives it, or
 /// `None` when Go would find no host or fail to parse (`null`, `example.com`, `https://`).
+///
+/// ```
+/// use portcullis::csrf::fetch_metadata::origin_host;
+/// assert_eq!(origin_host("https://app.example:8443"), Some("app.example:8443"));
+/// assert_eq!(origin_host("null"), None);
+/// ```
 pub fn origin_host(origin: &str) -> Option<&str> {
     let (scheme, rest) = origin.split_once("://")?;
     let mut chars = scheme.bytes();
@@ -267,6 +308,18 @@ pub fn origin_host(origin: &str) -> Option<&str> {
 
 /// The host a request was sent to: the request target's authority (HTTP/2 `:authority`,
 /// absolute-form), else the `Host` header — Go's `req.Host`.
+///
+/// ```
+/// use portcullis::csrf::fetch_metadata::request_host;
+/// let (parts, ()) = http::Request::post("/api/notes")
+///     .header("host", "app.example")
+///     .body(())
+///     .unwrap()
+///     .into_parts();
+/// assert_eq!(request_host(&parts), Some("app.example"));
+/// let (absolute, ()) = http::Request::post("https://api.example/x").body(()).unwrap().into_parts();
+/// assert_eq!(request_host(&absolute), Some("api.example"));
+/// ```
 pub fn request_host(parts: &Parts) -> Option<&str> {
     match parts.uri.authority() {
         Some(a) => Some(a.as_str()),
@@ -278,6 +331,13 @@ pub fn request_host(parts: &Parts) -> Option<&str> {
 }
 
 /// The configured origin check.
+///
+/// ```
+/// use portcullis::csrf::{Mode, fetch_metadata::OriginCheck};
+/// let check = OriginCheck::new(Mode::Lenient, ["https://partner.example"], ["https://app.example"], ["/hooks/**"])?;
+/// assert!(check.is_trusted("https://partner.example"));
+/// # Ok::<(), portcullis::layer::BuildError>(())
+/// ```
 #[derive(Debug, Clone)]
 pub struct OriginCheck {
     mode: Mode,
@@ -290,6 +350,13 @@ impl OriginCheck {
     /// A check with `trusted` origins (exact strings, as Go's `AddTrustedOrigin`), the site's
     /// own `public` origins (`scheme://host[:port]`, compared as origins) and `bypass`
     /// patterns (`[METHOD ]/glob`).
+    ///
+    /// ```
+    /// use portcullis::csrf::{Mode, fetch_metadata::OriginCheck};
+    /// let none: [&str; 0] = [];
+    /// assert!(OriginCheck::new(Mode::Lenient, ["https://partner.example"], none, ["POST /hooks/*"]).is_ok());
+    /// assert!(OriginCheck::new(Mode::Lenient, ["https://partner.example/path"], none, none).is_err());
+    /// ```
     pub fn new<T, P, B>(mode: Mode, trusted: T, public: P, bypass: B) -> Result<Self, BuildError>
     where
         T: IntoIterator,
@@ -331,22 +398,61 @@ impl OriginCheck {
     }
 
     /// The mode for requests with neither `Sec-Fetch-Site` nor `Origin`.
+    ///
+    /// ```
+    /// use portcullis::csrf::{Mode, fetch_metadata::OriginCheck};
+    /// let none: [&str; 0] = [];
+    /// let check = OriginCheck::new(Mode::Strict, none, none, none).unwrap();
+    /// assert_eq!(check.mode(), Mode::Strict);
+    /// ```
     pub fn mode(&self) -> Mode {
         self.mode
     }
 
     /// True when a bypass pattern covers this method and canonical path.
+    ///
+    /// ```
+    /// use http::Method;
+    /// use portcullis::CanonicalPath;
+    /// use portcullis::csrf::{Mode, fetch_metadata::OriginCheck};
+    /// let none: [&str; 0] = [];
+    /// let check = OriginCheck::new(Mode::Lenient, none, none, ["/hooks/**"]).unwrap();
+    /// let path = |p| CanonicalPath::parse(p).unwrap();
+    /// assert!(check.is_bypassed(&Method::POST, &path("/hooks/github")));
+    /// assert!(!check.is_bypassed(&Method::POST, &path("/hooks")));
+    /// ```
     pub fn is_bypassed(&self, method: &Method, path: &CanonicalPath) -> bool {
         self.bypass.iter().any(|b| b.matches(method, path))
     }
 
     /// True when `origin` is one of the trusted origins (exact string).
+    ///
+    /// ```
+    /// use portcullis::csrf::{Mode, fetch_metadata::OriginCheck};
+    /// let none: [&str; 0] = [];
+    /// let check = OriginCheck::new(Mode::Lenient, ["https://partner.example"], none, none).unwrap();
+    /// assert!(check.is_trusted("https://partner.example"));
+    /// assert!(!check.is_trusted("https://PARTNER.example"));
+    /// ```
     pub fn is_trusted(&self, origin: &str) -> bool {
         !origin.is_empty() && self.trusted.contains(origin)
     }
 
     /// Decides a request. `host` is the request's host ([`request_host`]); `path` the
     /// canonical path, for bypass patterns.
+    ///
+    /// ```
+    /// use http::{HeaderMap, Method};
+    /// use portcullis::CanonicalPath;
+    /// use portcullis::csrf::{Mode, fetch_metadata::{CrossOrigin, OriginCheck}};
+    /// let none: [&str; 0] = [];
+    /// let check = OriginCheck::new(Mode::Lenient, none, none, none).unwrap();
+    /// let path = CanonicalPath::parse("/api/notes").unwrap();
+    /// let mut h = HeaderMap::new();
+    /// h.insert("origin", "https://evil.example".parse().unwrap());
+    /// assert_eq!(check.check(&Method::POST, &h, Some("app.example"), &path), Err(CrossOrigin::OriginMismatch));
+    /// assert_eq!(check.check(&Method::GET, &h, Some("app.example"), &path), Ok(()));
+    /// ```
     pub fn check(
         &self,
         method: &Method,

@@ -71,21 +71,62 @@ use token::{Secret, SessionBinding, TokenSigner};
 /// The JavaScript helper: `csrfFetch(url, options)` and `portcullisCsrf.fillForms(root)`.
 /// The guard serves it at [`CLIENT_JS_PATH`]; load it with `<script src="…" nonce="…">`: it
 /// needs no inline script and no `eval`.
+///
+/// ```
+/// use portcullis::csrf::CLIENT_JS;
+/// assert!(CLIENT_JS.contains("function csrfFetch"));
+/// assert!(CLIENT_JS.contains("function fillForms"));
+/// ```
 pub const CLIENT_JS: &str = include_str!("client.js");
 
 /// Where the guard serves [`CLIENT_JS`].
+///
+/// ```
+/// use portcullis::csrf::CLIENT_JS_PATH;
+/// use portcullis::Nonce;
+/// let nonce = Nonce::generate();
+/// let tag = format!(r#"<script src="{CLIENT_JS_PATH}" nonce="{}"></script>"#, nonce.as_str());
+/// assert!(tag.contains("/.well-known/portcullis/csrf.js"));
+/// ```
 pub const CLIENT_JS_PATH: &str = "/.well-known/portcullis/csrf.js";
 
 /// The token endpoint the guard answers itself.
+///
+/// ```
+/// use portcullis::csrf::{CLIENT_JS_PATH, TOKEN_PATH};
+/// assert_eq!(TOKEN_PATH, "/.well-known/portcullis/csrf");
+/// assert_ne!(TOKEN_PATH, CLIENT_JS_PATH);
+/// ```
 pub const TOKEN_PATH: &str = "/.well-known/portcullis/csrf";
 
 /// The request header that carries the token.
+///
+/// ```
+/// use portcullis::csrf::TOKEN_HEADER;
+/// let req = http::Request::post("/api/notes")
+///     .header(TOKEN_HEADER, "token-from-the-cookie")
+///     .body(())
+///     .unwrap();
+/// assert_eq!(req.headers()["X-CSRF-Token"], "token-from-the-cookie");
+/// ```
 pub const TOKEN_HEADER: &str = "x-csrf-token";
 
 /// How much of a form body is read for its token on routes without a body limit.
+///
+/// ```
+/// use portcullis::csrf::DEFAULT_FORM_LIMIT;
+/// assert_eq!(DEFAULT_FORM_LIMIT, 1024 * 1024);
+/// ```
 pub const DEFAULT_FORM_LIMIT: u64 = 1024 * 1024;
 
 /// What to do with unsafe requests that carry neither `Sec-Fetch-Site` nor `Origin`.
+///
+/// ```
+/// use portcullis::csrf::{CsrfGuard, Mode};
+/// assert_eq!(Mode::default(), Mode::Lenient);
+/// let guard = CsrfGuard::builder().mode(Mode::Strict).build().unwrap();
+/// assert_eq!(guard.origin_check().mode(), Mode::Strict);
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub enum Mode {
     /// Allow them: they come from non-browser clients (curl, servers) or browsers older than
@@ -136,6 +177,13 @@ impl Cookies {
 }
 
 /// Builds a [`CsrfGuard`].
+///
+/// ```
+/// use portcullis::csrf::{CsrfGuard, CsrfGuardBuilder, Mode};
+/// let builder: CsrfGuardBuilder = CsrfGuard::builder().mode(Mode::Lenient).insecure_dev(true);
+/// let guard = builder.build().unwrap();
+/// assert_eq!(guard.token_cookie_name(), "csrf");
+/// ```
 #[must_use]
 #[derive(Debug, Default)]
 pub struct CsrfGuardBuilder {
@@ -149,6 +197,12 @@ pub struct CsrfGuardBuilder {
 
 impl CsrfGuardBuilder {
     /// Lenient (default) or strict handling of requests with neither header.
+    ///
+    /// ```
+    /// use portcullis::csrf::{CsrfGuard, Mode};
+    /// let guard = CsrfGuard::builder().mode(Mode::Strict).build().unwrap();
+    /// assert_eq!(guard.origin_check().mode(), Mode::Strict);
+    /// ```
     pub fn mode(mut self, mode: Mode) -> Self {
         self.mode = mode;
         self
@@ -156,6 +210,16 @@ impl CsrfGuardBuilder {
 
     /// Origins allowed to send cross-origin unsafe requests (`https://partner.example`),
     /// compared as exact strings with the `Origin` header.
+    ///
+    /// ```
+    /// use portcullis::csrf::CsrfGuard;
+    /// let guard = CsrfGuard::builder()
+    ///     .trusted_origins(["https://partner.example"])
+    ///     .build()
+    ///     .unwrap();
+    /// assert!(guard.origin_check().is_trusted("https://partner.example"));
+    /// assert!(!guard.origin_check().is_trusted("https://partner.example:8443"));
+    /// ```
     pub fn trusted_origins<I, S>(mut self, origins: I) -> Self
     where
         I: IntoIterator<Item = S>,
@@ -167,6 +231,18 @@ impl CsrfGuardBuilder {
 
     /// The site's own origins (`https://app.example`), accepted as same-origin when the
     /// `Host` seen here is not the one the browser used (a proxy rewrites it).
+    ///
+    /// ```
+    /// use http::{HeaderMap, Method};
+    /// use portcullis::CanonicalPath;
+    /// use portcullis::csrf::CsrfGuard;
+    /// let guard = CsrfGuard::builder().public_origins(["https://app.example"]).build().unwrap();
+    /// let mut h = HeaderMap::new();
+    /// h.insert("origin", "https://app.example".parse().unwrap());
+    /// let path = CanonicalPath::parse("/api/notes").unwrap();
+    /// // The proxy rewrote `Host` to the backend's name; the origin is still the site's own.
+    /// assert_eq!(guard.origin_check().check(&Method::POST, &h, Some("backend:8080"), &path), Ok(()));
+    /// ```
     pub fn public_origins<I, S>(mut self, origins: I) -> Self
     where
         I: IntoIterator<Item = S>,
@@ -178,6 +254,16 @@ impl CsrfGuardBuilder {
 
     /// Paths exempt from CSRF checks (`/api/webhooks/**`, `POST /hooks/*`): route-table globs,
     /// matched on the canonical path, narrowly on trailing slashes (see [`fetch_metadata`]).
+    ///
+    /// ```
+    /// use http::Method;
+    /// use portcullis::CanonicalPath;
+    /// use portcullis::csrf::CsrfGuard;
+    /// let guard = CsrfGuard::builder().bypass(["POST /api/webhooks/**"]).build().unwrap();
+    /// let hook = CanonicalPath::parse("/api/webhooks/github").unwrap();
+    /// assert!(guard.origin_check().is_bypassed(&Method::POST, &hook));
+    /// assert!(!guard.origin_check().is_bypassed(&Method::PUT, &hook));
+    /// ```
     pub fn bypass<I, S>(mut self, patterns: I) -> Self
     where
         I: IntoIterator<Item = S>,
@@ -190,6 +276,18 @@ impl CsrfGuardBuilder {
     /// The token secrets: the first signs, all verify (list the new one first to rotate).
     /// Without any, a random secret is drawn at build: tokens then die with the process and
     /// are not shared between instances.
+    ///
+    /// ```
+    /// use portcullis::csrf::CsrfGuard;
+    /// use portcullis::csrf::token::{Secret, SessionBinding, TokenSigner};
+    /// let new = Secret::new(vec![1u8; 32])?;
+    /// let old = Secret::new(vec![2u8; 32])?;
+    /// let guard = CsrfGuard::builder().secrets([new, old.clone()]).build()?;
+    /// // A token signed with the old secret still verifies during the rotation.
+    /// let old_token = TokenSigner::new(vec![old])?.issue(SessionBinding::Principal("alice"));
+    /// assert!(guard.signer().verify(old_token.as_bytes(), SessionBinding::Principal("alice")));
+    /// # Ok::<(), portcullis::layer::BuildError>(())
+    /// ```
     pub fn secrets(mut self, secrets: impl IntoIterator<Item = Secret>) -> Self {
         self.secrets.extend(secrets);
         self
@@ -197,12 +295,27 @@ impl CsrfGuardBuilder {
 
     /// Plain-HTTP development: cookies without `Secure` and without the `__Host-` prefix
     /// (`csrf`, `csrf-session`). Never in production.
+    ///
+    /// ```
+    /// use portcullis::csrf::CsrfGuard;
+    /// let dev = CsrfGuard::builder().insecure_dev(true).build().unwrap();
+    /// assert_eq!(dev.token_cookie_name(), "csrf");
+    /// assert_eq!(dev.session_cookie_name(), "csrf-session");
+    /// ```
     pub fn insecure_dev(mut self, on: bool) -> Self {
         self.insecure_dev = on;
         self
     }
 
     /// Validates the settings and builds the guard.
+    ///
+    /// ```
+    /// use portcullis::csrf::CsrfGuard;
+    /// assert!(CsrfGuard::builder().build().is_ok());
+    /// // A trusted origin must be `scheme://host[:port]`, without a path.
+    /// assert!(CsrfGuard::builder().trusted_origins(["https://partner.example/"]).build().is_err());
+    /// assert!(CsrfGuard::builder().trusted_origins(["partner.example"]).build().is_err());
+    /// ```
     pub fn build(self) -> Result<CsrfGuard, BuildError> {
         let origin = OriginCheck::new(self.mode, &self.trusted, &self.public, &self.bypass)?;
         let secrets = if self.secrets.is_empty() {
@@ -223,6 +336,13 @@ impl CsrfGuardBuilder {
 }
 
 /// The CSRF guard for [`SecurityLayer`](crate::SecurityLayer)'s step 11.
+///
+/// ```
+/// use portcullis::csrf::{CsrfGuard, Mode};
+/// let guard = CsrfGuard::builder().mode(Mode::Strict).build().unwrap();
+/// assert_eq!(guard.token_cookie_name(), "__Host-csrf");
+/// assert_eq!(guard.origin_check().mode(), Mode::Strict);
+/// ```
 #[derive(Debug)]
 pub struct CsrfGuard {
     origin: OriginCheck,
@@ -248,26 +368,65 @@ impl Session {
 impl CsrfGuard {
     /// A builder with the defaults: lenient, no trusted origins or bypasses, a random secret,
     /// `__Host-` cookies.
+    ///
+    /// ```
+    /// use portcullis::csrf::{CsrfGuard, Mode};
+    /// let guard = CsrfGuard::builder().build().unwrap();
+    /// assert_eq!(guard.origin_check().mode(), Mode::Lenient);
+    /// assert_eq!(guard.session_cookie_name(), "__Host-csrf-session");
+    /// ```
     pub fn builder() -> CsrfGuardBuilder {
         CsrfGuardBuilder::default()
     }
 
     /// The origin check.
+    ///
+    /// ```
+    /// use http::{HeaderMap, Method};
+    /// use portcullis::CanonicalPath;
+    /// use portcullis::csrf::CsrfGuard;
+    /// use portcullis::csrf::fetch_metadata::CrossOrigin;
+    /// let guard = CsrfGuard::builder().build().unwrap();
+    /// let mut h = HeaderMap::new();
+    /// h.insert("sec-fetch-site", "cross-site".parse().unwrap());
+    /// let path = CanonicalPath::parse("/api/notes").unwrap();
+    /// let verdict = guard.origin_check().check(&Method::POST, &h, Some("app.example"), &path);
+    /// assert_eq!(verdict, Err(CrossOrigin::SecFetchSite));
+    /// ```
     pub fn origin_check(&self) -> &OriginCheck {
         &self.origin
     }
 
     /// The token signer.
+    ///
+    /// ```
+    /// use portcullis::csrf::CsrfGuard;
+    /// use portcullis::csrf::token::SessionBinding;
+    /// let guard = CsrfGuard::builder().build().unwrap();
+    /// let token = guard.signer().issue(SessionBinding::Anonymous("session-id"));
+    /// assert!(guard.signer().verify(token.as_bytes(), SessionBinding::Anonymous("session-id")));
+    /// ```
     pub fn signer(&self) -> &TokenSigner {
         &self.signer
     }
 
     /// The token cookie's name (`__Host-csrf`, or `csrf` in insecure development mode).
+    ///
+    /// ```
+    /// use portcullis::csrf::CsrfGuard;
+    /// assert_eq!(CsrfGuard::builder().build().unwrap().token_cookie_name(), "__Host-csrf");
+    /// ```
     pub fn token_cookie_name(&self) -> &'static str {
         self.cookies.token
     }
 
     /// The anonymous session cookie's name (`__Host-csrf-session` or `csrf-session`).
+    ///
+    /// ```
+    /// use portcullis::csrf::CsrfGuard;
+    /// let guard = CsrfGuard::builder().build().unwrap();
+    /// assert_eq!(guard.session_cookie_name(), "__Host-csrf-session");
+    /// ```
     pub fn session_cookie_name(&self) -> &'static str {
         self.cookies.session
     }
@@ -402,6 +561,27 @@ impl CsrfGuard {
 
     /// The token endpoint: `{"token": "…"}` with the cookies, never cached. The layer calls it
     /// through [`Guard::answer`] for `GET` [`TOKEN_PATH`], after every earlier control.
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use portcullis::csrf::{CsrfGuard, TOKEN_PATH};
+    /// use portcullis::{Policy, SecurityLayer, policy::CsrfMode};
+    /// use tower::{Layer, ServiceExt};
+    ///
+    /// # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
+    /// let layer = SecurityLayer::builder()
+    ///     .default_policy(Policy::open().csrf(CsrfMode::OriginAndToken))
+    ///     .csrf_guard(Arc::new(CsrfGuard::builder().build().unwrap()))
+    ///     .build()
+    ///     .unwrap();
+    /// let app = layer.layer(axum::Router::new());
+    /// let req = http::Request::get(TOKEN_PATH).body(axum::body::Body::empty()).unwrap();
+    /// let res = app.oneshot(req).await.unwrap();
+    /// assert_eq!(res.headers()["cache-control"], "no-store");
+    /// let body = axum::body::to_bytes(res.into_body(), 1024).await.unwrap();
+    /// assert!(body.starts_with(br#"{"token":""#));
+    /// # });
+    /// ```
     pub fn token_response(&self, parts: &Parts, x: &mut Exchange) -> Response<Bytes> {
         let token = self.issue(parts, x);
         let body = serde_json::json!({ "token": token }).to_string();
@@ -473,6 +653,14 @@ impl Guard for CsrfGuard {
 
 /// [`CLIENT_JS`] as served at [`CLIENT_JS_PATH`]: cacheable for an hour (it changes only
 /// with a release).
+///
+/// ```
+/// use portcullis::csrf::{CLIENT_JS, client_js_response};
+/// let res = client_js_response();
+/// assert_eq!(res.headers()["content-type"], "text/javascript; charset=utf-8");
+/// assert_eq!(res.headers()["cache-control"], "public, max-age=3600");
+/// assert_eq!(res.body().as_ref(), CLIENT_JS.as_bytes());
+/// ```
 pub fn client_js_response() -> Response<Bytes> {
     let mut res = Response::new(Bytes::from_static(CLIENT_JS.as_bytes()));
     let h = res.headers_mut();
@@ -528,6 +716,15 @@ fn is_session_id(v: &str) -> bool {
 }
 
 /// The first cookie named `name` in the request's `Cookie` headers.
+///
+/// ```
+/// use http::HeaderMap;
+/// use portcullis::csrf::cookie;
+/// let mut h = HeaderMap::new();
+/// h.append("cookie", "theme=dark; __Host-csrf=abc".parse().unwrap());
+/// assert_eq!(cookie(&h, "__Host-csrf"), Some("abc"));
+/// assert_eq!(cookie(&h, "session"), None);
+/// ```
 pub fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
     headers
         .get_all(header::COOKIE)

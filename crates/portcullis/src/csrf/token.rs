@@ -38,22 +38,57 @@ use crate::layer::BuildError;
 type HmacSha256 = Hmac<Sha256>;
 
 /// Random bytes at the front of a token.
+///
+/// ```
+/// use portcullis::csrf::token::{MAC_LEN, RANDOM_LEN, TOKEN_LEN};
+/// // 64 bytes in base64url without padding: 86 characters.
+/// assert_eq!(TOKEN_LEN, ((RANDOM_LEN + MAC_LEN) * 4).div_ceil(3));
+/// ```
 pub const RANDOM_LEN: usize = 32;
 /// MAC bytes at the end of a token.
+///
+/// ```
+/// use portcullis::csrf::token::MAC_LEN;
+/// assert_eq!(MAC_LEN, 32); // HMAC-SHA256
+/// ```
 pub const MAC_LEN: usize = 32;
 /// The length of a token in base64url characters.
+///
+/// ```
+/// use portcullis::csrf::token::{SessionBinding, TokenSigner, TOKEN_LEN, Secret};
+/// let signer = TokenSigner::new(vec![Secret::generate()]).unwrap();
+/// assert_eq!(signer.issue(SessionBinding::Principal("alice")).len(), TOKEN_LEN);
+/// ```
 pub const TOKEN_LEN: usize = 86;
 /// The shortest secret accepted, in bytes.
+///
+/// ```
+/// use portcullis::csrf::token::{MIN_SECRET_LEN, Secret};
+/// assert!(Secret::new(vec![0u8; MIN_SECRET_LEN]).is_ok());
+/// assert!(Secret::new(vec![0u8; MIN_SECRET_LEN - 1]).is_err());
+/// ```
 pub const MIN_SECRET_LEN: usize = 32;
 
 const LABEL: &[u8] = b"portcullis-csrf-v1";
 
 /// Key material for token MACs. Its `Debug` prints `[redacted]`.
+///
+/// ```
+/// use portcullis::csrf::token::Secret;
+/// let secret = Secret::new(b"test-only-secret-of-32-bytes-xyz".to_vec()).unwrap();
+/// assert_eq!(format!("{secret:?}"), "Secret([redacted])");
+/// ```
 #[derive(Clone)]
 pub struct Secret(Box<[u8]>);
 
 impl Secret {
     /// A secret of at least [`MIN_SECRET_LEN`] bytes.
+    ///
+    /// ```
+    /// use portcullis::csrf::token::Secret;
+    /// assert!(Secret::new(b"test-only-secret-of-32-bytes-xyz".to_vec()).is_ok());
+    /// assert!(Secret::new(b"too short".to_vec()).is_err());
+    /// ```
     pub fn new(bytes: impl Into<Vec<u8>>) -> Result<Secret, BuildError> {
         let bytes = bytes.into();
         if bytes.len() < MIN_SECRET_LEN {
@@ -66,6 +101,14 @@ impl Secret {
     }
 
     /// A fresh random secret (tokens signed with it die with the process).
+    ///
+    /// ```
+    /// use portcullis::csrf::token::{Secret, SessionBinding, TokenSigner};
+    /// let a = TokenSigner::new(vec![Secret::generate()]).unwrap();
+    /// let b = TokenSigner::new(vec![Secret::generate()]).unwrap();
+    /// let token = a.issue(SessionBinding::Principal("alice"));
+    /// assert!(!b.verify(token.as_bytes(), SessionBinding::Principal("alice")));
+    /// ```
     pub fn generate() -> Secret {
         Secret(crate::random::bytes::<32>().to_vec().into_boxed_slice())
     }
@@ -78,6 +121,14 @@ impl std::fmt::Debug for Secret {
 }
 
 /// What a token is bound to.
+///
+/// ```
+/// use portcullis::csrf::token::{Secret, SessionBinding, TokenSigner};
+/// let signer = TokenSigner::new(vec![Secret::generate()]).unwrap();
+/// let token = signer.issue(SessionBinding::Anonymous("abc"));
+/// // The same id as a principal is another session.
+/// assert!(!signer.verify(token.as_bytes(), SessionBinding::Principal("abc")));
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SessionBinding<'a> {
     /// An authenticated principal's id.
@@ -101,6 +152,13 @@ impl SessionBinding<'_> {
 }
 
 /// Signs and verifies tokens with a list of secrets: the first signs, all verify.
+///
+/// ```
+/// use portcullis::csrf::token::{Secret, SessionBinding, TokenSigner};
+/// let signer = TokenSigner::new(vec![Secret::generate()]).unwrap();
+/// let token = signer.issue(SessionBinding::Principal("alice"));
+/// assert!(signer.verify(token.as_bytes(), SessionBinding::Principal("alice")));
+/// ```
 #[derive(Clone)]
 pub struct TokenSigner {
     // Keyed once: cloning a keyed HMAC skips the key schedule on every request.
@@ -117,6 +175,12 @@ impl std::fmt::Debug for TokenSigner {
 
 impl TokenSigner {
     /// A signer over `secrets` (at least one; the first signs).
+    ///
+    /// ```
+    /// use portcullis::csrf::token::{Secret, TokenSigner};
+    /// assert!(TokenSigner::new(vec![Secret::generate()]).is_ok());
+    /// assert!(TokenSigner::new(Vec::new()).is_err());
+    /// ```
     pub fn new(secrets: Vec<Secret>) -> Result<TokenSigner, BuildError> {
         if secrets.is_empty() {
             return Err(BuildError {
@@ -139,6 +203,16 @@ impl TokenSigner {
     }
 
     /// A fresh token for `session`, signed with the first secret.
+    ///
+    /// ```
+    /// use portcullis::csrf::token::{Secret, SessionBinding, TokenSigner};
+    /// let signer = TokenSigner::new(vec![Secret::generate()]).unwrap();
+    /// let s = SessionBinding::Principal("alice");
+    /// // Every token is fresh, and each one verifies.
+    /// let (t1, t2) = (signer.issue(s), signer.issue(s));
+    /// assert_ne!(t1, t2);
+    /// assert!(signer.verify(t1.as_bytes(), s) && signer.verify(t2.as_bytes(), s));
+    /// ```
     pub fn issue(&self, session: SessionBinding<'_>) -> String {
         let random: [u8; RANDOM_LEN] = crate::random::bytes();
         let mut raw = [0u8; RANDOM_LEN + MAC_LEN];
@@ -148,6 +222,15 @@ impl TokenSigner {
     }
 
     /// True when `token` (its base64url text) was signed for `session` under any secret.
+    ///
+    /// ```
+    /// use portcullis::csrf::token::{Secret, SessionBinding, TokenSigner};
+    /// let signer = TokenSigner::new(vec![Secret::generate()]).unwrap();
+    /// let s = SessionBinding::Principal("alice");
+    /// let token = signer.issue(s);
+    /// assert!(signer.verify(token.as_bytes(), s));
+    /// assert!(!signer.verify(b"not-a-token", s));
+    /// ```
     pub fn verify(&self, token: &[u8], session: SessionBinding<'_>) -> bool {
         if token.len() != TOKEN_LEN {
             return false;
@@ -167,11 +250,23 @@ impl TokenSigner {
 }
 
 /// Compares two tokens in constant time (for equal lengths).
+///
+/// ```
+/// use portcullis::csrf::token::tokens_equal;
+/// assert!(tokens_equal(b"abc", b"abc"));
+/// assert!(!tokens_equal(b"abc", b"abd"));
+/// ```
 pub fn tokens_equal(a: &[u8], b: &[u8]) -> bool {
     a.ct_eq(b).into()
 }
 
 /// The name of the form field that carries the token.
+///
+/// ```
+/// use portcullis::csrf::token::{FORM_FIELD, form_token};
+/// let body = format!("title=hi&{FORM_FIELD}=tok");
+/// assert_eq!(form_token("application/x-www-form-urlencoded", body.as_bytes()).as_deref(), Some("tok"));
+/// ```
 pub const FORM_FIELD: &str = "csrf_token";
 
 /// The token in a form body (`application/x-www-form-urlencoded` or `multipart/form-data`),
@@ -203,6 +298,13 @@ pub fn form_token(content_type: &str, body: &[u8]) -> Option<String> {
 }
 
 /// True when `content_type` is a form the token can be read from.
+///
+/// ```
+/// use portcullis::csrf::token::is_form;
+/// assert!(is_form("multipart/form-data; boundary=XyZ"));
+/// assert!(is_form("application/x-www-form-urlencoded"));
+/// assert!(!is_form("application/json"));
+/// ```
 pub fn is_form(content_type: &str) -> bool {
     let essence = content_type.split(';').next().unwrap_or("").trim();
     essence.eq_ignore_ascii_case("application/x-www-form-urlencoded")

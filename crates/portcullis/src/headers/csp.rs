@@ -90,6 +90,13 @@ pub struct Nonce(Arc<str>);
 
 impl Nonce {
     /// Draws a fresh nonce.
+    ///
+    /// ```
+    /// use portcullis::Nonce;
+    /// let (a, b) = (Nonce::generate(), Nonce::generate());
+    /// assert_ne!(a, b); // a fresh one for every response
+    /// assert_eq!(a.as_str().len(), 24);
+    /// ```
     pub fn generate() -> Nonce {
         let raw: [u8; NONCE_BYTES] = crate::random::bytes();
         // Encoded on the stack so the nonce costs one allocation (the `Arc`).

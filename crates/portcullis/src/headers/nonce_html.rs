@@ -95,6 +95,12 @@ use lol_html::{
 use crate::headers::csp::Nonce;
 
 /// Errors of a rewritten body: the upstream body's own, or the rewriter's.
+///
+/// ```
+/// use portcullis::headers::nonce_html::BoxError;
+/// let e: BoxError = "upstream connection reset".into();
+/// assert_eq!(e.to_string(), "upstream connection reset");
+/// ```
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// The default placeholder value of a script's or style's `nonce` attribute.

@@ -32,6 +32,15 @@
 use http::header::{self, Entry, HeaderMap, HeaderName, HeaderValue};
 
 /// When `Strict-Transport-Security` is sent.
+///
+/// ```
+/// use portcullis::headers::security::{HstsMode, SecurityHeaders};
+/// let h = SecurityHeaders::default().hsts_mode(HstsMode::HttpsOnly);
+/// let mut plain = http::HeaderMap::new();
+/// h.apply(&mut plain, false);
+/// assert!(!plain.contains_key("strict-transport-security"));
+/// assert_eq!(HstsMode::default(), HstsMode::Always);
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum HstsMode {
     /// On every response (browsers ignore it over plain HTTP; use when TLS ends in front of
@@ -43,6 +52,13 @@ pub enum HstsMode {
 }
 
 /// Why a header override was refused.
+///
+/// ```
+/// use portcullis::headers::security::SecurityHeaders;
+/// let err = SecurityHeaders::default().set("x-frame-options", "DENY\n").unwrap_err();
+/// assert_eq!(err.name, "x-frame-options");
+/// assert_eq!(err.to_string(), r#"header "x-frame-options": not a valid header value"#);
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HeaderError {
     /// The header name as given.
@@ -60,6 +76,14 @@ impl std::fmt::Display for HeaderError {
 impl std::error::Error for HeaderError {}
 
 /// The set of security headers put on responses.
+///
+/// ```
+/// use portcullis::headers::security::SecurityHeaders;
+/// use portcullis::SecurityLayer;
+/// let headers = SecurityHeaders::default().set("x-frame-options", "SAMEORIGIN")?;
+/// let layer = SecurityLayer::builder().security_headers(Some(headers)).build().unwrap();
+/// # Ok::<(), portcullis::headers::security::HeaderError>(())
+/// ```
 #[derive(Clone)]
 pub struct SecurityHeaders {
     set: Vec<(HeaderName, HeaderValue)>,
@@ -76,6 +100,16 @@ pub struct SecurityHeaders {
 const TEMPLATE_ROOM: usize = 24;
 
 /// Response headers removed by default: version banners.
+///
+/// ```
+/// use portcullis::headers::security::{BANNERS, SecurityHeaders};
+/// let mut h = http::HeaderMap::new();
+/// for b in BANNERS {
+///     h.insert(b, "leaky/1.0".parse().unwrap());
+/// }
+/// SecurityHeaders::none().apply(&mut h, true);
+/// assert!(h.is_empty());
+/// ```
 pub const BANNERS: [&str; 6] = [
     "server",
     "x-powered-by",
@@ -130,6 +164,13 @@ impl std::fmt::Debug for SecurityHeaders {
 
 impl SecurityHeaders {
     /// No headers at all (banners are still removed).
+    ///
+    /// ```
+    /// use portcullis::headers::security::SecurityHeaders;
+    /// let only_one = SecurityHeaders::none().set("x-content-type-options", "nosniff").unwrap();
+    /// assert_eq!(only_one.entries().count(), 1);
+    /// assert_eq!(SecurityHeaders::none().entries().count(), 0);
+    /// ```
     pub fn none() -> Self {
         SecurityHeaders {
             set: Vec::new(),
@@ -155,6 +196,18 @@ impl SecurityHeaders {
     /// Sets (or replaces) a header. `strict-transport-security` is accepted here too;
     /// `content-security-policy` is not (use [`Csp`](crate::Csp), which validates the policy
     /// and adds nonces).
+    ///
+    /// ```
+    /// use portcullis::headers::security::SecurityHeaders;
+    /// let h = SecurityHeaders::default()
+    ///     .set("strict-transport-security", "max-age=31536000")
+    ///     .unwrap();
+    /// let mut out = http::HeaderMap::new();
+    /// h.apply(&mut out, true);
+    /// assert_eq!(out["strict-transport-security"], "max-age=31536000");
+    /// // The CSP has its own type.
+    /// assert!(SecurityHeaders::default().set("content-security-policy", "default-src 'self'").is_err());
+    /// ```
     pub fn set(mut self, name: &str, value: &str) -> Result<Self, HeaderError> {
         let err = |reason: &str| HeaderError {
             name: name.to_string(),
@@ -184,6 +237,15 @@ impl SecurityHeaders {
     }
 
     /// Stops sending a header.
+    ///
+    /// ```
+    /// use portcullis::headers::security::SecurityHeaders;
+    /// let h = SecurityHeaders::default().remove("Strict-Transport-Security");
+    /// let mut out = http::HeaderMap::new();
+    /// h.apply(&mut out, true);
+    /// assert!(!out.contains_key("strict-transport-security"));
+    /// assert_eq!(out["x-content-type-options"], "nosniff");
+    /// ```
     pub fn remove(mut self, name: &str) -> Self {
         let lower = name.trim().to_ascii_lowercase();
         if lower == "strict-transport-security" {
@@ -194,6 +256,16 @@ impl SecurityHeaders {
     }
 
     /// Also removes `name` from every response (another banner).
+    ///
+    /// ```
+    /// use portcullis::headers::security::SecurityHeaders;
+    /// let h = SecurityHeaders::default().strip_from_responses("x-backend-host")?;
+    /// let mut out = http::HeaderMap::new();
+    /// out.insert("x-backend-host", "app-7.internal".parse().unwrap());
+    /// h.apply(&mut out, false);
+    /// assert!(!out.contains_key("x-backend-host"));
+    /// # Ok::<(), portcullis::headers::security::HeaderError>(())
+    /// ```
     pub fn strip_from_responses(mut self, name: &str) -> Result<Self, HeaderError> {
         let n = HeaderName::from_bytes(name.trim().as_bytes()).map_err(|_| HeaderError {
             name: name.to_string(),
@@ -204,12 +276,28 @@ impl SecurityHeaders {
     }
 
     /// Chooses when HSTS is sent.
+    ///
+    /// ```
+    /// use portcullis::headers::security::{HstsMode, SecurityHeaders};
+    /// let h = SecurityHeaders::default().hsts_mode(HstsMode::HttpsOnly);
+    /// let mut over_tls = http::HeaderMap::new();
+    /// h.apply(&mut over_tls, true);
+    /// assert_eq!(over_tls["strict-transport-security"], "max-age=63072000; includeSubDomains");
+    /// ```
     pub fn hsts_mode(mut self, mode: HstsMode) -> Self {
         self.hsts_mode = mode;
         self
     }
 
     /// The headers this set sends (HSTS included).
+    ///
+    /// ```
+    /// use portcullis::headers::security::SecurityHeaders;
+    /// let headers = SecurityHeaders::default();
+    /// let names: Vec<&str> = headers.entries().map(|(n, _)| n.as_str()).collect();
+    /// assert_eq!(names.len(), 9);
+    /// assert!(names.contains(&"x-frame-options") && names.contains(&"strict-transport-security"));
+    /// ```
     pub fn entries(&self) -> impl Iterator<Item = (&HeaderName, &HeaderValue)> {
         self.set.iter().map(|(n, v)| (n, v)).chain(
             self.hsts
@@ -220,6 +308,17 @@ impl SecurityHeaders {
 
     /// Puts the headers on a response and strips the banners. `https` tells whether the
     /// request came over HTTPS.
+    ///
+    /// ```
+    /// use portcullis::headers::security::SecurityHeaders;
+    /// let mut h = http::HeaderMap::new();
+    /// h.insert("x-powered-by", "Express".parse().unwrap());
+    /// h.insert("x-frame-options", "SAMEORIGIN".parse().unwrap());
+    /// SecurityHeaders::default().apply(&mut h, false);
+    /// assert!(!h.contains_key("x-powered-by"));
+    /// assert_eq!(h["x-frame-options"], "DENY"); // the set's value wins
+    /// assert_eq!(h["strict-transport-security"], "max-age=63072000; includeSubDomains");
+    /// ```
     pub fn apply(&self, headers: &mut HeaderMap, https: bool) {
         let hsts = self.hsts.is_some() && (https || self.hsts_mode == HstsMode::Always);
         // The result starts as a copy of the template; the response's own headers follow,

@@ -24,6 +24,15 @@ use crate::policy::Algorithm;
 
 /// The per-key state. Sliding/fixed window: `a` = window index, `b` = current count,
 /// `c` = previous count. GCRA: `a` = theoretical arrival time (µs).
+///
+/// ```
+/// use portcullis::policy::Algorithm;
+/// use portcullis::rate_limit::algorithm::{Cell, Rule};
+/// let rule = Rule::new(5, 1_000_000, Algorithm::FixedWindow, 0);
+/// let (_, cell) = rule.evaluate(Cell::default(), 7_250_000, 1);
+/// // Fixed window: `a` is the window index, `b` the count in it.
+/// assert_eq!(cell, Cell { a: 7, b: 1, c: 0 });
+/// ```
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Cell {
     /// Window index or TAT.
@@ -35,6 +44,17 @@ pub struct Cell {
 }
 
 /// The outcome of one rule for one request.
+///
+/// ```
+/// use portcullis::policy::Algorithm;
+/// use portcullis::rate_limit::algorithm::{Cell, Rule};
+/// let rule = Rule::new(1, 1_000_000, Algorithm::FixedWindow, 0);
+/// let (ok, cell) = rule.evaluate(Cell::default(), 5_500_000, 1);
+/// assert!(ok.allowed && ok.remaining == 0);
+/// let (refused, _) = rule.evaluate(cell, 5_500_000, 1);
+/// assert!(!refused.allowed);
+/// assert_eq!(refused.retry_after_us, 500_000); // the window ends in half a second
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Verdict {
     /// True when the rule allows the request.
@@ -48,6 +68,13 @@ pub struct Verdict {
 }
 
 /// One limit in executable form.
+///
+/// ```
+/// use portcullis::policy::Algorithm;
+/// use portcullis::rate_limit::algorithm::Rule;
+/// let rule = Rule::new(100, 60_000_000, Algorithm::TokenBucket, 20);
+/// assert_eq!((rule.limit, rule.window_us, rule.burst), (100, 60_000_000, 20));
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Rule {
     /// Requests per window.
@@ -62,6 +89,13 @@ pub struct Rule {
 
 impl Rule {
     /// A rule; `window_us` is clamped to at least 1 µs and `limit` to at least 1.
+    ///
+    /// ```
+    /// use portcullis::policy::Algorithm;
+    /// use portcullis::rate_limit::algorithm::Rule;
+    /// let rule = Rule::new(0, 0, Algorithm::SlidingWindow, 0);
+    /// assert_eq!((rule.limit, rule.window_us), (1, 1)); // clamped
+    /// ```
     pub fn new(limit: u32, window_us: u64, algorithm: Algorithm, burst: u32) -> Self {
         Rule {
             limit: limit.max(1),
@@ -72,12 +106,30 @@ impl Rule {
     }
 
     /// The window in whole seconds (at least 1), for headers.
+    ///
+    /// ```
+    /// use portcullis::policy::Algorithm;
+    /// use portcullis::rate_limit::algorithm::Rule;
+    /// assert_eq!(Rule::new(10, 1_500_000, Algorithm::SlidingWindow, 0).window_secs(), 2);
+    /// assert_eq!(Rule::new(10, 1, Algorithm::SlidingWindow, 0).window_secs(), 1);
+    /// ```
     pub fn window_secs(&self) -> u64 {
         self.window_us.div_ceil(1_000_000).max(1)
     }
 
     /// Evaluates a request of `cost` at `now_us`; returns the verdict and the state to store
     /// (unchanged when refused).
+    ///
+    /// ```
+    /// use portcullis::policy::Algorithm;
+    /// use portcullis::rate_limit::algorithm::{Cell, Rule};
+    /// let rule = Rule::new(2, 1_000_000, Algorithm::TokenBucket, 0);
+    /// let (a, cell) = rule.evaluate(Cell::default(), 10_000_000, 1);
+    /// let (b, cell) = rule.evaluate(cell, 10_000_000, 1);
+    /// let (c, same) = rule.evaluate(cell, 10_000_000, 1);
+    /// assert!(a.allowed && b.allowed && !c.allowed);
+    /// assert_eq!(same, cell); // a refusal leaves the state as it was
+    /// ```
     pub fn evaluate(&self, cell: Cell, now_us: u64, cost: u32) -> (Verdict, Cell) {
         match self.algorithm {
             Algorithm::SlidingWindow => self.sliding(cell, now_us, cost),
@@ -87,6 +139,14 @@ impl Rule {
     }
 
     /// When the state stops mattering (µs): after this a fresh cell is equivalent.
+    ///
+    /// ```
+    /// use portcullis::policy::Algorithm;
+    /// use portcullis::rate_limit::algorithm::{Cell, Rule};
+    /// let rule = Rule::new(5, 1_000_000, Algorithm::FixedWindow, 0);
+    /// let (_, cell) = rule.evaluate(Cell::default(), 7_250_000, 1);
+    /// assert_eq!(rule.expires_at(&cell), 8_000_000); // the end of window 7
+    /// ```
     pub fn expires_at(&self, cell: &Cell) -> u64 {
         match self.algorithm {
             Algorithm::SlidingWindow => cell.a.saturating_add(2).saturating_mul(self.window_us),

@@ -66,6 +66,14 @@ struct Shard {
 }
 
 /// The in-memory [`RateLimitStore`].
+///
+/// ```
+/// use std::sync::Arc;
+/// use portcullis::rate_limit::{RateLimiter, memory::MemoryStore};
+/// let store = Arc::new(MemoryStore::new(100_000));
+/// let limiter = RateLimiter::new(store.clone());
+/// assert!(store.is_empty());
+/// ```
 pub struct MemoryStore {
     shards: Box<[Mutex<Shard>]>,
     per_shard_cap: usize,
@@ -85,11 +93,33 @@ impl std::fmt::Debug for MemoryStore {
 
 impl MemoryStore {
     /// A store tracking at most `max_keys` keys (at least 64), on the system clock.
+    ///
+    /// ```
+    /// use portcullis::policy::Algorithm;
+    /// use portcullis::rate_limit::{Charge, algorithm::Rule, memory::MemoryStore};
+    /// let store = MemoryStore::new(10_000);
+    /// let rule = Rule::new(1, 60_000_000, Algorithm::SlidingWindow, 0);
+    /// assert!(store.decide_now(&[Charge { key: "k", rule, cost: 1 }]).unwrap()[0].allowed);
+    /// assert_eq!(store.len(), 1);
+    /// ```
     pub fn new(max_keys: usize) -> Self {
         Self::with_clock(max_keys, Arc::new(SystemClock))
     }
 
     /// A store on a given clock (tests move a manual clock forward).
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use portcullis::policy::Algorithm;
+    /// use portcullis::rate_limit::{Charge, ManualClock, algorithm::Rule, memory::MemoryStore};
+    /// let clock = Arc::new(ManualClock::new(1_700_000_000_000_000));
+    /// let store = MemoryStore::with_clock(10_000, clock.clone());
+    /// let charge = [Charge { key: "k", rule: Rule::new(1, 1_000_000, Algorithm::FixedWindow, 0), cost: 1 }];
+    /// assert!(store.decide_now(&charge).unwrap()[0].allowed);
+    /// assert!(!store.decide_now(&charge).unwrap()[0].allowed);
+    /// clock.advance(1_000_000); // the next window
+    /// assert!(store.decide_now(&charge).unwrap()[0].allowed);
+    /// ```
     pub fn with_clock(max_keys: usize, clock: Arc<dyn Clock>) -> Self {
         let per_shard_cap = max_keys.div_ceil(SHARDS).max(1);
         let shards = (0..SHARDS)
@@ -110,6 +140,17 @@ impl MemoryStore {
     }
 
     /// Keys currently tracked.
+    ///
+    /// ```
+    /// use portcullis::policy::Algorithm;
+    /// use portcullis::rate_limit::{Charge, algorithm::Rule, memory::MemoryStore};
+    /// let store = MemoryStore::new(10_000);
+    /// let rule = Rule::new(10, 60_000_000, Algorithm::SlidingWindow, 0);
+    /// for key in ["a", "b", "a"] {
+    ///     store.decide_now(&[Charge { key, rule, cost: 1 }]).unwrap();
+    /// }
+    /// assert_eq!(store.len(), 2);
+    /// ```
     pub fn len(&self) -> usize {
         self.shards
             .iter()
@@ -118,16 +159,47 @@ impl MemoryStore {
     }
 
     /// True when no key is tracked.
+    ///
+    /// ```
+    /// use portcullis::rate_limit::memory::MemoryStore;
+    /// assert!(MemoryStore::new(1000).is_empty());
+    /// ```
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
 
     /// Keys evicted at the cap so far.
+    ///
+    /// ```
+    /// use portcullis::policy::Algorithm;
+    /// use portcullis::rate_limit::{Charge, algorithm::Rule, memory::MemoryStore};
+    /// let store = MemoryStore::new(64); // the smallest store: one key per shard
+    /// let rule = Rule::new(10, 60_000_000, Algorithm::SlidingWindow, 0);
+    /// for i in 0..200 {
+    ///     let key = format!("client-{i}");
+    ///     store.decide_now(&[Charge { key: &key, rule, cost: 1 }]).unwrap();
+    /// }
+    /// assert!(store.len() <= 64);
+    /// assert!(store.evictions() >= 200 - 64);
+    /// ```
     pub fn evictions(&self) -> u64 {
         self.evictions.load(Ordering::Relaxed)
     }
 
     /// Removes every expired entry now.
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use portcullis::policy::Algorithm;
+    /// use portcullis::rate_limit::{Charge, ManualClock, algorithm::Rule, memory::MemoryStore};
+    /// let clock = Arc::new(ManualClock::new(1_700_000_000_000_000));
+    /// let store = MemoryStore::with_clock(10_000, clock.clone());
+    /// let rule = Rule::new(1, 1_000_000, Algorithm::FixedWindow, 0);
+    /// store.decide_now(&[Charge { key: "k", rule, cost: 1 }]).unwrap();
+    /// clock.advance(5_000_000);
+    /// store.sweep();
+    /// assert!(store.is_empty());
+    /// ```
     pub fn sweep(&self) {
         let now_s = (self.clock.now_us() / 1_000_000) as u32;
         for shard in self.shards.iter() {
@@ -144,6 +216,23 @@ impl MemoryStore {
     }
 
     /// Decides synchronously (the async trait method wraps this).
+    ///
+    /// ```
+    /// use portcullis::policy::Algorithm;
+    /// use portcullis::rate_limit::{Charge, algorithm::Rule, memory::MemoryStore};
+    /// let store = MemoryStore::new(10_000);
+    /// let per_second = Rule::new(10, 1_000_000, Algorithm::SlidingWindow, 0);
+    /// let per_minute = Rule::new(1, 60_000_000, Algorithm::SlidingWindow, 0);
+    /// let charges = [
+    ///     Charge { key: "s|ip:203.0.113.7", rule: per_second, cost: 1 },
+    ///     Charge { key: "m|ip:203.0.113.7", rule: per_minute, cost: 1 },
+    /// ];
+    /// assert!(store.decide_now(&charges).unwrap().iter().all(|v| v.allowed));
+    /// // The per-minute limit refuses, so the per-second one is not charged either.
+    /// let again = store.decide_now(&charges).unwrap();
+    /// assert!(again[0].allowed && !again[1].allowed);
+    /// assert_eq!(again[0].remaining, 9);
+    /// ```
     pub fn decide_now(&self, charges: &[Charge<'_>]) -> Result<Vec<Verdict>, StoreError> {
         let now = self.clock.now_us();
         let now_s = (now / 1_000_000) as u32;

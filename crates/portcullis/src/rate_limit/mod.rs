@@ -54,12 +54,32 @@ use crate::policy::{RateKey, RateLimitSpec};
 use algorithm::{Rule, Verdict};
 
 /// A monotonic-enough clock in microseconds since the Unix epoch.
+///
+/// ```
+/// use std::sync::Arc;
+/// use portcullis::rate_limit::{Clock, memory::MemoryStore};
+/// /// A clock that never moves.
+/// struct Frozen;
+/// impl Clock for Frozen {
+///     fn now_us(&self) -> u64 {
+///         1_700_000_000_000_000
+///     }
+/// }
+/// assert_eq!(Frozen.now_us(), 1_700_000_000_000_000);
+/// let store = MemoryStore::with_clock(1000, Arc::new(Frozen));
+/// ```
 pub trait Clock: Send + Sync + 'static {
     /// Now, in µs since the Unix epoch.
     fn now_us(&self) -> u64;
 }
 
 /// The system clock.
+///
+/// ```
+/// use portcullis::rate_limit::{Clock, SystemClock};
+/// let now = SystemClock.now_us();
+/// assert!(now > 1_600_000_000_000_000); // after September 2020
+/// ```
 #[derive(Debug, Clone, Copy, Default)]
 pub struct SystemClock;
 
@@ -84,11 +104,23 @@ pub struct ManualClock(AtomicU64);
 
 impl ManualClock {
     /// A clock standing at `us`.
+    ///
+    /// ```
+    /// use portcullis::rate_limit::{Clock, ManualClock};
+    /// assert_eq!(ManualClock::new(42).now_us(), 42);
+    /// ```
     pub fn new(us: u64) -> Self {
         ManualClock(AtomicU64::new(us))
     }
 
     /// Moves the clock forward.
+    ///
+    /// ```
+    /// use portcullis::rate_limit::{Clock, ManualClock};
+    /// let clock = ManualClock::new(1_000);
+    /// clock.advance(2_000_000);
+    /// assert_eq!(clock.now_us(), 2_001_000);
+    /// ```
     pub fn advance(&self, us: u64) {
         self.0.fetch_add(us, Ordering::SeqCst);
     }
@@ -101,6 +133,17 @@ impl Clock for ManualClock {
 }
 
 /// One limit to check and charge for one request.
+///
+/// ```
+/// use portcullis::policy::Algorithm;
+/// use portcullis::rate_limit::{Charge, algorithm::Rule, memory::MemoryStore};
+/// let store = MemoryStore::new(1000);
+/// let rule = Rule::new(3, 60_000_000, Algorithm::FixedWindow, 0);
+/// // An expensive request costs the whole limit.
+/// let charge = Charge { key: "/api/export|default|ip:203.0.113.7", rule, cost: 3 };
+/// let verdict = store.decide_now(&[charge]).unwrap()[0];
+/// assert!(verdict.allowed && verdict.remaining == 0);
+/// ```
 #[derive(Debug, Clone, Copy)]
 pub struct Charge<'a> {
     /// The full key: route pattern, limit and subject.
@@ -112,11 +155,23 @@ pub struct Charge<'a> {
 }
 
 /// A store failure (connection refused, timeout, I/O error).
+///
+/// ```
+/// use portcullis::rate_limit::StoreError;
+/// let e = StoreError::new("redis unreachable");
+/// assert_eq!(e, StoreError("redis unreachable".into()));
+/// assert_eq!(e.to_string(), "redis unreachable");
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StoreError(pub String);
 
 impl StoreError {
     /// An error with a message (never holding secrets).
+    ///
+    /// ```
+    /// use portcullis::rate_limit::StoreError;
+    /// assert_eq!(StoreError::new("timeout").0, "timeout");
+    /// ```
     pub fn new(msg: impl Into<String>) -> Self {
         StoreError(msg.into())
     }
@@ -132,6 +187,22 @@ impl std::error::Error for StoreError {}
 
 /// Where counters live. `decide` checks every charge and, only when all allow, charges them
 /// all — atomically with respect to concurrent decisions on the same keys.
+///
+/// ```
+/// use portcullis::auth::BoxFuture;
+/// use portcullis::rate_limit::{Charge, RateLimitStore, StoreError, algorithm::Verdict};
+/// /// A store that is always down (to test `on_store_error`).
+/// struct Down;
+/// impl RateLimitStore for Down {
+///     fn decide<'a>(&'a self, _: &'a [Charge<'a>]) -> BoxFuture<'a, Result<Vec<Verdict>, StoreError>> {
+///         Box::pin(async { Err(StoreError::new("store down")) })
+///     }
+///     fn name(&self) -> &'static str {
+///         "down"
+///     }
+/// }
+/// assert!(Down.decide_now(&[]).is_none()); // decided asynchronously only
+/// ```
 pub trait RateLimitStore: Send + Sync + 'static {
     /// Decides the charges together; one verdict per charge, in order.
     fn decide<'a>(
@@ -167,6 +238,13 @@ pub trait RateLimitStore: Send + Sync + 'static {
 }
 
 /// What to do when the store fails.
+///
+/// ```
+/// use std::sync::Arc;
+/// use portcullis::rate_limit::{OnStoreError, RateLimiter, memory::MemoryStore};
+/// assert_eq!(OnStoreError::default(), OnStoreError::Closed);
+/// let limiter = RateLimiter::new(Arc::new(MemoryStore::new(1000))).on_store_error(OnStoreError::Open);
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum OnStoreError {
     /// Refuse with 503 (the default: an attacker cannot switch limits off by breaking Redis).
@@ -177,6 +255,13 @@ pub enum OnStoreError {
 }
 
 /// Which response headers describe the limits.
+///
+/// ```
+/// use std::sync::Arc;
+/// use portcullis::rate_limit::{HeaderStyle, RateLimiter, memory::MemoryStore};
+/// assert_eq!(HeaderStyle::default(), HeaderStyle::Draft);
+/// let quiet = RateLimiter::new(Arc::new(MemoryStore::new(1000))).header_style(HeaderStyle::None);
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum HeaderStyle {
     /// `RateLimit-Policy` and `RateLimit` (IETF draft).
@@ -189,6 +274,15 @@ pub enum HeaderStyle {
 }
 
 /// Counters of the limiter, for metrics and tests.
+///
+/// ```
+/// use std::sync::{Arc, atomic::Ordering};
+/// use portcullis::rate_limit::{RateLimiter, memory::MemoryStore};
+/// let limiter = RateLimiter::new(Arc::new(MemoryStore::new(1000)));
+/// let stats = limiter.stats();
+/// assert_eq!(stats.allowed.load(Ordering::Relaxed), 0);
+/// assert_eq!(stats.limited.load(Ordering::Relaxed), 0);
+/// ```
 #[derive(Debug, Default)]
 pub struct LimiterStats {
     /// Requests allowed.
@@ -200,6 +294,29 @@ pub struct LimiterStats {
 }
 
 /// The rate-limit guard for [`SecurityLayer`](crate::SecurityLayer)'s step 10.
+///
+/// ```
+/// use std::{sync::Arc, time::Duration};
+/// use portcullis::policy::{RateKey, RateLimitSpec};
+/// use portcullis::rate_limit::{RateLimiter, memory::MemoryStore};
+/// use portcullis::{Policy, SecurityLayer};
+/// use tower::{Layer, ServiceExt};
+///
+/// # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
+/// let once_a_minute = RateLimitSpec::new(1, Duration::from_secs(60), RateKey::Route);
+/// let layer = SecurityLayer::bare()
+///     .default_policy(Policy::open().rate_limits([once_a_minute]))
+///     .rate_limiter(Arc::new(RateLimiter::new(Arc::new(MemoryStore::new(1000)))))
+///     .build()
+///     .unwrap();
+/// let app = layer.layer(axum::Router::new().fallback(|| async { "ok" }));
+/// let get = || http::Request::get("/").body(axum::body::Body::empty()).unwrap();
+/// assert_eq!(app.clone().oneshot(get()).await.unwrap().status(), 200);
+/// let refused = app.oneshot(get()).await.unwrap();
+/// assert_eq!(refused.status(), 429);
+/// assert!(refused.headers().contains_key("retry-after"));
+/// # });
+/// ```
 pub struct RateLimiter {
     store: Arc<dyn RateLimitStore>,
     on_error: OnStoreError,
@@ -221,6 +338,13 @@ impl std::fmt::Debug for RateLimiter {
 
 impl RateLimiter {
     /// A limiter over `store`, failing closed, with the draft headers.
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use portcullis::rate_limit::{RateLimiter, memory::MemoryStore};
+    /// let limiter = RateLimiter::new(Arc::new(MemoryStore::new(100_000)));
+    /// assert!(format!("{limiter:?}").contains("memory"));
+    /// ```
     pub fn new(store: Arc<dyn RateLimitStore>) -> Self {
         RateLimiter {
             at_once: store.decide_now(&[]).is_some(),
@@ -233,18 +357,95 @@ impl RateLimiter {
     }
 
     /// Chooses the failure mode.
+    ///
+    /// ```
+    /// use std::{sync::Arc, time::Duration};
+    /// use portcullis::auth::BoxFuture;
+    /// use portcullis::policy::{RateKey, RateLimitSpec};
+    /// use portcullis::rate_limit::{Charge, OnStoreError, RateLimitStore, RateLimiter, StoreError, algorithm::Verdict};
+    /// use portcullis::{Policy, SecurityLayer};
+    /// use tower::{Layer, ServiceExt};
+    /// struct Down;
+    /// impl RateLimitStore for Down {
+    ///     fn decide<'a>(&'a self, _: &'a [Charge<'a>]) -> BoxFuture<'a, Result<Vec<Verdict>, StoreError>> {
+    ///         Box::pin(async { Err(StoreError::new("store down")) })
+    ///     }
+    ///     fn name(&self) -> &'static str { "down" }
+    /// }
+    ///
+    /// # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
+    /// let status = |mode| async move {
+    ///     let limiter = RateLimiter::new(Arc::new(Down)).on_store_error(mode);
+    ///     let layer = SecurityLayer::bare()
+    ///         .default_policy(Policy::open().rate_limits([RateLimitSpec::new(9, Duration::from_secs(60), RateKey::Ip)]))
+    ///         .rate_limiter(Arc::new(limiter))
+    ///         .build()
+    ///         .unwrap();
+    ///     let app = layer.layer(axum::Router::new().fallback(|| async { "ok" }));
+    ///     app.oneshot(http::Request::get("/").body(axum::body::Body::empty()).unwrap()).await.unwrap().status()
+    /// };
+    /// assert_eq!(status(OnStoreError::Closed).await, 503);
+    /// assert_eq!(status(OnStoreError::Open).await, 200);
+    /// # });
+    /// ```
     pub fn on_store_error(mut self, mode: OnStoreError) -> Self {
         self.on_error = mode;
         self
     }
 
     /// Chooses the response headers.
+    ///
+    /// ```
+    /// use std::{sync::Arc, time::Duration};
+    /// use portcullis::policy::{RateKey, RateLimitSpec};
+    /// use portcullis::rate_limit::{HeaderStyle, RateLimiter, memory::MemoryStore};
+    /// use portcullis::{Policy, SecurityLayer};
+    /// use tower::{Layer, ServiceExt};
+    ///
+    /// # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
+    /// let limiter = RateLimiter::new(Arc::new(MemoryStore::new(1000))).header_style(HeaderStyle::DraftAndLegacy);
+    /// let layer = SecurityLayer::bare()
+    ///     .default_policy(Policy::open().rate_limits([RateLimitSpec::new(60, Duration::from_secs(60), RateKey::Ip)]))
+    ///     .rate_limiter(Arc::new(limiter))
+    ///     .build()
+    ///     .unwrap();
+    /// let app = layer.layer(axum::Router::new().fallback(|| async { "ok" }));
+    /// let res = app.oneshot(http::Request::get("/").body(axum::body::Body::empty()).unwrap()).await.unwrap();
+    /// assert_eq!(res.headers()["ratelimit-policy"], r#""default";q=60;w=60"#);
+    /// assert_eq!(res.headers()["ratelimit-limit"], "60");
+    /// assert_eq!(res.headers()["ratelimit-remaining"], "59");
+    /// # });
+    /// ```
     pub fn header_style(mut self, style: HeaderStyle) -> Self {
         self.headers = style;
         self
     }
 
     /// The limiter's counters.
+    ///
+    /// ```
+    /// use std::{sync::{Arc, atomic::Ordering}, time::Duration};
+    /// use portcullis::policy::{RateKey, RateLimitSpec};
+    /// use portcullis::rate_limit::{RateLimiter, memory::MemoryStore};
+    /// use portcullis::{Policy, SecurityLayer};
+    /// use tower::{Layer, ServiceExt};
+    ///
+    /// # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
+    /// let limiter = Arc::new(RateLimiter::new(Arc::new(MemoryStore::new(1000))));
+    /// let layer = SecurityLayer::bare()
+    ///     .default_policy(Policy::open().rate_limits([RateLimitSpec::new(1, Duration::from_secs(60), RateKey::Route)]))
+    ///     .rate_limiter(limiter.clone())
+    ///     .build()
+    ///     .unwrap();
+    /// let app = layer.layer(axum::Router::new().fallback(|| async { "ok" }));
+    /// for _ in 0..3 {
+    ///     let _ = app.clone().oneshot(http::Request::get("/").body(axum::body::Body::empty()).unwrap()).await;
+    /// }
+    /// let stats = limiter.stats();
+    /// assert_eq!(stats.allowed.load(Ordering::Relaxed), 1);
+    /// assert_eq!(stats.limited.load(Ordering::Relaxed), 2);
+    /// # });
+    /// ```
     pub fn stats(&self) -> Arc<LimiterStats> {
         self.stats.clone()
     }
@@ -425,6 +626,14 @@ impl<'a> Charges<'a> {
 }
 
 /// The executable rule of a spec.
+///
+/// ```
+/// use std::time::Duration;
+/// use portcullis::policy::{RateKey, RateLimitSpec};
+/// use portcullis::rate_limit::rule_of;
+/// let rule = rule_of(&RateLimitSpec::new(60, Duration::from_secs(60), RateKey::Ip));
+/// assert_eq!((rule.limit, rule.window_us, rule.window_secs()), (60, 60_000_000, 60));
+/// ```
 pub fn rule_of(spec: &RateLimitSpec) -> Rule {
     Rule::new(
         spec.requests,
@@ -591,6 +800,15 @@ fn push_sf_string(out: &mut String, s: &str) {
 }
 
 /// Adds the header map to `out` (helper for stores' tests).
+///
+/// ```
+/// use http::{HeaderMap, HeaderName, HeaderValue};
+/// use portcullis::rate_limit::append_all;
+/// let mut out = HeaderMap::new();
+/// let name = HeaderName::from_static("ratelimit");
+/// append_all(&mut out, vec![(name.clone(), HeaderValue::from_static("a")), (name, HeaderValue::from_static("b"))]);
+/// assert_eq!(out.get_all("ratelimit").iter().count(), 2);
+/// ```
 #[doc(hidden)]
 pub fn append_all(out: &mut HeaderMap, headers: Vec<(HeaderName, HeaderValue)>) {
     for (k, v) in headers {

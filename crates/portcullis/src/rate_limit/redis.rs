@@ -28,12 +28,34 @@ use crate::auth::BoxFuture;
 use crate::policy::Algorithm;
 
 /// The decision script.
+///
+/// ```
+/// use portcullis::rate_limit::redis::SCRIPT;
+/// // The script reads the time from Redis, so replicas with skewed clocks agree.
+/// assert!(SCRIPT.contains("redis.call('TIME')"));
+/// ```
 pub const SCRIPT: &str = include_str!("redis.lua");
 
 /// How long one decision may take before the store counts as failed.
+///
+/// ```
+/// use std::time::Duration;
+/// use portcullis::rate_limit::redis::DEFAULT_TIMEOUT;
+/// assert_eq!(DEFAULT_TIMEOUT, Duration::from_millis(500));
+/// ```
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_millis(500);
 
 /// The Redis [`RateLimitStore`].
+///
+/// ```
+/// use std::sync::Arc;
+/// use portcullis::rate_limit::{OnStoreError, RateLimiter, redis::RedisStore};
+/// // `new` only reads the URL: the store connects on its first decision.
+/// let store = RedisStore::new("redis://127.0.0.1:6379", std::env::var("REDIS_PASSWORD").ok(), "portcullis:")?;
+/// assert!(!format!("{store:?}").contains("6379")); // `Debug` never shows the connection
+/// let limiter = RateLimiter::new(Arc::new(store)).on_store_error(OnStoreError::Closed);
+/// # Ok::<(), portcullis::rate_limit::StoreError>(())
+/// ```
 pub struct RedisStore {
     client: redis::Client,
     conn: Mutex<Option<ConnectionManager>>,
@@ -57,6 +79,16 @@ impl RedisStore {
     /// environment variable, never the config file) and a key prefix. Succeeds even when Redis
     /// is down; the first decisions then fail and the limiter's failure mode applies until it
     /// is back.
+    ///
+    /// ```no_run
+    /// use std::sync::Arc;
+    /// use portcullis::rate_limit::{RateLimiter, redis::RedisStore};
+    /// # async fn run() -> Result<(), portcullis::rate_limit::StoreError> {
+    /// let password = std::env::var("REDIS_PASSWORD").ok();
+    /// let store = RedisStore::connect("redis://127.0.0.1:6379/0", password, "portcullis:").await?;
+    /// let limiter = RateLimiter::new(Arc::new(store));
+    /// # Ok(()) }
+    /// ```
     pub async fn connect(
         url: &str,
         password: Option<String>,
@@ -69,6 +101,12 @@ impl RedisStore {
 
     /// Like [`connect`](Self::connect) without the first connection attempt: the store
     /// connects on its first decision (for callers that are not async).
+    ///
+    /// ```
+    /// use portcullis::rate_limit::redis::RedisStore;
+    /// assert!(RedisStore::new("redis://127.0.0.1:6379/0", None, "portcullis:").is_ok());
+    /// assert!(RedisStore::new("not a url", None, "portcullis:").is_err());
+    /// ```
     pub fn new(url: &str, password: Option<String>, prefix: &str) -> Result<Self, StoreError> {
         let mut info = url
             .into_connection_info()
@@ -91,6 +129,14 @@ impl RedisStore {
     }
 
     /// Sets the per-decision timeout.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use portcullis::rate_limit::redis::RedisStore;
+    /// let store = RedisStore::new("redis://127.0.0.1:6379", None, "portcullis:")?
+    ///     .with_timeout(Duration::from_millis(100));
+    /// # Ok::<(), portcullis::rate_limit::StoreError>(())
+    /// ```
     pub fn with_timeout(mut self, timeout: Duration) -> Self {
         self.timeout = timeout;
         self

@@ -37,6 +37,14 @@ struct Job {
 }
 
 /// The SQLite [`RateLimitStore`].
+///
+/// ```
+/// use std::sync::Arc;
+/// use portcullis::rate_limit::{RateLimiter, sqlite::SqliteStore};
+/// let store = SqliteStore::open(":memory:")?; // a file path in production
+/// let limiter = RateLimiter::new(Arc::new(store));
+/// # Ok::<(), portcullis::rate_limit::StoreError>(())
+/// ```
 pub struct SqliteStore {
     tx: mpsc::SyncSender<Job>,
     path: PathBuf,
@@ -74,11 +82,37 @@ fn open_db(path: &Path) -> Result<Connection, StoreError> {
 
 impl SqliteStore {
     /// Opens (or creates) the database at `path` on the system clock.
+    ///
+    /// ```
+    /// use portcullis::policy::Algorithm;
+    /// use portcullis::rate_limit::{Charge, RateLimitStore, algorithm::Rule, sqlite::SqliteStore};
+    /// # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
+    /// let store = SqliteStore::open(":memory:").unwrap();
+    /// let charge = [Charge { key: "k", rule: Rule::new(1, 60_000_000, Algorithm::SlidingWindow, 0), cost: 1 }];
+    /// assert!(store.decide(&charge).await.unwrap()[0].allowed);
+    /// assert!(!store.decide(&charge).await.unwrap()[0].allowed);
+    /// # });
+    /// ```
     pub fn open(path: impl AsRef<Path>) -> Result<Self, StoreError> {
         Self::open_with_clock(path, Arc::new(SystemClock))
     }
 
     /// Opens the database with a given clock (tests).
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use portcullis::policy::Algorithm;
+    /// use portcullis::rate_limit::{Charge, ManualClock, RateLimitStore, algorithm::Rule, sqlite::SqliteStore};
+    /// # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
+    /// let clock = Arc::new(ManualClock::new(1_700_000_000_000_000));
+    /// let store = SqliteStore::open_with_clock(":memory:", clock.clone()).unwrap();
+    /// let charge = [Charge { key: "k", rule: Rule::new(1, 1_000_000, Algorithm::FixedWindow, 0), cost: 1 }];
+    /// assert!(store.decide(&charge).await.unwrap()[0].allowed);
+    /// assert!(!store.decide(&charge).await.unwrap()[0].allowed);
+    /// clock.advance(1_000_000);
+    /// assert!(store.decide(&charge).await.unwrap()[0].allowed);
+    /// # });
+    /// ```
     pub fn open_with_clock(
         path: impl AsRef<Path>,
         clock: Arc<dyn Clock>,
@@ -95,6 +129,12 @@ impl SqliteStore {
     }
 
     /// The database file.
+    ///
+    /// ```
+    /// use portcullis::rate_limit::sqlite::SqliteStore;
+    /// let store = SqliteStore::open(":memory:").unwrap();
+    /// assert_eq!(store.path(), std::path::Path::new(":memory:"));
+    /// ```
     pub fn path(&self) -> &Path {
         &self.path
     }
