@@ -65,9 +65,9 @@ use crate::route::{CanonicalPath, RouteTable};
 /// extension.
 ///
 /// ```
-/// use axum::{Extension, Router, body::Body};
-/// use portcullis::{Policy, Preset, SecurityLayer, layer::MatchedRoute};
-/// use tower::{Layer, ServiceExt};
+/// # use axum::{Extension, Router, body::Body};
+/// # use portcullis::{Policy, Preset, SecurityLayer, layer::MatchedRoute};
+/// # use tower::{Layer, ServiceExt};
 /// let layer = SecurityLayer::bare().route("/api/**", Policy::preset(Preset::Public)).build()?;
 /// let app = layer.layer(Router::new().fallback(
 ///     |Extension(MatchedRoute(route)): Extension<MatchedRoute>| async move { route.to_string() },
@@ -84,13 +84,13 @@ pub struct MatchedRoute(pub Arc<str>);
 /// Marks a request as received over TLS (set by a TLS-terminating server).
 ///
 /// ```
-/// use axum::{Router, body::Body};
-/// use portcullis::{SecurityLayer, layer::Https};
-/// use portcullis::headers::security::{HstsMode, SecurityHeaders};
-/// use tower::{Layer, ServiceExt};
+/// # use axum::{Router, body::Body};
+/// # use portcullis::{SecurityLayer, layer::Https};
+/// # use portcullis::headers::security::{HstsMode, SecurityHeaders};
+/// # use tower::{Layer, ServiceExt};
 /// let headers = SecurityHeaders::default().hsts_mode(HstsMode::HttpsOnly);
 /// let layer = SecurityLayer::bare().security_headers(Some(headers)).build()?;
-/// let app = layer.layer(Router::new().fallback(|| async { "ok" }));
+/// # let app = layer.layer(Router::new().fallback(|| async { "ok" }));
 /// # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
 /// let mut req = http::Request::get("/").body(Body::empty()).unwrap();
 /// req.extensions_mut().insert(Https);
@@ -108,30 +108,31 @@ pub struct Https;
 /// add response headers to it.
 ///
 /// ```
-/// use std::sync::Arc;
-/// use axum::{Router, body::Body};
-/// use http::request::Parts;
-/// use portcullis::{Exchange, Guard, Preset, Rejection, SecurityLayer, auth::BoxFuture};
-/// use tower::{Layer, ServiceExt};
-///
-/// /// Refuses anonymous callers on the `/api/**` route.
-/// struct ApiNeedsLogin;
-/// impl Guard for ApiNeedsLogin {
-///     fn check<'a>(&'a self, _: &'a Parts, x: &'a mut Exchange)
-///         -> BoxFuture<'a, Result<(), Rejection>> {
-///         let refuse = x.route() == "/api/**" && x.principal().is_none();
-///         let result = if refuse { Err(Rejection::unauthorized(false)) } else { Ok(()) };
-///         Box::pin(std::future::ready(result))
-///     }
-/// }
-/// let layer = SecurityLayer::bare()
-///     .default_policy(Preset::Public)
-///     .route("/api/**", Preset::Public)
-///     .rate_limiter(Arc::new(ApiNeedsLogin))
-///     .build()?;
-/// let app = layer.layer(Router::new().fallback(|| async { "ok" }));
+/// # use std::sync::Arc;
+/// # use axum::{Router, body::Body};
+/// # use http::request::Parts;
+/// # use portcullis::{Exchange, Guard, Preset, Rejection, SecurityLayer, auth::BoxFuture};
+/// # use tower::{Layer, ServiceExt};
+/// #
+/// # /// Refuses anonymous callers on the `/api/**` route.
+/// # struct ApiNeedsLogin;
+/// # impl Guard for ApiNeedsLogin {
+/// #     fn check<'a>(&'a self, _: &'a Parts, x: &'a mut Exchange)
+/// #         -> BoxFuture<'a, Result<(), Rejection>> {
+/// // In a guard's `check`, with `x: &mut Exchange`: refuse anonymous callers on `/api/**`.
+/// let refuse = x.route() == "/api/**" && x.principal().is_none();
+/// let result = if refuse { Err(Rejection::unauthorized(false)) } else { Ok(()) };
+/// Box::pin(std::future::ready(result))
+/// #     }
+/// # }
+/// # let layer = SecurityLayer::bare()
+/// #     .default_policy(Preset::Public)
+/// #     .route("/api/**", Preset::Public)
+/// #     .rate_limiter(Arc::new(ApiNeedsLogin))
+/// #     .build()?;
+/// # let app = layer.layer(Router::new().fallback(|| async { "ok" }));
 /// # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
-/// let get = |path| http::Request::get(path).body(Body::empty()).unwrap();
+/// # let get = |path| http::Request::get(path).body(Body::empty()).unwrap();
 /// assert_eq!(app.clone().oneshot(get("/api/users")).await.unwrap().status(), 401);
 /// assert_eq!(app.oneshot(get("/home")).await.unwrap().status(), 200);
 /// # });
@@ -201,27 +202,28 @@ impl Exchange {
     /// The request id.
     ///
     /// ```
-    /// use std::sync::Arc;
-    /// use http::{HeaderValue, request::Parts};
-    /// use portcullis::{Exchange, Guard, Policy, Preset, Rejection, SecurityLayer, auth::BoxFuture};
-    /// use axum::{Router, body::Body};
-    /// use tower::{Layer, ServiceExt};
-    ///
-    /// /// Repeats the request id in `x-seen-id`.
-    /// struct EchoId;
-    /// impl Guard for EchoId {
-    ///     fn check<'a>(&'a self, _: &'a Parts, x: &'a mut Exchange)
-    ///         -> BoxFuture<'a, Result<(), Rejection>> {
-    ///         let id = HeaderValue::from_str(x.request_id().as_str()).unwrap();
-    ///         x.response_headers_mut().insert("x-seen-id", id);
-    ///         Box::pin(std::future::ready(Ok(())))
-    ///     }
-    /// }
-    /// let layer = SecurityLayer::bare()
-    ///     .route("/api/**", Policy::preset(Preset::Public))
-    ///     .rate_limiter(Arc::new(EchoId))
-    ///     .build()?;
-    /// let app = layer.layer(Router::new().fallback(|| async { "ok" }));
+    /// # use std::sync::Arc;
+    /// # use http::{HeaderValue, request::Parts};
+    /// # use portcullis::{Exchange, Guard, Policy, Preset, Rejection, SecurityLayer, auth::BoxFuture};
+    /// # use axum::{Router, body::Body};
+    /// # use tower::{Layer, ServiceExt};
+    /// #
+    /// # /// Repeats the request id in `x-seen-id`.
+    /// # struct EchoId;
+    /// # impl Guard for EchoId {
+    /// #     fn check<'a>(&'a self, _: &'a Parts, x: &'a mut Exchange)
+    /// #         -> BoxFuture<'a, Result<(), Rejection>> {
+    /// // In a guard's `check`, with `x: &mut Exchange`:
+    /// let id = HeaderValue::from_str(x.request_id().as_str()).unwrap();
+    /// x.response_headers_mut().insert("x-seen-id", id);
+    /// #         Box::pin(std::future::ready(Ok(())))
+    /// #     }
+    /// # }
+    /// # let layer = SecurityLayer::bare()
+    /// #     .route("/api/**", Policy::preset(Preset::Public))
+    /// #     .rate_limiter(Arc::new(EchoId))
+    /// #     .build()?;
+    /// # let app = layer.layer(Router::new().fallback(|| async { "ok" }));
     /// # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
     /// let req = http::Request::get("/api/v1").header("x-request-id", "trace-42");
     /// let res = app.oneshot(req.body(Body::empty()).unwrap()).await.unwrap();
@@ -236,28 +238,29 @@ impl Exchange {
     /// The canonical path (set from step 2 on).
     ///
     /// ```
-    /// use std::sync::Arc;
-    /// use http::{HeaderValue, request::Parts};
-    /// use portcullis::{Exchange, Guard, Policy, Preset, Rejection, SecurityLayer, auth::BoxFuture};
-    /// use axum::{Router, body::Body};
-    /// use tower::{Layer, ServiceExt};
-    ///
-    /// /// Repeats the canonical path in `x-seen-path`.
-    /// struct EchoPath;
-    /// impl Guard for EchoPath {
-    ///     fn check<'a>(&'a self, _: &'a Parts, x: &'a mut Exchange)
-    ///         -> BoxFuture<'a, Result<(), Rejection>> {
-    ///         let path = x.path().map_or("", |p| p.as_str());
-    ///         let path = HeaderValue::from_str(path).unwrap();
-    ///         x.response_headers_mut().insert("x-seen-path", path);
-    ///         Box::pin(std::future::ready(Ok(())))
-    ///     }
-    /// }
-    /// let layer = SecurityLayer::bare()
-    ///     .route("/api/**", Policy::preset(Preset::Public))
-    ///     .rate_limiter(Arc::new(EchoPath))
-    ///     .build()?;
-    /// let app = layer.layer(Router::new().fallback(|| async { "ok" }));
+    /// # use std::sync::Arc;
+    /// # use http::{HeaderValue, request::Parts};
+    /// # use portcullis::{Exchange, Guard, Policy, Preset, Rejection, SecurityLayer, auth::BoxFuture};
+    /// # use axum::{Router, body::Body};
+    /// # use tower::{Layer, ServiceExt};
+    /// #
+    /// # /// Repeats the canonical path in `x-seen-path`.
+    /// # struct EchoPath;
+    /// # impl Guard for EchoPath {
+    /// #     fn check<'a>(&'a self, _: &'a Parts, x: &'a mut Exchange)
+    /// #         -> BoxFuture<'a, Result<(), Rejection>> {
+    /// // In a guard's `check`, with `x: &mut Exchange`:
+    /// let path = x.path().map_or("", |p| p.as_str());
+    /// let path = HeaderValue::from_str(path).unwrap();
+    /// x.response_headers_mut().insert("x-seen-path", path);
+    /// #         Box::pin(std::future::ready(Ok(())))
+    /// #     }
+    /// # }
+    /// # let layer = SecurityLayer::bare()
+    /// #     .route("/api/**", Policy::preset(Preset::Public))
+    /// #     .rate_limiter(Arc::new(EchoPath))
+    /// #     .build()?;
+    /// # let app = layer.layer(Router::new().fallback(|| async { "ok" }));
     /// # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
     /// let req = http::Request::get("/api//v1/./users").body(Body::empty()).unwrap();
     /// let res = app.oneshot(req).await.unwrap();
@@ -272,27 +275,28 @@ impl Exchange {
     /// The matched route pattern (`"*"` for the default policy).
     ///
     /// ```
-    /// use std::sync::Arc;
-    /// use http::{HeaderValue, request::Parts};
-    /// use portcullis::{Exchange, Guard, Policy, Preset, Rejection, SecurityLayer, auth::BoxFuture};
-    /// use axum::{Router, body::Body};
-    /// use tower::{Layer, ServiceExt};
-    ///
-    /// /// Repeats the matched route pattern in `x-route`.
-    /// struct EchoRoute;
-    /// impl Guard for EchoRoute {
-    ///     fn check<'a>(&'a self, _: &'a Parts, x: &'a mut Exchange)
-    ///         -> BoxFuture<'a, Result<(), Rejection>> {
-    ///         let pattern = HeaderValue::from_str(x.route()).unwrap();
-    ///         x.response_headers_mut().insert("x-route", pattern);
-    ///         Box::pin(std::future::ready(Ok(())))
-    ///     }
-    /// }
-    /// let layer = SecurityLayer::bare()
-    ///     .route("/api/**", Policy::preset(Preset::Public))
-    ///     .rate_limiter(Arc::new(EchoRoute))
-    ///     .build()?;
-    /// let app = layer.layer(Router::new().fallback(|| async { "ok" }));
+    /// # use std::sync::Arc;
+    /// # use http::{HeaderValue, request::Parts};
+    /// # use portcullis::{Exchange, Guard, Policy, Preset, Rejection, SecurityLayer, auth::BoxFuture};
+    /// # use axum::{Router, body::Body};
+    /// # use tower::{Layer, ServiceExt};
+    /// #
+    /// # /// Repeats the matched route pattern in `x-route`.
+    /// # struct EchoRoute;
+    /// # impl Guard for EchoRoute {
+    /// #     fn check<'a>(&'a self, _: &'a Parts, x: &'a mut Exchange)
+    /// #         -> BoxFuture<'a, Result<(), Rejection>> {
+    /// // In a guard's `check`, with `x: &mut Exchange`:
+    /// let pattern = HeaderValue::from_str(x.route()).unwrap();
+    /// x.response_headers_mut().insert("x-route", pattern);
+    /// #         Box::pin(std::future::ready(Ok(())))
+    /// #     }
+    /// # }
+    /// # let layer = SecurityLayer::bare()
+    /// #     .route("/api/**", Policy::preset(Preset::Public))
+    /// #     .rate_limiter(Arc::new(EchoRoute))
+    /// #     .build()?;
+    /// # let app = layer.layer(Router::new().fallback(|| async { "ok" }));
     /// # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
     /// let req = http::Request::get("/api/users/7").body(Body::empty()).unwrap();
     /// let res = app.oneshot(req).await.unwrap();
@@ -307,27 +311,28 @@ impl Exchange {
     /// The route's policy.
     ///
     /// ```
-    /// use std::sync::Arc;
-    /// use http::{HeaderValue, request::Parts};
-    /// use portcullis::{Exchange, Guard, Policy, Preset, Rejection, SecurityLayer, auth::BoxFuture};
-    /// use axum::{Router, body::Body};
-    /// use tower::{Layer, ServiceExt};
-    ///
-    /// /// Names the route's preset in `x-preset`.
-    /// struct EchoPreset;
-    /// impl Guard for EchoPreset {
-    ///     fn check<'a>(&'a self, _: &'a Parts, x: &'a mut Exchange)
-    ///         -> BoxFuture<'a, Result<(), Rejection>> {
-    ///         let preset = x.policy().preset_of().map_or("custom", Preset::name);
-    ///         x.response_headers_mut().insert("x-preset", HeaderValue::from_static(preset));
-    ///         Box::pin(std::future::ready(Ok(())))
-    ///     }
-    /// }
-    /// let layer = SecurityLayer::bare()
-    ///     .route("/api/**", Policy::preset(Preset::Public))
-    ///     .rate_limiter(Arc::new(EchoPreset))
-    ///     .build()?;
-    /// let app = layer.layer(Router::new().fallback(|| async { "ok" }));
+    /// # use std::sync::Arc;
+    /// # use http::{HeaderValue, request::Parts};
+    /// # use portcullis::{Exchange, Guard, Policy, Preset, Rejection, SecurityLayer, auth::BoxFuture};
+    /// # use axum::{Router, body::Body};
+    /// # use tower::{Layer, ServiceExt};
+    /// #
+    /// # /// Names the route's preset in `x-preset`.
+    /// # struct EchoPreset;
+    /// # impl Guard for EchoPreset {
+    /// #     fn check<'a>(&'a self, _: &'a Parts, x: &'a mut Exchange)
+    /// #         -> BoxFuture<'a, Result<(), Rejection>> {
+    /// // In a guard's `check`, with `x: &mut Exchange`:
+    /// let preset = x.policy().preset_of().map_or("custom", Preset::name);
+    /// x.response_headers_mut().insert("x-preset", HeaderValue::from_static(preset));
+    /// #         Box::pin(std::future::ready(Ok(())))
+    /// #     }
+    /// # }
+    /// # let layer = SecurityLayer::bare()
+    /// #     .route("/api/**", Policy::preset(Preset::Public))
+    /// #     .rate_limiter(Arc::new(EchoPreset))
+    /// #     .build()?;
+    /// # let app = layer.layer(Router::new().fallback(|| async { "ok" }));
     /// # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
     /// let req = http::Request::get("/api/users").body(Body::empty()).unwrap();
     /// let res = app.oneshot(req).await.unwrap();
@@ -347,27 +352,28 @@ impl Exchange {
     /// The resolved client address.
     ///
     /// ```
-    /// use std::sync::Arc;
-    /// use http::{HeaderValue, request::Parts};
-    /// use portcullis::{Exchange, Guard, Policy, Preset, Rejection, SecurityLayer, auth::BoxFuture, client_ip::PeerAddr};
-    /// use axum::{Router, body::Body};
-    /// use tower::{Layer, ServiceExt};
-    ///
-    /// /// Repeats the client's rate-limit key in `x-client`.
-    /// struct EchoClient;
-    /// impl Guard for EchoClient {
-    ///     fn check<'a>(&'a self, _: &'a Parts, x: &'a mut Exchange)
-    ///         -> BoxFuture<'a, Result<(), Rejection>> {
-    ///         let key = HeaderValue::from_str(&x.client_ip().key()).unwrap();
-    ///         x.response_headers_mut().insert("x-client", key);
-    ///         Box::pin(std::future::ready(Ok(())))
-    ///     }
-    /// }
-    /// let layer = SecurityLayer::bare()
-    ///     .route("/api/**", Policy::preset(Preset::Public))
-    ///     .rate_limiter(Arc::new(EchoClient))
-    ///     .build()?;
-    /// let app = layer.layer(Router::new().fallback(|| async { "ok" }));
+    /// # use std::sync::Arc;
+    /// # use http::{HeaderValue, request::Parts};
+    /// # use portcullis::{Exchange, Guard, Policy, Preset, Rejection, SecurityLayer, auth::BoxFuture, client_ip::PeerAddr};
+    /// # use axum::{Router, body::Body};
+    /// # use tower::{Layer, ServiceExt};
+    /// #
+    /// # /// Repeats the client's rate-limit key in `x-client`.
+    /// # struct EchoClient;
+    /// # impl Guard for EchoClient {
+    /// #     fn check<'a>(&'a self, _: &'a Parts, x: &'a mut Exchange)
+    /// #         -> BoxFuture<'a, Result<(), Rejection>> {
+    /// // In a guard's `check`, with `x: &mut Exchange`:
+    /// let key = HeaderValue::from_str(&x.client_ip().key()).unwrap();
+    /// x.response_headers_mut().insert("x-client", key);
+    /// #         Box::pin(std::future::ready(Ok(())))
+    /// #     }
+    /// # }
+    /// # let layer = SecurityLayer::bare()
+    /// #     .route("/api/**", Policy::preset(Preset::Public))
+    /// #     .rate_limiter(Arc::new(EchoClient))
+    /// #     .build()?;
+    /// # let app = layer.layer(Router::new().fallback(|| async { "ok" }));
     /// # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
     /// // The server puts the socket peer in the request's extensions.
     /// let mut req = http::Request::get("/api/users").body(Body::empty()).unwrap();
@@ -384,29 +390,27 @@ impl Exchange {
     /// The authenticated principal, if any.
     ///
     /// ```
-    /// use std::sync::Arc;
-    /// use http::{HeaderValue, request::Parts};
-    /// use portcullis::{Exchange, Guard, Policy, Preset, Rejection, SecurityLayer, auth::BoxFuture};
-    /// use axum::{Router, body::Body};
-    /// use tower::{Layer, ServiceExt};
-    ///
-    /// /// Refuses anonymous callers.
-    /// struct SignedInOnly;
-    /// impl Guard for SignedInOnly {
-    ///     fn check<'a>(&'a self, _: &'a Parts, x: &'a mut Exchange)
-    ///         -> BoxFuture<'a, Result<(), Rejection>> {
-    ///         let result = match x.principal() {
-    ///             Some(_) => Ok(()),
-    ///             None => Err(Rejection::unauthorized(false)),
-    ///         };
-    ///         Box::pin(std::future::ready(result))
-    ///     }
-    /// }
-    /// let layer = SecurityLayer::bare()
-    ///     .route("/api/**", Policy::preset(Preset::Public))
-    ///     .rate_limiter(Arc::new(SignedInOnly))
-    ///     .build()?;
-    /// let app = layer.layer(Router::new().fallback(|| async { "ok" }));
+    /// # use std::sync::Arc;
+    /// # use http::{HeaderValue, request::Parts};
+    /// # use portcullis::{Exchange, Guard, Policy, Preset, Rejection, SecurityLayer, auth::BoxFuture};
+    /// # use axum::{Router, body::Body};
+    /// # use tower::{Layer, ServiceExt};
+    /// #
+    /// # /// Refuses anonymous callers.
+    /// # struct SignedInOnly;
+    /// # impl Guard for SignedInOnly {
+    /// #     fn check<'a>(&'a self, _: &'a Parts, x: &'a mut Exchange)
+    /// #         -> BoxFuture<'a, Result<(), Rejection>> {
+    /// // In a guard's `check`, with `x: &mut Exchange`:
+    /// let result = if x.principal().is_some() { Ok(()) } else { Err(Rejection::unauthorized(false)) };
+    /// Box::pin(std::future::ready(result))
+    /// #     }
+    /// # }
+    /// # let layer = SecurityLayer::bare()
+    /// #     .route("/api/**", Policy::preset(Preset::Public))
+    /// #     .rate_limiter(Arc::new(SignedInOnly))
+    /// #     .build()?;
+    /// # let app = layer.layer(Router::new().fallback(|| async { "ok" }));
     /// # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
     /// // No authenticator is configured, so no request has a principal.
     /// let req = http::Request::get("/api/users").body(Body::empty()).unwrap();
@@ -422,33 +426,33 @@ impl Exchange {
     /// True when the request came over HTTPS.
     ///
     /// ```
-    /// use std::sync::Arc;
-    /// use http::{HeaderValue, request::Parts};
-    /// use portcullis::{Exchange, Guard, Policy, Preset, Rejection, SecurityLayer, auth::BoxFuture, layer::Https};
-    /// use axum::{Router, body::Body};
-    /// use tower::{Layer, ServiceExt};
-    ///
-    /// /// Refuses requests that did not come over TLS.
-    /// struct HttpsOnly;
-    /// impl Guard for HttpsOnly {
-    ///     fn check<'a>(&'a self, _: &'a Parts, x: &'a mut Exchange)
-    ///         -> BoxFuture<'a, Result<(), Rejection>> {
-    ///         let result = if x.is_https() { Ok(()) } else { Err(Rejection::forbidden()) };
-    ///         Box::pin(std::future::ready(result))
-    ///     }
-    /// }
-    /// let layer = SecurityLayer::bare()
-    ///     .route("/api/**", Policy::preset(Preset::Public))
-    ///     .rate_limiter(Arc::new(HttpsOnly))
-    ///     .build()?;
-    /// let app = layer.layer(Router::new().fallback(|| async { "ok" }));
+    /// # use std::sync::Arc;
+    /// # use http::{HeaderValue, request::Parts};
+    /// # use portcullis::{Exchange, Guard, Policy, Preset, Rejection, SecurityLayer, auth::BoxFuture, layer::Https};
+    /// # use axum::{Router, body::Body};
+    /// # use tower::{Layer, ServiceExt};
+    /// #
+    /// # /// Refuses requests that did not come over TLS.
+    /// # struct HttpsOnly;
+    /// # impl Guard for HttpsOnly {
+    /// #     fn check<'a>(&'a self, _: &'a Parts, x: &'a mut Exchange)
+    /// #         -> BoxFuture<'a, Result<(), Rejection>> {
+    /// // In a guard's `check`, with `x: &mut Exchange`:
+    /// let result = if x.is_https() { Ok(()) } else { Err(Rejection::forbidden()) };
+    /// Box::pin(std::future::ready(result))
+    /// #     }
+    /// # }
+    /// # let layer = SecurityLayer::bare()
+    /// #     .route("/api/**", Policy::preset(Preset::Public))
+    /// #     .rate_limiter(Arc::new(HttpsOnly))
+    /// #     .build()?;
+    /// # let app = layer.layer(Router::new().fallback(|| async { "ok" }));
     /// # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
     /// let plain = http::Request::get("/api/users").body(Body::empty()).unwrap();
     /// assert_eq!(app.clone().oneshot(plain).await.unwrap().status(), 403);
     /// let mut tls = http::Request::get("/api/users").body(Body::empty()).unwrap();
     /// tls.extensions_mut().insert(Https);
-    /// let res = app.oneshot(tls).await.unwrap();
-    /// assert_eq!(res.status(), 200);
+    /// assert_eq!(app.oneshot(tls).await.unwrap().status(), 200);
     /// # });
     /// # Ok::<(), portcullis::layer::BuildError>(())
     /// ```
@@ -459,27 +463,28 @@ impl Exchange {
     /// Headers to add to the response (rate-limit headers, cookies).
     ///
     /// ```
-    /// use std::sync::Arc;
-    /// use http::{HeaderValue, request::Parts};
-    /// use portcullis::{Exchange, Guard, Policy, Preset, Rejection, SecurityLayer, auth::BoxFuture};
-    /// use axum::{Router, body::Body};
-    /// use tower::{Layer, ServiceExt};
-    ///
-    /// /// Tells the client its quota.
-    /// struct Quota;
-    /// impl Guard for Quota {
-    ///     fn check<'a>(&'a self, _: &'a Parts, x: &'a mut Exchange)
-    ///         -> BoxFuture<'a, Result<(), Rejection>> {
-    ///         let quota = HeaderValue::from_static("1000");
-    ///         x.response_headers_mut().insert("x-quota-limit", quota);
-    ///         Box::pin(std::future::ready(Ok(())))
-    ///     }
-    /// }
-    /// let layer = SecurityLayer::bare()
-    ///     .route("/api/**", Policy::preset(Preset::Public))
-    ///     .rate_limiter(Arc::new(Quota))
-    ///     .build()?;
-    /// let app = layer.layer(Router::new().fallback(|| async { "ok" }));
+    /// # use std::sync::Arc;
+    /// # use http::{HeaderValue, request::Parts};
+    /// # use portcullis::{Exchange, Guard, Policy, Preset, Rejection, SecurityLayer, auth::BoxFuture};
+    /// # use axum::{Router, body::Body};
+    /// # use tower::{Layer, ServiceExt};
+    /// #
+    /// # /// Tells the client its quota.
+    /// # struct Quota;
+    /// # impl Guard for Quota {
+    /// #     fn check<'a>(&'a self, _: &'a Parts, x: &'a mut Exchange)
+    /// #         -> BoxFuture<'a, Result<(), Rejection>> {
+    /// // In a guard's `check`, with `x: &mut Exchange`:
+    /// let quota = HeaderValue::from_static("1000");
+    /// x.response_headers_mut().insert("x-quota-limit", quota);
+    /// #         Box::pin(std::future::ready(Ok(())))
+    /// #     }
+    /// # }
+    /// # let layer = SecurityLayer::bare()
+    /// #     .route("/api/**", Policy::preset(Preset::Public))
+    /// #     .rate_limiter(Arc::new(Quota))
+    /// #     .build()?;
+    /// # let app = layer.layer(Router::new().fallback(|| async { "ok" }));
     /// # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
     /// let req = http::Request::get("/api/users").body(Body::empty()).unwrap();
     /// let res = app.oneshot(req).await.unwrap();
@@ -501,29 +506,31 @@ impl Exchange {
     /// e.g. a decision taken while a store was down.
     ///
     /// ```
-    /// use std::sync::Arc;
-    /// use http::{HeaderValue, request::Parts};
-    /// use portcullis::{Exchange, Guard, Policy, Preset, Rejection, SecurityLayer, auth::BoxFuture, audit::{AuditAction, MemorySink, Outcome}};
-    /// use axum::{Router, body::Body};
-    /// use tower::{Layer, ServiceExt};
-    ///
-    /// /// Lets requests through while its store is down, and says so in the audit log.
-    /// struct FailOpen;
-    /// impl Guard for FailOpen {
-    ///     fn check<'a>(&'a self, _: &'a Parts, x: &'a mut Exchange)
-    ///         -> BoxFuture<'a, Result<(), Rejection>> {
-    ///         x.note(AuditAction::SecurityEvent, "store_down", "quota store unreachable");
-    ///         Box::pin(std::future::ready(Ok(())))
-    ///     }
-    /// }
-    /// let sink = MemorySink::default();
-    /// let layer = SecurityLayer::bare()
-    ///     .route("/api/**", Policy::preset(Preset::Public))
-    ///     .audit(Arc::new(sink.clone()))
-    ///     .rate_limiter(Arc::new(FailOpen))
-    ///     .build()?;
-    /// let app = layer.layer(Router::new().fallback(|| async { "ok" }));
+    /// # use std::sync::Arc;
+    /// # use http::{HeaderValue, request::Parts};
+    /// # use portcullis::{Exchange, Guard, Policy, Preset, Rejection, SecurityLayer, auth::BoxFuture, audit::{AuditAction, MemorySink, Outcome}};
+    /// # use axum::{Router, body::Body};
+    /// # use tower::{Layer, ServiceExt};
+    /// #
+    /// # /// Lets requests through while its store is down, and says so in the audit log.
+    /// # struct FailOpen;
+    /// # impl Guard for FailOpen {
+    /// #     fn check<'a>(&'a self, _: &'a Parts, x: &'a mut Exchange)
+    /// #         -> BoxFuture<'a, Result<(), Rejection>> {
+    /// // In a guard's `check`, with `x: &mut Exchange`:
+    /// x.note(AuditAction::SecurityEvent, "store_down", "quota store unreachable");
+    /// #         Box::pin(std::future::ready(Ok(())))
+    /// #     }
+    /// # }
+    /// # let sink = MemorySink::default();
+    /// # let layer = SecurityLayer::bare()
+    /// #     .route("/api/**", Policy::preset(Preset::Public))
+    /// #     .audit(Arc::new(sink.clone()))
+    /// #     .rate_limiter(Arc::new(FailOpen))
+    /// #     .build()?;
+    /// # let app = layer.layer(Router::new().fallback(|| async { "ok" }));
     /// # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
+    /// // The request goes through; the layer's audit sink records the note.
     /// let req = http::Request::get("/api/users").body(Body::empty()).unwrap();
     /// assert_eq!(app.oneshot(req).await.unwrap().status(), 200);
     /// let events = sink.events();
@@ -544,12 +551,12 @@ impl Exchange {
 /// An asynchronous check in one of the layer's slots (rate limit, CSRF).
 ///
 /// ```
-/// use std::sync::Arc;
-/// use axum::{Router, body::Body};
-/// use http::request::Parts;
-/// use portcullis::{Exchange, Guard, Preset, Rejection, SecurityLayer, auth::BoxFuture};
-/// use tower::{Layer, ServiceExt};
-///
+/// # use std::sync::Arc;
+/// # use axum::{Router, body::Body};
+/// # use http::request::Parts;
+/// # use portcullis::{Exchange, Guard, Preset, Rejection, SecurityLayer, auth::BoxFuture};
+/// # use tower::{Layer, ServiceExt};
+/// #
 /// /// Refuses requests without an `x-tenant` header.
 /// struct NeedsTenant;
 /// impl Guard for NeedsTenant {
@@ -564,13 +571,13 @@ impl Exchange {
 ///     .default_policy(Preset::Public)
 ///     .rate_limiter(Arc::new(NeedsTenant))
 ///     .build()?;
-/// let app = layer.layer(Router::new().fallback(|| async { "ok" }));
+/// # let app = layer.layer(Router::new().fallback(|| async { "ok" }));
 /// # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
-/// let req = |tenant: Option<&str>| {
-///     let mut b = http::Request::get("/");
-///     if let Some(t) = tenant { b = b.header("x-tenant", t); }
-///     b.body(Body::empty()).unwrap()
-/// };
+/// # let req = |tenant: Option<&str>| {
+/// #     let mut b = http::Request::get("/");
+/// #     if let Some(t) = tenant { b = b.header("x-tenant", t); }
+/// #     b.body(Body::empty()).unwrap()
+/// # };
 /// assert_eq!(app.clone().oneshot(req(None)).await.unwrap().status(), 403);
 /// assert_eq!(app.oneshot(req(Some("acme"))).await.unwrap().status(), 200);
 /// # });
@@ -589,9 +596,9 @@ pub trait Guard: Send + Sync + 'static {
     /// here must decide as [`Guard::check`] would. Default: `None` (always `check`).
     ///
     /// ```
-    /// use portcullis::auth::BoxFuture;
-    /// use portcullis::layer::{Exchange, Guard};
-    /// use portcullis::Rejection;
+    /// # use portcullis::auth::BoxFuture;
+    /// # use portcullis::layer::{Exchange, Guard};
+    /// # use portcullis::Rejection;
     /// /// Refuses requests that carry `x-debug` (a decision on the headers alone).
     /// struct NoDebug;
     /// impl Guard for NoDebug {
@@ -763,12 +770,12 @@ impl SecurityLayerBuilder {
     /// The policy of paths no route matches.
     ///
     /// ```
-    /// use axum::{Router, body::Body};
-    /// use portcullis::{Preset, SecurityLayer};
-    /// use tower::{Layer, ServiceExt};
+    /// # use axum::{Router, body::Body};
+    /// # use portcullis::{Preset, SecurityLayer};
+    /// # use tower::{Layer, ServiceExt};
     /// // Every path takes POST only (the strict preset).
     /// let layer = SecurityLayer::bare().default_policy(Preset::Strict).build()?;
-    /// let app = layer.layer(Router::new().fallback(|| async { "ok" }));
+    /// # let app = layer.layer(Router::new().fallback(|| async { "ok" }));
     /// # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
     /// let res = app.oneshot(http::Request::get("/any").body(Body::empty()).unwrap()).await.unwrap();
     /// assert_eq!(res.status(), 405);
@@ -784,16 +791,16 @@ impl SecurityLayerBuilder {
     /// Adds a route: a glob pattern (`/api/admin/**`, `/api/*/notes`) and its policy.
     ///
     /// ```
-    /// use axum::{Router, body::Body};
-    /// use http::Method;
-    /// use portcullis::{Policy, SecurityLayer};
-    /// use tower::{Layer, ServiceExt};
+    /// # use axum::{Router, body::Body};
+    /// # use http::Method;
+    /// # use portcullis::{Policy, SecurityLayer};
+    /// # use tower::{Layer, ServiceExt};
     /// let layer = SecurityLayer::bare()
     ///     .route("/api/admin/**", Policy::open().methods([Method::POST]))
     ///     .build()?;
-    /// let app = layer.layer(Router::new().fallback(|| async { "ok" }));
+    /// # let app = layer.layer(Router::new().fallback(|| async { "ok" }));
     /// # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
-    /// let get = |path| http::Request::get(path).body(Body::empty()).unwrap();
+    /// # let get = |path| http::Request::get(path).body(Body::empty()).unwrap();
     /// assert_eq!(app.clone().oneshot(get("/api/admin/users")).await.unwrap().status(), 405);
     /// assert_eq!(app.oneshot(get("/api/public")).await.unwrap().status(), 200);
     /// # });
@@ -807,11 +814,11 @@ impl SecurityLayerBuilder {
     /// Accepts only these hosts (`Host` and absolute-form targets; ports ignored).
     ///
     /// ```
-    /// use axum::{Router, body::Body};
-    /// use portcullis::SecurityLayer;
-    /// use tower::{Layer, ServiceExt};
+    /// # use axum::{Router, body::Body};
+    /// # use portcullis::SecurityLayer;
+    /// # use tower::{Layer, ServiceExt};
     /// let layer = SecurityLayer::bare().allowed_hosts(["api.example.com"]).build()?;
-    /// let app = layer.layer(Router::new().fallback(|| async { "ok" }));
+    /// # let app = layer.layer(Router::new().fallback(|| async { "ok" }));
     /// # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
     /// let req = |host| http::Request::get("/").header("host", host).body(Body::empty()).unwrap();
     /// assert_eq!(app.clone().oneshot(req("api.example.com:8443")).await.unwrap().status(), 200);
@@ -850,16 +857,16 @@ impl SecurityLayerBuilder {
     /// Which inbound headers are stripped (`None`: none).
     ///
     /// ```
-    /// use axum::{Router, body::Body};
-    /// use http::{HeaderMap, HeaderName};
-    /// use portcullis::{SecurityLayer, inbound::InboundHeaders};
-    /// use tower::{Layer, ServiceExt};
+    /// # use axum::{Router, body::Body};
+    /// # use http::{HeaderMap, HeaderName};
+    /// # use portcullis::{SecurityLayer, inbound::InboundHeaders};
+    /// # use tower::{Layer, ServiceExt};
     /// let strip = InboundHeaders::default().also(HeaderName::from_static("x-user"));
     /// let layer = SecurityLayer::bare().inbound_headers(Some(strip)).build()?;
     /// // The application reports whether it saw an `x-user` header.
-    /// let app = layer.layer(Router::new().fallback(|h: HeaderMap| async move {
-    ///     h.contains_key("x-user").to_string()
-    /// }));
+    /// # let app = layer.layer(Router::new().fallback(|h: HeaderMap| async move {
+    /// #     h.contains_key("x-user").to_string()
+    /// # }));
     /// # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
     /// let req = http::Request::get("/").header("x-user", "admin").body(Body::empty()).unwrap();
     /// let res = app.oneshot(req).await.unwrap();
@@ -875,17 +882,15 @@ impl SecurityLayerBuilder {
     /// Proxies whose `X-Forwarded-For` is believed (CIDR blocks).
     ///
     /// ```
-    /// use axum::{Router, body::Body};
-    /// use portcullis::{ClientIp, SecurityLayer, client_ip::PeerAddr};
-    /// use tower::{Layer, ServiceExt};
+    /// # use axum::{Router, body::Body};
+    /// # use portcullis::{ClientIp, SecurityLayer, client_ip::PeerAddr};
+    /// # use tower::{Layer, ServiceExt};
     /// let layer = SecurityLayer::bare().trusted_proxies(["10.0.0.0/8"]).build()?;
     /// let app = layer.layer(Router::new().fallback(|ip: ClientIp| async move { ip.to_string() }));
     /// # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
     /// // The request arrives from the proxy 10.0.0.2, on behalf of 203.0.113.9.
-    /// let mut req = http::Request::get("/")
-    ///     .header("x-forwarded-for", "203.0.113.9")
-    ///     .body(Body::empty())
-    ///     .unwrap();
+    /// let req = http::Request::get("/").header("x-forwarded-for", "203.0.113.9");
+    /// let mut req = req.body(Body::empty()).unwrap();
     /// req.extensions_mut().insert(PeerAddr("10.0.0.2:40000".parse().unwrap()));
     /// let res = app.oneshot(req).await.unwrap();
     /// assert_eq!(axum::body::to_bytes(res.into_body(), 64).await.unwrap(), "203.0.113.9");
@@ -904,9 +909,9 @@ impl SecurityLayerBuilder {
     /// The security headers (`None`: none are added, banners are kept).
     ///
     /// ```
-    /// use axum::{Router, body::Body};
-    /// use portcullis::{SecurityLayer, headers::security::SecurityHeaders};
-    /// use tower::{Layer, ServiceExt};
+    /// # use axum::{Router, body::Body};
+    /// # use portcullis::{SecurityLayer, headers::security::SecurityHeaders};
+    /// # use tower::{Layer, ServiceExt};
     /// let layer = SecurityLayer::bare().security_headers(Some(SecurityHeaders::default())).build()?;
     /// let app = layer.layer(Router::new().fallback(|| async { ([("server", "nginx/1.2")], "ok") }));
     /// # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
@@ -924,12 +929,12 @@ impl SecurityLayerBuilder {
     /// The layer-wide CSP (`None`: no CSP unless a route sets one).
     ///
     /// ```
-    /// use axum::{Router, body::Body};
-    /// use portcullis::{Csp, SecurityLayer};
-    /// use tower::{Layer, ServiceExt};
+    /// # use axum::{Router, body::Body};
+    /// # use portcullis::{Csp, SecurityLayer};
+    /// # use tower::{Layer, ServiceExt};
     /// let csp = Csp::parse("default-src 'self'")?;
     /// let layer = SecurityLayer::bare().csp(Some(csp)).build()?;
-    /// let app = layer.layer(Router::new().fallback(|| async { "ok" }));
+    /// # let app = layer.layer(Router::new().fallback(|| async { "ok" }));
     /// # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
     /// let res = app.oneshot(http::Request::get("/").body(Body::empty()).unwrap()).await.unwrap();
     /// assert_eq!(res.headers()["content-security-policy"], "default-src 'self'");
@@ -944,18 +949,15 @@ impl SecurityLayerBuilder {
     /// CORS settings (`None`: no CORS headers, preflights get 405 like any OPTIONS).
     ///
     /// ```
-    /// use axum::{Router, body::Body};
-    /// use portcullis::{SecurityLayer, cors::Cors};
-    /// use tower::{Layer, ServiceExt};
+    /// # use axum::{Router, body::Body};
+    /// # use portcullis::{SecurityLayer, cors::Cors};
+    /// # use tower::{Layer, ServiceExt};
     /// let cors = Cors::new().allow_origin("https://app.example.com")?;
     /// let layer = SecurityLayer::bare().cors(Some(cors)).build()?;
-    /// let app = layer.layer(Router::new().fallback(|| async { "ok" }));
+    /// # let app = layer.layer(Router::new().fallback(|| async { "ok" }));
     /// # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
-    /// let req = http::Request::get("/")
-    ///     .header("origin", "https://app.example.com")
-    ///     .body(Body::empty())
-    ///     .unwrap();
-    /// let res = app.oneshot(req).await.unwrap();
+    /// let req = http::Request::get("/").header("origin", "https://app.example.com");
+    /// let res = app.oneshot(req.body(Body::empty()).unwrap()).await.unwrap();
     /// assert_eq!(res.headers()["access-control-allow-origin"], "https://app.example.com");
     /// # });
     /// # Ok::<(), Box<dyn std::error::Error>>(())
@@ -968,23 +970,22 @@ impl SecurityLayerBuilder {
     /// The authenticator for routes that require a principal.
     ///
     /// ```
-    /// use std::sync::Arc;
-    /// use axum::{Router, body::Body};
-    /// use portcullis::auth::api_key::{self, ApiKey, ApiKeyAuthenticator};
-    /// use portcullis::{Policy, SecurityLayer};
-    /// use tower::{Layer, ServiceExt};
+    /// # use std::sync::Arc;
+    /// # use axum::{Router, body::Body};
+    /// # use portcullis::auth::api_key::{self, ApiKey, ApiKeyAuthenticator};
+    /// # use portcullis::{Policy, SecurityLayer};
+    /// # use tower::{Layer, ServiceExt};
     /// let key = api_key::generate();
     /// let auth = ApiKeyAuthenticator::new([ApiKey::new("ci", key.hash_line(), ["deploy"])?])?;
     /// let layer = SecurityLayer::bare()
     ///     .default_policy(Policy::open().auth(true))
     ///     .authenticator(Arc::new(auth))
     ///     .build()?;
-    /// let app = layer.layer(Router::new().fallback(|| async { "ok" }));
+    /// # let app = layer.layer(Router::new().fallback(|| async { "ok" }));
     /// # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
-    /// let anonymous = http::Request::get("/").body(Body::empty()).unwrap();
-    /// assert_eq!(app.clone().oneshot(anonymous).await.unwrap().status(), 401);
-    /// let signed = http::Request::get("/").header("x-api-key", key.key()).body(Body::empty()).unwrap();
-    /// assert_eq!(app.oneshot(signed).await.unwrap().status(), 200);
+    /// # let send = |req: http::request::Builder| app.clone().oneshot(req.body(Body::empty()).unwrap());
+    /// assert_eq!(send(http::Request::get("/")).await.unwrap().status(), 401);
+    /// assert_eq!(send(http::Request::get("/").header("x-api-key", key.key())).await.unwrap().status(), 200);
     /// # });
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
@@ -1014,20 +1015,20 @@ impl SecurityLayerBuilder {
     /// [`RateLimiter`](crate::rate_limit::RateLimiter) over an in-memory store.
     ///
     /// ```
-    /// use std::{sync::Arc, time::Duration};
-    /// use axum::{Router, body::Body};
-    /// use portcullis::policy::{RateKey, RateLimitSpec};
-    /// use portcullis::rate_limit::{RateLimiter, memory::MemoryStore};
-    /// use portcullis::{Policy, SecurityLayer};
-    /// use tower::{Layer, ServiceExt};
+    /// # use std::{sync::Arc, time::Duration};
+    /// # use axum::{Router, body::Body};
+    /// # use portcullis::policy::{RateKey, RateLimitSpec};
+    /// # use portcullis::rate_limit::{RateLimiter, memory::MemoryStore};
+    /// # use portcullis::{Policy, SecurityLayer};
+    /// # use tower::{Layer, ServiceExt};
     /// let once_a_minute = RateLimitSpec::new(1, Duration::from_secs(60), RateKey::Route);
     /// let layer = SecurityLayer::bare()
     ///     .default_policy(Policy::open().rate_limits([once_a_minute]))
     ///     .rate_limiter(Arc::new(RateLimiter::new(Arc::new(MemoryStore::new(1_000)))))
     ///     .build()?;
-    /// let app = layer.layer(Router::new().fallback(|| async { "ok" }));
+    /// # let app = layer.layer(Router::new().fallback(|| async { "ok" }));
     /// # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
-    /// let get = || http::Request::get("/").body(Body::empty()).unwrap();
+    /// # let get = || http::Request::get("/").body(Body::empty()).unwrap();
     /// assert_eq!(app.clone().oneshot(get()).await.unwrap().status(), 200);
     /// assert_eq!(app.oneshot(get()).await.unwrap().status(), 429);
     /// # });
@@ -1041,21 +1042,21 @@ impl SecurityLayerBuilder {
     /// Turns rate limiting off for every route.
     ///
     /// ```
-    /// use std::time::Duration;
-    /// use axum::{Router, body::Body};
-    /// use portcullis::policy::{RateKey, RateLimitSpec};
-    /// use portcullis::{Policy, Preset, SecurityLayer};
-    /// use tower::{Layer, ServiceExt};
+    /// # use std::time::Duration;
+    /// # use axum::{Router, body::Body};
+    /// # use portcullis::policy::{RateKey, RateLimitSpec};
+    /// # use portcullis::{Policy, Preset, SecurityLayer};
+    /// # use tower::{Layer, ServiceExt};
     /// let once_a_minute = RateLimitSpec::new(1, Duration::from_secs(60), RateKey::Route);
     /// let layer = SecurityLayer::builder()
     ///     .default_policy(Policy::preset(Preset::Public).rate_limits([once_a_minute]))
     ///     .no_rate_limiter()
     ///     .build()?;
-    /// let app = layer.layer(Router::new().fallback(|| async { "ok" }));
+    /// # let app = layer.layer(Router::new().fallback(|| async { "ok" }));
     /// # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
+    /// # let get = || http::Request::get("/").body(Body::empty()).unwrap();
     /// for _ in 0..3 {
-    ///     let res = app.clone().oneshot(http::Request::get("/").body(Body::empty()).unwrap()).await;
-    ///     assert_eq!(res.unwrap().status(), 200);
+    ///     assert_eq!(app.clone().oneshot(get()).await.unwrap().status(), 200);
     /// }
     /// # });
     /// # Ok::<(), portcullis::layer::BuildError>(())
@@ -1068,21 +1069,18 @@ impl SecurityLayerBuilder {
     /// The CSRF guard (step 11).
     ///
     /// ```
-    /// use std::sync::Arc;
-    /// use axum::{Router, body::Body};
-    /// use portcullis::{Preset, SecurityLayer, csrf::CsrfGuard};
-    /// use tower::{Layer, ServiceExt};
+    /// # use std::sync::Arc;
+    /// # use axum::{Router, body::Body};
+    /// # use portcullis::{Preset, SecurityLayer, csrf::CsrfGuard};
+    /// # use tower::{Layer, ServiceExt};
     /// let layer = SecurityLayer::bare()
     ///     .default_policy(Preset::Public)
     ///     .csrf_guard(Arc::new(CsrfGuard::builder().build()?))
     ///     .build()?;
-    /// let app = layer.layer(Router::new().fallback(|| async { "ok" }));
+    /// # let app = layer.layer(Router::new().fallback(|| async { "ok" }));
     /// # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
-    /// let forged = http::Request::post("/")
-    ///     .header("sec-fetch-site", "cross-site")
-    ///     .body(Body::empty())
-    ///     .unwrap();
-    /// assert_eq!(app.oneshot(forged).await.unwrap().status(), 403);
+    /// let forged = http::Request::post("/").header("sec-fetch-site", "cross-site");
+    /// assert_eq!(app.oneshot(forged.body(Body::empty()).unwrap()).await.unwrap().status(), 403);
     /// # });
     /// # Ok::<(), portcullis::layer::BuildError>(())
     /// ```
@@ -1094,18 +1092,15 @@ impl SecurityLayerBuilder {
     /// Turns the CSRF guard off for every route (the secure defaults have one).
     ///
     /// ```
-    /// use axum::{Router, body::Body};
-    /// use portcullis::{Preset, SecurityLayer};
-    /// use tower::{Layer, ServiceExt};
+    /// # use axum::{Router, body::Body};
+    /// # use portcullis::{Preset, SecurityLayer};
+    /// # use tower::{Layer, ServiceExt};
     /// let layer = SecurityLayer::builder().default_policy(Preset::Public).no_csrf_guard().build()?;
-    /// let app = layer.layer(Router::new().fallback(|| async { "ok" }));
+    /// # let app = layer.layer(Router::new().fallback(|| async { "ok" }));
     /// # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
     /// // A cross-site POST is no longer refused.
-    /// let req = http::Request::post("/")
-    ///     .header("sec-fetch-site", "cross-site")
-    ///     .body(Body::empty())
-    ///     .unwrap();
-    /// assert_eq!(app.oneshot(req).await.unwrap().status(), 200);
+    /// let req = http::Request::post("/").header("sec-fetch-site", "cross-site");
+    /// assert_eq!(app.oneshot(req.body(Body::empty()).unwrap()).await.unwrap().status(), 200);
     /// # });
     /// # Ok::<(), portcullis::layer::BuildError>(())
     /// ```
@@ -1117,20 +1112,20 @@ impl SecurityLayerBuilder {
     /// Where audit events go.
     ///
     /// ```
-    /// use std::sync::Arc;
-    /// use axum::{Router, body::Body};
-    /// use portcullis::audit::{AuditAction, MemorySink, Outcome};
-    /// use portcullis::{Preset, SecurityLayer};
-    /// use tower::{Layer, ServiceExt};
+    /// # use std::sync::Arc;
+    /// # use axum::{Router, body::Body};
+    /// # use portcullis::audit::{AuditAction, MemorySink, Outcome};
+    /// # use portcullis::{Preset, SecurityLayer};
+    /// # use tower::{Layer, ServiceExt};
     /// let sink = MemorySink::default();
     /// let layer = SecurityLayer::bare()
     ///     .default_policy(Preset::Strict)
     ///     .audit(Arc::new(sink.clone()))
     ///     .build()?;
-    /// let app = layer.layer(Router::new().fallback(|| async { "ok" }));
+    /// # let app = layer.layer(Router::new().fallback(|| async { "ok" }));
     /// # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
-    /// let res = app.oneshot(http::Request::get("/").body(Body::empty()).unwrap()).await.unwrap();
-    /// assert_eq!(res.status(), 405);
+    /// # let get = || http::Request::get("/").body(Body::empty()).unwrap();
+    /// assert_eq!(app.oneshot(get()).await.unwrap().status(), 405);
     /// # });
     /// let events = sink.events();
     /// assert_eq!(events.len(), 1);
@@ -1205,9 +1200,9 @@ impl SecurityLayerBuilder {
 /// The security layer: wrap an axum `Router` (or any tower service) with it.
 ///
 /// ```
-/// use axum::{Router, body::Body, routing::get};
-/// use portcullis::{Preset, SecurityLayer};
-/// use tower::ServiceExt;
+/// # use axum::{Router, body::Body, routing::get};
+/// # use portcullis::{Preset, SecurityLayer};
+/// # use tower::ServiceExt;
 /// let app: Router = Router::new()
 ///     .route("/api/data", get(|| async { "data" }))
 ///     .layer(SecurityLayer::new(Preset::Public));
@@ -1247,11 +1242,11 @@ impl SecurityLayer {
     /// headers, the default CSP, inbound header stripping).
     ///
     /// ```
-    /// use axum::{Router, body::Body};
-    /// use portcullis::SecurityLayer;
-    /// use tower::{Layer, ServiceExt};
+    /// # use axum::{Router, body::Body};
+    /// # use portcullis::SecurityLayer;
+    /// # use tower::{Layer, ServiceExt};
     /// let layer = SecurityLayer::builder().build()?;
-    /// let app = layer.layer(Router::new().fallback(|| async { "ok" }));
+    /// # let app = layer.layer(Router::new().fallback(|| async { "ok" }));
     /// # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
     /// let res = app.oneshot(http::Request::get("/").body(Body::empty()).unwrap()).await.unwrap();
     /// // The secure defaults: security headers, a CSP and the public preset's rate limit.
@@ -1294,9 +1289,9 @@ impl<S> Layer<S> for SecurityLayer {
 /// The service [`SecurityLayer`] wraps around an inner service.
 ///
 /// ```
-/// use axum::{Router, body::Body};
-/// use portcullis::{Preset, SecurityLayer, layer::SecurityService};
-/// use tower::{Layer, ServiceExt};
+/// # use axum::{Router, body::Body};
+/// # use portcullis::{Preset, SecurityLayer, layer::SecurityService};
+/// # use tower::{Layer, ServiceExt};
 /// // Wrapping the whole router (rather than `Router::layer`) lets routing see the canonical path.
 /// let svc: SecurityService<Router> =
 ///     SecurityLayer::new(Preset::Public).layer(Router::new().fallback(|uri: http::Uri| async move { uri.to_string() }));
@@ -1315,9 +1310,9 @@ pub struct SecurityService<S> {
 /// used with `Router::layer` alike (axum does not box a body that already is one).
 ///
 /// ```
-/// use axum::{Router, body::Body};
-/// use portcullis::{SecurityLayer, layer::SecurityBody};
-/// use tower::{Layer, ServiceExt};
+/// # use axum::{Router, body::Body};
+/// # use portcullis::{SecurityLayer, layer::SecurityBody};
+/// # use tower::{Layer, ServiceExt};
 /// let svc = SecurityLayer::bare().build()?.layer(Router::new().fallback(|| async { "hello" }));
 /// # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
 /// let res: http::Response<SecurityBody> = svc.oneshot(http::Request::get("/").body(Body::empty()).unwrap()).await.unwrap();
