@@ -25,9 +25,29 @@ use tokio::sync::watch;
 use crate::reload::Live;
 
 /// How long `/readyz` waits for the upstream to accept a connection.
+///
+/// ```
+/// # use std::time::Duration;
+/// assert_eq!(portcullis_gateway::admin::READY_TIMEOUT, Duration::from_secs(1));
+/// ```
 pub const READY_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// Serves the admin endpoints until `shutdown` turns true.
+///
+/// ```no_run
+/// # use std::sync::Arc;
+/// use portcullis_gateway::{admin, config::{GatewayConfig, Stores}, reload::{Generation, Live}};
+/// # async fn f() -> Result<(), Box<dyn std::error::Error>> {
+/// # let config = GatewayConfig::from_file("portcullis.toml")?;
+/// # let stores = Arc::new(Stores::default());
+/// # let live = Live::new(Generation::build(config, &stores)?, stores);
+/// let (stop, shutdown) = tokio::sync::watch::channel(false);
+/// let listener = tokio::net::TcpListener::bind("127.0.0.1:9901").await?;
+/// tokio::spawn(admin::serve(listener, live, shutdown));
+/// // ... on SIGTERM:
+/// stop.send(true)?;
+/// # Ok(()) }
+/// ```
 pub async fn serve(listener: TcpListener, live: Live, mut shutdown: watch::Receiver<bool>) {
     loop {
         let (tcp, _) = tokio::select! {

@@ -15,6 +15,11 @@ use crate::config::{ApiKeyConfig, AuthConfig, ConfigError, JwtConfig};
 use crate::jwks_https::HttpsFetcher;
 
 /// The issuer and audience used when the config names none.
+///
+/// ```
+/// use portcullis_gateway::auth::DEFAULT_ISSUER;
+/// assert_eq!(DEFAULT_ISSUER, "portcullis");
+/// ```
 pub const DEFAULT_ISSUER: &str = "portcullis";
 
 fn err(key: &str, reason: impl std::fmt::Display) -> ConfigError {
@@ -34,6 +39,26 @@ fn algorithm(cfg_alg: crate::config::JwtAlgorithm) -> Result<Algorithm, ConfigEr
 }
 
 /// The JWT authenticator of `[auth.jwt]`.
+///
+/// ```
+/// # use std::time::Duration;
+/// use portcullis::auth::{AuthOutcome, Authenticator};
+/// use portcullis_gateway::{auth, config::GatewayConfig};
+/// # unsafe { std::env::set_var("DOC_JWT_AUTH_SECRET", "test-only-jwt-secret-of-32-bytes-or-more") };
+/// let config = GatewayConfig::from_str(r#"
+/// server.upstream = "http://127.0.0.1:3000"
+/// auth.jwt.secret_env = "DOC_JWT_AUTH_SECRET"
+/// "#, "portcullis.toml")?;
+/// let authenticator = auth::jwt_authenticator(config.auth.jwt.as_ref().unwrap(), &config.auth.cookie)?;
+/// # let token = auth::mint(config.auth.jwt.as_ref().unwrap(), "alice", &[], Duration::from_secs(60))?;
+/// // A browser sends the token in the `[auth] cookie` (default `authToken`):
+/// let (parts, ()) = http::Request::get("/").header("cookie", format!("authToken={token}")).body(())?.into_parts();
+/// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+/// let outcome = authenticator.authenticate(&parts).await;
+/// assert!(matches!(outcome, AuthOutcome::Authenticated(p) if p.id == "alice"));
+/// # });
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 pub fn jwt_authenticator(jwt: &JwtConfig, cookie: &str) -> Result<JwtAuthenticator, ConfigError> {
     let mut b = JwtAuthenticator::builder()
         .issuer(
@@ -102,6 +127,19 @@ fn hex(bytes: &[u8]) -> String {
 }
 
 /// The API-key authenticator of `[[auth.api_keys]]`.
+///
+/// ```
+/// use portcullis::auth::{AuthOutcome, Authenticator, api_key::hash_key};
+/// use portcullis_gateway::{auth::api_key_authenticator, config::GatewayConfig};
+/// let toml = format!(r#"
+/// server.upstream = "http://127.0.0.1:3000"
+/// auth.api_keys = [{{ id = "ci", hash = "{}", roles = ["deploy"] }}]
+/// "#, hash_key("pk_test_only")); // the hash line `portcullis apikey new` prints
+/// let keys = api_key_authenticator(&GatewayConfig::from_str(&toml, "portcullis.toml")?.auth.api_keys)?;
+/// let (parts, ()) = http::Request::get("/").header("x-api-key", "pk_test_only").body(())?.into_parts();
+/// assert!(matches!(keys.authenticate_now(&parts), Some(AuthOutcome::Authenticated(p)) if p.id == "ci"));
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 pub fn api_key_authenticator(keys: &[ApiKeyConfig]) -> Result<ApiKeyAuthenticator, ConfigError> {
     let mut out = Vec::with_capacity(keys.len());
     for (i, k) in keys.iter().enumerate() {
@@ -120,6 +158,18 @@ pub fn api_key_authenticator(keys: &[ApiKeyConfig]) -> Result<ApiKeyAuthenticato
 }
 
 /// Every configured authenticator, JWT first, then API keys; `None` when there is none.
+///
+/// ```
+/// use portcullis_gateway::{auth::authenticator, config::GatewayConfig};
+/// let mut auth = GatewayConfig::from_str(r#"
+/// server.upstream = "http://127.0.0.1:3000"
+/// auth.api_keys = [{ id = "ci", hash = "sha256:0000000000000000000000000000000000000000000000000000000000000000" }]
+/// "#, "portcullis.toml")?.auth;
+/// assert!(authenticator(&auth)?.is_some());
+/// auth.api_keys.clear();
+/// assert!(authenticator(&auth)?.is_none()); // nothing configured: the layer gets none
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 pub fn authenticator(auth: &AuthConfig) -> Result<Option<Arc<dyn Authenticator>>, ConfigError> {
     let mut chain = AnyOf::new();
     let mut any = false;
@@ -135,6 +185,20 @@ pub fn authenticator(auth: &AuthConfig) -> Result<Option<Arc<dyn Authenticator>>
 }
 
 /// `portcullis token`: a development HS256 token signed with `[auth.jwt] secret_env`.
+///
+/// ```
+/// # use std::time::Duration;
+/// use base64::Engine;
+/// use portcullis_gateway::{auth, config::{GatewayConfig, Purpose}};
+/// # unsafe { std::env::set_var("DOC_MINT_SECRET", "test-only-jwt-secret-of-32-bytes-or-more") };
+/// let toml = r#"auth.jwt.secret_env = "DOC_MINT_SECRET""#;
+/// let jwt = GatewayConfig::from_str_for(toml, "portcullis.toml", Purpose::Tool)?.auth.jwt.unwrap();
+/// let token = auth::mint(&jwt, "alice", &["admin".to_string()], Duration::from_secs(3600))?;
+/// let payload = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(token.split('.').nth(1).unwrap())?;
+/// let claims: serde_json::Value = serde_json::from_slice(&payload)?;
+/// assert_eq!((claims["sub"].as_str(), claims["iss"].as_str()), (Some("alice"), Some("portcullis")));
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 pub fn mint(jwt: &JwtConfig, sub: &str, roles: &[String], ttl: Duration) -> Result<String, String> {
     let secret = jwt
         .secret
@@ -155,6 +219,17 @@ pub fn mint(jwt: &JwtConfig, sub: &str, roles: &[String], ttl: Duration) -> Resu
 }
 
 /// `portcullis apikey new`: a fresh key (shown once) and the config entry to paste.
+///
+/// ```
+/// use portcullis_gateway::{auth::new_api_key, config::GatewayConfig};
+/// let (key, entry) = new_api_key("ci", &["deploy".to_string()]);
+/// assert!(key.starts_with("pk_")); // shown once; only its hash goes in the file
+/// assert!(entry.starts_with("[[auth.api_keys]]\nid = \"ci\"\nhash = \"sha256:"));
+/// let toml = format!("server.upstream = \"http://127.0.0.1:3000\"\n{entry}");
+/// let config = GatewayConfig::from_str(&toml, "portcullis.toml")?;
+/// assert_eq!(config.auth.api_keys[0].roles, ["deploy"]);
+/// # Ok::<(), portcullis_gateway::config::ConfigErrors>(())
+/// ```
 pub fn new_api_key(id: &str, roles: &[String]) -> (String, String) {
     let k = portcullis::auth::api_key::generate();
     let roles = roles

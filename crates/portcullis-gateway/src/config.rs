@@ -52,14 +52,50 @@ use portcullis::{Csp, Policy, Preset, SecurityLayer};
 pub use values::{AuditStore, RateLimitStore, parse_duration};
 
 /// The key of a TOML syntax error.
+///
+/// ```
+/// use portcullis_gateway::config::{GatewayConfig, SYNTAX_KEY};
+/// let err = GatewayConfig::from_str("[server\nlisten = 1", "portcullis.toml").unwrap_err();
+/// assert_eq!(err.errors[0].key, SYNTAX_KEY);
+/// assert!(err.to_string().starts_with("portcullis.toml: line 1, column 8: "), "{err}");
+/// ```
 pub const SYNTAX_KEY: &str = "(syntax)";
 /// The key of an error reading the file itself.
+///
+/// ```
+/// use portcullis_gateway::config::{FILE_KEY, GatewayConfig};
+/// let err = GatewayConfig::from_file("/no/such/portcullis.toml").unwrap_err();
+/// assert_eq!(err.errors[0].key, FILE_KEY);
+/// assert!(err.to_string().starts_with("/no/such/portcullis.toml: cannot read the file: "), "{err}");
+/// ```
 pub const FILE_KEY: &str = "(file)";
 
 /// The shortest HMAC secret accepted, in bytes (the output size of SHA-256).
+///
+/// ```
+/// use portcullis_gateway::config::{GatewayConfig, MIN_HMAC_SECRET_BYTES};
+/// # unsafe { std::env::set_var("DOC_SHORT_JWT_SECRET", "too-short") };
+/// let err = GatewayConfig::from_str(r#"
+/// server.upstream = "http://127.0.0.1:3000"
+/// auth.jwt.secret_env = "DOC_SHORT_JWT_SECRET"
+/// "#, "portcullis.toml").unwrap_err();
+/// assert_eq!(err.errors[0].key, "auth.jwt.secret_env");
+/// assert!(err.errors[0].reason.contains(&format!("is 9 bytes; use at least {MIN_HMAC_SECRET_BYTES}")));
+/// ```
 pub const MIN_HMAC_SECRET_BYTES: usize = 32;
 
 /// One problem in the config file: where (`route[2].path`) and what.
+///
+/// ```
+/// use portcullis_gateway::config::GatewayConfig;
+/// let err = &GatewayConfig::from_str(r#"
+/// server.upstream = "http://127.0.0.1:3000"
+/// server.listen_addr = "0.0.0.0:80"
+/// "#, "portcullis.toml").unwrap_err().errors[0];
+/// assert_eq!(err.key, "server.listen_addr");
+/// assert!(err.reason.starts_with("unknown key; expected one of listen, upstream,"));
+/// assert!(err.to_string().starts_with("server.listen_addr: unknown key;"));
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConfigError {
     /// The full key path, or [`SYNTAX_KEY`] / [`FILE_KEY`] for problems with the file as a
@@ -85,6 +121,19 @@ impl std::error::Error for ConfigError {}
 ///
 /// Displays as one line per error: `FILE: KEY: REASON`, or `FILE: line L, column C: MESSAGE`
 /// for a syntax error.
+///
+/// ```
+/// use portcullis_gateway::config::GatewayConfig;
+/// let toml = r#"
+/// server.upstream = "ftp://127.0.0.1"
+/// server.workers = -1
+/// "#;
+/// let err = GatewayConfig::from_str(toml, "portcullis.toml").unwrap_err();
+/// assert_eq!((err.file.as_str(), err.errors.len()), ("portcullis.toml", 2));
+/// assert_eq!(err.to_string(), "\
+/// portcullis.toml: server.upstream: \"ftp://127.0.0.1\" must be an http:// or https:// URL
+/// portcullis.toml: server.workers: -1 is out of range (0..=4096)");
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConfigErrors {
     /// The file as named by the user.
@@ -108,16 +157,37 @@ impl fmt::Display for ConfigErrors {
 impl std::error::Error for ConfigErrors {}
 
 /// A secret read from the environment. `Debug` never shows it.
+///
+/// ```
+/// use portcullis_gateway::config::Secret;
+/// let secret = Secret::new("test-only-secret");
+/// assert_eq!(format!("{secret:?}"), "[redacted]");
+/// assert_eq!(secret.expose(), b"test-only-secret");
+/// ```
 #[derive(Clone, PartialEq, Eq)]
 pub struct Secret(Vec<u8>);
 
 impl Secret {
     /// Wraps secret bytes.
+    ///
+    /// ```
+    /// use portcullis_gateway::config::Secret;
+    /// let from_str = Secret::new("test-only");
+    /// let from_bytes = Secret::new(b"test-only".to_vec());
+    /// assert_eq!(from_str, from_bytes);
+    /// ```
     pub fn new(bytes: impl Into<Vec<u8>>) -> Self {
         Secret(bytes.into())
     }
 
     /// The secret bytes; hand them to the control that needs them and nowhere else.
+    ///
+    /// ```
+    /// use portcullis_gateway::config::Secret;
+    /// let secret = Secret::new("test-only-secret");
+    /// assert_eq!(secret.expose(), b"test-only-secret");
+    /// assert_eq!(secret.expose().len(), 16);
+    /// ```
     pub fn expose(&self) -> &[u8] {
         &self.0
     }
@@ -130,6 +200,14 @@ impl fmt::Debug for Secret {
 }
 
 /// What a config is loaded for: serving needs an upstream, tools (`token`) do not.
+///
+/// ```
+/// use portcullis_gateway::config::{GatewayConfig, Purpose};
+/// // A tool may read a file without [server] upstream; `serve` may not.
+/// assert!(GatewayConfig::from_str_for("", "portcullis.toml", Purpose::Tool).is_ok());
+/// let err = GatewayConfig::from_str_for("", "portcullis.toml", Purpose::Serve).unwrap_err();
+/// assert_eq!(err.errors[0].key, "server.upstream");
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Purpose {
     /// `serve` and `check-config`: `server.upstream` is required.
@@ -139,6 +217,18 @@ pub enum Purpose {
 }
 
 /// The whole gateway configuration, validated.
+///
+/// ```
+/// use portcullis_gateway::config::GatewayConfig;
+/// let config = GatewayConfig::from_str(r#"
+/// server.upstream = "http://127.0.0.1:3000"
+/// [[route]]
+/// path = "/api/**"
+/// "#, "portcullis.toml")?;
+/// assert_eq!(config.routes[0].path, "/api/**");
+/// assert!(config.cors.is_none()); // no [cors]: no CORS headers
+/// # Ok::<(), portcullis_gateway::config::ConfigErrors>(())
+/// ```
 #[derive(Debug, Clone)]
 pub struct GatewayConfig {
     /// `[server]`: listeners, upstream, proxies, limits, timeouts.
@@ -160,6 +250,16 @@ pub struct GatewayConfig {
 }
 
 /// The kind of application behind the gateway.
+///
+/// ```
+/// use portcullis_gateway::config::{GatewayConfig, UpstreamKind};
+/// let config = GatewayConfig::from_str(r#"
+/// server.upstream = "http://127.0.0.1:3000"
+/// server.upstream_kind = "nextjs"
+/// "#, "portcullis.toml")?;
+/// assert_eq!(config.server.upstream_kind, UpstreamKind::Nextjs);
+/// # Ok::<(), portcullis_gateway::config::ConfigErrors>(())
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum UpstreamKind {
     /// Any HTTP application: the HTML rewrite nonces scripts that carry the placeholder.
@@ -190,6 +290,20 @@ pub enum Threading {
 }
 
 /// `[server]`.
+///
+/// ```
+/// # use std::time::Duration;
+/// use portcullis_gateway::config::GatewayConfig;
+/// let server = GatewayConfig::from_str(r#"
+/// [server]
+/// upstream = "http://127.0.0.1:3000"
+/// admin_listen = false
+/// request_timeout = "5s"
+/// "#, "portcullis.toml")?.server;
+/// assert_eq!(server.listen.to_string(), "127.0.0.1:8080"); // the default
+/// assert_eq!((server.admin_listen, server.request_timeout), (None, Duration::from_secs(5)));
+/// # Ok::<(), portcullis_gateway::config::ConfigErrors>(())
+/// ```
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
     /// Where the gateway listens (default `127.0.0.1:8080`).
@@ -239,6 +353,18 @@ pub struct ServerConfig {
 }
 
 /// `[server.tls]`.
+///
+/// ```
+/// use portcullis_gateway::config::GatewayConfig;
+/// let toml = r#"
+/// server.upstream = "http://127.0.0.1:3000"
+/// server.tls = { cert = "tls/cert.pem", key = "tls/key.pem" }
+/// "#;
+/// // Relative paths are resolved against the config file's directory, and must exist.
+/// let err = GatewayConfig::from_str(toml, "/nonexistent/portcullis.toml").unwrap_err();
+/// assert_eq!(err.errors[0].key, "server.tls.cert");
+/// assert_eq!(err.errors[0].reason, "file /nonexistent/tls/cert.pem does not exist");
+/// ```
 #[derive(Debug, Clone)]
 pub struct TlsConfig {
     /// The certificate chain (PEM); the file exists.
@@ -250,6 +376,16 @@ pub struct TlsConfig {
 }
 
 /// What the gateway does when a store (rate limit) fails.
+///
+/// ```
+/// use portcullis_gateway::config::{GatewayConfig, OnStoreError};
+/// let config = GatewayConfig::from_str(r#"
+/// server.upstream = "http://127.0.0.1:3000"
+/// storage.on_store_error = "open"
+/// "#, "portcullis.toml")?;
+/// assert_eq!(config.storage.on_store_error, OnStoreError::Open);
+/// # Ok::<(), portcullis_gateway::config::ConfigErrors>(())
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum OnStoreError {
     /// Refuse the request (503): the default.
@@ -259,6 +395,19 @@ pub enum OnStoreError {
 }
 
 /// `[storage]`.
+///
+/// ```
+/// # use std::path::PathBuf;
+/// use portcullis_gateway::config::{AuditStore, GatewayConfig, RateLimitStore};
+/// let storage = GatewayConfig::from_str(r#"
+/// server.upstream = "http://127.0.0.1:3000"
+/// storage.rate_limit = "sqlite://counters.db"
+/// "#, "/etc/portcullis/portcullis.toml")?.storage;
+/// assert_eq!(storage.rate_limit, RateLimitStore::Sqlite(PathBuf::from("/etc/portcullis/counters.db")));
+/// assert_eq!(storage.audit, AuditStore::Sqlite(PathBuf::from("/etc/portcullis/portcullis-audit.db")));
+/// assert_eq!(storage.redis_prefix, "portcullis:");
+/// # Ok::<(), portcullis_gateway::config::ConfigErrors>(())
+/// ```
 #[derive(Debug, Clone)]
 pub struct StorageConfig {
     /// Where rate-limit counters live (default memory).
@@ -279,6 +428,13 @@ pub struct StorageConfig {
 }
 
 /// A JWT signature algorithm accepted by `[auth.jwt] algorithms`.
+///
+/// ```
+/// use portcullis_gateway::config::JwtAlgorithm;
+/// let alg = JwtAlgorithm::from_name("ES256").unwrap();
+/// assert_eq!(alg, JwtAlgorithm::Es256);
+/// assert!(!alg.is_hmac()); // needs public_key_env, jwks_file or jwks_url
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum JwtAlgorithm {
     /// HMAC with SHA-256.
@@ -309,6 +465,12 @@ pub enum JwtAlgorithm {
 
 impl JwtAlgorithm {
     /// Every algorithm, in the order names are listed in errors.
+    ///
+    /// ```
+    /// use portcullis_gateway::config::JwtAlgorithm;
+    /// assert_eq!(JwtAlgorithm::ALL.iter().filter(|a| a.is_hmac()).count(), 3);
+    /// assert!(JwtAlgorithm::ALL.iter().all(|a| JwtAlgorithm::from_name(a.name()) == Some(*a)));
+    /// ```
     pub const ALL: [JwtAlgorithm; 12] = [
         JwtAlgorithm::Hs256,
         JwtAlgorithm::Hs384,
@@ -325,6 +487,12 @@ impl JwtAlgorithm {
     ];
 
     /// The name as in a JWT header (`HS256`, `EdDSA`).
+    ///
+    /// ```
+    /// use portcullis_gateway::config::JwtAlgorithm;
+    /// assert_eq!(JwtAlgorithm::Hs256.name(), "HS256");
+    /// assert_eq!(JwtAlgorithm::EdDsa.name(), "EdDSA");
+    /// ```
     pub fn name(self) -> &'static str {
         match self {
             JwtAlgorithm::Hs256 => "HS256",
@@ -343,11 +511,24 @@ impl JwtAlgorithm {
     }
 
     /// Parses a name exactly as in a JWT header.
+    ///
+    /// ```
+    /// use portcullis_gateway::config::JwtAlgorithm;
+    /// assert_eq!(JwtAlgorithm::from_name("RS256"), Some(JwtAlgorithm::Rs256));
+    /// assert_eq!(JwtAlgorithm::from_name("rs256"), None); // exact, as in a JWT header
+    /// assert_eq!(JwtAlgorithm::from_name("none"), None);
+    /// ```
     pub fn from_name(name: &str) -> Option<JwtAlgorithm> {
         JwtAlgorithm::ALL.into_iter().find(|a| a.name() == name)
     }
 
     /// True for the HMAC algorithms, which use the shared secret.
+    ///
+    /// ```
+    /// use portcullis_gateway::config::JwtAlgorithm;
+    /// assert!(JwtAlgorithm::Hs512.is_hmac());
+    /// assert!(!JwtAlgorithm::Rs256.is_hmac());
+    /// ```
     pub fn is_hmac(self) -> bool {
         matches!(
             self,
@@ -357,6 +538,19 @@ impl JwtAlgorithm {
 }
 
 /// `[auth]`.
+///
+/// ```
+/// # use std::time::Duration;
+/// use portcullis_gateway::config::GatewayConfig;
+/// let auth = GatewayConfig::from_str(r#"
+/// server.upstream = "http://127.0.0.1:3000"
+/// auth.failed_limit = 5
+/// "#, "portcullis.toml")?.auth;
+/// assert_eq!(auth.failed_limit, 5);
+/// assert_eq!((auth.cookie.as_str(), auth.failed_window), ("authToken", Duration::from_secs(900)));
+/// assert!(auth.jwt.is_none() && auth.api_keys.is_empty());
+/// # Ok::<(), portcullis_gateway::config::ConfigErrors>(())
+/// ```
 #[derive(Debug, Clone)]
 pub struct AuthConfig {
     /// The cookie a JWT may come in (default `authToken`).
@@ -372,6 +566,20 @@ pub struct AuthConfig {
 }
 
 /// `[auth.jwt]`.
+///
+/// ```
+/// # use std::time::Duration;
+/// use portcullis_gateway::config::{GatewayConfig, JwtAlgorithm};
+/// # unsafe { std::env::set_var("DOC_JWT_SECRET", "test-only-jwt-secret-of-32-bytes-or-more") };
+/// let jwt = GatewayConfig::from_str(r#"
+/// server.upstream = "http://127.0.0.1:3000"
+/// auth.jwt = { secret_env = "DOC_JWT_SECRET", issuer = "https://id.example.com" }
+/// "#, "portcullis.toml")?.auth.jwt.unwrap();
+/// assert_eq!(jwt.algorithms, [JwtAlgorithm::Hs256]); // the default with a secret
+/// assert_eq!((jwt.roles_claim.as_str(), jwt.leeway), ("roles", Duration::from_secs(60)));
+/// assert_eq!(format!("{:?}", jwt.secret), "Some([redacted])");
+/// # Ok::<(), portcullis_gateway::config::ConfigErrors>(())
+/// ```
 #[derive(Debug, Clone)]
 pub struct JwtConfig {
     /// The HMAC secret, from `secret_env` (at least 32 bytes).
@@ -400,6 +608,12 @@ pub struct JwtConfig {
 }
 
 /// A SHA-256 digest of an API key. `Debug` shows only its start.
+///
+/// ```
+/// use portcullis_gateway::config::ApiKeyHash;
+/// let hash = ApiKeyHash([0xab; 32]);
+/// assert_eq!(format!("{hash:?}"), "sha256:abababab…");
+/// ```
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub struct ApiKeyHash(pub [u8; 32]);
 
@@ -414,6 +628,23 @@ impl fmt::Debug for ApiKeyHash {
 }
 
 /// `[[auth.api_keys]]`.
+///
+/// ```
+/// # use std::time::{Duration, UNIX_EPOCH};
+/// use portcullis_gateway::config::GatewayConfig;
+/// let key = &GatewayConfig::from_str(r#"
+/// server.upstream = "http://127.0.0.1:3000"
+/// [[auth.api_keys]]
+/// id = "ci"
+/// hash = "sha256:0000000000000000000000000000000000000000000000000000000000000000"
+/// roles = ["deploy"]
+/// expires = 2030-01-01T00:00:00Z
+/// "#, "portcullis.toml")?.auth.api_keys[0];
+/// assert_eq!((key.id.as_str(), key.hash.0), ("ci", [0; 32]));
+/// assert_eq!(key.roles, ["deploy"]);
+/// assert_eq!(key.expires, Some(UNIX_EPOCH + Duration::from_secs(1_893_456_000)));
+/// # Ok::<(), portcullis_gateway::config::ConfigErrors>(())
+/// ```
 #[derive(Debug, Clone)]
 pub struct ApiKeyConfig {
     /// The key's id (the principal id).
@@ -427,6 +658,18 @@ pub struct ApiKeyConfig {
 }
 
 /// `[audit]`.
+///
+/// ```
+/// # use std::{path::Path, time::Duration};
+/// use portcullis_gateway::config::GatewayConfig;
+/// let audit = GatewayConfig::from_str(r#"
+/// server.upstream = "http://127.0.0.1:3000"
+/// audit.spool_dir = "spool"
+/// "#, "/srv/gateway/portcullis.toml")?.audit;
+/// assert_eq!(audit.retention, Duration::from_secs(90 * 86_400)); // the default
+/// assert_eq!(audit.spool_dir.as_deref(), Some(Path::new("/srv/gateway/spool")));
+/// # Ok::<(), portcullis_gateway::config::ConfigErrors>(())
+/// ```
 #[derive(Debug, Clone)]
 pub struct AuditConfig {
     /// How long events are kept (default 90 days).
@@ -436,6 +679,16 @@ pub struct AuditConfig {
 }
 
 /// How the origin check treats requests with neither `Sec-Fetch-Site` nor `Origin`.
+///
+/// ```
+/// use portcullis_gateway::config::{CsrfStrictness, GatewayConfig};
+/// let config = GatewayConfig::from_str(r#"
+/// server.upstream = "http://127.0.0.1:3000"
+/// csrf.mode = "strict"
+/// "#, "portcullis.toml")?;
+/// assert_eq!(config.csrf.mode, CsrfStrictness::Strict);
+/// # Ok::<(), portcullis_gateway::config::ConfigErrors>(())
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CsrfStrictness {
     /// Allowed (non-browser clients): the default.
@@ -445,6 +698,20 @@ pub enum CsrfStrictness {
 }
 
 /// `[csrf]`.
+///
+/// ```
+/// use portcullis_gateway::config::GatewayConfig;
+/// let csrf = GatewayConfig::from_str(r#"
+/// server.upstream = "http://127.0.0.1:3000"
+/// [csrf]
+/// trusted_origins = ["https://admin.example.com"]
+/// bypass = ["/webhooks/**"]
+/// "#, "portcullis.toml")?.csrf;
+/// assert_eq!(csrf.trusted_origins, ["https://admin.example.com"]);
+/// assert_eq!(csrf.bypass, ["/webhooks/**"]);
+/// assert!(csrf.secret.is_none() && !csrf.insecure_dev);
+/// # Ok::<(), portcullis_gateway::config::ConfigErrors>(())
+/// ```
 #[derive(Debug, Clone)]
 pub struct CsrfConfig {
     /// Lenient (default) or strict.
@@ -464,6 +731,18 @@ pub struct CsrfConfig {
 }
 
 /// `[headers]`.
+///
+/// ```
+/// use portcullis_gateway::config::GatewayConfig;
+/// let headers = GatewayConfig::from_str(r#"
+/// server.upstream = "http://127.0.0.1:3000"
+/// headers.hsts = false
+/// headers.csp = "default-src 'self'; frame-ancestors 'none'"
+/// "#, "portcullis.toml")?.headers;
+/// assert!(headers.security.entries().all(|(name, _)| name != "strict-transport-security"));
+/// assert_eq!(headers.csp.unwrap().to_string(), "default-src 'self'; frame-ancestors 'none'");
+/// # Ok::<(), portcullis_gateway::config::ConfigErrors>(())
+/// ```
 #[derive(Debug, Clone)]
 pub struct HeadersConfig {
     /// The security headers, overrides applied.
@@ -475,6 +754,18 @@ pub struct HeadersConfig {
 }
 
 /// `[cors]`.
+///
+/// ```
+/// # use std::time::Duration;
+/// use portcullis_gateway::config::GatewayConfig;
+/// let cors = GatewayConfig::from_str(r#"
+/// server.upstream = "http://127.0.0.1:3000"
+/// cors = { allow_origins = ["https://app.example.com"], max_age = "10m" }
+/// "#, "portcullis.toml")?.cors.unwrap();
+/// assert_eq!(cors.allow_origins, ["https://app.example.com"]);
+/// assert_eq!((cors.allow_credentials, cors.max_age), (false, Some(Duration::from_secs(600))));
+/// # Ok::<(), portcullis_gateway::config::ConfigErrors>(())
+/// ```
 #[derive(Debug, Clone)]
 pub struct CorsConfig {
     /// Exact origins allowed.
@@ -492,6 +783,20 @@ pub struct CorsConfig {
 }
 
 /// `[[route]]`: a glob pattern and its policy.
+///
+/// ```
+/// use portcullis::Preset;
+/// use portcullis_gateway::config::GatewayConfig;
+/// let route = &GatewayConfig::from_str(r#"
+/// server.upstream = "http://127.0.0.1:3000"
+/// [[route]]
+/// path = "/api/upload"
+/// max_body = "10MiB"
+/// "#, "portcullis.toml")?.routes[0];
+/// assert_eq!((route.path.as_str(), route.preset), ("/api/upload", Preset::Public)); // the default preset
+/// assert_eq!(route.policy.max_body_bytes(), Some(10 << 20));
+/// # Ok::<(), portcullis_gateway::config::ConfigErrors>(())
+/// ```
 #[derive(Debug, Clone)]
 pub struct RouteConfig {
     /// The glob pattern (`/api/admin/**`).
@@ -511,11 +816,32 @@ fn process_env(name: &str) -> Result<String, std::env::VarError> {
 
 impl GatewayConfig {
     /// Reads and validates a config file for `serve`.
+    ///
+    /// ```
+    /// use portcullis_gateway::config::GatewayConfig;
+    /// let path = std::env::temp_dir().join(format!("portcullis-doc-from-file-{}.toml", std::process::id()));
+    /// std::fs::write(&path, "server.upstream = \"http://127.0.0.1:3000\"\n").unwrap();
+    /// let config = GatewayConfig::from_file(&path)?;
+    /// assert_eq!(config.server.upstream.unwrap().to_string(), "http://127.0.0.1:3000/");
+    /// # std::fs::remove_file(&path).ok();
+    /// # Ok::<(), portcullis_gateway::config::ConfigErrors>(())
+    /// ```
     pub fn from_file(path: impl AsRef<Path>) -> Result<GatewayConfig, ConfigErrors> {
         GatewayConfig::load(path, Purpose::Serve)
     }
 
     /// Reads and validates a config file for `purpose`.
+    ///
+    /// ```
+    /// use portcullis_gateway::config::{GatewayConfig, Purpose};
+    /// let path = std::env::temp_dir().join(format!("portcullis-doc-load-{}.toml", std::process::id()));
+    /// std::fs::write(&path, "auth.failed_limit = 3\n").unwrap(); // no [server] upstream
+    /// assert_eq!(GatewayConfig::load(&path, Purpose::Tool)?.auth.failed_limit, 3);
+    /// let err = GatewayConfig::load(&path, Purpose::Serve).unwrap_err();
+    /// assert_eq!(err.errors[0].key, "server.upstream");
+    /// # std::fs::remove_file(&path).ok();
+    /// # Ok::<(), portcullis_gateway::config::ConfigErrors>(())
+    /// ```
     pub fn load(path: impl AsRef<Path>, purpose: Purpose) -> Result<GatewayConfig, ConfigErrors> {
         let path = path.as_ref();
         let file = path.display().to_string();
@@ -533,12 +859,36 @@ impl GatewayConfig {
 
     /// Validates config text for `serve`; `file_name` names it in errors and anchors relative
     /// paths.
+    ///
+    /// ```
+    /// use portcullis_gateway::config::GatewayConfig;
+    /// let toml = r#"
+    /// server.upstream = "http://127.0.0.1:3000"
+    /// [[route]]
+    /// path = "/api/**"
+    /// preset = "authenticated"
+    /// "#;
+    /// let report = GatewayConfig::from_str(toml, "portcullis.toml").unwrap_err().to_string();
+    /// assert!(report.starts_with("portcullis.toml: route[0].preset: routes requiring auth need an authenticator"));
+    /// assert!(report.contains("\nportcullis.toml: route[0].preset: preset \"authenticated\" uses CSRF tokens"));
+    /// ```
     #[allow(clippy::should_implement_trait)]
     pub fn from_str(text: &str, file_name: &str) -> Result<GatewayConfig, ConfigErrors> {
         GatewayConfig::parse(text, file_name, Purpose::Serve, &process_env)
     }
 
     /// Validates config text for `purpose`.
+    ///
+    /// ```
+    /// use portcullis_gateway::config::{GatewayConfig, Purpose};
+    /// # unsafe { std::env::set_var("DOC_TOKEN_SECRET", "test-only-secret-for-minting-tokens") };
+    /// // `portcullis token` reads [auth.jwt] only: no upstream needed.
+    /// let toml = r#"auth.jwt.secret_env = "DOC_TOKEN_SECRET""#;
+    /// let config = GatewayConfig::from_str_for(toml, "portcullis.toml", Purpose::Tool)?;
+    /// assert!(config.server.upstream.is_none());
+    /// assert!(config.auth.jwt.unwrap().secret.is_some());
+    /// # Ok::<(), portcullis_gateway::config::ConfigErrors>(())
+    /// ```
     pub fn from_str_for(
         text: &str,
         file_name: &str,
@@ -583,12 +933,49 @@ impl GatewayConfig {
 
     /// Builds the library's [`SecurityLayer`] from the routes, presets and overrides, trusted
     /// proxies, allowed hosts, headers, CSP and CORS.
+    ///
+    /// ```
+    /// # use axum::{Router, body::Body};
+    /// use portcullis_gateway::config::GatewayConfig;
+    /// # use tower::{Layer, ServiceExt};
+    /// let layer = GatewayConfig::from_str(r#"
+    /// server.upstream = "http://127.0.0.1:3000"
+    /// route = [{ path = "/api/**", methods = ["GET"] }]
+    /// "#, "portcullis.toml")?.security_layer()?;
+    /// let app = layer.layer(Router::new().fallback(|| async { "ok" }));
+    /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+    /// let post = http::Request::post("/api/items").header("host", "gw.example.com").body(Body::empty())?;
+    /// assert_eq!(app.oneshot(post).await?.status(), 405);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// # })?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn security_layer(&self) -> Result<SecurityLayer, ConfigError> {
         self.security_layer_with(&Stores::default())
     }
 
     /// The layer for this config, reusing the stores of `stores` when the storage settings
     /// are unchanged (so a hot reload keeps the rate-limit counters).
+    ///
+    /// ```
+    /// # use axum::{Router, body::Body};
+    /// use portcullis_gateway::config::{GatewayConfig, Stores};
+    /// # use tower::{Layer, ServiceExt};
+    /// let config = GatewayConfig::from_str(r#"
+    /// server.upstream = "http://127.0.0.1:3000"
+    /// route = [{ path = "/**", rate_limit = { requests = 1, window = "1m", key = "route" } }]
+    /// "#, "portcullis.toml")?;
+    /// let stores = Stores::default();
+    /// # let app = |layer: portcullis::SecurityLayer| layer.layer(Router::new().fallback(|| async { "ok" }));
+    /// # let get = || http::Request::get("/").header("host", "gw.example.com").body(Body::empty()).unwrap();
+    /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+    /// assert_eq!(app(config.security_layer_with(&stores)?).oneshot(get()).await?.status(), 200);
+    /// // A reload builds a new layer from the same stores: the counter carries over.
+    /// assert_eq!(app(config.security_layer_with(&stores)?).oneshot(get()).await?.status(), 429);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// # })?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn security_layer_with(&self, stores: &Stores) -> Result<SecurityLayer, ConfigError> {
         let csp = self
             .headers
@@ -641,6 +1028,16 @@ impl GatewayConfig {
 
     /// Settings that are valid but that this build cannot apply yet, because the library
     /// has no knob for them; `check-config` shows them as warnings.
+    ///
+    /// ```
+    /// use portcullis_gateway::config::GatewayConfig;
+    /// let config = GatewayConfig::from_str("server.upstream = \"http://127.0.0.1:3000\"", "portcullis.toml")?;
+    /// for warning in config.unapplied_settings() {
+    ///     eprintln!("portcullis.toml: {}: warning: {}", warning.key, warning.reason);
+    /// }
+    /// assert!(config.unapplied_settings().is_empty()); // this build applies every setting
+    /// # Ok::<(), portcullis_gateway::config::ConfigErrors>(())
+    /// ```
     pub fn unapplied_settings(&self) -> Vec<ConfigError> {
         Vec::new()
     }
@@ -648,6 +1045,17 @@ impl GatewayConfig {
 
 impl CorsConfig {
     /// The library's CORS settings.
+    ///
+    /// ```
+    /// use portcullis_gateway::config::GatewayConfig;
+    /// let cors = GatewayConfig::from_str(r#"
+    /// server.upstream = "http://127.0.0.1:3000"
+    /// cors.allow_origins = ["https://app.example.com"]
+    /// "#, "portcullis.toml")?.cors.unwrap().to_cors()?;
+    /// assert!(cors.allows_origin("https://app.example.com"));
+    /// assert!(!cors.allows_origin("https://evil.example.com"));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn to_cors(&self) -> Result<Cors, ConfigError> {
         let err = |key: &str| {
             let key = key.to_string();
@@ -684,6 +1092,16 @@ impl CorsConfig {
 
 impl StorageConfig {
     /// The audit store as a URL for `portcullis::audit::open_store`.
+    ///
+    /// ```
+    /// use portcullis_gateway::config::GatewayConfig;
+    /// let config = GatewayConfig::from_str(r#"
+    /// server.upstream = "http://127.0.0.1:3000"
+    /// storage.audit = "jsonl://audit/events.jsonl"
+    /// "#, "/etc/portcullis/portcullis.toml")?;
+    /// assert_eq!(config.storage.audit_url(), "jsonl:///etc/portcullis/audit/events.jsonl");
+    /// # Ok::<(), portcullis_gateway::config::ConfigErrors>(())
+    /// ```
     pub fn audit_url(&self) -> String {
         match &self.audit {
             AuditStore::Sqlite(p) => format!("sqlite://{}", p.display()),
@@ -695,6 +1113,18 @@ impl StorageConfig {
 
     /// What opening the audit store needs beyond its URL: the PostgreSQL password and CA
     /// file. The gateway's writer and `portcullis audit` both open the store with these.
+    ///
+    /// ```
+    /// use portcullis_gateway::config::GatewayConfig;
+    /// # unsafe { std::env::set_var("DOC_PG_PASSWORD", "test-only-pg-password") };
+    /// let options = GatewayConfig::from_str(r#"
+    /// server.upstream = "http://127.0.0.1:3000"
+    /// storage = { audit = "postgres://gateway@db.internal/audit", postgres_password_env = "DOC_PG_PASSWORD" }
+    /// "#, "portcullis.toml")?.storage.store_options();
+    /// assert_eq!(options.postgres_password.as_deref(), Some("test-only-pg-password"));
+    /// assert!(options.postgres_ca_file.is_none());
+    /// # Ok::<(), portcullis_gateway::config::ConfigErrors>(())
+    /// ```
     pub fn store_options(&self) -> StoreOptions {
         StoreOptions {
             postgres_password: self
@@ -709,6 +1139,17 @@ impl StorageConfig {
 
 /// Stores kept across hot reloads: a reload that leaves `[storage]` unchanged keeps the same
 /// rate-limit store, so counters survive it.
+///
+/// ```
+/// # use std::sync::Arc;
+/// use portcullis_gateway::config::{GatewayConfig, Stores};
+/// let config = GatewayConfig::from_str("server.upstream = \"http://127.0.0.1:3000\"", "portcullis.toml")?;
+/// let stores = Stores::default();
+/// let before = stores.rate_limit_store(&config.storage)?;
+/// let after_reload = stores.rate_limit_store(&config.storage)?; // [storage] unchanged
+/// assert!(Arc::ptr_eq(&before, &after_reload));
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 #[derive(Default)]
 pub struct Stores {
     csrf_secret: std::sync::OnceLock<portcullis::csrf::token::Secret>,
@@ -742,6 +1183,26 @@ impl Stores {
     /// The CSRF guard of `[csrf]`. Without `secret_env` the guard signs with a random secret
     /// drawn once per process and kept across reloads, so tokens survive a reload (but not a
     /// restart, and are not shared between replicas: set `secret_env` for that).
+    ///
+    /// ```
+    /// # use axum::{Router, body::Body};
+    /// use portcullis::{Preset, SecurityLayer};
+    /// use portcullis_gateway::config::Stores;
+    /// # use tower::{Layer, ServiceExt};
+    /// # let config = portcullis_gateway::config::GatewayConfig::from_str("server.upstream = \"http://127.0.0.1:3000\"", "portcullis.toml")?;
+    /// let guard = Stores::default().csrf_guard(&config.csrf)?;
+    /// let layer = SecurityLayer::bare().default_policy(Preset::Public).csrf_guard(guard).build()?;
+    /// let app = layer.layer(Router::new().fallback(|| async { "ok" }));
+    /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+    /// let post = http::Request::post("/notes")
+    ///     .header("host", "app.example.com")
+    ///     .header("origin", "https://evil.example")
+    ///     .body(Body::empty())?;
+    /// assert_eq!(app.oneshot(post).await?.status(), 403); // cross-site
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// # })?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn csrf_guard(&self, csrf: &CsrfConfig) -> Result<Arc<dyn portcullis::Guard>, ConfigError> {
         use portcullis::csrf::{CsrfGuard, Mode, token::Secret as CsrfSecret};
         let err = |key: &str, e: &dyn std::fmt::Display| ConfigError {
@@ -781,6 +1242,26 @@ impl Stores {
     /// open one when the store and spool are unchanged. Call it before
     /// [`GatewayConfig::security_layer_with`] in a server; tools that build a layer without it
     /// (`check-config`) get a layer that audits nowhere.
+    ///
+    /// ```
+    /// use portcullis_gateway::config::{GatewayConfig, Stores};
+    /// let toml = r#"
+    /// server.upstream = "http://127.0.0.1:3000"
+    /// storage.audit = "sqlite://:memory:"
+    /// "#;
+    /// # let spool = std::env::temp_dir().join(format!("portcullis-doc-open-audit-{}", std::process::id()));
+    /// # let toml = format!("{toml}audit.spool_dir = {spool:?}\n");
+    /// let config = GatewayConfig::from_str(&toml, "portcullis.toml")?;
+    /// let stores = Stores::default();
+    /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+    /// stores.open_audit(&config).await?;
+    /// assert!(stores.audit_writer().is_some());
+    /// stores.shutdown_audit().await;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// # })?;
+    /// # std::fs::remove_dir_all(&spool).ok();
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub async fn open_audit(&self, config: &GatewayConfig) -> Result<(), ConfigError> {
         let url = config.storage.audit_url();
         // The spool sits beside the file store (or, for a database, in the temp folder under
@@ -833,6 +1314,12 @@ impl Stores {
     }
 
     /// The open audit writer, if any.
+    ///
+    /// ```
+    /// use portcullis_gateway::config::Stores;
+    /// // Until `open_audit`, there is no writer: a layer built from these stores audits nowhere.
+    /// assert!(Stores::default().audit_writer().is_none());
+    /// ```
     pub fn audit_writer(&self) -> Option<AuditWriter> {
         self.audit
             .lock()
@@ -842,6 +1329,15 @@ impl Stores {
     }
 
     /// Writes out every queued event (graceful shutdown).
+    ///
+    /// ```
+    /// use portcullis_gateway::config::Stores;
+    /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+    /// let stores = Stores::default();
+    /// // ... serve; then, once the connections have drained:
+    /// stores.shutdown_audit().await; // no writer open: returns at once
+    /// # });
+    /// ```
     pub async fn shutdown_audit(&self) {
         if let Some(w) = self.audit_writer()
             && let Err(e) = w.shutdown().await
@@ -852,6 +1348,19 @@ impl Stores {
 
     /// The brute-force tracker of `[auth]`, counting in the rate-limit store (so replicas
     /// sharing Redis share the count), kept while its settings are unchanged.
+    ///
+    /// ```
+    /// # use std::sync::Arc;
+    /// use portcullis_gateway::config::{GatewayConfig, Stores};
+    /// let config = GatewayConfig::from_str("server.upstream = \"http://127.0.0.1:3000\"", "portcullis.toml")?;
+    /// let stores = Stores::default();
+    /// let tracker = stores.failed_auth(&config.auth, &config.storage)?;
+    /// assert!(Arc::ptr_eq(&tracker, &stores.failed_auth(&config.auth, &config.storage)?));
+    /// let mut stricter = config.auth.clone();
+    /// stricter.failed_limit = 3;
+    /// assert!(!Arc::ptr_eq(&tracker, &stores.failed_auth(&stricter, &config.storage)?));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn failed_auth(
         &self,
         auth: &AuthConfig,
@@ -875,6 +1384,19 @@ impl Stores {
     }
 
     /// The rate-limit store `storage` names, opened once and reused while it is unchanged.
+    ///
+    /// ```
+    /// # use std::sync::Arc;
+    /// use portcullis_gateway::config::{GatewayConfig, RateLimitStore, Stores};
+    /// let config = GatewayConfig::from_str("server.upstream = \"http://127.0.0.1:3000\"", "portcullis.toml")?;
+    /// let stores = Stores::default();
+    /// let mut storage = config.storage.clone();
+    /// let memory = stores.rate_limit_store(&storage)?;
+    /// storage.rate_limit = RateLimitStore::Sqlite(":memory:".into());
+    /// let sqlite = stores.rate_limit_store(&storage)?; // the setting changed: a new store
+    /// assert!(!Arc::ptr_eq(&memory, &sqlite));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn rate_limit_store(
         &self,
         storage: &StorageConfig,

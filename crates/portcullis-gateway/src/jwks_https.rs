@@ -22,9 +22,24 @@ use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 
 /// The system CA bundle read when no `jwks_ca_file` is given.
+///
+/// ```
+/// use portcullis_gateway::jwks_https::SYSTEM_BUNDLE;
+/// assert_eq!(SYSTEM_BUNDLE, "/etc/ssl/certs/ca-certificates.crt");
+/// ```
 pub const SYSTEM_BUNDLE: &str = "/etc/ssl/certs/ca-certificates.crt";
 
 /// A JWKS fetcher over HTTPS.
+///
+/// ```no_run
+/// # use std::{sync::Arc, time::Duration};
+/// use portcullis::auth::jwks::{Jwks, JwksOptions};
+/// use portcullis_gateway::jwks_https::HttpsFetcher;
+/// let fetcher = HttpsFetcher::new(None, Duration::from_secs(5), 1 << 20)?;
+/// let url = "https://id.example.com/.well-known/jwks.json";
+/// let jwks = Jwks::with_fetcher(url, JwksOptions::default(), Arc::new(fetcher))?;
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 #[derive(Clone)]
 pub struct HttpsFetcher {
     connector: TlsConnector,
@@ -42,6 +57,14 @@ impl std::fmt::Debug for HttpsFetcher {
 
 impl HttpsFetcher {
     /// Trusts the certificates in `ca_file` (PEM), or the system bundle when `None`.
+    ///
+    /// ```
+    /// # use std::{path::Path, time::Duration};
+    /// use portcullis_gateway::jwks_https::HttpsFetcher;
+    /// let ca = Path::new("/nonexistent/idp-ca.pem");
+    /// let err = HttpsFetcher::new(Some(ca), Duration::from_secs(5), 1 << 20).unwrap_err();
+    /// assert!(err.starts_with("/nonexistent/idp-ca.pem: "), "{err}");
+    /// ```
     pub fn new(
         ca_file: Option<&Path>,
         timeout: Duration,

@@ -89,14 +89,46 @@ use crate::config::{ConfigError, GatewayConfig, ServerConfig, Threading, Upstrea
 mod local_pool;
 
 /// A boxed error, as bodies carry them.
+///
+/// ```
+/// use portcullis_gateway::proxy::BoxError;
+/// let e: BoxError = "upstream hung up".into();
+/// assert_eq!(e.to_string(), "upstream hung up");
+/// ```
 pub type BoxError = Box<dyn StdError + Send + Sync>;
 
 /// The body of the upstream request and of the proxy's response.
+///
+/// ```
+/// use bytes::Bytes;
+/// use http_body_util::{BodyExt, Full};
+/// use portcullis_gateway::proxy::{BoxError, ProxyBody};
+/// let body: ProxyBody = Full::new(Bytes::from_static(b"hello")).map_err(BoxError::from).boxed_unsync();
+/// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+/// assert_eq!(body.collect().await.unwrap().to_bytes(), &b"hello"[..]);
+/// # });
+/// ```
 pub type ProxyBody = UnsyncBoxBody<Bytes, BoxError>;
 
 /// The identity headers the upstream may rely on (inbound copies are stripped by the layer).
+///
+/// ```
+/// use portcullis_gateway::proxy::X_PORTCULLIS_USER;
+/// // In the application behind the gateway: who is calling.
+/// # let req = http::Request::get("/api/me").header("x-portcullis-user", "alice").body(()).unwrap();
+/// let user = req.headers().get(X_PORTCULLIS_USER).and_then(|v| v.to_str().ok());
+/// assert_eq!(user, Some("alice"));
+/// ```
 pub const X_PORTCULLIS_USER: HeaderName = HeaderName::from_static("x-portcullis-user");
 /// The principal's roles, comma-joined.
+///
+/// ```
+/// use portcullis_gateway::proxy::X_PORTCULLIS_ROLES;
+/// # let req = http::Request::get("/api/me").header("x-portcullis-roles", "user,admin").body(()).unwrap();
+/// let roles = req.headers().get(X_PORTCULLIS_ROLES).and_then(|v| v.to_str().ok()).unwrap_or("");
+/// let roles: Vec<&str> = roles.split(',').filter(|r| !r.is_empty()).collect();
+/// assert_eq!(roles, ["user", "admin"]);
+/// ```
 pub const X_PORTCULLIS_ROLES: HeaderName = HeaderName::from_static("x-portcullis-roles");
 
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
@@ -106,9 +138,26 @@ const FORWARDED: HeaderName = HeaderName::from_static("forwarded");
 const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
 /// The nonce alone, for Next.js application code (Next's CSP guide reads it).
+///
+/// ```
+/// use portcullis_gateway::proxy::X_NONCE;
+/// assert_eq!(X_NONCE, "x-nonce"); // what Next.js's CSP guide reads: headers().get('x-nonce')
+/// ```
 pub const X_NONCE: HeaderName = HeaderName::from_static("x-nonce");
 
 /// The reverse proxy to one upstream. Cheap to clone: clones share the connection pool.
+///
+/// ```
+/// use portcullis_gateway::{config::GatewayConfig, proxy::Proxy};
+/// let config = GatewayConfig::from_str("server.upstream = \"http://127.0.0.1:3000\"", "portcullis.toml")?;
+/// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+/// let proxy = Proxy::for_config(&config)?;
+/// let same_pool = proxy.clone();
+/// assert_eq!(same_pool.upstream_authority(), "127.0.0.1:3000");
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// # })?;
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 #[derive(Clone)]
 pub struct Proxy {
     inner: Arc<ProxyInner>,
@@ -162,6 +211,15 @@ fn upstream_client(
 
 /// The CSP each route sends, by route pattern, resolved the way the layer resolves it, so
 /// the policy Next.js reads on its request is the one the browser gets on the response.
+///
+/// ```
+/// use portcullis_gateway::{config::GatewayConfig, proxy::RouteCsps};
+/// let config = GatewayConfig::from_str("server.upstream = \"http://127.0.0.1:3000\"", "portcullis.toml")?;
+/// let csps = RouteCsps::of(&config);
+/// assert!(format!("{csps:?}").contains("layer: Some(")); // the default [headers] csp
+/// assert!(format!("{:?}", RouteCsps::default()).contains("layer: None"));
+/// # Ok::<(), portcullis_gateway::config::ConfigErrors>(())
+/// ```
 #[derive(Debug, Clone, Default)]
 pub struct RouteCsps {
     /// `[headers] csp`, for routes that inherit it and for the default (`"*"`).
@@ -172,6 +230,17 @@ pub struct RouteCsps {
 
 impl RouteCsps {
     /// The CSPs of a config's `[headers]` and `[[route]]`s.
+    ///
+    /// ```
+    /// use portcullis_gateway::{config::GatewayConfig, proxy::RouteCsps};
+    /// let csps = RouteCsps::of(&GatewayConfig::from_str(r#"
+    /// server.upstream = "http://127.0.0.1:3000"
+    /// server.upstream_kind = "nextjs"
+    /// route = [{ path = "/api/**", csp = false }]
+    /// "#, "portcullis.toml")?);
+    /// assert!(format!("{csps:?}").contains(r#""/api/**": None"#)); // no CSP for the API routes
+    /// # Ok::<(), portcullis_gateway::config::ConfigErrors>(())
+    /// ```
     pub fn of(config: &GatewayConfig) -> RouteCsps {
         let layer = config
             .headers
@@ -213,6 +282,20 @@ impl std::fmt::Debug for Proxy {
 impl Proxy {
     /// The proxy `serve` runs: to `server.upstream`, with the routes' CSPs for the Next.js
     /// request header; must be called within a Tokio runtime.
+    ///
+    /// ```
+    /// use portcullis_gateway::{config::GatewayConfig, proxy::Proxy};
+    /// let config = GatewayConfig::from_str(r#"
+    /// server.upstream = "http://127.0.0.1:3000"
+    /// server.upstream_kind = "nextjs"
+    /// "#, "portcullis.toml")?;
+    /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+    /// let proxy = Proxy::for_config(&config)?;
+    /// assert_eq!(proxy.upstream_authority(), "127.0.0.1:3000");
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// # })?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn for_config(config: &GatewayConfig) -> Result<Proxy, ConfigError> {
         Proxy::build(&config.server, RouteCsps::of(config))
     }
@@ -220,6 +303,17 @@ impl Proxy {
     /// A proxy to `server.upstream` with its timeouts, knowing no CSP (a Next.js upstream
     /// gets none on its requests; see [`Proxy::for_config`]); must be called within a Tokio
     /// runtime.
+    ///
+    /// ```
+    /// use portcullis_gateway::{config::GatewayConfig, proxy::Proxy};
+    /// let config = GatewayConfig::from_str("server.upstream = \"https://app.internal\"", "portcullis.toml")?;
+    /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+    /// let err = Proxy::new(&config.server).unwrap_err();
+    /// assert_eq!(err.key, "server.upstream");
+    /// assert_eq!(err.reason, "only http:// upstreams are supported in this build");
+    /// # });
+    /// # Ok::<(), portcullis_gateway::config::ConfigErrors>(())
+    /// ```
     pub fn new(server: &ServerConfig) -> Result<Proxy, ConfigError> {
         Proxy::build(server, RouteCsps::default())
     }
@@ -302,11 +396,35 @@ impl Proxy {
     }
 
     /// The upstream's `host:port`.
+    ///
+    /// ```
+    /// # use portcullis_gateway::proxy::Proxy;
+    /// # let config = portcullis_gateway::config::GatewayConfig::from_str("server.upstream = \"http://127.0.0.1:3000\"", "portcullis.toml")?;
+    /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+    /// let proxy = Proxy::for_config(&config)?;
+    /// let authority = proxy.upstream_authority();
+    /// assert_eq!((authority.host(), authority.port_u16()), ("127.0.0.1", Some(3000)));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// # })?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn upstream_authority(&self) -> &Authority {
         &self.inner.authority
     }
 
     /// Forwards one request and returns the upstream's response, or the JSON error.
+    ///
+    /// ```no_run
+    /// use bytes::Bytes;
+    /// use http_body_util::Empty;
+    /// use portcullis_gateway::{config::GatewayConfig, proxy::Proxy};
+    /// # async fn f() -> Result<(), Box<dyn std::error::Error>> {
+    /// let proxy = Proxy::for_config(&GatewayConfig::from_file("portcullis.toml")?)?;
+    /// let req = http::Request::get("/api/items").header("host", "app.example.com").body(Empty::<Bytes>::new())?;
+    /// let res = proxy.forward(req).await; // the upstream's answer, or 502, 504 or 408 as JSON
+    /// println!("{}", res.status());
+    /// # Ok(()) }
+    /// ```
     pub async fn forward<B>(self, req: Request<B>) -> Response<ProxyBody>
     where
         B: Body<Data = Bytes> + Send + Unpin + 'static,
@@ -642,6 +760,18 @@ fn connection_tokens(headers: &HeaderMap) -> impl Iterator<Item = &str> {
 }
 
 /// Removes the hop-by-hop headers: those `Connection` names, then the fixed list.
+///
+/// ```
+/// use http::{HeaderMap, HeaderValue};
+/// use portcullis_gateway::proxy::strip_hop_by_hop;
+/// let mut headers = HeaderMap::new();
+/// headers.insert("connection", HeaderValue::from_static("keep-alive, x-trace"));
+/// headers.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+/// headers.insert("x-trace", HeaderValue::from_static("1")); // named by Connection
+/// headers.insert("content-type", HeaderValue::from_static("text/html"));
+/// strip_hop_by_hop(&mut headers);
+/// assert_eq!(headers.keys().collect::<Vec<_>>(), ["content-type"]);
+/// ```
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     // Most messages carry none: one look at each name instead of a removal per hop-by-hop
     // name. (Without `Connection`, no other header is named hop-by-hop either.)
@@ -757,6 +887,14 @@ fn push_forwarded_value(out: &mut String, v: &str) {
 }
 
 /// 502: the upstream could not be reached or broke the exchange.
+///
+/// ```
+/// use portcullis_gateway::proxy::upstream_unavailable;
+/// let r = upstream_unavailable();
+/// assert_eq!((r.status().as_u16(), r.code()), (502, "upstream_unavailable"));
+/// let body: serde_json::Value = serde_json::from_slice(&r.body_json("req-1")).unwrap();
+/// assert_eq!(body["code"], "upstream_unavailable");
+/// ```
 pub fn upstream_unavailable() -> Rejection {
     Rejection::new(
         StatusCode::BAD_GATEWAY,
@@ -768,6 +906,12 @@ pub fn upstream_unavailable() -> Rejection {
 }
 
 /// 504: the upstream did not answer in time.
+///
+/// ```
+/// use portcullis_gateway::proxy::upstream_timeout;
+/// let r = upstream_timeout();
+/// assert_eq!((r.status().as_u16(), r.code()), (504, "upstream_timeout"));
+/// ```
 pub fn upstream_timeout() -> Rejection {
     Rejection::new(
         StatusCode::GATEWAY_TIMEOUT,
@@ -779,6 +923,12 @@ pub fn upstream_timeout() -> Rejection {
 }
 
 /// 408: the client did not send its request in time.
+///
+/// ```
+/// use portcullis_gateway::proxy::request_timeout;
+/// let r = request_timeout();
+/// assert_eq!((r.status().as_u16(), r.code()), (408, "request_timeout"));
+/// ```
 pub fn request_timeout() -> Rejection {
     Rejection::new(
         StatusCode::REQUEST_TIMEOUT,

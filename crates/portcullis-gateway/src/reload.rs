@@ -23,12 +23,47 @@ use crate::config::{ConfigError, ConfigErrors, GatewayConfig, ServerConfig, Stor
 use crate::proxy::Proxy;
 
 /// How often the config file is checked for changes.
+///
+/// ```
+/// # use std::time::Duration;
+/// assert_eq!(portcullis_gateway::reload::POLL_INTERVAL, Duration::from_secs(1));
+/// ```
 pub const POLL_INTERVAL: Duration = Duration::from_secs(1);
 
 /// The service requests go through: the security layer around the proxy.
+///
+/// ```
+/// use bytes::Bytes;
+/// use http_body_util::Empty;
+/// use portcullis_gateway::{config::{GatewayConfig, Stores}, reload::{GatewayService, Generation}};
+/// use tower::ServiceExt;
+/// let toml = r#"
+/// server.upstream = "http://127.0.0.1:3000"
+/// route = [{ path = "/**", methods = ["GET"] }]
+/// "#;
+/// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+/// let service: GatewayService = Generation::build(GatewayConfig::from_str(toml, "portcullis.toml")?, &Stores::default())?.service;
+/// let delete = http::Request::delete("/items/1").header("host", "gw.example.com").body(Empty::<Bytes>::new())?;
+/// assert_eq!(service.oneshot(delete).await?.status(), 405); // refused before the proxy
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// # })?;
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 pub type GatewayService = SecurityService<Proxy>;
 
 /// One validated configuration and what was built from it.
+///
+/// ```
+/// use portcullis_gateway::{config::{GatewayConfig, Stores}, reload::Generation};
+/// let config = GatewayConfig::from_str("server.upstream = \"http://127.0.0.1:3000\"", "portcullis.toml")?;
+/// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+/// let generation = Generation::build(config, &Stores::default())?;
+/// assert_eq!(generation.proxy.upstream_authority(), "127.0.0.1:3000");
+/// assert!(generation.config.routes.is_empty());
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// # })?;
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 pub struct Generation {
     /// The config.
     pub config: Arc<GatewayConfig>,
@@ -50,6 +85,17 @@ impl Generation {
     /// Builds the layer and the proxy; must be called within a Tokio runtime. Stores
     /// (rate-limit counters, the brute-force tracker) come from `stores`, so they outlive
     /// the generation when the storage settings stay the same.
+    ///
+    /// ```
+    /// use portcullis_gateway::{config::{GatewayConfig, Stores}, reload::Generation};
+    /// // The file is valid, but this build cannot proxy to it:
+    /// let config = GatewayConfig::from_str("server.upstream = \"https://app.internal\"", "portcullis.toml")?;
+    /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+    /// let err = Generation::build(config, &Stores::default()).unwrap_err();
+    /// assert_eq!(err.to_string(), "server.upstream: only http:// upstreams are supported in this build");
+    /// # });
+    /// # Ok::<(), portcullis_gateway::config::ConfigErrors>(())
+    /// ```
     pub fn build(config: GatewayConfig, stores: &Stores) -> Result<Generation, ConfigError> {
         let layer = config.security_layer_with(stores)?;
         let proxy = Proxy::for_config(&config)?;
@@ -62,6 +108,20 @@ impl Generation {
 }
 
 /// The generation in force, shared by every connection.
+///
+/// ```
+/// # use std::sync::Arc;
+/// use portcullis_gateway::{config::{GatewayConfig, Stores}, reload::{Generation, Live}};
+/// let config = GatewayConfig::from_str("server.upstream = \"http://127.0.0.1:3000\"", "portcullis.toml")?;
+/// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+/// let stores = Arc::new(Stores::default());
+/// let live = Live::new(Generation::build(config, &stores)?, stores);
+/// let for_a_connection = live.clone(); // clones share the generation in force
+/// assert!(Arc::ptr_eq(&live.current(), &for_a_connection.current()));
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// # })?;
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 #[derive(Clone, Debug)]
 pub struct Live {
     current: Arc<RwLock<Arc<Generation>>>,
@@ -70,6 +130,19 @@ pub struct Live {
 
 impl Live {
     /// Starts with `generation`, built from `stores`.
+    ///
+    /// ```
+    /// # use std::sync::Arc;
+    /// use portcullis_gateway::{config::{GatewayConfig, Stores}, reload::{Generation, Live}};
+    /// let config = GatewayConfig::from_str("server.upstream = \"http://127.0.0.1:3000\"", "portcullis.toml")?;
+    /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+    /// let stores = Arc::new(Stores::default());
+    /// let live = Live::new(Generation::build(config, &stores)?, stores);
+    /// assert_eq!(live.current().proxy.upstream_authority(), "127.0.0.1:3000");
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// # })?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn new(generation: Generation, stores: Arc<Stores>) -> Self {
         Live {
             current: Arc::new(RwLock::new(Arc::new(generation))),
@@ -78,6 +151,19 @@ impl Live {
     }
 
     /// The generation in force.
+    ///
+    /// ```
+    /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+    /// # let config = portcullis_gateway::config::GatewayConfig::from_str("server.upstream = \"http://127.0.0.1:3000\"", "portcullis.toml")?;
+    /// # let stores = std::sync::Arc::new(portcullis_gateway::config::Stores::default());
+    /// # let live = portcullis_gateway::reload::Live::new(portcullis_gateway::reload::Generation::build(config, &stores)?, stores);
+    /// // Read once per request, and kept to its end: a reload never mixes two policies.
+    /// let generation = live.current();
+    /// assert_eq!(generation.config.server.upstream_kind, portcullis_gateway::config::UpstreamKind::Generic);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// # })?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn current(&self) -> Arc<Generation> {
         // A poisoned lock still holds a complete generation: the swap is one assignment.
         match self.current.read() {
@@ -87,6 +173,19 @@ impl Live {
     }
 
     /// The stores shared by every generation.
+    ///
+    /// ```
+    /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+    /// # let config = portcullis_gateway::config::GatewayConfig::from_str("server.upstream = \"http://127.0.0.1:3000\"", "portcullis.toml")?;
+    /// # let stores = std::sync::Arc::new(portcullis_gateway::config::Stores::default());
+    /// # let live = portcullis_gateway::reload::Live::new(portcullis_gateway::reload::Generation::build(config, &stores)?, stores);
+    /// // No `open_audit` was called: nothing is audited, and nothing needs flushing.
+    /// assert!(live.stores().audit_writer().is_none());
+    /// live.stores().shutdown_audit().await;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// # })?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn stores(&self) -> &Stores {
         &self.stores
     }
@@ -101,6 +200,22 @@ impl Live {
 }
 
 /// Loads `path`, builds a generation and swaps it in; on any error the old one stays.
+///
+/// ```
+/// # use std::{path::Path, sync::Arc};
+/// use portcullis_gateway::reload::reload;
+/// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+/// # let config = portcullis_gateway::config::GatewayConfig::from_str("server.upstream = \"http://127.0.0.1:3000\"", "portcullis.toml")?;
+/// # let stores = std::sync::Arc::new(portcullis_gateway::config::Stores::default());
+/// # let live = portcullis_gateway::reload::Live::new(portcullis_gateway::reload::Generation::build(config, &stores)?, stores);
+/// let before = live.current();
+/// let err = reload(Path::new("/no/such/portcullis.toml"), &live).await.unwrap_err();
+/// assert!(err.to_string().starts_with("/no/such/portcullis.toml: cannot read the file"));
+/// assert!(Arc::ptr_eq(&before, &live.current())); // the previous generation keeps serving
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// # })?;
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 pub async fn reload(path: &Path, live: &Live) -> Result<(), ConfigErrors> {
     let file = path.display().to_string();
     let config = GatewayConfig::from_file(path)?;
@@ -153,6 +268,17 @@ fn restart_only_changes(old: &ServerConfig, new: &ServerConfig) -> Vec<&'static 
 /// What change detection compares: a file's modification and change times, length, inode
 /// and device, so an in-place write, a same-length rewrite and an editor's rename-over all
 /// count. `None` when the file cannot be read.
+///
+/// ```
+/// use portcullis_gateway::reload::FileStamp;
+/// let path = std::env::temp_dir().join(format!("portcullis-doc-stamp-{}.toml", std::process::id()));
+/// std::fs::write(&path, "auth.failed_limit = 5\n")?;
+/// let loaded = FileStamp::of(&path);
+/// std::fs::write(&path, "auth.failed_limit = 10\n")?;
+/// assert_ne!(FileStamp::of(&path), loaded); // a change: the watcher reloads
+/// # std::fs::remove_file(&path)?;
+/// # Ok::<(), std::io::Error>(())
+/// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct FileStamp {
     modified: SystemTime,
@@ -187,6 +313,22 @@ impl FileStamp {
 /// be registered before the process announces it is ready, or an early SIGHUP kills it.
 /// `loaded` is the file's stamp from before the serving config was read: any later write,
 /// even one made before this task first runs, is a change.
+///
+/// ```no_run
+/// # use std::path::PathBuf;
+/// use tokio::signal::unix::{SignalKind, signal};
+/// use portcullis_gateway::reload::{self, FileStamp};
+/// # async fn f() -> Result<(), Box<dyn std::error::Error>> {
+/// let path = PathBuf::from("portcullis.toml");
+/// let loaded = FileStamp::of(&path); // before the file is read
+/// # let config = portcullis_gateway::config::GatewayConfig::from_file(&path)?;
+/// # let stores = std::sync::Arc::new(portcullis_gateway::config::Stores::default());
+/// # let live = portcullis_gateway::reload::Live::new(portcullis_gateway::reload::Generation::build(config, &stores)?, stores);
+/// let hangup = signal(SignalKind::hangup())?; // before the process says it is ready
+/// let (_stop, shutdown) = tokio::sync::watch::channel(false);
+/// tokio::spawn(reload::watch(path, loaded, live, hangup, shutdown));
+/// # Ok(()) }
+/// ```
 pub async fn watch(
     path: PathBuf,
     loaded: Option<FileStamp>,

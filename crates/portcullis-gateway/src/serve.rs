@@ -43,6 +43,12 @@ use crate::server::{Server, TlsAcceptor};
 use crate::tls::{TlsAcceptorHandle, TlsError};
 
 /// Why the gateway could not run.
+///
+/// ```
+/// use portcullis_gateway::{config::GatewayConfig, serve::ServeError};
+/// let err = ServeError::Config(GatewayConfig::from_str("", "portcullis.toml").unwrap_err());
+/// assert_eq!(err.to_string(), "portcullis.toml: server.upstream: required: the URL of the application behind the gateway");
+/// ```
 #[derive(Debug)]
 pub enum ServeError {
     /// The config was refused.

@@ -71,6 +71,12 @@ use crate::tls::TlsAcceptorHandle;
 
 /// How far above `max_header_bytes` hyper's own read-buffer cap sits: header blocks in
 /// between are refused by the service, larger ones by hyper (both get the JSON 431).
+///
+/// ```
+/// use portcullis_gateway::server::HEADER_SLACK;
+/// // With the default max_header_bytes (16 KiB), hyper itself refuses header blocks over 24 KiB.
+/// assert_eq!(16 * 1024 + HEADER_SLACK, 24 * 1024);
+/// ```
 pub const HEADER_SLACK: usize = 8 * 1024;
 
 /// hyper's smallest allowed read buffer.
@@ -82,11 +88,26 @@ const MIN_BUF: usize = 8 * 1024;
 const BODY_READ: usize = 64 * 1024;
 
 /// A connection stream: TCP, or TLS over it.
+///
+/// ```
+/// use portcullis_gateway::server::Io;
+/// // Any async byte stream is one: TCP, TLS over TCP, or an in-memory pipe in a test.
+/// let (client, _server) = tokio::io::duplex(1024);
+/// let io: Box<dyn Io> = Box::new(client);
+/// # drop(io);
+/// ```
 pub trait Io: AsyncRead + AsyncWrite + Unpin + Send + 'static {}
 
 impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> Io for T {}
 
 /// The HTTP version a TLS client chose by ALPN.
+///
+/// ```
+/// use portcullis_gateway::server::Alpn;
+/// let chosen = |alpn: Option<&[u8]>| if alpn == Some(b"h2") { Alpn::Http2 } else { Alpn::Http1 };
+/// assert_eq!(chosen(Some(b"h2")), Alpn::Http2);
+/// assert_eq!(chosen(None), Alpn::Http1); // no ALPN: HTTP/1.1
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Alpn {
     /// `h2`.
@@ -96,6 +117,13 @@ pub enum Alpn {
 }
 
 /// A finished TLS handshake: the decrypted stream and the protocol agreed on.
+///
+/// ```
+/// use portcullis_gateway::server::{Alpn, TlsConnection};
+/// let (decrypted, _peer) = tokio::io::duplex(1024);
+/// let conn = TlsConnection { io: Box::new(decrypted), alpn: Alpn::Http2 };
+/// assert_eq!(conn.alpn, Alpn::Http2); // served as HTTP/2
+/// ```
 pub struct TlsConnection {
     /// The stream to serve HTTP on.
     pub io: Box<dyn Io>,
@@ -104,6 +132,20 @@ pub struct TlsConnection {
 }
 
 /// Turns an accepted TCP stream into a TLS stream; [`TlsAcceptorHandle`] is the gateway's.
+///
+/// ```
+/// # use std::{io, sync::Arc, time::Duration};
+/// # use portcullis::auth::BoxFuture;
+/// use portcullis_gateway::server::{Alpn, TlsAcceptor, TlsConnection};
+/// /// Plain HTTP/1.1 where TLS would be (a test, or TLS ended by a load balancer).
+/// struct Plain;
+/// impl TlsAcceptor for Plain {
+///     fn accept(&self, tcp: tokio::net::TcpStream, _: Duration) -> BoxFuture<'static, io::Result<TlsConnection>> {
+///         Box::pin(async move { Ok(TlsConnection { io: Box::new(tcp), alpn: Alpn::Http1 }) })
+///     }
+/// }
+/// let tls: Option<Arc<dyn TlsAcceptor>> = Some(Arc::new(Plain)); // for `Server::new`
+/// ```
 pub trait TlsAcceptor: Send + Sync + 'static {
     /// Runs the TLS handshake, giving up after `timeout` (`header_read_timeout`).
     fn accept(
@@ -140,6 +182,16 @@ impl TlsAcceptor for TlsAcceptorHandle {
 }
 
 /// The per-connection limits, taken from `[server]` when a connection is accepted.
+///
+/// ```
+/// # use std::time::Duration;
+/// use portcullis_gateway::{config::GatewayConfig, server::ConnectionLimits};
+/// let config = GatewayConfig::from_str("server.upstream = \"http://127.0.0.1:3000\"", "portcullis.toml")?;
+/// let limits = ConnectionLimits::of(&config.server);
+/// assert_eq!((limits.max_header_bytes, limits.http2_max_concurrent_streams), (16_384, 100));
+/// assert_eq!((limits.header_read_timeout, limits.idle_timeout), (Duration::from_secs(10), Duration::from_secs(60)));
+/// # Ok::<(), portcullis_gateway::config::ConfigErrors>(())
+/// ```
 #[derive(Debug, Clone, Copy)]
 pub struct ConnectionLimits {
     /// Header-field bytes accepted (JSON 431 beyond).
@@ -154,6 +206,18 @@ pub struct ConnectionLimits {
 
 impl ConnectionLimits {
     /// The limits of a `[server]` section.
+    ///
+    /// ```
+    /// # use std::time::Duration;
+    /// use portcullis_gateway::{config::GatewayConfig, server::ConnectionLimits};
+    /// let limits = ConnectionLimits::of(&GatewayConfig::from_str(r#"
+    /// server.upstream = "http://127.0.0.1:3000"
+    /// server.max_header_bytes = 32768
+    /// server.idle_timeout = "2m"
+    /// "#, "portcullis.toml")?.server);
+    /// assert_eq!((limits.max_header_bytes, limits.idle_timeout), (32_768, Duration::from_secs(120)));
+    /// # Ok::<(), portcullis_gateway::config::ConfigErrors>(())
+    /// ```
     pub fn of(server: &ServerConfig) -> Self {
         ConnectionLimits {
             max_header_bytes: server.max_header_bytes,
@@ -176,6 +240,22 @@ impl ConnectionLimits {
 }
 
 /// The traffic listener.
+///
+/// ```no_run
+/// # use std::time::Duration;
+/// use portcullis_gateway::server::Server;
+/// # async fn f() -> Result<(), Box<dyn std::error::Error>> {
+/// # let config = portcullis_gateway::config::GatewayConfig::from_file("portcullis.toml")?;
+/// # let stores = std::sync::Arc::new(portcullis_gateway::config::Stores::default());
+/// # let live = portcullis_gateway::reload::Live::new(portcullis_gateway::reload::Generation::build(config, &stores)?, stores);
+/// let listener = tokio::net::TcpListener::bind("127.0.0.1:8080").await?;
+/// let (stop, shutdown) = tokio::sync::watch::channel(false);
+/// let server = tokio::spawn(Server::new(listener, live, None, 10_000).run(shutdown));
+/// tokio::signal::ctrl_c().await?;
+/// stop.send(true)?;
+/// let all_closed = server.await?.wait(Duration::from_secs(30)).await;
+/// # Ok(()) }
+/// ```
 pub struct Server {
     listener: TcpListener,
     live: Live,
@@ -185,6 +265,18 @@ pub struct Server {
 
 impl Server {
     /// A server on a bound listener, serving the live config; `tls` terminates TLS when set.
+    ///
+    /// ```no_run
+    /// use portcullis_gateway::server::Server;
+    /// # async fn f() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let config = portcullis_gateway::config::GatewayConfig::from_file("portcullis.toml")?;
+    /// # let stores = std::sync::Arc::new(portcullis_gateway::config::Stores::default());
+    /// # let live = portcullis_gateway::reload::Live::new(portcullis_gateway::reload::Generation::build(config, &stores)?, stores);
+    /// let listener = tokio::net::TcpListener::bind("127.0.0.1:8080").await?;
+    /// let max_connections = live.current().config.server.max_connections;
+    /// let server = Server::new(listener, live, None, max_connections); // plain HTTP
+    /// # Ok(()) }
+    /// ```
     pub fn new(
         listener: TcpListener,
         live: Live,
@@ -202,6 +294,20 @@ impl Server {
     /// A server whose connection slots (`max_connections`) are shared with other listeners:
     /// the per-core workers of [`Threading::PerCore`](crate::config::Threading::PerCore)
     /// each run one, and together never hold more than the limit.
+    ///
+    /// ```no_run
+    /// # use std::sync::Arc;
+    /// use portcullis_gateway::server::Server;
+    /// use tokio::sync::Semaphore;
+    /// # async fn f() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let config = portcullis_gateway::config::GatewayConfig::from_file("portcullis.toml")?;
+    /// # let stores = std::sync::Arc::new(portcullis_gateway::config::Stores::default());
+    /// # let live = portcullis_gateway::reload::Live::new(portcullis_gateway::reload::Generation::build(config, &stores)?, stores);
+    /// let slots = Arc::new(Semaphore::new(10_000)); // for both listeners together
+    /// let v4 = Server::with_slots(tokio::net::TcpListener::bind("0.0.0.0:8080").await?, live.clone(), None, slots.clone());
+    /// let v6 = Server::with_slots(tokio::net::TcpListener::bind("[::]:8080").await?, live, None, slots);
+    /// # Ok(()) }
+    /// ```
     pub fn with_slots(
         listener: TcpListener,
         live: Live,
@@ -219,6 +325,22 @@ impl Server {
     /// Accepts connections until `shutdown` turns true, then closes the listener (new
     /// connections are refused) and tells open connections to finish; the returned
     /// [`Drain`] waits for them.
+    ///
+    /// ```no_run
+    /// # use std::time::Duration;
+    /// use portcullis_gateway::server::Server;
+    /// # async fn f() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let config = portcullis_gateway::config::GatewayConfig::from_file("portcullis.toml")?;
+    /// # let stores = std::sync::Arc::new(portcullis_gateway::config::Stores::default());
+    /// # let live = portcullis_gateway::reload::Live::new(portcullis_gateway::reload::Generation::build(config, &stores)?, stores);
+    /// # let listener = tokio::net::TcpListener::bind("127.0.0.1:8080").await?;
+    /// let (stop, shutdown) = tokio::sync::watch::channel(false);
+    /// let running = tokio::spawn(Server::new(listener, live, None, 10_000).run(shutdown));
+    /// // ... on SIGTERM:
+    /// stop.send(true)?;
+    /// let drain = running.await?; // the listener is closed now
+    /// # Ok(()) }
+    /// ```
     pub async fn run(self, mut shutdown: watch::Receiver<bool>) -> Drain {
         let (done_tx, done_rx) = mpsc::channel::<()>(1);
         loop {
@@ -273,12 +395,37 @@ async fn stopped_owned(mut shutdown: watch::Receiver<bool>) {
 }
 
 /// Waits for open connections to finish after shutdown.
+///
+/// ```no_run
+/// # use std::time::Duration;
+/// # use portcullis_gateway::server::Server;
+/// # async fn f() -> Result<(), Box<dyn std::error::Error>> {
+/// # let config = portcullis_gateway::config::GatewayConfig::from_file("portcullis.toml")?;
+/// # let stores = std::sync::Arc::new(portcullis_gateway::config::Stores::default());
+/// # let live = portcullis_gateway::reload::Live::new(portcullis_gateway::reload::Generation::build(config, &stores)?, stores);
+/// # let listener = tokio::net::TcpListener::bind("127.0.0.1:8080").await?;
+/// # let (stop, shutdown) = tokio::sync::watch::channel(false);
+/// # let running = tokio::spawn(Server::new(listener, live, None, 10_000).run(shutdown));
+/// stop.send(true)?;
+/// let drain = running.await?;
+/// if !drain.wait(Duration::from_secs(30)).await {
+///     eprintln!("shutdown timeout passed; closing the remaining connections");
+/// }
+/// # Ok(()) }
+/// ```
 pub struct Drain {
     done: mpsc::Receiver<()>,
 }
 
 impl Drain {
     /// Waits up to `timeout`; true when every connection finished.
+    ///
+    /// ```no_run
+    /// # use std::time::Duration;
+    /// # async fn f(drain: portcullis_gateway::server::Drain) {
+    /// let all_finished = drain.wait(Duration::from_secs(30)).await; // false: some were still open
+    /// # }
+    /// ```
     pub async fn wait(mut self, timeout: Duration) -> bool {
         tokio::time::timeout(timeout, async { while self.done.recv().await.is_some() {} })
             .await
@@ -905,6 +1052,12 @@ fn header_bytes(headers: &HeaderMap) -> usize {
 }
 
 /// The response body, keeping the request counted as in flight until it is sent.
+///
+/// ```
+/// use portcullis_gateway::server::GatewayBody;
+/// fn sendable_by_hyper<B: hyper::body::Body<Data = bytes::Bytes> + Send + 'static>() {}
+/// sendable_by_hyper::<GatewayBody>();
+/// ```
 pub struct GatewayBody {
     inner: SecurityBody,
     _in_flight: InFlight,

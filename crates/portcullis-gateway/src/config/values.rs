@@ -17,6 +17,15 @@ use super::schema::type_name;
 const DURATION_HINT: &str = "use a number and a unit: \"500ms\", \"10s\", \"15m\", \"1h\", \"90d\"";
 
 /// Parses a positive duration: `"500ms"`, `"10s"`, `"15m"`, `"1h"`, `"90d"`.
+///
+/// ```
+/// # use std::time::Duration;
+/// use portcullis_gateway::config::parse_duration;
+/// assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+/// assert_eq!(parse_duration("15m"), Ok(Duration::from_secs(900)));
+/// assert_eq!(parse_duration("0s").unwrap_err(), "\"0s\" must be longer than zero");
+/// assert!(parse_duration("10 seconds").is_err());
+/// ```
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let d = parse_duration_or_zero(s)?;
     if d.is_zero() {
@@ -26,6 +35,13 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
 }
 
 /// Like [`parse_duration`], but `"0s"` is allowed (a leeway, for instance).
+///
+/// ```
+/// # use std::time::Duration;
+/// use portcullis_gateway::config::values::parse_duration_or_zero;
+/// assert_eq!(parse_duration_or_zero("0s"), Ok(Duration::ZERO));
+/// assert_eq!(parse_duration_or_zero("2h"), Ok(Duration::from_secs(7200)));
+/// ```
 pub fn parse_duration_or_zero(s: &str) -> Result<Duration, String> {
     let bad = || format!("{s:?} is not a duration; {DURATION_HINT}");
     let t = s.trim();
@@ -51,6 +67,15 @@ pub fn parse_duration_or_zero(s: &str) -> Result<Duration, String> {
 
 /// Parses a size: integer bytes, or `"100KiB"`, `"1MiB"`, `"512KB"`, `"2GB"` (KB = 1000,
 /// KiB = 1024).
+///
+/// ```
+/// use portcullis_gateway::config::values::parse_size;
+/// use toml::Value;
+/// assert_eq!(parse_size(&Value::String("100KiB".into())), Ok(102_400));
+/// assert_eq!(parse_size(&Value::String("512KB".into())), Ok(512_000));
+/// assert_eq!(parse_size(&Value::Integer(4096)), Ok(4096));
+/// assert!(parse_size(&Value::Integer(-1)).is_err());
+/// ```
 pub fn parse_size(v: &Value) -> Result<u64, String> {
     match v {
         Value::Integer(i) => u64::try_from(*i).map_err(|_| "a size cannot be negative".to_string()),
@@ -86,6 +111,14 @@ fn parse_size_str(s: &str) -> Result<u64, String> {
 }
 
 /// Parses a rate-limit string `REQUESTS/WINDOW`: `"10/1m"`, `"100/1h"`.
+///
+/// ```
+/// # use std::time::Duration;
+/// use portcullis_gateway::config::values::parse_rate;
+/// assert_eq!(parse_rate("10/1m"), Ok((10, Duration::from_secs(60))));
+/// assert!(parse_rate("0/1m").unwrap_err().contains("at least one request"));
+/// assert!(parse_rate("10 per minute").is_err());
+/// ```
 pub fn parse_rate(s: &str) -> Result<(u32, Duration), String> {
     let bad = || {
         format!("{s:?} is not a rate limit; use REQUESTS/WINDOW such as \"10/1m\" or \"100/1h\"")
@@ -100,6 +133,13 @@ pub fn parse_rate(s: &str) -> Result<(u32, Duration), String> {
 }
 
 /// Checks an origin as browsers send it: `scheme://host[:port]`, lowercase, nothing else.
+///
+/// ```
+/// use portcullis_gateway::config::values::parse_origin;
+/// assert_eq!(parse_origin("https://app.example.com:8443").unwrap(), "https://app.example.com:8443");
+/// assert!(parse_origin("https://app.example.com/").unwrap_err().contains("no path, query or trailing slash"));
+/// assert!(parse_origin("https://App.example.com").unwrap_err().contains("lowercase"));
+/// ```
 pub fn parse_origin(s: &str) -> Result<String, String> {
     let bad = |why: &str| {
         format!(
@@ -132,6 +172,13 @@ pub fn parse_origin(s: &str) -> Result<String, String> {
 
 /// Checks a host name for the `Host` allowlist: a DNS name or a bracketed IPv6 address,
 /// without scheme or port.
+///
+/// ```
+/// use portcullis_gateway::config::values::parse_host;
+/// assert_eq!(parse_host("API.Example.com").unwrap(), "api.example.com");
+/// assert_eq!(parse_host("[::1]").unwrap(), "[::1]");
+/// assert!(parse_host("example.com:443").is_err()); // no port
+/// ```
 pub fn parse_host(s: &str) -> Result<String, String> {
     let h = s.trim().to_ascii_lowercase();
     let bad = || {
@@ -158,11 +205,26 @@ pub fn parse_host(s: &str) -> Result<String, String> {
 
 /// Checks the upstream URL: `http://` or `https://`, a host, no credentials, no path beyond
 /// `/` and no query (requests keep their own path).
+///
+/// ```
+/// use portcullis_gateway::config::values::parse_upstream;
+/// let uri = parse_upstream("http://127.0.0.1:3000").unwrap();
+/// assert_eq!(uri.authority().unwrap().as_str(), "127.0.0.1:3000");
+/// assert!(parse_upstream("http://127.0.0.1:3000/app").unwrap_err().contains("cannot have a path or query"));
+/// assert!(parse_upstream("http://user:pw@127.0.0.1").unwrap_err().contains("credentials"));
+/// ```
 pub fn parse_upstream(s: &str) -> Result<Uri, String> {
     parse_http_url(s, false)
 }
 
 /// Checks an `http(s)://` URL that may have a path (a JWKS endpoint).
+///
+/// ```
+/// use portcullis_gateway::config::values::parse_url_with_path;
+/// let url = parse_url_with_path("https://id.example.com/.well-known/jwks.json").unwrap();
+/// assert_eq!(url.path(), "/.well-known/jwks.json");
+/// assert!(parse_url_with_path("ftp://id.example.com/jwks.json").is_err());
+/// ```
 pub fn parse_url_with_path(s: &str) -> Result<Uri, String> {
     parse_http_url(s, true)
 }
@@ -193,6 +255,13 @@ fn parse_http_url(s: &str, path_ok: bool) -> Result<Uri, String> {
 }
 
 /// Where rate-limit counters live.
+///
+/// ```
+/// use portcullis_gateway::config::{GatewayConfig, RateLimitStore};
+/// let config = GatewayConfig::from_str("server.upstream = \"http://127.0.0.1:3000\"", "portcullis.toml")?;
+/// assert_eq!(config.storage.rate_limit, RateLimitStore::Memory); // the default
+/// # Ok::<(), portcullis_gateway::config::ConfigErrors>(())
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RateLimitStore {
     /// In this process (lost on restart, not shared between instances).
@@ -204,6 +273,15 @@ pub enum RateLimitStore {
 }
 
 /// Where audit events go.
+///
+/// ```
+/// use portcullis_gateway::config::{AuditStore, GatewayConfig};
+/// assert_eq!(GatewayConfig::from_str(r#"
+/// server.upstream = "http://127.0.0.1:3000"
+/// storage.audit = "stdout"
+/// "#, "portcullis.toml")?.storage.audit, AuditStore::Stdout);
+/// # Ok::<(), portcullis_gateway::config::ConfigErrors>(())
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum AuditStore {
     /// A SQLite file.
@@ -217,6 +295,14 @@ pub enum AuditStore {
 }
 
 /// Resolves a path written in the config file against the file's directory.
+///
+/// ```
+/// # use std::path::{Path, PathBuf};
+/// use portcullis_gateway::config::values::resolve_path;
+/// let base = Path::new("/etc/portcullis");
+/// assert_eq!(resolve_path(base, "audit.db"), PathBuf::from("/etc/portcullis/audit.db"));
+/// assert_eq!(resolve_path(base, "/var/lib/audit.db"), PathBuf::from("/var/lib/audit.db"));
+/// ```
 pub fn resolve_path(base: &Path, p: &str) -> PathBuf {
     let p = Path::new(p);
     if p.is_absolute() {
@@ -236,6 +322,16 @@ fn file_url<'a>(s: &'a str, rest: &'a str) -> Result<&'a str, String> {
 
 /// Parses `[storage] rate_limit`: `memory`, `sqlite://PATH`, `redis://HOST:PORT[/DB]`,
 /// `rediss://HOST:PORT[/DB]`.
+///
+/// ```
+/// # use std::path::{Path, PathBuf};
+/// use portcullis_gateway::config::values::{RateLimitStore, parse_rate_limit_store};
+/// let base = Path::new("/etc/portcullis");
+/// let sqlite = RateLimitStore::Sqlite(PathBuf::from("/etc/portcullis/limits.db"));
+/// assert_eq!(parse_rate_limit_store("sqlite://limits.db", base), Ok(sqlite));
+/// assert_eq!(parse_rate_limit_store("redis://cache:6379/2", base), Ok(RateLimitStore::Redis("redis://cache:6379/2".into())));
+/// assert!(parse_rate_limit_store("redis://:pw@cache:6379", base).unwrap_err().contains("redis_password_env"));
+/// ```
 pub fn parse_rate_limit_store(s: &str, base: &Path) -> Result<RateLimitStore, String> {
     let unknown = || {
         format!(
@@ -274,6 +370,16 @@ pub fn parse_rate_limit_store(s: &str, base: &Path) -> Result<RateLimitStore, St
 }
 
 /// Parses `[storage] audit`: `sqlite://PATH`, `postgres://…`, `jsonl://PATH`, `stdout`.
+///
+/// ```
+/// # use std::path::{Path, PathBuf};
+/// use portcullis_gateway::config::values::{AuditStore, parse_audit_store};
+/// let base = Path::new("/etc/portcullis");
+/// let jsonl = AuditStore::Jsonl(PathBuf::from("/etc/portcullis/audit.jsonl"));
+/// assert_eq!(parse_audit_store("jsonl://audit.jsonl", base), Ok(jsonl));
+/// assert_eq!(parse_audit_store("stdout", base), Ok(AuditStore::Stdout));
+/// assert!(parse_audit_store("postgres://gw:pw@db/audit", base).unwrap_err().contains("postgres_password_env"));
+/// ```
 pub fn parse_audit_store(s: &str, base: &Path) -> Result<AuditStore, String> {
     let unknown = || {
         format!(
@@ -327,6 +433,13 @@ const CSP_KEYWORDS: [&str; 11] = [
 /// characters a header cannot carry. Line breaks count as spaces, as in CSP's own parsing,
 /// so a long policy can be written as a multi-line TOML string; the header sends it on one
 /// line with single spaces.
+///
+/// ```
+/// use portcullis_gateway::config::values::parse_csp;
+/// let csp = parse_csp("default-src 'self';\n  script-src 'self' 'nonce'").unwrap();
+/// assert_eq!(csp.to_string(), "default-src 'self'; script-src 'self' 'nonce'");
+/// assert_eq!(parse_csp("default-src self").unwrap_err(), "in default-src: the keyword self must be quoted: 'self'");
+/// ```
 pub fn parse_csp(s: &str) -> Result<Csp, String> {
     if s.trim().is_empty() {
         return Err("the policy is empty (write false to send no CSP)".to_string());
@@ -364,6 +477,13 @@ pub fn parse_csp(s: &str) -> Result<Csp, String> {
 }
 
 /// Checks an environment variable name: `[A-Za-z_][A-Za-z0-9_]*`.
+///
+/// ```
+/// use portcullis_gateway::config::values::check_env_name;
+/// assert_eq!(check_env_name("JWT_SECRET"), Ok("JWT_SECRET"));
+/// assert!(check_env_name("$JWT_SECRET").is_err());
+/// assert!(check_env_name("1SECRET").is_err());
+/// ```
 pub fn check_env_name(s: &str) -> Result<&str, String> {
     let mut bytes = s.bytes();
     let ok = bytes
@@ -378,6 +498,12 @@ pub fn check_env_name(s: &str) -> Result<&str, String> {
 }
 
 /// Checks a cookie name (an RFC 6265 token).
+///
+/// ```
+/// use portcullis_gateway::config::values::check_cookie_name;
+/// assert_eq!(check_cookie_name("__Host-session").unwrap(), "__Host-session");
+/// assert!(check_cookie_name("my session").is_err());
+/// ```
 pub fn check_cookie_name(s: &str) -> Result<String, String> {
     let ok = !s.is_empty()
         && s.bytes()
@@ -390,6 +516,12 @@ pub fn check_cookie_name(s: &str) -> Result<String, String> {
 }
 
 /// Checks a header name.
+///
+/// ```
+/// use portcullis_gateway::config::values::check_header_name;
+/// assert_eq!(check_header_name("X-Request-Id").unwrap(), "x-request-id");
+/// assert!(check_header_name("bad header").is_err());
+/// ```
 pub fn check_header_name(s: &str) -> Result<String, String> {
     http::HeaderName::from_bytes(s.as_bytes())
         .map(|n| n.as_str().to_string())
@@ -397,6 +529,12 @@ pub fn check_header_name(s: &str) -> Result<String, String> {
 }
 
 /// Checks a name used in ids and labels (API key ids, rate-limit names): `[A-Za-z0-9_.:@-]+`.
+///
+/// ```
+/// use portcullis_gateway::config::values::check_label;
+/// assert_eq!(check_label("ci-deploy@prod").unwrap(), "ci-deploy@prod");
+/// assert!(check_label("ci deploy").unwrap_err().contains("only letters, digits"));
+/// ```
 pub fn check_label(s: &str) -> Result<String, String> {
     let ok = !s.is_empty()
         && s.bytes()
@@ -409,6 +547,13 @@ pub fn check_label(s: &str) -> Result<String, String> {
 }
 
 /// Checks a content type for the allowlist: `type/subtype` or `type/*`.
+///
+/// ```
+/// use portcullis_gateway::config::values::check_content_type;
+/// assert_eq!(check_content_type("Application/JSON").unwrap(), "application/json");
+/// assert_eq!(check_content_type("image/*").unwrap(), "image/*");
+/// assert!(check_content_type("json").is_err());
+/// ```
 pub fn check_content_type(s: &str) -> Result<String, String> {
     let t = s.trim().to_ascii_lowercase();
     let token = |p: &str| {
@@ -425,6 +570,13 @@ pub fn check_content_type(s: &str) -> Result<String, String> {
 }
 
 /// Parses `sha256:<64 hex>` into the digest.
+///
+/// ```
+/// use portcullis_gateway::config::values::parse_sha256;
+/// assert_eq!(parse_sha256(&format!("sha256:{}", "0f".repeat(32))), Ok([0x0f; 32]));
+/// assert!(parse_sha256(&portcullis::auth::api_key::hash_key("pk_test_only")).is_ok());
+/// assert!(parse_sha256("md5:0f0f").is_err());
+/// ```
 pub fn parse_sha256(s: &str) -> Result<[u8; 32], String> {
     let bad = || {
         format!(
@@ -443,6 +595,16 @@ pub fn parse_sha256(s: &str) -> Result<[u8; 32], String> {
 }
 
 /// Parses an RFC 3339 date-time with an offset (a TOML date-time or a string).
+///
+/// ```
+/// # use std::time::{Duration, UNIX_EPOCH};
+/// use portcullis_gateway::config::values::parse_rfc3339;
+/// use toml::Value;
+/// let t = parse_rfc3339(&Value::String("2030-01-01T00:00:00Z".into())).unwrap();
+/// assert_eq!(t, UNIX_EPOCH + Duration::from_secs(1_893_456_000));
+/// // The offset is required: a local time is ambiguous.
+/// assert!(parse_rfc3339(&Value::String("2030-01-01T00:00:00".into())).is_err());
+/// ```
 pub fn parse_rfc3339(v: &Value) -> Result<SystemTime, String> {
     let dt = match v {
         Value::Datetime(dt) => *dt,

@@ -38,19 +38,45 @@ use crate::config::JwtConfig;
 use crate::proxy::{X_PORTCULLIS_ROLES, X_PORTCULLIS_USER};
 
 /// The cookie the login form sets and the gateway reads (`[auth] cookie`).
+///
+/// ```
+/// use portcullis_gateway::demo::{CONFIG_TEMPLATE, app::AUTH_COOKIE};
+/// assert!(CONFIG_TEMPLATE.contains(&format!("[auth]\ncookie = \"{AUTH_COOKIE}\"")));
+/// ```
 pub const AUTH_COOKIE: &str = "authToken";
 
 /// Where the pages load the CSRF helper from: the gateway's CSRF guard serves the library's
 /// client script there.
+///
+/// ```
+/// use portcullis_gateway::demo::app::CSRF_HELPER_PATH;
+/// assert_eq!(CSRF_HELPER_PATH, "/.well-known/portcullis/csrf.js");
+/// ```
 pub const CSRF_HELPER_PATH: &str = portcullis::csrf::CLIENT_JS_PATH;
 
 /// The longest note accepted, in characters.
+///
+/// ```
+/// use portcullis_gateway::demo::app::MAX_NOTE_CHARS;
+/// assert_eq!(MAX_NOTE_CHARS, 500); // characters, not bytes
+/// ```
 pub const MAX_NOTE_CHARS: usize = 500;
 
 /// The most notes kept per user; the oldest go first.
+///
+/// ```
+/// use portcullis_gateway::demo::app::MAX_NOTES_PER_USER;
+/// assert_eq!(MAX_NOTES_PER_USER, 100);
+/// ```
 pub const MAX_NOTES_PER_USER: usize = 100;
 
 /// A demo account: the password is the user name.
+///
+/// ```
+/// use portcullis_gateway::demo::app::DEMO_USERS;
+/// let alice = DEMO_USERS[0];
+/// assert_eq!((alice.name, alice.role), ("alice", "user"));
+/// ```
 #[derive(Debug, Clone, Copy)]
 pub struct DemoUser {
     /// The user name, which is also the principal id.
@@ -61,6 +87,14 @@ pub struct DemoUser {
 }
 
 /// `alice` (role `user`) and `admin` (role `admin`).
+///
+/// ```
+/// use portcullis_gateway::demo::app::{DEMO_USERS, check_login};
+/// for user in DEMO_USERS {
+///     assert!(check_login(user.name, user.name).is_some()); // the password is the name
+/// }
+/// assert!(DEMO_USERS.iter().any(|u| u.role == "admin"));
+/// ```
 pub const DEMO_USERS: [DemoUser; 2] = [
     DemoUser {
         name: "alice",
@@ -76,6 +110,12 @@ pub const DEMO_USERS: [DemoUser; 2] = [
 
 /// The demo user with these credentials. Every account is compared, in constant time, so
 /// the time taken says nothing about which part was wrong.
+///
+/// ```
+/// use portcullis_gateway::demo::app::check_login;
+/// assert_eq!(check_login("admin", "admin").map(|u| u.role), Some("admin"));
+/// assert!(check_login("alice", "wrong").is_none());
+/// ```
 pub fn check_login(name: &str, password: &str) -> Option<DemoUser> {
     let mut found = None;
     for user in DEMO_USERS {
@@ -97,6 +137,18 @@ struct Note {
 }
 
 /// The app's state: the key to mint session tokens with, and the notes.
+///
+/// ```
+/// # use std::{sync::Arc, time::Duration};
+/// use portcullis_gateway::demo::app::{DemoApp, router};
+/// # unsafe { std::env::set_var("DOC_DEMO_JWT_SECRET", "test-only-jwt-secret-of-32-bytes-or-more") };
+/// # let toml = r#"auth.jwt.secret_env = "DOC_DEMO_JWT_SECRET""#;
+/// # let jwt = portcullis_gateway::config::GatewayConfig::from_str_for(toml, "portcullis.toml", portcullis_gateway::config::Purpose::Tool)?.auth.jwt.unwrap();
+/// let app = Arc::new(DemoApp::new(jwt, Duration::from_secs(3600)));
+/// assert!(format!("{app:?}").contains("session_ttl: 3600s"));
+/// let routes = router(app); // an axum Router, to serve on loopback
+/// # Ok::<(), portcullis_gateway::config::ConfigErrors>(())
+/// ```
 pub struct DemoApp {
     jwt: JwtConfig,
     session_ttl: Duration,
@@ -115,6 +167,25 @@ impl std::fmt::Debug for DemoApp {
 impl DemoApp {
     /// An app whose logins mint tokens with `jwt` (the gateway's `[auth.jwt]`), valid for
     /// `session_ttl`.
+    ///
+    /// ```
+    /// # use std::{sync::Arc, time::Duration};
+    /// use axum::body::Body;
+    /// use portcullis_gateway::demo::app::{DemoApp, router};
+    /// use tower::ServiceExt;
+    /// # unsafe { std::env::set_var("DOC_DEMO_JWT_SECRET", "test-only-jwt-secret-of-32-bytes-or-more") };
+    /// # let toml = r#"auth.jwt.secret_env = "DOC_DEMO_JWT_SECRET""#;
+    /// # let jwt = portcullis_gateway::config::GatewayConfig::from_str_for(toml, "portcullis.toml", portcullis_gateway::config::Purpose::Tool)?.auth.jwt.unwrap();
+    /// let app = router(Arc::new(DemoApp::new(jwt, Duration::from_secs(3600))));
+    /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+    /// let login = http::Request::post("/login").body(Body::from("username=alice&password=alice"))?;
+    /// let res = app.oneshot(login).await?;
+    /// assert_eq!(res.status(), 303);
+    /// assert!(res.headers()["set-cookie"].to_str()?.starts_with("authToken=ey")); // a JWT
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// # })?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn new(jwt: JwtConfig, session_ttl: Duration) -> Self {
         DemoApp {
             jwt,
@@ -131,6 +202,25 @@ impl DemoApp {
 }
 
 /// The app's routes.
+///
+/// ```
+/// # use std::{sync::Arc, time::Duration};
+/// use axum::body::Body;
+/// use portcullis_gateway::demo::app::{DemoApp, router};
+/// use tower::ServiceExt;
+/// # unsafe { std::env::set_var("DOC_DEMO_JWT_SECRET", "test-only-jwt-secret-of-32-bytes-or-more") };
+/// # let toml = r#"auth.jwt.secret_env = "DOC_DEMO_JWT_SECRET""#;
+/// # let jwt = portcullis_gateway::config::GatewayConfig::from_str_for(toml, "portcullis.toml", portcullis_gateway::config::Purpose::Tool)?.auth.jwt.unwrap();
+/// let app = router(Arc::new(DemoApp::new(jwt, Duration::from_secs(3600))));
+/// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+/// let anonymous = http::Request::get("/api/user/notes").body(Body::empty())?;
+/// assert_eq!(app.clone().oneshot(anonymous).await?.status(), 401);
+/// let alice = http::Request::get("/api/user/notes").header("x-portcullis-user", "alice").body(Body::empty())?;
+/// assert_eq!(app.oneshot(alice).await?.status(), 200);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// # })?;
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 pub fn router(app: Arc<DemoApp>) -> Router {
     Router::new()
         .route("/", get(|| async { page(INDEX_HTML) }))
@@ -190,6 +280,24 @@ fn error(status: StatusCode, code: &str, message: &str) -> Response {
 }
 
 /// The caller as the gateway vouches for it.
+///
+/// ```
+/// use axum::{Router, body::Body, routing::get};
+/// use portcullis_gateway::demo::app::Caller;
+/// use tower::ServiceExt;
+/// async fn whoami(caller: Caller) -> String { format!("{} {:?}", caller.id, caller.roles) }
+/// let app = Router::new().route("/whoami", get(whoami));
+/// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+/// let req = http::Request::get("/whoami")
+///     .header("x-portcullis-user", "alice")
+///     .header("x-portcullis-roles", "user,editor")
+///     .body(Body::empty())?;
+/// let body = axum::body::to_bytes(app.oneshot(req).await?.into_body(), 1024).await?;
+/// assert_eq!(body, r#"alice ["user", "editor"]"#);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// # })?;
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 #[derive(Debug, Clone)]
 pub struct Caller {
     /// The principal id.

@@ -32,24 +32,58 @@ use crate::config::{ConfigErrors, GatewayConfig};
 use crate::serve::ServeError;
 
 /// The gateway config the demo runs; `{{listen}}` and `{{upstream}}` are filled in at start.
+///
+/// ```
+/// use portcullis_gateway::demo::CONFIG_TEMPLATE;
+/// assert!(CONFIG_TEMPLATE.contains("listen = \"{{listen}}\"\nupstream = \"{{upstream}}\""));
+/// assert_eq!(CONFIG_TEMPLATE.matches("[[route]]").count(), 8);
+/// ```
 pub const CONFIG_TEMPLATE: &str = include_str!("config.toml");
 
 /// The environment variable holding this run's JWT secret (`[auth.jwt] secret_env`).
+///
+/// ```
+/// use portcullis_gateway::demo::{CONFIG_TEMPLATE, JWT_SECRET_ENV};
+/// assert!(CONFIG_TEMPLATE.contains(&format!("[auth.jwt]\nsecret_env = \"{JWT_SECRET_ENV}\"")));
+/// ```
 pub const JWT_SECRET_ENV: &str = "PORTCULLIS_DEMO_JWT_SECRET";
 
 /// The environment variable holding this run's CSRF secret (`[csrf] secret_env`).
+///
+/// ```
+/// use portcullis_gateway::demo::{CONFIG_TEMPLATE, CSRF_SECRET_ENV};
+/// assert!(CONFIG_TEMPLATE.contains(&format!("[csrf]\nsecret_env = \"{CSRF_SECRET_ENV}\"")));
+/// ```
 pub const CSRF_SECRET_ENV: &str = "PORTCULLIS_DEMO_CSRF_SECRET";
 
 /// Where the demo listens unless `--listen` says otherwise.
+///
+/// ```
+/// use portcullis_gateway::demo::{DEFAULT_LISTEN, parse_listen};
+/// assert_eq!(parse_listen(DEFAULT_LISTEN)?.to_string(), "127.0.0.1:8080");
+/// # Ok::<(), portcullis_gateway::demo::DemoError>(())
+/// ```
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
 
 /// How long the printed tokens and login sessions last.
+///
+/// ```
+/// use portcullis_gateway::demo::TOKEN_TTL;
+/// assert_eq!(TOKEN_TTL.as_secs(), 8 * 3600); // a working day
+/// ```
 pub const TOKEN_TTL: Duration = Duration::from_secs(8 * 3600);
 
 /// Exit status of a bad `--listen` (as for a usage error).
 const EXIT_USAGE: u8 = 2;
 
 /// Why the demo could not run.
+///
+/// ```
+/// use portcullis_gateway::demo::{DemoError, parse_listen};
+/// let err = parse_listen("localhost:8080").unwrap_err();
+/// assert!(matches!(err, DemoError::Listen(_)));
+/// assert_eq!(err.to_string(), r#"--listen: "localhost:8080" is not a socket address; write IP:PORT such as "127.0.0.1:8080""#);
+/// ```
 #[derive(Debug)]
 pub enum DemoError {
     /// `--listen` is not a usable address.
@@ -101,6 +135,14 @@ fn random_hex<const N: usize>() -> String {
 /// Fresh secrets for one run, as (environment variable, value) pairs: 256 random bits each,
 /// hex-encoded. The binary puts them in its own environment before starting any thread, and
 /// the embedded config names those variables.
+///
+/// ```
+/// use portcullis_gateway::demo::{self, CSRF_SECRET_ENV, JWT_SECRET_ENV};
+/// let [(jwt_var, jwt), (csrf_var, csrf)] = demo::fresh_secrets();
+/// assert_eq!((jwt_var, csrf_var), (JWT_SECRET_ENV, CSRF_SECRET_ENV));
+/// assert!(jwt.len() == 64 && jwt.bytes().all(|b| b.is_ascii_hexdigit())); // 256 bits
+/// assert_ne!(jwt, csrf);
+/// ```
 pub fn fresh_secrets() -> [(&'static str, String); 2] {
     [
         (JWT_SECRET_ENV, random_hex::<32>()),
@@ -109,6 +151,16 @@ pub fn fresh_secrets() -> [(&'static str, String); 2] {
 }
 
 /// The embedded config with the gateway's address and the app's filled in.
+///
+/// ```
+/// use portcullis_gateway::{config::GatewayConfig, demo};
+/// # for (var, value) in demo::fresh_secrets() { unsafe { std::env::set_var(var, value) } }
+/// let text = demo::config_text("127.0.0.1:8080".parse()?, "127.0.0.1:41234".parse()?);
+/// assert!(text.contains("upstream = \"http://127.0.0.1:41234\""));
+/// let config = GatewayConfig::from_str(&text, "portcullis.toml")?; // with the secrets set
+/// assert_eq!(config.routes.len(), 8);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 pub fn config_text(listen: SocketAddr, upstream: SocketAddr) -> String {
     CONFIG_TEMPLATE
         .replace("{{listen}}", &listen.to_string())
@@ -116,6 +168,13 @@ pub fn config_text(listen: SocketAddr, upstream: SocketAddr) -> String {
 }
 
 /// Parses `--listen`: an `IP:PORT` with a port other than 0 (the printed URLs name it).
+///
+/// ```
+/// use portcullis_gateway::demo::parse_listen;
+/// assert_eq!(parse_listen("0.0.0.0:8080")?.port(), 8080);
+/// assert!(parse_listen("127.0.0.1:0").unwrap_err().to_string().ends_with("choose a port other than 0"));
+/// # Ok::<(), portcullis_gateway::demo::DemoError>(())
+/// ```
 pub fn parse_listen(s: &str) -> Result<SocketAddr, DemoError> {
     let addr: SocketAddr = s.parse().map_err(|_| {
         DemoError::Listen(format!(
@@ -161,6 +220,15 @@ impl Drop for TempDir {
 
 /// `portcullis demo`: runs until SIGINT or SIGTERM. The secrets of [`fresh_secrets`] must be
 /// in the environment already.
+///
+/// ```no_run
+/// use portcullis_gateway::demo;
+/// // As the binary does for `portcullis demo`, before any thread starts:
+/// for (var, value) in demo::fresh_secrets() {
+///     unsafe { std::env::set_var(var, value) };
+/// }
+/// let status: std::process::ExitCode = demo::main(demo::DEFAULT_LISTEN);
+/// ```
 pub fn main(listen: &str) -> ExitCode {
     let listen = match parse_listen(listen) {
         Ok(addr) => addr,
@@ -192,6 +260,15 @@ pub fn main(listen: &str) -> ExitCode {
 
 /// Starts the app and the gateway in front of it, prints the banner, and serves until
 /// SIGINT or SIGTERM.
+///
+/// ```no_run
+/// use portcullis_gateway::demo;
+/// # async fn f() -> Result<(), demo::DemoError> {
+/// // The secrets of `fresh_secrets` are in the environment already.
+/// let listen = demo::parse_listen("127.0.0.1:8080")?;
+/// demo::run(listen).await?; // until Ctrl-C
+/// # Ok(()) }
+/// ```
 pub async fn run(listen: SocketAddr) -> Result<(), DemoError> {
     let dir = TempDir::new()?;
     let app_listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
