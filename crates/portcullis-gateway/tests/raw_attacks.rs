@@ -266,19 +266,19 @@ async fn raw_attacks_and_their_mutations_never_crash_leak_or_bypass() {
     }
     let count = inputs.len();
     // 24 connections at a time.
+    let slots = std::sync::Arc::new(tokio::sync::Semaphore::new(24));
+    let mut running = tokio::task::JoinSet::new();
+    for input in inputs {
+        let slot = slots.clone().acquire_owned().await.expect("the semaphore");
+        running.spawn(async move {
+            let done = exchange(port, input).await;
+            drop(slot);
+            done
+        });
+    }
     let mut results: Vec<(Vec<u8>, Vec<u8>)> = Vec::with_capacity(count);
-    let mut inputs = inputs.into_iter();
-    loop {
-        let mut batch = tokio::task::JoinSet::new();
-        for input in inputs.by_ref().take(24) {
-            batch.spawn(exchange(port, input));
-        }
-        if batch.is_empty() {
-            break;
-        }
-        while let Some(done) = batch.join_next().await {
-            results.push(done.expect("an exchange"));
-        }
+    while let Some(done) = running.join_next().await {
+        results.push(done.expect("an exchange"));
     }
     assert_eq!(results.len(), count);
 
