@@ -400,6 +400,10 @@ EOF
 
 ROWS=$TMP/rows.tsv
 : >"$ROWS"
+HZ=$(getconf CLK_TCK)
+# The whole machine's busy CPU time so far, in clock ticks: user, nice, system, irq, softirq
+# (every process — wrk, upstream, server — and the kernel; not idle, iowait or steal).
+busy_ticks() { awk '/^cpu / {print $2 + $3 + $4 + $7 + $8; exit}' /proc/stat; }
 # measure SCENARIO TARGET PATH MODE [WRK ARGS...]: warm-up, then the measured run; one row.
 # MODE `ok` reports served requests per second, `refusals` refused ones.
 measure() {
@@ -411,18 +415,23 @@ measure() {
     log "$scenario: $name"
     wrk -t"$THREADS" -c"$CONNECTIONS" -d"$WARMUP" -s "$script" "$@" "$url" >/dev/null 2>&1 || true
     reset_hwm "${T_PIDS[@]}"
-    local out
+    local out busy0 busy1
+    busy0=$(busy_ticks)
     out=$(wrk -t"$THREADS" -c"$CONNECTIONS" -d"$DURATION" --latency -s "$script" "$@" "$url" 2>&1) ||
         die "wrk failed on $name: $out"
+    busy1=$(busy_ticks)
     local line
     line=$(grep '^BENCH ' <<<"$out") || die "no report from wrk on $name: $out"
     local rss
     rss=$(hwm_kib "${T_PIDS[@]}")
-    # scenario, target, mode, requests, duration_us, p50_us, p99_us, non2xx, sockerr, rss_kib
-    awk -v s="$scenario" -v t="$name" -v m="$mode" -v rss="$rss" '{
+    # scenario, target, mode, requests, duration_us, p50_us, p99_us, non2xx, sockerr, rss_kib,
+    # machine CPU ns per answer
+    awk -v s="$scenario" -v t="$name" -v m="$mode" -v rss="$rss" -v busy=$((busy1 - busy0)) \
+        -v hz="$HZ" '{
         for (i = 2; i <= NF; i++) { split($i, kv, "="); v[kv[1]] = kv[2] }
-        printf "%s\t%s\t%s\t%d\t%d\t%d\t%d\t%d\t%d\t%d\n", s, t, m, v["requests"], v["duration_us"],
-            v["p50_us"], v["p99_us"], v["non2xx"], v["sockerr"], rss
+        cpu = v["requests"] > 0 ? busy / hz * 1e9 / v["requests"] : 0
+        printf "%s\t%s\t%s\t%d\t%d\t%d\t%d\t%d\t%d\t%d\t%d\n", s, t, m, v["requests"], v["duration_us"],
+            v["p50_us"], v["p99_us"], v["non2xx"], v["sockerr"], rss, cpu
     }' <<<"$line" >>"$ROWS"
 }
 # not_possible SCENARIO TARGET WHY: a row for what the target cannot do.
@@ -499,7 +508,7 @@ awk -F'\t' -v get="$S_GET" '
         if ($3 == "n/a") { why[n] = $4; next }
         sec = $5 / 1e6
         rate[n] = ($3 == "refusals" ? $8 : $4 - $8) / sec
-        p50[n] = $6; p99[n] = $7; bad[n] = $8; sock[n] = $9; rss[n] = $10
+        p50[n] = $6; p99[n] = $7; bad[n] = $8; sock[n] = $9; rss[n] = $10; cpu[n] = $11
         ref[$1 "|" $2] = rate[n]
     }
     function ratio(i, who,   r, mark) {
@@ -510,16 +519,16 @@ awk -F'\t' -v get="$S_GET" '
         return sprintf("%.2f%s", rate[i] / r, mark)
     }
     END {
-        printf "%-30s %-18s %10s %10s %10s %9s %9s %9s %8s\n", "scenario", "target", "req/s",
-            "p50", "p99", "max RSS", "/upstream", "/nginx", "non-2xx"
+        printf "%-30s %-18s %10s %10s %10s %9s %11s %9s %9s %8s\n", "scenario", "target", "req/s",
+            "p50", "p99", "max RSS", "CPU/answer", "/upstream", "/nginx", "non-2xx"
         for (i = 1; i <= n; i++) {
             if (m[i] == "n/a") {
                 printf "%-30s %-18s %10s   (%s)\n", s[i], t[i], "n/a", why[i]
                 continue
             }
-            printf "%-30s %-18s %10.0f %10s %10s %6.1f MiB %9s %9s %8d\n", s[i], t[i], rate[i],
-                fmt_us(p50[i]), fmt_us(p99[i]), rss[i] / 1024, ratio(i, "upstream"),
-                ratio(i, "nginx"), bad[i] + sock[i]
+            printf "%-30s %-18s %10.0f %10s %10s %6.1f MiB %8.1f µs %9s %9s %8d\n", s[i], t[i],
+                rate[i], fmt_us(p50[i]), fmt_us(p99[i]), rss[i] / 1024, cpu[i] / 1000,
+                ratio(i, "upstream"), ratio(i, "nginx"), bad[i] + sock[i]
         }
     }' "$ROWS"
 cat <<'EOF'
@@ -532,6 +541,11 @@ Notes:
   non-2xx counts non-2xx answers plus socket errors (expected only on /api/limited).
   max RSS: peak resident memory (VmHWM, reset before the run) of the serving process;
   nginx is master + workers. express is one Node process.
+  CPU/answer: the whole machine's busy CPU time during the run (every process, wrk and the
+  upstream included, and the kernel; from /proc/stat) per answer. With every core busy,
+  req/s is about cores / CPU per answer, so differences in this column are what one target
+  costs more than another, wherever it is spent. Anything else running on the machine
+  counts too: compare rows of one run on an otherwise idle machine.
   nginx, stock modules: no JWT (HS256/RS256 rows n/a), no CSRF tokens or Origin checks, no
   CSP nonces (its CSP is static), 403 instead of 405 for a refused method, no path
   canonicalisation, per-instance per-IP limits only, no RateLimit headers.
