@@ -66,7 +66,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
 use tower::ServiceExt;
 
 use crate::config::ServerConfig;
-use crate::reload::Live;
+use crate::reload::{Generation, Live};
 use crate::tls::TlsAcceptorHandle;
 
 /// How far above `max_header_bytes` hyper's own read-buffer cap sits: header blocks in
@@ -761,13 +761,7 @@ impl ErrorAnswers {
     fn render(&self, status: StatusCode, date: &[u8]) -> (Vec<u8>, (Rejection, String)) {
         let r = unparsable_status(status);
         let id = RequestId::generate();
-        let mut res = r.clone().into_response_with_id(id.as_str());
-        self.live
-            .current()
-            .config
-            .headers
-            .security
-            .apply(res.headers_mut(), self.https);
+        let res = refusal_response(&self.live.current(), r.clone(), id.as_str(), self.https);
         let body = res.body();
         let mut out = Vec::with_capacity(1024 + body.len());
         out.extend_from_slice(b"HTTP/1.1 ");
@@ -1021,13 +1015,7 @@ impl hyper::service::Service<Request<Incoming>> for ConnService {
                 );
                 let r = Rejection::headers_too_large();
                 audit_refusal(&live, peer, &r, (method.as_str(), &path), id.as_str());
-                let mut res = r.into_response_with_id(id.as_str()).map(SecurityBody::from);
-                generation
-                    .config
-                    .headers
-                    .security
-                    .apply(res.headers_mut(), https);
-                res
+                refusal_response(&generation, r, id.as_str(), https).map(SecurityBody::from)
             } else {
                 let service = generation.service.clone();
                 match service.oneshot(req).await {
@@ -1041,6 +1029,24 @@ impl hyper::service::Service<Request<Incoming>> for ConnService {
             }))
         })
     }
+}
+
+/// The answer to a request refused before the security layer (the JSON 431 over
+/// `max_header_bytes`, or in place of hyper's own answer): the one JSON error with its
+/// request id, and the generation's security headers, as the layer would send it.
+fn refusal_response(
+    generation: &Generation,
+    r: Rejection,
+    id: &str,
+    https: bool,
+) -> Response<Bytes> {
+    let mut res = r.into_response_with_id(id);
+    generation
+        .config
+        .headers
+        .security
+        .apply(res.headers_mut(), https);
+    res
 }
 
 /// The bytes of the header fields as sent over HTTP/1 (`name: value\r\n`).
