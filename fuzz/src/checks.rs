@@ -197,7 +197,7 @@ fn service() -> &'static Router {
 
 /// The input: `METHOD\nTARGET\nName: value\n...\n\nBODY`. The first byte picks whether the
 /// peer is a trusted proxy and how the body is cut into frames; a `\xff` in the body ends a frame.
-fn parse_request(data: &[u8]) -> Option<(SocketAddr, http::Request<Body>)> {
+fn parse_request(data: &[u8]) -> Option<http::Request<Body>> {
     let (&first, rest) = data.split_first()?;
     let (head, body) = match rest.windows(2).position(|w| w == b"\n\n") {
         Some(i) => (&rest[..i], &rest[i + 2..]),
@@ -242,17 +242,16 @@ fn parse_request(data: &[u8]) -> Option<(SocketAddr, http::Request<Body>)> {
     };
     let mut req = builder.body(body).ok()?;
     req.extensions_mut().insert(ConnectInfo(peer));
-    Some((peer, req))
+    Some(req)
 }
 
 /// Any request through the whole layer: no panic, never a 5xx, every response with an
 /// `X-Request-Id` and the security headers and without the app's banners; a refusal is the
 /// one JSON error, carrying the same request id; and the app's handler asserts that protected
-/// routes are reached only with the principal they need.
-pub fn request(data: &[u8]) {
-    let Some((_peer, req)) = parse_request(data) else {
-        return;
-    };
+/// routes are reached only with the principal they need. Returns the status (`None` when
+/// the input is not a request), so the replay test can check what the seeds claim to be.
+pub fn request(data: &[u8]) -> Option<StatusCode> {
+    let req = parse_request(data)?;
     let head_only = req.method() == Method::HEAD;
     let described = format!("{} {} {:?}", req.method(), req.uri(), req.headers());
     let res = runtime().block_on(async {
@@ -286,7 +285,7 @@ pub fn request(data: &[u8]) {
     assert!(parts.headers.get("x-powered-by").is_none(), "{described}");
     let Ok(body) = body else {
         // The app's body was cut by the limit after the head went out: fine.
-        return;
+        return Some(status);
     };
     if head_only {
         assert!(body.is_empty(), "a body for {described}");
@@ -323,19 +322,7 @@ pub fn request(data: &[u8]) {
             );
         }
     }
-}
-
-/// A token for the seeds: HS256 with [`JWT_SECRET`], valid for a century.
-pub fn seed_token(sub: &str, roles: &[&str]) -> String {
-    portcullis::auth::jwt::mint_hs256(
-        &Secret::from(JWT_SECRET),
-        sub,
-        roles,
-        Duration::from_secs(100 * 365 * 24 * 3600),
-        ISSUER,
-        ISSUER,
-    )
-    .expect("a 32-byte secret")
+    Some(status)
 }
 
 // ---------------------------------------------------------------------------------------
