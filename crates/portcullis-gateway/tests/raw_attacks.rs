@@ -252,15 +252,9 @@ async fn raw_attacks_and_their_mutations_never_crash_leak_or_bypass() {
     let mut gw = Gateway::start(port, &text).await;
 
     let seeds = seeds();
-    let rounds: usize = std::env::var("PORTCULLIS_FUZZ_ROUNDS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(15);
-    let seed = std::env::var("PORTCULLIS_FUZZ_SEED")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0x7a11_5eed_0bad_cafe_u64);
-    let mut rng = replay::Rng(seed | 1);
+    let rounds = replay::env_number("PORTCULLIS_FUZZ_ROUNDS", 15);
+    let mut rng =
+        replay::Rng(replay::env_number("PORTCULLIS_FUZZ_SEED", 0x7a11_5eed_0bad_cafe) | 1);
     let mut inputs = seeds.clone();
     for _ in 0..rounds {
         for seed in &seeds {
