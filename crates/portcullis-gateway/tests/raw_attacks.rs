@@ -132,85 +132,6 @@ fn seeds() -> Vec<Vec<u8>> {
     out.into_iter().map(String::into_bytes).collect()
 }
 
-/// One HTTP/1.1 answer as read off the wire.
-#[derive(Debug)]
-struct Answer {
-    status: u16,
-    head: String,
-    body: Vec<u8>,
-}
-
-impl Answer {
-    fn header(&self, name: &str) -> Option<&str> {
-        self.head.split("\r\n").skip(1).find_map(|l| {
-            let (n, v) = l.split_once(':')?;
-            n.eq_ignore_ascii_case(name).then(|| v.trim())
-        })
-    }
-}
-
-/// Splits what the gateway sent into answers (`Content-Length` or chunked bodies; the last
-/// one may run to the end).
-fn answers(mut bytes: &[u8]) -> Vec<Answer> {
-    let mut out = Vec::new();
-    while let Some(end) = bytes.windows(4).position(|w| w == b"\r\n\r\n") {
-        let head = String::from_utf8_lossy(&bytes[..end]).into_owned();
-        bytes = &bytes[end + 4..];
-        let status = head
-            .get(9..12)
-            .and_then(|s| s.parse().ok())
-            .unwrap_or_else(|| panic!("not an HTTP answer: {head:?}"));
-        let mut answer = Answer {
-            status,
-            head,
-            body: Vec::new(),
-        };
-        if status == 100 {
-            out.push(answer);
-            continue;
-        }
-        if let Some(n) = answer
-            .header("content-length")
-            .and_then(|v| v.parse::<usize>().ok())
-        {
-            let n = n.min(bytes.len());
-            answer.body = bytes[..n].to_vec();
-            bytes = &bytes[n..];
-        } else if answer
-            .header("transfer-encoding")
-            .is_some_and(|v| v.eq_ignore_ascii_case("chunked"))
-        {
-            loop {
-                let Some(line) = bytes.windows(2).position(|w| w == b"\r\n") else {
-                    bytes = &[];
-                    break;
-                };
-                let size = usize::from_str_radix(
-                    String::from_utf8_lossy(&bytes[..line])
-                        .split(';')
-                        .next()
-                        .unwrap_or("")
-                        .trim(),
-                    16,
-                )
-                .unwrap_or(0);
-                bytes = &bytes[line + 2..];
-                let take = size.min(bytes.len());
-                answer.body.extend_from_slice(&bytes[..take]);
-                bytes = &bytes[(take + 2).min(bytes.len())..];
-                if size == 0 {
-                    break;
-                }
-            }
-        } else {
-            answer.body = bytes.to_vec();
-            bytes = &[];
-        }
-        out.push(answer);
-    }
-    out
-}
-
 /// Sends `input` on a fresh connection; reads until the gateway closes, or falls silent for
 /// 400 ms once it has answered (3 s before the first byte: the header and request timeouts
 /// end what never gets an answer sooner, and a loaded CI machine may be slow to answer).
@@ -290,7 +211,7 @@ async fn raw_attacks_and_their_mutations_never_crash_leak_or_bypass() {
                 String::from_utf8_lossy(output)
             )
         };
-        for a in answers(output) {
+        for a in raw_answers(output) {
             answered += 1;
             *statuses.entry(a.status).or_default() += 1;
             if a.status == 100 {

@@ -46,11 +46,11 @@ async fn oversized_headers_get_431() {
     let huge = "b".repeat(64 * 1024);
     let req = format!("GET /x HTTP/1.1\r\nHost: t\r\nX-Huge: {huge}\r\n\r\n");
     let out = raw(gw.port, req.as_bytes(), Duration::from_secs(5)).await;
-    let (status, headers, body) = json_answer(&out);
-    assert_eq!(status, 431, "{out}");
+    let (a, body) = json_answer(&out);
+    assert_eq!(a.status, 431, "{out}");
     assert_eq!(body["code"], "headers_too_large", "{out}");
-    assert_eq!(headers["connection"], "close", "{out}");
-    assert_eq!(headers["x-content-type-options"], "nosniff", "{out}");
+    assert_eq!(a.header("connection"), Some("close"), "{out}");
+    assert_eq!(a.header("x-content-type-options"), Some("nosniff"), "{out}");
 
     // Under the limit: served; and nothing oversized reached the upstream.
     let r = get(&gw.url("/x"), &[("x-ok", &"c".repeat(3000))]).await;
@@ -301,18 +301,18 @@ async fn refusals_before_the_layer_are_audited_too() {
         Duration::from_secs(5),
     )
     .await;
-    let (status, headers, body) = json_answer(&out);
-    assert_eq!(status, 400, "{out}");
+    let (a, body) = json_answer(&out);
+    assert_eq!(a.status, 400, "{out}");
     assert_eq!(body["code"], "malformed_request", "{out}");
-    let folded_id = headers["x-request-id"].clone();
+    let folded_id = a.header("x-request-id").expect("a request id").to_string();
     assert_eq!(body["request_id"], folded_id.as_str(), "{out}");
     // hyper's own 431: a header block larger than its read buffer.
     let huge = "h".repeat(70 * 1024);
     let req = format!("GET /huge HTTP/1.1\r\nHost: t\r\nX-Huge: {huge}\r\n\r\n");
     let out = raw(gw.port, req.as_bytes(), Duration::from_secs(5)).await;
-    let (status, headers, _) = json_answer(&out);
-    assert_eq!(status, 431, "{out}");
-    let huge_id = headers["x-request-id"].clone();
+    let (a, _) = json_answer(&out);
+    assert_eq!(a.status, 431, "{out}");
+    let huge_id = a.header("x-request-id").expect("a request id").to_string();
     // The JSON 431 over max_header_bytes, answered before the layer.
     let r = get(&gw.url("/big"), &[("x-big", &"b".repeat(6000))]).await;
     assert_eq!(r.status, StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE);
@@ -359,32 +359,26 @@ async fn refusals_before_the_layer_are_audited_too() {
     let _ = std::fs::remove_dir_all(dir);
 }
 
-/// Splits a raw HTTP/1.1 answer with a JSON body: status, header fields (lower-cased names),
-/// and the body, whose length must match `content-length`.
-fn json_answer(
-    out: &str,
-) -> (
-    u16,
-    std::collections::HashMap<String, String>,
-    serde_json::Value,
-) {
-    let (head, body) = out.split_once("\r\n\r\n").expect("a complete head");
-    let mut lines = head.split("\r\n");
-    let status = lines
-        .next()
-        .and_then(|l| l.strip_prefix("HTTP/1.1 "))
-        .and_then(|l| l.get(..3))
-        .and_then(|s| s.parse().ok())
-        .expect("a status line");
-    let headers: std::collections::HashMap<String, String> = lines
-        .filter_map(|l| l.split_once(": "))
-        .map(|(n, v)| (n.to_ascii_lowercase(), v.to_string()))
-        .collect();
-    assert_eq!(headers["content-type"], "application/json", "{out}");
-    assert_eq!(headers["content-length"], body.len().to_string(), "{out}");
-    assert!(headers.contains_key("date"), "{out}");
-    let json = serde_json::from_str(body).expect("a JSON body");
-    (status, headers, json)
+/// The one answer in `out`, which must be the JSON error (`content-type`, a `date`, and a
+/// `content-length` matching the body): the answer and its parsed body.
+fn json_answer(out: &str) -> (RawAnswer, serde_json::Value) {
+    let mut answers = raw_answers(out.as_bytes());
+    assert_eq!(answers.len(), 1, "{out}");
+    let a = answers.remove(0);
+    let json = json_body(&a, out);
+    (a, json)
+}
+
+/// The JSON error's body of `a` (`out`: what to show on failure).
+fn json_body(a: &RawAnswer, out: &str) -> serde_json::Value {
+    assert_eq!(a.header("content-type"), Some("application/json"), "{out}");
+    assert_eq!(
+        a.header("content-length"),
+        Some(a.body.len().to_string().as_str()),
+        "{out}"
+    );
+    assert!(a.header("date").is_some(), "{out}");
+    serde_json::from_slice(&a.body).expect("a JSON body")
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -405,28 +399,24 @@ async fn unparsable_requests_get_the_json_error_even_after_pipelined_ones() {
     ] {
         // Alone.
         let out = raw(gw.port, bad.as_bytes(), Duration::from_secs(5)).await;
-        let (status, headers, body) = json_answer(&out);
-        assert_eq!(status, 400, "{what}: {out}");
+        let (a, body) = json_answer(&out);
+        assert_eq!(a.status, 400, "{what}: {out}");
         assert_eq!(body["code"], "malformed_request", "{what}: {out}");
-        assert_eq!(headers["connection"], "close", "{what}: {out}");
-        assert_eq!(headers["x-frame-options"], "DENY", "{what}: {out}");
-        assert!(!headers.contains_key("server"), "{what}: {out}");
+        assert_eq!(a.header("connection"), Some("close"), "{what}: {out}");
+        assert_eq!(a.header("x-frame-options"), Some("DENY"), "{what}: {out}");
+        assert!(a.header("server").is_none(), "{what}: {out}");
         // After two good requests in the same write: both answered in full first.
         let req =
             format!("GET /a HTTP/1.1\r\nHost: t\r\n\r\nGET /b HTTP/1.1\r\nHost: t\r\n\r\n{bad}");
         let out = raw(gw.port, req.as_bytes(), Duration::from_secs(5)).await;
-        let parts: Vec<&str> = out.split("HTTP/1.1 ").collect();
-        assert_eq!(parts.len(), 4, "{what}: {out}");
-        assert!(
-            parts[1].starts_with("200") && parts[1].ends_with("hello"),
-            "{what}: {out}"
-        );
-        assert!(
-            parts[2].starts_with("200") && parts[2].ends_with("hello"),
-            "{what}: {out}"
-        );
-        let (status, _, body) = json_answer(&format!("HTTP/1.1 {}", parts[3]));
-        assert_eq!(status, 400, "{what}: {out}");
+        let answers = raw_answers(out.as_bytes());
+        assert_eq!(answers.len(), 3, "{what}: {out}");
+        for good in &answers[..2] {
+            assert_eq!(good.status, 200, "{what}: {out}");
+            assert_eq!(good.body, b"hello", "{what}: {out}");
+        }
+        assert_eq!(answers[2].status, 400, "{what}: {out}");
+        let body = json_body(&answers[2], &out);
         assert_eq!(body["code"], "malformed_request", "{what}: {out}");
     }
     assert_eq!(up.hits(), 8);

@@ -499,6 +499,87 @@ pub async fn raw(port: u16, request: &[u8], timeout: Duration) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
+/// One HTTP/1.1 answer as read off the wire.
+#[derive(Debug)]
+pub struct RawAnswer {
+    pub status: u16,
+    /// The status line and header fields, without the blank line.
+    pub head: String,
+    pub body: Vec<u8>,
+}
+
+impl RawAnswer {
+    /// The first value of header `name` (any case).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.head.split("\r\n").skip(1).find_map(|l| {
+            let (n, v) = l.split_once(':')?;
+            n.eq_ignore_ascii_case(name).then(|| v.trim())
+        })
+    }
+}
+
+/// Splits what a server sent on one connection into its answers (`Content-Length` or chunked
+/// bodies; a body without either runs to the end; a body cut short keeps what came).
+pub fn raw_answers(mut bytes: &[u8]) -> Vec<RawAnswer> {
+    let mut out = Vec::new();
+    while let Some(end) = bytes.windows(4).position(|w| w == b"\r\n\r\n") {
+        let head = String::from_utf8_lossy(&bytes[..end]).into_owned();
+        bytes = &bytes[end + 4..];
+        let status = head
+            .get(9..12)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| panic!("not an HTTP answer: {head:?}"));
+        let mut answer = RawAnswer {
+            status,
+            head,
+            body: Vec::new(),
+        };
+        if status == 100 {
+            out.push(answer);
+            continue;
+        }
+        if let Some(n) = answer
+            .header("content-length")
+            .and_then(|v| v.parse::<usize>().ok())
+        {
+            let n = n.min(bytes.len());
+            answer.body = bytes[..n].to_vec();
+            bytes = &bytes[n..];
+        } else if answer
+            .header("transfer-encoding")
+            .is_some_and(|v| v.eq_ignore_ascii_case("chunked"))
+        {
+            loop {
+                let Some(line) = bytes.windows(2).position(|w| w == b"\r\n") else {
+                    bytes = &[];
+                    break;
+                };
+                let size = usize::from_str_radix(
+                    String::from_utf8_lossy(&bytes[..line])
+                        .split(';')
+                        .next()
+                        .unwrap_or("")
+                        .trim(),
+                    16,
+                )
+                .unwrap_or(0);
+                bytes = &bytes[line + 2..];
+                let take = size.min(bytes.len());
+                answer.body.extend_from_slice(&bytes[..take]);
+                bytes = &bytes[(take + 2).min(bytes.len())..];
+                if size == 0 {
+                    break;
+                }
+            }
+        } else {
+            answer.body = bytes.to_vec();
+            bytes = &[];
+        }
+        out.push(answer);
+    }
+    out
+}
+
 /// Reads from `tcp` until the server closes it; returns what was read and whether it closed
 /// within `timeout`.
 pub async fn read_until_closed(tcp: &mut TcpStream, timeout: Duration) -> (Vec<u8>, bool) {
