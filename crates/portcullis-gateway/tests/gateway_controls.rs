@@ -6,21 +6,11 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use portcullis::auth::Secret;
-use portcullis::auth::jwt::mint_hs256;
 
 const SECRET: &str = "gateway-controls-test-secret-0123456789";
 
 fn token(sub: &str, roles: &[&str]) -> String {
-    mint_hs256(
-        &Secret::new(SECRET.as_bytes().to_vec()),
-        sub,
-        roles,
-        Duration::from_secs(600),
-        "portcullis",
-        "portcullis",
-    )
-    .expect("a token")
+    hs256_token(SECRET, sub, roles)
 }
 
 async fn gateway(routes: &str, extra_top: &str) -> (Gateway, Upstream) {

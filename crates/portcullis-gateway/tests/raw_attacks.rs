@@ -17,8 +17,6 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use portcullis::auth::Secret;
-use portcullis::auth::jwt::mint_hs256;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -29,15 +27,7 @@ mod replay;
 const SECRET: &str = "raw-attacks-test-secret-of-at-least-32-bytes";
 
 fn token(sub: &str, roles: &[&str]) -> String {
-    mint_hs256(
-        &Secret::new(SECRET.as_bytes().to_vec()),
-        sub,
-        roles,
-        Duration::from_secs(3600),
-        "portcullis",
-        "portcullis",
-    )
-    .expect("a token")
+    hs256_token(SECRET, sub, roles)
 }
 
 /// The hand-written attacks (the mutations start from these).

@@ -499,6 +499,20 @@ pub async fn raw(port: u16, request: &[u8], timeout: Duration) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
+/// An HS256 token signed with `secret` for `sub` and `roles`, with the `iss` and `aud` the
+/// gateway expects when its config names none (`portcullis`), valid for an hour.
+pub fn hs256_token(secret: &str, sub: &str, roles: &[&str]) -> String {
+    portcullis::auth::jwt::mint_hs256(
+        &portcullis::auth::Secret::new(secret.as_bytes().to_vec()),
+        sub,
+        roles,
+        Duration::from_secs(3600),
+        "portcullis",
+        "portcullis",
+    )
+    .expect("a token")
+}
+
 /// One HTTP/1.1 answer as read off the wire.
 #[derive(Debug)]
 pub struct RawAnswer {
