@@ -86,6 +86,7 @@ use tokio::time::{Instant, Sleep};
 
 use crate::config::{ConfigError, GatewayConfig, ServerConfig, Threading, UpstreamKind};
 
+mod h1;
 mod local_pool;
 
 /// A boxed error, as bodies carry them.
@@ -372,6 +373,9 @@ impl Proxy {
         local: bool,
     ) -> Result<Response<ProxyBody>, SendError> {
         if local {
+            if h1::eligible(&req) {
+                return h1::send(&self.inner, &req.into_parts().0).await;
+            }
             return local_pool::send(&self.inner, req).await;
         }
         // As on the per-core pool: a bodiless GET, HEAD or OPTIONS whose connection died
@@ -960,6 +964,8 @@ enum SendError {
     ConnectTimeout,
     /// The exchange failed once the connection was up.
     Http(hyper::Error),
+    /// A bodiless request's exchange failed once the connection was up (see `h1`).
+    Exchange(h1::Error),
     /// The shared pool (work-stealing threading) failed.
     Pooled(hyper_util::client::legacy::Error),
 }
@@ -969,7 +975,7 @@ impl std::fmt::Display for SendError {
         match self {
             SendError::Connect(_) => f.write_str("connect"),
             SendError::ConnectTimeout => f.write_str("connect: timed out"),
-            SendError::Http(_) => f.write_str("exchange"),
+            SendError::Http(_) | SendError::Exchange(_) => f.write_str("exchange"),
             SendError::Pooled(e) => write!(f, "{e}"),
         }
     }
@@ -981,6 +987,7 @@ impl StdError for SendError {
             SendError::Connect(e) => Some(e),
             SendError::ConnectTimeout => None,
             SendError::Http(e) => Some(e),
+            SendError::Exchange(e) => Some(e),
             SendError::Pooled(e) => e.source(),
         }
     }
@@ -994,7 +1001,9 @@ fn classify_error(e: &SendError, body: BodyState) -> Rejection {
     }
     let pooled = match e {
         SendError::ConnectTimeout => return upstream_timeout(),
-        SendError::Connect(_) | SendError::Http(_) => return upstream_unavailable(),
+        SendError::Connect(_) | SendError::Http(_) | SendError::Exchange(_) => {
+            return upstream_unavailable();
+        }
         SendError::Pooled(e) => e,
     };
     let timed_out = io_cause(pooled, |kind| kind == std::io::ErrorKind::TimedOut);

@@ -25,6 +25,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::sync::{Arc, Weak};
 use std::task::{Context, Poll};
+use std::thread::LocalKey;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -37,26 +38,44 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
-use super::{BoxError, ProxyBody, ProxyInner, SendError};
+use super::{BoxError, ProxyBody, ProxyInner, SendError, h1};
 
 /// The most idle connections one thread keeps for one upstream.
 pub const MAX_IDLE: usize = 1024;
 
 type Sender = SendRequest<ProxyBody>;
 
-struct Idle {
-    sender: Sender,
+/// A connection that can wait in an idle list.
+pub trait Reusable: Sized + 'static {
+    /// Whether the upstream closed it (or it can serve no more).
+    fn is_closed(&mut self) -> bool;
+}
+
+impl Reusable for Sender {
+    fn is_closed(&mut self) -> bool {
+        SendRequest::is_closed(self)
+    }
+}
+
+impl Reusable for h1::Conn {
+    fn is_closed(&mut self) -> bool {
+        h1::Conn::is_closed(self)
+    }
+}
+
+struct Idle<C> {
+    conn: C,
     since: Instant,
 }
 
 /// One proxy's idle connections on this thread, oldest first.
-struct IdleList {
+pub struct IdleList<C> {
     proxy: Weak<ProxyInner>,
     timeout: Duration,
-    conns: Vec<Idle>,
+    conns: Vec<Idle<C>>,
 }
 
-impl IdleList {
+impl<C> IdleList<C> {
     /// Closes the connections idle for longer than the timeout.
     fn expire(&mut self, now: Instant) {
         let timeout = self.timeout;
@@ -69,50 +88,57 @@ impl IdleList {
     }
 }
 
+/// This thread's idle lists of one kind of connection, per proxy still alive.
+pub type Lists<C> = LocalKey<RefCell<Vec<IdleList<C>>>>;
+
 thread_local! {
-    /// This thread's idle connections, per proxy still alive (a reload makes a new proxy;
-    /// the old one's connections close once it is gone).
-    static IDLE: RefCell<Vec<IdleList>> = const { RefCell::new(Vec::new()) };
+    /// This thread's idle hyper connections (requests with a body, upgrades), per proxy
+    /// still alive (a reload makes a new proxy; the old one's connections close once it is
+    /// gone).
+    static IDLE: RefCell<Vec<IdleList<Sender>>> = const { RefCell::new(Vec::new()) };
+    /// The same for the connections bodiless requests use (see `h1`).
+    pub static IDLE_H1: RefCell<Vec<IdleList<h1::Conn>>> = const { RefCell::new(Vec::new()) };
     /// Whether this thread's sweeper task runs.
     static SWEEPING: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
 }
 
 /// Whether the thread is still able to keep connections (its locals not yet torn down).
 pub fn available() -> bool {
-    IDLE.try_with(|_| ()).is_ok()
+    IDLE.try_with(|_| ()).is_ok() && IDLE_H1.try_with(|_| ()).is_ok()
 }
 
 /// Takes this thread's newest idle connection to `proxy`, closing expired and dead ones.
-fn checkout(proxy: &Arc<ProxyInner>) -> Option<Sender> {
-    IDLE.try_with(|all| {
-        let mut all = all.borrow_mut();
-        let me = Arc::as_ptr(proxy);
-        let list = all
-            .iter_mut()
-            .find(|l| std::ptr::eq(l.proxy.as_ptr(), me))?;
-        let now = Instant::now();
-        while let Some(c) = list.conns.pop() {
-            if now.saturating_duration_since(c.since) >= list.timeout {
-                // The rest are older still.
-                list.conns.clear();
-                return None;
+pub fn checkout<C: Reusable>(lists: &'static Lists<C>, proxy: &Arc<ProxyInner>) -> Option<C> {
+    lists
+        .try_with(|all| {
+            let mut all = all.borrow_mut();
+            let me = Arc::as_ptr(proxy);
+            let list = all
+                .iter_mut()
+                .find(|l| std::ptr::eq(l.proxy.as_ptr(), me))?;
+            let now = Instant::now();
+            while let Some(mut c) = list.conns.pop() {
+                if now.saturating_duration_since(c.since) >= list.timeout {
+                    // The rest are older still.
+                    list.conns.clear();
+                    return None;
+                }
+                if !c.conn.is_closed() {
+                    return Some(c.conn);
+                }
             }
-            if !c.sender.is_closed() {
-                return Some(c.sender);
-            }
-        }
-        None
-    })
-    .ok()
-    .flatten()
+            None
+        })
+        .ok()
+        .flatten()
 }
 
 /// Returns a connection whose exchange is over to this thread's list for `proxy`.
-fn checkin(proxy: &Weak<ProxyInner>, sender: Sender) {
-    if sender.is_closed() {
+pub fn checkin<C: Reusable>(lists: &'static Lists<C>, proxy: &Weak<ProxyInner>, mut conn: C) {
+    if conn.is_closed() {
         return;
     }
-    let start_sweeper = IDLE
+    let start_sweeper = lists
         .try_with(|all| {
             let mut all = all.borrow_mut();
             let now = Instant::now();
@@ -135,7 +161,7 @@ fn checkin(proxy: &Weak<ProxyInner>, sender: Sender) {
             };
             list.expire(now);
             if list.conns.len() < MAX_IDLE && !list.timeout.is_zero() {
-                list.conns.push(Idle { sender, since: now });
+                list.conns.push(Idle { conn, since: now });
             }
             !SWEEPING.replace(true)
         })
@@ -150,31 +176,41 @@ fn checkin(proxy: &Weak<ProxyInner>, sender: Sender) {
     }
 }
 
+/// Closes the expired connections of one kind; the sweep period those lists want.
+fn expire_all<C>(lists: &'static Lists<C>) -> Option<Duration> {
+    lists
+        .try_with(|all| {
+            let mut all = all.borrow_mut();
+            let now = Instant::now();
+            all.retain(|l| l.proxy.strong_count() > 0);
+            for list in all.iter_mut() {
+                list.expire(now);
+            }
+            // Half the shortest timeout, so a connection closes at most 50% late.
+            all.iter().map(|l| l.timeout / 2).min()
+        })
+        .ok()
+        .flatten()
+}
+
 /// Closes this thread's expired idle connections, on time even when no request comes.
 async fn sweep() {
     loop {
-        let period = IDLE
-            .try_with(|all| {
-                let mut all = all.borrow_mut();
-                let now = Instant::now();
-                all.retain(|l| l.proxy.strong_count() > 0);
-                for list in all.iter_mut() {
-                    list.expire(now);
-                }
-                // Half the shortest timeout, so a connection closes at most 50% late.
-                all.iter()
-                    .map(|l| l.timeout / 2)
-                    .min()
-                    .unwrap_or(Duration::from_secs(1))
-                    .clamp(Duration::from_millis(50), Duration::from_secs(30))
-            })
-            .unwrap_or(Duration::from_secs(1));
+        let period = [expire_all(&IDLE), expire_all(&IDLE_H1)]
+            .into_iter()
+            .flatten()
+            .min()
+            .unwrap_or(Duration::from_secs(1))
+            .clamp(Duration::from_millis(50), Duration::from_secs(30));
         tokio::time::sleep(period).await;
     }
 }
 
-/// Opens a new connection to the upstream, within `connect_timeout`.
-async fn connect(authority: &Authority, connect_timeout: Duration) -> Result<Sender, SendError> {
+/// Opens a TCP connection to the upstream (`TCP_NODELAY`), within `connect_timeout`.
+pub async fn open(
+    authority: &Authority,
+    connect_timeout: Duration,
+) -> Result<TcpStream, SendError> {
     let port = authority.port_u16().unwrap_or(80);
     let host = authority.host();
     let open = async {
@@ -204,6 +240,12 @@ async fn connect(authority: &Authority, connect_timeout: Duration) -> Result<Sen
         Err(_) => return Err(SendError::ConnectTimeout),
     };
     stream.set_nodelay(true).map_err(SendError::Connect)?;
+    Ok(stream)
+}
+
+/// Opens a new hyper connection to the upstream, within `connect_timeout`.
+async fn connect(authority: &Authority, connect_timeout: Duration) -> Result<Sender, SendError> {
+    let stream = open(authority, connect_timeout).await?;
     let (sender, conn) = http1::Builder::new()
         .handshake(TokioIo::new(stream))
         .await
@@ -228,7 +270,11 @@ pub async fn send(
     // a request it never read, and these methods are safe to repeat anyway).
     let mut fresh_only = false;
     loop {
-        let pooled = if fresh_only { None } else { checkout(proxy) };
+        let pooled = if fresh_only {
+            None
+        } else {
+            checkout(&IDLE, proxy)
+        };
         let (mut sender, reused) = match pooled {
             Some(s) => (s, true),
             None => (
@@ -315,7 +361,7 @@ impl PooledBody {
 
     fn release(&mut self) {
         if let Some((sender, proxy)) = self.back.take() {
-            checkin(&proxy, sender);
+            checkin(&IDLE, &proxy, sender);
         }
     }
 }
