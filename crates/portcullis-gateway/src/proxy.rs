@@ -1,7 +1,9 @@
 //! The reverse proxy: the service the [`SecurityLayer`](portcullis::SecurityLayer) wraps.
 //!
 //! It forwards what the layer let through to `server.upstream` over pooled keep-alive
-//! connections, streaming bodies both ways without buffering them:
+//! connections, streaming bodies both ways without buffering them (with per-core threading,
+//! a request without a body is written and its answer read by the gateway's own HTTP/1.1
+//! code in the request's task, see `proxy/h1.rs`; other requests go through hyper's client):
 //!
 //! - the URI is the canonical path and query the layer left in the request (never re-derived
 //!   from the raw request line), sent to the upstream as HTTP/1.1;

@@ -3,8 +3,10 @@
 //! Each worker thread keeps its own idle connections, so a request, its upstream connection
 //! and its response never leave the thread, and no lock or pool machinery sits between them
 //! (hyper-util's pooled client pays for a shared checkout and one spawned task per request to
-//! return the connection). Each connection keeps hyper's own task and request channel. A
-//! connection goes back to this thread's list when its response body ends, and is taken by
+//! return the connection). Two kinds wait in two lists: the connections bodiless requests
+//! use, which the request's own task writes and reads (`h1`), and hyper's connections, each
+//! with its own task and request channel, for requests with a body and upgrades. A
+//! connection goes back to its thread's list when its response body ends, and is taken by
 //! the next request, newest first.
 //!
 //! What a pool must get right, and this one does:
@@ -16,7 +18,7 @@
 //!   upgraded (101) is never reused;
 //! - idle connections are closed once `upstream_idle_timeout` passes (a task per worker
 //!   thread sweeps them, so they close on time even when no request comes), and at most
-//!   [`MAX_IDLE`] wait per thread;
+//!   [`MAX_IDLE`] of each kind wait per thread;
 //! - the connect is bounded by `upstream_connect_timeout` (504 when it passes; a refusal is
 //!   502), and the URI is sent in origin form with the client's `Host`.
 
