@@ -51,7 +51,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
+use bytes::{Buf, Bytes, BytesMut};
 use http::{HeaderMap, Request, Response, StatusCode};
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -68,6 +68,8 @@ use tower::ServiceExt;
 use crate::config::ServerConfig;
 use crate::reload::{Generation, Live};
 use crate::tls::TlsAcceptorHandle;
+
+mod h1;
 
 /// How far above `max_header_bytes` hyper's own read-buffer cap sits: header blocks in
 /// between are refused by the service, larger ones by hyper (both get the JSON 431).
@@ -469,7 +471,7 @@ impl Connection {
         let https = alpn.is_some();
         // The handshake's time does not count against the first request's headers.
         let state = Arc::new(ConnState::new());
-        let io = TokioIo::new(TrackedIo {
+        let io = TrackedIo {
             inner: io,
             state: state.clone(),
             _permit: permit,
@@ -478,7 +480,74 @@ impl Connection {
                 https,
             }),
             replacing: None,
-        });
+        };
+        let audit_live = live.clone();
+        let service = ConnService {
+            live,
+            peer,
+            https,
+            state: state.clone(),
+            max_header_bytes: limits.max_header_bytes,
+        };
+        // The watchdog is lazy: nothing wakes it per request. When its timer fires it looks
+        // at what the connection did (requests in flight, last byte moved) and either acts
+        // or sleeps until the deadline that activity implies. The futures live across
+        // iterations, so a wake-up for socket readiness costs one poll of each.
+        let stop = crate::server::stopped_owned(shutdown);
+        tokio::pin!(stop);
+        let (_, first) = state.verdict(&limits);
+        let timer = tokio::time::sleep_until(first.into());
+        tokio::pin!(timer);
+        let mut draining = false;
+
+        // HTTP/1.1 (not HTTP/2 by ALPN): bodiless requests are served by the gateway's own
+        // reader (`h1`) until one needs hyper, which then takes the connection.
+        let (io, prefix) = if alpn == Some(Alpn::Http2) {
+            (io, BytesMut::new())
+        } else {
+            let fast = h1::serve(
+                io,
+                service.clone(),
+                state.clone(),
+                limits.header_read_timeout,
+                limits.read_buf_cap(),
+            );
+            tokio::pin!(fast);
+            loop {
+                tokio::select! {
+                    biased;
+                    outcome = fast.as_mut() => match outcome {
+                        h1::Outcome::Done => return,
+                        h1::Outcome::HandOff(io, prefix) => break (io, prefix),
+                    },
+                    _ = stop.as_mut(), if !draining => {
+                        draining = true;
+                        state.draining.store(true, Ordering::Release);
+                        // Idle: closed now. Busy: closed after the response in flight.
+                        if state.in_flight.load(Ordering::Acquire) == 0 {
+                            return;
+                        }
+                    }
+                    _ = timer.as_mut() => {
+                        let (verdict, recheck) = state.verdict(&limits);
+                        match verdict {
+                            Verdict::Silent => {
+                                tracing::debug!(%peer, "no request within the header read timeout: closing");
+                                return;
+                            }
+                            Verdict::Idle => {
+                                tracing::debug!(%peer, "idle: closing");
+                                return;
+                            }
+                            Verdict::Busy | Verdict::Wait => {}
+                        }
+                        timer.as_mut().reset(recheck.into());
+                    }
+                }
+            }
+        };
+        let io = TokioIo::new(Prefixed { prefix, inner: io });
+
         let cap = limits.hard_header_cap();
         let mut builder = auto::Builder::new(TokioExecutor::new());
         builder
@@ -499,26 +568,11 @@ impl Connection {
             Some(Alpn::Http1) => builder.http1_only(),
             Some(Alpn::Http2) => builder.http2_only(),
         };
-        let audit_live = live.clone();
-        let service = ConnService {
-            live,
-            peer,
-            https,
-            state: state.clone(),
-            max_header_bytes: limits.max_header_bytes,
-        };
         let conn = builder.serve_connection_with_upgrades(io, service);
         tokio::pin!(conn);
-        // The watchdog is lazy: nothing wakes it per request. When its timer fires it looks
-        // at what the connection did (requests in flight, last byte moved) and either acts
-        // or sleeps until the deadline that activity implies. The futures live across
-        // iterations, so a wake-up for socket readiness costs one poll of each.
-        let stop = crate::server::stopped_owned(shutdown);
-        tokio::pin!(stop);
-        let (_, first) = state.verdict(&limits);
-        let timer = tokio::time::sleep_until(first.into());
-        tokio::pin!(timer);
-        let mut draining = false;
+        if draining {
+            conn.as_mut().graceful_shutdown();
+        }
         loop {
             tokio::select! {
                 biased;
@@ -590,6 +644,9 @@ struct ConnState {
     in_flight: AtomicUsize,
     /// The refusal and request id of the JSON answer written in place of hyper's own.
     refusal: std::sync::Mutex<Option<(Rejection, String)>>,
+    /// The server is draining (or the connection idled out): the gateway's own HTTP/1
+    /// reader answers the request in flight with `connection: close`, and takes no other.
+    draining: std::sync::atomic::AtomicBool,
 }
 
 impl ConnState {
@@ -601,6 +658,7 @@ impl ConnState {
             requests: AtomicU64::new(0),
             in_flight: AtomicUsize::new(0),
             refusal: std::sync::Mutex::new(None),
+            draining: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -916,6 +974,63 @@ impl<I: Io> AsyncWrite for TrackedIo<I> {
     }
 }
 
+/// The connection as hyper gets it from the gateway's own reader (`h1`): the bytes that
+/// reader had read and not served, then the socket.
+struct Prefixed<I> {
+    prefix: BytesMut,
+    inner: TrackedIo<I>,
+}
+
+impl<I: Io> AsyncRead for Prefixed<I> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = &mut *self;
+        if this.prefix.is_empty() {
+            return Pin::new(&mut this.inner).poll_read(cx, buf);
+        }
+        let n = this.prefix.len().min(buf.remaining());
+        buf.put_slice(&this.prefix[..n]);
+        this.prefix.advance(n);
+        if this.prefix.is_empty() {
+            this.prefix = BytesMut::new();
+        }
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl<I: Io> AsyncWrite for Prefixed<I> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
 /// hyper's HTTP/1 header-read timer, made to start at the right moment.
 ///
 /// hyper starts its header timer as soon as it waits for a request, including on a kept-alive
@@ -984,12 +1099,17 @@ struct ConnService {
     max_header_bytes: usize,
 }
 
-impl hyper::service::Service<Request<Incoming>> for ConnService {
-    type Response = Response<GatewayBody>;
-    type Error = Infallible;
-    type Future = BoxFuture<'static, Result<Response<GatewayBody>, Infallible>>;
-
-    fn call(&self, mut req: Request<Incoming>) -> Self::Future {
+impl ConnService {
+    /// The response to one request, from whichever HTTP/1 reader parsed it (hyper's, or the
+    /// gateway's own for bodiless requests, see `h1`).
+    fn respond<B>(
+        &self,
+        mut req: Request<B>,
+    ) -> impl Future<Output = Response<GatewayBody>> + use<B>
+    where
+        B: Body<Data = Bytes> + Send + Unpin + 'static,
+        B::Error: Into<crate::proxy::BoxError>,
+    {
         let guard = InFlight::enter(&self.state);
         req.extensions_mut().insert(PeerAddr(self.peer));
         if self.https {
@@ -1006,7 +1126,7 @@ impl hyper::service::Service<Request<Incoming>> for ConnService {
                 req.uri().path().to_string(),
             )
         });
-        Box::pin(async move {
+        async move {
             let res = if let Some((live, peer, method, path)) = refused {
                 let id = RequestId::generate();
                 tracing::info!(
@@ -1023,11 +1143,22 @@ impl hyper::service::Service<Request<Incoming>> for ConnService {
                     Err(never) => match never {},
                 }
             };
-            Ok(res.map(|body| GatewayBody {
+            res.map(|body| GatewayBody {
                 inner: body,
                 _in_flight: guard,
-            }))
-        })
+            })
+        }
+    }
+}
+
+impl hyper::service::Service<Request<Incoming>> for ConnService {
+    type Response = Response<GatewayBody>;
+    type Error = Infallible;
+    type Future = BoxFuture<'static, Result<Response<GatewayBody>, Infallible>>;
+
+    fn call(&self, req: Request<Incoming>) -> Self::Future {
+        let res = self.respond(req);
+        Box::pin(async move { Ok(res.await) })
     }
 }
 

@@ -1,0 +1,601 @@
+//! The gateway's own HTTP/1.1 reader and writer for the common request: one without a body.
+//!
+//! hyper's server costs about a quarter of the gateway's instructions per request: its
+//! dispatcher, its body channel, its boxed service future. Most requests to a web application
+//! are bodiless GETs, which need none of that, so a connection starts here: each request
+//! head is parsed with `httparse` (what hyper itself uses, with hyper's defaults), passed to
+//! the same service hyper would call, and its response written back, on the connection's own
+//! task. The first request this reader does not serve hands the connection, with every byte
+//! read so far, to hyper for the rest of its life, so hyper decides everything unusual
+//! exactly as it did before — and answers everything malformed with the same JSON errors
+//! (see the `server` module):
+//!
+//! - a head `httparse` refuses or has not finished within the read buffer's cap (a malformed
+//!   line, obs-fold, a control byte, more than 100 fields, HTTP/2's preface);
+//! - any version but HTTP/1.1, `CONNECT`, a target over [`MAX_TARGET`] bytes or one `http`
+//!   cannot parse;
+//! - a body or the talk of one: `Transfer-Encoding`, a `Content-Length` other than `0`,
+//!   `Expect`;
+//! - an upgrade: `Upgrade`, or `Connection: upgrade`.
+//!
+//! What it writes is what hyper writes: the status line (with a custom reason phrase), the
+//! response's fields, `date`, and the framing — the response's `Content-Length`, else the
+//! body's exact size, else `Transfer-Encoding: chunked` (trailers sent when the client said
+//! `TE: trailers`); no body for HEAD, 1xx, 204 and 304. `Connection: close` from the client
+//! (or from the response, or a draining server) is answered with `connection: close` and the
+//! connection closes after the response. A body that fails, or ends short of its
+//! `Content-Length`, ends the connection so the client sees the response cut off. A
+//! kept-alive connection's next head must arrive within `header_read_timeout` of its first
+//! byte; the idle time before it is the watchdog's (see `server`).
+
+use std::future::poll_fn;
+use std::pin::pin;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::task::{Context, Poll, Waker};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::{Bytes, BytesMut};
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Method, Request, Response, StatusCode, Uri, Version};
+use http_body_util::Empty;
+use hyper::body::Body;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use super::{ConnService, ConnState, GatewayBody, Io, TrackedIo};
+
+/// The longest request target this reader takes; longer ones go to hyper (which refuses
+/// those over 64 KiB with 414).
+pub const MAX_TARGET: usize = 8 * 1024;
+/// The most header fields this reader takes, as hyper (which refuses more with 431).
+const MAX_FIELDS: usize = 100;
+/// Body data up to this size is copied next to the head and goes out in the same write.
+const COALESCE: usize = 16 * 1024;
+
+/// How the connection left this reader.
+pub enum Outcome<I> {
+    /// It is over: closed by either side, timed out, or broken.
+    Done,
+    /// A request only hyper serves: hyper takes the connection, starting with these bytes.
+    HandOff(TrackedIo<I>, BytesMut),
+}
+
+/// Serves the connection's bodiless HTTP/1.1 requests until one needs hyper.
+pub async fn serve<I: Io>(
+    mut io: TrackedIo<I>,
+    service: ConnService,
+    state: Arc<ConnState>,
+    header_read_timeout: Duration,
+    read_cap: usize,
+) -> Outcome<I> {
+    let mut buf = BytesMut::with_capacity(8 * 1024);
+    let mut out = Vec::with_capacity(4 * 1024);
+    loop {
+        if state.draining.load(Ordering::Acquire) {
+            let _ = io.shutdown().await;
+            return Outcome::Done;
+        }
+        // The next head; a slow one has `header_read_timeout` from its first byte.
+        let mut deadline = None;
+        let head = loop {
+            if !buf.is_empty() {
+                match parse(&mut buf) {
+                    Parsed::Simple(head) => break head,
+                    Parsed::Other => return Outcome::HandOff(io, buf),
+                    Parsed::Partial if buf.len() >= read_cap => {
+                        return Outcome::HandOff(io, buf);
+                    }
+                    Parsed::Partial => {
+                        deadline.get_or_insert_with(|| {
+                            tokio::time::Instant::now() + header_read_timeout
+                        });
+                    }
+                }
+            }
+            if buf.capacity() - buf.len() < 1024 {
+                buf.reserve(8 * 1024);
+            }
+            let read = io.read_buf(&mut buf);
+            let read = match deadline {
+                None => read.await,
+                Some(at) => match tokio::time::timeout_at(at, read).await {
+                    Ok(r) => r,
+                    Err(_) => {
+                        tracing::debug!(
+                            "request head not received within header_read_timeout: closing"
+                        );
+                        return Outcome::Done;
+                    }
+                },
+            };
+            match read {
+                Ok(0) | Err(_) => return Outcome::Done,
+                Ok(_) => {}
+            }
+        };
+        let Head {
+            request,
+            close,
+            is_head,
+            te_trailers,
+        } = head;
+        let response = service.respond(request).await;
+        let close = close || state.draining.load(Ordering::Acquire);
+        match write_response(&mut io, &mut out, response, is_head, close, te_trailers).await {
+            Ok(true) => {}
+            Ok(false) => {
+                let _ = io.shutdown().await;
+                return Outcome::Done;
+            }
+            Err(()) => return Outcome::Done,
+        }
+    }
+}
+
+/// A request head this reader serves, and what its response needs to know.
+struct Head {
+    request: Request<Empty<Bytes>>,
+    /// The client asked to close after this response.
+    close: bool,
+    /// A HEAD request: the response has no body.
+    is_head: bool,
+    /// The client accepts trailers (`TE: trailers`).
+    te_trailers: bool,
+}
+
+// One per request, moved once: boxing the head would cost an allocation instead.
+#[allow(clippy::large_enum_variant)]
+enum Parsed {
+    /// A whole head this reader serves, taken off the buffer.
+    Simple(Head),
+    /// Not a whole head yet.
+    Partial,
+    /// For hyper to read: the buffer is left as it was.
+    Other,
+}
+
+/// Parses the head at the start of `buf`; see the module docs for which heads are served.
+fn parse(buf: &mut BytesMut) -> Parsed {
+    let mut fields = [httparse::EMPTY_HEADER; MAX_FIELDS];
+    let mut parsed = httparse::Request::new(&mut fields);
+    let len = match parsed.parse(buf) {
+        Ok(httparse::Status::Complete(len)) => len,
+        Ok(httparse::Status::Partial) => return Parsed::Partial,
+        Err(_) => return Parsed::Other,
+    };
+    if parsed.version != Some(1) {
+        return Parsed::Other;
+    }
+    let (Some(method), Some(target)) = (parsed.method, parsed.path) else {
+        return Parsed::Other;
+    };
+    let Ok(method) = Method::from_bytes(method.as_bytes()) else {
+        return Parsed::Other;
+    };
+    if method == Method::CONNECT || target.len() > MAX_TARGET {
+        return Parsed::Other;
+    }
+    let mut close = false;
+    let mut te_trailers = false;
+    // Where the target and each field's value lie in the head, to share its bytes.
+    let base = buf.as_ptr() as usize;
+    let target_at = target.as_ptr() as usize - base;
+    let target_end = target_at + target.len();
+    let mut found = Vec::with_capacity(parsed.headers.len());
+    for field in parsed.headers.iter() {
+        let name = field.name.as_bytes();
+        let value = field.value;
+        if name.eq_ignore_ascii_case(b"transfer-encoding")
+            || name.eq_ignore_ascii_case(b"expect")
+            || name.eq_ignore_ascii_case(b"upgrade")
+            || (name.eq_ignore_ascii_case(b"content-length") && value != b"0")
+        {
+            return Parsed::Other;
+        }
+        if name.eq_ignore_ascii_case(b"connection") {
+            for token in tokens(value) {
+                if token.eq_ignore_ascii_case(b"upgrade") {
+                    return Parsed::Other;
+                }
+                close |= token.eq_ignore_ascii_case(b"close");
+            }
+        } else if name.eq_ignore_ascii_case(b"te") {
+            te_trailers |= tokens(value).any(|t| {
+                t.split(|&b| b == b';')
+                    .next()
+                    .is_some_and(|t| t.trim_ascii().eq_ignore_ascii_case(b"trailers"))
+            });
+        }
+        let Ok(name) = HeaderName::from_bytes(name) else {
+            return Parsed::Other;
+        };
+        let at = value.as_ptr() as usize - base;
+        found.push((name, at, at + value.len()));
+    }
+
+    let bytes = buf.split_to(len).freeze();
+    let Ok(uri) = Uri::from_maybe_shared(bytes.slice(target_at..target_end)) else {
+        // Put the head back for hyper, which answers it.
+        return restore(buf, bytes);
+    };
+    // Room for the fields the proxy adds (forwarding, identity) without growing the map.
+    let mut headers = HeaderMap::with_capacity(found.len() + 8);
+    for (name, at, end) in found {
+        match HeaderValue::from_maybe_shared(bytes.slice(at..end)) {
+            Ok(value) => {
+                headers.append(name, value);
+            }
+            Err(_) => return restore(buf, bytes),
+        }
+    }
+    let is_head = method == Method::HEAD;
+    let mut request = Request::new(Empty::new());
+    *request.method_mut() = method;
+    *request.uri_mut() = uri;
+    *request.version_mut() = Version::HTTP_11;
+    *request.headers_mut() = headers;
+    Parsed::Simple(Head {
+        request,
+        close,
+        is_head,
+        te_trailers,
+    })
+}
+
+/// Puts a head taken off the buffer back in front of it, for hyper.
+fn restore(buf: &mut BytesMut, head: Bytes) -> Parsed {
+    let mut whole = BytesMut::with_capacity(head.len() + buf.len());
+    whole.extend_from_slice(&head);
+    whole.extend_from_slice(buf);
+    *buf = whole;
+    Parsed::Other
+}
+
+/// The comma-separated items of a list field, trimmed, empty ones skipped.
+fn tokens(value: &[u8]) -> impl Iterator<Item = &[u8]> {
+    value
+        .split(|&b| b == b',')
+        .map(<[u8]>::trim_ascii)
+        .filter(|t| !t.is_empty())
+}
+
+/// How the response body is framed on the wire.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Framing {
+    /// No body (HEAD, 1xx, 204, 304).
+    None,
+    /// Exactly this many bytes.
+    Length(u64),
+    Chunked,
+}
+
+/// Writes `response`; `Ok(true)` when the connection may take another request.
+async fn write_response<I: Io>(
+    io: &mut TrackedIo<I>,
+    out: &mut Vec<u8>,
+    response: Response<GatewayBody>,
+    is_head: bool,
+    mut close: bool,
+    te_trailers: bool,
+) -> Result<bool, ()> {
+    let (parts, body) = response.into_parts();
+    let status = parts.status;
+    let no_length = status.is_informational() || status == StatusCode::NO_CONTENT;
+    out.clear();
+    out.extend_from_slice(b"HTTP/1.1 ");
+    out.extend_from_slice(status.as_str().as_bytes());
+    out.push(b' ');
+    match parts.extensions.get::<hyper::ext::ReasonPhrase>() {
+        Some(reason) => out.extend_from_slice(reason.as_bytes()),
+        None => out.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes()),
+    }
+    out.extend_from_slice(b"\r\n");
+    let mut length: Option<u64> = None;
+    let mut has_date = false;
+    for (name, value) in &parts.headers {
+        if *name == header::TRANSFER_ENCODING {
+            continue;
+        }
+        if *name == header::CONNECTION {
+            close |= tokens(value.as_bytes()).any(|t| t.eq_ignore_ascii_case(b"close"));
+            continue;
+        }
+        if *name == header::CONTENT_LENGTH {
+            if no_length {
+                continue;
+            }
+            let n = std::str::from_utf8(value.as_bytes())
+                .ok()
+                .and_then(|v| v.parse::<u64>().ok());
+            match (n, length) {
+                (Some(n), None) => length = Some(n),
+                // The same length twice: written once.
+                (Some(n), Some(l)) if n == l => continue,
+                // A length that cannot frame the body: the body ends the connection.
+                _ => {
+                    length = None;
+                    close = true;
+                    continue;
+                }
+            }
+        }
+        has_date |= *name == header::DATE;
+        out.extend_from_slice(name.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    let framing = if is_head || no_length || status == StatusCode::NOT_MODIFIED {
+        Framing::None
+    } else if let Some(n) = length {
+        Framing::Length(n)
+    } else if let Some(n) = body.size_hint().exact() {
+        out.extend_from_slice(b"content-length: ");
+        push_decimal(out, n);
+        out.extend_from_slice(b"\r\n");
+        Framing::Length(n)
+    } else {
+        out.extend_from_slice(b"transfer-encoding: chunked\r\n");
+        Framing::Chunked
+    };
+    if !has_date {
+        out.extend_from_slice(b"date: ");
+        push_date(out);
+        out.extend_from_slice(b"\r\n");
+    }
+    if close {
+        out.extend_from_slice(b"connection: close\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+
+    let mut body = pin!(body);
+    let mut sent: u64 = 0;
+    let mut trailers = None;
+    if framing != Framing::None {
+        loop {
+            // A frame ready now goes out with what is written already; otherwise that goes
+            // out first (the head of a streamed response is not held back).
+            let now = body
+                .as_mut()
+                .poll_frame(&mut Context::from_waker(Waker::noop()));
+            let next = match now {
+                Poll::Ready(next) => next,
+                Poll::Pending => {
+                    flush(io, out).await?;
+                    poll_fn(|cx| body.as_mut().poll_frame(cx)).await
+                }
+            };
+            let frame = match next {
+                None => break,
+                Some(Ok(frame)) => frame,
+                // The client sees the response cut off.
+                Some(Err(_)) => return Err(()),
+            };
+            let data = match frame.into_data() {
+                Ok(data) => data,
+                Err(frame) => {
+                    if let Ok(t) = frame.into_trailers() {
+                        trailers = Some(t);
+                    }
+                    continue;
+                }
+            };
+            if data.is_empty() {
+                continue;
+            }
+            sent += data.len() as u64;
+            match framing {
+                Framing::Length(n) if sent > n => return Err(()),
+                Framing::Chunked => {
+                    push_hex(out, data.len());
+                    out.extend_from_slice(b"\r\n");
+                    push_data(io, out, &data).await?;
+                    out.extend_from_slice(b"\r\n");
+                }
+                _ => push_data(io, out, &data).await?,
+            }
+        }
+        match framing {
+            Framing::Length(n) if sent != n => {
+                flush(io, out).await?;
+                return Err(());
+            }
+            Framing::Chunked => {
+                out.extend_from_slice(b"0\r\n");
+                if let Some(trailers) = trailers.filter(|_| te_trailers) {
+                    for (name, value) in &trailers {
+                        out.extend_from_slice(name.as_str().as_bytes());
+                        out.extend_from_slice(b": ");
+                        out.extend_from_slice(value.as_bytes());
+                        out.extend_from_slice(b"\r\n");
+                    }
+                }
+                out.extend_from_slice(b"\r\n");
+            }
+            _ => {}
+        }
+    }
+    flush(io, out).await?;
+    // The body (and with it the request's in-flight count) is dropped on return, once all
+    // of it is written.
+    Ok(!close)
+}
+
+/// Adds body data: copied after what is pending when small, else written after it.
+async fn push_data<I: Io>(
+    io: &mut TrackedIo<I>,
+    out: &mut Vec<u8>,
+    data: &Bytes,
+) -> Result<(), ()> {
+    if data.len() <= COALESCE {
+        out.extend_from_slice(data);
+        if out.len() >= 4 * COALESCE {
+            flush(io, out).await?;
+        }
+        return Ok(());
+    }
+    flush(io, out).await?;
+    io.write_all(data).await.map_err(|_| ())
+}
+
+/// Writes what is pending.
+async fn flush<I: Io>(io: &mut TrackedIo<I>, out: &mut Vec<u8>) -> Result<(), ()> {
+    if out.is_empty() {
+        return Ok(());
+    }
+    let res = io.write_all(out).await;
+    out.clear();
+    res.map_err(|_| ())
+}
+
+fn push_decimal(out: &mut Vec<u8>, n: u64) {
+    let mut digits = [0u8; 20];
+    let mut i = digits.len();
+    let mut n = n;
+    loop {
+        i -= 1;
+        digits[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&digits[i..]);
+}
+
+fn push_hex(out: &mut Vec<u8>, n: usize) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut digits = [0u8; 16];
+    let mut i = digits.len();
+    let mut n = n;
+    loop {
+        i -= 1;
+        digits[i] = HEX[n & 15];
+        n >>= 4;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&digits[i..]);
+}
+
+/// The `date` value (IMF-fixdate), formatted once a second per thread.
+fn push_date(out: &mut Vec<u8>) {
+    thread_local! {
+        static DATE: std::cell::RefCell<(u64, String)> = const { std::cell::RefCell::new((u64::MAX, String::new())) };
+    }
+    let now = SystemTime::now();
+    let secs = now.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    let _ = DATE.try_with(|date| {
+        let mut date = date.borrow_mut();
+        if date.0 != secs {
+            *date = (secs, httpdate::fmt_http_date(now));
+        }
+        out.extend_from_slice(date.1.as_bytes());
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse_text(text: &str) -> (Parsed, BytesMut) {
+        let mut buf = BytesMut::from(text.as_bytes());
+        (parse(&mut buf), buf)
+    }
+
+    fn simple(text: &str) -> (Head, BytesMut) {
+        match parse_text(text) {
+            (Parsed::Simple(h), rest) => (h, rest),
+            (Parsed::Partial, _) => panic!("partial: {text:?}"),
+            (Parsed::Other, _) => panic!("handed to hyper: {text:?}"),
+        }
+    }
+
+    #[test]
+    fn bodiless_http_1_1_requests_are_served_here() {
+        let (h, rest) = simple(
+            "GET /a/b?c=d HTTP/1.1\r\nHost: app\r\nCookie: x=1\r\ncookie: y=2\r\nContent-Length: 0\r\n\r\nGET /next",
+        );
+        assert_eq!(h.request.method(), Method::GET);
+        assert_eq!(h.request.uri(), "/a/b?c=d");
+        assert_eq!(h.request.version(), Version::HTTP_11);
+        assert_eq!(h.request.headers()["host"], "app");
+        assert_eq!(h.request.headers().get_all("cookie").iter().count(), 2);
+        assert_eq!(h.request.headers()["content-length"], "0");
+        assert!(!h.close && !h.is_head && !h.te_trailers);
+        assert_eq!(&rest[..], b"GET /next", "the pipelined bytes stay");
+        let (h, _) =
+            simple("HEAD / HTTP/1.1\r\nconnection: keep-alive, Close\r\nte: trailers;q=1\r\n\r\n");
+        assert!(h.close && h.is_head && h.te_trailers);
+        let (h, _) = simple("OPTIONS * HTTP/1.1\r\nhost: app\r\n\r\n");
+        assert_eq!(h.request.uri(), "*");
+        let (h, _) = simple("GET http://app.example/x HTTP/1.1\r\nhost: app\r\n\r\n");
+        assert_eq!(h.request.uri().host(), Some("app.example"));
+    }
+
+    #[test]
+    fn everything_else_is_left_to_hyper_untouched() {
+        let long = format!("GET /{} HTTP/1.1\r\n\r\n", "a".repeat(MAX_TARGET));
+        let many: String = (0..=MAX_FIELDS).map(|i| format!("x-{i}: 1\r\n")).collect();
+        let many = format!("GET / HTTP/1.1\r\n{many}\r\n");
+        for text in [
+            "POST / HTTP/1.1\r\ncontent-length: 5\r\n\r\nhello",
+            "POST / HTTP/1.1\r\ntransfer-encoding: chunked\r\n\r\n0\r\n\r\n",
+            "POST / HTTP/1.1\r\ncontent-length: 0\r\ncontent-length: 1\r\n\r\n",
+            "POST / HTTP/1.1\r\ncontent-length: 00\r\n\r\n",
+            "GET / HTTP/1.1\r\nexpect: 100-continue\r\n\r\n",
+            "GET /ws HTTP/1.1\r\nupgrade: websocket\r\nconnection: upgrade\r\n\r\n",
+            "GET / HTTP/1.1\r\nconnection: Upgrade\r\n\r\n",
+            "GET / HTTP/1.0\r\n\r\n",
+            "CONNECT app:443 HTTP/1.1\r\nhost: app:443\r\n\r\n",
+            "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n",
+            "GET / HTTP/1.1\r\nbad header\r\n\r\n",
+            "GET / HTTP/1.1\r\nx: a\r\n folded\r\n\r\n",
+            "GET / HTTP/1.1\r\nx: a\0b\r\n\r\n",
+            "GET /a b HTTP/1.1\r\n\r\n",
+            &long,
+            &many,
+        ] {
+            let (parsed, rest) = parse_text(text);
+            assert!(matches!(parsed, Parsed::Other), "served here: {text:?}");
+            assert_eq!(&rest[..], text.as_bytes(), "hyper gets every byte");
+        }
+        assert!(matches!(
+            parse_text("GET / HTTP/1.1\r\nhost: a").0,
+            Parsed::Partial
+        ));
+    }
+
+    #[test]
+    fn a_head_put_back_for_hyper_keeps_what_followed_it() {
+        let mut buf = BytesMut::from(&b"rest"[..]);
+        assert!(matches!(
+            restore(&mut buf, Bytes::from_static(b"HEAD\r\n\r\n")),
+            Parsed::Other
+        ));
+        assert_eq!(&buf[..], b"HEAD\r\n\r\nrest");
+    }
+
+    #[test]
+    fn numbers_and_dates_are_written_as_http_wants() {
+        let mut out = Vec::new();
+        push_decimal(&mut out, 0);
+        out.push(b' ');
+        push_decimal(&mut out, u64::MAX);
+        out.push(b' ');
+        push_hex(&mut out, 0);
+        out.push(b' ');
+        push_hex(&mut out, 0x1f40);
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "0 18446744073709551615 0 1f40"
+        );
+        let mut date = Vec::new();
+        push_date(&mut date);
+        let date = String::from_utf8(date).unwrap();
+        assert_eq!(date.len(), 29, "{date}");
+        assert!(date.ends_with(" GMT"), "{date}");
+        assert!(httpdate::parse_http_date(&date).is_ok(), "{date}");
+    }
+}
