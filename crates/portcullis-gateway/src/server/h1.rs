@@ -260,7 +260,7 @@ fn tokens(value: &[u8]) -> impl Iterator<Item = &[u8]> {
 }
 
 /// How the response body is framed on the wire.
-#[derive(Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Framing {
     /// No body (HEAD, 1xx, 204, 304).
     None,
@@ -275,78 +275,13 @@ async fn write_response<I: Io>(
     out: &mut Vec<u8>,
     response: Response<GatewayBody>,
     is_head: bool,
-    mut close: bool,
+    close: bool,
     te_trailers: bool,
 ) -> Result<bool, ()> {
     let (parts, body) = response.into_parts();
-    let status = parts.status;
-    let no_length = status.is_informational() || status == StatusCode::NO_CONTENT;
-    out.clear();
-    out.extend_from_slice(b"HTTP/1.1 ");
-    out.extend_from_slice(status.as_str().as_bytes());
-    out.push(b' ');
-    match parts.extensions.get::<hyper::ext::ReasonPhrase>() {
-        Some(reason) => out.extend_from_slice(reason.as_bytes()),
-        None => out.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes()),
-    }
-    out.extend_from_slice(b"\r\n");
-    let mut length: Option<u64> = None;
-    let mut has_date = false;
-    for (name, value) in &parts.headers {
-        if *name == header::TRANSFER_ENCODING {
-            continue;
-        }
-        if *name == header::CONNECTION {
-            close |= tokens(value.as_bytes()).any(|t| t.eq_ignore_ascii_case(b"close"));
-            continue;
-        }
-        if *name == header::CONTENT_LENGTH {
-            if no_length {
-                continue;
-            }
-            let n = std::str::from_utf8(value.as_bytes())
-                .ok()
-                .and_then(|v| v.parse::<u64>().ok());
-            match (n, length) {
-                (Some(n), None) => length = Some(n),
-                // The same length twice: written once.
-                (Some(n), Some(l)) if n == l => continue,
-                // A length that cannot frame the body: the body ends the connection.
-                _ => {
-                    length = None;
-                    close = true;
-                    continue;
-                }
-            }
-        }
-        has_date |= *name == header::DATE;
-        out.extend_from_slice(name.as_str().as_bytes());
-        out.extend_from_slice(b": ");
-        out.extend_from_slice(value.as_bytes());
-        out.extend_from_slice(b"\r\n");
-    }
-    let framing = if is_head || no_length || status == StatusCode::NOT_MODIFIED {
-        Framing::None
-    } else if let Some(n) = length {
-        Framing::Length(n)
-    } else if let Some(n) = body.size_hint().exact() {
-        out.extend_from_slice(b"content-length: ");
-        push_decimal(out, n);
-        out.extend_from_slice(b"\r\n");
-        Framing::Length(n)
-    } else {
-        out.extend_from_slice(b"transfer-encoding: chunked\r\n");
-        Framing::Chunked
-    };
-    if !has_date {
-        out.extend_from_slice(b"date: ");
-        push_date(out);
-        out.extend_from_slice(b"\r\n");
-    }
-    if close {
-        out.extend_from_slice(b"connection: close\r\n");
-    }
-    out.extend_from_slice(b"\r\n");
+    let ended = body.is_end_stream();
+    let (framing, close, trailer_names) =
+        response_head(out, &parts, ended, body.size_hint().exact(), is_head, close);
 
     let mut body = pin!(body);
     let mut sent: u64 = 0;
@@ -402,8 +337,13 @@ async fn write_response<I: Io>(
             }
             Framing::Chunked => {
                 out.extend_from_slice(b"0\r\n");
+                // As hyper: only to a client that said `TE: trailers`, only the fields the
+                // response's `Trailer` names, never one that frames, routes or authenticates.
                 if let Some(trailers) = trailers.filter(|_| te_trailers) {
-                    for (name, value) in &trailers {
+                    for (name, value) in trailers
+                        .iter()
+                        .filter(|(n, _)| trailer_names.contains(n) && valid_trailer(n))
+                    {
                         out.extend_from_slice(name.as_str().as_bytes());
                         out.extend_from_slice(b": ");
                         out.extend_from_slice(value.as_bytes());
@@ -419,6 +359,140 @@ async fn write_response<I: Io>(
     // The body (and with it the request's in-flight count) is dropped on return, once all
     // of it is written.
     Ok(!close)
+}
+
+/// Writes the response head into `out` (hyper's rules, proto/h1/role.rs `Server::encode`),
+/// for a body that has `ended` or has an `exact` size; returns the body's framing, whether
+/// the connection closes after the response, and the fields the response names as trailers.
+fn response_head(
+    out: &mut Vec<u8>,
+    parts: &http::response::Parts,
+    ended: bool,
+    exact: Option<u64>,
+    is_head: bool,
+    mut close: bool,
+) -> (Framing, bool, Vec<HeaderName>) {
+    let status = parts.status;
+    // hyper's rules (proto/h1/role.rs, `Server::encode`): 1xx, 204 and 304 have no length;
+    // HEAD keeps the length but has no body.
+    let can_length = !(status.is_informational()
+        || status == StatusCode::NO_CONTENT
+        || status == StatusCode::NOT_MODIFIED);
+    let can_body = can_length && !is_head;
+    let exact = if ended { Some(0) } else { exact };
+    out.clear();
+    out.extend_from_slice(b"HTTP/1.1 ");
+    out.extend_from_slice(status.as_str().as_bytes());
+    out.push(b' ');
+    match parts.extensions.get::<hyper::ext::ReasonPhrase>() {
+        Some(reason) => out.extend_from_slice(reason.as_bytes()),
+        None => out.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes()),
+    }
+    out.extend_from_slice(b"\r\n");
+    let mut length: Option<u64> = None;
+    let mut has_date = false;
+    let mut trailer_names: Vec<HeaderName> = Vec::new();
+    for (name, value) in &parts.headers {
+        if *name == header::TRANSFER_ENCODING {
+            continue;
+        }
+        if *name == header::CONNECTION {
+            close |= tokens(value.as_bytes()).any(|t| t.eq_ignore_ascii_case(b"close"));
+            continue;
+        }
+        if *name == header::CONTENT_LENGTH {
+            // An ended body's length is 0 whatever the field says (HEAD keeps the field: it
+            // is the length a GET would get).
+            if !can_length || (ended && !is_head) {
+                continue;
+            }
+            let n = std::str::from_utf8(value.as_bytes())
+                .ok()
+                .and_then(|v| v.parse::<u64>().ok());
+            match (n, length) {
+                (Some(n), None) => length = Some(n),
+                // The same length twice: written once.
+                (Some(n), Some(l)) if n == l => continue,
+                // A length that cannot frame the body: the body ends the connection.
+                _ => {
+                    close = true;
+                    continue;
+                }
+            }
+        }
+        if *name == header::TRAILER {
+            if !can_body {
+                continue;
+            }
+            if let Ok(v) = value.to_str() {
+                trailer_names.extend(
+                    v.split(',')
+                        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok()),
+                );
+            }
+        }
+        has_date |= *name == header::DATE;
+        out.extend_from_slice(name.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    let framing = match (length, exact) {
+        // The body's own length frames it; the field, when there is one, is as it came (a
+        // field that says otherwise ends the connection after the response: never out of
+        // step).
+        (Some(field), Some(n)) => {
+            close |= field != n && can_body;
+            Framing::Length(n)
+        }
+        (Some(n), None) => Framing::Length(n),
+        (None, Some(n)) => {
+            // An empty body's implicit `content-length: 0` is not for HEAD.
+            if can_length && (n > 0 || !is_head) {
+                out.extend_from_slice(b"content-length: ");
+                push_decimal(out, n);
+                out.extend_from_slice(b"\r\n");
+            }
+            Framing::Length(n)
+        }
+        (None, None) if can_body => {
+            out.extend_from_slice(b"transfer-encoding: chunked\r\n");
+            Framing::Chunked
+        }
+        (None, None) => Framing::None,
+    };
+    let framing = if can_body { framing } else { Framing::None };
+    if !has_date {
+        out.extend_from_slice(b"date: ");
+        push_date(out);
+        out.extend_from_slice(b"\r\n");
+    }
+    if close {
+        out.extend_from_slice(b"connection: close\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+
+    (framing, close, trailer_names)
+}
+
+/// Whether a field may be sent as a trailer (hyper's list: not one that frames, routes or
+/// authenticates the message).
+fn valid_trailer(name: &HeaderName) -> bool {
+    !matches!(
+        *name,
+        header::AUTHORIZATION
+            | header::CACHE_CONTROL
+            | header::CONTENT_ENCODING
+            | header::CONTENT_LENGTH
+            | header::CONTENT_RANGE
+            | header::CONTENT_TYPE
+            | header::HOST
+            | header::MAX_FORWARDS
+            | header::SET_COOKIE
+            | header::TRAILER
+            | header::TRANSFER_ENCODING
+            | header::TE
+    )
 }
 
 /// Adds body data: copied after what is pending when small, else written after it.
@@ -575,6 +649,151 @@ mod tests {
             Parsed::Other
         ));
         assert_eq!(&buf[..], b"HEAD\r\n\r\nrest");
+    }
+
+    /// The head `response_head` writes (the `date` value blanked) and its framing.
+    fn head_of(
+        status: u16,
+        fields: &[(&str, &str)],
+        (ended, exact): (bool, Option<u64>),
+        is_head: bool,
+        close: bool,
+    ) -> (String, Framing, bool) {
+        let mut res = Response::new(());
+        *res.status_mut() = StatusCode::from_u16(status).unwrap();
+        for (n, v) in fields {
+            res.headers_mut().append(
+                HeaderName::from_bytes(n.as_bytes()).unwrap(),
+                HeaderValue::from_str(v).unwrap(),
+            );
+        }
+        let (parts, ()) = res.into_parts();
+        let mut out = Vec::new();
+        let (framing, close, _) = response_head(&mut out, &parts, ended, exact, is_head, close);
+        let text = String::from_utf8(out).unwrap();
+        let text = match text.find("date: ") {
+            Some(at) => format!("{}date: D{}", &text[..at], &text[at + 35..]),
+            None => text,
+        };
+        (text, framing, close)
+    }
+
+    #[test]
+    fn response_heads_follow_hypers_rules() {
+        const OPEN: (bool, Option<u64>) = (false, None);
+        let x = [("x-request-id", "r1")];
+        // A known length is written when the response has none; unknown is chunked.
+        assert_eq!(
+            head_of(200, &x, (false, Some(5)), false, false),
+            (
+                "HTTP/1.1 200 OK\r\nx-request-id: r1\r\ncontent-length: 5\r\ndate: D\r\n\r\n"
+                    .into(),
+                Framing::Length(5),
+                false
+            )
+        );
+        assert_eq!(
+            head_of(200, &x, OPEN, false, false),
+            ("HTTP/1.1 200 OK\r\nx-request-id: r1\r\ntransfer-encoding: chunked\r\ndate: D\r\n\r\n".into(), Framing::Chunked, false)
+        );
+        // The response's own length frames a body of unknown size; an ended body is 0.
+        assert_eq!(
+            head_of(200, &[("content-length", "7")], OPEN, false, false).1,
+            Framing::Length(7)
+        );
+        assert_eq!(
+            head_of(200, &[("content-length", "7")], (true, None), false, false),
+            (
+                "HTTP/1.1 200 OK\r\ncontent-length: 0\r\ndate: D\r\n\r\n".into(),
+                Framing::Length(0),
+                false
+            )
+        );
+        // A field that disagrees with the body's size: framed by the body, then closed.
+        let (_, framing, close) = head_of(
+            200,
+            &[("content-length", "7")],
+            (false, Some(5)),
+            false,
+            false,
+        );
+        assert_eq!((framing, close), (Framing::Length(5), true));
+        // HEAD: the length a GET would get, no body, no implicit zero.
+        assert_eq!(
+            head_of(200, &[("content-length", "9")], (true, None), true, false),
+            (
+                "HTTP/1.1 200 OK\r\ncontent-length: 9\r\ndate: D\r\n\r\n".into(),
+                Framing::None,
+                false
+            )
+        );
+        assert_eq!(
+            head_of(404, &[], (false, Some(30)), true, false),
+            (
+                "HTTP/1.1 404 Not Found\r\ncontent-length: 30\r\ndate: D\r\n\r\n".into(),
+                Framing::None,
+                false
+            )
+        );
+        assert_eq!(
+            head_of(200, &[], (true, None), true, false).0,
+            "HTTP/1.1 200 OK\r\ndate: D\r\n\r\n"
+        );
+        // 204 and 304: no length, no coding, no body.
+        for status in [204, 304] {
+            let (text, framing, _) = head_of(
+                status,
+                &[("content-length", "5"), ("etag", "\"v\"")],
+                (true, None),
+                false,
+                false,
+            );
+            assert!(
+                !text.contains("content-length") && !text.contains("transfer-encoding"),
+                "{text}"
+            );
+            assert!(text.contains("etag: \"v\"\r\n"), "{text}");
+            assert_eq!(framing, Framing::None);
+        }
+        // Our framing only: a coding or a Connection field of the response is not passed on.
+        let (text, _, close) = head_of(
+            200,
+            &[("transfer-encoding", "gzip"), ("connection", "close")],
+            (false, Some(2)),
+            false,
+            false,
+        );
+        assert!(
+            !text.contains("transfer-encoding") && text.ends_with("connection: close\r\n\r\n"),
+            "{text}"
+        );
+        assert!(close);
+        // A date of the response's own is kept, none added.
+        let (text, _, _) = head_of(
+            200,
+            &[("date", "Mon, 07 Dec 2026 00:00:00 GMT")],
+            (true, None),
+            false,
+            false,
+        );
+        assert_eq!(text.matches("date: ").count(), 1, "{text}");
+        // A client's Connection: close is answered in kind.
+        assert!(
+            head_of(200, &x, (true, None), false, true)
+                .0
+                .ends_with("connection: close\r\n\r\n")
+        );
+    }
+
+    #[test]
+    fn a_custom_reason_phrase_is_written_as_it_came() {
+        let mut res = Response::new(());
+        res.extensions_mut()
+            .insert(hyper::ext::ReasonPhrase::from_static(b"Fine Thanks"));
+        let (parts, ()) = res.into_parts();
+        let mut out = Vec::new();
+        response_head(&mut out, &parts, true, None, false, false);
+        assert!(out.starts_with(b"HTTP/1.1 200 Fine Thanks\r\n"));
     }
 
     #[test]
