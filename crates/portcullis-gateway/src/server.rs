@@ -1,8 +1,13 @@
 //! The traffic listener: accepting connections, the server limits, graceful draining.
 //!
-//! Each connection is served by hyper-util's `auto` builder (HTTP/1.1, and HTTP/2 with prior
-//! knowledge), with upgrades enabled for WebSocket passthrough. Over TLS the protocol is the
-//! one ALPN chose (`h2` or `http/1.1`; HTTP/1.1 when the client offered none), and every
+//! An HTTP/1.1 connection starts with the gateway's own reader and writer (`server/h1.rs`),
+//! which serves requests without a body — most of them — on the connection's task. The first
+//! request it does not serve (a body, an upgrade, `Expect`, HTTP/1.0, HTTP/2's preface, or
+//! anything `httparse` refuses) hands the connection, with the bytes already read, to
+//! hyper-util's `auto` builder (HTTP/1.1, and HTTP/2 with prior knowledge, with upgrades
+//! enabled for WebSocket passthrough), which serves it from then on; both call the same
+//! service and answer the same way. Over TLS the protocol is the one ALPN chose (`h2`, served
+//! by hyper from the start, or `http/1.1`; HTTP/1.1 when the client offered none), and every
 //! request is marked [`Https`] so HSTS is sent only over HTTPS. The limits of `[server]` and
 //! how they behave:
 //!
