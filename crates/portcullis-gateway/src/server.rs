@@ -485,6 +485,7 @@ impl Connection {
                 https,
             }),
             replacing: None,
+            unread: BytesMut::new(),
         };
         let audit_live = live.clone();
         let service = ConnService {
@@ -551,7 +552,9 @@ impl Connection {
                 }
             }
         };
-        let io = TokioIo::new(Prefixed { prefix, inner: io });
+        let mut io = io;
+        io.unread = prefix;
+        let io = TokioIo::new(io);
 
         let cap = limits.hard_header_cap();
         let mut builder = auto::Builder::new(TokioExecutor::new());
@@ -744,6 +747,8 @@ struct TrackedIo<I> {
     answers: Option<ErrorAnswers>,
     /// A JSON answer being written in place of hyper's.
     replacing: Option<Replacement>,
+    /// What the gateway's own HTTP/1 reader read and left to hyper: read first.
+    unread: BytesMut,
 }
 
 /// What the JSON answer to an unparsable request is built from.
@@ -900,6 +905,16 @@ impl<I: Io> AsyncRead for TrackedIo<I> {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
+        if !self.unread.is_empty() {
+            // Counted when it was read off the socket.
+            let n = self.unread.len().min(buf.remaining());
+            buf.put_slice(&self.unread[..n]);
+            self.unread.advance(n);
+            if self.unread.is_empty() {
+                self.unread = BytesMut::new();
+            }
+            return Poll::Ready(Ok(()));
+        }
         let before = buf.filled().len();
         let res = Pin::new(&mut self.inner).poll_read(cx, buf);
         let n = buf.filled().len() - before;
@@ -964,63 +979,6 @@ impl<I: Io> AsyncWrite for TrackedIo<I> {
             this.state.touch();
         }
         res
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
-    }
-}
-
-/// The connection as hyper gets it from the gateway's own reader (`h1`): the bytes that
-/// reader had read and not served, then the socket.
-struct Prefixed<I> {
-    prefix: BytesMut,
-    inner: TrackedIo<I>,
-}
-
-impl<I: Io> AsyncRead for Prefixed<I> {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        let this = &mut *self;
-        if this.prefix.is_empty() {
-            return Pin::new(&mut this.inner).poll_read(cx, buf);
-        }
-        let n = this.prefix.len().min(buf.remaining());
-        buf.put_slice(&this.prefix[..n]);
-        this.prefix.advance(n);
-        if this.prefix.is_empty() {
-            this.prefix = BytesMut::new();
-        }
-        Poll::Ready(Ok(()))
-    }
-}
-
-impl<I: Io> AsyncWrite for Prefixed<I> {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, buf)
-    }
-
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
     }
 
     fn is_write_vectored(&self) -> bool {
