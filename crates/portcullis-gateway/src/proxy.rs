@@ -8,7 +8,8 @@
 //! - the URI is the canonical path and query the layer left in the request (never re-derived
 //!   from the raw request line), sent to the upstream as HTTP/1.1;
 //! - hop-by-hop headers are removed both ways (`Connection` and the headers it names,
-//!   `Keep-Alive`, `Proxy-Connection`, `TE` except `trailers`, `Trailer`,
+//!   `Keep-Alive`, `Proxy-Connection`, `TE` except `trailers`, `Trailer` (kept on a response,
+//!   where it announces the trailer fields the client may receive),
 //!   `Transfer-Encoding`, `Upgrade` except on an upgrade);
 //! - `Host` is the client's; `X-Forwarded-For` gets the peer appended (after the inbound
 //!   value, which the layer kept only from a trusted proxy), `X-Forwarded-Proto` and
@@ -511,7 +512,19 @@ impl Proxy {
         }
 
         let (mut rparts, rbody) = res.into_parts();
+        // `Trailer` is this hop's, but it also announces the trailer fields the body ends
+        // with, which the client's hop sends only when announced: the announcement is kept
+        // (as Go's ReverseProxy does).
+        let announced: Vec<HeaderValue> = rparts
+            .headers
+            .get_all(header::TRAILER)
+            .iter()
+            .cloned()
+            .collect();
         strip_hop_by_hop(&mut rparts.headers);
+        for v in announced {
+            rparts.headers.append(header::TRAILER, v);
+        }
         let res = Response::from_parts(rparts, rbody);
         self.transform_response(res, &extensions, &method)
     }

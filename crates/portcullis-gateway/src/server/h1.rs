@@ -10,8 +10,8 @@
 //! exactly as it did before — and answers everything malformed with the same JSON errors
 //! (see the `server` module):
 //!
-//! - a head `httparse` refuses or has not finished within the read buffer's cap (a malformed
-//!   line, obs-fold, a control byte, more than 100 fields, HTTP/2's preface);
+//! - a head `httparse` refuses, or longer than the read buffer's cap (a malformed line,
+//!   obs-fold, a control byte, more than 100 fields, HTTP/2's preface);
 //! - any version but HTTP/1.1, `CONNECT`, a target over [`MAX_TARGET`] bytes or one `http`
 //!   cannot parse;
 //! - a body or the talk of one: `Transfer-Encoding`, a `Content-Length` other than `0`,
@@ -21,7 +21,7 @@
 //! What it writes is what hyper writes: the status line (with a custom reason phrase), the
 //! response's fields, `date`, and the framing — the response's `Content-Length`, else the
 //! body's exact size, else `Transfer-Encoding: chunked` (trailers sent when the client said
-//! `TE: trailers`); no body for HEAD, 1xx, 204 and 304. `Connection: close` from the client
+//! `TE: trailers`, those the response's `Trailer` names); no body for HEAD, 1xx, 204 and 304. `Connection: close` from the client
 //! (or from the response, or a draining server) is answered with `connection: close` and the
 //! connection closes after the response. A body that fails, or ends short of its
 //! `Content-Length`, ends the connection so the client sees the response cut off. A
@@ -79,7 +79,7 @@ pub async fn serve<I: Io>(
         let mut deadline = None;
         let head = loop {
             if !buf.is_empty() {
-                match parse(&mut buf) {
+                match parse(&mut buf, read_cap) {
                     Parsed::Simple(head) => break head,
                     Parsed::Other => return Outcome::HandOff(io, buf),
                     Parsed::Partial if buf.len() >= read_cap => {
@@ -155,10 +155,12 @@ enum Parsed {
 }
 
 /// Parses the head at the start of `buf`; see the module docs for which heads are served.
-fn parse(buf: &mut BytesMut) -> Parsed {
+/// A head longer than `read_cap` (hyper's read buffer) is hyper's to refuse, however it came.
+fn parse(buf: &mut BytesMut, read_cap: usize) -> Parsed {
     let mut fields = [httparse::EMPTY_HEADER; MAX_FIELDS];
     let mut parsed = httparse::Request::new(&mut fields);
     let len = match parsed.parse(buf) {
+        Ok(httparse::Status::Complete(len)) if len > read_cap => return Parsed::Other,
         Ok(httparse::Status::Complete(len)) => len,
         Ok(httparse::Status::Partial) => return Parsed::Partial,
         Err(_) => return Parsed::Other,
@@ -575,7 +577,7 @@ mod tests {
 
     fn parse_text(text: &str) -> (Parsed, BytesMut) {
         let mut buf = BytesMut::from(text.as_bytes());
-        (parse(&mut buf), buf)
+        (parse(&mut buf, 64 * 1024), buf)
     }
 
     fn simple(text: &str) -> (Head, BytesMut) {
