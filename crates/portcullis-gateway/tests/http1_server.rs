@@ -1271,3 +1271,61 @@ async fn sigterm_lets_the_request_in_flight_finish_with_connection_close() {
     let status = gw.wait_exit(PATIENCE).await;
     assert_eq!(status.code(), Some(0), "{}", gw.logs());
 }
+
+/// A client that hangs up while its response is awaited cancels the request: the gateway
+/// drops the upstream exchange (the upstream sees its connection closed) instead of waiting
+/// for an answer nobody will read, as hyper does.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_client_that_hangs_up_cancels_its_request_upstream() {
+    // An upstream that reads one request head, never answers, and reports when the gateway
+    // closes the connection.
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (tx, rx) = tokio::sync::oneshot::channel::<Instant>();
+    tokio::spawn(async move {
+        let (mut tcp, _) = listener.accept().await.unwrap();
+        let mut buf = Vec::new();
+        fill_until(&mut tcp, &mut buf, |b| find(b, b"\r\n\r\n")).await;
+        let mut b = [0u8; 1024];
+        while let Ok(n) = tcp.read(&mut b).await {
+            if n == 0 {
+                break;
+            }
+        }
+        let _ = tx.send(Instant::now());
+    });
+    let port = free_port();
+    let gw = Gateway::start(
+        port,
+        &config(
+            port,
+            addr,
+            "upstream_timeout = \"30s\"\nrequest_timeout = \"30s\"",
+            "",
+        ),
+    )
+    .await;
+    let mut tcp = connect(&gw).await;
+    tcp.write_all(request("GET", "/hang", "").as_bytes())
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let hung_up = Instant::now();
+    drop(tcp);
+    let closed = tokio::time::timeout(PATIENCE, rx)
+        .await
+        .expect("the upstream connection stayed open after the client left")
+        .unwrap();
+    assert!(
+        closed.duration_since(hung_up) < Duration::from_secs(5),
+        "closed {:?} after the client left",
+        closed.duration_since(hung_up)
+    );
+    // The gateway serves on.
+    let mut tcp = connect(&gw).await;
+    tcp.write_all(request("GET", "/next", "connection: close\r\n").as_bytes())
+        .await
+        .unwrap();
+    let (out, _) = read_until_closed(&mut tcp, PATIENCE).await;
+    assert!(out.starts_with(b"HTTP/1.1 "), "{}", lossy(&out));
+}

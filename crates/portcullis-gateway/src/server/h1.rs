@@ -23,7 +23,8 @@
 //! body's exact size, else `Transfer-Encoding: chunked` (trailers sent when the client said
 //! `TE: trailers`, those the response's `Trailer` names); no body for HEAD, 1xx, 204 and 304. `Connection: close` from the client
 //! (or from the response, or a draining server) is answered with `connection: close` and the
-//! connection closes after the response. A body that fails, or ends short of its
+//! connection closes after the response. A client that hangs up while its response is
+//! awaited cancels the request, as with hyper. A body that fails, or ends short of its
 //! `Content-Length`, ends the connection so the client sees the response cut off. A
 //! kept-alive connection's next head must arrive within `header_read_timeout` of its first
 //! byte; the idle time before it is the watchdog's (see `server`).
@@ -119,7 +120,30 @@ pub async fn serve<I: Io>(
             is_head,
             te_trailers,
         } = head;
-        let response = service.respond(request).await;
+        // While the response is awaited the socket is still read, as hyper does: a client
+        // that hangs up cancels its request (and the upstream exchange with it). Once the
+        // client has pipelined something, that waits in the buffer and reading stops.
+        let response = service.respond(request);
+        tokio::pin!(response);
+        let response = loop {
+            if !buf.is_empty() {
+                break response.await;
+            }
+            if buf.capacity() - buf.len() < 1024 {
+                buf.reserve(8 * 1024);
+            }
+            tokio::select! {
+                biased;
+                response = &mut response => break response,
+                read = io.read_buf(&mut buf) => match read {
+                    Ok(0) | Err(_) => {
+                        tracing::debug!("client closed the connection with a request in flight: cancelled");
+                        return Outcome::Done;
+                    }
+                    Ok(_) => {}
+                },
+            }
+        };
         let close = close || state.draining.load(Ordering::Acquire);
         match write_response(&mut io, &mut out, response, is_head, close, te_trailers).await {
             Ok(true) => {}
