@@ -376,9 +376,6 @@ impl Proxy {
         local: bool,
     ) -> Result<Response<ProxyBody>, SendError> {
         if local {
-            if h1::eligible(&req) {
-                return h1::send(&self.inner, &req.into_parts().0).await;
-            }
             return local_pool::send(&self.inner, req).await;
         }
         // As on the per-core pool: a bodiless GET, HEAD or OPTIONS whose connection died
@@ -459,18 +456,34 @@ impl Proxy {
         // Per-core threading sends over this thread's connections, unless the thread is
         // exiting; then the shared pool, which wants the absolute URI.
         let local = self.inner.pool_per_thread && local_pool::available();
-        let mut upstream_req = match self.upstream_request(parts, &extensions, upgrade, !local) {
-            Ok(head) => Request::from_parts(head, body),
-            Err(r) => return error_response(r, request_id),
-        };
-        self.transform_request(&mut upstream_req, &extensions);
-
         // The head is built in microseconds: `start` stands for now (one clock read fewer).
         let wait = self
             .inner
             .upstream_timeout
             .min(deadline.saturating_duration_since(start));
-        let sent = tokio::time::timeout(wait, self.send(upstream_req, local)).await;
+        // A bodiless request on this thread's connections: its head is written as bytes and
+        // sent by the gateway's own HTTP/1.1 code (`h1`); any other, through hyper's client.
+        let direct = local
+            && !upgrade
+            && progress.is_none()
+            && parts
+                .headers
+                .get_all(header::CONTENT_LENGTH)
+                .iter()
+                .all(|v| v.as_bytes() == b"0");
+        let sent = if direct {
+            let mut head = Vec::with_capacity(256 + 64 * parts.headers.len());
+            self.write_upstream_head(&mut head, &parts, &extensions);
+            tokio::time::timeout(wait, h1::send(&self.inner, &head, &method)).await
+        } else {
+            let mut upstream_req = match self.upstream_request(parts, &extensions, upgrade, !local)
+            {
+                Ok(head) => Request::from_parts(head, body),
+                Err(r) => return error_response(r, request_id),
+            };
+            self.transform_request(&mut upstream_req, &extensions);
+            tokio::time::timeout(wait, self.send(upstream_req, local)).await
+        };
         let mut res = match sent {
             Ok(Ok(res)) => res,
             Ok(Err(e)) => {
@@ -623,16 +636,7 @@ impl Proxy {
         parts.version = Version::HTTP_11;
 
         let headers = &mut parts.headers;
-        let te_trailers = headers
-            .get_all(header::TE)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .any(|t| {
-                t.split(';')
-                    .next()
-                    .is_some_and(|t| t.trim().eq_ignore_ascii_case("trailers"))
-            });
+        let te_trailers = te_trailers(headers);
         let upgrade_to = upgrade
             .then(|| headers.get(header::UPGRADE).cloned())
             .flatten();
@@ -706,6 +710,200 @@ impl Proxy {
         }
         Ok(parts)
     }
+}
+
+impl Proxy {
+    /// The upstream request head of a bodiless request, as HTTP/1.1 bytes for `h1`: the
+    /// fields [`Proxy::upstream_request`] and [`Proxy::transform_request`] make (a unit test
+    /// holds the two to each other), written in one pass over the client's fields instead of
+    /// being inserted into and removed from a header map. Origin-form target, no upgrade.
+    fn write_upstream_head(
+        &self,
+        out: &mut Vec<u8>,
+        parts: &http::request::Parts,
+        extensions: &Extensions,
+    ) {
+        fn line(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+            out.extend_from_slice(name);
+            out.extend_from_slice(b": ");
+            out.extend_from_slice(value);
+            out.extend_from_slice(b"\r\n");
+        }
+        let headers = &parts.headers;
+        out.extend_from_slice(parts.method.as_str().as_bytes());
+        out.push(b' ');
+        let target = parts.uri.path_and_query().map_or("/", PathAndQuery::as_str);
+        out.extend_from_slice(target.as_bytes());
+        out.extend_from_slice(b" HTTP/1.1\r\n");
+
+        let client_host = headers.get(header::HOST).cloned().or_else(|| {
+            parts
+                .uri
+                .authority()
+                .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+        });
+        // The fields `Connection` names are this hop's too.
+        let named: Vec<HeaderName> = if headers.contains_key(header::CONNECTION) {
+            connection_tokens(headers)
+                .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
+                .collect()
+        } else {
+            Vec::new()
+        };
+        let te_trailers = te_trailers(headers);
+        let nonce = extensions.get::<Nonce>();
+        let nextjs = self.inner.upstream_kind == UpstreamKind::Nextjs;
+        let identity = self.inner.upstream_kind == UpstreamKind::Generic
+            && nonce.is_some()
+            && matches!(parts.method, Method::GET | Method::HEAD)
+            && accepts_html(headers);
+        let (mut cookies, mut xff, mut forwarded, mut xfp, mut xfh) =
+            (0, false, false, false, false);
+        for (name, value) in headers {
+            if HOP_BY_HOP.contains(name)
+                || named.contains(name)
+                || *name == header::HOST
+                || *name == X_PORTCULLIS_USER
+                || *name == X_PORTCULLIS_ROLES
+                || (nextjs
+                    && (*name == header::CONTENT_SECURITY_POLICY
+                        || *name == header::CONTENT_SECURITY_POLICY_REPORT_ONLY
+                        || *name == X_NONCE))
+                || (identity && *name == header::ACCEPT_ENCODING)
+            {
+                continue;
+            }
+            // Joined or extended below.
+            if *name == header::COOKIE {
+                cookies += 1;
+                continue;
+            }
+            if *name == X_FORWARDED_FOR {
+                xff = true;
+                continue;
+            }
+            if *name == FORWARDED {
+                forwarded = true;
+                continue;
+            }
+            xfp |= *name == X_FORWARDED_PROTO;
+            xfh |= *name == X_FORWARDED_HOST;
+            line(out, name.as_str().as_bytes(), value.as_bytes());
+        }
+        if te_trailers {
+            out.extend_from_slice(b"te: trailers\r\n");
+        }
+        match &client_host {
+            Some(host) => line(out, b"host", host.as_bytes()),
+            // An HTTP/1.0 client may send none; the upstream's name stands in.
+            None => line(out, b"host", self.inner.authority.as_str().as_bytes()),
+        }
+        // HTTP/2 splits cookies over several fields; HTTP/1.1 wants one.
+        if cookies > 0 {
+            out.extend_from_slice(b"cookie: ");
+            for (i, v) in headers.get_all(header::COOKIE).iter().enumerate() {
+                if i > 0 {
+                    out.extend_from_slice(b"; ");
+                }
+                out.extend_from_slice(v.as_bytes());
+            }
+            out.extend_from_slice(b"\r\n");
+        }
+        let https = extensions.get::<Https>().is_some();
+        let proto = if https { "https" } else { "http" };
+        let peer = extensions.get::<PeerAddr>().map(|p| canonical_ip(p.0.ip()));
+        let peer_text = peer.map(|p| {
+            let mut text = String::with_capacity(39);
+            push_ip(&mut text, p);
+            text
+        });
+        let element = forwarded_element(peer, peer_text.as_deref(), proto, client_host.as_ref());
+        match peer_text {
+            Some(text) => write_list(out, headers, X_FORWARDED_FOR, xff, &text),
+            // Nothing of ours to add: the inbound fields as they came.
+            None if xff => {
+                for v in headers.get_all(X_FORWARDED_FOR) {
+                    line(out, X_FORWARDED_FOR.as_str().as_bytes(), v.as_bytes());
+                }
+            }
+            None => {}
+        }
+        if !xfp {
+            line(out, X_FORWARDED_PROTO.as_str().as_bytes(), proto.as_bytes());
+        }
+        if let Some(host) = client_host.as_ref().filter(|_| !xfh) {
+            line(out, X_FORWARDED_HOST.as_str().as_bytes(), host.as_bytes());
+        }
+        write_list(out, headers, FORWARDED, forwarded, &element);
+        if let Some(p) = extensions.get::<Principal>() {
+            match (
+                HeaderValue::from_str(&p.id),
+                HeaderValue::from_str(&p.roles.join(",")),
+            ) {
+                (Ok(user), Ok(roles)) => {
+                    line(out, X_PORTCULLIS_USER.as_str().as_bytes(), user.as_bytes());
+                    line(
+                        out,
+                        X_PORTCULLIS_ROLES.as_str().as_bytes(),
+                        roles.as_bytes(),
+                    );
+                }
+                _ => tracing::warn!("principal id or roles are not valid header values"),
+            }
+        }
+        if nextjs {
+            let csp = self.inner.csps.for_route(extensions.get::<MatchedRoute>());
+            if let (Some(nonce), Some(csp)) = (nonce, csp) {
+                line(
+                    out,
+                    csp.header_name().as_str().as_bytes(),
+                    csp.render(Some(nonce)).as_bytes(),
+                );
+                if HeaderValue::from_str(nonce.as_str()).is_ok() {
+                    line(out, X_NONCE.as_str().as_bytes(), nonce.as_str().as_bytes());
+                }
+            }
+        }
+        if identity {
+            out.extend_from_slice(b"accept-encoding: identity\r\n");
+        }
+        out.extend_from_slice(b"\r\n");
+    }
+}
+
+/// Writes a comma-separated list field: the inbound fields' items (when `inbound`), then
+/// `item`, as one field — what [`append_list`] makes of them.
+fn write_list(out: &mut Vec<u8>, headers: &HeaderMap, name: HeaderName, inbound: bool, item: &str) {
+    out.extend_from_slice(name.as_str().as_bytes());
+    out.extend_from_slice(b": ");
+    if inbound {
+        for v in headers
+            .get_all(&name)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .map(str::trim)
+            .filter(|v| !v.is_empty())
+        {
+            out.extend_from_slice(v.as_bytes());
+            out.extend_from_slice(b", ");
+        }
+    }
+    out.extend_from_slice(item.as_bytes());
+    out.extend_from_slice(b"\r\n");
+}
+
+/// Whether the client accepts trailers (`TE: trailers`, with or without parameters).
+fn te_trailers(headers: &HeaderMap) -> bool {
+    headers
+        .get_all(header::TE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| {
+            t.split(';')
+                .next()
+                .is_some_and(|t| t.trim().eq_ignore_ascii_case("trailers"))
+        })
 }
 
 impl<B> tower::Service<Request<B>> for Proxy
@@ -1242,6 +1440,175 @@ mod tests {
         assert_eq!(alice.get_all(X_PORTCULLIS_USER).iter().count(), 1);
         assert_eq!(alice[X_PORTCULLIS_USER], "alice");
         assert_eq!(alice[X_PORTCULLIS_ROLES], "user,ops");
+    }
+
+    /// What the upstream gets, as sorted `name: value` lines after the request line.
+    fn lines_of(head: &[u8]) -> (String, Vec<String>) {
+        let text = String::from_utf8_lossy(head).into_owned();
+        assert!(text.ends_with("\r\n\r\n"), "{text:?}");
+        let mut lines = text.split("\r\n").filter(|l| !l.is_empty());
+        let first = lines.next().unwrap_or_default().to_string();
+        let mut fields: Vec<String> = lines.map(str::to_string).collect();
+        fields.sort();
+        (first, fields)
+    }
+
+    /// The bytes the bodiless path writes (`write_upstream_head`) carry exactly the fields
+    /// the header-map path (`upstream_request` + `transform_request`) makes, case by case.
+    #[tokio::test]
+    async fn the_direct_head_has_the_fields_of_the_header_map_path() {
+        use std::net::SocketAddr;
+        type Case = (
+            &'static str,
+            &'static str,
+            Vec<(&'static str, &'static [u8])>,
+        );
+        let cases: Vec<Case> = vec![
+            (
+                "GET",
+                "/",
+                vec![
+                    ("host", b"app.example"),
+                    ("accept", b"*/*"),
+                    ("user-agent", b"t/1"),
+                ],
+            ),
+            (
+                "GET",
+                "/a/b?c=d&e",
+                vec![
+                    ("host", b"app.example:8443"),
+                    ("cookie", b"a=1"),
+                    ("cookie", b"b=2"),
+                    ("x-forwarded-for", b" 1.1.1.1, 2.2.2.2 "),
+                    ("x-forwarded-for", b"3.3.3.3"),
+                    ("forwarded", b"for=1.1.1.1;proto=https"),
+                    ("x-forwarded-proto", b"https"),
+                    ("x-forwarded-host", b"front.example"),
+                ],
+            ),
+            (
+                "GET",
+                "/hop",
+                vec![
+                    ("host", b"app.example"),
+                    (
+                        "connection",
+                        b"keep-alive, x-secret, X-Forwarded-For, cookie",
+                    ),
+                    ("x-secret", b"1"),
+                    ("x-forwarded-for", b"9.9.9.9"),
+                    ("cookie", b"gone=1"),
+                    ("te", b"gzip, trailers;q=0.5"),
+                    ("keep-alive", b"timeout=5"),
+                    ("proxy-connection", b"keep-alive"),
+                    ("upgrade", b"websocket"),
+                    ("trailer", b"x-sum"),
+                    ("transfer-encoding", b"chunked"),
+                ],
+            ),
+            ("GET", "http://app.example:8080/x?y", vec![]),
+            ("HEAD", "/no-host", vec![("accept", b"text/html")]),
+            (
+                "DELETE",
+                "/forged",
+                vec![
+                    ("host", b"app.example"),
+                    ("x-portcullis-user", b"root"),
+                    ("X-Portcullis-Roles", b"admin"),
+                    ("content-length", b"0"),
+                ],
+            ),
+            (
+                "GET",
+                "/page",
+                vec![
+                    ("host", b"app.example"),
+                    ("accept", b"text/html,application/xhtml+xml"),
+                    ("accept-encoding", b"gzip, br"),
+                    ("content-security-policy", b"default-src *"),
+                    ("x-nonce", b"forged"),
+                ],
+            ),
+            (
+                "OPTIONS",
+                "/",
+                vec![
+                    ("host", b"app.example"),
+                    ("x-forwarded-for", b"obs\xfftext"),
+                ],
+            ),
+        ];
+        let peers: [Option<SocketAddr>; 3] = [
+            Some("203.0.113.7:5000".parse().unwrap()),
+            Some("[2001:db8::1]:5000".parse().unwrap()),
+            None,
+        ];
+        for kind in ["generic", "nextjs"] {
+            let config = crate::config::GatewayConfig::from_str(
+                &format!(
+                    "[server]\nlisten = \"127.0.0.1:0\"\nupstream = \"http://127.0.0.1:9\"\nupstream_kind = \"{kind}\"\n"
+                ),
+                "test.toml",
+            )
+            .unwrap();
+            let proxy = Proxy::for_config(&config).unwrap();
+            for (method, uri, fields) in &cases {
+                for peer in peers {
+                    for extras in 0..4 {
+                        let nonce = Nonce::generate();
+                        let parts = || {
+                            let mut b = Request::builder().method(*method).uri(*uri);
+                            for (n, v) in fields {
+                                b = b.header(*n, HeaderValue::from_bytes(v).unwrap());
+                            }
+                            let (mut parts, ()) = b.body(()).unwrap().into_parts();
+                            let mut x = std::mem::take(&mut parts.extensions);
+                            if let Some(peer) = peer {
+                                x.insert(PeerAddr(peer));
+                            }
+                            if extras & 1 == 1 {
+                                x.insert(Https);
+                                x.insert(Principal::new(
+                                    "alice",
+                                    ["user", "ops"],
+                                    portcullis::auth::AuthMethod::Jwt,
+                                ));
+                            }
+                            if extras & 2 == 2 {
+                                x.insert(nonce.clone());
+                            }
+                            (parts, x)
+                        };
+                        let (p, x) = parts();
+                        let mut direct = Vec::new();
+                        proxy.write_upstream_head(&mut direct, &p, &x);
+                        let (p, x) = parts();
+                        let head = proxy.upstream_request(p, &x, false, false).unwrap();
+                        let mut req = Request::from_parts(head, empty());
+                        proxy.transform_request(&mut req, &x);
+                        let mut mapped = format!(
+                            "{} {} HTTP/1.1\r\n",
+                            req.method(),
+                            req.uri().path_and_query().map_or("/", |pq| pq.as_str())
+                        )
+                        .into_bytes();
+                        for (n, v) in req.headers() {
+                            mapped.extend_from_slice(n.as_str().as_bytes());
+                            mapped.extend_from_slice(b": ");
+                            mapped.extend_from_slice(v.as_bytes());
+                            mapped.extend_from_slice(b"\r\n");
+                        }
+                        mapped.extend_from_slice(b"\r\n");
+                        assert_eq!(
+                            lines_of(&direct),
+                            lines_of(&mapped),
+                            "{kind} {method} {uri} peer {peer:?} extras {extras}"
+                        );
+                    }
+                }
+            }
+        }
     }
 
     #[test]

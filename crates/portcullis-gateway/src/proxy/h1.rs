@@ -31,7 +31,7 @@ use std::task::{Context, Poll, ready};
 
 use bytes::{Buf, Bytes, BytesMut};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use http::{Method, Request, Response, StatusCode, Version, request};
+use http::{Method, Response, StatusCode, Version};
 use http_body_util::BodyExt;
 use hyper::body::{Body, Frame, SizeHint};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -85,19 +85,8 @@ impl std::error::Error for Error {
     }
 }
 
-/// Whether `req` can go out this way: no body, no upgrade, no framing header but a zero length.
-pub fn eligible(req: &Request<ProxyBody>) -> bool {
-    let h = req.headers();
-    req.body().is_end_stream()
-        && !h.contains_key(header::UPGRADE)
-        && !h.contains_key(header::TRANSFER_ENCODING)
-        && h.get_all(header::CONTENT_LENGTH)
-            .iter()
-            .all(|v| v.as_bytes() == b"0")
-}
-
-/// Sends a bodiless request (origin-form URI, `Host` set) over this thread's connections to
-/// `proxy`'s upstream and reads the answer's head; the body reads the rest and gives the
+/// Sends a bodiless request (its head written by `Proxy::write_upstream_head`) over this
+/// thread's connections to `proxy`'s upstream and reads the answer's head; the body reads the rest and gives the
 /// connection back when it ends.
 ///
 /// A request that never left on a reused connection (the upstream had closed it) goes out on
@@ -106,11 +95,10 @@ pub fn eligible(req: &Request<ProxyBody>) -> bool {
 /// upstream is never repeated.
 pub async fn send(
     proxy: &Arc<ProxyInner>,
-    parts: &request::Parts,
+    head: &[u8],
+    method: &Method,
 ) -> Result<Response<ProxyBody>, SendError> {
-    let mut head = Vec::with_capacity(512);
-    encode(&mut head, parts);
-    let replayable = matches!(parts.method, Method::GET | Method::HEAD | Method::OPTIONS);
+    let replayable = matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS);
     let mut fresh_only = false;
     loop {
         let pooled = if fresh_only {
@@ -123,7 +111,7 @@ pub async fn send(
             Some(c) => c,
             None => Conn::new(local_pool::open(&proxy.authority, proxy.connect_timeout).await?),
         };
-        match conn.exchange(&head, &parts.method).await {
+        match conn.exchange(head, method).await {
             Ok(answer) => return Ok(answer.into_response(conn, Arc::downgrade(proxy))),
             Err(e @ Error::Unsent(_)) if reused => {
                 tracing::debug!(error = %super::ErrorChain(&e), "reused upstream connection closed; sending the request on another");
@@ -135,22 +123,6 @@ pub async fn send(
             Err(e) => return Err(SendError::Exchange(e)),
         }
     }
-}
-
-/// The request head as HTTP/1.1: `METHOD target HTTP/1.1`, the fields, a blank line.
-fn encode(out: &mut Vec<u8>, parts: &request::Parts) {
-    out.extend_from_slice(parts.method.as_str().as_bytes());
-    out.push(b' ');
-    let target = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
-    out.extend_from_slice(target.as_bytes());
-    out.extend_from_slice(b" HTTP/1.1\r\n");
-    for (name, value) in &parts.headers {
-        out.extend_from_slice(name.as_str().as_bytes());
-        out.extend_from_slice(b": ");
-        out.extend_from_slice(value.as_bytes());
-        out.extend_from_slice(b"\r\n");
-    }
-    out.extend_from_slice(b"\r\n");
 }
 
 /// One keep-alive connection to the upstream, with what was read of it and not yet used.
@@ -781,21 +753,5 @@ mod tests {
             Some(9_999_999_999_999_999_999)
         );
         assert_eq!(content_length(b"1_0"), None);
-    }
-
-    #[test]
-    fn the_request_head_is_written_as_http_1_1() {
-        let (parts, ()) = Request::get("/a/b?c=d")
-            .header("host", "app")
-            .header("x-forwarded-for", "10.0.0.1")
-            .body(())
-            .unwrap()
-            .into_parts();
-        let mut out = Vec::new();
-        encode(&mut out, &parts);
-        assert_eq!(
-            String::from_utf8(out).unwrap(),
-            "GET /a/b?c=d HTTP/1.1\r\nhost: app\r\nx-forwarded-for: 10.0.0.1\r\n\r\n"
-        );
     }
 }
