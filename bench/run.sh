@@ -553,8 +553,9 @@ Notes:
   axum+headers: the bare axum app adding the layer's 14 response headers as constants, the
   floor under axum+layer (the header bytes cost the server's encoder, the kernel and wrk).
   hyper-proxy: a bare thread-per-core hyper proxy (examples/bench_bare_proxy.rs) adding
-  nginx's constant headers: no routing, limits, timeouts or audit. What the HTTP stacks and
-  the runtime cost alone, the floor under portcullis.
+  nginx's constant headers: no routing, limits, timeouts or audit. What hyper's two HTTP/1
+  stacks and the runtime cost alone (portcullis serves bodiless requests with its own
+  HTTP/1.1 code instead, and hyper only the rest).
 EOF
 printf '\nHeaders on GET /api/public (besides date, content-*, connection, etag):\n%s' "$HEADERS"
 
