@@ -662,15 +662,7 @@ impl Proxy {
             }
         }
 
-        let https = extensions.get::<Https>().is_some();
-        let proto = if https { "https" } else { "http" };
-        let peer = extensions.get::<PeerAddr>().map(|p| canonical_ip(p.0.ip()));
-        let peer_text = peer.map(|p| {
-            let mut text = String::with_capacity(39);
-            push_ip(&mut text, p);
-            text
-        });
-        let element = forwarded_element(peer, peer_text.as_deref(), proto, client_host.as_ref());
+        let (proto, peer_text, element) = this_hop(extensions, client_host.as_ref());
         if let Some(text) = peer_text {
             append_list(headers, X_FORWARDED_FOR, text);
         }
@@ -809,15 +801,7 @@ impl Proxy {
             }
             out.extend_from_slice(b"\r\n");
         }
-        let https = extensions.get::<Https>().is_some();
-        let proto = if https { "https" } else { "http" };
-        let peer = extensions.get::<PeerAddr>().map(|p| canonical_ip(p.0.ip()));
-        let peer_text = peer.map(|p| {
-            let mut text = String::with_capacity(39);
-            push_ip(&mut text, p);
-            text
-        });
-        let element = forwarded_element(peer, peer_text.as_deref(), proto, client_host.as_ref());
+        let (proto, peer_text, element) = this_hop(extensions, client_host.as_ref());
         match peer_text {
             Some(text) => write_list(out, headers, X_FORWARDED_FOR, xff, &text),
             // Nothing of ours to add: the inbound fields as they came.
@@ -1055,6 +1039,27 @@ fn append_list(headers: &mut HeaderMap, name: HeaderName, item: String) {
             }
         }
     }
+}
+
+/// This hop, for the forwarding fields: the scheme the client used, the peer's address as
+/// text, and the RFC 7239 `Forwarded` element.
+fn this_hop(
+    extensions: &Extensions,
+    client_host: Option<&HeaderValue>,
+) -> (&'static str, Option<String>, String) {
+    let proto = if extensions.get::<Https>().is_some() {
+        "https"
+    } else {
+        "http"
+    };
+    let peer = extensions.get::<PeerAddr>().map(|p| canonical_ip(p.0.ip()));
+    let peer_text = peer.map(|p| {
+        let mut text = String::with_capacity(39);
+        push_ip(&mut text, p);
+        text
+    });
+    let element = forwarded_element(peer, peer_text.as_deref(), proto, client_host);
+    (proto, peer_text, element)
 }
 
 /// Our hop as an RFC 7239 `Forwarded` element: `for=…;proto=…;host=…`.
