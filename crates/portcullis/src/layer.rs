@@ -53,7 +53,7 @@ use crate::client_ip::{self, ClientIp, TrustedProxies};
 use crate::cors::Cors;
 use crate::error::{Control, Rejection};
 use crate::headers::csp::{Csp, Nonce};
-use crate::headers::security::SecurityHeaders;
+use crate::headers::security::{DeferredSecurityHeaders, SecurityHeaders};
 use crate::inbound::InboundHeaders;
 #[allow(unused_imports)]
 use crate::policy::ReportOnly;
@@ -103,6 +103,35 @@ pub struct MatchedRoute(pub Arc<str>);
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Https;
+
+/// Asks the layer to leave a response's security headers out of its header map, for the
+/// server to write them itself after the response's own fields: the response then carries
+/// them as [`DeferredSecurityHeaders`](crate::headers::security::DeferredSecurityHeaders) in
+/// its extensions. For a server that writes HTTP/1 itself (the gateway does), this saves
+/// building a header map of the set per response. Only the layer's answers from the inner
+/// service are deferred, and only when the set can be (see
+/// [`SecurityHeaders::defer`](crate::headers::security::SecurityHeaders::defer)); refusals
+/// and every other response carry the set in their map as usual.
+///
+/// ```
+/// # use axum::{Router, body::Body};
+/// # use portcullis::{SecurityLayer, layer::DeferSecurityHeaders};
+/// # use portcullis::headers::security::{DeferredSecurityHeaders, SecurityHeaders};
+/// # use tower::{Layer, ServiceExt};
+/// let layer = SecurityLayer::bare().security_headers(Some(SecurityHeaders::default())).build()?;
+/// # let app = layer.layer(Router::new().fallback(|| async { "ok" }));
+/// # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
+/// let mut req = http::Request::get("/").body(Body::empty()).unwrap();
+/// req.extensions_mut().insert(DeferSecurityHeaders);
+/// let res = app.oneshot(req).await.unwrap();
+/// assert!(!res.headers().contains_key("x-frame-options"));
+/// let deferred = res.extensions().get::<DeferredSecurityHeaders>().unwrap();
+/// assert_eq!(deferred.fields()["x-frame-options"], "DENY");
+/// # });
+/// # Ok::<(), portcullis::layer::BuildError>(())
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DeferSecurityHeaders;
 
 /// What the layer knows about one request as it goes through the steps; guards read it and
 /// add response headers to it.
@@ -1502,6 +1531,7 @@ impl Engine {
             req_headers.insert(header::ORIGIN, origin.clone());
         }
         let method = parts.method.clone();
+        let defer = parts.extensions.get::<DeferSecurityHeaders>().is_some();
         parts.extensions.insert(x.request_id.clone());
         parts.extensions.insert(x.client_ip);
         parts.extensions.insert(MatchedRoute(x.route.clone()));
@@ -1540,7 +1570,11 @@ impl Engine {
             method: &method,
         };
         let added = std::mem::take(&mut x.response_headers);
-        self.decorate_with(&mut rparts.headers, meta, &x, nonce.as_ref(), added);
+        let deferred =
+            self.decorate_with(&mut rparts.headers, meta, &x, nonce.as_ref(), added, defer);
+        if let Some(d) = deferred {
+            rparts.extensions.insert(d);
+        }
         self.audit_notes(rparts.status, meta, &x);
         if x.policy.audits_allowed() {
             self.audit_event(
@@ -1846,7 +1880,14 @@ impl Engine {
         let res = r.into_response_with_id(x.request_id.as_str());
         let mut res = res.map(SecurityBody::from);
         // Errors carry the security headers too, but never a nonce'd CSP worth caching.
-        self.decorate_with(res.headers_mut(), meta, x, None, x.response_headers.clone());
+        self.decorate_with(
+            res.headers_mut(),
+            meta,
+            x,
+            None,
+            x.response_headers.clone(),
+            false,
+        );
         res
     }
 
@@ -1866,11 +1907,15 @@ impl Engine {
             x,
             nonce,
             x.response_headers.clone(),
+            false,
         );
     }
 
     /// Step 14: the response headers. `added` is what the guards put in
     /// [`Exchange::response_headers_mut`].
+    ///
+    /// With `defer` the set is left out of the map when it can be, and returned for the
+    /// server to write (see [`DeferSecurityHeaders`]); the result is the same fields.
     fn decorate_with(
         &self,
         headers: &mut HeaderMap,
@@ -1878,10 +1923,18 @@ impl Engine {
         x: &Exchange,
         nonce: Option<&Nonce>,
         added: AddedFields,
-    ) {
+        defer: bool,
+    ) -> Option<DeferredSecurityHeaders> {
+        let mut deferred = None;
         match &self.headers {
-            // Starts the map over from a copy of the set, sized for what follows.
-            Some(sh) => sh.apply(headers, x.https),
+            Some(sh) => match defer.then(|| sh.defer(headers, x.https)).flatten() {
+                Some(d) => {
+                    headers.reserve(16);
+                    deferred = Some(d);
+                }
+                // Starts the map over from a copy of the set, sized for what follows.
+                None => sh.apply(headers, x.https),
+            },
             None => headers.reserve(16),
         }
         if let Some(csp) = self.csp_for(&x.policy) {
@@ -1908,6 +1961,11 @@ impl Engine {
         }
         // Moved, not cloned: a clone of a header value built from a `String` allocates.
         for (name, value) in added.into_fields() {
+            // A guard's field with a name of the deferred set: the set goes in first, as
+            // `apply` would have put it, and the field is added to it.
+            if let Some(d) = deferred.take_if(|d| d.fields().contains_key(&name)) {
+                d.apply_to(headers);
+            }
             if name == header::VARY {
                 merge_vary(headers, &value);
             } else {
@@ -1920,6 +1978,7 @@ impl Engine {
         if let Ok(v) = HeaderValue::from_str(x.request_id.as_str()) {
             headers.insert(X_REQUEST_ID, v);
         }
+        deferred
     }
 
     fn audit_rejection(&self, r: &Rejection, outcome: Outcome, parts: &Parts, x: &Exchange) {

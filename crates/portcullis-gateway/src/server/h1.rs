@@ -43,6 +43,9 @@ use http_body_util::Empty;
 use hyper::body::Body;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+use portcullis::headers::security::DeferredSecurityHeaders;
+use portcullis::layer::DeferSecurityHeaders;
+
 use super::{ConnService, ConnState, GatewayBody, Io, TrackedIo};
 
 /// The longest request target this reader takes; longer ones go to hyper (which refuses
@@ -256,6 +259,8 @@ fn parse(buf: &mut BytesMut, read_cap: usize) -> Parsed {
     }
     let is_head = method == Method::HEAD;
     let mut request = Request::new(Empty::new());
+    // This writer writes the security headers itself, from pre-encoded bytes.
+    request.extensions_mut().insert(DeferSecurityHeaders);
     *request.method_mut() = method;
     *request.uri_mut() = uri;
     *request.version_mut() = Version::HTTP_11;
@@ -462,6 +467,10 @@ fn response_head(
         out.extend_from_slice(b": ");
         out.extend_from_slice(value.as_bytes());
         out.extend_from_slice(b"\r\n");
+    }
+    // The security headers the layer left for this writer (`DeferSecurityHeaders`).
+    if let Some(deferred) = parts.extensions.get::<DeferredSecurityHeaders>() {
+        out.extend_from_slice(deferred.encoded());
     }
     let framing = match (length, exact) {
         // The body's own length frames it; the field, when there is one, is as it came (a
@@ -808,6 +817,26 @@ mod tests {
             head_of(200, &x, (true, None), false, true)
                 .0
                 .ends_with("connection: close\r\n\r\n")
+        );
+    }
+
+    #[test]
+    fn deferred_security_headers_follow_the_responses_own_fields() {
+        let set = portcullis::headers::security::SecurityHeaders::none()
+            .set("x-frame-options", "DENY")
+            .unwrap();
+        let mut res = Response::new(());
+        res.headers_mut()
+            .insert("x-request-id", HeaderValue::from_static("r1"));
+        let deferred = set.defer(res.headers_mut(), false).unwrap();
+        res.extensions_mut().insert(deferred);
+        let (parts, ()) = res.into_parts();
+        let mut out = Vec::new();
+        response_head(&mut out, &parts, true, None, false, false);
+        let text = String::from_utf8(out).unwrap();
+        assert!(
+            text.starts_with("HTTP/1.1 200 OK\r\nx-request-id: r1\r\nx-frame-options: DENY\r\ncontent-length: 0\r\n"),
+            "{text}"
         );
     }
 

@@ -29,6 +29,9 @@
 //! assert!(!out.contains_key("server"));
 //! ```
 
+use std::sync::Arc;
+
+use bytes::Bytes;
 use http::header::{self, Entry, HeaderMap, HeaderName, HeaderValue};
 
 /// When `Strict-Transport-Security` is sent.
@@ -93,6 +96,120 @@ pub struct SecurityHeaders {
     /// `set` as a header map, without and with HSTS: a response starts from a copy, which
     /// costs no hashing of the (mostly non-standard, long) names. Rebuilt by every builder.
     templates: [HeaderMap; 2],
+    /// The same, for a writer that writes them itself ([`DeferredSecurityHeaders`]); `None`
+    /// when the set holds a name the layer touches later or that frames a message.
+    deferred: Option<[DeferredSecurityHeaders; 2]>,
+}
+
+/// A response's security headers, left by the layer for the HTTP/1 writer to write after
+/// the response's own fields, when the request carried
+/// [`DeferSecurityHeaders`](crate::layer::DeferSecurityHeaders) (a server that writes
+/// HTTP/1 itself asks for this: the set then costs one copy of pre-encoded bytes instead
+/// of a header map built per response). The response's own fields never hold one of these
+/// names: the layer removed them, as it does when it applies the set.
+///
+/// ```
+/// use portcullis::headers::security::SecurityHeaders;
+/// let set = SecurityHeaders::default();
+/// let mut fields = http::HeaderMap::new();
+/// fields.insert("x-frame-options", "SAMEORIGIN".parse().unwrap()); // the set's value wins
+/// fields.insert("content-type", "text/plain".parse().unwrap());
+/// let deferred = set.defer(&mut fields, false).expect("the default set can be deferred");
+/// assert_eq!(fields.len(), 1); // only the response's own
+/// assert!(std::str::from_utf8(deferred.encoded()).unwrap().contains("x-frame-options: DENY\r\n"));
+/// deferred.apply_to(&mut fields); // or put them in the map, for a writer that needs that
+/// assert_eq!(fields["x-frame-options"], "DENY");
+/// ```
+#[derive(Clone)]
+pub struct DeferredSecurityHeaders {
+    fields: Arc<HeaderMap>,
+    /// `name: value\r\n` for each field.
+    encoded: Bytes,
+}
+
+impl std::fmt::Debug for DeferredSecurityHeaders {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DeferredSecurityHeaders")
+            .field("fields", &self.fields)
+            .finish_non_exhaustive()
+    }
+}
+
+impl DeferredSecurityHeaders {
+    fn new(fields: &HeaderMap) -> Self {
+        let mut encoded = Vec::new();
+        for (name, value) in fields {
+            encoded.extend_from_slice(name.as_str().as_bytes());
+            encoded.extend_from_slice(b": ");
+            encoded.extend_from_slice(value.as_bytes());
+            encoded.extend_from_slice(b"\r\n");
+        }
+        DeferredSecurityHeaders {
+            fields: Arc::new(fields.clone()),
+            encoded: Bytes::from(encoded),
+        }
+    }
+
+    /// The fields as HTTP/1 header lines, `name: value\r\n` each.
+    ///
+    /// ```
+    /// use portcullis::headers::security::SecurityHeaders;
+    /// let set = SecurityHeaders::none().set("x-frame-options", "DENY")?;
+    /// let deferred = set.defer(&mut http::HeaderMap::new(), false).unwrap();
+    /// assert_eq!(deferred.encoded(), b"x-frame-options: DENY\r\n");
+    /// # Ok::<(), portcullis::headers::security::HeaderError>(())
+    /// ```
+    pub fn encoded(&self) -> &[u8] {
+        &self.encoded
+    }
+
+    /// The fields.
+    ///
+    /// ```
+    /// use portcullis::headers::security::SecurityHeaders;
+    /// let deferred = SecurityHeaders::default().defer(&mut http::HeaderMap::new(), true).unwrap();
+    /// assert!(deferred.fields().contains_key("strict-transport-security"));
+    /// ```
+    pub fn fields(&self) -> &HeaderMap {
+        &self.fields
+    }
+
+    /// Puts the fields in `headers` (for a writer that takes a header map after all).
+    ///
+    /// ```
+    /// use portcullis::headers::security::SecurityHeaders;
+    /// let mut h = http::HeaderMap::new();
+    /// let deferred = SecurityHeaders::default().defer(&mut h, false).unwrap();
+    /// deferred.apply_to(&mut h);
+    /// assert_eq!(h["x-content-type-options"], "nosniff");
+    /// ```
+    pub fn apply_to(&self, headers: &mut HeaderMap) {
+        headers.reserve(self.fields.len());
+        for (name, value) in self.fields.iter() {
+            headers.append(name.clone(), value.clone());
+        }
+    }
+}
+
+/// Names a deferred set must not hold: those the layer reads or writes after it applies the
+/// set (the content type, `Cache-Control`, `Vary`, CORS, the request id) and those an HTTP/1
+/// writer frames a message with. A set holding one is applied to the header map instead.
+fn deferrable(name: &HeaderName) -> bool {
+    const RESERVED: [HeaderName; 10] = [
+        header::CONTENT_TYPE,
+        header::CACHE_CONTROL,
+        header::VARY,
+        header::DATE,
+        header::CONTENT_LENGTH,
+        header::TRANSFER_ENCODING,
+        header::CONNECTION,
+        header::TRAILER,
+        header::CONTENT_SECURITY_POLICY,
+        header::CONTENT_SECURITY_POLICY_REPORT_ONLY,
+    ];
+    !RESERVED.contains(name)
+        && name.as_str() != "x-request-id"
+        && !name.as_str().starts_with("access-control-")
 }
 
 /// Room in a template's index for the response's own headers and the layer's later ones
@@ -145,6 +262,7 @@ impl Default for SecurityHeaders {
             hsts_mode: HstsMode::Always,
             strip: BANNERS.iter().map(|n| HeaderName::from_static(n)).collect(),
             templates: Default::default(),
+            deferred: None,
         }
         .with_templates()
     }
@@ -189,6 +307,12 @@ impl SecurityHeaders {
         if let Some(hsts) = &self.hsts {
             secure.insert(header::STRICT_TRANSPORT_SECURITY, hsts.clone());
         }
+        self.deferred = secure.keys().all(deferrable).then(|| {
+            [
+                DeferredSecurityHeaders::new(&plain),
+                DeferredSecurityHeaders::new(&secure),
+            ]
+        });
         self.templates = [plain, secure];
         self
     }
@@ -306,6 +430,44 @@ impl SecurityHeaders {
         )
     }
 
+    /// Whether HSTS goes on a response to a request that came over HTTPS or not.
+    fn hsts_on(&self, https: bool) -> bool {
+        self.hsts.is_some() && (https || self.hsts_mode == HstsMode::Always)
+    }
+
+    /// What [`SecurityHeaders::apply`] does, less adding the set: strips the banners and the
+    /// response's own copies of the set's names from `headers`, and returns the set for the
+    /// writer to write after them. `None` (and `headers` untouched) when this set cannot be
+    /// deferred: one of its names is one the layer touches later or that frames a message
+    /// (`Content-Type`, `Cache-Control`, `Vary`, `Date`, `Content-Length`, `Connection`, CORS,
+    /// `X-Request-Id`…).
+    ///
+    /// ```
+    /// use portcullis::headers::security::SecurityHeaders;
+    /// let mut h = http::HeaderMap::new();
+    /// h.insert("server", "nginx".parse().unwrap());
+    /// h.insert("x-frame-options", "ALLOWALL".parse().unwrap());
+    /// let deferred = SecurityHeaders::default().defer(&mut h, false).unwrap();
+    /// assert!(h.is_empty()); // the banner and the copy of a set name are gone
+    /// assert_eq!(deferred.fields()["x-frame-options"], "DENY");
+    /// let no_store = SecurityHeaders::none().set("cache-control", "no-store")?;
+    /// assert!(no_store.defer(&mut h, false).is_none()); // the layer decides Cache-Control later
+    /// # Ok::<(), portcullis::headers::security::HeaderError>(())
+    /// ```
+    pub fn defer(&self, headers: &mut HeaderMap, https: bool) -> Option<DeferredSecurityHeaders> {
+        let deferred = self.deferred.as_ref()?;
+        let i = usize::from(self.hsts_on(https));
+        let set = &self.templates[i];
+        let gone = |n: &HeaderName| self.strip.contains(n) || set.contains_key(n);
+        if headers.keys().any(gone) {
+            let names: Vec<HeaderName> = headers.keys().filter(|n| gone(n)).cloned().collect();
+            for name in names {
+                headers.remove(name);
+            }
+        }
+        Some(deferred[i].clone())
+    }
+
     /// Puts the headers on a response and strips the banners. `https` tells whether the
     /// request came over HTTPS.
     ///
@@ -320,7 +482,7 @@ impl SecurityHeaders {
     /// assert_eq!(h["strict-transport-security"], "max-age=63072000; includeSubDomains");
     /// ```
     pub fn apply(&self, headers: &mut HeaderMap, https: bool) {
-        let hsts = self.hsts.is_some() && (https || self.hsts_mode == HstsMode::Always);
+        let hsts = self.hsts_on(https);
         // The result starts as a copy of the template; the response's own headers follow,
         // less the banners and the names the set replaces. Same result as removing the
         // banners and inserting each header, without hashing the set's names per response.
