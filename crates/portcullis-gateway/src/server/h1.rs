@@ -19,7 +19,8 @@
 //! - an upgrade: `Upgrade`, or `Connection: upgrade`.
 //!
 //! What it writes is what hyper writes: the status line (with a custom reason phrase), the
-//! response's fields, `date`, and the framing — the response's `Content-Length`, else the
+//! response's fields, the security headers (which the layer leaves to this writer as
+//! pre-encoded lines when it can, see `DeferSecurityHeaders`), `date`, and the framing — the response's `Content-Length`, else the
 //! body's exact size, else `Transfer-Encoding: chunked` (trailers sent when the client said
 //! `TE: trailers`, those the response's `Trailer` names); no body for HEAD, 1xx, 204 and 304. `Connection: close` from the client
 //! (or from the response, or a draining server) is answered with `connection: close` and the
