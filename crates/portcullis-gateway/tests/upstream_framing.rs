@@ -20,7 +20,7 @@ use std::time::Duration;
 use common::*;
 use http::{Method, StatusCode};
 use http_body_util::BodyExt;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 
 /// The pause between the writes of a split answer: long enough for the gateway to read and
@@ -243,7 +243,7 @@ impl Scripted {
 /// Answers the requests of one connection from the script.
 async fn serve(mut tcp: TcpStream, number: usize, log: Arc<Mutex<Vec<(usize, String)>>>) {
     let mut buf = Vec::new();
-    while let Some(head) = read_head(&mut tcp, &mut buf).await {
+    while let Some(head) = read_request_head(&mut tcp, &mut buf).await {
         let line = head.lines().next().unwrap_or_default().to_string();
         let path = line.split(' ').nth(1).unwrap_or("/").to_string();
         log.lock().unwrap().push((number, line));
@@ -261,23 +261,6 @@ async fn serve(mut tcp: TcpStream, number: usize, log: Arc<Mutex<Vec<(usize, Str
             return;
         }
     }
-}
-
-/// Reads one request head (the tests send no bodies); `None` once the connection ends.
-async fn read_head(tcp: &mut TcpStream, buf: &mut Vec<u8>) -> Option<String> {
-    let mut b = [0u8; 4096];
-    let end = loop {
-        if let Some(i) = find(buf, b"\r\n\r\n") {
-            break i + 4;
-        }
-        match tcp.read(&mut b).await {
-            Ok(0) | Err(_) => return None,
-            Ok(n) => buf.extend_from_slice(&b[..n]),
-        }
-    };
-    let head = String::from_utf8_lossy(&buf[..end]).into_owned();
-    buf.drain(..end);
-    Some(head)
 }
 
 fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {

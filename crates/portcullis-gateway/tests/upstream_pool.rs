@@ -85,24 +85,6 @@ impl RawUpstream {
     }
 }
 
-/// Reads one request head (the tests send no bodies); `None` once the connection ends, with
-/// whatever partial head came in left in `buf`.
-async fn read_head(tcp: &mut TcpStream, buf: &mut Vec<u8>) -> Option<String> {
-    let mut b = [0u8; 4096];
-    let end = loop {
-        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-            break i + 4;
-        }
-        match tcp.read(&mut b).await {
-            Ok(0) | Err(_) => return None,
-            Ok(n) => buf.extend_from_slice(&b[..n]),
-        }
-    };
-    let head = String::from_utf8_lossy(&buf[..end]).into_owned();
-    buf.drain(..end);
-    Some(head)
-}
-
 /// Serves one connection; true when the gateway closed it.
 async fn serve(
     mut tcp: TcpStream,
@@ -111,7 +93,7 @@ async fn serve(
 ) -> bool {
     let mut buf = Vec::new();
     loop {
-        let Some(head) = read_head(&mut tcp, &mut buf).await else {
+        let Some(head) = read_request_head(&mut tcp, &mut buf).await else {
             return buf.is_empty();
         };
         let line = head.lines().next().unwrap_or_default().to_string();
@@ -291,7 +273,7 @@ async fn a_response_the_client_abandoned_does_not_poison_the_pool() {
             c.fetch_add(1, Ordering::SeqCst);
             tokio::spawn(async move {
                 let mut buf = Vec::new();
-                while let Some(head) = read_head(&mut tcp, &mut buf).await {
+                while let Some(head) = read_request_head(&mut tcp, &mut buf).await {
                     if head.contains("/big") {
                         // Announces 1 MiB, sends 1 KiB, then waits.
                         let announced = "HTTP/1.1 200 OK\r\ncontent-length: 1048576\r\n\r\n";

@@ -654,3 +654,22 @@ pub fn pem(label: &str, der: &[u8]) -> String {
     out.push_str(&format!("-----END {label}-----\n"));
     out
 }
+
+/// Reads one request head off a raw upstream's connection (the tests' upstreams get no
+/// bodies on these paths); `None` once the connection ends, with whatever partial head came
+/// in left in `buf`.
+pub async fn read_request_head(tcp: &mut TcpStream, buf: &mut Vec<u8>) -> Option<String> {
+    let mut b = [0u8; 4096];
+    let end = loop {
+        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break i + 4;
+        }
+        match tcp.read(&mut b).await {
+            Ok(0) | Err(_) => return None,
+            Ok(n) => buf.extend_from_slice(&b[..n]),
+        }
+    };
+    let head = String::from_utf8_lossy(&buf[..end]).into_owned();
+    buf.drain(..end);
+    Some(head)
+}
