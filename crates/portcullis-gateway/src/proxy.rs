@@ -876,8 +876,16 @@ fn write_list(out: &mut Vec<u8>, headers: &HeaderMap, name: HeaderName, inbound:
     out.extend_from_slice(b"\r\n");
 }
 
+/// The comma-separated items of a list field's value, trimmed, empty ones skipped.
+pub(crate) fn list_items(value: &[u8]) -> impl Iterator<Item = &[u8]> {
+    value
+        .split(|&b| b == b',')
+        .map(<[u8]>::trim_ascii)
+        .filter(|t| !t.is_empty())
+}
+
 /// Whether the client accepts trailers (`TE: trailers`, with or without parameters).
-fn te_trailers(headers: &HeaderMap) -> bool {
+pub(crate) fn te_trailers(headers: &HeaderMap) -> bool {
     headers
         .get_all(header::TE)
         .iter()

@@ -38,7 +38,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use super::local_pool::{self, IDLE_H1};
-use super::{BoxError, ProxyBody, ProxyInner, SendError};
+use super::{BoxError, ProxyBody, ProxyInner, SendError, list_items};
 
 /// The longest answer head read (status line and fields), as hyper's client.
 pub const MAX_HEAD: usize = 400 * 1024;
@@ -297,18 +297,18 @@ fn parse_head(buf: &mut BytesMut, method: &Method) -> Result<Parsed, Error> {
         let value = HeaderValue::from_maybe_shared(bytes.slice(start..end))
             .map_err(|_| Error::Invalid("bad field value"))?;
         if name == header::CONNECTION {
-            if tokens(&value).any(|t| t.eq_ignore_ascii_case(b"close")) {
+            if list_items(value.as_bytes()).any(|t| t.eq_ignore_ascii_case(b"close")) {
                 keep_alive = false;
             }
         } else if name == header::TRANSFER_ENCODING {
             // The last coding of the last field decides.
-            if let Some(last) = tokens(&value).last() {
+            if let Some(last) = list_items(value.as_bytes()).last() {
                 chunked = Some(last.eq_ignore_ascii_case(b"chunked"));
             } else if chunked.is_none() {
                 chunked = Some(false);
             }
         } else if name == header::CONTENT_LENGTH {
-            for t in tokens(&value) {
+            for t in list_items(value.as_bytes()) {
                 let n = content_length(t).ok_or(Error::Invalid("bad Content-Length"))?;
                 if length.is_some_and(|l| l != n) {
                     return Err(Error::Invalid("conflicting Content-Length"));
@@ -362,15 +362,6 @@ fn parse_head(buf: &mut BytesMut, method: &Method) -> Result<Parsed, Error> {
         framing,
         keep_alive,
     }))
-}
-
-/// The comma-separated items of a list field, trimmed, empty ones skipped.
-fn tokens(value: &HeaderValue) -> impl Iterator<Item = &[u8]> {
-    value
-        .as_bytes()
-        .split(|&b| b == b',')
-        .map(|t| t.trim_ascii())
-        .filter(|t| !t.is_empty())
 }
 
 /// A `Content-Length` value: 1 to 19 digits, nothing else.

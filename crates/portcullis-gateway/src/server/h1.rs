@@ -48,6 +48,7 @@ use portcullis::headers::security::DeferredSecurityHeaders;
 use portcullis::layer::DeferSecurityHeaders;
 
 use super::{ConnService, ConnState, GatewayBody, Io, TrackedIo};
+use crate::proxy::{list_items, te_trailers};
 
 /// The longest request target this reader takes; longer ones go to hyper (which refuses
 /// those over 64 KiB with 414).
@@ -97,9 +98,7 @@ pub async fn serve<I: Io>(
                     }
                 }
             }
-            if buf.capacity() - buf.len() < 1024 {
-                buf.reserve(8 * 1024);
-            }
+            make_room(&mut buf);
             let read = io.read_buf(&mut buf);
             let read = match deadline {
                 None => read.await,
@@ -133,9 +132,7 @@ pub async fn serve<I: Io>(
             if !buf.is_empty() {
                 break response.await;
             }
-            if buf.capacity() - buf.len() < 1024 {
-                buf.reserve(8 * 1024);
-            }
+            make_room(&mut buf);
             tokio::select! {
                 biased;
                 response = &mut response => break response,
@@ -206,7 +203,6 @@ fn parse(buf: &mut BytesMut, read_cap: usize) -> Parsed {
         return Parsed::Other;
     }
     let mut close = false;
-    let mut te_trailers = false;
     // Where the target and each field's value lie in the head, to share its bytes.
     let base = buf.as_ptr() as usize;
     let target_at = target.as_ptr() as usize - base;
@@ -223,18 +219,12 @@ fn parse(buf: &mut BytesMut, read_cap: usize) -> Parsed {
             return Parsed::Other;
         }
         if name.eq_ignore_ascii_case(b"connection") {
-            for token in tokens(value) {
+            for token in list_items(value) {
                 if token.eq_ignore_ascii_case(b"upgrade") {
                     return Parsed::Other;
                 }
                 close |= token.eq_ignore_ascii_case(b"close");
             }
-        } else if name.eq_ignore_ascii_case(b"te") {
-            te_trailers |= tokens(value).any(|t| {
-                t.split(|&b| b == b';')
-                    .next()
-                    .is_some_and(|t| t.trim_ascii().eq_ignore_ascii_case(b"trailers"))
-            });
         }
         let Ok(name) = HeaderName::from_bytes(name) else {
             return Parsed::Other;
@@ -259,6 +249,7 @@ fn parse(buf: &mut BytesMut, read_cap: usize) -> Parsed {
         }
     }
     let is_head = method == Method::HEAD;
+    let te_trailers = te_trailers(&headers);
     let mut request = Request::new(Empty::new());
     // This writer writes the security headers itself, from pre-encoded bytes.
     request.extensions_mut().insert(DeferSecurityHeaders);
@@ -283,12 +274,11 @@ fn restore(buf: &mut BytesMut, head: Bytes) -> Parsed {
     Parsed::Other
 }
 
-/// The comma-separated items of a list field, trimmed, empty ones skipped.
-fn tokens(value: &[u8]) -> impl Iterator<Item = &[u8]> {
-    value
-        .split(|&b| b == b',')
-        .map(<[u8]>::trim_ascii)
-        .filter(|t| !t.is_empty())
+/// Makes room in the read buffer before a read.
+fn make_room(buf: &mut BytesMut) {
+    if buf.capacity() - buf.len() < 1024 {
+        buf.reserve(8 * 1024);
+    }
 }
 
 /// How the response body is framed on the wire.
@@ -429,7 +419,7 @@ fn response_head(
             continue;
         }
         if *name == header::CONNECTION {
-            close |= tokens(value.as_bytes()).any(|t| t.eq_ignore_ascii_case(b"close"));
+            close |= list_items(value.as_bytes()).any(|t| t.eq_ignore_ascii_case(b"close"));
             continue;
         }
         if *name == header::CONTENT_LENGTH {
