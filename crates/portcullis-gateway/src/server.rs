@@ -535,17 +535,9 @@ impl Connection {
                         }
                     }
                     _ = timer.as_mut() => {
-                        let (verdict, recheck) = state.verdict(&limits);
-                        match verdict {
-                            Verdict::Silent => {
-                                tracing::debug!(%peer, "no request within the header read timeout: closing");
-                                return;
-                            }
-                            Verdict::Idle => {
-                                tracing::debug!(%peer, "idle: closing");
-                                return;
-                            }
-                            Verdict::Busy | Verdict::Wait => {}
+                        let (verdict, recheck) = state.watch(&limits, peer);
+                        if matches!(verdict, Verdict::Silent | Verdict::Idle) {
+                            return;
                         }
                         timer.as_mut().reset(recheck.into());
                     }
@@ -607,15 +599,11 @@ impl Connection {
                     draining = true;
                 }
                 _ = timer.as_mut() => {
-                    let (verdict, recheck) = state.verdict(&limits);
+                    let (verdict, recheck) = state.watch(&limits, peer);
                     match verdict {
-                        Verdict::Silent => {
-                            tracing::debug!(%peer, "no request within the header read timeout: closing");
-                            return;
-                        }
+                        Verdict::Silent => return,
                         Verdict::Idle if draining => return,
                         Verdict::Idle => {
-                            tracing::debug!(%peer, "idle: closing");
                             conn.as_mut().graceful_shutdown();
                             draining = true;
                             state.touch();
@@ -687,6 +675,20 @@ impl ConnState {
     fn touch(&self) {
         let ms = u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX);
         self.last_activity_ms.store(ms, Ordering::Relaxed);
+    }
+
+    /// The watchdog's verdict ([`ConnState::verdict`]), logged when it closes the
+    /// connection.
+    fn watch(&self, limits: &ConnectionLimits, peer: SocketAddr) -> (Verdict, Instant) {
+        let (verdict, recheck) = self.verdict(limits);
+        match verdict {
+            Verdict::Silent => {
+                tracing::debug!(%peer, "no request within the header read timeout: closing");
+            }
+            Verdict::Idle => tracing::debug!(%peer, "idle: closing"),
+            Verdict::Busy | Verdict::Wait => {}
+        }
+        (verdict, recheck)
     }
 
     fn verdict(&self, limits: &ConnectionLimits) -> (Verdict, Instant) {
