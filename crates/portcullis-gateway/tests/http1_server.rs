@@ -533,6 +533,14 @@ fn request(method: &str, target: &str, extra: &str) -> String {
     format!("{method} {target} HTTP/1.1\r\nhost: portcullis.test\r\n{extra}\r\n")
 }
 
+/// Sends `GET target` (with the `extra` field lines) on `tcp` and reads its answer.
+async fn get_on(tcp: &mut TcpStream, target: &str, extra: &str) -> Answer {
+    tcp.write_all(request("GET", target, extra).as_bytes())
+        .await
+        .unwrap();
+    read_answer(tcp, "GET").await
+}
+
 async fn connect(gw: &Gateway) -> TcpStream {
     TcpStream::connect(("127.0.0.1", gw.port)).await.unwrap()
 }
@@ -633,10 +641,7 @@ async fn pipelined(requests: &[(&str, &str)]) {
         .collect();
     assert_eq!(bodies, [b"hello".to_vec()], "the POST body, once");
     // The connection is still open and serves on.
-    tcp.write_all(request("GET", "/after", "").as_bytes())
-        .await
-        .unwrap();
-    assert_eq!(read_answer(&mut tcp, "GET").await.text(), "GET /after");
+    assert_eq!(get_on(&mut tcp, "/after", "").await.text(), "GET /after");
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -672,10 +677,7 @@ async fn a_websocket_upgrade_after_a_served_get_on_the_same_connection_is_tunnel
     let up = RawUpstream::start().await;
     let gw = gateway(&up, "").await;
     let mut tcp = connect(&gw).await;
-    tcp.write_all(request("GET", "/a", "").as_bytes())
-        .await
-        .unwrap();
-    let first = read_answer(&mut tcp, "GET").await;
+    let first = get_on(&mut tcp, "/a", "").await;
     assert_eq!(
         (first.status, first.text().as_str()),
         (200, "GET /a"),
@@ -826,10 +828,7 @@ async fn an_answer_with_content_length_passes_with_that_length() {
     let up = RawUpstream::start().await;
     let gw = gateway(&up, "").await;
     let mut tcp = connect(&gw).await;
-    tcp.write_all(request("GET", "/sized", "").as_bytes())
-        .await
-        .unwrap();
-    let a = read_answer(&mut tcp, "GET").await;
+    let a = get_on(&mut tcp, "/sized", "").await;
     assert_eq!(a.line, "HTTP/1.1 200 OK");
     assert_eq!(a.header("content-length"), Some("1234"));
     assert!(a.header("transfer-encoding").is_none(), "{a:?}");
@@ -841,10 +840,7 @@ async fn a_chunked_answer_reaches_the_client_chunked_with_the_same_body() {
     let up = RawUpstream::start().await;
     let gw = gateway(&up, "").await;
     let mut tcp = connect(&gw).await;
-    tcp.write_all(request("GET", "/chunked", "").as_bytes())
-        .await
-        .unwrap();
-    let a = read_answer(&mut tcp, "GET").await;
+    let a = get_on(&mut tcp, "/chunked", "").await;
     assert_eq!(a.line, "HTTP/1.1 200 OK");
     assert_eq!(a.header("transfer-encoding"), Some("chunked"), "{a:?}");
     assert!(a.header("content-length").is_none(), "{a:?}");
@@ -924,10 +920,7 @@ async fn a_streamed_answer_is_not_held_back() {
     let gw = gateway(&up, "").await;
     let mut tcp = connect(&gw).await;
     // A first request warms the upstream connection up.
-    tcp.write_all(request("GET", "/warm", "").as_bytes())
-        .await
-        .unwrap();
-    read_answer(&mut tcp, "GET").await;
+    get_on(&mut tcp, "/warm", "").await;
 
     tcp.write_all(request("GET", "/stream", "").as_bytes())
         .await
@@ -993,10 +986,7 @@ async fn trailers_reach_a_client_that_sent_te_trailers() {
     let up = RawUpstream::start().await;
     let gw = gateway(&up, "").await;
     let mut tcp = connect(&gw).await;
-    tcp.write_all(request("GET", "/trailers", "te: trailers\r\n").as_bytes())
-        .await
-        .unwrap();
-    let a = read_answer(&mut tcp, "GET").await;
+    let a = get_on(&mut tcp, "/trailers", "te: trailers\r\n").await;
     assert_eq!(a.line, "HTTP/1.1 200 OK");
     assert_eq!(a.header("transfer-encoding"), Some("chunked"));
     assert_eq!(a.text(), "abcdef");
@@ -1015,10 +1005,7 @@ async fn trailers_are_not_sent_to_a_client_without_te_trailers() {
     let up = RawUpstream::start().await;
     let gw = gateway(&up, "").await;
     let mut tcp = connect(&gw).await;
-    tcp.write_all(request("GET", "/trailers", "").as_bytes())
-        .await
-        .unwrap();
-    let a = read_answer(&mut tcp, "GET").await;
+    let a = get_on(&mut tcp, "/trailers", "").await;
     assert_eq!(a.line, "HTTP/1.1 200 OK");
     assert_eq!(a.header("transfer-encoding"), Some("chunked"));
     assert_eq!(a.text(), "abcdef");
@@ -1061,10 +1048,7 @@ async fn a_stalled_head_on_a_kept_alive_connection_is_closed_at_header_read_time
     let up = RawUpstream::start().await;
     let gw = gateway(&up, "header_read_timeout = \"1s\"\nidle_timeout = \"30s\"").await;
     let mut tcp = connect(&gw).await;
-    tcp.write_all(request("GET", "/first", "").as_bytes())
-        .await
-        .unwrap();
-    assert_eq!(read_answer(&mut tcp, "GET").await.text(), "GET /first");
+    assert_eq!(get_on(&mut tcp, "/first", "").await.text(), "GET /first");
     // Past the header timeout while idle: idle time is not the head's.
     tokio::time::sleep(Duration::from_millis(1500)).await;
     tcp.write_all(b"GET /stalled HTTP/1.1\r\nhost: portcullis.test\r\nx-half: ")
@@ -1087,10 +1071,7 @@ async fn an_idle_kept_alive_connection_is_closed_at_idle_timeout_and_new_ones_ar
     let up = RawUpstream::start().await;
     let gw = gateway(&up, "idle_timeout = \"1s\"\nheader_read_timeout = \"5s\"").await;
     let mut tcp = connect(&gw).await;
-    tcp.write_all(request("GET", "/first", "").as_bytes())
-        .await
-        .unwrap();
-    assert_eq!(read_answer(&mut tcp, "GET").await.text(), "GET /first");
+    assert_eq!(get_on(&mut tcp, "/first", "").await.text(), "GET /first");
     let started = Instant::now();
     let (out, closed) = read_until_closed(&mut tcp, Duration::from_secs(5)).await;
     let took = started.elapsed();
@@ -1116,10 +1097,7 @@ async fn an_idle_kept_alive_connection_is_closed_at_idle_timeout_and_new_ones_ar
 /// answer to `bad`, and whether the gateway then closed the connection (with nothing more).
 async fn after_a_good_request(gw: &Gateway, bad: &[u8]) -> (Answer, bool) {
     let mut tcp = connect(gw).await;
-    tcp.write_all(request("GET", "/good", "").as_bytes())
-        .await
-        .unwrap();
-    let good = read_answer(&mut tcp, "GET").await;
+    let good = get_on(&mut tcp, "/good", "").await;
     assert_eq!((good.status, good.text().as_str()), (200, "GET /good"));
     tcp.write_all(bad).await.unwrap();
     let (mut answers, rest) = read_answers(&mut tcp, &["GET"]).await;
@@ -1211,10 +1189,7 @@ async fn an_http_1_0_request_after_a_served_one_is_answered_as_http_1_0_and_clos
     let up = RawUpstream::start().await;
     let gw = gateway(&up, "").await;
     let mut tcp = connect(&gw).await;
-    tcp.write_all(request("GET", "/first", "").as_bytes())
-        .await
-        .unwrap();
-    assert_eq!(read_answer(&mut tcp, "GET").await.text(), "GET /first");
+    assert_eq!(get_on(&mut tcp, "/first", "").await.text(), "GET /first");
     tcp.write_all(b"GET /old HTTP/1.0\r\nhost: portcullis.test\r\n\r\n")
         .await
         .unwrap();

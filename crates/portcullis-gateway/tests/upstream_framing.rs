@@ -293,6 +293,16 @@ async fn get_via(client: &Client, gw: &Gateway, path: &str) -> Reply {
     request(client, gw, Method::GET, path).await
 }
 
+/// GETs `/next` and asserts the gateway served it (`200 ok`); `what` names the case.
+async fn next_is_served(client: &Client, gw: &Gateway, what: &str) {
+    let next = get_via(client, gw, "/next").await;
+    assert_eq!(
+        (next.status, next.text().as_str()),
+        (StatusCode::OK, "ok"),
+        "{what}"
+    );
+}
+
 /// `method path` on a new raw connection with `Connection: close`: every byte the gateway
 /// sent, and whether it closed the connection within 10 seconds.
 async fn raw_request(gw: &Gateway, method: &str, path: &str) -> (Vec<u8>, bool) {
@@ -387,8 +397,7 @@ async fn a_chunked_answer_with_trailers_is_complete_and_its_connection_is_reused
     let r = get_via(&client, &gw, "/trailers").await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.text());
     assert_eq!(r.text(), "abcdef");
-    let next = get_via(&client, &gw, "/next").await;
-    assert_eq!((next.status, next.text().as_str()), (StatusCode::OK, "ok"));
+    next_is_served(&client, &gw, "after it").await;
     assert_eq!(
         up.connections(),
         1,
@@ -405,8 +414,7 @@ async fn a_close_delimited_answer_arrives_whole_and_the_next_request_opens_a_new
     let r = get_via(&client, &gw, "/until-close").await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.text());
     assert_eq!(r.text(), "part one, part two");
-    let next = get_via(&client, &gw, "/next").await;
-    assert_eq!((next.status, next.text().as_str()), (StatusCode::OK, "ok"));
+    next_is_served(&client, &gw, "after it").await;
     assert_eq!(up.connections(), 2, "{:?}", up.requests());
     assert_ne!(up.connection_of("/next"), up.connection_of("/until-close"));
 }
@@ -506,12 +514,7 @@ async fn bytes_after_a_complete_answer_keep_its_connection_out_of_the_pool() {
         assert_eq!(r.status, StatusCode::OK, "{path}: {}", r.text());
         assert_eq!(r.text(), "ok", "{path}");
         // The next answer comes from a new connection, not from the leftover bytes.
-        let next = get_via(&client, &gw, "/next").await;
-        assert_eq!(
-            (next.status, next.text().as_str()),
-            (StatusCode::OK, "ok"),
-            "{path}"
-        );
+        next_is_served(&client, &gw, path).await;
         assert_eq!(up.connections(), 2, "{path}: {:?}", up.requests());
         assert_ne!(up.connection_of("/next"), up.connection_of(path), "{path}");
     }
@@ -537,12 +540,7 @@ async fn a_broken_chunked_body_is_cut_off_and_the_next_request_gets_a_new_connec
             lossy(&out)
         );
         assert!(!out.ends_with(b"0\r\n\r\n"), "{path}: {:?}", lossy(&out));
-        let next = get_via(&client, &gw, "/next").await;
-        assert_eq!(
-            (next.status, next.text().as_str()),
-            (StatusCode::OK, "ok"),
-            "{path}"
-        );
+        next_is_served(&client, &gw, path).await;
         assert_ne!(up.connection_of("/next"), up.connection_of(path), "{path}");
 
         // The hyper client: the request or the body read fails.
@@ -561,12 +559,7 @@ async fn a_broken_chunked_body_is_cut_off_and_the_next_request_gets_a_new_connec
             outcome.is_err(),
             "{path}: the client read a whole answer: {outcome:?}"
         );
-        let next = get_via(&client, &gw, "/next").await;
-        assert_eq!(
-            (next.status, next.text().as_str()),
-            (StatusCode::OK, "ok"),
-            "{path}"
-        );
+        next_is_served(&client, &gw, path).await;
         assert_ne!(up.connection_of("/next"), up.connection_of(path), "{path}");
     }
 }
@@ -581,12 +574,7 @@ async fn connection_close_or_http_1_0_keeps_the_connection_out_of_the_pool() {
         let r = get_via(&client, &gw, path).await;
         assert_eq!(r.status, StatusCode::OK, "{path}: {}", r.text());
         assert_eq!(r.text(), "hello", "{path}");
-        let next = get_via(&client, &gw, "/next").await;
-        assert_eq!(
-            (next.status, next.text().as_str()),
-            (StatusCode::OK, "ok"),
-            "{path}"
-        );
+        next_is_served(&client, &gw, path).await;
         assert_eq!(up.connections(), 2, "{path}: {:?}", up.requests());
     }
 }
@@ -612,8 +600,7 @@ async fn a_head_answer_has_its_length_and_no_body_and_the_connection_is_reused()
             .contains("\r\ncontent-length: 9\r\n"),
         "{text}"
     );
-    let next = get_via(&client, &gw, "/next").await;
-    assert_eq!((next.status, next.text().as_str()), (StatusCode::OK, "ok"));
+    next_is_served(&client, &gw, "after it").await;
     let requests = up.requests();
     assert!(
         requests[..2]
@@ -641,8 +628,7 @@ async fn not_modified_and_no_content_pass_through_and_the_connection_is_reused()
     assert_eq!(r.status, StatusCode::NO_CONTENT);
     assert_eq!(r.headers["x-done"], "yes");
     assert!(r.body.is_empty());
-    let next = get_via(&client, &gw, "/next").await;
-    assert_eq!((next.status, next.text().as_str()), (StatusCode::OK, "ok"));
+    next_is_served(&client, &gw, "after it").await;
     assert_eq!(up.connections(), 1, "{:?}", up.requests());
 }
 
@@ -672,7 +658,6 @@ async fn a_two_mib_body_in_64_kib_writes_arrives_intact() {
     if let Some(at) = r.body.iter().zip(&expected).position(|(a, b)| a != b) {
         panic!("the body differs from byte {at}");
     }
-    let next = get_via(&client, &gw, "/next").await;
-    assert_eq!((next.status, next.text().as_str()), (StatusCode::OK, "ok"));
+    next_is_served(&client, &gw, "after it").await;
     assert_eq!(up.connections(), 1, "{:?}", up.requests());
 }
