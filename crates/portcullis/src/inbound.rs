@@ -45,6 +45,58 @@ pub struct InboundHeaders {
     prefixes: Vec<String>,
     forwarded_exact: Vec<HeaderName>,
     forwarded_prefixes: Vec<String>,
+    filter: Prefilter,
+}
+
+/// Which names could be on the lists, by first byte (with `_` read as `-`): bit `len` for an
+/// exact name of that length (under 64 bytes), bit 0 for a prefix or a longer name, which
+/// sends every name with that first byte to the full check. Most request headers (`host`,
+/// `accept`, `cookie`, `user-agent`, `sec-fetch-*`…) are passed over on one lookup.
+#[derive(Clone)]
+struct Prefilter([u64; 128]);
+
+impl Prefilter {
+    fn of(h: &InboundHeaders) -> Prefilter {
+        let mut bits = [0u64; 128];
+        let mut add = |name: &str, exact: bool| {
+            let first = name
+                .bytes()
+                .next()
+                .map_or(b'-', |b| if b == b'_' { b'-' } else { b });
+            let bit = if exact && name.len() < 64 {
+                name.len()
+            } else {
+                0
+            };
+            bits[usize::from(first & 127)] |= 1 << bit;
+        };
+        for n in h.exact.iter().chain(&h.forwarded_exact) {
+            add(n.as_str(), true);
+        }
+        for p in h.prefixes.iter().chain(&h.forwarded_prefixes) {
+            if p.is_empty() {
+                // Matches every name.
+                return Prefilter([1; 128]);
+            }
+            add(p, false);
+        }
+        Prefilter(bits)
+    }
+
+    fn may_hit(&self, name: &str) -> bool {
+        let first = name
+            .bytes()
+            .next()
+            .map_or(b'-', |b| if b == b'_' { b'-' } else { b });
+        let m = self.0[usize::from(first & 127)];
+        m & 1 != 0 || (name.len() < 64 && m & (1 << name.len()) != 0)
+    }
+}
+
+impl std::fmt::Debug for Prefilter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Prefilter")
+    }
 }
 
 impl Default for InboundHeaders {
@@ -85,7 +137,9 @@ impl Default for InboundHeaders {
                 "x-host",
             ]),
             forwarded_prefixes: vec!["x-forwarded-".to_string()],
+            filter: Prefilter([0; 128]),
         }
+        .refiltered()
     }
 }
 
@@ -105,7 +159,7 @@ impl InboundHeaders {
         let dashed = name.as_str().replace('_', "-");
         self.exact
             .push(HeaderName::try_from(dashed).unwrap_or(name));
-        self
+        self.refiltered()
     }
 
     /// Also strips every header starting with `prefix` (case-insensitive; `_` and `-` are the
@@ -123,6 +177,32 @@ impl InboundHeaders {
     pub fn also_prefix(mut self, prefix: &str) -> Self {
         self.prefixes
             .push(prefix.to_ascii_lowercase().replace('_', "-"));
+        self.refiltered()
+    }
+
+    /// Whether `name` is on the lists (the full check, after the prefilter).
+    fn hit(&self, name: &str, peer_trusted: bool) -> bool {
+        // No proxy writes an underscore spelling, so one is dropped even from a trusted peer.
+        let underscored = name.contains('_');
+        let n: std::borrow::Cow<'_, str> = if underscored {
+            name.replace('_', "-").into()
+        } else {
+            name.into()
+        };
+        let n = n.as_ref();
+        self.exact.iter().any(|e| e.as_str() == n)
+            || self.prefixes.iter().any(|p| n.starts_with(p.as_str()))
+            || ((!peer_trusted || underscored)
+                && (self.forwarded_exact.iter().any(|e| e.as_str() == n)
+                    || self
+                        .forwarded_prefixes
+                        .iter()
+                        .any(|p| n.starts_with(p.as_str()))))
+    }
+
+    /// Recomputes the prefilter after the lists changed.
+    fn refiltered(mut self) -> Self {
+        self.filter = Prefilter::of(&self);
         self
     }
 
@@ -142,24 +222,7 @@ impl InboundHeaders {
     pub fn strip(&self, headers: &mut HeaderMap, peer_trusted: bool) {
         let mut doomed: Vec<HeaderName> = Vec::new();
         for name in headers.keys() {
-            // No proxy writes an underscore spelling, so one is dropped even from a trusted
-            // peer.
-            let underscored = name.as_str().contains('_');
-            let n: std::borrow::Cow<'_, str> = if underscored {
-                name.as_str().replace('_', "-").into()
-            } else {
-                name.as_str().into()
-            };
-            let n = n.as_ref();
-            let hit = self.exact.iter().any(|e| e.as_str() == n)
-                || self.prefixes.iter().any(|p| n.starts_with(p.as_str()))
-                || ((!peer_trusted || underscored)
-                    && (self.forwarded_exact.iter().any(|e| e.as_str() == n)
-                        || self
-                            .forwarded_prefixes
-                            .iter()
-                            .any(|p| n.starts_with(p.as_str()))));
-            if hit {
+            if self.filter.may_hit(name.as_str()) && self.hit(name.as_str(), peer_trusted) {
                 doomed.push(name.clone());
             }
         }
@@ -172,6 +235,63 @@ impl InboundHeaders {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The prefilter passes over a name only when the full check would keep it: every listed
+    /// name and prefix, spelled with `-` and `_`, cut short, lengthened, and common headers.
+    #[test]
+    fn the_prefilter_never_passes_over_a_listed_name() {
+        let lists = [
+            InboundHeaders::default(),
+            InboundHeaders::default()
+                .also(HeaderName::from_static("x-user-id"))
+                .also_prefix("Internal_")
+                .also(HeaderName::from_static(
+                    "a-name-of-seventy-bytes-which-is-longer-than-the-sixty-four-of-a-bit",
+                )),
+            InboundHeaders::default().also_prefix(""),
+        ];
+        for h in &lists {
+            let mut names: Vec<String> = [
+                "host",
+                "accept",
+                "cookie",
+                "content-type",
+                "content-length",
+                "user-agent",
+                "sec-fetch-site",
+                "authorization",
+                "origin",
+                "x-request-id",
+                "_x_nonce",
+            ]
+            .map(String::from)
+            .to_vec();
+            let listed = h
+                .exact
+                .iter()
+                .chain(&h.forwarded_exact)
+                .map(|n| n.as_str().to_string());
+            for n in listed.chain(h.prefixes.iter().chain(&h.forwarded_prefixes).cloned()) {
+                for v in [
+                    n.clone(),
+                    format!("{n}x"),
+                    format!("{n}-y"),
+                    n.replace('-', "_"),
+                ] {
+                    names.push(v.clone());
+                    names.push(v[..v.len() / 2].to_string());
+                }
+            }
+            for n in names.iter().filter(|n| !n.is_empty()) {
+                for trusted in [false, true] {
+                    if h.hit(n, trusted) {
+                        assert!(h.filter.may_hit(n), "{n}");
+                    }
+                }
+            }
+            assert!(!h.filter.may_hit("host") || h.prefixes.iter().any(String::is_empty));
+        }
+    }
 
     #[test]
     fn strips_forged_identity_and_framework_headers() {
