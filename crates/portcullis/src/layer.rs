@@ -178,8 +178,6 @@ pub struct Exchange {
     https: bool,
     response_headers: AddedFields,
     detail: Option<&'static str>,
-    /// The socket peer is a trusted proxy (decided once, used by steps 3 and 14).
-    peer_trusted: bool,
     notes: Vec<Note>,
     /// Set at step 11 when the CSRF guard must read this many body bytes to decide.
     guard_body: Option<u64>,
@@ -1477,23 +1475,38 @@ impl Engine {
         let client = peer.map_or_else(ClientIp::unknown, |p| {
             ClientIp(client_ip::resolve(p, &parts.headers, &self.trusted))
         });
-        let default = self.routes.default_value();
+        // Steps 2–5 first, so the exchange starts with its route's pattern and policy (the
+        // default's only when the request is refused before a route is known).
+        let routed = self.route(&mut parts, peer_trusted);
+        let entry = match &routed {
+            Ok((entry, _)) => *entry,
+            Err(_) => self.routes.default_value(),
+        };
         let mut x = Exchange {
             request_id,
             path: None,
-            route: default.pattern.clone(),
-            policy: default.policy.clone(),
+            route: entry.pattern.clone(),
+            policy: entry.policy.clone(),
             client_ip: client,
             principal: None,
             https,
             response_headers: AddedFields::default(),
             detail: None,
-            peer_trusted,
             notes: Vec::new(),
             guard_body: None,
         };
+        let policy = match routed {
+            Ok((entry, path)) => {
+                x.path = Some(path);
+                &*entry.policy
+            }
+            Err(r) => return Ok(self.reject(r, &parts, &x)),
+        };
 
-        let tripped = match self.before(&mut parts, &mut x, body_announced).await {
+        let tripped = match self
+            .before(&mut parts, &mut x, policy, body_announced)
+            .await
+        {
             Ok(t) => t,
             Err(Step::Reject(r)) => return Ok(self.reject(r, &parts, &x)),
             Err(Step::Respond(res)) => {
@@ -1597,13 +1610,12 @@ impl Engine {
         }
     }
 
-    /// Steps 2–12 up to the inner call. Returns the body-limit flag when the body is counted.
-    async fn before(
+    /// Steps 2–5: host, canonical path, inbound headers, and the route it matches.
+    fn route(
         &self,
         parts: &mut Parts,
-        x: &mut Exchange,
-        body_announced: bool,
-    ) -> Result<Option<Arc<AtomicBool>>, Step> {
+        peer_trusted: bool,
+    ) -> Result<(&RouteEntry, CanonicalPath), Rejection> {
         // 2. Canonical path and host.
         self.check_host(parts)?;
         let raw = parts.uri.path();
@@ -1614,7 +1626,7 @@ impl Engine {
         }
         // 3. Inbound headers.
         if let Some(strip) = &self.inbound {
-            strip.strip(&mut parts.headers, x.peer_trusted);
+            strip.strip(&mut parts.headers, peer_trusted);
         }
         // 5. Route → policy.
         let entry = self
@@ -1622,11 +1634,18 @@ impl Engine {
             .lookup(&path)
             .map_err(|e| Rejection::invalid_path(e.to_string()))?
             .value;
-        x.route = entry.pattern.clone();
-        x.policy = entry.policy.clone();
-        x.path = Some(path);
-        let policy = x.policy.clone();
+        Ok((entry, path))
+    }
 
+    /// Steps 6–12 up to the inner call, under the route's `policy` (the exchange's). Returns
+    /// the body-limit flag when the body is counted.
+    async fn before(
+        &self,
+        parts: &mut Parts,
+        x: &mut Exchange,
+        policy: &Policy,
+        body_announced: bool,
+    ) -> Result<Option<Arc<AtomicBool>>, Step> {
         // 6. CORS preflight. Never report-only: letting a refused preflight through would
         // grant the cross-origin access it asks for.
         if let Some(cors) = &self.cors

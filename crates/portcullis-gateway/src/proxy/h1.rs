@@ -289,7 +289,9 @@ fn parse_head(buf: &mut BytesMut, method: &Method) -> Result<Parsed, Error> {
     }
     let bytes = buf.split_to(len).freeze();
 
-    let mut headers = HeaderMap::with_capacity(found.len());
+    // Room for what the layer adds on the way back (its `reserve(16)`: CSP, RateLimit,
+    // X-Request-Id, Cache-Control…), so the map is never grown and rehashed per response.
+    let mut headers = HeaderMap::with_capacity(found.len() + 16);
     let mut keep_alive = version == Version::HTTP_11;
     let mut chunked = None;
     let mut length: Option<u64> = None;

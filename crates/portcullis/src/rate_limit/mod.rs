@@ -483,7 +483,11 @@ impl RateLimiter {
         let limits = policy.limits();
         let verdicts = match decided {
             Ok(v) => {
-                if self.in_incident.swap(false, Ordering::AcqRel) {
+                // Read first: a write on every request would bounce the flag's cache line
+                // between the cores serving requests.
+                if self.in_incident.load(Ordering::Relaxed)
+                    && self.in_incident.swap(false, Ordering::AcqRel)
+                {
                     tracing::warn!(store = self.store.name(), "rate-limit store recovered");
                 }
                 v
