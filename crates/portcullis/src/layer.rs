@@ -187,13 +187,15 @@ pub struct Exchange {
 /// and `RateLimit`, on every request of a limited route) are kept inline: no map to allocate
 /// and hash into, only to copy out again onto the response.
 #[derive(Debug, Clone, Default)]
-struct AddedFields {
+pub(crate) struct AddedFields {
     inline: [Option<(HeaderName, HeaderValue)>; 2],
     more: HeaderMap,
 }
 
 impl AddedFields {
-    fn push(&mut self, name: HeaderName, value: HeaderValue) {
+    /// Adds one field, as `HeaderMap::append` would: inline for the first two (the rate
+    /// limiter's, on every request of a limited route).
+    pub(crate) fn push(&mut self, name: HeaderName, value: HeaderValue) {
         match self.inline.iter_mut().find(|slot| slot.is_none()) {
             Some(slot) => *slot = Some((name, value)),
             None => {
@@ -371,9 +373,10 @@ impl Exchange {
         &self.policy
     }
 
-    /// The route's policy, shared: for a guard that keeps it while it changes the exchange.
-    pub(crate) fn policy_arc(&self) -> Arc<Policy> {
-        self.policy.clone()
+    /// The route's policy and the response fields the guards add, borrowed together: for a
+    /// guard that reads the one while it adds to the other.
+    pub(crate) fn policy_and_fields(&mut self) -> (&Policy, &mut AddedFields) {
+        (&self.policy, &mut self.response_headers)
     }
 
     /// The resolved client address.
@@ -521,12 +524,6 @@ impl Exchange {
     /// ```
     pub fn response_headers_mut(&mut self) -> &mut HeaderMap {
         &mut self.response_headers.more
-    }
-
-    /// Adds one response field: what [`Exchange::response_headers_mut`] and `append` do, kept
-    /// inline for the first two fields (the rate limiter's, on every request).
-    pub(crate) fn add_response_field(&mut self, name: HeaderName, value: HeaderValue) {
-        self.response_headers.push(name, value);
     }
 
     /// Leaves an audit event to be recorded (outcome `allowed`) when the request completes,

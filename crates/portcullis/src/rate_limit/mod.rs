@@ -452,12 +452,12 @@ impl RateLimiter {
 
     /// Decides `limits` for `subject`s computed from the request, charging only if all allow.
     async fn decide(&self, parts: &Parts, exchange: &mut Exchange) -> Result<(), Rejection> {
-        // The policy outlives the exchange's borrow: one reference count, no copy of limits.
-        let policy = exchange.policy_arc();
-        let limits = policy.limits();
-        let keys = Keys::of(limits, parts, exchange);
-        let decided = self.store.decide(keys.charges(limits).as_slice()).await;
-        self.conclude(&policy, decided, exchange)
+        let decided = {
+            let limits = exchange.policy().limits();
+            let keys = Keys::of(limits, parts, exchange);
+            self.store.decide(keys.charges(limits).as_slice()).await
+        };
+        self.conclude(decided, exchange)
     }
 
     /// [`RateLimiter::decide`] for a store that decides without waiting; `None` otherwise
@@ -466,21 +466,20 @@ impl RateLimiter {
         if !self.at_once {
             return None;
         }
-        let policy = exchange.policy_arc();
-        let limits = policy.limits();
-        let keys = Keys::of(limits, parts, exchange);
-        let decided = self.store.decide_now(keys.charges(limits).as_slice())?;
-        Some(self.conclude(&policy, decided, exchange))
+        let decided = {
+            let limits = exchange.policy().limits();
+            let keys = Keys::of(limits, parts, exchange);
+            self.store.decide_now(keys.charges(limits).as_slice())?
+        };
+        Some(self.conclude(decided, exchange))
     }
 
     /// The verdicts (or the store's failure) as the request's outcome and headers.
     fn conclude(
         &self,
-        policy: &crate::Policy,
         decided: Result<Vec<Verdict>, StoreError>,
         exchange: &mut Exchange,
     ) -> Result<(), Rejection> {
-        let limits = policy.limits();
         let verdicts = match decided {
             Ok(v) => {
                 // Read first: a write on every request would bounce the flag's cache line
@@ -494,6 +493,10 @@ impl RateLimiter {
             }
             Err(e) => return self.store_failed(&e, exchange),
         };
+        // The policy is read while the fields are added: two fields of the exchange, no
+        // reference count taken on the policy every worker shares.
+        let (policy, fields) = exchange.policy_and_fields();
+        let limits = policy.limits();
         let violated = verdicts.iter().position(|v| !v.allowed);
         match violated {
             None => {
@@ -503,9 +506,7 @@ impl RateLimiter {
                     limits,
                     policy.rate_limit_policy_field(),
                     &verdicts,
-                    |k, v| {
-                        exchange.add_response_field(k, v);
-                    },
+                    |k, v| fields.push(k, v),
                 );
                 Ok(())
             }
