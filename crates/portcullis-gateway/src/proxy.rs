@@ -80,7 +80,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use portcullis::audit::AuditAction;
 use portcullis::auth::BoxFuture;
-use portcullis::client_ip::{PeerAddr, canonical_ip, push_ip};
+use portcullis::client_ip::{IpText, PeerAddr, canonical_ip};
 use portcullis::headers::nonce_html::{self, NonceRewriter};
 use portcullis::layer::{Https, MatchedRoute};
 use portcullis::policy::CspSetting;
@@ -662,19 +662,25 @@ impl Proxy {
             }
         }
 
-        let (proto, peer_text, element) = this_hop(extensions, client_host.as_ref());
-        if let Some(text) = peer_text {
-            append_list(headers, X_FORWARDED_FOR, text);
+        let hop = this_hop(extensions);
+        let text = |write: &dyn Fn(&mut Vec<u8>)| {
+            let mut out = Vec::with_capacity(64);
+            write(&mut out);
+            String::from_utf8(out).unwrap_or_default()
+        };
+        if let Some(ip) = hop.peer {
+            append_list(headers, X_FORWARDED_FOR, text(&|o| Hop::write_peer(ip, o)));
         }
         // One hashed lookup per name (entry), not a look and then an insert.
         if let Entry::Vacant(v) = headers.entry(X_FORWARDED_PROTO) {
-            v.insert(HeaderValue::from_static(proto));
+            v.insert(HeaderValue::from_static(hop.proto));
         }
         if let Some(host) = &client_host
             && let Entry::Vacant(v) = headers.entry(X_FORWARDED_HOST)
         {
             v.insert(host.clone());
         }
+        let element = text(&|o| hop.write_element(o, client_host.as_ref()));
         append_list(headers, FORWARDED, element);
 
         // The layer strips client copies already (step 3); this keeps the proxy right on its
@@ -801,9 +807,11 @@ impl Proxy {
             }
             out.extend_from_slice(b"\r\n");
         }
-        let (proto, peer_text, element) = this_hop(extensions, client_host.as_ref());
-        match peer_text {
-            Some(text) => write_list(out, headers, X_FORWARDED_FOR, xff, &text),
+        let hop = this_hop(extensions);
+        match hop.peer {
+            Some(ip) => write_list(out, headers, X_FORWARDED_FOR, xff, |o| {
+                Hop::write_peer(ip, o)
+            }),
             // Nothing of ours to add: the inbound fields as they came.
             None if xff => {
                 for v in headers.get_all(X_FORWARDED_FOR) {
@@ -813,12 +821,18 @@ impl Proxy {
             None => {}
         }
         if !xfp {
-            line(out, X_FORWARDED_PROTO.as_str().as_bytes(), proto.as_bytes());
+            line(
+                out,
+                X_FORWARDED_PROTO.as_str().as_bytes(),
+                hop.proto.as_bytes(),
+            );
         }
         if let Some(host) = client_host.as_ref().filter(|_| !xfh) {
             line(out, X_FORWARDED_HOST.as_str().as_bytes(), host.as_bytes());
         }
-        write_list(out, headers, FORWARDED, forwarded, &element);
+        write_list(out, headers, FORWARDED, forwarded, |o| {
+            hop.write_element(o, client_host.as_ref());
+        });
         if let Some(p) = extensions.get::<Principal>() {
             match (
                 HeaderValue::from_str(&p.id),
@@ -857,7 +871,13 @@ impl Proxy {
 
 /// Writes a comma-separated list field: the inbound fields' items (when `inbound`), then
 /// `item`, as one field — what [`append_list`] makes of them.
-fn write_list(out: &mut Vec<u8>, headers: &HeaderMap, name: HeaderName, inbound: bool, item: &str) {
+fn write_list(
+    out: &mut Vec<u8>,
+    headers: &HeaderMap,
+    name: HeaderName,
+    inbound: bool,
+    item: impl FnOnce(&mut Vec<u8>),
+) {
     out.extend_from_slice(name.as_str().as_bytes());
     out.extend_from_slice(b": ");
     if inbound {
@@ -872,7 +892,7 @@ fn write_list(out: &mut Vec<u8>, headers: &HeaderMap, name: HeaderName, inbound:
             out.extend_from_slice(b", ");
         }
     }
-    out.extend_from_slice(item.as_bytes());
+    item(out);
     out.extend_from_slice(b"\r\n");
 }
 
@@ -1049,56 +1069,52 @@ fn append_list(headers: &mut HeaderMap, name: HeaderName, item: String) {
     }
 }
 
-/// This hop, for the forwarding fields: the scheme the client used, the peer's address as
-/// text, and the RFC 7239 `Forwarded` element.
-fn this_hop(
-    extensions: &Extensions,
-    client_host: Option<&HeaderValue>,
-) -> (&'static str, Option<String>, String) {
+/// This hop, for the forwarding fields: the scheme the client used and the peer's address.
+struct Hop {
+    proto: &'static str,
+    peer: Option<IpAddr>,
+}
+
+fn this_hop(extensions: &Extensions) -> Hop {
     let proto = if extensions.get::<Https>().is_some() {
         "https"
     } else {
         "http"
     };
     let peer = extensions.get::<PeerAddr>().map(|p| canonical_ip(p.0.ip()));
-    let peer_text = peer.map(|p| {
-        let mut text = String::with_capacity(39);
-        push_ip(&mut text, p);
-        text
-    });
-    let element = forwarded_element(peer, peer_text.as_deref(), proto, client_host);
-    (proto, peer_text, element)
+    Hop { proto, peer }
 }
 
-/// Our hop as an RFC 7239 `Forwarded` element: `for=…;proto=…;host=…`.
-fn forwarded_element(
-    peer: Option<IpAddr>,
-    peer_text: Option<&str>,
-    proto: &str,
-    host: Option<&HeaderValue>,
-) -> String {
-    let mut element = String::with_capacity(64);
-    element.push_str("for=");
-    match (peer, peer_text) {
-        (Some(IpAddr::V6(_)), Some(text)) => {
-            element.push_str("\"[");
-            element.push_str(text);
-            element.push_str("]\"");
+impl Hop {
+    /// The peer's address as text (as [`push_ip`] writes it), written straight into the
+    /// request head: no string per request.
+    fn write_peer(ip: IpAddr, out: &mut Vec<u8>) {
+        out.extend_from_slice(IpText::of(ip).as_str().as_bytes());
+    }
+
+    /// Our hop as an RFC 7239 `Forwarded` element: `for=…;proto=…;host=…`.
+    fn write_element(&self, out: &mut Vec<u8>, host: Option<&HeaderValue>) {
+        out.extend_from_slice(b"for=");
+        match self.peer {
+            Some(ip @ IpAddr::V6(_)) => {
+                out.extend_from_slice(b"\"[");
+                Hop::write_peer(ip, out);
+                out.extend_from_slice(b"]\"");
+            }
+            Some(ip) => Hop::write_peer(ip, out),
+            None => out.extend_from_slice(b"unknown"),
         }
-        (Some(IpAddr::V4(_)), Some(text)) => element.push_str(text),
-        _ => element.push_str("unknown"),
+        out.extend_from_slice(b";proto=");
+        out.extend_from_slice(self.proto.as_bytes());
+        if let Some(host) = host.and_then(|h| h.to_str().ok()) {
+            out.extend_from_slice(b";host=");
+            push_forwarded_value(out, host);
+        }
     }
-    element.push_str(";proto=");
-    element.push_str(proto);
-    if let Some(host) = host.and_then(|h| h.to_str().ok()) {
-        element.push_str(";host=");
-        push_forwarded_value(&mut element, host);
-    }
-    element
 }
 
 /// Appends a `Forwarded` parameter value: a token as is, anything else as a quoted string.
-fn push_forwarded_value(out: &mut String, v: &str) {
+fn push_forwarded_value(out: &mut Vec<u8>, v: &str) {
     let token = !v.is_empty()
         && v.bytes().all(|b| {
             b.is_ascii_alphanumeric()
@@ -1121,20 +1137,20 @@ fn push_forwarded_value(out: &mut String, v: &str) {
                 )
         });
     if token {
-        out.push_str(v);
+        out.extend_from_slice(v.as_bytes());
         return;
     }
-    out.push('"');
+    out.push(b'"');
     // Runs without a `\` or `"` are copied whole; those two are escaped.
     let mut rest = v;
     while let Some(at) = rest.find(['\\', '"']) {
-        out.push_str(&rest[..at]);
-        out.push('\\');
-        out.push_str(&rest[at..=at]);
+        out.extend_from_slice(&rest.as_bytes()[..at]);
+        out.push(b'\\');
+        out.extend_from_slice(&rest.as_bytes()[at..=at]);
         rest = &rest[at + 1..];
     }
-    out.push_str(rest);
-    out.push('"');
+    out.extend_from_slice(rest.as_bytes());
+    out.push(b'"');
 }
 
 /// 502: the upstream could not be reached or broke the exchange.
@@ -1705,32 +1721,29 @@ mod tests {
             ("a\"b\\c", "\"a\\\"b\\\\c\""),
             ("", "\"\""),
         ] {
-            let mut out = String::new();
+            let mut out = Vec::new();
             push_forwarded_value(&mut out, value);
-            assert_eq!(out, written, "{value:?}");
+            assert_eq!(out, written.as_bytes(), "{value:?}");
         }
     }
 
     #[test]
     fn forwarded_quotes_ipv6_and_hosts_with_ports() {
-        let host = HeaderValue::from_static("example.com:8080");
+        let element = |peer: &str, proto, host| {
+            let mut out = Vec::new();
+            let hop = Hop {
+                proto,
+                peer: Some(peer.parse().unwrap()),
+            };
+            hop.write_element(&mut out, Some(&HeaderValue::from_static(host)));
+            String::from_utf8(out).unwrap()
+        };
         assert_eq!(
-            forwarded_element(
-                Some("::1".parse().unwrap()),
-                Some("::1"),
-                "http",
-                Some(&host)
-            ),
+            element("::1", "http", "example.com:8080"),
             "for=\"[::1]\";proto=http;host=\"example.com:8080\""
         );
-        let host = HeaderValue::from_static("example.com");
         assert_eq!(
-            forwarded_element(
-                Some("10.1.2.3".parse().unwrap()),
-                Some("10.1.2.3"),
-                "https",
-                Some(&host)
-            ),
+            element("10.1.2.3", "https", "example.com"),
             "for=10.1.2.3;proto=https;host=example.com"
         );
     }

@@ -40,7 +40,8 @@ static ALLOCATOR: portcullis_alloc::MiMalloc = portcullis_alloc::MiMalloc;
 
 /// What `portcullis token` puts in `iss` and `aud` when the config names none.
 const ISSUER: &str = "portcullis";
-const USAGE: &str = "usage: bench_axum [--listen ADDR:PORT] [--layer none|public|headers]";
+const USAGE: &str =
+    "usage: bench_axum [--listen ADDR:PORT] [--layer none|public|headers] [--loop REQUESTS]";
 
 /// Far above what one machine can send: the limiter runs on every request, never refuses.
 fn never_limited(key: RateKey) -> RateLimitSpec {
@@ -165,6 +166,41 @@ async fn static_headers(mut res: axum::response::Response) -> axum::response::Re
     res
 }
 
+/// `--loop N`: N requests like wrk's (`GET /api/public`, `Host` only, a peer address) through
+/// the service in this task, no sockets: what `bench/callgrind.sh layer` counts, the layer's
+/// own instructions without hyper's or the kernel's.
+async fn in_process(layer: &str, n: u64) {
+    use axum::extract::ConnectInfo;
+    use tower::{Service, ServiceExt as _};
+    let peer: SocketAddr = "127.0.0.1:50000".parse().expect("a socket address");
+    let mut svc = match layer {
+        "none" => router().into_service::<axum::body::Body>().boxed_clone(),
+        "public" => tower::ServiceExt::<Request>::boxed_clone(security().layer(router())),
+        "headers" => router()
+            .layer(axum::middleware::map_response(static_headers))
+            .into_service::<axum::body::Body>()
+            .boxed_clone(),
+        other => panic!("unknown layer {other:?}; {USAGE}"),
+    };
+    let mut bytes = 0usize;
+    for _ in 0..n {
+        let mut req = Request::get("/api/public")
+            .header(header::HOST, "127.0.0.1:8080")
+            .body(axum::body::Body::empty())
+            .expect("a valid request");
+        req.extensions_mut().insert(ConnectInfo(peer));
+        let res = svc
+            .ready()
+            .await
+            .expect("ready")
+            .call(req)
+            .await
+            .expect("infallible");
+        bytes += res.headers().len();
+    }
+    println!("{n} requests, {bytes} response fields");
+}
+
 #[tokio::main]
 async fn main() {
     let mut listen = "127.0.0.1:3001".to_string();
@@ -174,6 +210,10 @@ async fn main() {
         match arg.as_str() {
             "--listen" => listen = args.next().expect(USAGE),
             "--layer" => layer = args.next().expect(USAGE),
+            "--loop" => {
+                let n = args.next().and_then(|n| n.parse().ok()).expect(USAGE);
+                return in_process(&layer, n).await;
+            }
             _ => panic!("unknown argument {arg:?}; {USAGE}"),
         }
     }

@@ -209,9 +209,7 @@ pub fn canonical_ip(ip: IpAddr) -> IpAddr {
     }
 }
 
-/// Appends `ip` as text, exactly as its `Display` writes it: IPv4 octet by octet with `itoa`
-/// (this runs on every request, for rate-limit keys and forwarding headers, and `Display`
-/// goes through the formatting machinery for each octet), IPv6 through `Display`.
+/// Appends `ip` as text, exactly as its `Display` writes it (see [`IpText`]).
 ///
 /// ```
 /// let mut s = String::from("for=");
@@ -219,21 +217,75 @@ pub fn canonical_ip(ip: IpAddr) -> IpAddr {
 /// assert_eq!(s, "for=192.0.2.60");
 /// ```
 pub fn push_ip(out: &mut String, ip: IpAddr) {
-    match ip {
-        IpAddr::V4(v4) => {
-            let mut digits = itoa::Buffer::new();
-            for (i, octet) in v4.octets().into_iter().enumerate() {
-                if i > 0 {
-                    out.push('.');
+    out.push_str(IpText::of(ip).as_str());
+}
+
+/// An address as text, on the stack: exactly what its `Display` writes, IPv4 octet by octet
+/// with `itoa` (this runs on every request, for rate-limit keys and forwarding headers, and
+/// `Display` goes through the formatting machinery for each octet), IPv6 through `Display`.
+///
+/// ```
+/// use portcullis::client_ip::IpText;
+/// assert_eq!(IpText::of("192.0.2.60".parse().unwrap()).as_str(), "192.0.2.60");
+/// let v6 = "::ffff:192.0.2.1".parse().unwrap();
+/// assert_eq!(IpText::of(v6).as_str(), "::ffff:192.0.2.1");
+/// ```
+#[derive(Clone, Copy)]
+pub struct IpText {
+    buf: [u8; 45],
+    len: usize,
+}
+
+impl IpText {
+    /// Formats `ip`.
+    ///
+    /// ```
+    /// # use portcullis::client_ip::IpText;
+    /// assert_eq!(IpText::of("2001:db8::1".parse().unwrap()).as_str(), "2001:db8::1");
+    /// ```
+    pub fn of(ip: IpAddr) -> IpText {
+        let mut buf = [0u8; 45];
+        let len = match ip {
+            IpAddr::V4(v4) => {
+                let mut digits = itoa::Buffer::new();
+                let mut n = 0;
+                for (i, octet) in v4.octets().into_iter().enumerate() {
+                    if i > 0 {
+                        buf[n] = b'.';
+                        n += 1;
+                    }
+                    let d = digits.format(octet).as_bytes();
+                    buf[n..n + d.len()].copy_from_slice(d);
+                    n += d.len();
                 }
-                out.push_str(digits.format(octet));
+                n
             }
-        }
-        IpAddr::V6(v6) => {
-            use std::fmt::Write;
-            // Writing to a String cannot fail.
-            let _ = write!(out, "{v6}");
-        }
+            IpAddr::V6(v6) => {
+                use std::io::Write;
+                let mut rest = &mut buf[..];
+                // 45 bytes hold the longest form (`ffff:…:255.255.255.255`).
+                let _ = write!(rest, "{v6}");
+                45 - rest.len()
+            }
+        };
+        IpText { buf, len }
+    }
+
+    /// The text.
+    ///
+    /// ```
+    /// # use portcullis::client_ip::IpText;
+    /// assert_eq!(IpText::of("10.0.0.1".parse().unwrap()).as_str().len(), 8);
+    /// ```
+    pub fn as_str(&self) -> &str {
+        // Digits, dots, colons and hex letters only.
+        std::str::from_utf8(&self.buf[..self.len]).unwrap_or_default()
+    }
+}
+
+impl std::fmt::Debug for IpText {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
     }
 }
 
@@ -401,6 +453,34 @@ impl<S: Send + Sync> axum::extract::FromRequestParts<S> for ClientIp {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ip_text_is_display() {
+        let mut ips: Vec<IpAddr> = [
+            "0.0.0.0",
+            "255.255.255.255",
+            "10.0.0.1",
+            "192.0.2.60",
+            "::",
+            "::1",
+            "2001:db8::7",
+            "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff",
+            "::ffff:255.255.255.255",
+            "fe80::1:2:3:4",
+            "1:0:0:1::1",
+        ]
+        .iter()
+        .map(|t| t.parse().unwrap())
+        .collect();
+        for i in 0..2000u32 {
+            let x = i.wrapping_mul(2_654_435_761);
+            ips.push(IpAddr::V4(Ipv4Addr::from(x)));
+            ips.push(IpAddr::V6(Ipv6Addr::from(u128::from(x) << (i % 97))));
+        }
+        for ip in ips {
+            assert_eq!(IpText::of(ip).as_str(), ip.to_string());
+        }
+    }
 
     #[test]
     fn push_ip_writes_what_display_writes() {

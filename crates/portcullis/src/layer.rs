@@ -1991,9 +1991,7 @@ impl Engine {
         if x.policy.is_no_store() && !headers.contains_key(header::CACHE_CONTROL) {
             headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
         }
-        if let Ok(v) = HeaderValue::from_str(x.request_id.as_str()) {
-            headers.insert(X_REQUEST_ID, v);
-        }
+        headers.insert(X_REQUEST_ID, x.request_id.header_value());
         deferred
     }
 

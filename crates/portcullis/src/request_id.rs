@@ -8,10 +8,9 @@
 //! assert_eq!(RequestId::generate().as_str().len(), 36);
 //! ```
 
-use std::sync::Arc;
-
-use http::HeaderName;
+use bytes::Bytes;
 use http::request::Parts;
+use http::{HeaderName, HeaderValue};
 
 /// The `x-request-id` header name.
 ///
@@ -39,7 +38,7 @@ pub const MAX_LEN: usize = 128;
 /// assert_ne!(RequestId::generate(), RequestId::generate());
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct RequestId(Arc<str>);
+pub struct RequestId(HeaderValue);
 
 impl RequestId {
     /// Accepts a client's id if it is 1–128 characters of `A-Z a-z 0-9 - _ . :`, so it can
@@ -57,7 +56,8 @@ impl RequestId {
             && value
                 .bytes()
                 .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':'));
-        ok.then(|| RequestId(Arc::from(value)))
+        ok.then(|| HeaderValue::from_str(value).ok().map(RequestId))
+            .flatten()
     }
 
     /// A fresh random id in UUID v4 form.
@@ -75,7 +75,7 @@ impl RequestId {
         b[6] = (b[6] & 0x0f) | 0x40;
         b[8] = (b[8] & 0x3f) | 0x80;
         const HEX: &[u8; 16] = b"0123456789abcdef";
-        // Formatted on the stack: the Arc is the only allocation.
+        // Formatted on the stack.
         let mut out = [0u8; 36];
         let mut n = 0;
         for (i, byte) in b.iter().enumerate() {
@@ -87,9 +87,13 @@ impl RequestId {
             out[n + 1] = HEX[(byte & 15) as usize];
             n += 2;
         }
-        RequestId(Arc::from(
-            std::str::from_utf8(&out).unwrap_or("00000000-0000-4000-8000-000000000000"),
-        ))
+        // Shared as it is (one allocation, no copy): the response field and the upstream
+        // request clone this value, never re-check or copy it.
+        RequestId(
+            HeaderValue::from_maybe_shared(Bytes::from_owner(out)).unwrap_or(
+                HeaderValue::from_static("00000000-0000-4000-8000-000000000000"),
+            ),
+        )
     }
 
     /// The id as text.
@@ -99,13 +103,25 @@ impl RequestId {
     /// assert_eq!(RequestId::from_client("abc").unwrap().as_str(), "abc");
     /// ```
     pub fn as_str(&self) -> &str {
-        &self.0
+        // Only ASCII ever gets in (`from_client` and `generate`).
+        std::str::from_utf8(self.0.as_bytes()).unwrap_or_default()
+    }
+
+    /// The id as an `X-Request-Id` field value, without a copy.
+    ///
+    /// ```
+    /// use portcullis::RequestId;
+    /// let id = RequestId::from_client("req-42").unwrap();
+    /// assert_eq!(id.header_value(), "req-42");
+    /// ```
+    pub fn header_value(&self) -> HeaderValue {
+        self.0.clone()
     }
 }
 
 impl std::fmt::Display for RequestId {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
+        f.write_str(self.as_str())
     }
 }
 

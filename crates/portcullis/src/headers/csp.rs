@@ -69,6 +69,26 @@ const NONCE_BYTES: usize = 16;
 /// Length of a nonce in padded base64.
 const NONCE_TEXT: usize = NONCE_BYTES.div_ceil(3) * 4;
 
+/// Standard padded base64 of a nonce's bytes, on the stack: the `Arc` is a nonce's only
+/// allocation.
+fn nonce_text(raw: &[u8; NONCE_BYTES]) -> [u8; NONCE_TEXT] {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut text = [b'='; NONCE_TEXT];
+    for (group, out) in raw.chunks(3).zip(text.chunks_mut(4)) {
+        let b = [
+            group[0],
+            *group.get(1).unwrap_or(&0),
+            *group.get(2).unwrap_or(&0),
+        ];
+        let n = u32::from(b[0]) << 16 | u32::from(b[1]) << 8 | u32::from(b[2]);
+        // One sextet per input byte, plus one: the rest of the group stays `=`.
+        for (i, o) in out.iter_mut().take(group.len() + 1).enumerate() {
+            *o = ALPHABET[(n >> (18 - 6 * i) & 63) as usize];
+        }
+    }
+    text
+}
+
 /// The DESIGN §4 policy.
 const DEFAULT_POLICY: &str = "default-src 'self'; script-src 'self' 'nonce' 'strict-dynamic'; \
     style-src 'self'; img-src 'self' data:; font-src 'self'; connect-src 'self'; \
@@ -99,18 +119,9 @@ impl Nonce {
     /// ```
     pub fn generate() -> Nonce {
         let raw: [u8; NONCE_BYTES] = crate::random::bytes();
-        // Encoded on the stack so the nonce costs one allocation (the `Arc`).
-        let mut text = [0u8; NONCE_TEXT];
-        let n = base64::engine::general_purpose::STANDARD
-            .encode_slice(raw, &mut text)
-            .unwrap_or(0);
-        match std::str::from_utf8(&text[..n]) {
-            Ok(s) if n == NONCE_TEXT => Nonce(Arc::from(s)),
-            // Unreachable (24 bytes always fit and base64 is ASCII); the slow path is still right.
-            _ => Nonce(Arc::from(
-                base64::engine::general_purpose::STANDARD.encode(raw),
-            )),
-        }
+        let text = nonce_text(&raw);
+        // The alphabet and `=` are ASCII, so this cannot fail.
+        Nonce(Arc::from(std::str::from_utf8(&text).unwrap_or_default()))
     }
 
     /// The nonce text, for `nonce="..."` attributes.
@@ -1241,6 +1252,20 @@ mod tests {
     }
 
     // --- nonces ---
+
+    #[test]
+    fn nonce_text_is_standard_padded_base64() {
+        use base64::Engine;
+        let mut cases = vec![[0u8; NONCE_BYTES], [0xff; NONCE_BYTES]];
+        cases.extend((0..=255u8).map(|b| std::array::from_fn(|i| b.wrapping_mul(i as u8 + 1))));
+        for _ in 0..256 {
+            cases.push(crate::random::bytes());
+        }
+        for raw in cases {
+            let want = base64::engine::general_purpose::STANDARD.encode(raw);
+            assert_eq!(std::str::from_utf8(&nonce_text(&raw)).unwrap(), want);
+        }
+    }
 
     #[test]
     fn nonce_is_128_bits_of_standard_base64_and_debug_hides_it() {

@@ -31,7 +31,6 @@
 
 use std::sync::Arc;
 
-use bytes::Bytes;
 use http::header::{self, Entry, HeaderMap, HeaderName, HeaderValue};
 
 /// When `Strict-Transport-Security` is sent.
@@ -121,16 +120,20 @@ pub struct SecurityHeaders {
 /// assert_eq!(fields["x-frame-options"], "DENY");
 /// ```
 #[derive(Clone)]
-pub struct DeferredSecurityHeaders {
-    fields: Arc<HeaderMap>,
+pub struct DeferredSecurityHeaders(Arc<Deferred>);
+
+/// One allocation shared by every response of a set: a clone per response is one
+/// reference count.
+struct Deferred {
+    fields: HeaderMap,
     /// `name: value\r\n` for each field.
-    encoded: Bytes,
+    encoded: Vec<u8>,
 }
 
 impl std::fmt::Debug for DeferredSecurityHeaders {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("DeferredSecurityHeaders")
-            .field("fields", &self.fields)
+            .field("fields", &self.0.fields)
             .finish_non_exhaustive()
     }
 }
@@ -144,10 +147,10 @@ impl DeferredSecurityHeaders {
             encoded.extend_from_slice(value.as_bytes());
             encoded.extend_from_slice(b"\r\n");
         }
-        DeferredSecurityHeaders {
-            fields: Arc::new(fields.clone()),
-            encoded: Bytes::from(encoded),
-        }
+        DeferredSecurityHeaders(Arc::new(Deferred {
+            fields: fields.clone(),
+            encoded,
+        }))
     }
 
     /// The fields as HTTP/1 header lines, `name: value\r\n` each.
@@ -160,7 +163,7 @@ impl DeferredSecurityHeaders {
     /// # Ok::<(), portcullis::headers::security::HeaderError>(())
     /// ```
     pub fn encoded(&self) -> &[u8] {
-        &self.encoded
+        &self.0.encoded
     }
 
     /// The fields.
@@ -171,7 +174,7 @@ impl DeferredSecurityHeaders {
     /// assert!(deferred.fields().contains_key("strict-transport-security"));
     /// ```
     pub fn fields(&self) -> &HeaderMap {
-        &self.fields
+        &self.0.fields
     }
 
     /// Puts the fields in `headers` (for a writer that takes a header map after all).
@@ -184,8 +187,8 @@ impl DeferredSecurityHeaders {
     /// assert_eq!(h["x-content-type-options"], "nosniff");
     /// ```
     pub fn apply_to(&self, headers: &mut HeaderMap) {
-        headers.reserve(self.fields.len());
-        for (name, value) in self.fields.iter() {
+        headers.reserve(self.0.fields.len());
+        for (name, value) in self.0.fields.iter() {
             headers.append(name.clone(), value.clone());
         }
     }
