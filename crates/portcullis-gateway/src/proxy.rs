@@ -663,13 +663,8 @@ impl Proxy {
         }
 
         let hop = this_hop(extensions);
-        let text = |write: &dyn Fn(&mut Vec<u8>)| {
-            let mut out = Vec::with_capacity(64);
-            write(&mut out);
-            String::from_utf8(out).unwrap_or_default()
-        };
-        if let Some(ip) = hop.peer {
-            append_list(headers, X_FORWARDED_FOR, text(&|o| Hop::write_peer(ip, o)));
+        if let Some((_, peer)) = &hop.peer {
+            append_list(headers, X_FORWARDED_FOR, peer.as_str().to_string());
         }
         // One hashed lookup per name (entry), not a look and then an insert.
         if let Entry::Vacant(v) = headers.entry(X_FORWARDED_PROTO) {
@@ -680,8 +675,13 @@ impl Proxy {
         {
             v.insert(host.clone());
         }
-        let element = text(&|o| hop.write_element(o, client_host.as_ref()));
-        append_list(headers, FORWARDED, element);
+        let mut element = Vec::with_capacity(64);
+        hop.write_element(&mut element, client_host.as_ref());
+        append_list(
+            headers,
+            FORWARDED,
+            String::from_utf8(element).unwrap_or_default(),
+        );
 
         // The layer strips client copies already (step 3); this keeps the proxy right on its
         // own, with a look at each name before paying for a hashed removal per header.
@@ -808,9 +808,9 @@ impl Proxy {
             out.extend_from_slice(b"\r\n");
         }
         let hop = this_hop(extensions);
-        match hop.peer {
-            Some(ip) => write_list(out, headers, X_FORWARDED_FOR, xff, |o| {
-                Hop::write_peer(ip, o)
+        match &hop.peer {
+            Some((_, peer)) => write_list(out, headers, X_FORWARDED_FOR, xff, |o| {
+                o.extend_from_slice(peer.as_str().as_bytes());
             }),
             // Nothing of ours to add: the inbound fields as they came.
             None if xff => {
@@ -1072,7 +1072,7 @@ fn append_list(headers: &mut HeaderMap, name: HeaderName, item: String) {
 /// This hop, for the forwarding fields: the scheme the client used and the peer's address.
 struct Hop {
     proto: &'static str,
-    peer: Option<IpAddr>,
+    peer: Option<(IpAddr, IpText)>,
 }
 
 fn this_hop(extensions: &Extensions) -> Hop {
@@ -1081,27 +1081,24 @@ fn this_hop(extensions: &Extensions) -> Hop {
     } else {
         "http"
     };
-    let peer = extensions.get::<PeerAddr>().map(|p| canonical_ip(p.0.ip()));
+    let peer = extensions.get::<PeerAddr>().map(|p| {
+        let ip = canonical_ip(p.0.ip());
+        (ip, IpText::of(ip))
+    });
     Hop { proto, peer }
 }
 
 impl Hop {
-    /// The peer's address as text (as [`push_ip`] writes it), written straight into the
-    /// request head: no string per request.
-    fn write_peer(ip: IpAddr, out: &mut Vec<u8>) {
-        out.extend_from_slice(IpText::of(ip).as_str().as_bytes());
-    }
-
     /// Our hop as an RFC 7239 `Forwarded` element: `for=…;proto=…;host=…`.
     fn write_element(&self, out: &mut Vec<u8>, host: Option<&HeaderValue>) {
         out.extend_from_slice(b"for=");
-        match self.peer {
-            Some(ip @ IpAddr::V6(_)) => {
+        match &self.peer {
+            Some((IpAddr::V6(_), text)) => {
                 out.extend_from_slice(b"\"[");
-                Hop::write_peer(ip, out);
+                out.extend_from_slice(text.as_str().as_bytes());
                 out.extend_from_slice(b"]\"");
             }
-            Some(ip) => Hop::write_peer(ip, out),
+            Some((_, text)) => out.extend_from_slice(text.as_str().as_bytes()),
             None => out.extend_from_slice(b"unknown"),
         }
         out.extend_from_slice(b";proto=");
@@ -1731,9 +1728,10 @@ mod tests {
     fn forwarded_quotes_ipv6_and_hosts_with_ports() {
         let element = |peer: &str, proto, host| {
             let mut out = Vec::new();
+            let ip = peer.parse().unwrap();
             let hop = Hop {
                 proto,
-                peer: Some(peer.parse().unwrap()),
+                peer: Some((ip, IpText::of(ip))),
             };
             hop.write_element(&mut out, Some(&HeaderValue::from_static(host)));
             String::from_utf8(out).unwrap()
