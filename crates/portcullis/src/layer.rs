@@ -1979,7 +1979,7 @@ impl Engine {
         for (name, value) in added.into_fields() {
             // A guard's field with a name of the deferred set: the set goes in first, as
             // `apply` would have put it, and the field is added to it.
-            if let Some(d) = deferred.take_if(|d| d.fields().contains_key(&name)) {
+            if let Some(d) = deferred.take_if(|d| d.contains(&name)) {
                 d.apply_to(headers);
             }
             if name == header::VARY {

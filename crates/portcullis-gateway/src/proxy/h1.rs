@@ -251,9 +251,14 @@ enum Chunk {
 
 /// Parses an answer head at the start of `buf`, taking it off the buffer when complete.
 fn parse_head(buf: &mut BytesMut, method: &Method) -> Result<Parsed, Error> {
-    let mut fields = [httparse::EMPTY_HEADER; MAX_FIELDS];
-    let mut parsed = httparse::Response::new(&mut fields);
-    let len = match parsed.parse(buf) {
+    // Left uninitialised: httparse writes the fields it finds.
+    let mut fields = [const { std::mem::MaybeUninit::uninit() }; MAX_FIELDS];
+    let mut parsed = httparse::Response::new(&mut []);
+    let len = match httparse::ParserConfig::default().parse_response_with_uninit_headers(
+        &mut parsed,
+        buf,
+        &mut fields,
+    ) {
         // A read may complete a head past the limit in one go: the limit holds all the same.
         Ok(httparse::Status::Complete(len)) if len > MAX_HEAD => {
             return Err(Error::Invalid("head too large"));
