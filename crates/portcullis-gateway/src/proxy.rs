@@ -1112,43 +1112,52 @@ impl Hop {
 
 /// Appends a `Forwarded` parameter value: a token as is, anything else as a quoted string.
 fn push_forwarded_value(out: &mut Vec<u8>, v: &str) {
-    let token = !v.is_empty()
-        && v.bytes().all(|b| {
-            b.is_ascii_alphanumeric()
-                || matches!(
-                    b,
-                    b'!' | b'#'
-                        | b'$'
-                        | b'%'
-                        | b'&'
-                        | b'\''
-                        | b'*'
-                        | b'+'
-                        | b'-'
-                        | b'.'
-                        | b'^'
-                        | b'_'
-                        | b'`'
-                        | b'|'
-                        | b'~'
-                )
-        });
-    if token {
-        out.extend_from_slice(v.as_bytes());
+    let v = v.as_bytes();
+    if !v.is_empty() && v.iter().all(|&b| TCHAR[usize::from(b)]) {
+        out.extend_from_slice(v);
         return;
     }
     out.push(b'"');
     // Runs without a `\` or `"` are copied whole; those two are escaped.
     let mut rest = v;
-    while let Some(at) = rest.find(['\\', '"']) {
-        out.extend_from_slice(&rest.as_bytes()[..at]);
+    while let Some(at) = rest.iter().position(|&b| b == b'\\' || b == b'"') {
+        out.extend_from_slice(&rest[..at]);
         out.push(b'\\');
-        out.extend_from_slice(&rest.as_bytes()[at..=at]);
+        out.push(rest[at]);
         rest = &rest[at + 1..];
     }
-    out.extend_from_slice(rest.as_bytes());
+    out.extend_from_slice(rest);
     out.push(b'"');
 }
+
+/// RFC 9110 `tchar`: the bytes of a token, one table lookup each.
+const TCHAR: [bool; 256] = {
+    let mut t = [false; 256];
+    let mut b = 0;
+    while b < 256 {
+        let c = b as u8;
+        t[b] = c.is_ascii_alphanumeric()
+            || matches!(
+                c,
+                b'!' | b'#'
+                    | b'$'
+                    | b'%'
+                    | b'&'
+                    | b'\''
+                    | b'*'
+                    | b'+'
+                    | b'-'
+                    | b'.'
+                    | b'^'
+                    | b'_'
+                    | b'`'
+                    | b'|'
+                    | b'~'
+            );
+        b += 1;
+    }
+    t
+};
 
 /// 502: the upstream could not be reached or broke the exchange.
 ///
@@ -1717,6 +1726,9 @@ mod tests {
             ("a:1", "\"a:1\""),
             ("a\"b\\c", "\"a\\\"b\\\\c\""),
             ("", "\"\""),
+            ("a!#$%&'*+-.^_`|~Z9", "a!#$%&'*+-.^_`|~Z9"),
+            ("a b", "\"a b\""),
+            ("a,b", "\"a,b\""),
         ] {
             let mut out = Vec::new();
             push_forwarded_value(&mut out, value);
