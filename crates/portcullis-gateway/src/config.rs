@@ -991,6 +991,8 @@ impl GatewayConfig {
         let mut builder = SecurityLayer::builder()
             // Real clients on the wire: HTTP/1.1 without Host is refused (RFC 9112 §3.2).
             .require_host(true)
+            // The proxy reads the request id, route and nonce: one extension holds them.
+            .request_extensions(portcullis::layer::RequestExtensions::Context)
             .failed_auth(Some(stores.failed_auth(&self.auth, &self.storage)?))
             .trusted_proxies(self.server.trusted_proxies.iter().cloned())
             .security_headers(Some(self.headers.security.clone()))

@@ -438,7 +438,7 @@ impl Proxy {
         let deadline = start + self.inner.request_timeout;
         let (mut parts, body) = req.into_parts();
         let mut extensions = std::mem::take(&mut parts.extensions);
-        let request_id = extensions.get::<RequestId>().cloned();
+        let request_id = RequestId::of(&extensions);
         let request_id = request_id.as_ref().map_or("", RequestId::as_str);
         let upgrade = parts.version == Version::HTTP_11 && is_upgrade(&parts.headers);
         let method = parts.method.clone();
@@ -545,7 +545,7 @@ impl Proxy {
     /// The nonce on the upstream request: the CSP header for Next.js, or a plain-HTML ask
     /// for the placeholder rewrite (see the module docs).
     fn transform_request(&self, req: &mut Request<ProxyBody>, extensions: &Extensions) {
-        let nonce = extensions.get::<Nonce>();
+        let nonce = Nonce::of(extensions);
         match self.inner.upstream_kind {
             UpstreamKind::Nextjs => {
                 let headers = req.headers_mut();
@@ -554,7 +554,7 @@ impl Proxy {
                 headers.remove(header::CONTENT_SECURITY_POLICY);
                 headers.remove(header::CONTENT_SECURITY_POLICY_REPORT_ONLY);
                 headers.remove(X_NONCE);
-                let csp = self.inner.csps.for_route(extensions.get::<MatchedRoute>());
+                let csp = self.inner.csps.for_route(MatchedRoute::of(extensions));
                 if let (Some(nonce), Some(csp)) = (nonce, csp) {
                     headers.insert(csp.header_name(), csp.render(Some(nonce)));
                     if let Ok(v) = HeaderValue::from_str(nonce.as_str()) {
@@ -585,7 +585,7 @@ impl Proxy {
         if self.inner.upstream_kind != UpstreamKind::Generic || *method == Method::HEAD {
             return res;
         }
-        let Some(nonce) = extensions.get::<Nonce>() else {
+        let Some(nonce) = Nonce::of(extensions) else {
             return res;
         };
         let status = res.status();
@@ -749,7 +749,7 @@ impl Proxy {
             Vec::new()
         };
         let te_trailers = te_trailers(headers);
-        let nonce = extensions.get::<Nonce>();
+        let nonce = Nonce::of(extensions);
         let nextjs = self.inner.upstream_kind == UpstreamKind::Nextjs;
         let identity = self.inner.upstream_kind == UpstreamKind::Generic
             && nonce.is_some()
@@ -850,7 +850,7 @@ impl Proxy {
             }
         }
         if nextjs {
-            let csp = self.inner.csps.for_route(extensions.get::<MatchedRoute>());
+            let csp = self.inner.csps.for_route(MatchedRoute::of(extensions));
             if let (Some(nonce), Some(csp)) = (nonce, csp) {
                 line(
                     out,

@@ -446,10 +446,17 @@ impl<S: Send + Sync> axum::extract::FromRequestParts<S> for ClientIp {
     type Rejection = std::convert::Infallible;
 
     async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        let context = || {
+            parts
+                .extensions
+                .get::<crate::layer::RequestContext>()
+                .map(|c| c.client_ip)
+        };
         Ok(parts
             .extensions
             .get::<ClientIp>()
             .copied()
+            .or_else(context)
             .unwrap_or_else(|| {
                 peer_of(parts).map_or_else(ClientIp::unknown, |p| ClientIp(canonical_ip(p)))
             }))

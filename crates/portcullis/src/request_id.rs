@@ -107,6 +107,24 @@ impl RequestId {
         std::str::from_utf8(self.0.as_bytes()).unwrap_or_default()
     }
 
+    /// The id the layer gave a request: its [`RequestId`] extension, or its
+    /// [`RequestContext`](crate::layer::RequestContext)'s.
+    ///
+    /// ```
+    /// use portcullis::RequestId;
+    /// let mut ext = http::Extensions::new();
+    /// assert!(RequestId::of(&ext).is_none());
+    /// ext.insert(RequestId::from_client("a1").unwrap());
+    /// assert_eq!(RequestId::of(&ext).unwrap().as_str(), "a1");
+    /// ```
+    pub fn of(extensions: &http::Extensions) -> Option<RequestId> {
+        extensions.get::<RequestId>().cloned().or_else(|| {
+            extensions
+                .get::<crate::layer::RequestContext>()
+                .map(|c| c.request_id.clone())
+        })
+    }
+
     /// The id as an `X-Request-Id` field value, without a copy.
     ///
     /// ```
@@ -129,10 +147,6 @@ impl<S: Send + Sync> axum::extract::FromRequestParts<S> for RequestId {
     type Rejection = std::convert::Infallible;
 
     async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
-        Ok(parts
-            .extensions
-            .get::<RequestId>()
-            .cloned()
-            .unwrap_or_else(RequestId::generate))
+        Ok(RequestId::of(&parts.extensions).unwrap_or_else(RequestId::generate))
     }
 }

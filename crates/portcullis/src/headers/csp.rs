@@ -124,6 +124,24 @@ impl Nonce {
         Nonce(Arc::from(std::str::from_utf8(&text).unwrap_or_default()))
     }
 
+    /// The nonce the layer gave a request: its [`Nonce`] extension, or its
+    /// [`RequestContext`](crate::layer::RequestContext)'s.
+    ///
+    /// ```
+    /// use portcullis::Nonce;
+    /// let mut ext = http::Extensions::new();
+    /// assert!(Nonce::of(&ext).is_none());
+    /// ext.insert(Nonce::generate());
+    /// assert!(Nonce::of(&ext).is_some());
+    /// ```
+    pub fn of(extensions: &http::Extensions) -> Option<&Nonce> {
+        extensions.get::<Nonce>().or_else(|| {
+            extensions
+                .get::<crate::layer::RequestContext>()
+                .and_then(|c| c.nonce.as_ref())
+        })
+    }
+
     /// The nonce text, for `nonce="..."` attributes.
     ///
     /// ```
@@ -1037,7 +1055,7 @@ impl<S: Send + Sync> axum::extract::FromRequestParts<S> for CspNonce {
     type Rejection = axum::response::Response;
 
     async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
-        if let Some(n) = parts.extensions.get::<Nonce>() {
+        if let Some(n) = Nonce::of(&parts.extensions) {
             return Ok(CspNonce(n.clone()));
         }
         // A configuration error, not the client's: say so in the log, not the response.
@@ -1045,9 +1063,7 @@ impl<S: Send + Sync> axum::extract::FromRequestParts<S> for CspNonce {
             path = parts.uri.path(),
             "CspNonce used on a route whose CSP has no 'nonce' placeholder"
         );
-        let id = parts
-            .extensions
-            .get::<crate::RequestId>()
+        let id = crate::RequestId::of(&parts.extensions)
             .map(|r| r.as_str().to_string())
             .unwrap_or_default();
         Err(crate::Rejection::internal()
@@ -1060,7 +1076,7 @@ impl<S: Send + Sync> axum::extract::OptionalFromRequestParts<S> for CspNonce {
     type Rejection = std::convert::Infallible;
 
     async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Option<Self>, Self::Rejection> {
-        Ok(parts.extensions.get::<Nonce>().cloned().map(CspNonce))
+        Ok(Nonce::of(&parts.extensions).cloned().map(CspNonce))
     }
 }
 
