@@ -810,7 +810,7 @@ impl Proxy {
         let hop = this_hop(extensions);
         match &hop.peer {
             Some((_, peer)) => write_list(out, headers, X_FORWARDED_FOR, xff, |o| {
-                o.extend_from_slice(peer.as_str().as_bytes());
+                o.extend_from_slice(peer.as_bytes());
             }),
             // Nothing of ours to add: the inbound fields as they came.
             None if xff => {
@@ -1095,10 +1095,10 @@ impl Hop {
         match &self.peer {
             Some((IpAddr::V6(_), text)) => {
                 out.extend_from_slice(b"\"[");
-                out.extend_from_slice(text.as_str().as_bytes());
+                out.extend_from_slice(text.as_bytes());
                 out.extend_from_slice(b"]\"");
             }
-            Some((_, text)) => out.extend_from_slice(text.as_str().as_bytes()),
+            Some((_, text)) => out.extend_from_slice(text.as_bytes()),
             None => out.extend_from_slice(b"unknown"),
         }
         out.extend_from_slice(b";proto=");

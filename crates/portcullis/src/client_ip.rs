@@ -285,7 +285,17 @@ impl IpText {
     /// ```
     pub fn as_str(&self) -> &str {
         // Digits, dots, colons and hex letters only.
-        std::str::from_utf8(&self.buf[..self.len]).unwrap_or_default()
+        std::str::from_utf8(self.as_bytes()).unwrap_or_default()
+    }
+
+    /// The text's bytes, for a writer of bytes (no UTF-8 check).
+    ///
+    /// ```
+    /// # use portcullis::client_ip::IpText;
+    /// assert_eq!(IpText::of("10.0.0.1".parse().unwrap()).as_bytes(), b"10.0.0.1");
+    /// ```
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.buf[..self.len]
     }
 }
 
