@@ -761,7 +761,9 @@ fn render_headers(
         state.push_str(";t=");
         push_decimal(&mut state, v.reset_us.div_ceil(1_000_000));
     }
-    // The string becomes the header value as it is (checked, not copied).
+    // The string becomes the header value as it is (checked, not copied). At its exact length
+    // (a shrink in place), the bytes take it over without allocating a shared header.
+    state.shrink_to_fit();
     if let (Some(p), Ok(s)) = (
         policy,
         HeaderValue::from_maybe_shared(bytes::Bytes::from(state)),
