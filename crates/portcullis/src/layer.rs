@@ -2041,20 +2041,18 @@ impl Engine {
         defer: bool,
     ) -> Option<DeferredSecurityHeaders> {
         let mut deferred = None;
-        let csp = self.csp_for(&x.policy);
         match &self.headers {
             Some(sh) => match defer.then(|| sh.defer(headers, x.https)).flatten() {
                 Some(d) => {
                     headers.reserve(16);
                     deferred = Some(d);
                 }
-                // Starts the map over from a copy of the set, with slots for the CSP and the
-                // request id (both always set below) and room for what else follows.
-                None => sh.apply_with_slots(headers, x.https, csp.map(Csp::header_name).as_ref()),
+                // Starts the map over from a copy of the set, sized for what follows.
+                None => sh.apply(headers, x.https),
             },
             None => headers.reserve(16),
         }
-        if let Some(csp) = csp {
+        if let Some(csp) = self.csp_for(&x.policy) {
             headers.insert(csp.header_name(), csp.render(nonce));
             if nonce.is_some() {
                 let html = headers

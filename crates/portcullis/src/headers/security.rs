@@ -31,7 +31,6 @@
 
 use std::sync::Arc;
 
-use crate::request_id::X_REQUEST_ID;
 use http::header::{self, Entry, HeaderMap, HeaderName, HeaderValue};
 
 /// When `Strict-Transport-Security` is sent.
@@ -96,10 +95,6 @@ pub struct SecurityHeaders {
     /// `set` as a header map, without and with HSTS: a response starts from a copy, which
     /// costs no hashing of the (mostly non-standard, long) names. Rebuilt by every builder.
     templates: [HeaderMap; 2],
-    /// `templates` with empty slots for what the layer always adds after the set: the request
-    /// id and, by its policy, no CSP, a CSP or a report-only one ([`Slots`]). The layer fills
-    /// them in place; a plain copy would grow (reallocate) at its first added field.
-    slotted: [[HeaderMap; 3]; 2],
     /// The same, for a writer that writes them itself ([`DeferredSecurityHeaders`]); `None`
     /// when the set holds a name the layer touches later or that frames a message.
     deferred: Option<[DeferredSecurityHeaders; 2]>,
@@ -225,14 +220,6 @@ fn name_bit(name: &HeaderName) -> u64 {
     1 << ((n.len() + first) % 64)
 }
 
-/// Which CSP slot a layer template holds (see `SecurityHeaders::slotted`).
-#[derive(Clone, Copy)]
-enum Slots {
-    None = 0,
-    Csp = 1,
-    CspReportOnly = 2,
-}
-
 /// Names a deferred set must not hold: those the layer reads or writes after it applies the
 /// set (the content type, `Cache-Control`, `Vary`, CORS, the request id) and those an HTTP/1
 /// writer frames a message with. A set holding one is applied to the header map instead.
@@ -304,7 +291,6 @@ impl Default for SecurityHeaders {
             hsts_mode: HstsMode::Always,
             strip: BANNERS.iter().map(|n| HeaderName::from_static(n)).collect(),
             templates: Default::default(),
-            slotted: Default::default(),
             deferred: None,
             names: 0,
         }
@@ -361,22 +347,6 @@ impl SecurityHeaders {
             .keys()
             .chain(&self.strip)
             .fold(0, |bits, n| bits | name_bit(n));
-        let slotted = |base: &HeaderMap| {
-            let with = |csp: Option<HeaderName>| {
-                let mut t = base.clone();
-                t.reserve(1 + TEMPLATE_ROOM);
-                for name in csp.into_iter().chain([X_REQUEST_ID]) {
-                    t.insert(name, HeaderValue::from_static(""));
-                }
-                t
-            };
-            [
-                with(None),
-                with(Some(header::CONTENT_SECURITY_POLICY)),
-                with(Some(header::CONTENT_SECURITY_POLICY_REPORT_ONLY)),
-            ]
-        };
-        self.slotted = [slotted(&plain), slotted(&secure)];
         self.templates = [plain, secure];
         self
     }
@@ -548,34 +518,11 @@ impl SecurityHeaders {
     /// assert_eq!(h["strict-transport-security"], "max-age=63072000; includeSubDomains");
     /// ```
     pub fn apply(&self, headers: &mut HeaderMap, https: bool) {
-        self.apply_from(&self.templates[usize::from(self.hsts_on(https))], headers);
-    }
-
-    /// [`SecurityHeaders::apply`] for the layer, which always adds `X-Request-Id` and, when
-    /// `csp` names one, a CSP field after the set: the result holds empty values under those
-    /// names for the layer to replace (it must), so the copy never grows.
-    pub(crate) fn apply_with_slots(
-        &self,
-        headers: &mut HeaderMap,
-        https: bool,
-        csp: Option<&HeaderName>,
-    ) {
-        let slot = match csp {
-            None => Slots::None,
-            Some(n) if n == header::CONTENT_SECURITY_POLICY => Slots::Csp,
-            Some(_) => Slots::CspReportOnly,
-        };
-        self.apply_from(
-            &self.slotted[usize::from(self.hsts_on(https))][slot as usize],
-            headers,
-        );
-    }
-
-    fn apply_from(&self, template: &HeaderMap, headers: &mut HeaderMap) {
+        let hsts = self.hsts_on(https);
         // The result starts as a copy of the template; the response's own headers follow,
         // less the banners and the names the set replaces. Same result as removing the
         // banners and inserting each header, without hashing the set's names per response.
-        let mut out = template.clone();
+        let mut out = self.templates[usize::from(hsts)].clone();
         out.reserve(headers.len());
         // Whether the current name's further values (drain yields `None` for them) are kept.
         let mut current: Option<HeaderName> = None;
@@ -605,43 +552,6 @@ impl SecurityHeaders {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// Slots filled as the layer fills them give what `apply` and the same inserts give,
-    /// whatever the response held (its own CSP, request id, banners).
-    #[test]
-    fn slotted_templates_filled_are_apply_then_insert() {
-        let csps = [
-            None,
-            Some(header::CONTENT_SECURITY_POLICY),
-            Some(header::CONTENT_SECURITY_POLICY_REPORT_ONLY),
-        ];
-        let mut own = HeaderMap::new();
-        own.insert("content-type", "text/html".parse().unwrap());
-        own.insert("content-security-policy", "app's own".parse().unwrap());
-        own.insert("x-request-id", "app-id".parse().unwrap());
-        own.insert("x-powered-by", "Express".parse().unwrap());
-        own.append("set-cookie", "a=1".parse().unwrap());
-        own.append("set-cookie", "b=2".parse().unwrap());
-        let set = SecurityHeaders::default()
-            .strip_from_responses("x-debug")
-            .unwrap();
-        for https in [false, true] {
-            for csp in &csps {
-                let fill = |h: &mut HeaderMap| {
-                    if let Some(n) = csp {
-                        h.insert(n.clone(), "layer's".parse().unwrap());
-                    }
-                    h.insert(X_REQUEST_ID, "layer-id".parse().unwrap());
-                };
-                let (mut a, mut b) = (own.clone(), own.clone());
-                set.apply(&mut a, https);
-                fill(&mut a);
-                set.apply_with_slots(&mut b, https, csp.as_ref());
-                fill(&mut b);
-                assert_eq!(fields(&a), fields(&b), "https {https}, {csp:?}");
-            }
-        }
-    }
 
     #[test]
     fn deferred_contains_is_the_map_lookup() {
