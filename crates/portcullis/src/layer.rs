@@ -2053,7 +2053,19 @@ impl Engine {
             None => headers.reserve(16),
         }
         if let Some(csp) = self.csp_for(&x.policy) {
-            headers.insert(csp.header_name(), csp.render(nonce));
+            match deferred.as_mut() {
+                // Left to the writer with the set: it pastes the nonce between the policy's
+                // pieces straight into the response head. The response's own field goes, as
+                // an insert would have replaced it.
+                Some(d) => {
+                    let name = csp.header_name();
+                    headers.remove(&name);
+                    d.defer_csp(name, csp.rendered(), nonce.cloned());
+                }
+                None => {
+                    headers.insert(csp.header_name(), csp.render(nonce));
+                }
+            }
             if nonce.is_some() {
                 let html = headers
                     .get(header::CONTENT_TYPE)

@@ -463,7 +463,7 @@ fn response_head(
     }
     // The security headers the layer left for this writer (`DeferSecurityHeaders`).
     if let Some(deferred) = parts.extensions.get::<DeferredSecurityHeaders>() {
-        out.extend_from_slice(deferred.encoded());
+        deferred.write_to(out);
     }
     let framing = match (length, exact) {
         // The body's own length frames it; the field, when there is one, is as it came (a

@@ -324,6 +324,54 @@ struct Rendered {
     plain: HeaderValue,
 }
 
+/// A policy's rendered text, shared (a clone is one reference count): what a response's
+/// field is made of, with its nonce.
+#[derive(Clone)]
+pub(crate) struct RenderedCsp(Arc<Rendered>);
+
+impl RenderedCsp {
+    /// The pieces with the nonce between them, or the plain text: calls `piece` for each
+    /// part in order. Sources are validated visible ASCII and nonces base64.
+    fn parts(&self, nonce: Option<&Nonce>, mut piece: impl FnMut(&str)) -> bool {
+        let r = &self.0;
+        let (Some(nonce), Some((first, rest))) = (nonce, r.pieces.split_first()) else {
+            return false;
+        };
+        if rest.is_empty() {
+            return false;
+        }
+        piece(first);
+        for p in rest {
+            piece(" 'nonce-");
+            piece(nonce.as_str());
+            piece("'");
+            piece(p);
+        }
+        true
+    }
+
+    /// The field value with `nonce` in place of the placeholder ([`Csp::render`]).
+    pub(crate) fn value(&self, nonce: Option<&Nonce>) -> HeaderValue {
+        let r = &self.0;
+        let n = nonce.map_or(0, |n| n.as_str().len());
+        // " 'nonce-" + n + "'": the exact length, so the bytes take the string over as is.
+        let mut out = String::with_capacity(r.len + r.pieces.len().saturating_sub(1) * (n + 9));
+        if !self.parts(nonce, |p| out.push_str(p)) {
+            return r.plain.clone();
+        }
+        // Cannot fail (see `parts`); if it did, the nonce-less value is the safe side (no
+        // inline script runs).
+        HeaderValue::from_maybe_shared(Bytes::from(out)).unwrap_or_else(|_| r.plain.clone())
+    }
+
+    /// Appends the field value's bytes to `out`, as [`RenderedCsp::value`] would make them.
+    pub(crate) fn write(&self, nonce: Option<&Nonce>, out: &mut Vec<u8>) {
+        if !self.parts(nonce, |p| out.extend_from_slice(p.as_bytes())) {
+            out.extend_from_slice(self.0.plain.as_bytes());
+        }
+    }
+}
+
 /// A validated Content-Security-Policy.
 ///
 /// Build it from [`Csp::default`] (DESIGN §4), [`Csp::new`] (empty) or [`Csp::parse`], then
@@ -349,7 +397,7 @@ struct Rendered {
 pub struct Csp {
     directives: Vec<Directive>,
     report_only: bool,
-    rendered: Rendered,
+    rendered: Arc<Rendered>,
 }
 
 impl PartialEq for Csp {
@@ -421,11 +469,11 @@ impl Csp {
         let mut csp = Csp {
             directives: Vec::new(),
             report_only: false,
-            rendered: Rendered {
+            rendered: Arc::new(Rendered {
                 pieces: Box::new([]),
                 len: 0,
                 plain: HeaderValue::from_static(""),
-            },
+            }),
         };
         csp.render_text();
         csp
@@ -624,26 +672,12 @@ impl Csp {
     /// # Ok::<(), portcullis::headers::csp::CspError>(())
     /// ```
     pub fn render(&self, nonce: Option<&Nonce>) -> HeaderValue {
-        let r = &self.rendered;
-        let (Some(nonce), Some((first, rest))) = (nonce, r.pieces.split_first()) else {
-            return r.plain.clone();
-        };
-        if rest.is_empty() {
-            return r.plain.clone();
-        }
-        let n = nonce.as_str();
-        // " 'nonce-" + n + "'"
-        let mut out = String::with_capacity(r.len + rest.len() * (n.len() + 9));
-        out.push_str(first);
-        for piece in rest {
-            out.push_str(" 'nonce-");
-            out.push_str(n);
-            out.push('\'');
-            out.push_str(piece);
-        }
-        // Sources are validated visible ASCII and nonces base64, so this cannot fail; if it
-        // did, the nonce-less value is the safe side (no inline script runs).
-        HeaderValue::from_maybe_shared(Bytes::from(out)).unwrap_or_else(|_| r.plain.clone())
+        self.rendered().value(nonce)
+    }
+
+    /// The rendered text, shared, for a writer that writes the field itself.
+    pub(crate) fn rendered(&self) -> RenderedCsp {
+        RenderedCsp(self.rendered.clone())
     }
 
     /// Recomputes the rendered pieces after a change (build time, not per response).
@@ -669,11 +703,11 @@ impl Csp {
         let len = plain.len();
         let plain = HeaderValue::from_maybe_shared(Bytes::from(plain))
             .unwrap_or_else(|_| HeaderValue::from_static("default-src 'none'"));
-        self.rendered = Rendered {
+        self.rendered = Arc::new(Rendered {
             pieces: pieces.into_boxed_slice(),
             len,
             plain,
-        };
+        });
     }
 }
 

@@ -31,6 +31,8 @@
 
 use std::sync::Arc;
 
+use crate::headers::csp::{Nonce, RenderedCsp};
+
 use http::header::{self, Entry, HeaderMap, HeaderName, HeaderValue};
 
 /// When `Strict-Transport-Security` is sent.
@@ -123,7 +125,19 @@ pub struct SecurityHeaders {
 /// assert_eq!(fields["x-frame-options"], "DENY");
 /// ```
 #[derive(Clone)]
-pub struct DeferredSecurityHeaders(Arc<Deferred>);
+pub struct DeferredSecurityHeaders {
+    set: Arc<Deferred>,
+    /// The response's CSP, when the layer left that to the writer too.
+    csp: Option<DeferredCsp>,
+}
+
+/// A CSP field left to the writer: its name, the policy's text and the response's nonce.
+#[derive(Clone)]
+struct DeferredCsp {
+    name: HeaderName,
+    text: RenderedCsp,
+    nonce: Option<Nonce>,
+}
 
 /// One allocation shared by every response of a set: a clone per response is one
 /// reference count.
@@ -139,7 +153,8 @@ struct Deferred {
 impl std::fmt::Debug for DeferredSecurityHeaders {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("DeferredSecurityHeaders")
-            .field("fields", &self.0.fields)
+            .field("fields", &self.set.fields)
+            .field("csp", &self.csp.as_ref().map(|c| &c.name))
             .finish_non_exhaustive()
     }
 }
@@ -153,14 +168,18 @@ impl DeferredSecurityHeaders {
             encoded.extend_from_slice(value.as_bytes());
             encoded.extend_from_slice(b"\r\n");
         }
-        DeferredSecurityHeaders(Arc::new(Deferred {
-            fields: fields.clone(),
-            names: fields.keys().fold(0, |bits, n| bits | name_bit(n)),
-            encoded,
-        }))
+        DeferredSecurityHeaders {
+            set: Arc::new(Deferred {
+                fields: fields.clone(),
+                names: fields.keys().fold(0, |bits, n| bits | name_bit(n)),
+                encoded,
+            }),
+            csp: None,
+        }
     }
 
-    /// The fields as HTTP/1 header lines, `name: value\r\n` each.
+    /// The set's fields as HTTP/1 header lines, `name: value\r\n` each (without the CSP the
+    /// layer may have left as well: [`DeferredSecurityHeaders::write_to`] writes both).
     ///
     /// ```
     /// use portcullis::headers::security::SecurityHeaders;
@@ -170,10 +189,38 @@ impl DeferredSecurityHeaders {
     /// # Ok::<(), portcullis::headers::security::HeaderError>(())
     /// ```
     pub fn encoded(&self) -> &[u8] {
-        &self.0.encoded
+        &self.set.encoded
     }
 
-    /// The fields.
+    /// Appends every field left to the writer as HTTP/1 header lines: the set's
+    /// ([`encoded`](DeferredSecurityHeaders::encoded)), then the CSP with the response's
+    /// nonce when the layer left it too.
+    ///
+    /// ```
+    /// use portcullis::headers::security::SecurityHeaders;
+    /// let set = SecurityHeaders::none().set("x-frame-options", "DENY")?;
+    /// let deferred = set.defer(&mut http::HeaderMap::new(), false).unwrap();
+    /// let mut out = Vec::new();
+    /// deferred.write_to(&mut out);
+    /// assert_eq!(out, b"x-frame-options: DENY\r\n");
+    /// # Ok::<(), portcullis::headers::security::HeaderError>(())
+    /// ```
+    pub fn write_to(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(&self.set.encoded);
+        if let Some(c) = &self.csp {
+            out.extend_from_slice(c.name.as_str().as_bytes());
+            out.extend_from_slice(b": ");
+            c.text.write(c.nonce.as_ref(), out);
+            out.extend_from_slice(b"\r\n");
+        }
+    }
+
+    /// Leaves the response's CSP to the writer as well.
+    pub(crate) fn defer_csp(&mut self, name: HeaderName, text: RenderedCsp, nonce: Option<Nonce>) {
+        self.csp = Some(DeferredCsp { name, text, nonce });
+    }
+
+    /// The set's fields (without a deferred CSP).
     ///
     /// ```
     /// use portcullis::headers::security::SecurityHeaders;
@@ -181,10 +228,10 @@ impl DeferredSecurityHeaders {
     /// assert!(deferred.fields().contains_key("strict-transport-security"));
     /// ```
     pub fn fields(&self) -> &HeaderMap {
-        &self.0.fields
+        &self.set.fields
     }
 
-    /// Whether the set has a field named `name`.
+    /// Whether a field named `name` is left to the writer (the set's, or the CSP).
     ///
     /// ```
     /// use portcullis::headers::security::SecurityHeaders;
@@ -193,10 +240,12 @@ impl DeferredSecurityHeaders {
     /// assert!(!deferred.contains(&http::HeaderName::from_static("ratelimit")));
     /// ```
     pub fn contains(&self, name: &HeaderName) -> bool {
-        self.0.names & name_bit(name) != 0 && self.0.fields.contains_key(name)
+        (self.set.names & name_bit(name) != 0 && self.set.fields.contains_key(name))
+            || self.csp.as_ref().is_some_and(|c| c.name == name)
     }
 
-    /// Puts the fields in `headers` (for a writer that takes a header map after all).
+    /// Puts the fields in `headers` (for a writer that takes a header map after all): the
+    /// set's, then the CSP when it was left too.
     ///
     /// ```
     /// use portcullis::headers::security::SecurityHeaders;
@@ -206,9 +255,12 @@ impl DeferredSecurityHeaders {
     /// assert_eq!(h["x-content-type-options"], "nosniff");
     /// ```
     pub fn apply_to(&self, headers: &mut HeaderMap) {
-        headers.reserve(self.0.fields.len());
-        for (name, value) in self.0.fields.iter() {
+        headers.reserve(self.set.fields.len() + 1);
+        for (name, value) in self.set.fields.iter() {
             headers.append(name.clone(), value.clone());
+        }
+        if let Some(c) = &self.csp {
+            headers.insert(c.name.clone(), c.text.value(c.nonce.as_ref()));
         }
     }
 }
