@@ -9,6 +9,9 @@
 #   bash bench/callgrind.sh axum+layer   # bench_axum --layer public  (behind SecurityLayer)
 #   bash bench/callgrind.sh axum+headers # bench_axum --layer headers (its 14 headers, constant)
 #   bash bench/callgrind.sh hyper-proxy  # bench_bare_proxy (the reference proxy)
+#   bash bench/callgrind.sh layer        # the layer alone, in-process: bench_axum --loop, the
+#                                        # same request through the bare router and through
+#                                        # SecurityLayer, no sockets (no hyper, no kernel)
 #
 # Builds the dist profile, starts the target (the gateway with one worker) under
 # `valgrind --tool=callgrind` (and bench_upstream behind the proxies), warms up for 2 s,
@@ -28,6 +31,25 @@ for pkg in valgrind wrk curl openssl; do
     fi
 done
 WHAT=${1:-bench/portcullis.toml.tmpl}
+if [[ $WHAT == layer ]]; then
+    cargo build --profile dist --quiet -p portcullis --example bench_axum
+    TARGET=${CARGO_TARGET_DIR:-$(cargo metadata --format-version 1 --no-deps |
+        sed -n 's/.*"target_directory":"\([^"]*\)".*/\1/p')}
+    export BENCH_JWT_SECRET
+    BENCH_JWT_SECRET=$(openssl rand -hex 32)
+    # Instructions for N requests, start-up included: two runs tell the per-request count.
+    count() {
+        valgrind --tool=callgrind --callgrind-out-file=/dev/null \
+            "$TARGET/dist/examples/bench_axum" --layer "$1" --loop "$2" 2>&1 |
+            sed -n 's/.*Collected : //p'
+    }
+    declare -A per
+    for mode in none public; do
+        per[$mode]=$((($(count "$mode" 21000) - $(count "$mode" 1000)) / 20000))
+    done
+    echo "in-process, per request: bare router ${per[none]}  behind SecurityLayer ${per[public]}  the layer's own $((per[public] - per[none]))"
+    exit 0
+fi
 case $WHAT in
     axum) MODE=none ;;
     axum+layer) MODE=public ;;
@@ -35,7 +57,7 @@ case $WHAT in
     hyper-proxy) MODE=proxy ;;
     *)
         [[ -f $WHAT ]] || {
-            echo "callgrind.sh: $WHAT is neither a config template nor one of axum, axum+layer, axum+headers, hyper-proxy" >&2
+            echo "callgrind.sh: $WHAT is neither a config template nor one of axum, axum+layer, axum+headers, hyper-proxy, layer" >&2
             exit 2
         }
         MODE=gateway
