@@ -174,12 +174,14 @@ pub struct Https;
 
 /// Asks the layer to leave a response's security headers out of its header map, for the
 /// server to write them itself after the response's own fields: the response then carries
-/// them as [`DeferredSecurityHeaders`](crate::headers::security::DeferredSecurityHeaders) in
+/// them as [`DeferredSecurityHeaders`] in
 /// its extensions. For a server that writes HTTP/1 itself (the gateway does), this saves
-/// building a header map of the set per response. Only the layer's answers from the inner
-/// service are deferred, and only when the set can be (see
-/// [`SecurityHeaders::defer`](crate::headers::security::SecurityHeaders::defer)); refusals
-/// and every other response carry the set in their map as usual.
+/// building a header map of the set per response. The response's CSP goes with it, to be
+/// written with its nonce by
+/// [`DeferredSecurityHeaders::write_to`].
+/// Only the layer's answers from the inner service are deferred, and only when the set can be
+/// (see [`SecurityHeaders::defer`](crate::headers::security::SecurityHeaders::defer));
+/// refusals and every other response carry the set in their map as usual.
 ///
 /// ```
 /// # use axum::{Router, body::Body};
@@ -195,6 +197,9 @@ pub struct Https;
 /// assert!(!res.headers().contains_key("x-frame-options"));
 /// let deferred = res.extensions().get::<DeferredSecurityHeaders>().unwrap();
 /// assert_eq!(deferred.fields()["x-frame-options"], "DENY");
+/// let mut head = Vec::new();
+/// deferred.write_to(&mut head);
+/// assert!(std::str::from_utf8(&head).unwrap().contains("x-frame-options: DENY\r\n"));
 /// # });
 /// # Ok::<(), portcullis::layer::BuildError>(())
 /// ```
