@@ -324,51 +324,64 @@ struct Rendered {
     plain: HeaderValue,
 }
 
-/// A policy's rendered text, shared (a clone is one reference count): what a response's
-/// field is made of, with its nonce.
+/// A policy's rendered text, shared (a clone is one reference count), for a writer that
+/// writes the field itself: what a response's field is made of, with its nonce.
 #[derive(Clone)]
 pub(crate) struct RenderedCsp(Arc<Rendered>);
 
 impl RenderedCsp {
-    /// The pieces with the nonce between them, or the plain text: calls `piece` for each
-    /// part in order. Sources are validated visible ASCII and nonces base64.
-    fn parts(&self, nonce: Option<&Nonce>, mut piece: impl FnMut(&str)) -> bool {
-        let r = &self.0;
-        let (Some(nonce), Some((first, rest))) = (nonce, r.pieces.split_first()) else {
-            return false;
-        };
-        if rest.is_empty() {
-            return false;
-        }
-        piece(first);
-        for p in rest {
-            piece(" 'nonce-");
-            piece(nonce.as_str());
-            piece("'");
-            piece(p);
-        }
-        true
-    }
-
     /// The field value with `nonce` in place of the placeholder ([`Csp::render`]).
     pub(crate) fn value(&self, nonce: Option<&Nonce>) -> HeaderValue {
-        let r = &self.0;
-        let n = nonce.map_or(0, |n| n.as_str().len());
-        // " 'nonce-" + n + "'": the exact length, so the bytes take the string over as is.
-        let mut out = String::with_capacity(r.len + r.pieces.len().saturating_sub(1) * (n + 9));
-        if !self.parts(nonce, |p| out.push_str(p)) {
-            return r.plain.clone();
-        }
-        // Cannot fail (see `parts`); if it did, the nonce-less value is the safe side (no
-        // inline script runs).
-        HeaderValue::from_maybe_shared(Bytes::from(out)).unwrap_or_else(|_| r.plain.clone())
+        self.0.value(nonce)
     }
 
     /// Appends the field value's bytes to `out`, as [`RenderedCsp::value`] would make them.
     pub(crate) fn write(&self, nonce: Option<&Nonce>, out: &mut Vec<u8>) {
-        if !self.parts(nonce, |p| out.extend_from_slice(p.as_bytes())) {
-            out.extend_from_slice(self.0.plain.as_bytes());
+        let r = &self.0;
+        match r.with_nonce(nonce) {
+            Some((first, rest, n)) => {
+                out.extend_from_slice(first.as_bytes());
+                for piece in rest {
+                    out.extend_from_slice(b" 'nonce-");
+                    out.extend_from_slice(n.as_bytes());
+                    out.push(b'\'');
+                    out.extend_from_slice(piece.as_bytes());
+                }
+            }
+            None => out.extend_from_slice(r.plain.as_bytes()),
         }
+    }
+}
+
+impl Rendered {
+    /// The pieces to paste `nonce` between, or `None` when the plain text is the value (no
+    /// nonce, or no placeholder).
+    fn with_nonce<'a>(
+        &'a self,
+        nonce: Option<&'a Nonce>,
+    ) -> Option<(&'a str, &'a [Box<str>], &'a str)> {
+        let (first, rest) = self.pieces.split_first()?;
+        let nonce = nonce?;
+        (!rest.is_empty()).then(|| (&**first, rest, nonce.as_str()))
+    }
+
+    /// The field value with `nonce` in place of the placeholder.
+    fn value(&self, nonce: Option<&Nonce>) -> HeaderValue {
+        let Some((first, rest, n)) = self.with_nonce(nonce) else {
+            return self.plain.clone();
+        };
+        // " 'nonce-" + n + "'": the exact length, so the bytes take the string over as is.
+        let mut out = String::with_capacity(self.len + rest.len() * (n.len() + 9));
+        out.push_str(first);
+        for piece in rest {
+            out.push_str(" 'nonce-");
+            out.push_str(n);
+            out.push('\'');
+            out.push_str(piece);
+        }
+        // Sources are validated visible ASCII and nonces base64, so this cannot fail; if it
+        // did, the nonce-less value is the safe side (no inline script runs).
+        HeaderValue::from_maybe_shared(Bytes::from(out)).unwrap_or_else(|_| self.plain.clone())
     }
 }
 
@@ -672,7 +685,7 @@ impl Csp {
     /// # Ok::<(), portcullis::headers::csp::CspError>(())
     /// ```
     pub fn render(&self, nonce: Option<&Nonce>) -> HeaderValue {
-        self.rendered().value(nonce)
+        self.rendered.value(nonce)
     }
 
     /// The rendered text, shared, for a writer that writes the field itself.
