@@ -174,14 +174,13 @@ pub struct Https;
 
 /// Asks the layer to leave a response's security headers out of its header map, for the
 /// server to write them itself after the response's own fields: the response then carries
-/// them as [`DeferredSecurityHeaders`] in
-/// its extensions. For a server that writes HTTP/1 itself (the gateway does), this saves
-/// building a header map of the set per response. The response's CSP goes with it, to be
-/// written with its nonce by
-/// [`DeferredSecurityHeaders::write_to`].
-/// Only the layer's answers from the inner service are deferred, and only when the set can be
-/// (see [`SecurityHeaders::defer`](crate::headers::security::SecurityHeaders::defer));
-/// refusals and every other response carry the set in their map as usual.
+/// them as [`DeferredSecurityHeaders`] in its extensions. For a server that writes HTTP/1
+/// itself (the gateway does), this saves building a header map of the set per response. The
+/// response's CSP goes with it, to be written with its nonce by
+/// [`DeferredSecurityHeaders::write_to`]. Only the layer's answers from the inner service are
+/// deferred, and only when the set can be (see
+/// [`SecurityHeaders::defer`](crate::headers::security::SecurityHeaders::defer)); refusals
+/// and every other response carry the set in their map as usual.
 ///
 /// ```
 /// # use axum::{Router, body::Body};
@@ -1565,14 +1564,13 @@ impl Engine {
         });
         // Steps 2–5 first, so the exchange starts with its route's pattern and policy (the
         // default's only when the request is refused before a route is known).
-        let routed = self.route(&mut parts, peer_trusted);
-        let entry = match &routed {
-            Ok((entry, _)) => *entry,
-            Err(_) => self.routes.default_value(),
+        let (entry, path, refused) = match self.route(&mut parts, peer_trusted) {
+            Ok((entry, path)) => (entry, Some(path), None),
+            Err(r) => (self.routes.default_value(), None, Some(r)),
         };
         let mut x = Exchange {
             request_id,
-            path: None,
+            path,
             route: entry.pattern.clone(),
             policy: entry.policy.clone(),
             client_ip: client,
@@ -1583,13 +1581,10 @@ impl Engine {
             notes: Vec::new(),
             guard_body: None,
         };
-        let policy = match routed {
-            Ok((entry, path)) => {
-                x.path = Some(path);
-                &*entry.policy
-            }
-            Err(r) => return Ok(self.reject(r, &parts, &x)),
-        };
+        if let Some(r) = refused {
+            return Ok(self.reject(r, &parts, &x));
+        }
+        let policy = &*entry.policy;
 
         let tripped = match self
             .before(&mut parts, &mut x, policy, body_announced)
