@@ -438,7 +438,7 @@ impl Proxy {
         let deadline = start + self.inner.request_timeout;
         let (mut parts, body) = req.into_parts();
         let mut extensions = std::mem::take(&mut parts.extensions);
-        let request_id = RequestId::of(&extensions);
+        let request_id = RequestId::of(&extensions).cloned();
         let request_id = request_id.as_ref().map_or("", RequestId::as_str);
         let upgrade = parts.version == Version::HTTP_11 && is_upgrade(&parts.headers);
         let method = parts.method.clone();

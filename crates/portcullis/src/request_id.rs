@@ -56,8 +56,10 @@ impl RequestId {
             && value
                 .bytes()
                 .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':'));
-        ok.then(|| HeaderValue::from_str(value).ok().map(RequestId))
-            .flatten()
+        if !ok {
+            return None;
+        }
+        HeaderValue::from_str(value).ok().map(RequestId)
     }
 
     /// A fresh random id in UUID v4 form.
@@ -117,11 +119,11 @@ impl RequestId {
     /// ext.insert(RequestId::from_client("a1").unwrap());
     /// assert_eq!(RequestId::of(&ext).unwrap().as_str(), "a1");
     /// ```
-    pub fn of(extensions: &http::Extensions) -> Option<RequestId> {
-        extensions.get::<RequestId>().cloned().or_else(|| {
+    pub fn of(extensions: &http::Extensions) -> Option<&RequestId> {
+        extensions.get::<RequestId>().or_else(|| {
             extensions
                 .get::<crate::layer::RequestContext>()
-                .map(|c| c.request_id.clone())
+                .map(|c| &c.request_id)
         })
     }
 
@@ -147,6 +149,8 @@ impl<S: Send + Sync> axum::extract::FromRequestParts<S> for RequestId {
     type Rejection = std::convert::Infallible;
 
     async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
-        Ok(RequestId::of(&parts.extensions).unwrap_or_else(RequestId::generate))
+        Ok(RequestId::of(&parts.extensions)
+            .cloned()
+            .unwrap_or_else(RequestId::generate))
     }
 }
