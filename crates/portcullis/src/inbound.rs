@@ -59,16 +59,12 @@ impl Prefilter {
     fn of(h: &InboundHeaders) -> Prefilter {
         let mut bits = [0u64; 128];
         let mut add = |name: &str, exact: bool| {
-            let first = name
-                .bytes()
-                .next()
-                .map_or(b'-', |b| if b == b'_' { b'-' } else { b });
             let bit = if exact && name.len() < 64 {
                 name.len()
             } else {
                 0
             };
-            bits[usize::from(first & 127)] |= 1 << bit;
+            bits[Prefilter::slot(name)] |= 1 << bit;
         };
         for n in h.exact.iter().chain(&h.forwarded_exact) {
             add(n.as_str(), true);
@@ -83,12 +79,17 @@ impl Prefilter {
         Prefilter(bits)
     }
 
-    fn may_hit(&self, name: &str) -> bool {
+    /// A name's entry: its first byte, `_` read as `-`.
+    fn slot(name: &str) -> usize {
         let first = name
             .bytes()
             .next()
             .map_or(b'-', |b| if b == b'_' { b'-' } else { b });
-        let m = self.0[usize::from(first & 127)];
+        usize::from(first & 127)
+    }
+
+    fn may_hit(&self, name: &str) -> bool {
+        let m = self.0[Prefilter::slot(name)];
         m & 1 != 0 || (name.len() < 64 && m & (1 << name.len()) != 0)
     }
 }

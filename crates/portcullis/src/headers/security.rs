@@ -171,7 +171,7 @@ impl DeferredSecurityHeaders {
         DeferredSecurityHeaders {
             set: Arc::new(Deferred {
                 fields: fields.clone(),
-                names: fields.keys().fold(0, |bits, n| bits | name_bit(n)),
+                names: name_bits(fields.keys()),
                 encoded,
             }),
             csp: None,
@@ -270,6 +270,11 @@ fn name_bit(name: &HeaderName) -> u64 {
     let n = name.as_str();
     let first = n.bytes().next().map_or(0, usize::from);
     1 << ((n.len() + first) % 64)
+}
+
+/// The [`name_bit`]s of `names`, together.
+fn name_bits<'a>(names: impl IntoIterator<Item = &'a HeaderName>) -> u64 {
+    names.into_iter().fold(0, |bits, n| bits | name_bit(n))
 }
 
 /// Names a deferred set must not hold: those the layer reads or writes after it applies the
@@ -395,10 +400,7 @@ impl SecurityHeaders {
                 DeferredSecurityHeaders::new(&secure),
             ]
         });
-        self.names = secure
-            .keys()
-            .chain(&self.strip)
-            .fold(0, |bits, n| bits | name_bit(n));
+        self.names = name_bits(secure.keys().chain(&self.strip));
         self.templates = [plain, secure];
         self
     }
