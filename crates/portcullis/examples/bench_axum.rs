@@ -182,7 +182,7 @@ async fn in_process(layer: &str, n: u64) {
             .boxed_clone(),
         other => panic!("unknown layer {other:?}; {USAGE}"),
     };
-    let mut bytes = 0usize;
+    let mut fields = 0usize;
     for _ in 0..n {
         let mut req = Request::get("/api/public")
             .header(header::HOST, "127.0.0.1:8080")
@@ -196,26 +196,30 @@ async fn in_process(layer: &str, n: u64) {
             .call(req)
             .await
             .expect("infallible");
-        bytes += res.headers().len();
+        fields += res.headers().len();
     }
-    println!("{n} requests, {bytes} response fields");
+    println!("{n} requests, {fields} response fields");
 }
 
 #[tokio::main]
 async fn main() {
     let mut listen = "127.0.0.1:3001".to_string();
     let mut layer = "public".to_string();
+    let mut in_process_requests = None;
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         match arg.as_str() {
             "--listen" => listen = args.next().expect(USAGE),
             "--layer" => layer = args.next().expect(USAGE),
             "--loop" => {
-                let n = args.next().and_then(|n| n.parse().ok()).expect(USAGE);
-                return in_process(&layer, n).await;
+                in_process_requests = Some(args.next().and_then(|n| n.parse().ok()).expect(USAGE));
             }
             _ => panic!("unknown argument {arg:?}; {USAGE}"),
         }
+    }
+    // Whatever the order of the arguments: `--layer` applies to the loop too.
+    if let Some(n) = in_process_requests {
+        return in_process(&layer, n).await;
     }
     let addr: SocketAddr = listen.parse().expect(USAGE);
     let listener = tokio::net::TcpListener::bind(addr)
