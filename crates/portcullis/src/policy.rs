@@ -324,8 +324,9 @@ pub struct Policy {
     roles: Vec<String>,
     all_roles: Vec<String>,
     rate_limits: Vec<RateLimitSpec>,
-    /// `RateLimit-Policy` for `rate_limits`, rendered once (set with them).
-    rate_limit_policy: Option<http::HeaderValue>,
+    /// The limiter's texts for `rate_limits` (`RateLimit-Policy` among them), rendered once
+    /// (set with them).
+    limit_texts: crate::rate_limit::LimitTexts,
     max_body: Option<u64>,
     content_types: Option<Vec<String>>,
     csrf: CsrfMode,
@@ -357,7 +358,7 @@ impl Policy {
             roles: Vec::new(),
             all_roles: Vec::new(),
             rate_limits: Vec::new(),
-            rate_limit_policy: None,
+            limit_texts: crate::rate_limit::LimitTexts::default(),
             max_body: None,
             content_types: None,
             csrf: CsrfMode::Off,
@@ -406,7 +407,7 @@ impl Policy {
             preset: Some(preset),
             methods: MethodSet::new(methods),
             auth,
-            rate_limit_policy: crate::rate_limit::policy_field(std::slice::from_ref(&limit)),
+            limit_texts: crate::rate_limit::LimitTexts::of(std::slice::from_ref(&limit)),
             rate_limits: vec![limit],
             max_body: Some(body),
             csrf,
@@ -507,7 +508,7 @@ impl Policy {
     /// ```
     pub fn rate_limits(mut self, limits: impl IntoIterator<Item = RateLimitSpec>) -> Self {
         self.rate_limits = limits.into_iter().collect();
-        self.rate_limit_policy = crate::rate_limit::policy_field(&self.rate_limits);
+        self.limit_texts = crate::rate_limit::LimitTexts::of(&self.rate_limits);
         self
     }
 
@@ -685,9 +686,9 @@ impl Policy {
         &self.rate_limits
     }
 
-    /// The `RateLimit-Policy` field of [`Policy::limits`].
-    pub(crate) fn rate_limit_policy_field(&self) -> Option<&http::HeaderValue> {
-        self.rate_limit_policy.as_ref()
+    /// The rate limiter's texts for [`Policy::limits`], rendered once.
+    pub(crate) fn limit_texts(&self) -> &crate::rate_limit::LimitTexts {
+        &self.limit_texts
     }
 
     /// The body limit.
@@ -779,7 +780,7 @@ mod tests {
     fn the_rate_limit_policy_field_follows_the_limits() {
         let p = Policy::preset(Preset::Public);
         assert_eq!(
-            p.rate_limit_policy_field().unwrap(),
+            p.limit_texts().policy_field().unwrap(),
             "\"default\";q=60;w=60"
         );
         let p = p.rate_limits([
@@ -787,11 +788,11 @@ mod tests {
             RateLimitSpec::new(1000, Duration::from_secs(3600), RateKey::User).named("a \"b\""),
         ]);
         assert_eq!(
-            p.rate_limit_policy_field().unwrap(),
+            p.limit_texts().policy_field().unwrap(),
             "\"burst\";q=10;w=1, \"a \\\"b\\\"\";q=1000;w=3600"
         );
-        assert!(p.rate_limits([]).rate_limit_policy_field().is_none());
-        assert!(Policy::open().rate_limit_policy_field().is_none());
+        assert!(p.rate_limits([]).limit_texts().policy_field().is_none());
+        assert!(Policy::open().limit_texts().policy_field().is_none());
     }
 
     #[test]

@@ -299,12 +299,22 @@ impl MemoryStore {
 
     /// Stores a charged cell, making room first for a new key.
     fn charge(&self, shard: &mut Shard, id: u64, c: &Charge<'_>, cell: Cell, now: u64) {
-        let expires_s =
-            (c.rule.expires_at(&cell).div_ceil(1_000_000)).min(u64::from(u32::MAX)) as u32;
-        if !shard.map.contains_key(&id) {
-            self.make_room(shard, now);
+        let entry = Entry {
+            cell,
+            expires_s: Self::expiry_s(c, &cell),
+        };
+        match shard.map.get_mut(&id) {
+            Some(e) => *e = entry,
+            None => {
+                self.make_room(shard, now);
+                shard.map.insert(id, entry);
+            }
         }
-        shard.map.insert(id, Entry { cell, expires_s });
+    }
+
+    /// When a charged cell has aged out, in seconds since the Unix epoch.
+    fn expiry_s(c: &Charge<'_>, cell: &Cell) -> u32 {
+        (c.rule.expires_at(cell).div_ceil(1_000_000)).min(u64::from(u32::MAX)) as u32
     }
 
     /// Drops a shard's expired entries when its sweep is due.
@@ -321,11 +331,26 @@ impl MemoryStore {
         let mut shard = self.shards[(id as usize) % SHARDS]
             .lock()
             .map_err(|_| StoreError::new("memory store shard poisoned"))?;
-        let cell = shard.map.get(&id).map_or_else(Cell::default, |e| e.cell);
-        let (v, new) = c.rule.evaluate(cell, now, c.cost);
-        if v.allowed {
-            self.charge(&mut shard, id, c, new, now);
-        }
+        // A tracked key (the common case) is looked up once, and charged in place.
+        let v = match shard.map.get_mut(&id) {
+            Some(e) => {
+                let (v, new) = c.rule.evaluate(e.cell, now, c.cost);
+                if v.allowed {
+                    *e = Entry {
+                        cell: new,
+                        expires_s: Self::expiry_s(c, &new),
+                    };
+                }
+                v
+            }
+            None => {
+                let (v, new) = c.rule.evaluate(Cell::default(), now, c.cost);
+                if v.allowed {
+                    self.charge(&mut shard, id, c, new, now);
+                }
+                v
+            }
+        };
         Self::sweep_due(&mut shard, now, now_s);
         Ok(v)
     }

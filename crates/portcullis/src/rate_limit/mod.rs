@@ -453,8 +453,9 @@ impl RateLimiter {
     /// Decides `limits` for `subject`s computed from the request, charging only if all allow.
     async fn decide(&self, parts: &Parts, exchange: &mut Exchange) -> Result<(), Rejection> {
         let decided = {
-            let limits = exchange.policy().limits();
-            let keys = Keys::of(limits, parts, exchange);
+            let policy = exchange.policy();
+            let limits = policy.limits();
+            let keys = Keys::of(limits, policy.limit_texts(), parts, exchange);
             self.store.decide(keys.charges(limits).as_slice()).await
         };
         self.conclude(decided, exchange)
@@ -467,8 +468,9 @@ impl RateLimiter {
             return None;
         }
         let decided = {
-            let limits = exchange.policy().limits();
-            let keys = Keys::of(limits, parts, exchange);
+            let policy = exchange.policy();
+            let limits = policy.limits();
+            let keys = Keys::of(limits, policy.limit_texts(), parts, exchange);
             self.store.decide_now(keys.charges(limits).as_slice())?
         };
         Some(self.conclude(decided, exchange))
@@ -504,7 +506,7 @@ impl RateLimiter {
                 render_headers(
                     self.headers,
                     limits,
-                    policy.rate_limit_policy_field(),
+                    policy.limit_texts(),
                     &verdicts,
                     |k, v| fields.push(k, v),
                 );
@@ -530,7 +532,7 @@ impl RateLimiter {
                 render_headers(
                     self.headers,
                     limits,
-                    policy.rate_limit_policy_field(),
+                    policy.limit_texts(),
                     &verdicts,
                     |k, v| headers.push((k, v)),
                 );
@@ -596,10 +598,16 @@ enum Charges<'a> {
 }
 
 impl Keys {
-    fn of(limits: &[RateLimitSpec], parts: &Parts, exchange: &Exchange) -> Keys {
-        match limits {
-            [only] => Keys::One(key_for(only, parts, exchange)),
-            _ => Keys::Many(limits.iter().map(|l| key_for(l, parts, exchange)).collect()),
+    fn of(limits: &[RateLimitSpec], texts: &LimitTexts, parts: &Parts, x: &Exchange) -> Keys {
+        match (limits, &*texts.limits) {
+            ([only], [text]) => Keys::One(key_for(only, text, parts, x)),
+            _ => Keys::Many(
+                limits
+                    .iter()
+                    .zip(texts.limits.iter())
+                    .map(|(l, t)| key_for(l, t, parts, x))
+                    .collect(),
+            ),
         }
     }
 
@@ -649,20 +657,14 @@ pub fn rule_of(spec: &RateLimitSpec) -> Rule {
 }
 
 /// The key of one limit for one request: route pattern, limit and subject.
-fn key_for(spec: &RateLimitSpec, parts: &Parts, x: &Exchange) -> String {
-    // Built by hand (this runs on every request): `ROUTE|NAME:LIMIT/WINDOW_USAlgorithm|SUBJECT`.
-    let rule = rule_of(spec);
+fn key_for(spec: &RateLimitSpec, text: &LimitText, parts: &Parts, x: &Exchange) -> String {
+    // Built by hand (this runs on every request): `ROUTE|NAME:LIMIT/WINDOW_USAlgorithm|SUBJECT`,
+    // the middle rendered once per policy.
     let route = x.route();
-    let mut key = String::with_capacity(route.len() + spec.name.len() + 80);
+    let mut key = String::with_capacity(route.len() + text.key.len() + 48);
     key.push_str(route);
     key.push('|');
-    key.push_str(&spec.name);
-    key.push(':');
-    push_decimal(&mut key, u64::from(rule.limit));
-    key.push('/');
-    push_decimal(&mut key, rule.window_us);
-    key.push_str(algorithm_name(rule.algorithm));
-    key.push('|');
+    key.push_str(&text.key);
     let ip = |key: &mut String| {
         key.push_str("ip:");
         x.client_ip().push_key(key);
@@ -718,9 +720,63 @@ fn push_decimal(out: &mut String, n: u64) {
 const RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
 const RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
 
-/// The `RateLimit-Policy` field for `limits`: `"name";q=REQUESTS;w=SECONDS, …`. It depends on
-/// the limits alone, so [`Policy`](crate::Policy) renders it once.
-pub(crate) fn policy_field(limits: &[RateLimitSpec]) -> Option<HeaderValue> {
+/// What the limiter writes for a policy's limits, rendered once when the limits are set (see
+/// [`Policy`](crate::Policy)): the `RateLimit-Policy` field, and for each limit the middle of
+/// its store key and the start of its `RateLimit` item.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct LimitTexts {
+    policy: Option<HeaderValue>,
+    limits: Box<[LimitText]>,
+}
+
+/// One limit's constant texts.
+#[derive(Debug, Clone)]
+struct LimitText {
+    /// `NAME:LIMIT/WINDOW_USAlgorithm|`: the key between the route and the subject (part of
+    /// stored keys: never change).
+    key: Box<str>,
+    /// `"NAME";r=`: the limit's `RateLimit` item up to its remaining count.
+    item: Box<str>,
+}
+
+impl LimitTexts {
+    /// The texts of `limits`.
+    pub(crate) fn of(limits: &[RateLimitSpec]) -> Self {
+        let texts = limits
+            .iter()
+            .map(|l| {
+                let rule = rule_of(l);
+                let mut key = String::with_capacity(l.name.len() + 48);
+                key.push_str(&l.name);
+                key.push(':');
+                push_decimal(&mut key, u64::from(rule.limit));
+                key.push('/');
+                push_decimal(&mut key, rule.window_us);
+                key.push_str(algorithm_name(rule.algorithm));
+                key.push('|');
+                let mut item = String::with_capacity(l.name.len() + 8);
+                push_sf_string(&mut item, &l.name);
+                item.push_str(";r=");
+                LimitText {
+                    key: key.into(),
+                    item: item.into(),
+                }
+            })
+            .collect();
+        LimitTexts {
+            policy: policy_field(limits),
+            limits: texts,
+        }
+    }
+
+    /// The `RateLimit-Policy` field (`None` without limits).
+    pub(crate) fn policy_field(&self) -> Option<&HeaderValue> {
+        self.policy.as_ref()
+    }
+}
+
+/// The `RateLimit-Policy` field for `limits`: `"name";q=REQUESTS;w=SECONDS, …`.
+fn policy_field(limits: &[RateLimitSpec]) -> Option<HeaderValue> {
     if limits.is_empty() {
         return None;
     }
@@ -738,12 +794,12 @@ pub(crate) fn policy_field(limits: &[RateLimitSpec]) -> Option<HeaderValue> {
     HeaderValue::from_maybe_shared(bytes::Bytes::from(policy)).ok()
 }
 
-/// The response headers for the limits' verdicts, handed to `emit` one by one. `policy` is
-/// [`policy_field`] of `limits`.
+/// The response headers for the limits' verdicts, handed to `emit` one by one. `texts` are
+/// [`LimitTexts::of`] `limits`.
 fn render_headers(
     style: HeaderStyle,
     limits: &[RateLimitSpec],
-    policy: Option<&HeaderValue>,
+    texts: &LimitTexts,
     verdicts: &[Verdict],
     mut emit: impl FnMut(HeaderName, HeaderValue),
 ) {
@@ -751,12 +807,11 @@ fn render_headers(
         return;
     }
     let mut state = String::with_capacity(32 * limits.len());
-    for (l, v) in limits.iter().zip(verdicts) {
+    for (t, v) in texts.limits.iter().zip(verdicts) {
         if !state.is_empty() {
             state.push_str(", ");
         }
-        push_sf_string(&mut state, &l.name);
-        state.push_str(";r=");
+        state.push_str(&t.item);
         push_decimal(&mut state, u64::from(v.remaining));
         state.push_str(";t=");
         push_decimal(&mut state, v.reset_us.div_ceil(1_000_000));
@@ -765,7 +820,7 @@ fn render_headers(
     // (a shrink in place), the bytes take it over without allocating a shared header.
     state.shrink_to_fit();
     if let (Some(p), Ok(s)) = (
-        policy,
+        texts.policy_field(),
         HeaderValue::from_maybe_shared(bytes::Bytes::from(state)),
     ) {
         emit(RATELIMIT_POLICY, p.clone());
@@ -880,6 +935,27 @@ mod tests {
     use std::time::Duration;
 
     #[test]
+    fn limit_texts_spell_the_key_and_item_as_before() {
+        // The key's middle as `key_for` spelled it before it was rendered once per policy.
+        let specs = [
+            RateLimitSpec::new(100, Duration::from_secs(60), RateKey::Ip).named("api"),
+            RateLimitSpec::new(5, Duration::from_millis(1500), RateKey::User)
+                .named("a \"b\"")
+                .algorithm(crate::policy::Algorithm::TokenBucket),
+        ];
+        let texts = LimitTexts::of(&specs);
+        assert_eq!(&*texts.limits[0].key, "api:100/60000000SlidingWindow|");
+        assert_eq!(&*texts.limits[0].item, "\"api\";r=");
+        assert_eq!(&*texts.limits[1].key, "a \"b\":5/1500000TokenBucket|");
+        assert_eq!(&*texts.limits[1].item, "\"a \\\"b\\\"\";r=");
+        assert_eq!(
+            texts.policy_field().unwrap(),
+            "\"api\";q=100;w=60, \"a \\\"b\\\"\";q=5;w=2"
+        );
+        assert!(LimitTexts::of(&[]).policy_field().is_none());
+    }
+
+    #[test]
     fn headers_follow_the_draft() {
         let l = RateLimitSpec::new(60, Duration::from_secs(60), RateKey::Ip);
         let v = Verdict {
@@ -889,14 +965,10 @@ mod tests {
             retry_after_us: 0,
         };
         let mut h = Vec::new();
-        let field = policy_field(std::slice::from_ref(&l));
-        render_headers(
-            HeaderStyle::DraftAndLegacy,
-            &[l],
-            field.as_ref(),
-            &[v],
-            |k, v| h.push((k, v)),
-        );
+        let texts = LimitTexts::of(std::slice::from_ref(&l));
+        render_headers(HeaderStyle::DraftAndLegacy, &[l], &texts, &[v], |k, v| {
+            h.push((k, v))
+        });
         let get = |n: &str| {
             h.iter()
                 .find(|(k, _)| k == n)
