@@ -1462,7 +1462,8 @@ where
         let clone = self.inner.clone();
         let inner = std::mem::replace(&mut self.inner, clone);
         let engine = self.engine.clone();
-        Box::pin(async move { engine.handle(req, inner).await })
+        // The handling future itself, not one awaiting it: boxed with one move.
+        Box::pin(engine.handle(req, inner))
     }
 }
 
