@@ -28,8 +28,9 @@
 //!   byte of the next request. A client trickling header bytes (slowloris) has its
 //!   connection closed at the deadline, without a response; other connections are unaffected.
 //! - `idle_timeout`: a connection with no request in flight and no bytes moving for this
-//!   long is closed (HTTP/1) or sent GOAWAY (HTTP/2). A connection that never completes a
-//!   first request is closed after `header_read_timeout`.
+//!   long is closed (HTTP/1) or sent GOAWAY (HTTP/2), never sooner and at most an eighth of
+//!   it later (reads and writes only raise a flag; the watchdog reads the clock). A
+//!   connection that never completes a first request is closed after `header_read_timeout`.
 //! - `request_timeout` and the upstream timeouts: see [`crate::proxy`].
 //! - A request hyper cannot parse (a malformed request line or header, a header block over
 //!   its buffer, a target over 64 KiB) never reaches the service: hyper writes a bare 400,
@@ -496,8 +497,8 @@ impl Connection {
             max_header_bytes: limits.max_header_bytes,
         };
         // The watchdog is lazy: nothing wakes it per request. When its timer fires it looks
-        // at what the connection did (requests in flight, last byte moved) and either acts
-        // or sleeps until the deadline that activity implies. The futures live across
+        // at what the connection did (requests in flight, bytes moved since it last looked)
+        // and either acts or sleeps until the deadline that activity implies, or a tick. The futures live across
         // iterations, so a wake-up for socket readiness costs one poll of each.
         let stop = crate::server::stopped_owned(shutdown);
         tokio::pin!(stop);
@@ -633,8 +634,12 @@ enum Verdict {
 /// What a connection has done, shared by its IO, its service and its watchdog.
 struct ConnState {
     started: Instant,
-    /// Milliseconds from `started` to the last byte read or written.
-    last_activity_ms: AtomicU64,
+    /// Raised by every read or write that moved bytes (a store, where a clock read would
+    /// cost more than the read itself); the watchdog lowers it.
+    active: std::sync::atomic::AtomicBool,
+    /// Milliseconds from `started` to when the watchdog last found `active` raised: at or
+    /// after the last byte read or written, so an idle connection is never closed early.
+    last_seen_ms: AtomicU64,
     bytes_read: AtomicU64,
     requests: AtomicU64,
     in_flight: AtomicUsize,
@@ -649,7 +654,8 @@ impl ConnState {
     fn new() -> Self {
         ConnState {
             started: Instant::now(),
-            last_activity_ms: AtomicU64::new(0),
+            active: std::sync::atomic::AtomicBool::new(false),
+            last_seen_ms: AtomicU64::new(0),
             bytes_read: AtomicU64::new(0),
             requests: AtomicU64::new(0),
             in_flight: AtomicUsize::new(0),
@@ -672,9 +678,12 @@ impl ConnState {
         }
     }
 
+    /// Notes activity: bytes moved, a request finished.
     fn touch(&self) {
-        let ms = u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX);
-        self.last_activity_ms.store(ms, Ordering::Relaxed);
+        // Read first: most reads and writes find it raised already.
+        if !self.active.load(Ordering::Relaxed) {
+            self.active.store(true, Ordering::Relaxed);
+        }
     }
 
     /// The watchdog's verdict ([`ConnState::verdict`]), logged when it closes the
@@ -693,26 +702,31 @@ impl ConnState {
 
     fn verdict(&self, limits: &ConnectionLimits) -> (Verdict, Instant) {
         let now = Instant::now();
+        // The watchdog looks at least this often, so activity is dated at most this late.
+        let tick = (limits.idle_timeout / 8).max(Duration::from_millis(10));
+        if self.active.swap(false, Ordering::AcqRel) {
+            let ms = u64::try_from((now - self.started).as_millis()).unwrap_or(u64::MAX);
+            self.last_seen_ms.store(ms, Ordering::Relaxed);
+        }
         if self.in_flight.load(Ordering::Acquire) > 0 {
-            return (Verdict::Busy, now + limits.idle_timeout);
+            return (Verdict::Busy, now + tick);
         }
         if self.requests.load(Ordering::Acquire) == 0 {
             let deadline = self.started + limits.header_read_timeout;
             // Nothing wakes the watchdog when the first request comes and goes, so it looks
-            // again no later than an idle timeout from now.
+            // again no later than a tick from now.
             return if now >= deadline {
                 (Verdict::Silent, now)
             } else {
-                (Verdict::Wait, deadline.min(now + limits.idle_timeout))
+                (Verdict::Wait, deadline.min(now + tick))
             };
         }
-        let last =
-            self.started + Duration::from_millis(self.last_activity_ms.load(Ordering::Relaxed));
+        let last = self.started + Duration::from_millis(self.last_seen_ms.load(Ordering::Relaxed));
         let deadline = last + limits.idle_timeout;
         if now >= deadline {
             (Verdict::Idle, now + limits.idle_timeout)
         } else {
-            (Verdict::Wait, deadline)
+            (Verdict::Wait, deadline.min(now + tick))
         }
     }
 }

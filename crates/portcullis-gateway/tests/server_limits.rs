@@ -163,6 +163,38 @@ async fn idle_keep_alive_connections_are_closed_after_idle_timeout() {
     );
 }
 
+/// The idle clock restarts at the last request: a connection used again just before its
+/// idle timeout is closed a whole timeout after that use, never sooner, and not much later.
+#[tokio::test(flavor = "multi_thread")]
+async fn idle_timeout_counts_from_the_last_request_not_the_first() {
+    let up = Upstream::start().await;
+    let gw = gateway(&up, "idle_timeout = \"1s\"\nheader_read_timeout = \"5s\"").await;
+    let mut tcp = TcpStream::connect(("127.0.0.1", gw.port)).await.unwrap();
+    for _ in 0..3 {
+        assert!(
+            keep_alive_get(&mut tcp, "/x")
+                .await
+                .starts_with("HTTP/1.1 200")
+        );
+        tokio::time::sleep(Duration::from_millis(700)).await;
+    }
+    assert!(
+        keep_alive_get(&mut tcp, "/x")
+            .await
+            .starts_with("HTTP/1.1 200"),
+        "closed while in use"
+    );
+    let started = Instant::now();
+    let (rest, closed) = read_until_closed(&mut tcp, Duration::from_secs(4)).await;
+    assert!(closed, "the idle connection stayed open");
+    assert!(rest.is_empty(), "{}", String::from_utf8_lossy(&rest));
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_millis(900) && took < Duration::from_millis(1800),
+        "closed {took:?} after the last request"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn idle_time_between_requests_is_not_cut_by_the_header_timeout() {
     let up = Upstream::start().await;
