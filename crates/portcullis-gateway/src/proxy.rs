@@ -750,7 +750,8 @@ impl Proxy {
         } else {
             Vec::new()
         };
-        let te_trailers = te_trailers(headers);
+        // Found in the pass below (a field it skips), not by a lookup of its own.
+        let mut te_trailers = false;
         let nonce = Nonce::of(extensions);
         let nextjs = self.inner.upstream_kind == UpstreamKind::Nextjs;
         let identity = self.inner.upstream_kind == UpstreamKind::Generic
@@ -760,6 +761,9 @@ impl Proxy {
         let (mut cookies, mut xff, mut forwarded, mut xfp, mut xfh) =
             (0, false, false, false, false);
         for (name, value) in headers {
+            if *name == header::TE {
+                te_trailers |= te_names_trailers(value.as_bytes());
+            }
             if HOP_BY_HOP.contains(name)
                 || named.contains(name)
                 || *name == header::HOST
@@ -911,13 +915,16 @@ pub(crate) fn te_trailers(headers: &HeaderMap) -> bool {
     headers
         .get_all(header::TE)
         .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .any(|t| {
-            t.split(';')
-                .next()
-                .is_some_and(|t| t.trim().eq_ignore_ascii_case("trailers"))
-        })
+        .any(|v| te_names_trailers(v.as_bytes()))
+}
+
+/// Whether one `TE` field value lists `trailers` (with or without parameters).
+pub(crate) fn te_names_trailers(value: &[u8]) -> bool {
+    list_items(value).any(|t| {
+        t.split(|&b| b == b';')
+            .next()
+            .is_some_and(|t| t.trim_ascii().eq_ignore_ascii_case(b"trailers"))
+    })
 }
 
 impl<B> tower::Service<Request<B>> for Proxy

@@ -120,11 +120,11 @@ impl RequestId {
     /// assert_eq!(RequestId::of(&ext).unwrap().as_str(), "a1");
     /// ```
     pub fn of(extensions: &http::Extensions) -> Option<&RequestId> {
-        extensions.get::<RequestId>().or_else(|| {
-            extensions
-                .get::<crate::layer::RequestContext>()
-                .map(|c| &c.request_id)
-        })
+        // The context first: the gateway's layer inserts that, and one lookup finds it.
+        extensions
+            .get::<crate::layer::RequestContext>()
+            .map(|c| &c.request_id)
+            .or_else(|| extensions.get::<RequestId>())
     }
 
     /// The id as an `X-Request-Id` field value, without a copy.

@@ -48,7 +48,7 @@ use portcullis::headers::security::DeferredSecurityHeaders;
 use portcullis::layer::DeferSecurityHeaders;
 
 use super::{ConnService, ConnState, GatewayBody, Io, TrackedIo};
-use crate::proxy::{list_items, te_trailers};
+use crate::proxy::{list_items, te_names_trailers};
 
 /// The longest request target this reader takes; longer ones go to hyper (which refuses
 /// those over 64 KiB with 414).
@@ -204,7 +204,7 @@ fn parse(buf: &mut BytesMut, read_cap: usize) -> Parsed {
     if method == Method::CONNECT || target.len() > MAX_TARGET {
         return Parsed::Other;
     }
-    let mut close = false;
+    let (mut close, mut te_trailers) = (false, false);
     // Where the target and each field's value lie in the head, to share its bytes.
     let base = buf.as_ptr() as usize;
     let target_at = target.as_ptr() as usize - base;
@@ -227,6 +227,9 @@ fn parse(buf: &mut BytesMut, read_cap: usize) -> Parsed {
                 }
                 close |= token.eq_ignore_ascii_case(b"close");
             }
+        }
+        if name.eq_ignore_ascii_case(b"te") {
+            te_trailers |= te_names_trailers(value);
         }
         let Ok(name) = HeaderName::from_bytes(name) else {
             return Parsed::Other;
@@ -251,7 +254,6 @@ fn parse(buf: &mut BytesMut, read_cap: usize) -> Parsed {
         }
     }
     let is_head = method == Method::HEAD;
-    let te_trailers = te_trailers(&headers);
     let mut request = Request::new(Empty::new());
     // This writer writes the security headers itself, from pre-encoded bytes.
     request.extensions_mut().insert(DeferSecurityHeaders);

@@ -135,11 +135,11 @@ impl Nonce {
     /// assert!(Nonce::of(&ext).is_some());
     /// ```
     pub fn of(extensions: &http::Extensions) -> Option<&Nonce> {
-        extensions.get::<Nonce>().or_else(|| {
-            extensions
-                .get::<crate::layer::RequestContext>()
-                .and_then(|c| c.nonce.as_ref())
-        })
+        // The context first: the gateway's layer inserts that, and one lookup finds it.
+        extensions
+            .get::<crate::layer::RequestContext>()
+            .and_then(|c| c.nonce.as_ref())
+            .or_else(|| extensions.get::<Nonce>())
     }
 
     /// The nonce text, for `nonce="..."` attributes.
