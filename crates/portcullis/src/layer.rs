@@ -53,7 +53,7 @@ use crate::client_ip::{self, ClientIp, TrustedProxies};
 use crate::cors::Cors;
 use crate::error::{Control, Rejection};
 use crate::headers::csp::{Csp, Nonce};
-use crate::headers::security::{DeferredSecurityHeaders, SecurityHeaders};
+use crate::headers::security::{DeferredSecurityHeaders, SecurityHeaders, deferrable};
 use crate::inbound::InboundHeaders;
 #[allow(unused_imports)]
 use crate::policy::ReportOnly;
@@ -92,9 +92,11 @@ impl MatchedRoute {
     /// assert_eq!(&*MatchedRoute::of(&ext).unwrap().0, "/api/**");
     /// ```
     pub fn of(extensions: &http::Extensions) -> Option<&MatchedRoute> {
+        // The context first: the gateway's layer inserts that, and one lookup finds it.
         extensions
-            .get::<MatchedRoute>()
-            .or_else(|| extensions.get::<RequestContext>().map(|c| &c.route))
+            .get::<RequestContext>()
+            .map(|c| &c.route)
+            .or_else(|| extensions.get::<MatchedRoute>())
     }
 }
 
@@ -274,6 +276,26 @@ impl AddedFields {
                 self.more.append(name, value);
             }
         }
+    }
+
+    /// Calls `f` with every field, in [`AddedFields::into_fields`]'s order.
+    pub(crate) fn for_each(&self, mut f: impl FnMut(&HeaderName, &HeaderValue)) {
+        for (name, value) in self.inline.iter().flatten() {
+            f(name, value);
+        }
+        for (name, value) in &self.more {
+            f(name, value);
+        }
+    }
+
+    /// Whether every field's name passes `keep`.
+    fn all_names(&self, mut keep: impl FnMut(&HeaderName) -> bool) -> bool {
+        self.inline.iter().flatten().all(|(name, _)| keep(name)) && self.more.keys().all(keep)
+    }
+
+    /// Whether a field is named `name`.
+    pub(crate) fn contains(&self, name: &HeaderName) -> bool {
+        self.inline.iter().flatten().any(|(n, _)| n == name) || self.more.contains_key(name)
     }
 
     /// Every field: the inline ones, then the map's (a repeated name yields each value).
@@ -2060,7 +2082,10 @@ impl Engine {
                 // an insert would have replaced it.
                 Some(d) => {
                     let name = csp.header_name();
-                    headers.remove(&name);
+                    // A look at the response's few names, instead of a hashed removal.
+                    if headers.keys().any(|n| *n == name) {
+                        headers.remove(&name);
+                    }
                     d.defer_csp(name, csp.rendered(), nonce.cloned());
                 }
                 None => {
@@ -2087,6 +2112,15 @@ impl Engine {
         {
             cors.apply(req.headers, headers);
         }
+        // Left to the writer with the set when none of the names is one the layer decides
+        // later or the set's (a guard's field with a name of the set follows the set, below).
+        let added = match deferred.as_mut() {
+            Some(d) if added.all_names(|n| deferrable(n) && !d.contains(n)) => {
+                d.defer_added(added);
+                AddedFields::default()
+            }
+            _ => added,
+        };
         // Moved, not cloned: a clone of a header value built from a `String` allocates.
         for (name, value) in added.into_fields() {
             // A guard's field with a name of the deferred set: the set goes in first, as
@@ -2103,7 +2137,17 @@ impl Engine {
         if x.policy.is_no_store() && !headers.contains_key(header::CACHE_CONTROL) {
             headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
         }
-        headers.insert(X_REQUEST_ID, x.request_id.header_value());
+        match deferred.as_mut() {
+            Some(d) => {
+                if headers.keys().any(|n| *n == X_REQUEST_ID) {
+                    headers.remove(X_REQUEST_ID);
+                }
+                d.defer_request_id(x.request_id.header_value());
+            }
+            None => {
+                headers.insert(X_REQUEST_ID, x.request_id.header_value());
+            }
+        }
         deferred
     }
 

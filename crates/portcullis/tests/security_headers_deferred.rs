@@ -189,3 +189,70 @@ async fn deferred_headers_written_after_the_response_are_the_fields_the_layer_wo
         }
     }
 }
+
+/// The layer's later fields go with the deferred set: the rate limiter's fields and the
+/// request id are written by the writer, not put in the map, and an app's own request id is
+/// replaced, as it is without deferral.
+#[tokio::test]
+async fn rate_limit_fields_and_the_request_id_are_left_to_the_writer_too() {
+    let limit = RateLimitSpec::new(100, Duration::from_secs(60), RateKey::Ip).named("api");
+    let layer = SecurityLayer::builder()
+        .default_policy(Policy::preset(Preset::Public).rate_limits([limit]))
+        .build()
+        .unwrap();
+    let app = Router::new()
+        .route(
+            "/own-id",
+            get(|| async { ([("x-request-id", "from-the-app")], "{}") }),
+        )
+        .fallback(|| async { "ok" })
+        .layer(layer);
+    for path in ["/plain", "/own-id"] {
+        let mut r = Request::get(path)
+            .header("host", "gw.example")
+            .header("x-request-id", "client-id-1")
+            .body(Body::empty())
+            .unwrap();
+        r.extensions_mut().insert(DeferSecurityHeaders);
+        let mut res = app.clone().oneshot(r).await.unwrap();
+        assert_eq!(res.status(), 200, "{path}");
+        for name in [
+            "x-request-id",
+            "ratelimit",
+            "ratelimit-policy",
+            "x-frame-options",
+        ] {
+            assert!(
+                !res.headers().contains_key(name),
+                "{path}: {name} in the map"
+            );
+        }
+        let d = res
+            .extensions_mut()
+            .remove::<DeferredSecurityHeaders>()
+            .expect("deferred");
+        assert!(d.contains(&http::HeaderName::from_static("x-request-id")));
+        assert!(d.contains(&http::HeaderName::from_static("ratelimit")));
+        let mut bytes = Vec::new();
+        d.write_to(&mut bytes);
+        let text = String::from_utf8(bytes).unwrap();
+        assert!(
+            text.contains("x-request-id: client-id-1\r\n"),
+            "{path}: {text}"
+        );
+        assert!(!text.contains("from-the-app"), "{path}: {text}");
+        assert!(
+            text.contains("ratelimit-policy: \"api\";q=100;w=60\r\n"),
+            "{path}: {text}"
+        );
+        assert!(
+            text.contains("\r\nratelimit: \"api\";r=9"),
+            "{path}: {text}"
+        );
+        assert_eq!(text.matches("x-request-id:").count(), 1, "{path}: {text}");
+        let mut map = http::HeaderMap::new();
+        d.apply_to(&mut map);
+        assert_eq!(map["x-request-id"], "client-id-1", "{path}");
+        assert_eq!(map["ratelimit-policy"], "\"api\";q=100;w=60", "{path}");
+    }
+}

@@ -32,6 +32,8 @@
 use std::sync::Arc;
 
 use crate::headers::csp::{Nonce, RenderedCsp};
+use crate::layer::AddedFields;
+use crate::request_id::X_REQUEST_ID;
 
 use http::header::{self, Entry, HeaderMap, HeaderName, HeaderValue};
 
@@ -109,8 +111,11 @@ pub struct SecurityHeaders {
 /// the response's own fields, when the request carried
 /// [`DeferSecurityHeaders`](crate::layer::DeferSecurityHeaders) (a server that writes
 /// HTTP/1 itself asks for this: the set then costs one copy of pre-encoded bytes instead
-/// of a header map built per response). The response's own fields never hold one of these
-/// names: the layer removed them, as it does when it applies the set.
+/// of a header map built per response). The layer leaves its later fields with them when
+/// it can: the CSP with the response's nonce, the guards' fields (the rate limiter's
+/// `RateLimit` and `RateLimit-Policy`) and `x-request-id`. The response's own fields never
+/// hold a name the set or the CSP or the request id replaces: the layer removed them, as it
+/// does when it applies the set.
 ///
 /// ```
 /// use portcullis::headers::security::SecurityHeaders;
@@ -129,6 +134,11 @@ pub struct DeferredSecurityHeaders {
     set: Arc<Deferred>,
     /// The response's CSP, when the layer left that to the writer too.
     csp: Option<DeferredCsp>,
+    /// The guards' fields, when the layer left those too (added after the response's own,
+    /// as `HeaderMap::append` would).
+    added: AddedFields,
+    /// The request id, when the layer left it too (in place of any the response had).
+    request_id: Option<HeaderValue>,
 }
 
 /// A CSP field left to the writer: its name, the policy's text and the response's nonce.
@@ -155,6 +165,8 @@ impl std::fmt::Debug for DeferredSecurityHeaders {
         f.debug_struct("DeferredSecurityHeaders")
             .field("fields", &self.set.fields)
             .field("csp", &self.csp.as_ref().map(|c| &c.name))
+            .field("added", &self.added)
+            .field("request_id", &self.request_id)
             .finish_non_exhaustive()
     }
 }
@@ -175,6 +187,8 @@ impl DeferredSecurityHeaders {
                 encoded,
             }),
             csp: None,
+            added: AddedFields::default(),
+            request_id: None,
         }
     }
 
@@ -193,8 +207,8 @@ impl DeferredSecurityHeaders {
     }
 
     /// Appends every field left to the writer as HTTP/1 header lines: the set's
-    /// ([`encoded`](DeferredSecurityHeaders::encoded)), then the CSP with the response's
-    /// nonce when the layer left it too.
+    /// ([`encoded`](DeferredSecurityHeaders::encoded)), then those the layer left too: the
+    /// CSP with the response's nonce, the guards' fields, the request id.
     ///
     /// ```
     /// use portcullis::headers::security::SecurityHeaders;
@@ -213,11 +227,32 @@ impl DeferredSecurityHeaders {
             c.text.write(c.nonce.as_ref(), out);
             out.extend_from_slice(b"\r\n");
         }
+        let mut line = |name: &HeaderName, value: &HeaderValue| {
+            out.extend_from_slice(name.as_str().as_bytes());
+            out.extend_from_slice(b": ");
+            out.extend_from_slice(value.as_bytes());
+            out.extend_from_slice(b"\r\n");
+        };
+        self.added.for_each(&mut line);
+        if let Some(id) = &self.request_id {
+            line(&X_REQUEST_ID, id);
+        }
     }
 
     /// Leaves the response's CSP to the writer as well.
     pub(crate) fn defer_csp(&mut self, name: HeaderName, text: RenderedCsp, nonce: Option<Nonce>) {
         self.csp = Some(DeferredCsp { name, text, nonce });
+    }
+
+    /// Leaves the guards' fields to the writer as well (names [`deferrable`] and not the
+    /// set's: the caller checks).
+    pub(crate) fn defer_added(&mut self, added: AddedFields) {
+        self.added = added;
+    }
+
+    /// Leaves the request id to the writer as well.
+    pub(crate) fn defer_request_id(&mut self, id: HeaderValue) {
+        self.request_id = Some(id);
     }
 
     /// The set's fields (without a deferred CSP).
@@ -231,7 +266,8 @@ impl DeferredSecurityHeaders {
         &self.set.fields
     }
 
-    /// Whether a field named `name` is left to the writer (the set's, or the CSP).
+    /// Whether a field named `name` is left to the writer (the set's, the CSP, a guard's or
+    /// the request id).
     ///
     /// ```
     /// use portcullis::headers::security::SecurityHeaders;
@@ -242,10 +278,13 @@ impl DeferredSecurityHeaders {
     pub fn contains(&self, name: &HeaderName) -> bool {
         (self.set.names & name_bit(name) != 0 && self.set.fields.contains_key(name))
             || self.csp.as_ref().is_some_and(|c| c.name == name)
+            || self.added.contains(name)
+            || (self.request_id.is_some() && *name == X_REQUEST_ID)
     }
 
     /// Puts the fields in `headers` (for a writer that takes a header map after all): the
-    /// set's, then the CSP when it was left too.
+    /// set's, then those the layer left too (the CSP and the request id replace any the map
+    /// has; the guards' fields are added).
     ///
     /// ```
     /// use portcullis::headers::security::SecurityHeaders;
@@ -261,6 +300,12 @@ impl DeferredSecurityHeaders {
         }
         if let Some(c) = &self.csp {
             headers.insert(c.name.clone(), c.text.value(c.nonce.as_ref()));
+        }
+        self.added.for_each(|name, value| {
+            headers.append(name.clone(), value.clone());
+        });
+        if let Some(id) = &self.request_id {
+            headers.insert(X_REQUEST_ID, id.clone());
         }
     }
 }
@@ -279,8 +324,9 @@ fn name_bits<'a>(names: impl IntoIterator<Item = &'a HeaderName>) -> u64 {
 
 /// Names a deferred set must not hold: those the layer reads or writes after it applies the
 /// set (the content type, `Cache-Control`, `Vary`, CORS, the request id) and those an HTTP/1
-/// writer frames a message with. A set holding one is applied to the header map instead.
-fn deferrable(name: &HeaderName) -> bool {
+/// writer frames a message with. A set holding one is applied to the header map instead;
+/// so are the guards' fields when one has such a name.
+pub(crate) fn deferrable(name: &HeaderName) -> bool {
     const RESERVED: [HeaderName; 10] = [
         header::CONTENT_TYPE,
         header::CACHE_CONTROL,
