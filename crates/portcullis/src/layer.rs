@@ -2075,35 +2075,32 @@ impl Engine {
             },
             None => headers.reserve(16),
         }
-        if let Some(csp) = self.csp_for(&x.policy) {
+        // One pass over the response's fields for what the steps below ask of them, instead
+        // of a hashed lookup each.
+        let csp = self.csp_for(&x.policy);
+        let csp_name = csp.map(Csp::header_name);
+        let own = OwnFields::of(headers, csp_name.as_ref());
+        let mut cache_control = own.cache_control;
+        let mut request_id = own.request_id;
+        if let (Some(csp), Some(name)) = (csp, csp_name) {
             match deferred.as_mut() {
                 // Left to the writer with the set: it pastes the nonce between the policy's
                 // pieces straight into the response head. The response's own field goes, as
                 // an insert would have replaced it.
                 Some(d) => {
-                    let name = csp.header_name();
-                    // A look at the response's few names, instead of a hashed removal.
-                    if headers.keys().any(|n| *n == name) {
+                    if own.csp {
                         headers.remove(&name);
                     }
                     d.defer_csp(name, csp.rendered(), nonce.cloned());
                 }
                 None => {
-                    headers.insert(csp.header_name(), csp.render(nonce));
+                    headers.insert(name, csp.render(nonce));
                 }
             }
-            if nonce.is_some() {
-                let html = headers
-                    .get(header::CONTENT_TYPE)
-                    .and_then(|v| v.to_str().ok())
-                    .is_some_and(|v| {
-                        let essence = v.split(';').next().unwrap_or("").trim();
-                        essence.eq_ignore_ascii_case("text/html")
-                            || essence.eq_ignore_ascii_case("application/xhtml+xml")
-                    });
-                if html {
-                    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-                }
+            // A page with a nonce in its CSP is never stored: a cached copy would repeat it.
+            if nonce.is_some() && own.html {
+                headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+                cache_control = true;
             }
         }
         // Preflight answers carry their own CORS headers (a refused one must carry none).
@@ -2114,32 +2111,39 @@ impl Engine {
         }
         // Left to the writer with the set when none of the names is one the layer decides
         // later or the set's (a guard's field with a name of the set follows the set, below).
-        let added = match deferred.as_mut() {
+        match deferred.as_mut() {
             Some(d) if added.all_names(|n| deferrable(n) && !d.contains(n)) => {
                 d.defer_added(added);
-                AddedFields::default()
             }
-            _ => added,
-        };
-        // Moved, not cloned: a clone of a header value built from a `String` allocates.
-        for (name, value) in added.into_fields() {
-            // A guard's field with a name of the deferred set: the set goes in first, as
-            // `apply` would have put it, and the field is added to it.
-            if let Some(d) = deferred.take_if(|d| d.contains(&name)) {
-                d.apply_to(headers);
-            }
-            if name == header::VARY {
-                merge_vary(headers, &value);
-            } else {
-                headers.append(name, value);
+            _ => {
+                // Moved, not cloned: a clone of a header value built from a `String` allocates.
+                for (name, value) in added.into_fields() {
+                    // A guard's field with a name of the deferred set: the set goes in first,
+                    // as `apply` would have put it, and the field is added to it.
+                    if let Some(d) = deferred.take_if(|d| d.contains(&name)) {
+                        d.apply_to(headers);
+                    }
+                    cache_control |= name == header::CACHE_CONTROL;
+                    request_id |= name == X_REQUEST_ID;
+                    if name == header::VARY {
+                        merge_vary(headers, &value);
+                    } else {
+                        headers.append(name, value);
+                    }
+                }
             }
         }
-        if x.policy.is_no_store() && !headers.contains_key(header::CACHE_CONTROL) {
-            headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        if x.policy.is_no_store() && !cache_control {
+            match deferred.as_mut() {
+                Some(d) => d.defer_no_store(),
+                None => {
+                    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+                }
+            }
         }
         match deferred.as_mut() {
             Some(d) => {
-                if headers.keys().any(|n| *n == X_REQUEST_ID) {
+                if request_id {
                     headers.remove(X_REQUEST_ID);
                 }
                 d.defer_request_id(x.request_id.header_value());
@@ -2206,6 +2210,46 @@ impl Engine {
 struct Parts2<'a> {
     headers: &'a HeaderMap,
     method: &'a Method,
+}
+
+/// What [`Engine::decorate_with`] asks of a response's fields, found in one pass.
+#[derive(Default)]
+struct OwnFields {
+    /// A field named as the route's CSP.
+    csp: bool,
+    cache_control: bool,
+    request_id: bool,
+    /// The (first) `Content-Type` is HTML or XHTML.
+    html: bool,
+}
+
+impl OwnFields {
+    fn of(headers: &HeaderMap, csp: Option<&HeaderName>) -> Self {
+        let mut own = OwnFields::default();
+        let mut content_type = None;
+        for (name, value) in headers {
+            if *name == header::CONTENT_TYPE {
+                content_type = content_type.or(Some(value));
+            } else if *name == header::CACHE_CONTROL {
+                own.cache_control = true;
+            } else if *name == X_REQUEST_ID {
+                own.request_id = true;
+            } else if csp == Some(name) {
+                own.csp = true;
+            }
+        }
+        own.html = content_type.is_some_and(|v| {
+            let essence = v
+                .as_bytes()
+                .split(|&b| b == b';')
+                .next()
+                .unwrap_or_default()
+                .trim_ascii();
+            essence.eq_ignore_ascii_case(b"text/html")
+                || essence.eq_ignore_ascii_case(b"application/xhtml+xml")
+        });
+        own
+    }
 }
 
 /// Adds a guard's `Vary` fields to the response's, on one line and without repeats, so

@@ -250,6 +250,11 @@ async fn rate_limit_fields_and_the_request_id_are_left_to_the_writer_too() {
             "{path}: {text}"
         );
         assert_eq!(text.matches("x-request-id:").count(), 1, "{path}: {text}");
+        // The preset's no-store, the response having no Cache-Control of its own.
+        assert!(
+            text.contains("\r\ncache-control: no-store\r\n"),
+            "{path}: {text}"
+        );
         let mut map = http::HeaderMap::new();
         d.apply_to(&mut map);
         assert_eq!(map["x-request-id"], "client-id-1", "{path}");

@@ -113,7 +113,8 @@ pub struct SecurityHeaders {
 /// HTTP/1 itself asks for this: the set then costs one copy of pre-encoded bytes instead
 /// of a header map built per response). The layer leaves its later fields with them when
 /// it can: the CSP with the response's nonce, the guards' fields (the rate limiter's
-/// `RateLimit` and `RateLimit-Policy`) and `x-request-id`. The response's own fields never
+/// `RateLimit` and `RateLimit-Policy`), the policy's `Cache-Control: no-store` and
+/// `x-request-id`. The response's own fields never
 /// hold a name the set or the CSP or the request id replaces: the layer removed them, as it
 /// does when it applies the set.
 ///
@@ -136,7 +137,9 @@ pub struct DeferredSecurityHeaders {
     csp: Option<DeferredCsp>,
     /// The guards' fields, when the layer left those too (added after the response's own,
     /// as `HeaderMap::append` would).
-    added: AddedFields,
+    added: Option<AddedFields>,
+    /// `Cache-Control: no-store`, when the layer left it too (the response had none).
+    no_store: bool,
     /// The request id, when the layer left it too (in place of any the response had).
     request_id: Option<HeaderValue>,
 }
@@ -166,6 +169,7 @@ impl std::fmt::Debug for DeferredSecurityHeaders {
             .field("fields", &self.set.fields)
             .field("csp", &self.csp.as_ref().map(|c| &c.name))
             .field("added", &self.added)
+            .field("no_store", &self.no_store)
             .field("request_id", &self.request_id)
             .finish_non_exhaustive()
     }
@@ -187,7 +191,8 @@ impl DeferredSecurityHeaders {
                 encoded,
             }),
             csp: None,
-            added: AddedFields::default(),
+            added: None,
+            no_store: false,
             request_id: None,
         }
     }
@@ -233,7 +238,15 @@ impl DeferredSecurityHeaders {
             out.extend_from_slice(value.as_bytes());
             out.extend_from_slice(b"\r\n");
         };
-        self.added.for_each(&mut line);
+        if let Some(added) = &self.added {
+            added.for_each(&mut line);
+        }
+        if self.no_store {
+            line(
+                &header::CACHE_CONTROL,
+                &HeaderValue::from_static("no-store"),
+            );
+        }
         if let Some(id) = &self.request_id {
             line(&X_REQUEST_ID, id);
         }
@@ -247,7 +260,12 @@ impl DeferredSecurityHeaders {
     /// Leaves the guards' fields to the writer as well (names [`deferrable`] and not the
     /// set's: the caller checks).
     pub(crate) fn defer_added(&mut self, added: AddedFields) {
-        self.added = added;
+        self.added = Some(added);
+    }
+
+    /// Leaves `Cache-Control: no-store` to the writer as well (the response has none).
+    pub(crate) fn defer_no_store(&mut self) {
+        self.no_store = true;
     }
 
     /// Leaves the request id to the writer as well.
@@ -266,8 +284,8 @@ impl DeferredSecurityHeaders {
         &self.set.fields
     }
 
-    /// Whether a field named `name` is left to the writer (the set's, the CSP, a guard's or
-    /// the request id).
+    /// Whether a field named `name` is left to the writer (the set's, the CSP, a guard's,
+    /// `Cache-Control` or the request id).
     ///
     /// ```
     /// use portcullis::headers::security::SecurityHeaders;
@@ -278,7 +296,8 @@ impl DeferredSecurityHeaders {
     pub fn contains(&self, name: &HeaderName) -> bool {
         (self.set.names & name_bit(name) != 0 && self.set.fields.contains_key(name))
             || self.csp.as_ref().is_some_and(|c| c.name == name)
-            || self.added.contains(name)
+            || self.added.as_ref().is_some_and(|a| a.contains(name))
+            || (self.no_store && *name == header::CACHE_CONTROL)
             || (self.request_id.is_some() && *name == X_REQUEST_ID)
     }
 
@@ -301,9 +320,14 @@ impl DeferredSecurityHeaders {
         if let Some(c) = &self.csp {
             headers.insert(c.name.clone(), c.text.value(c.nonce.as_ref()));
         }
-        self.added.for_each(|name, value| {
-            headers.append(name.clone(), value.clone());
-        });
+        if let Some(added) = &self.added {
+            added.for_each(|name, value| {
+                headers.append(name.clone(), value.clone());
+            });
+        }
+        if self.no_store {
+            headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        }
         if let Some(id) = &self.request_id {
             headers.insert(X_REQUEST_ID, id.clone());
         }
