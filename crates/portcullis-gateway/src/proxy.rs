@@ -438,11 +438,12 @@ impl Proxy {
         let deadline = start + self.inner.request_timeout;
         let (mut parts, body) = req.into_parts();
         let mut extensions = std::mem::take(&mut parts.extensions);
-        let request_id = RequestId::of(&extensions).cloned();
-        let request_id = request_id.as_ref().map_or("", RequestId::as_str);
+        let mut client_upgrade = extensions.remove::<OnUpgrade>();
+        let extensions = extensions;
+        // Looked up when an answer or a log line needs it (most requests need neither).
+        let request_id = || RequestId::of(&extensions).map_or("", RequestId::as_str);
         let upgrade = parts.version == Version::HTTP_11 && is_upgrade(&parts.headers);
         let method = parts.method.clone();
-        let mut client_upgrade = extensions.remove::<OnUpgrade>();
 
         // A request without a body (most GETs) needs no deadline or progress on it.
         let (body, progress) = if body.is_end_stream() {
@@ -479,7 +480,7 @@ impl Proxy {
             let mut upstream_req = match self.upstream_request(parts, &extensions, upgrade, !local)
             {
                 Ok(head) => Request::from_parts(head, body),
-                Err(r) => return error_response(r, request_id),
+                Err(r) => return error_response(r, request_id()),
             };
             self.transform_request(&mut upstream_req, &extensions);
             // Boxed: hyper's client future is the largest part of this one, and a request
@@ -490,8 +491,8 @@ impl Proxy {
             Ok(Ok(res)) => res,
             Ok(Err(e)) => {
                 let r = classify_error(&e, body_state());
-                tracing::warn!(request_id, upstream = %self.inner.authority, error = %ErrorChain(&e), "upstream request failed: {}", r.code());
-                return error_response(r, request_id);
+                tracing::warn!(request_id = request_id(), upstream = %self.inner.authority, error = %ErrorChain(&e), "upstream request failed: {}", r.code());
+                return error_response(r, request_id());
             }
             Err(_) => {
                 let r = if body_state() == BodyState::Reading {
@@ -499,21 +500,21 @@ impl Proxy {
                 } else {
                     upstream_timeout()
                 };
-                tracing::warn!(request_id, upstream = %self.inner.authority, "upstream request timed out: {}", r.code());
-                return error_response(r, request_id);
+                tracing::warn!(request_id = request_id(), upstream = %self.inner.authority, "upstream request timed out: {}", r.code());
+                return error_response(r, request_id());
             }
         };
 
         if res.status() == StatusCode::SWITCHING_PROTOCOLS {
             let (Some(client_side), true) = (client_upgrade.take(), upgrade) else {
                 tracing::warn!(
-                    request_id,
+                    request_id = request_id(),
                     "upstream switched protocols without being asked"
                 );
-                return error_response(upstream_unavailable(), request_id);
+                return error_response(upstream_unavailable(), request_id());
             };
             let upstream_side = hyper::upgrade::on(&mut res);
-            tokio::spawn(tunnel(client_side, upstream_side, request_id.to_string()));
+            tokio::spawn(tunnel(client_side, upstream_side, request_id().to_string()));
             let (mut rparts, _) = res.into_parts();
             let upgrade_to = rparts.headers.get(header::UPGRADE).cloned();
             strip_hop_by_hop(&mut rparts.headers);
@@ -530,15 +531,18 @@ impl Proxy {
         // `Trailer` is this hop's, but it also announces the trailer fields the body ends
         // with, which the client's hop sends only when announced: the announcement is kept
         // (as Go's ReverseProxy does).
-        let announced: Vec<HeaderValue> = rparts
-            .headers
-            .get_all(header::TRAILER)
-            .iter()
-            .cloned()
-            .collect();
-        strip_hop_by_hop(&mut rparts.headers);
-        for v in announced {
-            rparts.headers.append(header::TRAILER, v);
+        // Most answers carry no hop-by-hop field: one look at each name.
+        if rparts.headers.keys().any(|n| HOP_BY_HOP.contains(n)) {
+            let announced: Vec<HeaderValue> = rparts
+                .headers
+                .get_all(header::TRAILER)
+                .iter()
+                .cloned()
+                .collect();
+            strip_hop_by_hop(&mut rparts.headers);
+            for v in announced {
+                rparts.headers.append(header::TRAILER, v);
+            }
         }
         let res = Response::from_parts(rparts, rbody);
         self.transform_response(res, &extensions, &method)
@@ -736,12 +740,6 @@ impl Proxy {
         out.extend_from_slice(target.as_bytes());
         out.extend_from_slice(b" HTTP/1.1\r\n");
 
-        let client_host = headers.get(header::HOST).cloned().or_else(|| {
-            parts
-                .uri
-                .authority()
-                .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
-        });
         // The fields `Connection` names are this hop's too.
         let named: Vec<HeaderName> = if headers.contains_key(header::CONNECTION) {
             connection_tokens(headers)
@@ -750,8 +748,9 @@ impl Proxy {
         } else {
             Vec::new()
         };
-        // Found in the pass below (a field it skips), not by a lookup of its own.
+        // Found in the pass below (fields it skips), not by lookups of their own.
         let mut te_trailers = false;
+        let mut host = None;
         let nonce = Nonce::of(extensions);
         let nextjs = self.inner.upstream_kind == UpstreamKind::Nextjs;
         let identity = self.inner.upstream_kind == UpstreamKind::Generic
@@ -763,6 +762,8 @@ impl Proxy {
         for (name, value) in headers {
             if *name == header::TE {
                 te_trailers |= te_names_trailers(value.as_bytes());
+            } else if *name == header::HOST {
+                host = host.or(Some(value));
             }
             if HOP_BY_HOP.contains(name)
                 || named.contains(name)
@@ -797,7 +798,16 @@ impl Proxy {
         if te_trailers {
             out.extend_from_slice(b"te: trailers\r\n");
         }
-        match &client_host {
+        // The client's `Host` (the first), or an absolute target's authority.
+        let from_target = host.is_none().then(|| {
+            parts
+                .uri
+                .authority()
+                .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+        });
+        let from_target = from_target.flatten();
+        let client_host = host.or(from_target.as_ref());
+        match client_host {
             Some(host) => line(out, b"host", host.as_bytes()),
             // An HTTP/1.0 client may send none; the upstream's name stands in.
             None => line(out, b"host", self.inner.authority.as_str().as_bytes()),
@@ -833,11 +843,11 @@ impl Proxy {
                 hop.proto.as_bytes(),
             );
         }
-        if let Some(host) = client_host.as_ref().filter(|_| !xfh) {
+        if let Some(host) = client_host.filter(|_| !xfh) {
             line(out, X_FORWARDED_HOST.as_str().as_bytes(), host.as_bytes());
         }
         write_list(out, headers, FORWARDED, forwarded, |o| {
-            hop.write_element(o, client_host.as_ref());
+            hop.write_element(o, client_host);
         });
         if let Some(p) = extensions.get::<Principal>() {
             match (

@@ -102,9 +102,9 @@ pub struct SecurityHeaders {
     /// The same, for a writer that writes them itself ([`DeferredSecurityHeaders`]); `None`
     /// when the set holds a name the layer touches later or that frames a message.
     deferred: Option<[DeferredSecurityHeaders; 2]>,
-    /// The [`name_bit`] of every name set or stripped: most of a response's own names are
+    /// The [`name_bit`]s of every name set or stripped: most of a response's own names are
     /// told apart from these on one test.
-    names: u64,
+    names: u128,
 }
 
 /// A response's security headers, left by the layer for the HTTP/1 writer to write after
@@ -156,9 +156,9 @@ struct DeferredCsp {
 /// reference count.
 struct Deferred {
     fields: HeaderMap,
-    /// Bit `(length + first byte) % 64` set for each field name: most names not in the set
-    /// are told apart on one test, without hashing them.
-    names: u64,
+    /// The [`name_bit`]s of the field names: most names not in the set are told apart on
+    /// one test, without hashing them.
+    names: u128,
     /// `name: value\r\n` for each field.
     encoded: Vec<u8>,
 }
@@ -294,7 +294,7 @@ impl DeferredSecurityHeaders {
     /// assert!(!deferred.contains(&http::HeaderName::from_static("ratelimit")));
     /// ```
     pub fn contains(&self, name: &HeaderName) -> bool {
-        (self.set.names & name_bit(name) != 0 && self.set.fields.contains_key(name))
+        (may_hold(self.set.names, name) && self.set.fields.contains_key(name))
             || self.csp.as_ref().is_some_and(|c| c.name == name)
             || self.added.as_ref().is_some_and(|a| a.contains(name))
             || (self.no_store && *name == header::CACHE_CONTROL)
@@ -334,15 +334,26 @@ impl DeferredSecurityHeaders {
     }
 }
 
-/// A field name's bit in [`Deferred::names`].
-fn name_bit(name: &HeaderName) -> u64 {
-    let n = name.as_str();
-    let first = n.bytes().next().map_or(0, usize::from);
-    1 << ((n.len() + first) % 64)
+/// A field name's bits in a name filter ([`Deferred::names`], `SecurityHeaders::names`):
+/// bit `(length + first byte) % 64` of the low half and `(length + last byte) % 64` of the
+/// high half. A name is possibly in the filter when both its bits are set: most names not
+/// in it are told apart on one test, without hashing them (one bit alone let
+/// `ratelimit-policy` pass for `permissions-policy`).
+fn name_bit(name: &HeaderName) -> u128 {
+    let n = name.as_str().as_bytes();
+    let first = n.first().map_or(0, |&b| usize::from(b));
+    let last = n.last().map_or(0, |&b| usize::from(b));
+    (1u128 << ((n.len() + first) % 64)) | (1u128 << (64 + (n.len() + last) % 64))
+}
+
+/// Whether `name`'s bits are all in `filter` ([`name_bits`] of a set of names).
+fn may_hold(filter: u128, name: &HeaderName) -> bool {
+    let bits = name_bit(name);
+    filter & bits == bits
 }
 
 /// The [`name_bit`]s of `names`, together.
-fn name_bits<'a>(names: impl IntoIterator<Item = &'a HeaderName>) -> u64 {
+fn name_bits<'a>(names: impl IntoIterator<Item = &'a HeaderName>) -> u128 {
     names.into_iter().fold(0, |bits, n| bits | name_bit(n))
 }
 
@@ -617,7 +628,7 @@ impl SecurityHeaders {
         let i = usize::from(self.hsts_on(https));
         let set = &self.templates[i];
         let gone = |n: &HeaderName| {
-            self.names & name_bit(n) != 0 && (self.strip.contains(n) || set.contains_key(n))
+            may_hold(self.names, n) && (self.strip.contains(n) || set.contains_key(n))
         };
         if headers.keys().any(gone) {
             let names: Vec<HeaderName> = headers.keys().filter(|n| gone(n)).cloned().collect();
