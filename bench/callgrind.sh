@@ -9,6 +9,8 @@
 #   bash bench/callgrind.sh axum+layer   # bench_axum --layer public  (behind SecurityLayer)
 #   bash bench/callgrind.sh axum+headers # bench_axum --layer headers (its 14 headers, constant)
 #   bash bench/callgrind.sh hyper-proxy  # bench_bare_proxy (the reference proxy)
+#   bash bench/callgrind.sh nginx        # nginx with bench/nginx.conf.tmpl, one worker and no
+#                                        # master (the process callgrind watches serves)
 #   bash bench/callgrind.sh layer        # the layer alone, in-process: bench_axum --loop, the
 #                                        # same request through the bare router and through
 #                                        # SecurityLayer, no sockets (no hyper, no kernel)
@@ -22,7 +24,10 @@
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 cd "$ROOT"
-for pkg in valgrind wrk curl openssl; do
+pkgs=(valgrind wrk curl openssl)
+[[ ${1:-} == nginx ]] && pkgs+=(nginx)
+for pkg in "${pkgs[@]}"; do
+    [[ $pkg == nginx && -x /usr/sbin/nginx ]] && continue
     if ! command -v "$pkg" >/dev/null 2>&1; then
         sudo=""
         [[ $(id -u) -eq 0 ]] || sudo=sudo
@@ -55,9 +60,10 @@ case $WHAT in
     axum+layer) MODE=public ;;
     axum+headers) MODE=headers ;;
     hyper-proxy) MODE=proxy ;;
+    nginx) MODE=nginx ;;
     *)
         [[ -f $WHAT ]] || {
-            echo "callgrind.sh: $WHAT is neither a config template nor one of axum, axum+layer, axum+headers, hyper-proxy, layer" >&2
+            echo "callgrind.sh: $WHAT is neither a config template nor one of axum, axum+layer, axum+headers, hyper-proxy, nginx, layer" >&2
             exit 2
         }
         MODE=gateway
@@ -66,6 +72,7 @@ esac
 case $MODE in
     gateway) cargo build --profile dist --quiet -p portcullis-gateway --bin portcullis --example bench_upstream ;;
     proxy) cargo build --profile dist --quiet -p portcullis-gateway --example bench_bare_proxy --example bench_upstream ;;
+    nginx) cargo build --profile dist --quiet -p portcullis-gateway --example bench_upstream ;;
     *) cargo build --profile dist --quiet -p portcullis --example bench_axum ;;
 esac
 TARGET=${CARGO_TARGET_DIR:-$(cargo metadata --format-version 1 --no-deps |
@@ -87,7 +94,7 @@ openssl genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:2048 -out "$TMP/rsa.pem"
 BENCH_JWT_PUBLIC_KEY=$(openssl pkey -in "$TMP/rsa.pem" -pubout)
 OUT=${CALLGRIND_OUT:-$TARGET/callgrind.out}
 rm -f "$OUT".*
-if [[ $MODE == gateway || $MODE == proxy ]]; then
+if [[ $MODE == gateway || $MODE == proxy || $MODE == nginx ]]; then
     "$TARGET/dist/examples/bench_upstream" "127.0.0.1:$UP" >/dev/null 2>&1 &
     PIDS+=($!)
 fi
@@ -98,6 +105,17 @@ case $MODE in
         CMD=("$TARGET/dist/portcullis" serve --config "$TMP/portcullis.toml")
         ;;
     proxy) CMD=("$TARGET/dist/examples/bench_bare_proxy" "127.0.0.1:$PORT" "127.0.0.1:$UP") ;;
+    nginx)
+        mkdir -p "$TMP/nginx"
+        user=""
+        [[ $(id -u) -eq 0 ]] && user="user root;"
+        # One worker serving in the foreground process: what callgrind counts is nginx's work.
+        sed -e "s|@USER@|$user daemon off; master_process off;|" -e "s|@DIR@|$TMP/nginx|g" \
+            -e "s|@PORT@|$PORT|g" -e "s|@UPSTREAM_PORT@|$UP|g" \
+            -e 's/^worker_processes .*/worker_processes 1;/' bench/nginx.conf.tmpl >"$TMP/nginx/nginx.conf"
+        CMD=("$(command -v nginx || echo /usr/sbin/nginx)" -e "$TMP/nginx/error.log" -p "$TMP/nginx"
+            -c "$TMP/nginx/nginx.conf")
+        ;;
     *) CMD=("$TARGET/dist/examples/bench_axum" --listen "127.0.0.1:$PORT" --layer "$MODE") ;;
 esac
 RUST_LOG=warn valgrind --tool=callgrind --callgrind-out-file="$OUT" "${CMD[@]}" \
