@@ -1564,11 +1564,15 @@ impl Engine {
         ResBody::Error: Into<axum::BoxError>,
     {
         let (mut parts, body) = req.into_parts();
+        let carried = Carried::of(&parts.headers);
         // HTTP/2 may stream a body with neither Content-Length nor Transfer-Encoding.
-        let body_announced = body_limit::has_body(&parts.headers) || !body.is_end_stream();
-        let request_id = parts
-            .headers
-            .get(X_REQUEST_ID)
+        let body_announced = ((carried.content_length || carried.transfer_encoding)
+            && body_limit::has_body(&parts.headers))
+            || !body.is_end_stream();
+        let request_id = carried
+            .request_id
+            .then(|| parts.headers.get(X_REQUEST_ID))
+            .flatten()
             .and_then(|v| v.to_str().ok())
             .and_then(RequestId::from_client)
             .unwrap_or_else(RequestId::generate);
@@ -1610,7 +1614,7 @@ impl Engine {
         let policy = &*entry.policy;
 
         let tripped = match self
-            .before(&mut parts, &mut x, policy, body_announced)
+            .before(&mut parts, &mut x, policy, body_announced, carried)
             .await
         {
             Ok(t) => t,
@@ -1764,6 +1768,7 @@ impl Engine {
         x: &mut Exchange,
         policy: &Policy,
         body_announced: bool,
+        carried: Carried,
     ) -> Result<Option<Arc<AtomicBool>>, Step> {
         // 6. CORS preflight. Never report-only: letting a refused preflight through would
         // grant the cross-origin access it asks for.
@@ -1878,6 +1883,7 @@ impl Engine {
         // 12. Body.
         let mut reported = false;
         if let Some(max) = policy.max_body_bytes()
+            && carried.content_length
             && let Err(r) = body_limit::check_declared_length(&parts.headers, max)
         {
             // A malformed length is a smuggling attempt, never only reported.
@@ -2210,6 +2216,32 @@ impl Engine {
 struct Parts2<'a> {
     headers: &'a HeaderMap,
     method: &'a Method,
+}
+
+/// Which of the request fields the layer looks up by name a request carries, from one pass
+/// over its names: most requests carry none of them, and the pass costs less than a hashed
+/// lookup each.
+#[derive(Clone, Copy, Default)]
+struct Carried {
+    content_length: bool,
+    transfer_encoding: bool,
+    request_id: bool,
+}
+
+impl Carried {
+    fn of(headers: &HeaderMap) -> Self {
+        let mut carried = Carried::default();
+        for name in headers.keys() {
+            if *name == header::CONTENT_LENGTH {
+                carried.content_length = true;
+            } else if *name == header::TRANSFER_ENCODING {
+                carried.transfer_encoding = true;
+            } else if *name == X_REQUEST_ID {
+                carried.request_id = true;
+            }
+        }
+        carried
+    }
 }
 
 /// What [`Engine::decorate_with`] asks of a response's fields, found in one pass.
