@@ -114,9 +114,8 @@ pub struct SecurityHeaders {
 /// of a header map built per response). The layer leaves its later fields with them when
 /// it can: the CSP with the response's nonce, the guards' fields (the rate limiter's
 /// `RateLimit` and `RateLimit-Policy`), the policy's `Cache-Control: no-store` and
-/// `x-request-id`. The response's own fields never
-/// hold a name the set or the CSP or the request id replaces: the layer removed them, as it
-/// does when it applies the set.
+/// `x-request-id`. The response's own fields never hold a name the set, the CSP or the
+/// request id replaces: the layer removed them, as it does when it applies the set.
 ///
 /// ```
 /// use portcullis::headers::security::SecurityHeaders;
@@ -213,7 +212,8 @@ impl DeferredSecurityHeaders {
 
     /// Appends every field left to the writer as HTTP/1 header lines: the set's
     /// ([`encoded`](DeferredSecurityHeaders::encoded)), then those the layer left too: the
-    /// CSP with the response's nonce, the guards' fields, the request id.
+    /// CSP with the response's nonce, the guards' fields, `Cache-Control: no-store`, the
+    /// request id.
     ///
     /// ```
     /// use portcullis::headers::security::SecurityHeaders;
