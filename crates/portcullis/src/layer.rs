@@ -2270,16 +2270,8 @@ impl OwnFields {
                 own.csp = true;
             }
         }
-        own.html = content_type.is_some_and(|v| {
-            let essence = v
-                .as_bytes()
-                .split(|&b| b == b';')
-                .next()
-                .unwrap_or_default()
-                .trim_ascii();
-            essence.eq_ignore_ascii_case(b"text/html")
-                || essence.eq_ignore_ascii_case(b"application/xhtml+xml")
-        });
+        own.html =
+            content_type.is_some_and(|v| crate::headers::nonce_html::html_media_type(v.as_bytes()));
         own
     }
 }

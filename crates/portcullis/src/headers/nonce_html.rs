@@ -431,12 +431,19 @@ pub fn prepare_response_headers(headers: &mut HeaderMap) {
 /// True when some `Content-Type` value is HTML. With several values, rewriting whenever one
 /// is HTML errs on the safe side: rewriting non-HTML blesses nothing.
 fn is_html(headers: &HeaderMap) -> bool {
-    headers.get_all(header::CONTENT_TYPE).iter().any(|v| {
-        let essence = v.as_bytes().split(|&b| b == b';').next().unwrap_or(b"");
-        let essence = essence.trim_ascii();
-        essence.eq_ignore_ascii_case(b"text/html")
-            || essence.eq_ignore_ascii_case(b"application/xhtml+xml")
-    })
+    headers
+        .get_all(header::CONTENT_TYPE)
+        .iter()
+        .any(|v| html_media_type(v.as_bytes()))
+}
+
+/// Whether one `Content-Type` value names HTML (`text/html` or `application/xhtml+xml`, any
+/// case, parameters ignored).
+pub(crate) fn html_media_type(value: &[u8]) -> bool {
+    let essence = value.split(|&b| b == b';').next().unwrap_or_default();
+    let essence = essence.trim_ascii();
+    essence.eq_ignore_ascii_case(b"text/html")
+        || essence.eq_ignore_ascii_case(b"application/xhtml+xml")
 }
 
 /// The encoding named by the `charset` parameter of the (first HTML) `Content-Type`.
