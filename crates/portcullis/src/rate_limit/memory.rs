@@ -60,6 +60,17 @@ struct Entry {
     expires_s: u32,
 }
 
+impl Entry {
+    /// A cell just charged by `c`, kept until it has aged out.
+    fn charged(c: &Charge<'_>, cell: Cell) -> Entry {
+        let expires_us = c.rule.expires_at(&cell);
+        Entry {
+            cell,
+            expires_s: expires_us.div_ceil(1_000_000).min(u64::from(u32::MAX)) as u32,
+        }
+    }
+}
+
 struct Shard {
     map: HashMap<u64, Entry, BuildHasherDefault<IdHasher>>,
     next_sweep_us: u64,
@@ -299,10 +310,7 @@ impl MemoryStore {
 
     /// Stores a charged cell, making room first for a new key.
     fn charge(&self, shard: &mut Shard, id: u64, c: &Charge<'_>, cell: Cell, now: u64) {
-        let entry = Entry {
-            cell,
-            expires_s: Self::expiry_s(c, &cell),
-        };
+        let entry = Entry::charged(c, cell);
         match shard.map.get_mut(&id) {
             Some(e) => *e = entry,
             None => {
@@ -310,11 +318,6 @@ impl MemoryStore {
                 shard.map.insert(id, entry);
             }
         }
-    }
-
-    /// When a charged cell has aged out, in seconds since the Unix epoch.
-    fn expiry_s(c: &Charge<'_>, cell: &Cell) -> u32 {
-        (c.rule.expires_at(cell).div_ceil(1_000_000)).min(u64::from(u32::MAX)) as u32
     }
 
     /// Drops a shard's expired entries when its sweep is due.
@@ -336,10 +339,7 @@ impl MemoryStore {
             Some(e) => {
                 let (v, new) = c.rule.evaluate(e.cell, now, c.cost);
                 if v.allowed {
-                    *e = Entry {
-                        cell: new,
-                        expires_s: Self::expiry_s(c, &new),
-                    };
+                    *e = Entry::charged(c, new);
                 }
                 v
             }
