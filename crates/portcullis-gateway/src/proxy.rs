@@ -799,13 +799,11 @@ impl Proxy {
             out.extend_from_slice(b"te: trailers\r\n");
         }
         // The client's `Host` (the first), or an absolute target's authority.
-        let from_target = host.is_none().then(|| {
-            parts
-                .uri
-                .authority()
-                .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
-        });
-        let from_target = from_target.flatten();
+        let from_target = host
+            .is_none()
+            .then(|| parts.uri.authority())
+            .flatten()
+            .and_then(|a| HeaderValue::from_str(a.as_str()).ok());
         let client_host = host.or(from_target.as_ref());
         match client_host {
             Some(host) => line(out, b"host", host.as_bytes()),

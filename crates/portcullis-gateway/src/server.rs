@@ -498,8 +498,9 @@ impl Connection {
         };
         // The watchdog is lazy: nothing wakes it per request. When its timer fires it looks
         // at what the connection did (requests in flight, bytes moved since it last looked)
-        // and either acts or sleeps until the deadline that activity implies, or a tick. The futures live across
-        // iterations, so a wake-up for socket readiness costs one poll of each.
+        // and either acts or sleeps until the deadline that activity implies, or a tick. The
+        // futures live across iterations, so a wake-up for socket readiness costs one poll of
+        // each.
         let stop = crate::server::stopped_owned(shutdown);
         tokio::pin!(stop);
         let (_, first) = state.verdict(&limits);
