@@ -242,11 +242,13 @@ pub struct DeferSecurityHeaders;
 /// # Ok::<(), portcullis::layer::BuildError>(())
 /// ```
 #[derive(Debug)]
-pub struct Exchange {
+pub struct Exchange<'e> {
     request_id: RequestId,
     path: Option<CanonicalPath>,
-    route: Arc<str>,
-    policy: Arc<Policy>,
+    /// The route's pattern and policy, borrowed from the layer for the request's life: no
+    /// reference count taken on what every worker shares (each count would move its cache
+    /// line between the cores on every request).
+    entry: &'e RouteEntry,
     client_ip: ClientIp,
     principal: Option<Principal>,
     https: bool,
@@ -321,7 +323,7 @@ struct Note {
     reason: &'static str,
 }
 
-impl Exchange {
+impl Exchange<'_> {
     /// The request id.
     ///
     /// ```
@@ -428,7 +430,7 @@ impl Exchange {
     /// # Ok::<(), portcullis::layer::BuildError>(())
     /// ```
     pub fn route(&self) -> &str {
-        &self.route
+        &self.entry.pattern
     }
 
     /// The route's policy.
@@ -464,13 +466,13 @@ impl Exchange {
     /// # Ok::<(), portcullis::layer::BuildError>(())
     /// ```
     pub fn policy(&self) -> &Policy {
-        &self.policy
+        &self.entry.policy
     }
 
     /// The route's policy and the response fields the guards add, borrowed together: for a
     /// guard that reads the one while it adds to the other.
     pub(crate) fn policy_and_fields(&mut self) -> (&Policy, &mut AddedFields) {
-        (&self.policy, &mut self.response_headers)
+        (&self.entry.policy, &mut self.response_headers)
     }
 
     /// The resolved client address.
@@ -800,6 +802,11 @@ struct RouteEntry {
     policy: Arc<Policy>,
 }
 
+/// Aligned to 128 bytes, so the `Arc`'s reference count (taken on every request: the service
+/// is cloned per request by servers such as axum's) sits on its own cache lines, apart from
+/// the fields every worker reads: a count written by one core does not evict the routes and
+/// settings from the other's cache.
+#[repr(align(128))]
 struct Engine {
     routes: RouteTable<RouteEntry>,
     allowed_hosts: Option<Vec<String>>,
@@ -1598,8 +1605,7 @@ impl Engine {
         let mut x = Exchange {
             request_id,
             path,
-            route: entry.pattern.clone(),
-            policy: entry.policy.clone(),
+            entry,
             client_ip: client,
             principal: None,
             https,
@@ -1626,11 +1632,11 @@ impl Engine {
             }
         };
 
-        let nonce = match self.csp_for(&x.policy) {
+        let nonce = match self.csp_for(x.policy()) {
             Some(csp) if csp.uses_nonce() => Some(Nonce::generate()),
             _ => None,
         };
-        let report_body = x.policy.report_only_mode().covers(Control::Body);
+        let report_body = x.policy().report_only_mode().covers(Control::Body);
         let body = if let Some(cap) = x.guard_body {
             // 11, deferred: the CSRF guard reads the (form) body, which is then replayed.
             match self.check_guard_body(body, cap, &parts, &mut x).await {
@@ -1638,7 +1644,7 @@ impl Engine {
                 Err(r) => return Ok(self.reject(r, &parts, &x)),
             }
         } else {
-            match (&tripped, x.policy.max_body_bytes()) {
+            match (&tripped, x.policy().max_body_bytes()) {
                 (Some(flag), Some(max)) if report_body => {
                     LimitedBody::observing(body, max, flag.clone())
                 }
@@ -1660,7 +1666,7 @@ impl Engine {
                 parts.extensions.insert(RequestContext {
                     request_id: x.request_id.clone(),
                     client_ip: x.client_ip,
-                    route: MatchedRoute(x.route.clone()),
+                    route: MatchedRoute(x.entry.pattern.clone()),
                     path: path.clone(),
                     nonce: nonce.clone(),
                 });
@@ -1668,7 +1674,9 @@ impl Engine {
             _ => {
                 parts.extensions.insert(x.request_id.clone());
                 parts.extensions.insert(x.client_ip);
-                parts.extensions.insert(MatchedRoute(x.route.clone()));
+                parts
+                    .extensions
+                    .insert(MatchedRoute(x.entry.pattern.clone()));
                 if let Some(path) = &x.path {
                     parts.extensions.insert(path.clone());
                 }
@@ -1683,7 +1691,7 @@ impl Engine {
         let res = inner.call(Request::from_parts(parts, body)).await?;
 
         if tripped.as_ref().is_some_and(|f| f.load(Ordering::Acquire)) {
-            let r = Rejection::body_too_large(x.policy.max_body_bytes().unwrap_or(0));
+            let r = Rejection::body_too_large(x.policy().max_body_bytes().unwrap_or(0));
             let meta = Parts2 {
                 headers: &req_headers,
                 method: &method,
@@ -1712,7 +1720,7 @@ impl Engine {
             rparts.extensions.insert(d);
         }
         self.audit_notes(rparts.status, meta, &x);
-        if x.policy.audits_allowed() {
+        if x.policy().audits_allowed() {
             self.audit_event(
                 AuditAction::RequestAllowed,
                 Outcome::Allowed,
@@ -1765,7 +1773,7 @@ impl Engine {
     async fn before(
         &self,
         parts: &mut Parts,
-        x: &mut Exchange,
+        x: &mut Exchange<'_>,
         policy: &Policy,
         body_announced: bool,
         carried: Carried,
@@ -1912,7 +1920,7 @@ impl Engine {
         body: B,
         cap: u64,
         parts: &Parts,
-        x: &mut Exchange,
+        x: &mut Exchange<'_>,
     ) -> Result<Bytes, Rejection>
     where
         B: Body,
@@ -1948,7 +1956,7 @@ impl Engine {
 
     /// Refuses, or in report-only mode audits and lets through.
     fn enforce(&self, r: Rejection, parts: &Parts, x: &Exchange) -> Result<(), Step> {
-        if x.policy.report_only_mode().covers(r.control()) {
+        if x.policy().report_only_mode().covers(r.control()) {
             self.audit_rejection(&r, Outcome::ReportOnly, parts, x);
             Ok(())
         } else {
@@ -2083,7 +2091,7 @@ impl Engine {
         }
         // One pass over the response's fields for what the steps below ask of them, instead
         // of a hashed lookup each.
-        let csp = self.csp_for(&x.policy);
+        let csp = self.csp_for(x.policy());
         let csp_name = csp.map(Csp::header_name);
         let own = OwnFields::of(headers, csp_name.as_ref());
         let mut cache_control = own.cache_control;
@@ -2139,7 +2147,7 @@ impl Engine {
                 }
             }
         }
-        if x.policy.is_no_store() && !cache_control {
+        if x.policy().is_no_store() && !cache_control {
             match deferred.as_mut() {
                 Some(d) => d.defer_no_store(),
                 None => {
@@ -2199,7 +2207,7 @@ impl Engine {
             principal: x.principal.as_ref().map(|p| p.id.clone()),
             client_ip: Some(x.client_ip.to_string()),
             method: meta.method.as_str().to_string(),
-            route: x.route.to_string(),
+            route: x.entry.pattern.to_string(),
             path: x
                 .path
                 .as_ref()

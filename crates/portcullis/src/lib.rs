@@ -43,6 +43,7 @@ mod random;
 pub mod rate_limit;
 pub mod request_id;
 pub mod route;
+pub mod shared;
 
 pub use auth::Principal;
 pub use client_ip::ClientIp;

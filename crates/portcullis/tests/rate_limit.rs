@@ -315,12 +315,7 @@ async fn a_failing_store_fails_closed_by_default_and_open_on_request() {
         !r.text().contains("connection refused"),
         "no internal detail"
     );
-    assert_eq!(
-        stats
-            .store_errors
-            .load(std::sync::atomic::Ordering::Relaxed),
-        1
-    );
+    assert_eq!(stats.store_errors.get(), 1);
     assert_eq!(sink.events().len(), 1);
 
     let sink = MemorySink::default();

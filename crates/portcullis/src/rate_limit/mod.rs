@@ -51,6 +51,7 @@ use crate::auth::{AuthMethod, BoxFuture};
 use crate::error::{Control, Rejection};
 use crate::layer::{Exchange, Guard};
 use crate::policy::{RateKey, RateLimitSpec};
+use crate::shared::Counter;
 use algorithm::{Rule, Verdict};
 
 /// A monotonic-enough clock in microseconds since the Unix epoch.
@@ -276,21 +277,21 @@ pub enum HeaderStyle {
 /// Counters of the limiter, for metrics and tests.
 ///
 /// ```
-/// use std::sync::{Arc, atomic::Ordering};
+/// use std::sync::Arc;
 /// use portcullis::rate_limit::{RateLimiter, memory::MemoryStore};
 /// let limiter = RateLimiter::new(Arc::new(MemoryStore::new(1000)));
 /// let stats = limiter.stats();
-/// assert_eq!(stats.allowed.load(Ordering::Relaxed), 0);
-/// assert_eq!(stats.limited.load(Ordering::Relaxed), 0);
+/// assert_eq!(stats.allowed.get(), 0);
+/// assert_eq!(stats.limited.get(), 0);
 /// ```
 #[derive(Debug, Default)]
 pub struct LimiterStats {
     /// Requests allowed.
-    pub allowed: AtomicU64,
+    pub allowed: Counter,
     /// Requests refused with 429.
-    pub limited: AtomicU64,
+    pub limited: Counter,
     /// Decisions taken without the store (failures).
-    pub store_errors: AtomicU64,
+    pub store_errors: Counter,
 }
 
 /// The rate-limit guard for [`SecurityLayer`](crate::SecurityLayer)'s step 10.
@@ -424,7 +425,7 @@ impl RateLimiter {
     /// The limiter's counters.
     ///
     /// ```
-    /// use std::{sync::{Arc, atomic::Ordering}, time::Duration};
+    /// use std::{sync::Arc, time::Duration};
     /// use portcullis::policy::{RateKey, RateLimitSpec};
     /// use portcullis::rate_limit::{RateLimiter, memory::MemoryStore};
     /// use portcullis::{Policy, SecurityLayer};
@@ -442,8 +443,8 @@ impl RateLimiter {
     ///     let _ = app.clone().oneshot(http::Request::get("/").body(axum::body::Body::empty()).unwrap()).await;
     /// }
     /// let stats = limiter.stats();
-    /// assert_eq!(stats.allowed.load(Ordering::Relaxed), 1);
-    /// assert_eq!(stats.limited.load(Ordering::Relaxed), 2);
+    /// assert_eq!(stats.allowed.get(), 1);
+    /// assert_eq!(stats.limited.get(), 2);
     /// # });
     /// ```
     pub fn stats(&self) -> Arc<LimiterStats> {
@@ -451,7 +452,7 @@ impl RateLimiter {
     }
 
     /// Decides `limits` for `subject`s computed from the request, charging only if all allow.
-    async fn decide(&self, parts: &Parts, exchange: &mut Exchange) -> Result<(), Rejection> {
+    async fn decide(&self, parts: &Parts, exchange: &mut Exchange<'_>) -> Result<(), Rejection> {
         let decided = {
             let policy = exchange.policy();
             let limits = policy.limits();
@@ -502,7 +503,7 @@ impl RateLimiter {
         let violated = verdicts.iter().position(|v| !v.allowed);
         match violated {
             None => {
-                self.stats.allowed.fetch_add(1, Ordering::Relaxed);
+                self.stats.allowed.add(1);
                 render_headers(
                     self.headers,
                     limits,
@@ -513,7 +514,7 @@ impl RateLimiter {
                 Ok(())
             }
             Some(i) => {
-                self.stats.limited.fetch_add(1, Ordering::Relaxed);
+                self.stats.limited.add(1);
                 let retry = verdicts
                     .iter()
                     .filter(|v| !v.allowed)
@@ -545,7 +546,7 @@ impl RateLimiter {
     }
 
     fn store_failed(&self, e: &StoreError, exchange: &mut Exchange) -> Result<(), Rejection> {
-        self.stats.store_errors.fetch_add(1, Ordering::Relaxed);
+        self.stats.store_errors.add(1);
         if !self.in_incident.swap(true, Ordering::AcqRel) {
             tracing::error!(store = self.store.name(), error = %e, mode = ?self.on_error,
                 "rate-limit store failed; applying on_store_error");
@@ -791,7 +792,8 @@ fn policy_field(limits: &[RateLimitSpec]) -> Option<HeaderValue> {
         policy.push_str(";w=");
         push_decimal(&mut policy, rule_of(l).window_secs());
     }
-    HeaderValue::from_maybe_shared(bytes::Bytes::from(policy)).ok()
+    // Cloned onto every response of the route: static bytes, no shared count to bump.
+    crate::shared::static_value(&policy)
 }
 
 /// The response headers for the limits' verdicts, handed to `emit` one by one. `texts` are
