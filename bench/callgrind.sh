@@ -118,7 +118,8 @@ case $MODE in
         ;;
     *) CMD=("$TARGET/dist/examples/bench_axum" --listen "127.0.0.1:$PORT" --layer "$MODE") ;;
 esac
-RUST_LOG=warn valgrind --tool=callgrind --callgrind-out-file="$OUT" "${CMD[@]}" \
+# shellcheck disable=SC2086 # CALLGRIND_OPTS holds several options, split on purpose.
+RUST_LOG=warn valgrind --tool=callgrind ${CALLGRIND_OPTS:-} --callgrind-out-file="$OUT" "${CMD[@]}" \
     >"$TMP/valgrind.log" 2>&1 &
 VG=$!
 PIDS+=("$VG")

@@ -1571,53 +1571,13 @@ impl Engine {
         ResBody::Error: Into<axum::BoxError>,
     {
         let (mut parts, body) = req.into_parts();
-        let carried = Carried::of(&parts.headers);
-        // HTTP/2 may stream a body with neither Content-Length nor Transfer-Encoding.
-        let body_announced = ((carried.content_length || carried.transfer_encoding)
-            && body_limit::has_body(&parts.headers))
-            || !body.is_end_stream();
-        let request_id = carried
-            .request_id
-            .then(|| parts.headers.get(X_REQUEST_ID))
-            .flatten()
-            .and_then(|v| v.to_str().ok())
-            .and_then(RequestId::from_client)
-            .unwrap_or_else(RequestId::generate);
-        let peer = client_ip::peer_of(&parts);
-        let peer_trusted = peer.is_some_and(|p| self.trusted.contains(p));
-        // The URI's scheme is the client's say-so (absolute-form, or :scheme over h2c): only
-        // the TLS-terminating server's `Https` mark or a trusted proxy's word counts.
-        let https = parts.extensions.get::<Https>().is_some()
-            || (peer_trusted
-                && parts
-                    .headers
-                    .get("x-forwarded-proto")
-                    .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"https")));
-        let client = peer.map_or_else(ClientIp::unknown, |p| {
-            ClientIp(client_ip::resolve(p, &parts.headers, &self.trusted))
-        });
-        // Steps 2–5 first, so the exchange starts with its route's pattern and policy (the
-        // default's only when the request is refused before a route is known).
-        let (entry, path, refused) = match self.route(&mut parts, peer_trusted) {
-            Ok((entry, path)) => (entry, Some(path), None),
-            Err(r) => (self.routes.default_value(), None, Some(r)),
-        };
-        let mut x = Exchange {
-            request_id,
-            path,
-            entry,
-            client_ip: client,
-            principal: None,
-            https,
-            response_headers: AddedFields::default(),
-            detail: None,
-            notes: Vec::new(),
-            guard_body: None,
-        };
+        let (mut x, carried, refused) = self.begin(&mut parts, body.is_end_stream());
         if let Some(r) = refused {
+            std::hint::cold_path();
             return Ok(self.reject(r, &parts, &x));
         }
-        let policy = &*entry.policy;
+        let policy = &*x.entry.policy;
+        let body_announced = carried.body_announced;
 
         let tripped = match self
             .before(&mut parts, &mut x, policy, body_announced, carried)
@@ -1661,36 +1621,11 @@ impl Engine {
         }
         let method = parts.method.clone();
         let defer = parts.extensions.get::<DeferSecurityHeaders>().is_some();
-        match (self.extensions, &x.path) {
-            (RequestExtensions::Context, Some(path)) => {
-                parts.extensions.insert(RequestContext {
-                    request_id: x.request_id.clone(),
-                    client_ip: x.client_ip,
-                    route: MatchedRoute(x.entry.pattern.clone()),
-                    path: path.clone(),
-                    nonce: nonce.clone(),
-                });
-            }
-            _ => {
-                parts.extensions.insert(x.request_id.clone());
-                parts.extensions.insert(x.client_ip);
-                parts
-                    .extensions
-                    .insert(MatchedRoute(x.entry.pattern.clone()));
-                if let Some(path) = &x.path {
-                    parts.extensions.insert(path.clone());
-                }
-                if let Some(n) = &nonce {
-                    parts.extensions.insert(n.clone());
-                }
-            }
-        }
-        if let Some(p) = &x.principal {
-            parts.extensions.insert(p.clone());
-        }
+        self.pass_on(&mut parts.extensions, &x, nonce.as_ref());
         let res = inner.call(Request::from_parts(parts, body)).await?;
 
         if tripped.as_ref().is_some_and(|f| f.load(Ordering::Acquire)) {
+            std::hint::cold_path();
             let r = Rejection::body_too_large(x.policy().max_body_bytes().unwrap_or(0));
             let meta = Parts2 {
                 headers: &req_headers,
@@ -1713,13 +1648,27 @@ impl Engine {
             headers: &req_headers,
             method: &method,
         };
+        self.finish(&mut rparts, meta, &mut x, nonce.as_ref(), defer);
+        Ok(Response::from_parts(rparts, SecurityBody::new(rbody)))
+    }
+
+    /// Steps 14–15 for an answer that goes out: its headers and the audit. Out of line and
+    /// not generic, as [`Engine::begin`].
+    #[inline(never)]
+    fn finish(
+        &self,
+        rparts: &mut http::response::Parts,
+        meta: Parts2<'_>,
+        x: &mut Exchange<'_>,
+        nonce: Option<&Nonce>,
+        defer: bool,
+    ) {
         let added = std::mem::take(&mut x.response_headers);
-        let deferred =
-            self.decorate_with(&mut rparts.headers, meta, &x, nonce.as_ref(), added, defer);
+        let deferred = self.decorate_with(&mut rparts.headers, meta, x, nonce, added, defer);
         if let Some(d) = deferred {
             rparts.extensions.insert(d);
         }
-        self.audit_notes(rparts.status, meta, &x);
+        self.audit_notes(rparts.status, meta, x);
         if x.policy().audits_allowed() {
             self.audit_event(
                 AuditAction::RequestAllowed,
@@ -1727,10 +1676,96 @@ impl Engine {
                 rparts.status,
                 None,
                 meta,
-                &x,
+                x,
             );
         }
-        Ok(Response::from_parts(rparts, SecurityBody::new(rbody)))
+    }
+
+    /// Steps 1–5, the same for every request and service: the request id, the client, the
+    /// host, the canonical path and the route, into a new exchange (with the refusal, if
+    /// any). Out of line and not generic: one compact copy of the code for every service the
+    /// layer wraps, apart from the rest of the request's handling.
+    #[inline(never)]
+    fn begin<'e>(
+        &'e self,
+        parts: &mut Parts,
+        body_end_stream: bool,
+    ) -> (Exchange<'e>, Carried, Option<Rejection>) {
+        let mut carried = Carried::of(&parts.headers);
+        // HTTP/2 may stream a body with neither Content-Length nor Transfer-Encoding.
+        carried.body_announced = ((carried.content_length || carried.transfer_encoding)
+            && body_limit::has_body(&parts.headers))
+            || !body_end_stream;
+        let request_id = carried
+            .request_id
+            .then(|| parts.headers.get(X_REQUEST_ID))
+            .flatten()
+            .and_then(|v| v.to_str().ok())
+            .and_then(RequestId::from_client)
+            .unwrap_or_else(RequestId::generate);
+        let peer = client_ip::peer_of(parts);
+        let peer_trusted = peer.is_some_and(|p| self.trusted.contains(p));
+        // The URI's scheme is the client's say-so (absolute-form, or :scheme over h2c): only
+        // the TLS-terminating server's `Https` mark or a trusted proxy's word counts.
+        let https = parts.extensions.get::<Https>().is_some()
+            || (peer_trusted
+                && parts
+                    .headers
+                    .get("x-forwarded-proto")
+                    .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"https")));
+        let client = peer.map_or_else(ClientIp::unknown, |p| {
+            ClientIp(client_ip::resolve(p, &parts.headers, &self.trusted))
+        });
+        // Steps 2–5 first, so the exchange starts with its route's pattern and policy (the
+        // default's only when the request is refused before a route is known).
+        let (entry, path, refused) = match self.route(parts, peer_trusted) {
+            Ok((entry, path)) => (entry, Some(path), None),
+            Err(r) => (self.routes.default_value(), None, Some(r)),
+        };
+        let x = Exchange {
+            request_id,
+            path,
+            entry,
+            client_ip: client,
+            principal: None,
+            https,
+            response_headers: AddedFields::default(),
+            detail: None,
+            notes: Vec::new(),
+            guard_body: None,
+        };
+        (x, carried, refused)
+    }
+
+    /// Step 13: what the layer learned, into the request's extensions for the handler. Out
+    /// of line and not generic: each extension insert inlines a hash-table insert.
+    #[inline(never)]
+    fn pass_on(&self, extensions: &mut http::Extensions, x: &Exchange<'_>, nonce: Option<&Nonce>) {
+        match (self.extensions, &x.path) {
+            (RequestExtensions::Context, Some(path)) => {
+                extensions.insert(RequestContext {
+                    request_id: x.request_id.clone(),
+                    client_ip: x.client_ip,
+                    route: MatchedRoute(x.entry.pattern.clone()),
+                    path: path.clone(),
+                    nonce: nonce.cloned(),
+                });
+            }
+            _ => {
+                extensions.insert(x.request_id.clone());
+                extensions.insert(x.client_ip);
+                extensions.insert(MatchedRoute(x.entry.pattern.clone()));
+                if let Some(path) = &x.path {
+                    extensions.insert(path.clone());
+                }
+                if let Some(n) = nonce {
+                    extensions.insert(n.clone());
+                }
+            }
+        }
+        if let Some(p) = &x.principal {
+            extensions.insert(p.clone());
+        }
     }
 
     fn csp_for<'a>(&'a self, policy: &'a Policy) -> Option<&'a Csp> {
@@ -1955,6 +1990,8 @@ impl Engine {
     }
 
     /// Refuses, or in report-only mode audits and lets through.
+    #[cold]
+    #[inline(never)]
     fn enforce(&self, r: Rejection, parts: &Parts, x: &Exchange) -> Result<(), Step> {
         if x.policy().report_only_mode().covers(r.control()) {
             self.audit_rejection(&r, Outcome::ReportOnly, parts, x);
@@ -2015,6 +2052,8 @@ impl Engine {
         Ok(())
     }
 
+    #[cold]
+    #[inline(never)]
     fn reject(&self, r: Rejection, parts: &Parts, x: &Exchange) -> Response<SecurityBody> {
         self.reject_with(
             r,
@@ -2026,6 +2065,8 @@ impl Engine {
         )
     }
 
+    #[cold]
+    #[inline(never)]
     fn reject_with(&self, r: Rejection, meta: Parts2<'_>, x: &Exchange) -> Response<SecurityBody> {
         self.audit_event(r.action(), Outcome::Denied, r.status(), Some(&r), meta, x);
         self.audit_notes(r.status(), meta, x);
@@ -2043,6 +2084,8 @@ impl Engine {
         res
     }
 
+    #[cold]
+    #[inline(never)]
     fn decorate(
         &self,
         headers: &mut HeaderMap,
@@ -2169,6 +2212,8 @@ impl Engine {
         deferred
     }
 
+    #[cold]
+    #[inline(never)]
     fn audit_rejection(&self, r: &Rejection, outcome: Outcome, parts: &Parts, x: &Exchange) {
         let meta = Parts2 {
             headers: &parts.headers,
@@ -2185,6 +2230,8 @@ impl Engine {
     }
 
     /// Step 15: hands the event to the sink (which must not block).
+    #[cold]
+    #[inline(never)]
     fn audit_event(
         &self,
         action: AuditAction,
@@ -2234,6 +2281,8 @@ struct Carried {
     content_length: bool,
     transfer_encoding: bool,
     request_id: bool,
+    /// The request has a body (set by [`Engine::begin`], which also asks the body).
+    body_announced: bool,
 }
 
 impl Carried {
@@ -2286,6 +2335,8 @@ impl OwnFields {
 
 /// Adds a guard's `Vary` fields to the response's, on one line and without repeats, so
 /// readers of the first value see every field the response varies on.
+#[cold]
+#[inline(never)]
 fn merge_vary(headers: &mut HeaderMap, add: &HeaderValue) {
     if !headers.contains_key(header::VARY) {
         headers.insert(header::VARY, add.clone());
@@ -2327,6 +2378,8 @@ fn merge_vary(headers: &mut HeaderMap, add: &HeaderValue) {
 
 /// Puts the canonical path into the URI. Absolute-form HTTP/1 targets become origin-form;
 /// HTTP/2 keeps its scheme and authority.
+#[cold]
+#[inline(never)]
 fn rewrite_uri(uri: &Uri, path: &str, keep_authority: bool) -> Result<Uri, Rejection> {
     let pq = match uri.query() {
         Some(q) => format!("{path}?{q}"),

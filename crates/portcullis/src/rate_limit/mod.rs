@@ -513,38 +513,47 @@ impl RateLimiter {
                 );
                 Ok(())
             }
-            Some(i) => {
-                self.stats.limited.add(1);
-                let retry = verdicts
-                    .iter()
-                    .filter(|v| !v.allowed)
-                    .map(|v| v.retry_after_us)
-                    .max()
-                    .unwrap_or(0)
-                    .div_ceil(1_000_000)
-                    .max(1);
-                let mut r = Rejection::rate_limited(retry).with_message(format!(
-                    "Rate limit \"{}\" exceeded: {} requests per {} s",
-                    limits[i].name,
-                    limits[i].requests,
-                    rule_of(&limits[i]).window_secs()
-                ));
-                let mut headers = Vec::with_capacity(5);
-                render_headers(
-                    self.headers,
-                    limits,
-                    policy.limit_texts(),
-                    &verdicts,
-                    |k, v| headers.push((k, v)),
-                );
-                for (k, v) in headers {
-                    r = r.with_header(k, v);
-                }
-                Err(r)
-            }
+            Some(i) => Err(self.refusal(i, policy, &verdicts)),
         }
     }
 
+    /// The 429 for a request limit `i` refused (out of line: refusals are the rare path, and
+    /// the message formatting would crowd the allowed path's code).
+    #[cold]
+    #[inline(never)]
+    fn refusal(&self, i: usize, policy: &crate::Policy, verdicts: &[Verdict]) -> Rejection {
+        let limits = policy.limits();
+        self.stats.limited.add(1);
+        let retry = verdicts
+            .iter()
+            .filter(|v| !v.allowed)
+            .map(|v| v.retry_after_us)
+            .max()
+            .unwrap_or(0)
+            .div_ceil(1_000_000)
+            .max(1);
+        let mut r = Rejection::rate_limited(retry).with_message(format!(
+            "Rate limit \"{}\" exceeded: {} requests per {} s",
+            limits[i].name,
+            limits[i].requests,
+            rule_of(&limits[i]).window_secs()
+        ));
+        let mut headers = Vec::with_capacity(5);
+        render_headers(
+            self.headers,
+            limits,
+            policy.limit_texts(),
+            verdicts,
+            |k, v| headers.push((k, v)),
+        );
+        for (k, v) in headers {
+            r = r.with_header(k, v);
+        }
+        r
+    }
+
+    #[cold]
+    #[inline(never)]
     fn store_failed(&self, e: &StoreError, exchange: &mut Exchange) -> Result<(), Rejection> {
         self.stats.store_errors.add(1);
         if !self.in_incident.swap(true, Ordering::AcqRel) {
