@@ -10,7 +10,8 @@
 #   BENCH_WARMUP       warm-up before each measured run (default 1s)
 #   BENCH_CONNECTIONS  open connections (default 64)
 #   BENCH_THREADS      wrk threads (default 2)
-#   BENCH_ROUNDS       alternating head-to-head rounds for the targets (default 3; 1 quick)
+#   BENCH_ROUNDS       alternating head-to-head rounds for the targets, and as many paired
+#                      rounds (two targets loaded at once; default 3; 1 quick)
 #   BENCH_ROUND        wrk duration of each head-to-head run (default 5s; 1s quick)
 #   CARGO_TARGET_DIR   where cargo builds (the usual meaning)
 #
@@ -493,6 +494,40 @@ for ((r = 1; r <= ROUNDS; r++)); do
     done
 done
 
+# Paired rounds: two targets loaded at once, each by its own wrk with half the threads and
+# connections. Whatever else the machine is doing slows both alike, so the ratio of their
+# rates moves far less from round to round than the alternating rounds' (a check of the
+# ratios above, from the same run; each side gets about half the machine).
+PAIRS=$TMP/pairs.tsv
+: >"$PAIRS"
+PAIR_THREADS=$(((THREADS + 1) / 2))
+PAIR_CONNECTIONS=$(((CONNECTIONS + 1) / 2))
+log "paired rounds: $ROUNDS rounds of two wrk -t$PAIR_THREADS -c$PAIR_CONNECTIONS -d$ROUND at once"
+for ((r = 1; r <= ROUNDS; r++)); do
+    for pair in portcullis:nginx axum+layer:axum axum+headers:axum; do
+        a=${pair%%:*} b=${pair##*:}
+        target "$a"
+        url_a="http://127.0.0.1:$T_PORT/api/public"
+        target "$b"
+        url_b="http://127.0.0.1:$T_PORT/api/public"
+        wrk -t"$PAIR_THREADS" -c"$PAIR_CONNECTIONS" -d"$ROUND" -s "$TMP/report.lua" "$url_a" \
+            >"$TMP/pair.a" 2>&1 &
+        wa=$!
+        wrk -t"$PAIR_THREADS" -c"$PAIR_CONNECTIONS" -d"$ROUND" -s "$TMP/report.lua" "$url_b" \
+            >"$TMP/pair.b" 2>&1 &
+        wb=$!
+        wait "$wa" || die "wrk failed on $a: $(cat "$TMP/pair.a")"
+        wait "$wb" || die "wrk failed on $b: $(cat "$TMP/pair.b")"
+        # round, pair, 2xx per second of each side
+        for side in a b; do
+            grep '^BENCH ' "$TMP/pair.$side" || die "no report from wrk on $pair: $(cat "$TMP/pair.$side")"
+        done | awk -v r="$r" -v p="$a/$b" '{
+            for (i = 2; i <= NF; i++) { split($i, kv, "="); v[kv[1]] = kv[2] }
+            rate[NR] = (v["requests"] - v["non2xx"]) / (v["duration_us"] / 1e6)
+        } END { printf "%d\t%s\t%.0f\t%.0f\n", r, p, rate[1], rate[2] }' >>"$PAIRS"
+    done
+done
+
 # ---------------------------------------------------------------------------------------------
 # The table. Ratios compare req/s with the bare upstream's and nginx's rows of the same
 # scenario; where that scenario has no such row, with their `GET /api/public` row (marked *).
@@ -603,3 +638,35 @@ awk -F'\t' -v added="$ADDED_P50" '
         if (added != "")
             printf "  added p50 over the upstream       <= 150 us  %6d us %s\n", added, verdict(added <= 150)
     }' "$H2H"
+
+printf '\nPaired rounds, GET /api/public: two targets at once, wrk -t%s -c%s -d%s on each\n\n' \
+    "$PAIR_THREADS" "$PAIR_CONNECTIONS" "$ROUND"
+awk -F'\t' '
+    function median(a, n,   i, j, t) {
+        for (i = 2; i <= n; i++) for (j = i; j > 1 && a[j - 1] > a[j]; j--) { t = a[j]; a[j] = a[j - 1]; a[j - 1] = t }
+        return n % 2 ? a[(n + 1) / 2] : (a[n / 2] + a[n / 2 + 1]) / 2
+    }
+    { x[$2, $1] = $3; y[$2, $1] = $4; if ($1 > rounds) rounds = $1 }
+    END {
+        split("portcullis/nginx axum+layer/axum axum+headers/axum", names, " ")
+        printf "%-6s", "round"
+        for (k = 1; k <= 3; k++) printf " %32s", names[k]
+        printf "\n"
+        for (r = 1; r <= rounds; r++) {
+            printf "%-6d", r
+            for (k = 1; k <= 3; k++) {
+                q[k, r] = x[names[k], r] / y[names[k], r]
+                printf " %13d / %-9d %6.2f", x[names[k], r], y[names[k], r], q[k, r]
+            }
+            printf "\n"
+        }
+        printf "%-6s", "median"
+        for (k = 1; k <= 3; k++) {
+            for (r = 1; r <= rounds; r++) v[r] = q[k, r]
+            m[k] = median(v, rounds)
+            printf " %32.2f", m[k]
+        }
+        printf "\n\nThe same ratios, paired (medians): portcullis / nginx %.2f, axum+layer / axum %.2f (the 14 headers alone: %.2f).\n",
+            m[1], m[2], m[3]
+        printf "The targets above are judged on the alternating rounds; the paired ones check them.\n"
+    }' "$PAIRS"
