@@ -115,11 +115,16 @@ trap cleanup EXIT
 trap 'exit 130' INT TERM
 
 TAKEN=" "
+# Listening ports come from below the kernel's ephemeral range: a port picked from inside it
+# could be taken, before its server binds it, as the source port of an outgoing connection
+# (a proxy's upstream pool, a store client), and the server would then fail to bind.
+read -r EPHEMERAL_LOW _ </proc/sys/net/ipv4/ip_local_port_range 2>/dev/null || EPHEMERAL_LOW=32768
+[[ $EPHEMERAL_LOW =~ ^[0-9]+$ ]] && ((EPHEMERAL_LOW > 12000)) || EPHEMERAL_LOW=32768
 # free_port VAR: a loopback port nothing listens on, not handed out before.
 free_port() {
     local p
     while :; do
-        p=$((20000 + RANDOM % 40000))
+        p=$((10000 + RANDOM % (EPHEMERAL_LOW - 10000)))
         [[ $TAKEN == *" $p "* ]] && continue
         if ! (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then
             TAKEN+="$p "
