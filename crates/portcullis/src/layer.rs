@@ -2118,22 +2118,35 @@ impl Engine {
         defer: bool,
     ) -> Option<DeferredSecurityHeaders> {
         let mut deferred = None;
-        match &self.headers {
+        let csp = self.csp_for(x.policy());
+        let csp_name = csp.map(Csp::header_name);
+        // One pass over the response's fields for what the steps below ask of them, instead
+        // of a hashed lookup each: the set's own pass when it starts the map over.
+        let own = match &self.headers {
             Some(sh) => match defer.then(|| sh.defer(headers, x.https)).flatten() {
                 Some(d) => {
                     headers.reserve(16);
                     deferred = Some(d);
+                    OwnFields::of(headers, csp_name.as_ref())
                 }
-                // Starts the map over from a copy of the set, sized for what follows.
-                None => sh.apply(headers, x.https),
+                // Starts the map over from a copy of the set, sized for what follows. The
+                // CSP and request id are replaced by an insert below whatever the response
+                // held: only the deferred path asks whether it held them.
+                None => {
+                    let kept = sh.apply_noting(headers, x.https);
+                    OwnFields {
+                        csp: false,
+                        cache_control: kept.cache_control,
+                        request_id: false,
+                        html: kept.html,
+                    }
+                }
             },
-            None => headers.reserve(16),
-        }
-        // One pass over the response's fields for what the steps below ask of them, instead
-        // of a hashed lookup each.
-        let csp = self.csp_for(x.policy());
-        let csp_name = csp.map(Csp::header_name);
-        let own = OwnFields::of(headers, csp_name.as_ref());
+            None => {
+                headers.reserve(16);
+                OwnFields::of(headers, csp_name.as_ref())
+            }
+        };
         let mut cache_control = own.cache_control;
         let mut request_id = own.request_id;
         if let (Some(csp), Some(name)) = (csp, csp_name) {

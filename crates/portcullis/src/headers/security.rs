@@ -32,6 +32,7 @@
 use std::sync::Arc;
 
 use crate::headers::csp::{Nonce, RenderedCsp};
+use crate::headers::nonce_html;
 use crate::layer::AddedFields;
 use crate::request_id::X_REQUEST_ID;
 
@@ -99,12 +100,36 @@ pub struct SecurityHeaders {
     /// `set` as a header map, without and with HSTS: a response starts from a copy, which
     /// costs no hashing of the (mostly non-standard, long) names. Rebuilt by every builder.
     templates: [HeaderMap; 2],
+    /// What each template holds of what [`Kept`] tells.
+    template_kept: [Kept; 2],
     /// The same, for a writer that writes them itself ([`DeferredSecurityHeaders`]); `None`
     /// when the set holds a name the layer touches later or that frames a message.
     deferred: Option<[DeferredSecurityHeaders; 2]>,
     /// The [`name_bit`]s of every name set or stripped: most of a response's own names are
     /// told apart from these on one test.
     names: u128,
+}
+
+/// What a response's fields hold, of what the layer asks after [`SecurityHeaders::apply`]:
+/// told by its pass over them instead of another.
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct Kept {
+    /// A `Cache-Control` field.
+    pub(crate) cache_control: bool,
+    /// The first `Content-Type` is HTML or XHTML.
+    pub(crate) html: bool,
+}
+
+impl Kept {
+    /// What a template holds (its fields precede, and win over, the response's own).
+    fn of_template(template: &HeaderMap) -> Kept {
+        Kept {
+            cache_control: template.contains_key(header::CACHE_CONTROL),
+            html: template
+                .get(header::CONTENT_TYPE)
+                .is_some_and(|v| nonce_html::html_media_type(v.as_bytes())),
+        }
+    }
 }
 
 /// A response's security headers, left by the layer for the HTTP/1 writer to write after
@@ -429,6 +454,7 @@ impl Default for SecurityHeaders {
             hsts_mode: HstsMode::Always,
             strip: BANNERS.iter().map(|n| HeaderName::from_static(n)).collect(),
             templates: Default::default(),
+            template_kept: Default::default(),
             deferred: None,
             names: 0,
         }
@@ -482,6 +508,7 @@ impl SecurityHeaders {
             ]
         });
         self.names = name_bits(secure.keys().chain(&self.strip));
+        self.template_kept = [Kept::of_template(&plain), Kept::of_template(&secure)];
         self.templates = [plain, secure];
         self
     }
@@ -653,11 +680,19 @@ impl SecurityHeaders {
     /// assert_eq!(h["strict-transport-security"], "max-age=63072000; includeSubDomains");
     /// ```
     pub fn apply(&self, headers: &mut HeaderMap, https: bool) {
+        self.apply_noting(headers, https);
+    }
+
+    /// [`SecurityHeaders::apply`], telling what the result holds of what [`Kept`] tells: seen
+    /// in its pass over the response's own fields, so the layer need not pass over the whole
+    /// result again.
+    pub(crate) fn apply_noting(&self, headers: &mut HeaderMap, https: bool) -> Kept {
         let hsts = self.hsts_on(https);
         // The result starts as a copy of the template; the response's own headers follow,
         // less the banners and the names the set replaces. Same result as removing the
         // banners and inserting each header, without hashing the set's names per response.
         let mut out = self.templates[usize::from(hsts)].clone();
+        let mut kept = self.template_kept[usize::from(hsts)];
         out.reserve(headers.len());
         // Whether the current name's further values (drain yields `None` for them) are kept.
         let mut current: Option<HeaderName> = None;
@@ -669,6 +704,12 @@ impl SecurityHeaders {
                         continue;
                     }
                     if let Entry::Vacant(v) = out.entry(&name) {
+                        // The first value of a name the template lacks: the result's first.
+                        if name == header::CACHE_CONTROL {
+                            kept.cache_control = true;
+                        } else if name == header::CONTENT_TYPE {
+                            kept.html = nonce_html::html_media_type(value.as_bytes());
+                        }
                         v.insert(value);
                         current = Some(name);
                     }
@@ -681,12 +722,69 @@ impl SecurityHeaders {
             }
         }
         *headers = out;
+        kept
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// What `apply_noting` tells is what a pass over its result would find.
+    #[test]
+    fn apply_noting_tells_what_the_result_holds() {
+        let own = |h: &HeaderMap| Kept {
+            cache_control: h.contains_key(header::CACHE_CONTROL),
+            html: h
+                .get(header::CONTENT_TYPE)
+                .is_some_and(|v| nonce_html::html_media_type(v.as_bytes())),
+        };
+        let sets = [
+            SecurityHeaders::default(),
+            SecurityHeaders::default()
+                .set("cache-control", "private")
+                .unwrap(),
+            SecurityHeaders::default()
+                .set("content-type", "text/html")
+                .unwrap(),
+            SecurityHeaders::default()
+                .strip_from_responses("content-type")
+                .unwrap(),
+            SecurityHeaders::default()
+                .strip_from_responses("cache-control")
+                .unwrap(),
+        ];
+        let responses: [&[(&str, &str)]; 5] = [
+            &[],
+            &[("content-type", "text/html; charset=utf-8")],
+            &[
+                ("content-type", "application/json"),
+                ("cache-control", "max-age=60"),
+            ],
+            &[
+                ("cache-control", "no-cache"),
+                ("content-type", "application/xhtml+xml"),
+            ],
+            &[("x-other", "1")],
+        ];
+        for set in &sets {
+            for fields in responses {
+                for https in [false, true] {
+                    let mut h = HeaderMap::new();
+                    for (n, v) in fields {
+                        h.append(*n, HeaderValue::from_static(v));
+                    }
+                    let kept = set.apply_noting(&mut h, https);
+                    let want = own(&h);
+                    assert_eq!(
+                        (kept.cache_control, kept.html),
+                        (want.cache_control, want.html),
+                        "{fields:?} https={https}"
+                    );
+                }
+            }
+        }
+    }
 
     #[test]
     fn deferred_contains_is_the_map_lookup() {
