@@ -440,10 +440,18 @@ fn is_html(headers: &HeaderMap) -> bool {
 /// Whether one `Content-Type` value names HTML (`text/html` or `application/xhtml+xml`, any
 /// case, parameters ignored).
 pub(crate) fn html_media_type(value: &[u8]) -> bool {
-    let essence = value.split(|&b| b == b';').next().unwrap_or_default();
-    let essence = essence.trim_ascii();
-    essence.eq_ignore_ascii_case(b"text/html")
-        || essence.eq_ignore_ascii_case(b"application/xhtml+xml")
+    // Asked of every response the layer decorates: the names are compared at the start of
+    // the value (most types differ in their first byte) instead of first splitting it.
+    let value = value.trim_ascii_start();
+    let is = |name: &[u8]| {
+        value.len() >= name.len()
+            && value[..name.len()].eq_ignore_ascii_case(name)
+            && value[name.len()..]
+                .iter()
+                .find(|b| !b.is_ascii_whitespace())
+                .is_none_or(|&b| b == b';')
+    };
+    is(b"text/html") || is(b"application/xhtml+xml")
 }
 
 /// The encoding named by the `charset` parameter of the (first HTML) `Content-Type`.
@@ -615,6 +623,51 @@ mod tests {
     use http_body_util::{BodyExt, Full, StreamBody};
 
     use super::*;
+
+    /// The same answers as the definition: the part before the first `;`, trimmed, is one
+    /// of the two names in any case.
+    #[test]
+    fn html_media_type_is_the_trimmed_essence_compared() {
+        let definition = |v: &[u8]| {
+            let essence = v
+                .split(|&b| b == b';')
+                .next()
+                .unwrap_or_default()
+                .trim_ascii();
+            essence.eq_ignore_ascii_case(b"text/html")
+                || essence.eq_ignore_ascii_case(b"application/xhtml+xml")
+        };
+        let cases: &[&[u8]] = &[
+            b"text/html",
+            b"TEXT/HTML",
+            b" text/html ",
+            b"text/html;charset=utf-8",
+            b"text/html ; charset=utf-8",
+            b"text/html\t;x",
+            b"text/htmlx",
+            b"text/html x",
+            b"text/htm",
+            b"text/plain",
+            b"application/json",
+            b"application/xhtml+xml",
+            b"Application/XHTML+XML; q=1",
+            b"application/xhtml+xmlx",
+            b"",
+            b";",
+            b" ;text/html",
+            b"\x0ctext/html\x0c",
+            b"text/html;",
+            b"texthtml",
+        ];
+        for v in cases {
+            assert_eq!(
+                html_media_type(v),
+                definition(v),
+                "{:?}",
+                String::from_utf8_lossy(v)
+            );
+        }
+    }
 
     fn run<F: std::future::Future>(f: F) -> F::Output {
         tokio::runtime::Builder::new_current_thread()
