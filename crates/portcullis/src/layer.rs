@@ -1577,12 +1577,8 @@ impl Engine {
             return Ok(self.reject(r, &parts, &x));
         }
         let policy = &*x.entry.policy;
-        let body_announced = carried.body_announced;
 
-        let tripped = match self
-            .before(&mut parts, &mut x, policy, body_announced, carried)
-            .await
-        {
+        let tripped = match self.before(&mut parts, &mut x, policy, carried).await {
             Ok(t) => t,
             Err(Step::Reject(r)) => return Ok(self.reject(r, &parts, &x)),
             Err(Step::Respond(res)) => {
@@ -1807,7 +1803,6 @@ impl Engine {
         parts: &mut Parts,
         x: &mut Exchange<'_>,
         policy: &Policy,
-        body_announced: bool,
         carried: Carried,
     ) -> Result<Option<Arc<AtomicBool>>, Step> {
         // 6. CORS preflight. Never report-only: letting a refused preflight through would
@@ -1937,7 +1932,7 @@ impl Engine {
         }
         if let Some(types) = policy.allowed_content_types()
             && let Err(r) =
-                body_limit::check_body_content_type(&parts.headers, types, body_announced)
+                body_limit::check_body_content_type(&parts.headers, types, carried.body_announced)
         {
             self.enforce(r, parts, x)?;
         }
