@@ -76,19 +76,7 @@ impl RequestId {
         let mut b: [u8; 16] = crate::random::bytes();
         b[6] = (b[6] & 0x0f) | 0x40;
         b[8] = (b[8] & 0x3f) | 0x80;
-        const HEX: &[u8; 16] = b"0123456789abcdef";
-        // Formatted on the stack.
-        let mut out = [0u8; 36];
-        let mut n = 0;
-        for (i, byte) in b.iter().enumerate() {
-            if matches!(i, 4 | 6 | 8 | 10) {
-                out[n] = b'-';
-                n += 1;
-            }
-            out[n] = HEX[(byte >> 4) as usize];
-            out[n + 1] = HEX[(byte & 15) as usize];
-            n += 2;
-        }
+        let out = uuid_text(b);
         // Shared as it is (one allocation, no copy): the response field and the upstream
         // request clone this value, never re-check or copy it.
         RequestId(
@@ -139,6 +127,20 @@ impl RequestId {
     }
 }
 
+/// The 16 bytes in UUID form: lowercase hex digits, dashes at 8, 13, 18 and 23.
+fn uuid_text(b: [u8; 16]) -> [u8; 36] {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    // Where each byte's two digits go: constant places, so the loop unrolls with neither a
+    // branch nor a bounds check.
+    const AT: [usize; 16] = [0, 2, 4, 6, 9, 11, 14, 16, 19, 21, 24, 26, 28, 30, 32, 34];
+    let mut out = *b"00000000-0000-0000-0000-000000000000";
+    for (byte, at) in b.iter().zip(AT) {
+        out[at] = HEX[usize::from(byte >> 4)];
+        out[at + 1] = HEX[usize::from(byte & 15)];
+    }
+    out
+}
+
 impl std::fmt::Display for RequestId {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(self.as_str())
@@ -152,5 +154,45 @@ impl<S: Send + Sync> axum::extract::FromRequestParts<S> for RequestId {
         Ok(RequestId::of(&parts.extensions)
             .cloned()
             .unwrap_or_else(RequestId::generate))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The text is the bytes' hex digits, grouped 4-2-2-2-6 by dashes.
+    #[test]
+    fn uuid_text_is_the_grouped_hex_digits() {
+        let mut cases = vec![[0u8; 16], [0xff; 16]];
+        cases.push(std::array::from_fn(|i| i as u8 * 17));
+        for _ in 0..64 {
+            cases.push(crate::random::bytes());
+        }
+        for b in cases {
+            let hex: String = b.iter().map(|x| format!("{x:02x}")).collect();
+            let want = format!(
+                "{}-{}-{}-{}-{}",
+                &hex[0..8],
+                &hex[8..12],
+                &hex[12..16],
+                &hex[16..20],
+                &hex[20..32]
+            );
+            assert_eq!(std::str::from_utf8(&uuid_text(b)).unwrap(), want);
+        }
+    }
+
+    #[test]
+    fn generated_ids_are_version_4_variant_1_and_distinct() {
+        let mut seen = std::collections::HashSet::new();
+        for _ in 0..256 {
+            let id = RequestId::generate();
+            let s = id.as_str();
+            assert_eq!(s.len(), 36);
+            assert_eq!(&s[14..15], "4", "{s}");
+            assert!(matches!(&s[19..20], "8" | "9" | "a" | "b"), "{s}");
+            assert!(seen.insert(s.to_string()));
+        }
     }
 }

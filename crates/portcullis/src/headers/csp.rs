@@ -343,7 +343,7 @@ impl RenderedCsp {
                 out.extend_from_slice(first.as_bytes());
                 for piece in rest {
                     out.extend_from_slice(b" 'nonce-");
-                    out.extend_from_slice(n.as_bytes());
+                    out.extend_from_slice(n);
                     out.push(b'\'');
                     out.extend_from_slice(piece.as_bytes());
                 }
@@ -353,16 +353,17 @@ impl RenderedCsp {
     }
 }
 
+/// The policy's text before the first nonce, the pieces after each, and the nonce's bytes.
+type NoncePieces<'a> = (&'a str, &'a [Box<str>], &'a [u8]);
+
 impl Rendered {
     /// The pieces to paste `nonce` between, or `None` when the plain text is the value (no
     /// nonce, or no placeholder).
-    fn with_nonce<'a>(
-        &'a self,
-        nonce: Option<&'a Nonce>,
-    ) -> Option<(&'a str, &'a [Box<str>], &'a str)> {
+    fn with_nonce<'a>(&'a self, nonce: Option<&'a Nonce>) -> Option<NoncePieces<'a>> {
         let (first, rest) = self.pieces.split_first()?;
         let nonce = nonce?;
-        (!rest.is_empty()).then(|| (&**first, rest, nonce.as_str()))
+        // The bytes, not `as_str`: no UTF-8 check of text that is base64 by construction.
+        (!rest.is_empty()).then(|| (&**first, rest, &nonce.0[..]))
     }
 
     /// The field value with `nonce` in place of the placeholder.
@@ -371,13 +372,13 @@ impl Rendered {
             return self.plain.clone();
         };
         // " 'nonce-" + n + "'": the exact length, so the bytes take the string over as is.
-        let mut out = String::with_capacity(self.len + rest.len() * (n.len() + 9));
-        out.push_str(first);
+        let mut out = Vec::with_capacity(self.len + rest.len() * (n.len() + 9));
+        out.extend_from_slice(first.as_bytes());
         for piece in rest {
-            out.push_str(" 'nonce-");
-            out.push_str(n);
-            out.push('\'');
-            out.push_str(piece);
+            out.extend_from_slice(b" 'nonce-");
+            out.extend_from_slice(n);
+            out.push(b'\'');
+            out.extend_from_slice(piece.as_bytes());
         }
         // Sources are validated visible ASCII and nonces base64, so this cannot fail; if it
         // did, the nonce-less value is the safe side (no inline script runs).
