@@ -161,7 +161,7 @@ impl<S: Send + Sync> axum::extract::FromRequestParts<S> for RequestId {
 mod tests {
     use super::*;
 
-    /// The text is the bytes' hex digits, grouped 4-2-2-2-6 by dashes.
+    /// The text is the bytes' hex digits, in groups of 4, 2, 2, 2 and 6 bytes between dashes.
     #[test]
     fn uuid_text_is_the_grouped_hex_digits() {
         let mut cases = vec![[0u8; 16], [0xff; 16]];

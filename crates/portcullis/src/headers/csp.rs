@@ -371,7 +371,7 @@ impl Rendered {
         let Some((first, rest, n)) = self.with_nonce(nonce) else {
             return self.plain.clone();
         };
-        // " 'nonce-" + n + "'": the exact length, so the bytes take the string over as is.
+        // " 'nonce-" + n + "'": the exact length, so the bytes take the vector over as is.
         let mut out = Vec::with_capacity(self.len + rest.len() * (n.len() + 9));
         out.extend_from_slice(first.as_bytes());
         for piece in rest {
