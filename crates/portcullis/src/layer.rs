@@ -1508,6 +1508,42 @@ impl From<Rejection> for Step {
     }
 }
 
+/// Where [`Engine::before_now`] starts: at step 6, or after the wait it stopped at.
+enum Resume {
+    /// Step 6.
+    Start,
+    /// Step 8 after the brute-force check: the credentials.
+    Authenticate,
+    /// Step 8 with the authenticator's outcome (a refused one already counted against the
+    /// client when the flag is set), then steps 9 and 10.
+    Credentials(AuthOutcome, bool),
+    /// Step 11.
+    Csrf,
+    /// Step 12.
+    Body,
+}
+
+/// What a step of [`Engine::before_now`] must wait for, done by [`Engine::before_slow`].
+enum Wait {
+    /// The brute-force limit's check of the client (step 8).
+    FailedAuth,
+    /// An authenticator that cannot decide without its future (step 8).
+    Authenticate,
+    /// Counting refused credentials against the client before refusing them (step 8).
+    CountFailure(&'static str),
+    /// A rate limiter that cannot decide without its future (step 10).
+    RateLimit,
+    /// A CSRF guard that cannot decide without its future (step 11).
+    Csrf,
+}
+
+/// How far [`Engine::before_now`] got: through step 12 (with the body-limit flag when the
+/// body is counted), or to a wait.
+enum Flow {
+    Done(Option<Arc<AtomicBool>>),
+    Wait(Wait),
+}
+
 /// Whether a `Host` value is `host[:port]`: a DNS-style name or IPv4 address of letters,
 /// digits, `-`, `.`, `_` and `~` (at most 255 bytes), or a bracketed IPv6 address; then
 /// optionally `:` and a port of up to 5 digits, at most 65535. No user info, escapes,
@@ -1578,7 +1614,15 @@ impl Engine {
         }
         let policy = &*x.entry.policy;
 
-        let tripped = match self.before(&mut parts, &mut x, policy, carried).await {
+        let before = match self.before_now(&mut parts, &mut x, policy, carried, Resume::Start) {
+            Ok(Flow::Done(tripped)) => Ok(tripped),
+            // Boxed: the waiting steps' futures stay out of the handling future.
+            Ok(Flow::Wait(wait)) => {
+                Box::pin(self.before_slow(&mut parts, &mut x, policy, carried, wait)).await
+            }
+            Err(step) => Err(step),
+        };
+        let tripped = match before {
             Ok(t) => t,
             Err(Step::Reject(r)) => return Ok(self.reject(r, &parts, &x)),
             Err(Step::Respond(res)) => {
@@ -1595,7 +1639,8 @@ impl Engine {
         let report_body = x.policy().report_only_mode().covers(Control::Body);
         let body = if let Some(cap) = x.guard_body {
             // 11, deferred: the CSRF guard reads the (form) body, which is then replayed.
-            match self.check_guard_body(body, cap, &parts, &mut x).await {
+            // Boxed: a rare path (a form-field token), kept out of the handling future.
+            match Box::pin(self.check_guard_body(body, cap, &parts, &mut x)).await {
                 Ok(bytes) => LimitedBody::buffered(bytes),
                 Err(r) => return Ok(self.reject(r, &parts, &x)),
             }
@@ -1796,120 +1841,125 @@ impl Engine {
         Ok((entry, path))
     }
 
-    /// Steps 6–12 up to the inner call, under the route's `policy` (the exchange's). Returns
-    /// the body-limit flag when the body is counted.
-    async fn before(
+    /// Steps 6–12 up to the inner call, under the route's `policy` (the exchange's), as far as
+    /// they go without waiting: from `from` on, until a step must wait (a store or an
+    /// authenticator behind a future), which [`Engine::before_slow`] then does. Returns the
+    /// body-limit flag when the body is counted.
+    ///
+    /// Not `async`: most requests never wait, and the steps then run here, out of the
+    /// handling future, which stays small (every request allocates it and moves it).
+    fn before_now(
         &self,
         parts: &mut Parts,
         x: &mut Exchange<'_>,
         policy: &Policy,
         carried: Carried,
-    ) -> Result<Option<Arc<AtomicBool>>, Step> {
-        // 6. CORS preflight. Never report-only: letting a refused preflight through would
-        // grant the cross-origin access it asks for.
-        if let Some(cors) = &self.cors
-            && Cors::is_preflight(&parts.method, &parts.headers)
-        {
-            let headers = cors.preflight(&parts.headers, policy.allowed_methods())?;
-            let mut res = Response::new(Bytes::new());
-            *res.status_mut() = StatusCode::NO_CONTENT;
-            *res.headers_mut() = headers;
-            return Err(Step::Respond(Box::new(res)));
-        }
-
-        // 7. Methods: the request's, and any it asks the application to act as instead.
-        let methods = policy.allowed_methods();
-        if !methods.allows(&parts.method) {
-            self.enforce(
-                Rejection::method_not_allowed(methods.allow_header()),
-                parts,
-                x,
-            )?;
-        } else if !methods.allows_overrides(&parts.headers, parts.uri.query()) {
-            x.detail = Some("method_override");
-            self.enforce(
-                Rejection::method_not_allowed(methods.allow_header()),
-                parts,
-                x,
-            )?;
-            x.detail = None;
-        }
-
-        // 8. Authentication, behind the brute-force limit (authenticated routes only, so a
-        // stale cookie on public pages never locks anyone out).
-        let tracker = self.failed_auth.as_ref().filter(|_| policy.requires_auth());
-        // Formatted only where the tracker applies: public routes pay nothing for it.
-        let client_key = tracker.map(|_| x.client_ip.key()).unwrap_or_default();
-        if let Some(t) = tracker
-            && let Err(wait) = t.check(&client_key).await
-        {
-            x.detail = Some("too_many_failed_auth");
-            self.enforce(Rejection::rate_limited(wait.as_secs().max(1)), parts, x)?;
-            x.detail = None;
-        }
-        let credentials = match &self.authenticator {
-            Some(auth) => match auth.authenticate_now(parts) {
-                Some(outcome) => outcome,
-                None => auth.authenticate(parts).await,
-            },
-            None => AuthOutcome::NoCredentials,
-        };
-        match credentials {
-            AuthOutcome::Authenticated(p) => x.principal = Some(p),
-            AuthOutcome::NoCredentials if policy.requires_auth() => {
-                self.enforce(Rejection::unauthorized(false), parts, x)?;
-            }
-            AuthOutcome::Invalid(reason) if policy.requires_auth() => {
-                if let Some(t) = tracker {
-                    let _ = t.record_failure(&client_key).await;
-                }
-                x.detail = Some(reason);
-                self.enforce(Rejection::unauthorized(true), parts, x)?;
-                x.detail = None;
-            }
-            _ => {}
-        }
-
-        // 9. Authorization.
-        if policy.requires_auth()
-            && let Some(p) = &x.principal
-        {
-            let any_ok =
-                policy.any_roles().is_empty() || policy.any_roles().iter().any(|r| p.has_role(r));
-            let all_ok = policy.required_roles().iter().all(|r| p.has_role(r));
-            if !(any_ok && all_ok) {
-                self.enforce(Rejection::forbidden(), parts, x)?;
-            }
-        }
-
-        // 10. Rate limit.
-        if let Some(limiter) = &self.rate_limit
-            && !policy.limits().is_empty()
-        {
-            let decided = match limiter.check_now(parts, x) {
-                Some(decided) => decided,
-                None => limiter.check(parts, x).await,
-            };
-            if let Err(r) = decided {
-                self.enforce(r, parts, x)?;
-            }
-        }
-
-        // 11. CSRF. The guard may answer itself (its token endpoint), or need the body (a
-        // token in a form field): then it decides in `handle`, after the body checks.
-        if let Some(csrf) = &self.csrf {
-            if let Some(res) = csrf.answer(parts, x) {
+        mut from: Resume,
+    ) -> Result<Flow, Step> {
+        if let Resume::Start = from {
+            // 6. CORS preflight. Never report-only: letting a refused preflight through
+            // would grant the cross-origin access it asks for.
+            if let Some(cors) = &self.cors
+                && Cors::is_preflight(&parts.method, &parts.headers)
+            {
+                let headers = cors.preflight(&parts.headers, policy.allowed_methods())?;
+                let mut res = Response::new(Bytes::new());
+                *res.status_mut() = StatusCode::NO_CONTENT;
+                *res.headers_mut() = headers;
                 return Err(Step::Respond(Box::new(res)));
             }
-            if policy.csrf_mode() != CsrfMode::Off {
-                x.guard_body = csrf.body_needed(parts, x);
-                if x.guard_body.is_none() {
-                    let decided = match csrf.check_now(parts, x) {
-                        Some(decided) => decided,
-                        None => csrf.check(parts, x).await,
-                    };
-                    if let Err(r) = decided {
-                        self.enforce(r, parts, x)?;
+
+            // 7. Methods: the request's, and any it asks the application to act as instead.
+            let methods = policy.allowed_methods();
+            if !methods.allows(&parts.method) {
+                self.enforce(
+                    Rejection::method_not_allowed(methods.allow_header()),
+                    parts,
+                    x,
+                )?;
+            } else if !methods.allows_overrides(&parts.headers, parts.uri.query()) {
+                x.detail = Some("method_override");
+                self.enforce(
+                    Rejection::method_not_allowed(methods.allow_header()),
+                    parts,
+                    x,
+                )?;
+                x.detail = None;
+            }
+
+            // 8. Authentication, behind the brute-force limit (authenticated routes only, so
+            // a stale cookie on public pages never locks anyone out).
+            if self.failed_auth.is_some() && policy.requires_auth() {
+                return Ok(Flow::Wait(Wait::FailedAuth));
+            }
+            from = Resume::Authenticate;
+        }
+        if let Resume::Authenticate = from {
+            let outcome = match &self.authenticator {
+                Some(auth) => match auth.authenticate_now(parts) {
+                    Some(outcome) => outcome,
+                    None => return Ok(Flow::Wait(Wait::Authenticate)),
+                },
+                None => AuthOutcome::NoCredentials,
+            };
+            from = Resume::Credentials(outcome, false);
+        }
+        if let Resume::Credentials(outcome, counted) = from {
+            match outcome {
+                AuthOutcome::Authenticated(p) => x.principal = Some(p),
+                AuthOutcome::NoCredentials if policy.requires_auth() => {
+                    self.enforce(Rejection::unauthorized(false), parts, x)?;
+                }
+                AuthOutcome::Invalid(reason) if policy.requires_auth() => {
+                    if !counted && self.failed_auth.is_some() {
+                        return Ok(Flow::Wait(Wait::CountFailure(reason)));
+                    }
+                    x.detail = Some(reason);
+                    self.enforce(Rejection::unauthorized(true), parts, x)?;
+                    x.detail = None;
+                }
+                _ => {}
+            }
+
+            // 9. Authorization.
+            if policy.requires_auth()
+                && let Some(p) = &x.principal
+            {
+                let any_ok = policy.any_roles().is_empty()
+                    || policy.any_roles().iter().any(|r| p.has_role(r));
+                let all_ok = policy.required_roles().iter().all(|r| p.has_role(r));
+                if !(any_ok && all_ok) {
+                    self.enforce(Rejection::forbidden(), parts, x)?;
+                }
+            }
+
+            // 10. Rate limit.
+            if let Some(limiter) = &self.rate_limit
+                && !policy.limits().is_empty()
+            {
+                match limiter.check_now(parts, x) {
+                    Some(Ok(())) => {}
+                    Some(Err(r)) => self.enforce(r, parts, x)?,
+                    None => return Ok(Flow::Wait(Wait::RateLimit)),
+                }
+            }
+            from = Resume::Csrf;
+        }
+        if let Resume::Csrf = from {
+            // 11. CSRF. The guard may answer itself (its token endpoint), or need the body
+            // (a token in a form field): then it decides in `handle`, after the body checks.
+            if let Some(csrf) = &self.csrf {
+                if let Some(res) = csrf.answer(parts, x) {
+                    return Err(Step::Respond(Box::new(res)));
+                }
+                if policy.csrf_mode() != CsrfMode::Off {
+                    x.guard_body = csrf.body_needed(parts, x);
+                    if x.guard_body.is_none() {
+                        match csrf.check_now(parts, x) {
+                            Some(Ok(())) => {}
+                            Some(Err(r)) => self.enforce(r, parts, x)?,
+                            None => return Ok(Flow::Wait(Wait::Csrf)),
+                        }
                     }
                 }
             }
@@ -1937,7 +1987,68 @@ impl Engine {
             self.enforce(r, parts, x)?;
         }
         let counted = policy.max_body_bytes().is_some() && !reported;
-        Ok(counted.then(|| Arc::new(AtomicBool::new(false))))
+        Ok(Flow::Done(
+            counted.then(|| Arc::new(AtomicBool::new(false))),
+        ))
+    }
+
+    /// Steps 6–12 for a request that must wait at `wait`: waits, then goes on with
+    /// [`Engine::before_now`] from the step after, as many times as a step must wait.
+    async fn before_slow(
+        &self,
+        parts: &mut Parts,
+        x: &mut Exchange<'_>,
+        policy: &Policy,
+        carried: Carried,
+        mut wait: Wait,
+    ) -> Result<Option<Arc<AtomicBool>>, Step> {
+        loop {
+            let from = match wait {
+                Wait::FailedAuth => {
+                    if let Some(t) = &self.failed_auth
+                        && let Err(wait) = t.check(&x.client_ip.key()).await
+                    {
+                        x.detail = Some("too_many_failed_auth");
+                        self.enforce(Rejection::rate_limited(wait.as_secs().max(1)), parts, x)?;
+                        x.detail = None;
+                    }
+                    Resume::Authenticate
+                }
+                Wait::Authenticate => {
+                    let outcome = match &self.authenticator {
+                        Some(auth) => auth.authenticate(parts).await,
+                        None => AuthOutcome::NoCredentials,
+                    };
+                    Resume::Credentials(outcome, false)
+                }
+                Wait::CountFailure(reason) => {
+                    if let Some(t) = &self.failed_auth {
+                        let _ = t.record_failure(&x.client_ip.key()).await;
+                    }
+                    Resume::Credentials(AuthOutcome::Invalid(reason), true)
+                }
+                Wait::RateLimit => {
+                    if let Some(limiter) = &self.rate_limit
+                        && let Err(r) = limiter.check(parts, x).await
+                    {
+                        self.enforce(r, parts, x)?;
+                    }
+                    Resume::Csrf
+                }
+                Wait::Csrf => {
+                    if let Some(csrf) = &self.csrf
+                        && let Err(r) = csrf.check(parts, x).await
+                    {
+                        self.enforce(r, parts, x)?;
+                    }
+                    Resume::Body
+                }
+            };
+            match self.before_now(parts, x, policy, carried, from)? {
+                Flow::Done(tripped) => return Ok(tripped),
+                Flow::Wait(next) => wait = next,
+            }
+        }
     }
 
     /// Step 11 for a guard that needs the body: reads at most `cap` bytes and lets the guard
