@@ -213,6 +213,49 @@ async fn roles_of_the_wrong_type_are_refused() {
     }
 }
 
+/// A subject or role an application behind would read differently from the gateway: a line
+/// break that would end the `x-portcullis-user` header (or forge a log line), a comma that
+/// would split `x-portcullis-roles` into two roles.
+#[tokio::test]
+async fn subjects_and_roles_that_would_not_travel_intact_are_refused() {
+    let k = hmac_key(Algorithm::HS256);
+    let jwt = builder().key(k.verification()).build().unwrap();
+    for sub in [
+        "a\r\nx-portcullis-roles: admin",
+        "evil\n2026-12-07T00:00:00Z forbidden FAKE",
+        "\u{1b}[31mred",
+        "nul\u{0}",
+        "tab\there",
+    ] {
+        let c = claims(sub, &["user"]);
+        assert_eq!(
+            jwt.verify(&k.token(None, &c)).await.unwrap_err(),
+            JwtError::BadSubject,
+            "{sub:?}"
+        );
+    }
+    for bad in [
+        json!(["user,admin"]),
+        json!("user,admin"),
+        json!(["user", "x\r\ny: z"]),
+        json!(["user", ""]),
+    ] {
+        let mut c = claims("ivan", &[]);
+        c["roles"] = bad.clone();
+        assert_eq!(
+            jwt.verify(&k.token(None, &c)).await.unwrap_err(),
+            JwtError::BadRoles,
+            "{bad}"
+        );
+    }
+    // What stays allowed: non-ASCII subjects, spaces and other punctuation in roles.
+    let mut c = claims("jos\u{e9}@example.com", &[]);
+    c["roles"] = json!(["Domain Admins", "realm:reader", "a/b"]);
+    let p = jwt.verify(&k.token(None, &c)).await.unwrap();
+    assert_eq!(p.id, "jos\u{e9}@example.com");
+    assert_eq!(p.roles, ["Domain Admins", "realm:reader", "a/b"]);
+}
+
 #[tokio::test]
 async fn a_jwks_file_supplies_keys() {
     let rs = rsa_key(Algorithm::RS256);

@@ -295,7 +295,12 @@ pub enum JwtError {
     WrongAudience,
     /// No `sub` (or an empty one).
     MissingSubject,
-    /// The roles claim is not a string or an array of strings.
+    /// A `sub` holding a control character (CR, LF, NUL, ESC, …): it could not travel to an
+    /// application as a header, and would forge lines in logs.
+    BadSubject,
+    /// The roles claim is not a string or an array of strings, or a role is empty or holds a
+    /// comma or a control character (roles travel to applications as one comma-separated
+    /// header, where `"user,admin"` would read as two roles).
     BadRoles,
     /// Two tokens (two `Authorization` headers, two cookies of the configured name).
     MultipleCredentials,
@@ -336,6 +341,7 @@ impl JwtError {
             JwtError::MissingAudience => "missing_aud",
             JwtError::WrongAudience => "wrong_audience",
             JwtError::MissingSubject => "missing_sub",
+            JwtError::BadSubject => "bad_sub",
             JwtError::BadRoles => "bad_roles",
             JwtError::MultipleCredentials => "multiple_credentials",
         }
@@ -1018,6 +1024,9 @@ impl JwtAuthenticator {
         let sub = match claims.get("sub") {
             None => return Err(JwtError::MissingSubject),
             Some(Value::String(s)) if s.is_empty() => return Err(JwtError::MissingSubject),
+            Some(Value::String(s)) if s.chars().any(char::is_control) => {
+                return Err(JwtError::BadSubject);
+            }
             Some(Value::String(s)) => s.clone(),
             Some(_) => return Err(JwtError::BadClaimType),
         };
@@ -1042,12 +1051,21 @@ impl JwtAuthenticator {
         else {
             return Ok(Vec::new());
         };
+        // A role the application would read differently from the gateway (split at a comma,
+        // cut at a line break) refuses the token: a guess either way could grant a role.
+        let role = |r: &str| {
+            if r.is_empty() || r.contains(',') || r.chars().any(char::is_control) {
+                Err(JwtError::BadRoles)
+            } else {
+                Ok(r.to_string())
+            }
+        };
         match value {
             Value::String(r) if r.is_empty() => Ok(Vec::new()),
-            Value::String(r) => Ok(vec![r.clone()]),
+            Value::String(r) => Ok(vec![role(r)?]),
             Value::Array(list) => list
                 .iter()
-                .map(|r| r.as_str().map(str::to_string).ok_or(JwtError::BadRoles))
+                .map(|r| r.as_str().ok_or(JwtError::BadRoles).and_then(role))
                 .collect(),
             _ => Err(JwtError::BadRoles),
         }
@@ -1174,19 +1192,89 @@ where
             min_bytes: 32,
         });
     }
+    let roles: Vec<String> = roles.into_iter().map(|r| r.as_ref().to_string()).collect();
+    let mut claims = dev_claims(sub, ttl, iss, aud)
+        .map_err(|_| KeyError::Malformed("the subject is empty or holds a control character"))?;
+    let roles = check_roles(&roles).map_err(|_| {
+        KeyError::Malformed("a role is empty or holds a comma or control character")
+    })?;
+    claims.insert("roles".into(), Value::from(roles));
+    sign_hs256(secret, &claims)
+}
+
+/// The registered claims of a development token (`sub`, `iss`, `aud`, `iat`, `nbf`, `exp`
+/// from now and `ttl`), for [`sign_hs256`] once the roles are in. Refuses a subject the
+/// verifier would refuse (empty, or holding a control character).
+///
+/// ```
+/// use std::time::Duration;
+/// use portcullis::auth::jwt;
+/// let claims = jwt::dev_claims("alice", Duration::from_secs(60), "portcullis", "portcullis").unwrap();
+/// assert_eq!(claims["sub"], "alice");
+/// assert!(jwt::dev_claims("", Duration::from_secs(60), "i", "a").is_err());
+/// assert!(jwt::dev_claims("a\nb", Duration::from_secs(60), "i", "a").is_err());
+/// ```
+pub fn dev_claims(
+    sub: &str,
+    ttl: Duration,
+    iss: &str,
+    aud: &str,
+) -> Result<Map<String, Value>, JwtError> {
+    if sub.is_empty() {
+        return Err(JwtError::MissingSubject);
+    }
+    if sub.chars().any(char::is_control) {
+        return Err(JwtError::BadSubject);
+    }
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
-    let roles: Vec<String> = roles.into_iter().map(|r| r.as_ref().to_string()).collect();
-    let claims = serde_json::json!({
-        "sub": sub,
-        "roles": roles,
-        "iss": iss,
-        "aud": aud,
-        "iat": now,
-        "nbf": now,
-        "exp": now.saturating_add(ttl.as_secs()),
-    });
+    let mut claims = Map::new();
+    claims.insert("sub".into(), sub.into());
+    claims.insert("iss".into(), iss.into());
+    claims.insert("aud".into(), aud.into());
+    claims.insert("iat".into(), now.into());
+    claims.insert("nbf".into(), now.into());
+    claims.insert("exp".into(), now.saturating_add(ttl.as_secs()).into());
+    Ok(claims)
+}
+
+/// `roles` when the verifier would accept each of them (non-empty, no comma, no control
+/// character), for a development token.
+///
+/// ```
+/// use portcullis::auth::jwt;
+/// assert!(jwt::check_roles(&["user".to_string(), "Domain Admins".to_string()]).is_ok());
+/// assert!(jwt::check_roles(&["user,admin".to_string()]).is_err());
+/// ```
+pub fn check_roles(roles: &[String]) -> Result<Vec<String>, JwtError> {
+    if roles
+        .iter()
+        .any(|r| r.is_empty() || r.contains(',') || r.chars().any(char::is_control))
+    {
+        return Err(JwtError::BadRoles);
+    }
+    Ok(roles.to_vec())
+}
+
+/// Signs `claims` as a compact HS256 JWT (`typ: JWT`) with `secret` (at least 32 bytes).
+/// For development tokens; [`mint_hs256`] fills the usual claims.
+///
+/// ```
+/// use portcullis::auth::{Secret, jwt};
+/// let mut claims = serde_json::Map::new();
+/// claims.insert("sub".into(), "alice".into());
+/// let secret = Secret::from("a-development-secret-of-32-bytes!");
+/// assert_eq!(jwt::sign_hs256(&secret, &claims).unwrap().split('.').count(), 3);
+/// ```
+pub fn sign_hs256(secret: &Secret, claims: &Map<String, Value>) -> Result<String, KeyError> {
+    if secret.len() < 32 {
+        return Err(KeyError::WeakSecret {
+            algorithm: Algorithm::HS256,
+            min_bytes: 32,
+        });
+    }
+    let claims = Value::Object(claims.clone());
     let header = URL_SAFE_NO_PAD.encode(br#"{"alg":"HS256","typ":"JWT"}"#);
     let payload = URL_SAFE_NO_PAD.encode(claims.to_string());
     let signing_input = format!("{header}.{payload}");
