@@ -14,6 +14,8 @@
 //! assert_eq!(m.allow_header(), "GET, POST");
 //! ```
 
+use std::borrow::Cow;
+
 use http::{HeaderMap, HeaderName, Method};
 
 /// Headers through which a client asks an application to treat a request as another method.
@@ -162,10 +164,12 @@ impl MethodSet {
             q.split('&')
                 .filter_map(|pair| {
                     let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
-                    (key.eq_ignore_ascii_case("_method") || key.eq_ignore_ascii_case("%5fmethod"))
-                        .then_some(value)
+                    // Decoded as the frameworks decode it: `_me%74hod` is `_method` to them.
+                    form_decode(key)
+                        .eq_ignore_ascii_case(b"_method")
+                        .then(|| form_decode(value))
                 })
-                .all(|v| named_ok(v.as_bytes()))
+                .all(|v| named_ok(&v))
         });
         headers_ok && query_ok
     }
@@ -204,4 +208,33 @@ impl MethodSet {
     pub fn is_any(&self) -> bool {
         self.any
     }
+}
+
+/// `s` decoded as `application/x-www-form-urlencoded` (`+` is a space, `%XX` a byte; a
+/// malformed escape stays as it is), borrowed when there is nothing to decode.
+fn form_decode(s: &str) -> Cow<'_, [u8]> {
+    let b = s.as_bytes();
+    if !b.iter().any(|&c| c == b'%' || c == b'+') {
+        return Cow::Borrowed(b);
+    }
+    let hex = |c: u8| (c as char).to_digit(16).map(|d| d as u8);
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        match (
+            b[i],
+            b.get(i + 1).copied().and_then(hex),
+            b.get(i + 2).copied().and_then(hex),
+        ) {
+            (b'%', Some(hi), Some(lo)) => {
+                out.push(hi << 4 | lo);
+                i += 3;
+            }
+            (c, _, _) => {
+                out.push(if c == b'+' { b' ' } else { c });
+                i += 1;
+            }
+        }
+    }
+    Cow::Owned(out)
 }
