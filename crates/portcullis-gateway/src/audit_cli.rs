@@ -281,8 +281,12 @@ fn print_events(events: &[AuditEvent], format: Format, header: bool) {
             })
         }
         Format::Table => {
-            // The metadata column is last and not padded.
-            let rows: Vec<[String; 11]> = events.iter().map(cells).collect();
+            // The metadata column is last and not padded. Control characters are escaped: a
+            // line break or a terminal escape in a client's value would forge a row.
+            let rows: Vec<[String; 11]> = events
+                .iter()
+                .map(|e| cells(e).map(|c| table_cell(&c)))
+                .collect();
             let mut width = COLUMNS.map(str::len);
             for r in &rows {
                 for (w, c) in width.iter_mut().zip(r) {
@@ -310,6 +314,23 @@ fn print_events(events: &[AuditEvent], format: Format, header: bool) {
         }
     };
     let _ = out.flush();
+}
+
+/// A table cell: `s` with each control character escaped as Rust writes it (`\n`,
+/// `\u{1b}`), so every event stays on one line and no escape sequence reaches the terminal.
+fn table_cell(s: &str) -> String {
+    if !s.chars().any(char::is_control) {
+        return s.to_string();
+    }
+    s.chars()
+        .map(|c| {
+            if c.is_control() {
+                c.escape_default().to_string()
+            } else {
+                c.to_string()
+            }
+        })
+        .collect()
 }
 
 /// A CSV field, quoted when it holds a comma, a quote or a line break (RFC 4180); a leading
@@ -345,6 +366,16 @@ mod tests {
         );
         assert_eq!(parse_rfc3339("2000-02-29"), Some(951_782_400_000));
         assert!(parse_when("yesterday", 0).is_err());
+    }
+
+    #[test]
+    fn table_cells_escape_control_characters() {
+        assert_eq!(
+            table_cell("evil\n2026-12-07T00:00:00Z  forbidden  FAKE"),
+            "evil\\n2026-12-07T00:00:00Z  forbidden  FAKE"
+        );
+        assert_eq!(table_cell("\u{1b}[31mred\r"), "\\u{1b}[31mred\\r");
+        assert_eq!(table_cell("jos\u{e9} plain"), "jos\u{e9} plain");
     }
 
     #[test]
