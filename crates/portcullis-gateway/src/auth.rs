@@ -214,8 +214,44 @@ pub fn mint(jwt: &JwtConfig, sub: &str, roles: &[String], ttl: Duration) -> Resu
         .first()
         .cloned()
         .unwrap_or_else(|| DEFAULT_ISSUER.to_string());
-    portcullis::auth::jwt::mint_hs256(&secret, sub, roles, ttl, &iss, &aud)
-        .map_err(|e| e.to_string())
+    use portcullis::auth::jwt as verifier;
+    let mut claims = verifier::dev_claims(sub, ttl, &iss, &aud)
+        .map_err(|_| format!("--sub {sub:?}: must be non-empty, with no control character"))?;
+    let roles = verifier::check_roles(roles)
+        .map_err(|_| "--role: each role must be non-empty, with no comma or control character")?;
+    put_claim(&mut claims, &jwt.roles_claim, roles.into());
+    verifier::sign_hs256(&secret, &claims).map_err(|e| e.to_string())
+}
+
+/// Puts `value` where the verifier reads `[auth.jwt] roles_claim`: nested for a dotted path
+/// of plain names (`realm_access.roles`, as Keycloak writes it), under the whole name for a
+/// URL-like one (`https://example.com/roles`, as Auth0 namespaces it).
+fn put_claim(
+    claims: &mut serde_json::Map<String, serde_json::Value>,
+    path: &str,
+    value: serde_json::Value,
+) {
+    let url_like = path.contains(['/', ':']);
+    let mut segments: Vec<&str> = path.split('.').collect();
+    if url_like || segments.iter().any(|s| s.is_empty()) || segments.len() == 1 {
+        claims.insert(path.to_string(), value);
+        return;
+    }
+    let last = segments.pop().unwrap_or(path);
+    let mut map = claims;
+    for seg in segments {
+        let entry = map
+            .entry(seg.to_string())
+            .or_insert_with(|| serde_json::Value::Object(Default::default()));
+        if !entry.is_object() {
+            *entry = serde_json::Value::Object(Default::default());
+        }
+        let Some(inner) = entry.as_object_mut() else {
+            return;
+        };
+        map = inner;
+    }
+    map.insert(last.to_string(), value);
 }
 
 /// `portcullis apikey new`: a fresh key (shown once) and the config entry to paste.

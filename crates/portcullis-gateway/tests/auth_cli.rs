@@ -57,6 +57,77 @@ async fn minted_tokens_verify_with_the_configured_authenticator() {
     let _ = std::fs::remove_dir_all(dir);
 }
 
+/// `--role` goes where `[auth.jwt] roles_claim` tells the verifier to read roles: nested for
+/// Keycloak's `realm_access.roles`, under the whole name for a URL-like claim.
+#[tokio::test]
+async fn minted_roles_go_where_roles_claim_points() {
+    for claim in ["realm_access.roles", "https://example.com/roles"] {
+        let (dir, file) = temp_config(&CONFIG.replace(
+            "[auth.jwt]\n",
+            &format!("[auth.jwt]\nroles_claim = {claim:?}\n"),
+        ));
+        let out = Command::new(env!("CARGO_BIN_EXE_portcullis"))
+            .args(["token", "--sub", "bob", "--role", "admin", "--config"])
+            .arg(&file)
+            .env("PC_TEST_JWT_SECRET", SECRET)
+            .output()
+            .expect("runs");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let token = String::from_utf8(out.stdout).unwrap().trim().to_string();
+        unsafe { std::env::set_var("PC_TEST_JWT_SECRET", SECRET) };
+        let config = GatewayConfig::load(&file, Purpose::Tool).expect("valid config");
+        let jwt = portcullis_gateway::auth::jwt_authenticator(
+            config.auth.jwt.as_ref().unwrap(),
+            "authToken",
+        )
+        .expect("authenticator");
+        let p = jwt.verify(&token).await.expect("the minted token verifies");
+        assert!(p.has_role("admin"), "{claim}: {:?}", p.roles);
+        use base64::Engine;
+        let payload = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(token.split('.').nth(1).unwrap())
+            .unwrap();
+        let claims: serde_json::Value = serde_json::from_slice(&payload).unwrap();
+        let roles = if claim.contains('/') {
+            &claims[claim]
+        } else {
+            &claims["realm_access"]["roles"]
+        };
+        assert_eq!(roles, &serde_json::json!(["admin"]), "{claims}");
+        let _ = std::fs::remove_dir_all(dir);
+    }
+}
+
+/// A subject or role the gateway would refuse is never minted.
+#[test]
+fn token_refuses_subjects_and_roles_the_gateway_would_refuse() {
+    let (dir, file) = temp_config(CONFIG);
+    for args in [
+        ["--sub", "", "--role", "user"],
+        ["--sub", "a\nb", "--role", "user"],
+        ["--sub", "alice", "--role", "user,admin"],
+        ["--sub", "alice", "--role", ""],
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_portcullis"))
+            .arg("token")
+            .args(args)
+            .arg("--config")
+            .arg(&file)
+            .env("PC_TEST_JWT_SECRET", SECRET)
+            .output()
+            .expect("runs");
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        assert!(out.stdout.is_empty(), "{args:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("--sub") || err.contains("--role"), "{err}");
+    }
+    let _ = std::fs::remove_dir_all(dir);
+}
+
 #[test]
 fn token_without_a_secret_is_refused_with_exit_2() {
     let (dir, file) = temp_config(CONFIG);
