@@ -1152,11 +1152,14 @@ fn refusal_response(
     https: bool,
 ) -> Response<Bytes> {
     let mut res = r.into_response_with_id(id);
-    generation
-        .config
-        .headers
-        .security
-        .apply(res.headers_mut(), https);
+    let headers = &generation.config.headers;
+    headers.security.apply(res.headers_mut(), https);
+    // The layer-wide CSP, as the layer's own refusals carry it (no nonce: nothing runs).
+    if let Some(csp) = &headers.csp {
+        let csp = csp.clone().report_only(headers.csp_report_only);
+        res.headers_mut()
+            .insert(csp.header_name(), csp.render(None));
+    }
     res
 }
 

@@ -1128,6 +1128,10 @@ fn assert_json_error(a: &Answer, status: u16, code: &str, what: &str) {
         "{what}"
     );
     assert_eq!(a.header("x-frame-options"), Some("DENY"), "{what}");
+    // The CSP too, as on every refusal of the layer's, with no nonce in it.
+    let csp = a.header("content-security-policy").unwrap_or_default();
+    assert!(csp.starts_with("default-src 'self'"), "{what}: {a:?}");
+    assert!(!csp.contains("nonce"), "{what}: {csp}");
     assert_eq!(a.all("date").len(), 1, "{what}: {a:?}");
     assert!(a.all("server").is_empty(), "{what}: {a:?}");
 }
