@@ -1671,6 +1671,7 @@ impl Engine {
             let meta = Parts2 {
                 headers: &req_headers,
                 method: &method,
+                uri: None,
             };
             if !report_body {
                 return Ok(self.reject_with(r, meta, &x));
@@ -1688,6 +1689,7 @@ impl Engine {
         let meta = Parts2 {
             headers: &req_headers,
             method: &method,
+            uri: None,
         };
         self.finish(&mut rparts, meta, &mut x, nonce.as_ref(), defer);
         Ok(Response::from_parts(rparts, SecurityBody::new(rbody)))
@@ -2163,6 +2165,7 @@ impl Engine {
             Parts2 {
                 headers: &parts.headers,
                 method: &parts.method,
+                uri: Some(&parts.uri),
             },
             x,
         )
@@ -2201,6 +2204,7 @@ impl Engine {
             Parts2 {
                 headers: &parts.headers,
                 method: &parts.method,
+                uri: Some(&parts.uri),
             },
             x,
             nonce,
@@ -2334,6 +2338,7 @@ impl Engine {
         let meta = Parts2 {
             headers: &parts.headers,
             method: &parts.method,
+            uri: Some(&parts.uri),
         };
         self.audit_event(r.action(), outcome, r.status(), Some(r), meta, x);
     }
@@ -2371,10 +2376,14 @@ impl Engine {
             client_ip: Some(x.client_ip.to_string()),
             method: meta.method.as_str().to_string(),
             route: x.entry.pattern.to_string(),
-            path: x
-                .path
-                .as_ref()
-                .map_or_else(|| "(invalid)".to_string(), |p| p.as_str().to_string()),
+            path: match (&x.path, meta.uri) {
+                (Some(p), _) => p.as_str().to_string(),
+                // A path refused at step 2: as the client sent it (a URI's path is visible
+                // ASCII), cut to a bounded length, so the audit shows what was tried.
+                (None, Some(uri)) if uri.path().is_empty() => refused_path(&uri.to_string()),
+                (None, Some(uri)) => refused_path(uri.path()),
+                (None, None) => "(invalid)".to_string(),
+            },
             status: status.as_u16(),
             request_id: x.request_id.to_string(),
             metadata: serde_json::Value::Object(metadata),
@@ -2387,6 +2396,25 @@ impl Engine {
 struct Parts2<'a> {
     headers: &'a HeaderMap,
     method: &'a Method,
+    /// The request's target while the request is at hand: the audit of a request refused
+    /// before its path had a canonical form shows what was sent.
+    uri: Option<&'a Uri>,
+}
+
+/// The longest refused path the audit keeps, in bytes.
+const REFUSED_PATH_MAX: usize = 1024;
+
+/// `raw` for the audit of a refused path: at most [`REFUSED_PATH_MAX`] bytes, marked `…`
+/// where cut.
+fn refused_path(raw: &str) -> String {
+    if raw.len() <= REFUSED_PATH_MAX {
+        return raw.to_string();
+    }
+    let mut end = REFUSED_PATH_MAX;
+    while !raw.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &raw[..end])
 }
 
 /// Which of the request fields the layer looks up by name a request carries, from one pass

@@ -453,6 +453,10 @@ async fn path_variants_of_a_protected_prefix_are_refused_or_land_on_its_policy()
                     && new[0].status == 400
                     && new[0].metadata["code"].as_str() == code.as_deref()
                     && new[0].request_id == r.header("x-request-id").unwrap_or_default()
+                    // What the client sent (canonical where it got that far), for whoever
+                    // reads the audit.
+                    && !new[0].path.is_empty()
+                    && new[0].path != "(invalid)"
             }
             (Hyper, Some(Hyper)) => true,
             _ => false,
@@ -488,6 +492,35 @@ async fn path_variants_of_a_protected_prefix_are_refused_or_land_on_its_policy()
         "{hyper} of {} variants only stopped by hyper",
         VARIANTS.len()
     );
+}
+
+/// A path refused at step 2 is audited as the client sent it (an authority-form target
+/// whole), cut at 1 KiB: what an operator needs to see what was tried.
+#[tokio::test]
+async fn a_refused_path_is_audited_as_sent() {
+    let sink = MemorySink::default();
+    let addr = start(sink.clone()).await;
+    let long = format!("/api/admin%2f{}", "a".repeat(3000));
+    let authority = addr.to_string();
+    for (target, audited) in [
+        ("/api/admin%2fusers", "/api/admin%2fusers".to_string()),
+        (
+            "/api/admin/..%5c..%5cx",
+            "/api/admin/..%5c..%5cx".to_string(),
+        ),
+        ("/api/;x/admin/users", "/api/;x/admin/users".to_string()),
+        (authority.as_str(), authority.clone()),
+        (long.as_str(), format!("{}…", &long[..1024])),
+    ] {
+        let before = sink.events().len();
+        let r = raw_get(addr, target).await;
+        assert_eq!(r.status, 400, "{target}: {}", r.text());
+        let events = sink.events();
+        let new = &events[before..];
+        assert_eq!(new.len(), 1, "{target}");
+        assert_eq!(new[0].path, audited, "{target}");
+        assert_eq!(new[0].route, "*", "{target}");
+    }
 }
 
 /// Variants that legitimately name another resource: they land on the public policy, and the
