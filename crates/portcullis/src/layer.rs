@@ -257,6 +257,9 @@ pub struct Exchange<'e> {
     notes: Vec<Note>,
     /// Set at step 11 when the CSRF guard must read this many body bytes to decide.
     guard_body: Option<u64>,
+    /// Set at step 7 when the body is a form that may hold a `_method` override: it is read
+    /// (up to the body limit) and looked at before the application sees it.
+    scan_form: bool,
 }
 
 /// The response fields the guards add. The first two (the rate limiter's `RateLimit-Policy`
@@ -1637,8 +1640,19 @@ impl Engine {
             _ => None,
         };
         let report_body = x.policy().report_only_mode().covers(Control::Body);
-        let body = if let Some(cap) = x.guard_body {
-            // 11, deferred: the CSRF guard reads the (form) body, which is then replayed.
+        // Reading the form for `_method` refuses a body over the limit (it is consumed), so
+        // not while the body limit only reports.
+        x.scan_form &= !report_body;
+        let read_cap = x.guard_body.or_else(|| {
+            x.scan_form.then(|| {
+                x.policy()
+                    .max_body_bytes()
+                    .unwrap_or(crate::csrf::DEFAULT_FORM_LIMIT)
+            })
+        });
+        let body = if let Some(cap) = read_cap {
+            // 7 and 11, deferred: the form body is read, looked at for a `_method` override
+            // and by the CSRF guard for its token, then replayed.
             // Boxed: a rare path (a form-field token), kept out of the handling future.
             match Box::pin(self.check_guard_body(body, cap, &parts, &mut x)).await {
                 Ok(bytes) => LimitedBody::buffered(bytes),
@@ -1775,6 +1789,7 @@ impl Engine {
             detail: None,
             notes: Vec::new(),
             guard_body: None,
+            scan_form: false,
         };
         (x, carried, refused)
     }
@@ -1888,6 +1903,10 @@ impl Engine {
                 )?;
                 x.detail = None;
             }
+            // A `_method` field in a form body: looked for once the body is read (below, in
+            // `handle`), before the application sees it.
+            x.scan_form =
+                carried.body_announced && methods.scans_form_body(&parts.method, &parts.headers);
 
             // 8. Authentication, behind the brute-force limit (authenticated routes only, so
             // a stale cookie on public pages never locks anyone out).
@@ -2053,8 +2072,8 @@ impl Engine {
         }
     }
 
-    /// Step 11 for a guard that needs the body: reads at most `cap` bytes and lets the guard
-    /// decide. A longer body is refused whatever the report-only setting: it is consumed.
+    /// Steps 7 and 11 for what only the body tells: reads at most `cap` bytes, looks for a
+    /// `_method` override in a form, and lets a guard that needs the body decide. A longer body is refused whatever the report-only setting: it is consumed.
     async fn check_guard_body<B>(
         &self,
         body: B,
@@ -2083,7 +2102,20 @@ impl Engine {
                 ));
             }
         };
-        if let Some(csrf) = &self.csrf
+        // 7, for the form's fields: a `_method` naming a method the route refuses.
+        if x.scan_form {
+            let methods = x.policy().allowed_methods();
+            if !methods.allows_form_overrides(&parts.headers, &bytes) {
+                let r = Rejection::method_not_allowed(methods.allow_header());
+                x.detail = Some("method_override");
+                if let Err(Step::Reject(r)) = self.enforce(r, parts, x) {
+                    return Err(r);
+                }
+                x.detail = None;
+            }
+        }
+        if x.guard_body.is_some()
+            && let Some(csrf) = &self.csrf
             && let Err(r) = csrf.check_body(parts, x, &bytes).await
         {
             match self.enforce(r, parts, x) {

@@ -16,7 +16,7 @@
 
 use std::borrow::Cow;
 
-use http::{HeaderMap, HeaderName, Method};
+use http::{HeaderMap, HeaderName, Method, header};
 
 /// Headers through which a client asks an application to treat a request as another method.
 ///
@@ -165,13 +165,107 @@ impl MethodSet {
                 .filter_map(|pair| {
                     let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
                     // Decoded as the frameworks decode it: `_me%74hod` is `_method` to them.
-                    form_decode(key)
-                        .eq_ignore_ascii_case(b"_method")
-                        .then(|| form_decode(value))
+                    is_override_key(&form_decode(key)).then(|| form_decode(value))
                 })
                 .all(|v| named_ok(&v))
         });
         headers_ok && query_ok
+    }
+
+    /// Whether the body of this request may hold a `_method` field that a framework would
+    /// act on while the set refuses some method: a `POST` whose body is a form
+    /// (`application/x-www-form-urlencoded` or `multipart/form-data`) or has no
+    /// `Content-Type` at all (Rack reads that as a form). Such a body must be read and given to
+    /// [`MethodSet::allows_form_overrides`] before the application sees it: Rails, Laravel and
+    /// Symfony read `_method` from the form body first.
+    ///
+    /// ```
+    /// use http::{HeaderMap, Method, header::CONTENT_TYPE};
+    /// use portcullis::methods::MethodSet;
+    /// let m = MethodSet::new([Method::GET, Method::POST]);
+    /// let mut form = HeaderMap::new();
+    /// form.insert(CONTENT_TYPE, "application/x-www-form-urlencoded".parse().unwrap());
+    /// assert!(m.scans_form_body(&Method::POST, &form));
+    /// assert!(!m.scans_form_body(&Method::GET, &form));
+    /// let mut json = HeaderMap::new();
+    /// json.insert(CONTENT_TYPE, "application/json".parse().unwrap());
+    /// assert!(!m.scans_form_body(&Method::POST, &json));
+    /// assert!(!MethodSet::any().scans_form_body(&Method::POST, &form));
+    /// ```
+    pub fn scans_form_body(&self, method: &Method, headers: &HeaderMap) -> bool {
+        if self.any || *method != Method::POST {
+            return false;
+        }
+        let mut types = headers.get_all(header::CONTENT_TYPE).iter();
+        match (types.next(), types.next()) {
+            (None, _) => true,
+            (Some(t), None) => !matches!(FormKind::of(t.as_bytes()), FormKind::NotAForm),
+            // Two types: whichever the application reads, look.
+            (Some(_), Some(_)) => true,
+        }
+    }
+
+    /// Whether every `_method` field of the form `body` (see
+    /// [`MethodSet::scans_form_body`]) names an allowed method. Fields are read as the
+    /// frameworks read them: keys decoded, any case, PHP's ` method` and `.method`, and
+    /// `_method[…]`; every field counts, not only the first. A multipart body that cannot be
+    /// parsed counts as overriding when `_method` appears in it anywhere.
+    ///
+    /// ```
+    /// use http::{HeaderMap, Method, header::CONTENT_TYPE};
+    /// use portcullis::methods::MethodSet;
+    /// let m = MethodSet::new([Method::GET, Method::POST]);
+    /// let mut h = HeaderMap::new();
+    /// h.insert(CONTENT_TYPE, "application/x-www-form-urlencoded".parse().unwrap());
+    /// assert!(m.allows_form_overrides(&h, b"title=hi&body=there"));
+    /// assert!(!m.allows_form_overrides(&h, b"title=hi&_method=DELETE"));
+    /// h.insert(CONTENT_TYPE, "multipart/form-data; boundary=XyZ".parse().unwrap());
+    /// let body = b"--XyZ\r\nContent-Disposition: form-data; name=\"_method\"\r\n\r\nput\r\n--XyZ--\r\n";
+    /// assert!(!m.allows_form_overrides(&h, body));
+    /// ```
+    pub fn allows_form_overrides(&self, headers: &HeaderMap, body: &[u8]) -> bool {
+        if self.any {
+            return true;
+        }
+        let named_ok = |name: &[u8]| {
+            let upper = name.trim_ascii().to_ascii_uppercase();
+            Method::from_bytes(&upper).is_ok_and(|m| self.allows(&m))
+        };
+        let types: Vec<FormKind> = headers
+            .get_all(header::CONTENT_TYPE)
+            .iter()
+            .map(|t| FormKind::of(t.as_bytes()))
+            .collect();
+        // No type (Rack's form), or several: read it every way a framework might.
+        let kinds = match types.as_slice() {
+            [one] => vec![one.clone()],
+            _ => {
+                let mut all = vec![FormKind::UrlEncoded];
+                all.extend(
+                    types
+                        .into_iter()
+                        .filter(|k| matches!(k, FormKind::Multipart(_))),
+                );
+                all
+            }
+        };
+        kinds.iter().all(|kind| match kind {
+            FormKind::NotAForm => true,
+            FormKind::UrlEncoded => body
+                .split(|&b| b == b'&' || b == b';')
+                .filter_map(|pair| {
+                    let (key, value) = match pair.iter().position(|&b| b == b'=') {
+                        Some(i) => (&pair[..i], &pair[i + 1..]),
+                        None => (pair, &b""[..]),
+                    };
+                    is_override_key(&form_decode_bytes(key)).then(|| form_decode_bytes(value))
+                })
+                .all(|v| named_ok(&v)),
+            FormKind::Multipart(boundary) => match multipart_overrides(body, boundary) {
+                Some(values) => values.iter().all(|v| named_ok(v)),
+                None => !contains_ignore_case(body, b"_method"),
+            },
+        })
     }
 
     /// The value of the `Allow` header.
@@ -213,7 +307,11 @@ impl MethodSet {
 /// `s` decoded as `application/x-www-form-urlencoded` (`+` is a space, `%XX` a byte; a
 /// malformed escape stays as it is), borrowed when there is nothing to decode.
 fn form_decode(s: &str) -> Cow<'_, [u8]> {
-    let b = s.as_bytes();
+    form_decode_bytes(s.as_bytes())
+}
+
+/// [`form_decode`] of bytes.
+fn form_decode_bytes(b: &[u8]) -> Cow<'_, [u8]> {
     if !b.iter().any(|&c| c == b'%' || c == b'+') {
         return Cow::Borrowed(b);
     }
@@ -237,4 +335,127 @@ fn form_decode(s: &str) -> Cow<'_, [u8]> {
         }
     }
     Cow::Owned(out)
+}
+
+/// Whether a decoded field name is the `_method` override to some framework: `_method` in
+/// any case, as PHP reads names (leading spaces dropped, then spaces and dots made `_`:
+/// ` method`, `.method`), and as an array (`_method[]`, `_method[x]`).
+fn is_override_key(key: &[u8]) -> bool {
+    let key = key.trim_ascii_start();
+    let key = key
+        .iter()
+        .position(|&b| b == b'[')
+        .map_or(key, |i| &key[..i]);
+    key.len() == 7
+        && matches!(key[0], b'_' | b' ' | b'.')
+        && key[1..].eq_ignore_ascii_case(b"method")
+}
+
+/// How a framework reads a body of this `Content-Type`.
+#[derive(Clone)]
+enum FormKind {
+    UrlEncoded,
+    /// With its boundary (empty when the type names none).
+    Multipart(String),
+    NotAForm,
+}
+
+impl FormKind {
+    fn of(content_type: &[u8]) -> FormKind {
+        let Ok(t) = std::str::from_utf8(content_type) else {
+            return FormKind::NotAForm;
+        };
+        let mut params = t.split(';');
+        let essence = params.next().unwrap_or("").trim();
+        if essence.eq_ignore_ascii_case("application/x-www-form-urlencoded") {
+            FormKind::UrlEncoded
+        } else if essence.eq_ignore_ascii_case("multipart/form-data") {
+            let boundary = params
+                .find_map(|p| {
+                    let (k, v) = p.split_once('=')?;
+                    k.trim()
+                        .eq_ignore_ascii_case("boundary")
+                        .then(|| v.trim().trim_matches('"').to_string())
+                })
+                .unwrap_or_default();
+            FormKind::Multipart(boundary)
+        } else {
+            FormKind::NotAForm
+        }
+    }
+}
+
+/// The values of every part of a multipart body whose name is an override key, or `None`
+/// when the body does not parse as multipart with `boundary`.
+fn multipart_overrides(body: &[u8], boundary: &str) -> Option<Vec<Vec<u8>>> {
+    if boundary.is_empty() || boundary.len() > 70 {
+        return None;
+    }
+    let delimiter = [b"--", boundary.as_bytes()].concat();
+    let mut values = Vec::new();
+    let mut rest = &body[find(body, &delimiter)? + delimiter.len()..];
+    loop {
+        if rest.starts_with(b"--") {
+            return Some(values); // the closing delimiter
+        }
+        // Some parsers accept bare LF line ends: so does this one.
+        rest = rest
+            .strip_prefix(b"\r\n")
+            .or_else(|| rest.strip_prefix(b"\n"))?;
+        let (head_end, sep) = match (find(rest, b"\r\n\r\n"), find(rest, b"\n\n")) {
+            (Some(a), Some(b)) if b < a => (b, 2),
+            (Some(a), _) => (a, 4),
+            (None, Some(b)) => (b, 2),
+            (None, None) => return None,
+        };
+        let head = &rest[..head_end];
+        let content = &rest[head_end + sep..];
+        let next = find(content, &delimiter)?;
+        let value = content[..next]
+            .strip_suffix(b"\n")
+            .map(|v| v.strip_suffix(b"\r").unwrap_or(v))
+            .unwrap_or(&content[..next]);
+        if part_names_override(head) {
+            values.push(value.to_vec());
+        }
+        rest = &content[next + delimiter.len()..];
+    }
+}
+
+/// Whether a part's head names it `_method` (or a PHP or array spelling of it), quoted or not.
+fn part_names_override(head: &[u8]) -> bool {
+    head.split(|&b| b == b'\n').any(|line| {
+        let Some(colon) = line.iter().position(|&b| b == b':') else {
+            return false;
+        };
+        if !line[..colon]
+            .trim_ascii()
+            .eq_ignore_ascii_case(b"content-disposition")
+        {
+            return false;
+        }
+        line[colon + 1..].split(|&b| b == b';').any(|param| {
+            let param = param.trim_ascii();
+            let Some(eq) = param.iter().position(|&b| b == b'=') else {
+                return false;
+            };
+            let (k, v) = (param[..eq].trim_ascii(), param[eq + 1..].trim_ascii());
+            let v = v.strip_prefix(b"\"").unwrap_or(v);
+            let v = v.strip_suffix(b"\"").unwrap_or(v);
+            (k.eq_ignore_ascii_case(b"name") || k.eq_ignore_ascii_case(b"name*"))
+                && is_override_key(&form_decode_bytes(v))
+        })
+    })
+}
+
+fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    if needle.is_empty() || hay.len() < needle.len() {
+        return None;
+    }
+    hay.windows(needle.len()).position(|w| w == needle)
+}
+
+fn contains_ignore_case(hay: &[u8], needle: &[u8]) -> bool {
+    hay.windows(needle.len())
+        .any(|w| w.eq_ignore_ascii_case(needle))
 }

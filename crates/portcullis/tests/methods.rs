@@ -327,3 +327,124 @@ async fn a_method_override_must_name_an_allowed_method_too() {
     .await;
     assert_passes(&r, "GET", "/api/custom/x?_method=put");
 }
+
+/// Rails, Laravel and Symfony read `_method` from a form body (first, for the last two): a
+/// form POST naming a method the route refuses is a 405 however the field is spelt, and any
+/// other body reaches the application intact.
+#[tokio::test]
+async fn a_method_override_in_a_form_body_must_name_an_allowed_method_too() {
+    let sink = MemorySink::default();
+    let layer = SecurityLayer::builder()
+        .default_policy(Preset::Public)
+        .route(
+            "/api/custom/**",
+            Policy::preset(Preset::Public).methods([Method::POST, Method::PUT]),
+        )
+        .audit(Arc::new(sink.clone()))
+        .build()
+        .expect("valid policy");
+    let app = Router::new().fallback(|body: axum::body::Bytes| async move { body });
+    let addr = serve_with(app, layer).await;
+    let post = |path: &'static str, content_type: Option<&'static str>, body: String| async move {
+        let ct = content_type
+            .map(|t| format!("Content-Type: {t}\r\n"))
+            .unwrap_or_default();
+        let req = format!(
+            "POST {path} HTTP/1.1\r\nHost: {addr}\r\n{ct}Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        );
+        send_raw(addr, req.as_bytes()).await
+    };
+    const FORM: Option<&str> = Some("application/x-www-form-urlencoded");
+    const MULTIPART: Option<&str> = Some("multipart/form-data; boundary=XyZ");
+    let part = |name: &str, value: &str| {
+        format!("--XyZ\r\nContent-Disposition: form-data; {name}\r\n\r\n{value}\r\n")
+    };
+    let refused: Vec<(&str, Option<&str>, String)> = vec![
+        ("plain", FORM, "title=hi&_method=DELETE".into()),
+        (
+            "charset and case",
+            Some("application/x-www-form-urlencoded; charset=utf-8"),
+            "_METHOD=put".into(),
+        ),
+        ("escaped key", FORM, "a=1&_me%74hod=PATCH".into()),
+        ("PHP's .method", FORM, ".method=DELETE".into()),
+        ("PHP's leading space", FORM, "%20_method=DELETE".into()),
+        ("array", FORM, "_method[]=DELETE".into()),
+        ("semicolon pairs", FORM, "a=1;_method=DELETE".into()),
+        ("second field", FORM, "_method=POST&_method=DELETE".into()),
+        ("no content type (Rack)", None, "_method=DELETE".into()),
+        (
+            "multipart, quoted",
+            MULTIPART,
+            format!("{}--XyZ--\r\n", part("name=\"_method\"", "delete")),
+        ),
+        (
+            "multipart, unquoted, second part",
+            MULTIPART,
+            format!(
+                "{}{}--XyZ--\r\n",
+                part("name=\"title\"", "hi"),
+                part("name=_method", "DELETE")
+            ),
+        ),
+        (
+            "multipart, bare LF",
+            MULTIPART,
+            "--XyZ\nContent-Disposition: form-data; name=\"_method\"\n\nDELETE\n--XyZ--\n".into(),
+        ),
+        (
+            "multipart that does not parse",
+            MULTIPART,
+            "not a multipart body _method=DELETE".into(),
+        ),
+    ];
+    for (what, ct, body) in &refused {
+        let r = post("/api/x", *ct, body.clone()).await;
+        assert_eq!(r.status, 405, "{what}: {}", r.text());
+        assert_eq!(r.json()["code"], "method_not_allowed", "{what}");
+        assert_eq!(r.header("allow"), Some(PUBLIC_ALLOW), "{what}");
+    }
+    let audited = sink
+        .events()
+        .iter()
+        .filter(|e| e.status == 405 && e.metadata["detail"] == "method_override")
+        .count();
+    assert_eq!(audited, refused.len());
+
+    // What passes, body intact: no override, an allowed one, a word in a value, JSON (no
+    // framework reads `_method` from it), a file part holding the text.
+    for (what, path, ct, body) in [
+        ("plain form", "/api/x", FORM, "title=hi&body=x".to_string()),
+        ("allowed", "/api/x", FORM, "_method=post".to_string()),
+        ("value", "/api/x", FORM, "note=_method%3DDELETE".to_string()),
+        (
+            "json",
+            "/api/x",
+            Some("application/json"),
+            r#"{"_method":"DELETE"}"#.to_string(),
+        ),
+        (
+            "file part",
+            "/api/x",
+            MULTIPART,
+            format!(
+                "{}--XyZ--\r\n",
+                part("name=\"f\"; filename=\"a.txt\"", "_method=DELETE")
+            ),
+        ),
+        (
+            "allowed on the route",
+            "/api/custom/x",
+            FORM,
+            "_method=PUT".to_string(),
+        ),
+    ] {
+        let r = post(path, ct, body.clone()).await;
+        assert_eq!(r.status, 200, "{what}: {}", r.text());
+        assert_eq!(r.text(), body, "{what}");
+    }
+    let r = post("/api/custom/x", FORM, "_method=DELETE".into()).await;
+    assert_eq!(r.status, 405, "{}", r.text());
+    assert_eq!(r.header("allow"), Some("POST, PUT"));
+}
