@@ -126,6 +126,27 @@ pub fn has_body(headers: &HeaderMap) -> bool {
     }
 }
 
+/// Whether every transfer coding the request names is `chunked`: the only one a server
+/// decodes (RFC 9112 §6.1). With another (`gzip, chunked`), the body the application gets
+/// would still be coded while no header says so: such a request is refused (501).
+///
+/// ```
+/// use portcullis::body_limit::chunked_only;
+/// let mut h = http::HeaderMap::new();
+/// h.insert("transfer-encoding", "chunked".parse().unwrap());
+/// assert!(chunked_only(&h));
+/// h.insert("transfer-encoding", "gzip, chunked".parse().unwrap());
+/// assert!(!chunked_only(&h));
+/// assert!(chunked_only(&http::HeaderMap::new()));
+/// ```
+pub fn chunked_only(headers: &HeaderMap) -> bool {
+    headers
+        .get_all(header::TRANSFER_ENCODING)
+        .iter()
+        .flat_map(|v| v.as_bytes().split(|&b| b == b','))
+        .all(|coding| coding.trim_ascii().eq_ignore_ascii_case(b"chunked"))
+}
+
 /// Refuses a request body whose content type is not in `allowed` (`type/subtype` or
 /// `type/*`, lower-case). Parameters such as `charset` are ignored; a body without a
 /// content type, or with several differing ones, is refused.

@@ -165,6 +165,23 @@ impl Rejection {
         )
     }
 
+    /// 501 for a request body sent with a transfer coding other than `chunked`
+    /// (RFC 9112 §6.1): it could not be handed on decoded.
+    ///
+    /// ```
+    /// let r = portcullis::Rejection::unsupported_transfer_coding();
+    /// assert_eq!((r.status().as_u16(), r.code()), (501, "unsupported_transfer_coding"));
+    /// ```
+    pub fn unsupported_transfer_coding() -> Self {
+        Self::new(
+            StatusCode::NOT_IMPLEMENTED,
+            "unsupported_transfer_coding",
+            "Request transfer coding is not supported (only chunked)",
+            AuditAction::InvalidInput,
+            Control::Body,
+        )
+    }
+
     /// 400 for a `Host` or absolute-form authority that is not ours.
     ///
     /// ```

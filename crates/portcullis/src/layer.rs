@@ -1774,7 +1774,13 @@ impl Engine {
         });
         // Steps 2–5 first, so the exchange starts with its route's pattern and policy (the
         // default's only when the request is refused before a route is known).
-        let (entry, path, refused) = match self.route(parts, peer_trusted) {
+        let routed = if carried.transfer_encoding && !body_limit::chunked_only(&parts.headers) {
+            std::hint::cold_path();
+            Err(Rejection::unsupported_transfer_coding())
+        } else {
+            self.route(parts, peer_trusted)
+        };
+        let (entry, path, refused) = match routed {
             Ok((entry, path)) => (entry, Some(path), None),
             Err(r) => (self.routes.default_value(), None, Some(r)),
         };
@@ -2157,6 +2163,15 @@ impl Engine {
         if present.is_some_and(|h| !valid_host(h.as_bytes())) {
             return Err(Rejection::bad_host(
                 "Request Host header is not a host name or address",
+            ));
+        }
+        // An absolute-form target names a resource of ours only as http or https.
+        if let Some(scheme) = parts.uri.scheme_str()
+            && !scheme.eq_ignore_ascii_case("http")
+            && !scheme.eq_ignore_ascii_case("https")
+        {
+            return Err(Rejection::bad_host(
+                "Request target's scheme is neither http nor https",
             ));
         }
         if let Some(auth) = parts.uri.authority() {

@@ -255,6 +255,48 @@ async fn chunked_body_over_the_limit_gets_the_layers_json_413() {
     }
 }
 
+/// A transfer coding other than `chunked` (`gzip, chunked`): hyper takes the chunks off, but
+/// the body would reach the application still gzipped with nothing saying so. Refused with
+/// the JSON 501 (RFC 9112 §6.1), audited, the application never called.
+#[tokio::test]
+async fn a_transfer_coding_other_than_chunked_is_refused_with_501() {
+    let sink = MemorySink::default();
+    let addr = start(&sink).await;
+    for (i, coding) in ["gzip, chunked", "deflate,chunked", "x-custom , Chunked"]
+        .iter()
+        .enumerate()
+    {
+        let path = format!("/bytes?try={i}");
+        let raw = chunked(&path, "", &[10]).into_iter().collect::<Vec<u8>>();
+        let raw = String::from_utf8(raw).unwrap().replace(
+            "Transfer-Encoding: chunked",
+            &format!("Transfer-Encoding: {coding}"),
+        );
+        let (r, _) = exchange(addr, raw.as_bytes()).await;
+        assert_eq!(r.status, 501, "{coding}: {}", r.text());
+        assert_eq!(
+            r.header("content-type"),
+            Some("application/json"),
+            "{coding}"
+        );
+        let body: serde_json::Value = serde_json::from_str(&r.text()).unwrap();
+        assert_eq!(body["code"], "unsupported_transfer_coding", "{coding}");
+    }
+    let refused = sink
+        .events()
+        .iter()
+        .filter(|e| e.status == 501 && e.outcome == Outcome::Denied)
+        .count();
+    assert_eq!(refused, 3);
+    // `chunked` alone, in any case, is the one coding understood.
+    let raw = String::from_utf8(chunked("/bytes", "", &[10]))
+        .unwrap()
+        .replace("Transfer-Encoding: chunked", "Transfer-Encoding: CHUNKED");
+    let (r, _) = exchange(addr, raw.as_bytes()).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.text(), "10");
+}
+
 #[tokio::test]
 async fn content_length_next_to_chunked_is_counted_as_chunked() {
     // hyper reads such a body as chunked (RFC 9112 §6.3), so the declared 5 cannot vouch for it.

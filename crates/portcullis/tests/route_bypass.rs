@@ -494,6 +494,22 @@ async fn path_variants_of_a_protected_prefix_are_refused_or_land_on_its_policy()
     );
 }
 
+/// An absolute-form target names one of our resources only as http or https: `ftp://` or a
+/// made-up scheme is refused (400 `invalid_host`), never routed on its path.
+#[tokio::test]
+async fn absolute_form_targets_with_another_scheme_are_refused() {
+    let addr = start(MemorySink::default()).await;
+    for scheme in ["ftp", "ws", "gopher", "x-made-up"] {
+        let r = raw_get(addr, &format!("{scheme}://{addr}/api/public-data")).await;
+        assert_eq!(r.status, 400, "{scheme}: {}", r.text());
+        assert_eq!(r.json()["code"], "invalid_host", "{scheme}");
+    }
+    for scheme in ["http", "HTTP"] {
+        let r = raw_get(addr, &format!("{scheme}://{addr}/api/public-data")).await;
+        assert_eq!(r.status, 200, "{scheme}: {}", r.text());
+    }
+}
+
 /// A path refused at step 2 is audited as the client sent it (an authority-form target
 /// whole), cut at 1 KiB: what an operator needs to see what was tried.
 #[tokio::test]
