@@ -1028,8 +1028,11 @@ impl GatewayConfig {
         })
     }
 
-    /// Settings that are valid but that this build cannot apply yet, because the library
-    /// has no knob for them; `check-config` shows them as warnings.
+    /// Settings that are valid but will not do what they seem to; `check-config` shows them
+    /// as warnings, and `serve` logs them. One: an origin `[cors]` allows that
+    /// `csrf.trusted_origins` does not list, whose unsafe requests (POST, PUT, PATCH, DELETE)
+    /// the CSRF origin check still refuses (Go's `CrossOriginProtection` semantics: CORS lets
+    /// a page read answers, it does not make its writes same-origin).
     ///
     /// ```
     /// use portcullis_gateway::config::GatewayConfig;
@@ -1041,7 +1044,28 @@ impl GatewayConfig {
     /// # Ok::<(), portcullis_gateway::config::ConfigErrors>(())
     /// ```
     pub fn unapplied_settings(&self) -> Vec<ConfigError> {
-        Vec::new()
+        let mut warnings = Vec::new();
+        let Some(cors) = &self.cors else {
+            return warnings;
+        };
+        let same = |a: &str, b: &str| {
+            a.trim_end_matches('/')
+                .eq_ignore_ascii_case(b.trim_end_matches('/'))
+        };
+        for (i, origin) in cors.allow_origins.iter().enumerate() {
+            if origin == "*" || self.csrf.trusted_origins.iter().any(|t| same(t, origin)) {
+                continue;
+            }
+            warnings.push(ConfigError {
+                key: format!("cors.allow_origins[{i}]"),
+                reason: format!(
+                    "{origin} is allowed by CORS but not in csrf.trusted_origins: the CSRF \
+                     origin check refuses its POST, PUT, PATCH and DELETE requests on routes \
+                     where CSRF is on; add it there to let it write"
+                ),
+            });
+        }
+        warnings
     }
 }
 
@@ -1669,6 +1693,22 @@ mod tests {
         )
         .unwrap();
         c.security_layer().unwrap();
+        // The CORS origin the CSRF check does not trust is pointed out.
+        let w = c.unapplied_settings();
+        assert_eq!(w.len(), 1, "{w:?}");
+        assert_eq!(w[0].key, "cors.allow_origins[0]");
+        assert!(
+            w[0].reason.contains("csrf.trusted_origins"),
+            "{}",
+            w[0].reason
+        );
+        let c = GatewayConfig::from_str(
+            "[server]\nupstream = \"http://127.0.0.1:3000\"\n\
+             [cors]\nallow_origins = [\"https://app.example.com\"]\n\
+             [csrf]\ntrusted_origins = [\"https://app.example.com\"]\n",
+            "portcullis.toml",
+        )
+        .unwrap();
         assert!(c.unapplied_settings().is_empty());
     }
 
