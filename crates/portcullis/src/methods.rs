@@ -150,10 +150,7 @@ impl MethodSet {
         if self.any {
             return true;
         }
-        let named_ok = |name: &[u8]| {
-            let upper = name.trim_ascii().to_ascii_uppercase();
-            Method::from_bytes(&upper).is_ok_and(|m| self.allows(&m))
-        };
+        let named_ok = |name: &[u8]| self.allows_named(name);
         // One pass over the request's fields (a few comparisons each) instead of a hashed
         // lookup per override name: this runs on every request.
         let headers_ok = headers
@@ -227,10 +224,7 @@ impl MethodSet {
         if self.any {
             return true;
         }
-        let named_ok = |name: &[u8]| {
-            let upper = name.trim_ascii().to_ascii_uppercase();
-            Method::from_bytes(&upper).is_ok_and(|m| self.allows(&m))
-        };
+        let named_ok = |name: &[u8]| self.allows_named(name);
         let types: Vec<FormKind> = headers
             .get_all(header::CONTENT_TYPE)
             .iter()
@@ -266,6 +260,13 @@ impl MethodSet {
                 None => !contains_ignore_case(body, b"_method"),
             },
         })
+    }
+
+    /// Whether an override's value names an allowed method, compared in upper case as the
+    /// frameworks do; a value that is not a method token is not allowed.
+    fn allows_named(&self, name: &[u8]) -> bool {
+        let upper = name.trim_ascii().to_ascii_uppercase();
+        Method::from_bytes(&upper).is_ok_and(|m| self.allows(&m))
     }
 
     /// The value of the `Allow` header.
