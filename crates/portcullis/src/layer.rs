@@ -1652,8 +1652,8 @@ impl Engine {
         });
         let body = if let Some(cap) = read_cap {
             // 7 and 11, deferred: the form body is read, looked at for a `_method` override
-            // and by the CSRF guard for its token, then replayed.
-            // Boxed: a rare path (a form-field token), kept out of the handling future.
+            // and by the CSRF guard for its token, then replayed. Boxed: form posts only, kept
+            // out of the handling future.
             match Box::pin(self.check_guard_body(body, cap, &parts, &mut x)).await {
                 Ok(bytes) => LimitedBody::buffered(bytes),
                 Err(r) => return Ok(self.reject(r, &parts, &x)),
@@ -1901,13 +1901,7 @@ impl Engine {
                     x,
                 )?;
             } else if !methods.allows_overrides(&parts.headers, parts.uri.query()) {
-                x.detail = Some("method_override");
-                self.enforce(
-                    Rejection::method_not_allowed(methods.allow_header()),
-                    parts,
-                    x,
-                )?;
-                x.detail = None;
+                self.enforce_override(parts, x)?;
             }
             // A `_method` field in a form body: looked for once the body is read (below, in
             // `handle`), before the application sees it.
@@ -2079,7 +2073,8 @@ impl Engine {
     }
 
     /// Steps 7 and 11 for what only the body tells: reads at most `cap` bytes, looks for a
-    /// `_method` override in a form, and lets a guard that needs the body decide. A longer body is refused whatever the report-only setting: it is consumed.
+    /// `_method` override in a form, and lets a guard that needs the body decide. A longer
+    /// body is refused whatever the report-only setting: it is consumed.
     async fn check_guard_body<B>(
         &self,
         body: B,
@@ -2109,16 +2104,14 @@ impl Engine {
             }
         };
         // 7, for the form's fields: a `_method` naming a method the route refuses.
-        if x.scan_form {
-            let methods = x.policy().allowed_methods();
-            if !methods.allows_form_overrides(&parts.headers, &bytes) {
-                let r = Rejection::method_not_allowed(methods.allow_header());
-                x.detail = Some("method_override");
-                if let Err(Step::Reject(r)) = self.enforce(r, parts, x) {
-                    return Err(r);
-                }
-                x.detail = None;
-            }
+        if x.scan_form
+            && !x
+                .policy()
+                .allowed_methods()
+                .allows_form_overrides(&parts.headers, &bytes)
+            && let Err(Step::Reject(r)) = self.enforce_override(parts, x)
+        {
+            return Err(r);
         }
         if x.guard_body.is_some()
             && let Some(csrf) = &self.csrf
@@ -2130,6 +2123,19 @@ impl Engine {
             }
         }
         Ok(bytes)
+    }
+
+    /// Step 7 for a request asking the application to act as a method the route refuses
+    /// (an override header, query parameter or form field): [`Engine::enforce`]s the 405,
+    /// audited with the detail `method_override`.
+    #[cold]
+    #[inline(never)]
+    fn enforce_override(&self, parts: &Parts, x: &mut Exchange) -> Result<(), Step> {
+        let r = Rejection::method_not_allowed(x.policy().allowed_methods().allow_header());
+        x.detail = Some("method_override");
+        self.enforce(r, parts, x)?;
+        x.detail = None;
+        Ok(())
     }
 
     /// Refuses, or in report-only mode audits and lets through.

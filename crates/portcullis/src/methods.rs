@@ -18,6 +18,8 @@ use std::borrow::Cow;
 
 use http::{HeaderMap, HeaderName, Method, header};
 
+use crate::csrf::token::find;
+
 /// Headers through which a client asks an application to treat a request as another method.
 ///
 /// ```
@@ -150,21 +152,21 @@ impl MethodSet {
         if self.any {
             return true;
         }
-        let named_ok = |name: &[u8]| self.allows_named(name);
         // One pass over the request's fields (a few comparisons each) instead of a hashed
         // lookup per override name: this runs on every request.
         let headers_ok = headers
             .iter()
             .filter(|(n, _)| OVERRIDE_HEADERS.contains(n))
-            .all(|(_, v)| named_ok(v.as_bytes()));
+            .all(|(_, v)| self.allows_named(v.as_bytes()));
         let query_ok = query.is_none_or(|q| {
             q.split('&')
                 .filter_map(|pair| {
                     let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
                     // Decoded as the frameworks decode it: `_me%74hod` is `_method` to them.
-                    is_override_key(&form_decode(key)).then(|| form_decode(value))
+                    is_override_key(&form_decode(key.as_bytes()))
+                        .then(|| form_decode(value.as_bytes()))
                 })
-                .all(|v| named_ok(&v))
+                .all(|v| self.allows_named(&v))
         });
         headers_ok && query_ok
     }
@@ -224,26 +226,14 @@ impl MethodSet {
         if self.any {
             return true;
         }
-        let named_ok = |name: &[u8]| self.allows_named(name);
         let types: Vec<FormKind> = headers
             .get_all(header::CONTENT_TYPE)
             .iter()
             .map(|t| FormKind::of(t.as_bytes()))
             .collect();
-        // No type (Rack's form), or several: read it every way a framework might.
-        let kinds = match types.as_slice() {
-            [one] => vec![one.clone()],
-            _ => {
-                let mut all = vec![FormKind::UrlEncoded];
-                all.extend(
-                    types
-                        .into_iter()
-                        .filter(|k| matches!(k, FormKind::Multipart(_))),
-                );
-                all
-            }
-        };
-        kinds.iter().all(|kind| match kind {
+        // No type (Rack's form), or several: read it as urlencoded too.
+        let urlencoded_too = (types.len() != 1).then_some(&FormKind::UrlEncoded);
+        types.iter().chain(urlencoded_too).all(|kind| match kind {
             FormKind::NotAForm => true,
             FormKind::UrlEncoded => body
                 .split(|&b| b == b'&' || b == b';')
@@ -252,11 +242,11 @@ impl MethodSet {
                         Some(i) => (&pair[..i], &pair[i + 1..]),
                         None => (pair, &b""[..]),
                     };
-                    is_override_key(&form_decode_bytes(key)).then(|| form_decode_bytes(value))
+                    is_override_key(&form_decode(key)).then(|| form_decode(value))
                 })
-                .all(|v| named_ok(&v)),
+                .all(|v| self.allows_named(&v)),
             FormKind::Multipart(boundary) => match multipart_overrides(body, boundary) {
-                Some(values) => values.iter().all(|v| named_ok(v)),
+                Some(values) => values.iter().all(|v| self.allows_named(v)),
                 None => !contains_ignore_case(body, b"_method"),
             },
         })
@@ -305,14 +295,9 @@ impl MethodSet {
     }
 }
 
-/// `s` decoded as `application/x-www-form-urlencoded` (`+` is a space, `%XX` a byte; a
+/// `b` decoded as `application/x-www-form-urlencoded` (`+` is a space, `%XX` a byte; a
 /// malformed escape stays as it is), borrowed when there is nothing to decode.
-fn form_decode(s: &str) -> Cow<'_, [u8]> {
-    form_decode_bytes(s.as_bytes())
-}
-
-/// [`form_decode`] of bytes.
-fn form_decode_bytes(b: &[u8]) -> Cow<'_, [u8]> {
+fn form_decode(b: &[u8]) -> Cow<'_, [u8]> {
     if !b.iter().any(|&c| c == b'%' || c == b'+') {
         return Cow::Borrowed(b);
     }
@@ -353,7 +338,6 @@ fn is_override_key(key: &[u8]) -> bool {
 }
 
 /// How a framework reads a body of this `Content-Type`.
-#[derive(Clone)]
 enum FormKind {
     UrlEncoded,
     /// With its boundary (empty when the type names none).
@@ -444,16 +428,9 @@ fn part_names_override(head: &[u8]) -> bool {
             let v = v.strip_prefix(b"\"").unwrap_or(v);
             let v = v.strip_suffix(b"\"").unwrap_or(v);
             (k.eq_ignore_ascii_case(b"name") || k.eq_ignore_ascii_case(b"name*"))
-                && is_override_key(&form_decode_bytes(v))
+                && is_override_key(&form_decode(v))
         })
     })
-}
-
-fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
-    if needle.is_empty() || hay.len() < needle.len() {
-        return None;
-    }
-    hay.windows(needle.len()).position(|w| w == needle)
 }
 
 fn contains_ignore_case(hay: &[u8], needle: &[u8]) -> bool {

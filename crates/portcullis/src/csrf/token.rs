@@ -343,7 +343,8 @@ fn form_decode(s: &[u8]) -> Option<Vec<u8>> {
     Some(out)
 }
 
-fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+/// Where `needle` first occurs in `hay` (the multipart readers' delimiter search).
+pub(crate) fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
     if needle.is_empty() || hay.len() < needle.len() {
         return None;
     }
