@@ -217,7 +217,7 @@ pub fn mint(jwt: &JwtConfig, sub: &str, roles: &[String], ttl: Duration) -> Resu
     use portcullis::auth::jwt as verifier;
     let mut claims = verifier::dev_claims(sub, ttl, &iss, &aud)
         .map_err(|_| format!("--sub {sub:?}: must be non-empty, with no control character"))?;
-    let roles = verifier::check_roles(roles)
+    verifier::check_roles(roles)
         .map_err(|_| "--role: each role must be non-empty, with no comma or control character")?;
     put_claim(&mut claims, &jwt.roles_claim, roles.into());
     verifier::sign_hs256(&secret, &claims).map_err(|e| e.to_string())

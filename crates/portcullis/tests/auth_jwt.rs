@@ -195,14 +195,20 @@ async fn the_default_roles_claim_is_roles_then_role() {
 
 #[tokio::test]
 async fn roles_of_the_wrong_type_are_refused() {
-    let k = hmac_key(Algorithm::HS256);
-    let jwt = builder().key(k.verification()).build().unwrap();
-    for bad in [
+    assert_roles_refused([
         json!(7),
         json!({"admin": true}),
         json!(["ok", 1]),
         json!(null),
-    ] {
+    ])
+    .await;
+}
+
+/// Each of `bad` as the roles claim of an otherwise valid token: refused with `BadRoles`.
+async fn assert_roles_refused(bad: impl IntoIterator<Item = serde_json::Value>) {
+    let k = hmac_key(Algorithm::HS256);
+    let jwt = builder().key(k.verification()).build().unwrap();
+    for bad in bad {
         let mut c = claims("ivan", &[]);
         c["roles"] = bad.clone();
         assert_eq!(
@@ -234,20 +240,13 @@ async fn subjects_and_roles_that_would_not_travel_intact_are_refused() {
             "{sub:?}"
         );
     }
-    for bad in [
+    assert_roles_refused([
         json!(["user,admin"]),
         json!("user,admin"),
         json!(["user", "x\r\ny: z"]),
         json!(["user", ""]),
-    ] {
-        let mut c = claims("ivan", &[]);
-        c["roles"] = bad.clone();
-        assert_eq!(
-            jwt.verify(&k.token(None, &c)).await.unwrap_err(),
-            JwtError::BadRoles,
-            "{bad}"
-        );
-    }
+    ])
+    .await;
     // What stays allowed: non-ASCII subjects, spaces and other punctuation in roles.
     let mut c = claims("jos\u{e9}@example.com", &[]);
     c["roles"] = json!(["Domain Admins", "realm:reader", "a/b"]);

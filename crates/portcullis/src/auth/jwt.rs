@@ -1024,9 +1024,7 @@ impl JwtAuthenticator {
         let sub = match claims.get("sub") {
             None => return Err(JwtError::MissingSubject),
             Some(Value::String(s)) if s.is_empty() => return Err(JwtError::MissingSubject),
-            Some(Value::String(s)) if s.chars().any(char::is_control) => {
-                return Err(JwtError::BadSubject);
-            }
+            Some(Value::String(s)) if !travels_intact(s) => return Err(JwtError::BadSubject),
             Some(Value::String(s)) => s.clone(),
             Some(_) => return Err(JwtError::BadClaimType),
         };
@@ -1054,11 +1052,9 @@ impl JwtAuthenticator {
         // A role the application would read differently from the gateway (split at a comma,
         // cut at a line break) refuses the token: a guess either way could grant a role.
         let role = |r: &str| {
-            if r.is_empty() || r.contains(',') || r.chars().any(char::is_control) {
-                Err(JwtError::BadRoles)
-            } else {
-                Ok(r.to_string())
-            }
+            valid_role(r)
+                .then(|| r.to_string())
+                .ok_or(JwtError::BadRoles)
         };
         match value {
             Value::String(r) if r.is_empty() => Ok(Vec::new()),
@@ -1195,7 +1191,7 @@ where
     let roles: Vec<String> = roles.into_iter().map(|r| r.as_ref().to_string()).collect();
     let mut claims = dev_claims(sub, ttl, iss, aud)
         .map_err(|_| KeyError::Malformed("the subject is empty or holds a control character"))?;
-    let roles = check_roles(&roles).map_err(|_| {
+    check_roles(&roles).map_err(|_| {
         KeyError::Malformed("a role is empty or holds a comma or control character")
     })?;
     claims.insert("roles".into(), Value::from(roles));
@@ -1223,7 +1219,7 @@ pub fn dev_claims(
     if sub.is_empty() {
         return Err(JwtError::MissingSubject);
     }
-    if sub.chars().any(char::is_control) {
+    if !travels_intact(sub) {
         return Err(JwtError::BadSubject);
     }
     let now = SystemTime::now()
@@ -1239,22 +1235,31 @@ pub fn dev_claims(
     Ok(claims)
 }
 
-/// `roles` when the verifier would accept each of them (non-empty, no comma, no control
-/// character), for a development token.
+/// Whether the verifier accepts each of `roles` (non-empty, no comma, no control character),
+/// for a development token.
 ///
 /// ```
 /// use portcullis::auth::jwt;
 /// assert!(jwt::check_roles(&["user".to_string(), "Domain Admins".to_string()]).is_ok());
 /// assert!(jwt::check_roles(&["user,admin".to_string()]).is_err());
 /// ```
-pub fn check_roles(roles: &[String]) -> Result<Vec<String>, JwtError> {
-    if roles
-        .iter()
-        .any(|r| r.is_empty() || r.contains(',') || r.chars().any(char::is_control))
-    {
-        return Err(JwtError::BadRoles);
+pub fn check_roles(roles: &[String]) -> Result<(), JwtError> {
+    if roles.iter().all(|r| valid_role(r)) {
+        Ok(())
+    } else {
+        Err(JwtError::BadRoles)
     }
-    Ok(roles.to_vec())
+}
+
+/// Whether a claim's text reaches an application as a header value and a log line as it is:
+/// no control character (CR, LF, NUL, ESC, …).
+fn travels_intact(s: &str) -> bool {
+    !s.chars().any(char::is_control)
+}
+
+/// Whether a role travels intact in the comma-separated `x-portcullis-roles`.
+fn valid_role(r: &str) -> bool {
+    !r.is_empty() && !r.contains(',') && travels_intact(r)
 }
 
 /// Signs `claims` as a compact HS256 JWT (`typ: JWT`) with `secret` (at least 32 bytes).
@@ -1274,9 +1279,10 @@ pub fn sign_hs256(secret: &Secret, claims: &Map<String, Value>) -> Result<String
             min_bytes: 32,
         });
     }
-    let claims = Value::Object(claims.clone());
     let header = URL_SAFE_NO_PAD.encode(br#"{"alg":"HS256","typ":"JWT"}"#);
-    let payload = URL_SAFE_NO_PAD.encode(claims.to_string());
+    let claims =
+        serde_json::to_vec(claims).map_err(|_| KeyError::Malformed("unserialisable claims"))?;
+    let payload = URL_SAFE_NO_PAD.encode(claims);
     let signing_input = format!("{header}.{payload}");
     let key = jsonwebtoken::EncodingKey::from_secret(secret.expose());
     let signature = jsonwebtoken::crypto::sign(
