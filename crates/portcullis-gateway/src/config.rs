@@ -753,6 +753,25 @@ pub struct HeadersConfig {
     pub csp_report_only: bool,
 }
 
+impl HeadersConfig {
+    /// The layer-wide CSP as sent: [`HeadersConfig::csp`] with `csp_report_only` applied.
+    ///
+    /// ```
+    /// use portcullis_gateway::config::GatewayConfig;
+    /// let headers = GatewayConfig::from_str(r#"
+    /// server.upstream = "http://127.0.0.1:3000"
+    /// headers.csp_report_only = true
+    /// "#, "portcullis.toml")?.headers;
+    /// assert_eq!(headers.effective_csp().unwrap().header_name(), "content-security-policy-report-only");
+    /// # Ok::<(), portcullis_gateway::config::ConfigErrors>(())
+    /// ```
+    pub fn effective_csp(&self) -> Option<Csp> {
+        self.csp
+            .clone()
+            .map(|c| c.report_only(self.csp_report_only))
+    }
+}
+
 /// `[cors]`.
 ///
 /// ```
@@ -977,11 +996,7 @@ impl GatewayConfig {
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn security_layer_with(&self, stores: &Stores) -> Result<SecurityLayer, ConfigError> {
-        let csp = self
-            .headers
-            .csp
-            .clone()
-            .map(|c| c.report_only(self.headers.csp_report_only));
+        let csp = self.headers.effective_csp();
         let limiter = RateLimiter::new(stores.rate_limit_store(&self.storage)?).on_store_error(
             match self.storage.on_store_error {
                 OnStoreError::Closed => portcullis::rate_limit::OnStoreError::Closed,
@@ -1048,12 +1063,9 @@ impl GatewayConfig {
         let Some(cors) = &self.cors else {
             return warnings;
         };
-        let same = |a: &str, b: &str| {
-            a.trim_end_matches('/')
-                .eq_ignore_ascii_case(b.trim_end_matches('/'))
-        };
+        // Both lists hold exact origins, as validated at load: lower case, no slash, no `*`.
         for (i, origin) in cors.allow_origins.iter().enumerate() {
-            if origin == "*" || self.csrf.trusted_origins.iter().any(|t| same(t, origin)) {
+            if self.csrf.trusted_origins.contains(origin) {
                 continue;
             }
             warnings.push(ConfigError {

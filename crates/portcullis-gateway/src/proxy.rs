@@ -246,11 +246,7 @@ impl RouteCsps {
     /// # Ok::<(), portcullis_gateway::config::ConfigErrors>(())
     /// ```
     pub fn of(config: &GatewayConfig) -> RouteCsps {
-        let layer = config
-            .headers
-            .csp
-            .clone()
-            .map(|c| Arc::new(c.report_only(config.headers.csp_report_only)));
+        let layer = config.headers.effective_csp().map(Arc::new);
         let routes = config
             .routes
             .iter()

@@ -1155,8 +1155,7 @@ fn refusal_response(
     let headers = &generation.config.headers;
     headers.security.apply(res.headers_mut(), https);
     // The layer-wide CSP, as the layer's own refusals carry it (no nonce: nothing runs).
-    if let Some(csp) = &headers.csp {
-        let csp = csp.clone().report_only(headers.csp_report_only);
+    if let Some(csp) = headers.effective_csp() {
         res.headers_mut()
             .insert(csp.header_name(), csp.render(None));
     }

@@ -25,15 +25,13 @@ const CONFIG: &str = "[server]\nupstream = \"http://127.0.0.1:9\"\n\
     [csrf]\nsecret_env = \"PC_TEST_JWT_SECRET\"\n\
     [[route]]\npath = \"/api/admin/**\"\npreset = \"authenticated\"\nroles = [\"admin\"]\n";
 
-#[tokio::test]
-async fn minted_tokens_verify_with_the_configured_authenticator() {
-    let (dir, file) = temp_config(CONFIG);
+/// `portcullis token ARGS --config FILE` with the secret set: the token it prints.
+fn mint(file: &std::path::Path, args: &[&str]) -> String {
     let out = Command::new(env!("CARGO_BIN_EXE_portcullis"))
-        .args([
-            "token", "--sub", "alice", "--role", "admin", "--role", "user", "--ttl", "1h",
-            "--config",
-        ])
-        .arg(&file)
+        .arg("token")
+        .args(args)
+        .arg("--config")
+        .arg(file)
         .env("PC_TEST_JWT_SECRET", SECRET)
         .output()
         .expect("runs");
@@ -42,16 +40,31 @@ async fn minted_tokens_verify_with_the_configured_authenticator() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let token = String::from_utf8(out.stdout).unwrap().trim().to_string();
-    assert_eq!(token.split('.').count(), 3);
-    assert!(!token.contains(SECRET));
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
 
+/// `token` verified by the authenticator the config at `file` builds.
+async fn verify(file: &std::path::Path, token: &str) -> portcullis::Principal {
     unsafe { std::env::set_var("PC_TEST_JWT_SECRET", SECRET) };
-    let config = GatewayConfig::load(&file, Purpose::Tool).expect("valid config");
+    let config = GatewayConfig::load(file, Purpose::Tool).expect("valid config");
     let jwt =
         portcullis_gateway::auth::jwt_authenticator(config.auth.jwt.as_ref().unwrap(), "authToken")
             .expect("authenticator");
-    let p = jwt.verify(&token).await.expect("the minted token verifies");
+    jwt.verify(token).await.expect("the minted token verifies")
+}
+
+#[tokio::test]
+async fn minted_tokens_verify_with_the_configured_authenticator() {
+    let (dir, file) = temp_config(CONFIG);
+    let token = mint(
+        &file,
+        &[
+            "--sub", "alice", "--role", "admin", "--role", "user", "--ttl", "1h",
+        ],
+    );
+    assert_eq!(token.split('.').count(), 3);
+    assert!(!token.contains(SECRET));
+    let p = verify(&file, &token).await;
     assert_eq!(p.id, "alice");
     assert!(p.has_role("admin") && p.has_role("user"));
     let _ = std::fs::remove_dir_all(dir);
@@ -66,26 +79,8 @@ async fn minted_roles_go_where_roles_claim_points() {
             "[auth.jwt]\n",
             &format!("[auth.jwt]\nroles_claim = {claim:?}\n"),
         ));
-        let out = Command::new(env!("CARGO_BIN_EXE_portcullis"))
-            .args(["token", "--sub", "bob", "--role", "admin", "--config"])
-            .arg(&file)
-            .env("PC_TEST_JWT_SECRET", SECRET)
-            .output()
-            .expect("runs");
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let token = String::from_utf8(out.stdout).unwrap().trim().to_string();
-        unsafe { std::env::set_var("PC_TEST_JWT_SECRET", SECRET) };
-        let config = GatewayConfig::load(&file, Purpose::Tool).expect("valid config");
-        let jwt = portcullis_gateway::auth::jwt_authenticator(
-            config.auth.jwt.as_ref().unwrap(),
-            "authToken",
-        )
-        .expect("authenticator");
-        let p = jwt.verify(&token).await.expect("the minted token verifies");
+        let token = mint(&file, &["--sub", "bob", "--role", "admin"]);
+        let p = verify(&file, &token).await;
         assert!(p.has_role("admin"), "{claim}: {:?}", p.roles);
         use base64::Engine;
         let payload = base64::engine::general_purpose::URL_SAFE_NO_PAD
