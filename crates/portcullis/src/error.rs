@@ -165,6 +165,24 @@ impl Rejection {
         )
     }
 
+    /// 414 for a request path longer than the canonicalizer accepts
+    /// ([`MAX_PATH_LEN`](crate::route::MAX_PATH_LEN)), as RFC 9110 §15.5.15 has it: the
+    /// client can tell "too long" from "malformed".
+    ///
+    /// ```
+    /// let r = portcullis::Rejection::uri_too_long();
+    /// assert_eq!((r.status().as_u16(), r.code()), (414, "uri_too_long"));
+    /// ```
+    pub fn uri_too_long() -> Self {
+        Self::new(
+            StatusCode::URI_TOO_LONG,
+            "uri_too_long",
+            "Request target too long",
+            AuditAction::InvalidInput,
+            Control::Path,
+        )
+    }
+
     /// 501 for a request body sent with a transfer coding other than `chunked`
     /// (RFC 9112 §6.1): it could not be handed on decoded.
     ///

@@ -59,7 +59,7 @@ use crate::inbound::InboundHeaders;
 use crate::policy::ReportOnly;
 use crate::policy::{CspSetting, CsrfMode, Policy, Preset};
 use crate::request_id::{RequestId, X_REQUEST_ID};
-use crate::route::{CanonicalPath, RouteTable};
+use crate::route::{CanonicalPath, PathError, RouteTable};
 
 /// The pattern of the route a request matched (`"*"` for the default policy); a request
 /// extension.
@@ -1846,7 +1846,10 @@ impl Engine {
         // 2. Canonical path and host.
         self.check_host(parts)?;
         let raw = parts.uri.path();
-        let path = CanonicalPath::parse(raw).map_err(|e| Rejection::invalid_path(e.reason()))?;
+        let path = CanonicalPath::parse(raw).map_err(|e| match e {
+            PathError::TooLong => Rejection::uri_too_long(),
+            e => Rejection::invalid_path(e.reason()),
+        })?;
         let h2 = parts.version >= http::Version::HTTP_2;
         if path.as_str() != raw || (parts.uri.scheme().is_some() && !h2) {
             parts.uri = rewrite_uri(&parts.uri, path.as_str(), h2)?;

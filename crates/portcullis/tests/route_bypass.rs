@@ -768,3 +768,28 @@ fn random_paths_canonicalize_to_fixed_points_that_route_like_a_lenient_app() {
         "{admin_like}/{admin_guarded}"
     );
 }
+
+/// A path past `MAX_PATH_LEN` is "too long", not "malformed": 414 `uri_too_long` (RFC 9110
+/// §15.5.15), as one JSON error, audited; the longest accepted path still reaches its policy.
+#[tokio::test]
+async fn a_path_over_the_limit_is_414() {
+    use portcullis::route::MAX_PATH_LEN;
+    let sink = MemorySink::default();
+    let addr = start(sink.clone()).await;
+    let over = format!("/api/admin/{}", "a".repeat(MAX_PATH_LEN));
+    let r = raw_get(addr, &over).await;
+    assert_eq!(r.status, 414, "{}", r.text());
+    assert_eq!(r.json()["code"], "uri_too_long");
+    assert!(r.header("x-request-id").is_some());
+    let events = sink.events();
+    let last = events.last().expect("audited");
+    assert_eq!((last.status, last.route.as_str()), (414, "*"));
+    assert_eq!(last.action.as_str(), "invalid_input");
+
+    let longest = format!(
+        "/api/admin/{}",
+        "a".repeat(MAX_PATH_LEN - "/api/admin/".len())
+    );
+    let r = raw_get(addr, &longest).await;
+    assert_eq!(r.status, 401, "{}", r.text());
+}
