@@ -25,8 +25,10 @@
 //!   sends GOAWAY (`ENHANCE_YOUR_CALM`) for a list far over the cap.
 //! - `header_read_timeout`: the TLS handshake, then the first request's headers, must each
 //!   complete within it from the moment the connection is accepted (or the handshake ends); on a kept-alive HTTP/1 connection, from the first
-//!   byte of the next request. A client trickling header bytes (slowloris) has its
-//!   connection closed at the deadline, without a response; other connections are unaffected.
+//!   byte of the next request. A client trickling header bytes (slowloris) gets the JSON 408
+//!   `request_timeout` at the deadline (audited, with what its request line showed) and its
+//!   connection closed; other connections are unaffected. (A head hyper reads — on a
+//!   connection hyper took over after a request with a body — is closed unanswered.)
 //! - `idle_timeout`: a connection with no request in flight and no bytes moving for this
 //!   long is closed (HTTP/1) or sent GOAWAY (HTTP/2), never sooner and at most an eighth of
 //!   it later (reads and writes only raise a flag; the watchdog reads the clock). A
@@ -619,6 +621,10 @@ impl Connection {
     }
 }
 
+/// How long after `header_read_timeout` the watchdog waits for a begun first head's reader
+/// to answer it (408) before closing the connection itself.
+const HEAD_TIMEOUT_GRACE: Duration = Duration::from_millis(1500);
+
 /// What the connection watchdog concluded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Verdict {
@@ -713,7 +719,12 @@ impl ConnState {
             return (Verdict::Busy, now + tick);
         }
         if self.requests.load(Ordering::Acquire) == 0 {
-            let deadline = self.started + limits.header_read_timeout;
+            let mut deadline = self.started + limits.header_read_timeout;
+            if self.bytes_read.load(Ordering::Acquire) > 0 {
+                // A head has begun: its reader answers it 408 at the deadline, and the
+                // watchdog closes the connection only if that did not happen.
+                deadline += HEAD_TIMEOUT_GRACE;
+            }
             // Nothing wakes the watchdog when the first request comes and goes, so it looks
             // again no later than a tick from now.
             return if now >= deadline {
@@ -846,28 +857,42 @@ impl ErrorAnswers {
     fn render(&self, status: StatusCode, date: &[u8]) -> (Vec<u8>, (Rejection, String)) {
         let r = unparsable_status(status);
         let id = RequestId::generate();
-        let res = refusal_response(&self.live.current(), r.clone(), id.as_str(), self.https);
-        let body = res.body();
-        let mut out = Vec::with_capacity(1024 + body.len());
-        out.extend_from_slice(b"HTTP/1.1 ");
-        out.extend_from_slice(status.as_str().as_bytes());
-        out.push(b' ');
-        out.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
-        out.extend_from_slice(b"\r\n");
-        for (name, value) in res.headers() {
-            out.extend_from_slice(name.as_str().as_bytes());
-            out.extend_from_slice(b": ");
-            out.extend_from_slice(value.as_bytes());
-            out.extend_from_slice(b"\r\n");
-        }
-        out.extend_from_slice(b"connection: close\r\ncontent-length: ");
-        out.extend_from_slice(body.len().to_string().as_bytes());
-        out.extend_from_slice(b"\r\ndate: ");
-        out.extend_from_slice(date);
-        out.extend_from_slice(b"\r\n\r\n");
-        out.extend_from_slice(body);
+        let out = refusal_bytes(&self.live.current(), &r, id.as_str(), self.https, date);
         (out, (r, id.as_str().to_string()))
     }
+}
+
+/// The whole HTTP/1.1 response refusing `r` on a connection the gateway then closes: the JSON
+/// error with request id `id`, the security headers, `connection: close` and `date`.
+fn refusal_bytes(
+    generation: &Generation,
+    r: &Rejection,
+    id: &str,
+    https: bool,
+    date: &[u8],
+) -> Vec<u8> {
+    let status = r.status();
+    let res = refusal_response(generation, r.clone(), id, https);
+    let body = res.body();
+    let mut out = Vec::with_capacity(1024 + body.len());
+    out.extend_from_slice(b"HTTP/1.1 ");
+    out.extend_from_slice(status.as_str().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
+    out.extend_from_slice(b"\r\n");
+    for (name, value) in res.headers() {
+        out.extend_from_slice(name.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(b"connection: close\r\ncontent-length: ");
+    out.extend_from_slice(body.len().to_string().as_bytes());
+    out.extend_from_slice(b"\r\ndate: ");
+    out.extend_from_slice(date);
+    out.extend_from_slice(b"\r\n\r\n");
+    out.extend_from_slice(body);
+    out
 }
 
 /// hyper's own answer to a request it could not parse, if `bytes` end with one: its length,
@@ -1080,6 +1105,17 @@ struct ConnService {
 }
 
 impl ConnService {
+    /// The JSON 408 `request_timeout` for a request whose head began but did not end within
+    /// `header_read_timeout` (a slowloris, or a client on a stalled network): the whole
+    /// response, audited with what the head showed of its method and target.
+    fn head_timeout_answer(&self, head: &[u8], date: &[u8]) -> Vec<u8> {
+        let r = crate::proxy::request_timeout();
+        let id = RequestId::generate();
+        let out = refusal_bytes(&self.live.current(), &r, id.as_str(), self.https, date);
+        audit_refusal(&self.live, self.peer, &r, request_line(head), id.as_str());
+        out
+    }
+
     /// The response to one request, from whichever HTTP/1 reader parsed it (hyper's, or the
     /// gateway's own for bodiless requests, see `h1`).
     fn respond<B>(
@@ -1230,6 +1266,28 @@ fn audit_refusal(
         request_id: request_id.to_string(),
         metadata: serde_json::Value::Object(r.audit_metadata()),
     });
+}
+
+/// The method and target of a partial head, for the audit: both only when its request line
+/// is complete and readable (the target cut at 1 KiB).
+fn request_line(head: &[u8]) -> (&str, &str) {
+    let line = head
+        .iter()
+        .position(|&b| b == b'\n')
+        .and_then(|end| std::str::from_utf8(&head[..end]).ok());
+    let mut words = line.unwrap_or("").trim_end_matches('\r').split(' ');
+    match (words.next(), words.next(), words.next(), words.next()) {
+        (Some(m), Some(t), Some(_), None)
+            if !m.is_empty() && m.bytes().all(|b| b.is_ascii_alphabetic()) =>
+        {
+            let mut cut = t.len().min(1024);
+            while !t.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            (m, &t[..cut])
+        }
+        _ => ("", ""),
+    }
 }
 
 /// What hyper answered, by itself, to a request it could not parse.

@@ -306,6 +306,72 @@ async fn a_missing_doubled_or_malformed_host_is_a_400_that_never_reaches_the_ups
     assert_eq!(up.hits(), 1);
 }
 
+/// A head begun but not ended within `header_read_timeout` (counted from the connection's
+/// start for its first request) gets the JSON 408 `request_timeout`, with the security
+/// headers and `connection: close`, and the audit log shows it with the request line it had.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stalled_first_head_gets_the_json_408_and_is_audited() {
+    let up = Upstream::start().await;
+    let dir = temp_dir();
+    let log = dir.join("audit.jsonl");
+    let port = free_port();
+    let mut gw = Gateway::start(
+        port,
+        &format!(
+            "{}[storage]\naudit = \"jsonl://{}\"\n",
+            config(port, up.addr, "header_read_timeout = \"1s\"", ""),
+            log.display()
+        ),
+    )
+    .await;
+    let started = Instant::now();
+    let mut tcp = TcpStream::connect(("127.0.0.1", gw.port)).await.unwrap();
+    // Half a second of silence counts against the head too.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    tcp.write_all(b"GET /slow/path?q=1 HTTP/1.1\r\nHost: t\r\nX-Half: ")
+        .await
+        .unwrap();
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), tcp.read_to_end(&mut out)).await;
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_millis(900) && took < Duration::from_millis(2400),
+        "answered after {took:?}"
+    );
+    let out = String::from_utf8_lossy(&out).into_owned();
+    let (a, body) = json_answer(&out);
+    assert_eq!(a.status, 408, "{out}");
+    assert_eq!(body["code"], "request_timeout", "{out}");
+    assert_eq!(a.header("connection"), Some("close"), "{out}");
+    assert_eq!(a.header("x-content-type-options"), Some("nosniff"), "{out}");
+    let id = a.header("x-request-id").expect("a request id").to_string();
+    assert_eq!(body["request_id"], id.as_str(), "{out}");
+    assert_eq!(up.hits(), 0);
+    // A head with no complete request line is answered too, and audited without one.
+    let out = raw(gw.port, b"GE", Duration::from_secs(5)).await;
+    assert_eq!(json_answer(&out).0.status, 408, "{out}");
+    gw.signal("-TERM");
+    assert!(gw.wait_exit(Duration::from_secs(10)).await.success());
+
+    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    let events: Vec<serde_json::Value> = text
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+    let slow = events
+        .iter()
+        .find(|e| e["request_id"] == id.as_str())
+        .unwrap_or_else(|| panic!("no audit row for {id}: {text}"));
+    assert_eq!(slow["status"], 408, "{text}");
+    assert_eq!(slow["outcome"], "denied", "{text}");
+    assert_eq!(slow["method"], "GET", "{text}");
+    assert_eq!(slow["path"], "/slow/path?q=1", "{text}");
+    assert_eq!(slow["client_ip"], "127.0.0.1", "{text}");
+    assert_eq!(slow["metadata"]["code"], "request_timeout", "{text}");
+    let bare = events.iter().filter(|e| e["status"] == 408).count();
+    assert_eq!(bare, 2, "{text}");
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn refusals_before_the_layer_are_audited_too() {
     let up = Upstream::start().await;

@@ -27,8 +27,10 @@
 //! connection closes after the response. A client that hangs up while its response is
 //! awaited cancels the request, as with hyper. A body that fails, or ends short of its
 //! `Content-Length`, ends the connection so the client sees the response cut off. A
-//! kept-alive connection's next head must arrive within `header_read_timeout` of its first
-//! byte; the idle time before it is the watchdog's (see `server`).
+//! connection's first head must arrive within `header_read_timeout` of its start, a
+//! kept-alive connection's next head within `header_read_timeout` of its first byte (the
+//! idle time before it is the watchdog's, see `server`); a head begun but not ended by then
+//! is answered with the JSON 408 `request_timeout`, audited, and the connection closed.
 
 use std::future::poll_fn;
 use std::pin::pin;
@@ -53,6 +55,8 @@ use crate::proxy::{list_items, te_names_trailers};
 /// The longest request target this reader takes; longer ones go to hyper (which refuses
 /// those over 64 KiB with 414).
 pub const MAX_TARGET: usize = 8 * 1024;
+/// How long the 408 for a head past `header_read_timeout` may take to write.
+const WRITE_GRACE: Duration = Duration::from_secs(1);
 /// The most header fields this reader takes, as hyper (which refuses more with 431).
 const MAX_FIELDS: usize = 100;
 /// Body data up to this size is copied next to the head and goes out in the same write.
@@ -93,7 +97,13 @@ pub async fn serve<I: Io>(
                     }
                     Parsed::Partial => {
                         deadline.get_or_insert_with(|| {
-                            tokio::time::Instant::now() + header_read_timeout
+                            // The first head counts from the connection's start.
+                            let from = if state.requests.load(Ordering::Acquire) == 0 {
+                                tokio::time::Instant::from_std(state.started)
+                            } else {
+                                tokio::time::Instant::now()
+                            };
+                            from + header_read_timeout
                         });
                     }
                 }
@@ -106,8 +116,17 @@ pub async fn serve<I: Io>(
                     Ok(r) => r,
                     Err(_) => {
                         tracing::debug!(
-                            "request head not received within header_read_timeout: closing"
+                            "request head not received within header_read_timeout: 408, closing"
                         );
+                        let mut date = Vec::with_capacity(29);
+                        push_date(&mut date);
+                        let answer = service.head_timeout_answer(&buf, &date);
+                        // A client that reads nothing does not hold the connection longer.
+                        let write = async {
+                            io.write_all(&answer).await?;
+                            io.shutdown().await
+                        };
+                        let _ = tokio::time::timeout(WRITE_GRACE, write).await;
                         return Outcome::Done;
                     }
                 },
