@@ -184,7 +184,8 @@ pub fn authenticator(auth: &AuthConfig) -> Result<Option<Arc<dyn Authenticator>>
     Ok(any.then(|| Arc::new(chain) as Arc<dyn Authenticator>))
 }
 
-/// `portcullis token`: a development HS256 token signed with `[auth.jwt] secret_env`.
+/// `portcullis token`: a development token signed with `[auth.jwt] secret_env`, with the first
+/// HMAC algorithm of `[auth.jwt] algorithms` (HS256 by default).
 ///
 /// ```
 /// # use std::time::Duration;
@@ -203,7 +204,18 @@ pub fn mint(jwt: &JwtConfig, sub: &str, roles: &[String], ttl: Duration) -> Resu
     let secret = jwt
         .secret
         .as_ref()
-        .ok_or("auth.jwt.secret_env: no HMAC secret configured; `token` mints HS256 only")?;
+        .ok_or("auth.jwt.secret_env: no HMAC secret configured; `token` mints HMAC tokens only")?;
+    // The first HMAC algorithm the verifier allows (HS256 when the list names none).
+    let algorithm = match jwt.algorithms.iter().find(|a| a.is_hmac()) {
+        Some(a) => algorithm(*a).map_err(|e| e.to_string())?,
+        None if jwt.algorithms.is_empty() => Algorithm::HS256,
+        None => {
+            return Err(
+                "auth.jwt.algorithms: names no HMAC algorithm (HS256, HS384, HS512); `token` mints HMAC tokens only"
+                    .into(),
+            );
+        }
+    };
     let secret = Secret::new(secret.expose().to_vec());
     let iss = jwt
         .issuer
@@ -220,7 +232,8 @@ pub fn mint(jwt: &JwtConfig, sub: &str, roles: &[String], ttl: Duration) -> Resu
     verifier::check_roles(roles)
         .map_err(|_| "--role: each role must be non-empty, with no comma or control character")?;
     put_claim(&mut claims, &jwt.roles_claim, roles.into());
-    verifier::sign_hs256(&secret, &claims).map_err(|e| e.to_string())
+    verifier::sign_hmac(algorithm, &secret, &claims)
+        .map_err(|e| format!("auth.jwt.secret_env: {e}"))
 }
 
 /// Puts `value` where the verifier reads `[auth.jwt] roles_claim`: nested for a dotted path

@@ -97,6 +97,55 @@ async fn minted_roles_go_where_roles_claim_points() {
     }
 }
 
+/// `token` signs with the HMAC algorithm the verifier allows: the first of `[auth.jwt]
+/// algorithms` (HS384 or HS512 when those are all it takes), never a fixed HS256.
+#[tokio::test]
+async fn minted_tokens_use_the_configured_hmac_algorithm() {
+    const LONG: &str = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+    for (algorithms, alg) in [
+        ("[\"HS512\"]", "HS512"),
+        ("[\"HS384\", \"HS512\"]", "HS384"),
+        ("[\"HS256\"]", "HS256"),
+    ] {
+        // A variable of its own: the other tests set PC_TEST_JWT_SECRET to a shorter one.
+        let config = CONFIG
+            .replace("\"PC_TEST_JWT_SECRET\"", "\"PC_TEST_JWT_SECRET_LONG\"")
+            .replace(
+                "[auth.jwt]\n",
+                &format!("[auth.jwt]\nalgorithms = {algorithms}\n"),
+            );
+        let (dir, file) = temp_config(&config);
+        let out = Command::new(env!("CARGO_BIN_EXE_portcullis"))
+            .args(["token", "--sub", "alice", "--role", "admin", "--config"])
+            .arg(&file)
+            .env("PC_TEST_JWT_SECRET_LONG", LONG)
+            .output()
+            .expect("runs");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let token = String::from_utf8(out.stdout).unwrap().trim().to_string();
+        use base64::Engine;
+        let header = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(token.split('.').next().unwrap())
+            .unwrap();
+        let header: serde_json::Value = serde_json::from_slice(&header).unwrap();
+        assert_eq!(header["alg"], alg, "{algorithms}");
+        unsafe { std::env::set_var("PC_TEST_JWT_SECRET_LONG", LONG) };
+        let config = GatewayConfig::load(&file, Purpose::Tool).expect("valid config");
+        let jwt = portcullis_gateway::auth::jwt_authenticator(
+            config.auth.jwt.as_ref().unwrap(),
+            "authToken",
+        )
+        .expect("authenticator");
+        let p = jwt.verify(&token).await.expect("the minted token verifies");
+        assert!(p.has_role("admin"), "{algorithms}");
+        let _ = std::fs::remove_dir_all(dir);
+    }
+}
+
 /// A subject or role the gateway would refuse is never minted.
 #[test]
 fn token_refuses_subjects_and_roles_the_gateway_would_refuse() {

@@ -1273,23 +1273,45 @@ fn valid_role(r: &str) -> bool {
 /// assert_eq!(jwt::sign_hs256(&secret, &claims).unwrap().split('.').count(), 3);
 /// ```
 pub fn sign_hs256(secret: &Secret, claims: &Map<String, Value>) -> Result<String, KeyError> {
-    if secret.len() < 32 {
+    sign_hmac(Algorithm::HS256, secret, claims)
+}
+
+/// Signs `claims` as a compact JWT (`typ: JWT`) with an HMAC `algorithm` (HS256, HS384 or
+/// HS512) and `secret`, at least as long as the verifier asks for that algorithm (32, 48 or
+/// 64 bytes). For development tokens, where the verifier allows only HS384 or HS512.
+///
+/// ```
+/// use portcullis::auth::{Secret, jwt::{self, Algorithm}};
+/// let mut claims = serde_json::Map::new();
+/// claims.insert("sub".into(), "alice".into());
+/// let secret = Secret::new([7u8; 64]);
+/// let t = jwt::sign_hmac(Algorithm::HS512, &secret, &claims).unwrap();
+/// assert!(t.starts_with("eyJhbGciOiJIUzUxMiIs")); // {"alg":"HS512",
+/// assert!(jwt::sign_hmac(Algorithm::HS512, &Secret::new([7u8; 32]), &claims).is_err());
+/// assert!(jwt::sign_hmac(Algorithm::RS256, &secret, &claims).is_err());
+/// ```
+pub fn sign_hmac(
+    algorithm: Algorithm,
+    secret: &Secret,
+    claims: &Map<String, Value>,
+) -> Result<String, KeyError> {
+    let Some(min_bytes) = algorithm.hmac_min_bytes() else {
+        return Err(KeyError::Malformed("not an HMAC algorithm"));
+    };
+    if secret.len() < min_bytes {
         return Err(KeyError::WeakSecret {
-            algorithm: Algorithm::HS256,
-            min_bytes: 32,
+            algorithm,
+            min_bytes,
         });
     }
-    let header = URL_SAFE_NO_PAD.encode(br#"{"alg":"HS256","typ":"JWT"}"#);
+    let header = URL_SAFE_NO_PAD.encode(format!(r#"{{"alg":"{}","typ":"JWT"}}"#, algorithm.name()));
     let claims =
         serde_json::to_vec(claims).map_err(|_| KeyError::Malformed("unserialisable claims"))?;
     let payload = URL_SAFE_NO_PAD.encode(claims);
     let signing_input = format!("{header}.{payload}");
     let key = jsonwebtoken::EncodingKey::from_secret(secret.expose());
-    let signature = jsonwebtoken::crypto::sign(
-        signing_input.as_bytes(),
-        &key,
-        jsonwebtoken::Algorithm::HS256,
-    )
-    .map_err(|_| KeyError::Malformed("HMAC signing failed"))?;
+    let signature =
+        jsonwebtoken::crypto::sign(signing_input.as_bytes(), &key, algorithm.to_jsonwebtoken())
+            .map_err(|_| KeyError::Malformed("HMAC signing failed"))?;
     Ok(format!("{signing_input}.{signature}"))
 }
