@@ -414,3 +414,66 @@ fn help_lists_the_commands() {
         );
     }
 }
+
+/// A secret put where a variable name or a store URL belongs is refused without being
+/// echoed: the message names the key and the mistake, never the secret (CI logs, journald).
+#[test]
+fn secrets_in_the_wrong_place_are_refused_without_being_echoed() {
+    let dir = std::env::temp_dir().join(format!("pc-check-secrets-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let cases = [
+        (
+            "storage.rate_limit",
+            "[storage]\nrate_limit = \"redis://:Hunter2Secret@127.0.0.1:6379\"\n",
+            "Hunter2Secret",
+        ),
+        (
+            "storage.audit",
+            "[storage]\naudit = \"postgres://gw:Hunter2Secret@db/audit\"\n",
+            "Hunter2Secret",
+        ),
+        (
+            "storage.audit",
+            "[storage]\naudit = \"postgres://gw@db/audit?sslmode=require&password=Hunter2Secret\"\n",
+            "Hunter2Secret",
+        ),
+        (
+            "storage.audit",
+            "[storage]\naudit = \"mysql://gw:Hunter2Secret@db/audit\"\n",
+            "Hunter2Secret",
+        ),
+        (
+            "auth.jwt.secret_env",
+            "[auth.jwt]\nsecret_env = \"4q6IUPKo+Hunter2Secret/45rV=\"\n",
+            "Hunter2Secret",
+        ),
+        (
+            "auth.jwt.secret_env",
+            "[auth.jwt]\nsecret_env = \"q6IUPKoHunter2Secret45rVx\"\n",
+            "Hunter2Secret",
+        ),
+    ];
+    for (i, (key, table, secret)) in cases.into_iter().enumerate() {
+        let file = dir.join(format!("c{i}.toml"));
+        std::fs::write(
+            &file,
+            format!("[server]\nupstream = \"http://127.0.0.1:3000\"\n{table}"),
+        )
+        .expect("write");
+        let out = portcullis()
+            .arg("check-config")
+            .arg("--config")
+            .arg(&file)
+            .output()
+            .expect("runs");
+        let err = stderr(&out);
+        assert_eq!(out.status.code(), Some(2), "{table}: {err}");
+        assert!(err.contains(&format!(": {key}: ")), "{table}: {err}");
+        assert!(
+            !err.contains(secret),
+            "{table}: the secret is echoed: {err}"
+        );
+        assert!(!stdout(&out).contains(secret), "{table}");
+    }
+    let _ = std::fs::remove_dir_all(dir);
+}

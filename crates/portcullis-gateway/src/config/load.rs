@@ -149,6 +149,17 @@ impl Loader<'_> {
                 );
                 None
             }
+            _ if looks_like_a_secret(var) => {
+                self.errs.push(
+                    key,
+                    format!(
+                        "the environment variable named here ({} characters, mixed case) is not \
+                         set; is it the secret itself? Name the variable that holds it",
+                        var.len()
+                    ),
+                );
+                None
+            }
             _ => {
                 self.errs
                     .push(key, format!("environment variable {var} is not set"));
@@ -1285,4 +1296,10 @@ impl Loader<'_> {
         spec.name = name?;
         Some(spec)
     }
+}
+
+/// Whether an unset "variable name" looks like a secret pasted in its place (long, with
+/// lower case, where names are UPPER_SNAKE): such a name is not echoed in the error.
+fn looks_like_a_secret(var: &str) -> bool {
+    var.len() >= 20 && var.bytes().any(|b| b.is_ascii_lowercase())
 }

@@ -314,10 +314,67 @@ pub fn resolve_path(base: &Path, p: &str) -> PathBuf {
 
 fn file_url<'a>(s: &'a str, rest: &'a str) -> Result<&'a str, String> {
     if rest.is_empty() {
-        Err(format!("{s:?} names no file"))
+        Err(format!("{:?} names no file", redact_url(s)))
     } else {
         Ok(rest)
     }
+}
+
+/// A store URL as error messages show it: the password of its userinfo and the value of a
+/// `password`-like query parameter replaced with `***`, so a secret put in the wrong place
+/// never reaches a terminal, a CI log or the journal.
+///
+/// ```
+/// use portcullis_gateway::config::values::redact_url;
+/// assert_eq!(redact_url("redis://:hunter2@cache:6379"), "redis://:***@cache:6379");
+/// assert_eq!(redact_url("postgres://gw:pw@db/audit?sslmode=require&password=x"),
+///     "postgres://gw:***@db/audit?sslmode=require&password=***");
+/// assert_eq!(redact_url("sqlite://limits.db"), "sqlite://limits.db");
+/// ```
+pub fn redact_url(s: &str) -> String {
+    let (head, query) = match s.split_once('?') {
+        Some((h, q)) => (h, Some(q)),
+        None => (s, None),
+    };
+    let mut out = match head.split_once("://") {
+        Some((scheme, rest)) => {
+            let end = rest.find('/').unwrap_or(rest.len());
+            let (authority, path) = rest.split_at(end);
+            match authority.rsplit_once('@') {
+                Some((userinfo, host)) => match userinfo.split_once(':') {
+                    Some((user, _)) => format!("{scheme}://{user}:***@{host}{path}"),
+                    None => head.to_string(),
+                },
+                None => head.to_string(),
+            }
+        }
+        None => head.to_string(),
+    };
+    if let Some(query) = query {
+        out.push('?');
+        let pairs: Vec<String> = query
+            .split('&')
+            .map(|pair| match pair.split_once('=') {
+                Some((k, _)) if secret_param(k) => format!("{k}=***"),
+                _ => pair.to_string(),
+            })
+            .collect();
+        out.push_str(&pairs.join("&"));
+    }
+    out
+}
+
+/// Whether a URL query parameter name holds a password (libpq's `password`, `sslpassword`).
+fn secret_param(name: &str) -> bool {
+    name.to_ascii_lowercase().contains("password")
+}
+
+/// Whether the URL's query carries a password parameter.
+fn query_password(s: &str) -> bool {
+    s.split_once('?').is_some_and(|(_, q)| {
+        q.split('&')
+            .any(|pair| secret_param(pair.split_once('=').map_or(pair, |(k, _)| k)))
+    })
 }
 
 /// Parses `[storage] rate_limit`: `memory`, `sqlite://PATH`, `redis://HOST:PORT[/DB]`,
@@ -333,9 +390,11 @@ fn file_url<'a>(s: &'a str, rest: &'a str) -> Result<&'a str, String> {
 /// assert!(parse_rate_limit_store("redis://:pw@cache:6379", base).unwrap_err().contains("redis_password_env"));
 /// ```
 pub fn parse_rate_limit_store(s: &str, base: &Path) -> Result<RateLimitStore, String> {
+    // What the messages show: never a password the URL holds.
+    let shown = redact_url(s);
     let unknown = || {
         format!(
-            "{s:?} has an unknown storage scheme; expected \"memory\", \"sqlite://PATH\", \"redis://HOST:PORT\" or \"rediss://HOST:PORT\""
+            "{shown:?} has an unknown storage scheme; expected \"memory\", \"sqlite://PATH\", \"redis://HOST:PORT\" or \"rediss://HOST:PORT\""
         )
     };
     if s == "memory" {
@@ -350,18 +409,18 @@ pub fn parse_rate_limit_store(s: &str, base: &Path) -> Result<RateLimitStore, St
         "redis" | "rediss" => {
             if rest.contains('@') {
                 return Err(format!(
-                    "{s:?}: put the password in redis_password_env, not in the URL"
+                    "{shown:?}: put the password in redis_password_env, not in the URL"
                 ));
             }
             let (host, db) = rest.split_once('/').unwrap_or((rest, ""));
             if !db.is_empty() && !db.bytes().all(|b| b.is_ascii_digit()) {
-                return Err(format!("{s:?}: the database after / must be a number"));
+                return Err(format!("{shown:?}: the database after / must be a number"));
             }
             let ok = host
                 .parse::<http::uri::Authority>()
                 .is_ok_and(|a| !a.host().is_empty());
             if !ok {
-                return Err(format!("{s:?} has no valid HOST:PORT"));
+                return Err(format!("{shown:?} has no valid HOST:PORT"));
             }
             Ok(RateLimitStore::Redis(s.to_string()))
         }
@@ -379,11 +438,15 @@ pub fn parse_rate_limit_store(s: &str, base: &Path) -> Result<RateLimitStore, St
 /// assert_eq!(parse_audit_store("jsonl://audit.jsonl", base), Ok(jsonl));
 /// assert_eq!(parse_audit_store("stdout", base), Ok(AuditStore::Stdout));
 /// assert!(parse_audit_store("postgres://gw:pw@db/audit", base).unwrap_err().contains("postgres_password_env"));
+/// let err = parse_audit_store("postgres://gw@db/audit?password=pw", base).unwrap_err();
+/// assert!(err.contains("postgres_password_env") && !err.contains("pw@") && !err.contains("=pw"));
 /// ```
 pub fn parse_audit_store(s: &str, base: &Path) -> Result<AuditStore, String> {
+    // What the messages show: never a password the URL holds.
+    let shown = redact_url(s);
     let unknown = || {
         format!(
-            "{s:?} has an unknown storage scheme; expected \"sqlite://PATH\", \"postgres://…\", \"jsonl://PATH\" or \"stdout\""
+            "{shown:?} has an unknown storage scheme; expected \"sqlite://PATH\", \"postgres://…\", \"jsonl://PATH\" or \"stdout\""
         )
     };
     if s == "stdout" {
@@ -395,16 +458,17 @@ pub fn parse_audit_store(s: &str, base: &Path) -> Result<AuditStore, String> {
         "jsonl" => Ok(AuditStore::Jsonl(resolve_path(base, file_url(s, rest)?))),
         "postgres" | "postgresql" => {
             let authority = rest.split(['/', '?']).next().unwrap_or("");
-            if let Some((user, _)) = authority.rsplit_once('@')
-                && user.contains(':')
-            {
+            let in_userinfo = authority
+                .rsplit_once('@')
+                .is_some_and(|(user, _)| user.contains(':'));
+            if in_userinfo || query_password(s) {
                 return Err(format!(
-                    "{s:?}: put the password in postgres_password_env, not in the URL"
+                    "{shown:?}: put the password in postgres_password_env, not in the URL"
                 ));
             }
             let host = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
             if host.is_empty() {
-                return Err(format!("{s:?} has no host"));
+                return Err(format!("{shown:?} has no host"));
             }
             Ok(AuditStore::Postgres(s.to_string()))
         }
@@ -493,7 +557,14 @@ pub fn check_env_name(s: &str) -> Result<&str, String> {
     if ok {
         Ok(s)
     } else {
-        Err(format!("{s:?} is not an environment variable name"))
+        // Not echoed: what stands here may be the secret itself.
+        let hint = if s.starts_with('$') {
+            " (leave out the `$`)"
+        } else {
+            " (letters, digits and `_`, not starting with a digit): name the variable that \
+             holds the secret, never the secret itself"
+        };
+        Err(format!("is not an environment variable name{hint}"))
     }
 }
 
