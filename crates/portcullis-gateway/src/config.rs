@@ -394,6 +394,15 @@ pub enum OnStoreError {
     Open,
 }
 
+impl From<OnStoreError> for portcullis::rate_limit::OnStoreError {
+    fn from(mode: OnStoreError) -> Self {
+        match mode {
+            OnStoreError::Closed => portcullis::rate_limit::OnStoreError::Closed,
+            OnStoreError::Open => portcullis::rate_limit::OnStoreError::Open,
+        }
+    }
+}
+
 /// `[storage]`.
 ///
 /// ```
@@ -997,12 +1006,8 @@ impl GatewayConfig {
     /// ```
     pub fn security_layer_with(&self, stores: &Stores) -> Result<SecurityLayer, ConfigError> {
         let csp = self.headers.effective_csp();
-        let limiter = RateLimiter::new(stores.rate_limit_store(&self.storage)?).on_store_error(
-            match self.storage.on_store_error {
-                OnStoreError::Closed => portcullis::rate_limit::OnStoreError::Closed,
-                OnStoreError::Open => portcullis::rate_limit::OnStoreError::Open,
-            },
-        );
+        let limiter = RateLimiter::new(stores.rate_limit_store(&self.storage)?)
+            .on_store_error(self.storage.on_store_error.into());
         let mut builder = SecurityLayer::builder()
             // Real clients on the wire: HTTP/1.1 without Host is refused (RFC 9112 §3.2).
             .require_host(true)
@@ -1209,7 +1214,7 @@ impl fmt::Debug for Stores {
 
 /// A brute-force tracker with the (limit, window) it was built for.
 type CachedTracker = (
-    (u32, Duration),
+    (u32, Duration, OnStoreError),
     Arc<FailedAuthTracker>,
     Arc<dyn portcullis::rate_limit::RateLimitStore>,
 );
@@ -1405,7 +1410,11 @@ impl Stores {
         storage: &StorageConfig,
     ) -> Result<Arc<FailedAuthTracker>, ConfigError> {
         let store = self.rate_limit_store(storage)?;
-        let want = (auth.failed_limit, auth.failed_window);
+        let want = (
+            auth.failed_limit,
+            auth.failed_window,
+            storage.on_store_error,
+        );
         let mut cached = match self.failed_auth.lock() {
             Ok(c) => c,
             Err(p) => p.into_inner(),
@@ -1416,7 +1425,10 @@ impl Stores {
         {
             return Ok(t.clone());
         }
-        let t = Arc::new(FailedAuthTracker::with_store(want.0, want.1, store.clone()));
+        let t = Arc::new(
+            FailedAuthTracker::with_store(want.0, want.1, store.clone())
+                .on_store_error(want.2.into()),
+        );
         *cached = Some((want, t.clone(), store));
         Ok(t)
     }

@@ -40,6 +40,14 @@ pub struct Rejection {
     control: Control,
 }
 
+/// The `Retry-After` of a 503 for a store that is down: soon, as a store outage is usually
+/// short (a restart, a failover).
+///
+/// ```
+/// assert_eq!(portcullis::error::STORE_RETRY_AFTER, "5");
+/// ```
+pub const STORE_RETRY_AFTER: &str = "5";
+
 /// The control that produced a decision; used for report-only selection and audit metadata.
 ///
 /// ```
@@ -162,6 +170,28 @@ impl Rejection {
             reason,
             AuditAction::InvalidInput,
             Control::Path,
+        )
+    }
+
+    /// 503 `rate_limit_unavailable`: the store behind the rate limits or the brute-force limit
+    /// is down and `on_store_error` is closed. `Retry-After` suggests a retry in
+    /// [`STORE_RETRY_AFTER`] seconds.
+    ///
+    /// ```
+    /// let r = portcullis::Rejection::store_unavailable();
+    /// assert_eq!((r.status().as_u16(), r.code()), (503, "rate_limit_unavailable"));
+    /// ```
+    pub fn store_unavailable() -> Self {
+        Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "rate_limit_unavailable",
+            "Rate limiting is temporarily unavailable",
+            AuditAction::SecurityEvent,
+            Control::Internal,
+        )
+        .with_header(
+            header::RETRY_AFTER,
+            HeaderValue::from_static(STORE_RETRY_AFTER),
         )
     }
 

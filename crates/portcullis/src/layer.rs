@@ -47,7 +47,7 @@ use http_body::Body;
 use tower::{Layer, Service};
 
 use crate::audit::{AuditAction, AuditEvent, AuditSink, Outcome};
-use crate::auth::{AuthOutcome, Authenticator, BoxFuture, FailedAuthTracker, Principal};
+use crate::auth::{AuthOutcome, Authenticator, Blocked, BoxFuture, FailedAuthTracker, Principal};
 use crate::body_limit::{self, LimitedBody};
 use crate::client_ip::{self, ClientIp, TrustedProxies};
 use crate::cors::Cors;
@@ -2029,12 +2029,21 @@ impl Engine {
         loop {
             let from = match wait {
                 Wait::FailedAuth => {
-                    if let Some(t) = &self.failed_auth
-                        && let Err(wait) = t.check(&x.client_ip.key()).await
-                    {
-                        x.detail = Some("too_many_failed_auth");
-                        self.enforce(Rejection::rate_limited(wait.as_secs().max(1)), parts, x)?;
-                        x.detail = None;
+                    if let Some(t) = &self.failed_auth {
+                        match t.check(&x.client_ip.key()).await {
+                            Ok(()) => {}
+                            Err(Blocked::RetryAfter(wait)) => {
+                                x.detail = Some("too_many_failed_auth");
+                                let r = Rejection::rate_limited(wait.as_secs().max(1));
+                                self.enforce(r, parts, x)?;
+                                x.detail = None;
+                            }
+                            Err(_) => {
+                                x.detail = Some("failed_auth_store_unavailable");
+                                self.enforce(Rejection::store_unavailable(), parts, x)?;
+                                x.detail = None;
+                            }
+                        }
                     }
                     Resume::Authenticate
                 }

@@ -239,3 +239,86 @@ async fn repeated_bad_credentials_from_one_address_get_429_on_authenticated_rout
     let last = sink.events().pop().unwrap();
     assert_eq!(last.metadata["detail"], "too_many_failed_auth");
 }
+
+/// A brute-force store that is down: with `on_store_error` closed (the default) every request
+/// to an authenticated route is refused with 503 before its credentials are looked at — a
+/// right guess and a wrong one get the same answer, and guessing is not unlimited; open, the
+/// request goes on to authentication.
+#[tokio::test]
+async fn a_brute_force_store_that_is_down_applies_on_store_error() {
+    use portcullis::auth::{BoxFuture, FailedAuthTracker};
+    use portcullis::rate_limit::algorithm::Verdict;
+    use portcullis::rate_limit::{Charge, OnStoreError, RateLimitStore, StoreError};
+    use std::time::Duration;
+    struct Down;
+    impl RateLimitStore for Down {
+        fn decide<'a>(
+            &'a self,
+            _: &'a [Charge<'a>],
+        ) -> BoxFuture<'a, Result<Vec<Verdict>, StoreError>> {
+            Box::pin(async { Err(StoreError::new("down")) })
+        }
+        fn name(&self) -> &'static str {
+            "down"
+        }
+    }
+    for mode in [OnStoreError::Closed, OnStoreError::Open] {
+        let key = hmac_key(Algorithm::HS256);
+        let jwt = JwtAuthenticator::builder()
+            .issuer(ISS)
+            .audience(AUD)
+            .key(key.verification())
+            .build()
+            .unwrap();
+        let sink = MemorySink::default();
+        let tracker = Arc::new(
+            FailedAuthTracker::with_store(3, Duration::from_secs(900), Arc::new(Down))
+                .on_store_error(mode),
+        );
+        let layer = SecurityLayer::builder()
+            .route(
+                "/api/user/**",
+                Policy::preset(Preset::Authenticated).rate_limits([]),
+            )
+            .route("/api/public-data", Preset::Public)
+            .authenticator(Arc::new(jwt))
+            .failed_auth(Some(tracker.clone()))
+            .no_rate_limiter()
+            .audit(Arc::new(sink.clone()))
+            .build()
+            .unwrap();
+        let app = Router::new()
+            .route("/api/user/me", get(whoami))
+            .route("/api/public-data", get(|| async { "public" }));
+        let addr = serve_with(app, layer).await;
+        let bad = bearer("eyJhbGciOiJIUzI1NiJ9.e30.AAAA");
+        let good = bearer(&key.token(None, &claims("alice", &["user"])));
+        let get_me = |h: String| async move {
+            send(addr, "GET", "/api/user/me", &[("authorization", &h)], "").await
+        };
+        let mut statuses = Vec::new();
+        for _ in 0..6 {
+            statuses.push(get_me(bad.clone()).await.status);
+        }
+        let right = get_me(good.clone()).await;
+        match mode {
+            OnStoreError::Closed => {
+                assert_eq!(statuses, [503; 6], "{mode:?}");
+                assert_eq!(right.status, 503, "a right guess is not told apart");
+                assert_eq!(right.json()["code"], "rate_limit_unavailable");
+                assert_eq!(right.header("retry-after"), Some("5"));
+                let last = sink.events().pop().unwrap();
+                assert_eq!(last.status, 503);
+                assert_eq!(last.metadata["detail"], "failed_auth_store_unavailable");
+            }
+            OnStoreError::Open => {
+                assert_eq!(statuses, [401; 6], "{mode:?}");
+                assert_eq!(right.status, 200);
+            }
+        }
+        assert!(tracker.store_errors() >= 7, "{mode:?}: counted");
+        // Public routes never ask the store.
+        let p = send(addr, "GET", "/api/public-data", &[], "").await;
+        assert_eq!(p.status, 200, "{mode:?}");
+    }
+}

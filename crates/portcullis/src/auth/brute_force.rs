@@ -9,20 +9,23 @@
 //! credentials count: requests without credentials, and successes, do not (a success does not
 //! reset the count either, so one valid account cannot launder guesses at others).
 //!
-//! When the store fails, the tracker lets the request through to authentication (which still
-//! refuses bad credentials) and logs the failure: the brute-force limit slows guessing down;
-//! it is not what keeps an attacker out.
+//! When the store fails, [`OnStoreError`] decides, as for the rate limits: `Closed` (the
+//! default) refuses authenticated routes with 503 while the store is down — before the
+//! credentials are looked at, so guessing is neither unlimited nor told apart from a right
+//! guess — and `Open` lets requests through to authentication (which still refuses bad
+//! credentials). The outage is logged once, its end once, and every failure is counted
+//! ([`FailedAuthTracker::store_errors`]).
 //!
 //! ```
 //! # futures_util::FutureExt::now_or_never(async {
 //! use std::time::Duration;
-//! use portcullis::auth::FailedAuthTracker;
+//! use portcullis::auth::{Blocked, FailedAuthTracker};
 //! let t = FailedAuthTracker::new(3, Duration::from_secs(900));
 //! for _ in 0..3 {
 //!     assert!(t.check("203.0.113.7").await.is_ok());
 //!     let _ = t.record_failure("203.0.113.7").await;
 //! }
-//! let retry_after = t.check("203.0.113.7").await.unwrap_err();
+//! let Err(Blocked::RetryAfter(retry_after)) = t.check("203.0.113.7").await else { panic!() };
 //! // Blocked until enough failures slide out: at most two windows.
 //! assert!(retry_after <= Duration::from_secs(1800));
 //! assert!(t.check("198.51.100.1").await.is_ok());
@@ -30,12 +33,29 @@
 //! ```
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use crate::policy::Algorithm;
 use crate::rate_limit::algorithm::Rule;
 use crate::rate_limit::memory::MemoryStore;
-use crate::rate_limit::{Charge, RateLimitStore};
+use crate::rate_limit::{Charge, OnStoreError, RateLimitStore, StoreError};
+
+/// Why a client may not try to authenticate now ([`FailedAuthTracker::check`]).
+///
+/// ```
+/// use std::time::Duration;
+/// use portcullis::auth::Blocked;
+/// assert_ne!(Blocked::RetryAfter(Duration::from_secs(60)), Blocked::StoreUnavailable);
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Blocked {
+    /// Too many failed authentications: a try fits again after this long (429).
+    RetryAfter(Duration),
+    /// The store is down and [`OnStoreError::Closed`] applies (503).
+    StoreUnavailable,
+}
 
 /// Keys the default in-memory store tracks at most.
 const MEMORY_KEYS: usize = 100_000;
@@ -56,6 +76,10 @@ pub struct FailedAuthTracker {
     limit: u32,
     window: Duration,
     store: Arc<dyn RateLimitStore>,
+    on_error: OnStoreError,
+    /// Raised while the store fails, so an outage is logged once (not per request).
+    in_incident: AtomicBool,
+    store_errors: AtomicU64,
 }
 
 impl std::fmt::Debug for FailedAuthTracker {
@@ -64,6 +88,7 @@ impl std::fmt::Debug for FailedAuthTracker {
             .field("limit", &self.limit)
             .field("window", &self.window)
             .field("store", &self.store.name())
+            .field("on_store_error", &self.on_error)
             .finish()
     }
 }
@@ -109,6 +134,68 @@ impl FailedAuthTracker {
             limit: limit.max(1),
             window,
             store,
+            on_error: OnStoreError::Closed,
+            in_incident: AtomicBool::new(false),
+            store_errors: AtomicU64::new(0),
+        }
+    }
+
+    /// What a store failure does: [`OnStoreError::Closed`] (the default) refuses authenticated
+    /// routes with 503 while it lasts, [`OnStoreError::Open`] lets requests through to
+    /// authentication uncounted.
+    ///
+    /// ```
+    /// use std::{sync::Arc, time::Duration};
+    /// use portcullis::auth::{Blocked, FailedAuthTracker};
+    /// use portcullis::rate_limit::{Charge, OnStoreError, RateLimitStore, StoreError, algorithm::Verdict};
+    /// # use portcullis::auth::BoxFuture;
+    /// struct Down;
+    /// impl RateLimitStore for Down {
+    ///     fn decide<'a>(&'a self, _: &'a [Charge<'a>]) -> BoxFuture<'a, Result<Vec<Verdict>, StoreError>> {
+    ///         Box::pin(async { Err(StoreError::new("down")) })
+    ///     }
+    ///     fn name(&self) -> &'static str { "down" }
+    /// }
+    /// # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
+    /// let closed = FailedAuthTracker::with_store(5, Duration::from_secs(60), Arc::new(Down));
+    /// assert_eq!(closed.check("203.0.113.7").await, Err(Blocked::StoreUnavailable));
+    /// let open = FailedAuthTracker::with_store(5, Duration::from_secs(60), Arc::new(Down))
+    ///     .on_store_error(OnStoreError::Open);
+    /// assert_eq!(open.check("203.0.113.7").await, Ok(()));
+    /// assert_eq!(open.store_errors(), 1);
+    /// # });
+    /// ```
+    pub fn on_store_error(mut self, mode: OnStoreError) -> Self {
+        self.on_error = mode;
+        self
+    }
+
+    /// Store failures seen so far (each check or count that could not reach the store).
+    ///
+    /// ```
+    /// use portcullis::auth::FailedAuthTracker;
+    /// assert_eq!(FailedAuthTracker::default().store_errors(), 0);
+    /// ```
+    pub fn store_errors(&self) -> u64 {
+        self.store_errors.load(Ordering::Relaxed)
+    }
+
+    /// Counts a store failure, logging the first of an outage.
+    #[cold]
+    fn store_failed(&self, e: &StoreError, doing: &'static str) {
+        self.store_errors.fetch_add(1, Ordering::Relaxed);
+        if !self.in_incident.swap(true, Ordering::AcqRel) {
+            tracing::error!(store = self.store.name(), error = %e, mode = ?self.on_error, doing,
+                "brute-force store failed; applying on_store_error until it recovers");
+        }
+    }
+
+    /// Notes that the store answered, logging the end of an outage.
+    fn store_answered(&self) {
+        if self.in_incident.load(Ordering::Relaxed)
+            && self.in_incident.swap(false, Ordering::AcqRel)
+        {
+            tracing::warn!(store = self.store.name(), "brute-force store recovered");
         }
     }
 
@@ -149,21 +236,22 @@ impl FailedAuthTracker {
         format!("auth-failures|{key}")
     }
 
-    /// `Err(retry_after)` when `key` is blocked. Charges nothing.
+    /// `Err` when `key` may not try now: blocked after too many failures, or the store is
+    /// down under [`OnStoreError::Closed`]. Charges nothing.
     ///
     /// ```
     /// use std::time::Duration;
-    /// use portcullis::auth::FailedAuthTracker;
+    /// use portcullis::auth::{Blocked, FailedAuthTracker};
     /// # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
     /// let t = FailedAuthTracker::new(2, Duration::from_secs(60));
     /// assert!(t.check("203.0.113.7").await.is_ok());
     /// let _ = t.record_failure("203.0.113.7").await;
     /// let _ = t.record_failure("203.0.113.7").await;
-    /// let retry_after = t.check("203.0.113.7").await.unwrap_err();
+    /// let Err(Blocked::RetryAfter(retry_after)) = t.check("203.0.113.7").await else { panic!() };
     /// assert!(retry_after >= Duration::from_secs(1));
     /// # });
     /// ```
-    pub async fn check(&self, key: &str) -> Result<(), Duration> {
+    pub async fn check(&self, key: &str) -> Result<(), Blocked> {
         let k = Self::key(key);
         let peek = [Charge {
             key: &k,
@@ -183,13 +271,21 @@ impl FailedAuthTracker {
                     Ok(v) => v.first().map_or(0, |v| v.retry_after_us),
                     Err(_) => 0,
                 };
-                Err(Duration::from_micros(wait.max(1_000_000)))
+                self.store_answered();
+                Err(Blocked::RetryAfter(Duration::from_micros(
+                    wait.max(1_000_000),
+                )))
             }
-            Ok(_) => Ok(()),
-            Err(e) => {
-                tracing::warn!(store = self.store.name(), error = %e,
-                    "brute-force store failed; letting the request through to authentication");
+            Ok(_) => {
+                self.store_answered();
                 Ok(())
+            }
+            Err(e) => {
+                self.store_failed(&e, "check");
+                match self.on_error {
+                    OnStoreError::Closed => Err(Blocked::StoreUnavailable),
+                    OnStoreError::Open => Ok(()),
+                }
             }
         }
     }
@@ -215,14 +311,17 @@ impl FailedAuthTracker {
             cost: 1,
         }];
         match self.store.decide(&one).await {
-            Ok(v) => match v.first() {
-                Some(v) if !v.allowed => Err(Duration::from_micros(v.retry_after_us.max(1))),
-                Some(v) if v.remaining == 0 => Err(Duration::from_micros(v.reset_us.max(1))),
-                _ => Ok(()),
-            },
+            Ok(v) => {
+                self.store_answered();
+                match v.first() {
+                    Some(v) if !v.allowed => Err(Duration::from_micros(v.retry_after_us.max(1))),
+                    Some(v) if v.remaining == 0 => Err(Duration::from_micros(v.reset_us.max(1))),
+                    _ => Ok(()),
+                }
+            }
             Err(e) => {
-                tracing::warn!(store = self.store.name(), error = %e,
-                    "brute-force store failed; failure not counted");
+                // The request is refused (401) either way; the failure goes uncounted.
+                self.store_failed(&e, "count");
                 Ok(())
             }
         }
@@ -247,7 +346,9 @@ mod tests {
             assert!(now(t.check("a")).is_ok());
             let _ = now(t.record_failure("a"));
         }
-        let wait = now(t.check("a")).unwrap_err();
+        let Err(Blocked::RetryAfter(wait)) = now(t.check("a")) else {
+            panic!("blocked after the limit")
+        };
         assert!(wait <= Duration::from_secs(120), "{wait:?}");
         assert!(now(t.check("b")).is_ok(), "other clients are unaffected");
         // Checking does not count: still exactly blocked, not more.

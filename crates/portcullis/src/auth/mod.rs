@@ -64,7 +64,7 @@ pub mod jwt;
 mod secret;
 mod strict_json;
 
-pub use brute_force::FailedAuthTracker;
+pub use brute_force::{Blocked, FailedAuthTracker};
 pub use chain::AnyOf;
 pub use secret::Secret;
 

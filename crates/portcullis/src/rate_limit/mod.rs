@@ -42,13 +42,12 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use http::StatusCode;
 use http::header::{HeaderMap, HeaderName, HeaderValue};
 use http::request::Parts;
 
 use crate::audit::AuditAction;
 use crate::auth::{AuthMethod, BoxFuture};
-use crate::error::{Control, Rejection};
+use crate::error::Rejection;
 use crate::layer::{Exchange, Guard};
 use crate::policy::{RateKey, RateLimitSpec};
 use crate::shared::Counter;
@@ -561,13 +560,7 @@ impl RateLimiter {
                 "rate-limit store failed; applying on_store_error");
         }
         match self.on_error {
-            OnStoreError::Closed => Err(Rejection::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "rate_limit_unavailable",
-                "Rate limiting is temporarily unavailable",
-                AuditAction::SecurityEvent,
-                Control::Internal,
-            )),
+            OnStoreError::Closed => Err(Rejection::store_unavailable()),
             OnStoreError::Open => {
                 exchange.note(
                     AuditAction::SecurityEvent,
