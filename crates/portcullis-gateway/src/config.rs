@@ -403,6 +403,42 @@ impl From<OnStoreError> for portcullis::rate_limit::OnStoreError {
     }
 }
 
+/// Where the gateway keeps state of its own when the config names no place (the audit spool
+/// of a database store): systemd's `$STATE_DIRECTORY` (`StateDirectory=`), else
+/// `$XDG_STATE_HOME/portcullis`, else `~/.local/state/portcullis` — a folder that survives a
+/// reboot and that other users cannot write (the spool refuses one they own) — and the temp
+/// folder only when there is no home.
+///
+/// ```
+/// # unsafe { std::env::set_var("STATE_DIRECTORY", "/var/lib/portcullis") };
+/// assert_eq!(portcullis_gateway::config::state_dir(), std::path::Path::new("/var/lib/portcullis"));
+/// # unsafe { std::env::remove_var("STATE_DIRECTORY") };
+/// ```
+pub fn state_dir() -> PathBuf {
+    let var = |name: &str| {
+        std::env::var_os(name)
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from)
+            .filter(|p| p.is_absolute())
+    };
+    if let Some(dirs) = std::env::var_os("STATE_DIRECTORY").filter(|v| !v.is_empty()) {
+        // systemd lists several folders with ':' when the unit names several.
+        if let Some(first) = std::env::split_paths(&dirs)
+            .next()
+            .filter(|p| p.is_absolute())
+        {
+            return first;
+        }
+    }
+    if let Some(state) = var("XDG_STATE_HOME") {
+        return state.join("portcullis");
+    }
+    if let Some(home) = var("HOME") {
+        return home.join(".local/state/portcullis");
+    }
+    std::env::temp_dir().join("portcullis")
+}
+
 /// `[storage]`.
 ///
 /// ```
@@ -683,7 +719,9 @@ pub struct ApiKeyConfig {
 pub struct AuditConfig {
     /// How long events are kept (default 90 days).
     pub retention: Duration,
-    /// Where events wait while the store is down.
+    /// Where events wait while the store is down: a private folder (0700, refused when it
+    /// belongs to another user). Default: beside a file store (`audit.db.spool`), else
+    /// `audit-<listen port>.spool` in [`state_dir`].
     pub spool_dir: Option<PathBuf>,
 }
 
@@ -1307,7 +1345,7 @@ impl Stores {
     /// ```
     pub async fn open_audit(&self, config: &GatewayConfig) -> Result<(), ConfigError> {
         let url = config.storage.audit_url();
-        // The spool sits beside the file store (or, for a database, in the temp folder under
+        // The spool sits beside the file store (or, for a database, in the state folder under
         // the listen port): one writer per spool folder, so two gateways never share one.
         let spool = config.audit.spool_dir.clone().unwrap_or_else(|| {
             let beside = |p: &Path| {
@@ -1318,10 +1356,9 @@ impl Stores {
             match &config.storage.audit {
                 AuditStore::Sqlite(p) | AuditStore::Jsonl(p) => beside(p),
                 // Named after the listen port: gateways on one machine listen on different ones.
-                AuditStore::Postgres(_) | AuditStore::Stdout => std::env::temp_dir().join(format!(
-                    "portcullis-audit-{}.spool",
-                    config.server.listen.port()
-                )),
+                AuditStore::Postgres(_) | AuditStore::Stdout => {
+                    state_dir().join(format!("audit-{}.spool", config.server.listen.port()))
+                }
             }
         });
         let ca = config

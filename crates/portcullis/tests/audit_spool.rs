@@ -173,3 +173,43 @@ async fn events_spooled_while_the_store_is_down_survive_sigkill() {
     assert!(spool > 0, "the dead writer left its events in the spool");
     assert_every_acked_event_once(&dir.0, last).await;
 }
+
+/// The spool folder is private: created 0700 with 0600 files, one left too open is narrowed,
+/// and one that belongs to another user is refused (whoever writes there could plant events
+/// the store would replay as audit rows).
+#[cfg(unix)]
+#[test]
+fn the_spool_folder_is_private_and_a_foreign_one_is_refused() {
+    use portcullis::audit::spool::{SPOOL_FILE, Spool};
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let base = std::env::temp_dir().join(format!("pc-spool-private-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&base);
+    let dir = base.join("new");
+    let spool = Spool::open(&dir).expect("a new folder");
+    spool
+        .append(&[event("r1".into(), 1_700_000_000_000)], true)
+        .expect("append");
+    let mode = |p: &Path| std::fs::metadata(p).unwrap().mode() & 0o777;
+    assert_eq!(mode(&dir), 0o700);
+    assert_eq!(mode(&dir.join(SPOOL_FILE)), 0o600);
+    drop(spool);
+
+    let open = base.join("open");
+    std::fs::create_dir_all(&open).unwrap();
+    std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o777)).unwrap();
+    Spool::open(&open).expect("our own folder");
+    assert_eq!(mode(&open), 0o700, "narrowed");
+
+    let foreign = base.join("foreign");
+    std::fs::create_dir_all(&foreign).unwrap();
+    std::fs::set_permissions(&foreign, std::fs::Permissions::from_mode(0o777)).unwrap();
+    // Only root can give a folder away; CI runs the tests as root.
+    if std::os::unix::fs::chown(&foreign, Some(65534), Some(65534)).is_ok() {
+        let Err(err) = Spool::open(&foreign) else {
+            panic!("a folder of another user is refused")
+        };
+        assert_eq!(err.kind(), std::io::ErrorKind::PermissionDenied, "{err}");
+        assert!(err.to_string().contains("uid 65534"), "{err}");
+    }
+    let _ = std::fs::remove_dir_all(&base);
+}

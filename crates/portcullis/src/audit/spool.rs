@@ -11,6 +11,10 @@
 //!
 //! A torn last line (the process died mid-append, before that batch was acknowledged) is
 //! skipped with a warning. One writer per spool folder.
+//!
+//! The folder is private: created 0700 (one too open is narrowed), its files 0600, and one
+//! that belongs to another user is refused — whoever can write there could plant events the
+//! store would replay as audit rows, and whoever can read there reads the events.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufRead, BufReader, Write};
@@ -164,7 +168,7 @@ impl Spool {
     /// ```
     pub fn open(dir: impl Into<PathBuf>) -> io::Result<Spool> {
         let dir = dir.into();
-        fs::create_dir_all(&dir)?;
+        private_dir(&dir)?;
         let mut pending = 0;
         for name in [REPLAY_FILE, SPOOL_FILE] {
             if let Ok(f) = File::open(dir.join(name)) {
@@ -297,10 +301,11 @@ impl Spool {
         }
         let mut st = self.lock();
         if st.file.is_none() {
-            let f = OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(self.dir.join(SPOOL_FILE))?;
+            let mut options = OpenOptions::new();
+            options.create(true).append(true);
+            #[cfg(unix)]
+            std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+            let f = options.open(self.dir.join(SPOOL_FILE))?;
             st.file = Some(f);
         }
         let f = st.file.as_mut().expect("opened above");
@@ -664,4 +669,58 @@ impl SpoolReader {
 
 fn sync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
+}
+
+/// Creates the spool folder (mode 0700) or checks the one there: it must belong to this
+/// process's user, or another local user could plant events for the store to replay (forged
+/// audit rows) or read the events spooled; one too open is narrowed to 0700.
+#[cfg(unix)]
+fn private_dir(dir: &Path) -> io::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)?;
+    // The owner of /proc/self is the process's effective user; elsewhere, that of a file it
+    // creates.
+    let me = match fs::metadata("/proc/self") {
+        Ok(m) => m.uid(),
+        Err(_) => {
+            let probe = dir.join(".owner-probe");
+            let uid = File::create(&probe)
+                .and_then(|f| f.metadata())
+                .map(|m| m.uid());
+            let _ = fs::remove_file(&probe);
+            uid?
+        }
+    };
+    let foreign = |uid: u32, what: &str| {
+        io::Error::new(
+            io::ErrorKind::PermissionDenied,
+            format!(
+                "{what} belongs to uid {uid}, not to this process's user (uid {me}): another \
+                 user could plant or read audit events there; use a folder of the gateway's own"
+            ),
+        )
+    };
+    let link = fs::symlink_metadata(dir)?;
+    if link.file_type().is_symlink() && link.uid() != me {
+        return Err(foreign(link.uid(), "the spool folder's symlink"));
+    }
+    let meta = fs::metadata(dir)?;
+    if !meta.is_dir() {
+        return Err(io::Error::other("the spool path is not a folder"));
+    }
+    if meta.uid() != me {
+        return Err(foreign(meta.uid(), "the spool folder"));
+    }
+    if meta.mode() & 0o077 != 0 {
+        fs::set_permissions(dir, fs::Permissions::from_mode(0o700))?;
+    }
+    Ok(())
+}
+
+#[cfg(not(unix))]
+fn private_dir(dir: &Path) -> io::Result<()> {
+    fs::create_dir_all(dir)
 }
