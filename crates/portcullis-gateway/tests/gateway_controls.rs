@@ -264,3 +264,21 @@ async fn csrf_through_the_gateway_token_origin_and_client_helper() {
     assert_eq!(r.status, 200);
     assert!(r.text().contains("csrfFetch"));
 }
+
+/// An authenticated answer is `no-store` whatever the application said (a `public` answer
+/// for alice must not be served to bob by a CDN); an anonymous one keeps the application's.
+#[tokio::test]
+async fn authenticated_answers_are_no_store_even_when_the_upstream_says_public() {
+    let (gw, _up) = gateway(ROUTES, "").await;
+    let alice = format!("Bearer {}", token("alice", &["user"]));
+    let r = get(&gw.url("/api/user/cached"), &[("authorization", &alice)]).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let values: Vec<_> = r.headers.get_all("cache-control").iter().collect();
+    assert_eq!(values, ["no-store"]);
+    let r = get(&gw.url("/cached"), &[]).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(
+        r.headers["cache-control"],
+        "public, max-age=3600, s-maxage=600"
+    );
+}

@@ -2375,9 +2375,18 @@ impl Engine {
                 }
             }
         }
-        if x.policy().is_no_store() && !cache_control {
+        // An API route's answer is not stored: `no-store` where the response says nothing,
+        // and in place of what it says when the request was authenticated — a `public` or
+        // `s-maxage` answer to one user must never reach another through a shared cache.
+        let authenticated = x.principal.is_some();
+        if x.policy().is_no_store() && (!cache_control || authenticated) {
             match deferred.as_mut() {
-                Some(d) => d.defer_no_store(),
+                Some(d) => {
+                    if cache_control {
+                        headers.remove(header::CACHE_CONTROL);
+                    }
+                    d.defer_no_store();
+                }
                 None => {
                     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
                 }

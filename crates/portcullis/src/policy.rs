@@ -581,7 +581,8 @@ impl Policy {
         self
     }
 
-    /// Adds `Cache-Control: no-store` to responses without a `Cache-Control` (API routes).
+    /// Adds `Cache-Control: no-store` to responses without a `Cache-Control`, and puts it in
+    /// place of the application's on answers to authenticated requests (API routes).
     ///
     /// ```
     /// use portcullis::{Policy, Preset};

@@ -322,3 +322,46 @@ async fn a_brute_force_store_that_is_down_applies_on_store_error() {
         assert_eq!(p.status, 200, "{mode:?}");
     }
 }
+
+/// An API route's answer to an authenticated request is `no-store` whatever the application
+/// said: a `public` or `s-maxage` answer to one user must never reach another through a
+/// shared cache. Anonymous answers keep the application's caching.
+#[tokio::test]
+async fn authenticated_answers_are_never_stored_even_when_the_app_says_public() {
+    let key = hmac_key(Algorithm::HS256);
+    let jwt = JwtAuthenticator::builder()
+        .issuer(ISS)
+        .audience(AUD)
+        .key(key.verification())
+        .build()
+        .unwrap();
+    let layer = SecurityLayer::builder()
+        .route("/api/user/**", Preset::Authenticated)
+        .route("/api/public/**", Preset::Public)
+        .authenticator(Arc::new(jwt))
+        .build()
+        .unwrap();
+    let cached = || async {
+        (
+            [(
+                http::header::CACHE_CONTROL,
+                "public, max-age=3600, s-maxage=600",
+            )],
+            "data",
+        )
+    };
+    let app = Router::new()
+        .route("/api/user/me", get(cached))
+        .route("/api/public/data", get(cached));
+    let addr = serve_with(app, layer).await;
+    let good = bearer(&key.token(None, &claims("alice", &["user"])));
+    let r = send(addr, "GET", "/api/user/me", &[("authorization", &good)], "").await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("cache-control"), Some("no-store"));
+    assert_eq!(r.headers.get_all("cache-control").iter().count(), 1);
+    let r = send(addr, "GET", "/api/public/data", &[], "").await;
+    assert_eq!(
+        r.header("cache-control"),
+        Some("public, max-age=3600, s-maxage=600")
+    );
+}

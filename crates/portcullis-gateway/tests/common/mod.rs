@@ -153,6 +153,13 @@ impl Upstream {
             return res;
         }
         let mut res = Response::new(full("hello"));
+        if path.ends_with("/cached") {
+            // An application that marks its answer for shared caches.
+            res.headers_mut().insert(
+                "cache-control",
+                "public, max-age=3600, s-maxage=600".parse().unwrap(),
+            );
+        }
         res.headers_mut()
             .insert("server", "upstream/1.0".parse().unwrap());
         res.headers_mut()
