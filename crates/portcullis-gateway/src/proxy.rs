@@ -84,6 +84,7 @@ use portcullis::client_ip::{IpText, PeerAddr, canonical_ip};
 use portcullis::headers::nonce_html::{self, NonceRewriter};
 use portcullis::layer::{Https, MatchedRoute};
 use portcullis::policy::CspSetting;
+use portcullis::request_id::X_REQUEST_ID;
 use portcullis::{Control, Csp, Nonce, Principal, Rejection, RequestId};
 use tokio::time::{Instant, Sleep};
 
@@ -694,6 +695,11 @@ impl Proxy {
             headers.remove(X_PORTCULLIS_USER);
             headers.remove(X_PORTCULLIS_ROLES);
         }
+        // The request's one id, as the client's answer and the audit log carry it, so the
+        // application's logs join them (a client's copies go: at most one, and ours).
+        if let Some(id) = RequestId::of(extensions) {
+            headers.insert(X_REQUEST_ID, id.header_value());
+        }
         if let Some(p) = extensions.get::<Principal>() {
             match (
                 HeaderValue::from_str(&p.id),
@@ -766,6 +772,7 @@ impl Proxy {
                 || *name == header::HOST
                 || *name == X_PORTCULLIS_USER
                 || *name == X_PORTCULLIS_ROLES
+                || *name == X_REQUEST_ID
                 || (nextjs
                     && (*name == header::CONTENT_SECURITY_POLICY
                         || *name == header::CONTENT_SECURITY_POLICY_REPORT_ONLY
@@ -843,6 +850,13 @@ impl Proxy {
         write_list(out, headers, FORWARDED, forwarded, |o| {
             hop.write_element(o, client_host);
         });
+        if let Some(id) = RequestId::of(extensions) {
+            line(
+                out,
+                X_REQUEST_ID.as_str().as_bytes(),
+                id.as_str().as_bytes(),
+            );
+        }
         if let Some(p) = extensions.get::<Principal>() {
             match (
                 HeaderValue::from_str(&p.id),

@@ -282,3 +282,44 @@ async fn authenticated_answers_are_no_store_even_when_the_upstream_says_public()
         "public, max-age=3600, s-maxage=600"
     );
 }
+
+/// The upstream gets the request's one id — the one the client's answer and the audit log
+/// carry — so the application's logs join them: generated when the client sent none, and
+/// never the client's extra copies. Bodiless requests (the gateway's own reader) and bodies
+/// (hyper's) alike.
+#[tokio::test]
+async fn the_upstream_gets_the_request_id_the_client_was_answered_with() {
+    let (gw, up) = gateway(ROUTES, "").await;
+    let ids = |seen: &Seen| -> Vec<String> {
+        seen.headers
+            .get_all("x-request-id")
+            .iter()
+            .map(|v| v.to_str().unwrap().to_string())
+            .collect()
+    };
+    let r = get(&gw.url("/plain"), &[]).await;
+    let answered = r.headers["x-request-id"].to_str().unwrap().to_string();
+    assert_eq!(ids(&up.last()), [answered]);
+
+    let r = get(
+        &gw.url("/plain"),
+        &[("x-request-id", "trace-42"), ("x-request-id", "trace-43")],
+    )
+    .await;
+    assert_eq!(r.headers["x-request-id"], "trace-42");
+    assert_eq!(ids(&up.last()), ["trace-42"]);
+
+    let r = get(&gw.url("/plain"), &[("x-request-id", "<script>")]).await;
+    let answered = r.headers["x-request-id"].to_str().unwrap().to_string();
+    assert_ne!(answered, "<script>");
+    assert_eq!(ids(&up.last()), [answered]);
+
+    let req = http::Request::post(gw.url("/echo"))
+        .header("x-request-id", "trace-44")
+        .header("content-type", "text/plain")
+        .body(full("a body"))
+        .unwrap();
+    let r = send(&client(), req).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(ids(&up.last()), ["trace-44"]);
+}
