@@ -1883,28 +1883,40 @@ impl Engine {
         mut from: Resume,
     ) -> Result<Flow, Step> {
         if let Resume::Start = from {
-            // 6. CORS preflight. Never report-only: letting a refused preflight through
-            // would grant the cross-origin access it asks for.
+            // 6. CORS preflight. A refused one in report-only goes on to the application, as
+            // before the roll-out: whatever CORS it has of its own answers it (the browser
+            // grants nothing without an Access-Control-Allow-Origin), and the method allowlist
+            // does not judge it — it asks about a request, it is not one.
+            let mut preflight_reported = false;
             if let Some(cors) = &self.cors
                 && Cors::is_preflight(&parts.method, &parts.headers)
             {
-                let headers = cors.preflight(&parts.headers, policy.allowed_methods())?;
-                let mut res = Response::new(Bytes::new());
-                *res.status_mut() = StatusCode::NO_CONTENT;
-                *res.headers_mut() = headers;
-                return Err(Step::Respond(Box::new(res)));
+                match cors.preflight(&parts.headers, policy.allowed_methods()) {
+                    Ok(headers) => {
+                        let mut res = Response::new(Bytes::new());
+                        *res.status_mut() = StatusCode::NO_CONTENT;
+                        *res.headers_mut() = headers;
+                        return Err(Step::Respond(Box::new(res)));
+                    }
+                    Err(r) => {
+                        self.enforce(r, parts, x)?;
+                        preflight_reported = true;
+                    }
+                }
             }
 
             // 7. Methods: the request's, and any it asks the application to act as instead.
             let methods = policy.allowed_methods();
-            if !methods.allows(&parts.method) {
-                self.enforce(
-                    Rejection::method_not_allowed(methods.allow_header()),
-                    parts,
-                    x,
-                )?;
-            } else if !methods.allows_overrides(&parts.headers, parts.uri.query()) {
-                self.enforce_override(parts, x)?;
+            if !preflight_reported {
+                if !methods.allows(&parts.method) {
+                    self.enforce(
+                        Rejection::method_not_allowed(methods.allow_header()),
+                        parts,
+                        x,
+                    )?;
+                } else if !methods.allows_overrides(&parts.headers, parts.uri.query()) {
+                    self.enforce_override(parts, x)?;
+                }
             }
             // A `_method` field in a form body: looked for once the body is read (below, in
             // `handle`), before the application sees it.

@@ -396,3 +396,45 @@ fn configuration_errors_name_the_bad_value() {
     assert!(cors.allows_origin(APP));
     assert!(cors.validate().is_ok());
 }
+
+/// CORS in report-only: a preflight it would refuse is audited `report_only` and goes on to
+/// the application, as before the roll-out — whatever CORS the application has answers it
+/// (the layer adds no Access-Control-* of its own), and the method allowlist does not judge
+/// it. An allowed preflight is still answered by the layer.
+#[tokio::test]
+async fn a_refused_preflight_in_report_only_reaches_the_application() {
+    use portcullis::Control;
+    use portcullis::policy::ReportOnly;
+    let sink = MemorySink::default();
+    let layer = SecurityLayer::builder()
+        .cors(Some(listed()))
+        .route(
+            "/api/items",
+            Policy::preset(Preset::Public)
+                .methods([Method::GET])
+                .report_only(ReportOnly::Controls(vec![Control::Cors])),
+        )
+        .audit(Arc::new(sink.clone()))
+        .build()
+        .unwrap();
+    let router = Router::new().route(
+        "/api/items",
+        any(|method: Method| async move { format!("app saw {method}") }),
+    );
+    let addr = serve_with(router, layer).await;
+    let r = preflight(addr, "/api/items", "https://evil.example", "PUT", "").await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.text(), "app saw OPTIONS");
+    assert_eq!(r.header("access-control-allow-origin"), None);
+    let events = sink.events();
+    let last = events.last().expect("audited");
+    assert_eq!(last.outcome, Outcome::ReportOnly);
+    assert_eq!(last.metadata["code"], "cors_preflight_denied");
+    // An allowed one is answered by the layer as ever.
+    let r = preflight(addr, "/api/items", APP, "GET", "").await;
+    assert_eq!(r.status, 204);
+    assert_eq!(r.header("access-control-allow-origin"), Some(APP));
+    // A plain OPTIONS is still judged by the method allowlist.
+    let r = send(addr, "OPTIONS", "/api/items", &[], "").await;
+    assert_eq!(r.status, 405);
+}
