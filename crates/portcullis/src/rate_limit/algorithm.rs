@@ -178,28 +178,32 @@ impl Rule {
         };
         let remaining = (cap.saturating_sub(used(curr_after)) / w) as u32;
         let to_window_end = (w - elapsed) as u64;
-        let retry_after_us = if allowed {
-            0
-        } else if u128::from(curr) + u128::from(cost) <= limit && prev > 0 {
-            // Within this window, once enough of the previous window has slid out.
-            let room = (limit - u128::from(curr) - u128::from(cost)) * w;
-            let max_left = room / u128::from(prev);
-            (w - elapsed).saturating_sub(max_left) as u64
-        } else if cost <= self.limit {
-            // In the next window, when this window's count has slid out enough.
-            let e = if curr == 0 {
-                0
+        // When a request of `cost` fits, counting `curr` in this window.
+        let wait = |curr: u32, cost: u32| -> u64 {
+            if u128::from(curr) + u128::from(cost) <= limit && prev > 0 {
+                // Within this window, once enough of the previous window has slid out.
+                let room = (limit - u128::from(curr) - u128::from(cost)) * w;
+                let max_left = room / u128::from(prev);
+                (w - elapsed).saturating_sub(max_left) as u64
+            } else if cost <= self.limit {
+                // In the next window, when this window's count has slid out enough.
+                let e = if curr == 0 {
+                    0
+                } else {
+                    let room = (limit - u128::from(cost)) * w;
+                    w.saturating_sub(room / u128::from(curr))
+                };
+                to_window_end + e as u64
             } else {
-                let room = (limit - u128::from(cost)) * w;
-                w.saturating_sub(room / u128::from(curr))
-            };
-            to_window_end + e as u64
-        } else {
-            2 * self.window_us
+                2 * self.window_us
+            }
         };
-        let reset_us = if curr_after > 0 {
-            to_window_end + self.window_us
-        } else if prev > 0 {
+        let retry_after_us = if allowed { 0 } else { wait(curr, cost) };
+        // What `RateLimit: t` says: with nothing left, when the next request fits (so it
+        // agrees with `Retry-After`); else when this window's count starts to slide out.
+        let reset_us = if remaining == 0 {
+            wait(curr_after, 1).max(1)
+        } else if curr_after > 0 || prev > 0 {
             to_window_end
         } else {
             0
@@ -454,6 +458,32 @@ mod tests {
                     .count();
                 assert!(n <= 40, "{alg:?}: {n} in one window");
             }
+        }
+    }
+
+    /// `RateLimit: t` never says more than the window while quota is left, and with none
+    /// left it says what `Retry-After` says: when the next request fits.
+    #[test]
+    fn sliding_window_reset_is_within_the_window_and_agrees_with_retry_after() {
+        let w = 60 * S;
+        let r = Rule::new(10, w, Algorithm::SlidingWindow, 0);
+        let mut cell = Cell::default();
+        let mut now = 7 * w + 13 * S;
+        for step in 0..400u64 {
+            let (v, c) = r.evaluate(cell, now, 1);
+            cell = c;
+            if v.remaining > 0 {
+                assert!(v.reset_us <= w, "step {step}: t {} > w", v.reset_us);
+            } else {
+                assert!(v.reset_us > 0, "step {step}");
+            }
+            if !v.allowed {
+                assert_eq!(v.reset_us, v.retry_after_us, "step {step}");
+                // And it is right: a request then fits.
+                let (then, _) = r.evaluate(cell, now + v.retry_after_us, 1);
+                assert!(then.allowed, "step {step}");
+            }
+            now += (step % 7 + 1) * S / 2;
         }
     }
 }

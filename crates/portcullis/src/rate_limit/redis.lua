@@ -29,21 +29,26 @@ local function eval(alg, limit, w, burst, cost, a, b, c)
     if allowed then after = curr + cost end
     local remaining = floor(max(0, cap - (prev_w + after * w)) / w)
     local to_end = w - elapsed
-    local retry = 0
-    if not allowed then
-      if curr + cost <= limit and prev > 0 then
-        retry = max(0, (w - elapsed) - floor((limit - curr - cost) * w / prev))
+    -- When a request of cost fits, counting cur in this window (algorithm.rs's `wait`).
+    local function wait(cur, cost)
+      if cur + cost <= limit and prev > 0 then
+        return max(0, (w - elapsed) - floor((limit - cur - cost) * w / prev))
       elseif cost <= limit then
         local e = 0
-        if curr > 0 then e = max(0, w - floor((limit - cost) * w / curr)) end
-        retry = to_end + e
+        if cur > 0 then e = max(0, w - floor((limit - cost) * w / cur)) end
+        return to_end + e
       else
-        retry = 2 * w
+        return 2 * w
       end
-      retry = max(retry, 1)
     end
+    local retry = 0
+    if not allowed then retry = max(wait(curr, cost), 1) end
     local reset = 0
-    if after > 0 then reset = to_end + w elseif prev > 0 then reset = to_end end
+    if remaining == 0 then
+      reset = max(wait(after, 1), 1)
+    elseif after > 0 or prev > 0 then
+      reset = to_end
+    end
     return allowed, remaining, reset, retry, idx, after, prev, (idx + 2) * w
   elseif alg == 2 then
     local ti = max(floor(w / limit), 1)
