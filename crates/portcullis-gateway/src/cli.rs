@@ -91,13 +91,13 @@ pub enum AuditCommand {
         /// Only events older than this: a duration ago or an RFC 3339 time.
         #[arg(long, value_name = "WHEN")]
         until: Option<String>,
-        /// Only this action (e.g. rate_limit_exceeded).
+        /// Only this action (e.g. rate_limit_exceeded); an unknown name is refused.
         #[arg(long, value_name = "A")]
         action: Option<String>,
         /// Only this principal.
         #[arg(long, value_name = "U")]
         user: Option<String>,
-        /// Only this client address.
+        /// Only this client address (one address, IPv4 or IPv6; not a CIDR range).
         #[arg(long, value_name = "IP")]
         ip: Option<String>,
         /// Only this route pattern (or canonical path).

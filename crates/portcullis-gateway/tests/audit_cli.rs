@@ -301,6 +301,47 @@ fn a_missing_store_or_bad_time_is_an_error() {
     assert_eq!(o.status.code(), Some(2));
 }
 
+/// A filter that can never match is a typo: refused with exit 2, not an empty result.
+#[tokio::test]
+async fn query_refuses_an_unknown_action_or_a_malformed_ip() {
+    let dir = TempDir::new("audit-cli-filters");
+    let url = sqlite_with_sample(&dir.0).await;
+    let o = portcullis(&["audit", "query", "--store", &url, "--action", "nonsense"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(o.stdout.is_empty());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("--action") && err.contains("\"nonsense\""),
+        "{err}"
+    );
+    for known in AuditAction::ALL {
+        assert!(err.contains(known.as_str()), "{err}");
+    }
+    for (ip, says) in [
+        ("notanip", "not an IP address"),
+        ("999.1.1.1", "not an IP address"),
+        ("10.0.0.0/24", "range"),
+    ] {
+        let o = portcullis(&["audit", "query", "--store", &url, "--ip", ip]);
+        assert_eq!(o.status.code(), Some(2), "{ip}");
+        assert!(o.stdout.is_empty(), "{ip}");
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(err.contains("--ip") && err.contains(says), "{ip}: {err}");
+    }
+    // An IPv4-mapped IPv6 address finds the IPv4 address the gateway stored.
+    let out = stdout(&portcullis(&[
+        "audit",
+        "query",
+        "--store",
+        &url,
+        "--ip",
+        "::ffff:10.0.0.9",
+        "--format",
+        "json",
+    ]));
+    assert_eq!(request_ids(&out), ["alice-0", "alice-1"]);
+}
+
 #[tokio::test]
 async fn tail_prints_events_stored_after_it_started() {
     let dir = TempDir::new("audit-cli-tail");
