@@ -116,7 +116,9 @@ async fn open(source: &AuditSource) -> Result<Arc<dyn AuditStore>, ExitCode> {
     let url = match (&source.store, &source.config) {
         (Some(url), _) => url.clone(),
         (None, Some(path)) => {
-            let config = GatewayConfig::load(path, Purpose::Tool).map_err(|e| {
+            // Only the audit store's settings: the JWT and CSRF secrets are the gateway's,
+            // not the operator's reading the log.
+            let config = GatewayConfig::load(path, Purpose::AuditReader).map_err(|e| {
                 eprintln!("{e}");
                 ExitCode::from(EXIT_USAGE)
             })?;

@@ -199,7 +199,8 @@ impl fmt::Debug for Secret {
     }
 }
 
-/// What a config is loaded for: serving needs an upstream, tools (`token`) do not.
+/// What a config is loaded for: serving needs an upstream, tools (`token`) do not, and the
+/// audit reader needs no secret but the audit store's.
 ///
 /// ```
 /// use portcullis_gateway::config::{GatewayConfig, Purpose};
@@ -212,8 +213,26 @@ impl fmt::Debug for Secret {
 pub enum Purpose {
     /// `serve` and `check-config`: `server.upstream` is required.
     Serve,
-    /// Command-line tools that read only parts of the file.
+    /// Command-line tools that read only parts of the file (`token` signs with the JWT
+    /// secret, so every secret is read).
     Tool,
+    /// `audit query` and `audit tail`: only `[storage] postgres_password_env` is read from
+    /// the environment. Every other `*_env` name is checked but not read, and its secret is
+    /// left unset, so a config loaded so reads the audit log and must not serve.
+    ///
+    /// ```
+    /// use portcullis_gateway::config::{GatewayConfig, Purpose};
+    /// // The JWT secret's variable need not be set to find the audit store.
+    /// let toml = r#"
+    /// auth.jwt.secret_env = "DOC_AUDIT_UNSET_JWT_SECRET"
+    /// storage.audit = "jsonl:///var/log/portcullis/audit.jsonl"
+    /// "#;
+    /// assert!(GatewayConfig::from_str_for(toml, "portcullis.toml", Purpose::Tool).is_err());
+    /// let config = GatewayConfig::from_str_for(toml, "portcullis.toml", Purpose::AuditReader)?;
+    /// assert!(config.auth.jwt.unwrap().secret.is_none()); // not read
+    /// # Ok::<(), portcullis_gateway::config::ConfigErrors>(())
+    /// ```
+    AuditReader,
 }
 
 /// The whole gateway configuration, validated.
@@ -984,6 +1003,7 @@ impl GatewayConfig {
             errs: schema::Errors::default(),
             env,
             base,
+            purpose,
         };
         let config = loader.config(&table, purpose);
         match config {

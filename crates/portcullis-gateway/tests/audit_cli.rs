@@ -252,6 +252,65 @@ async fn query_reads_the_store_the_config_names() {
     assert!(err.contains("no usable CA certificate"), "{err}");
 }
 
+/// `audit query --config` reads the audit store's settings only: the gateway's JWT and CSRF
+/// secrets need not be in the operator's environment, but a Postgres store's password does.
+#[tokio::test]
+async fn query_with_a_config_needs_only_the_audit_store_secret() {
+    let dir = TempDir::new("audit-cli-secrets");
+    sqlite_with_sample(&dir.0).await;
+    let config = dir.0.join("portcullis.toml");
+    std::fs::write(
+        &config,
+        "[server]\nupstream = \"http://127.0.0.1:9\"\n\
+         [storage]\naudit = \"sqlite://audit.db\"\n\
+         [auth.jwt]\nsecret_env = \"PC_AUDIT_TEST_UNSET_JWT\"\n\
+         [csrf]\nsecret_env = \"PC_AUDIT_TEST_UNSET_CSRF\"\n\
+         previous_secret_envs = [\"PC_AUDIT_TEST_UNSET_OLD\"]\n",
+    )
+    .unwrap();
+    let query = |config: &Path| {
+        Command::new(env!("CARGO_BIN_EXE_portcullis"))
+            .args(["audit", "query", "--user", "alice", "--format", "json"])
+            .arg("--config")
+            .arg(config)
+            .env_remove("PC_AUDIT_TEST_UNSET_JWT")
+            .env_remove("PC_AUDIT_TEST_UNSET_CSRF")
+            .env_remove("PC_AUDIT_TEST_UNSET_OLD")
+            .env_remove("PC_AUDIT_TEST_UNSET_PG")
+            .output()
+            .expect("the binary runs")
+    };
+    assert_eq!(
+        request_ids(&stdout(&query(&config))),
+        ["alice-0", "alice-1"]
+    );
+
+    // The names are still checked: a malformed one is a config error.
+    std::fs::write(
+        &config,
+        "[storage]\naudit = \"sqlite://audit.db\"\n[auth.jwt]\nsecret_env = \"not a name\"\n",
+    )
+    .unwrap();
+    let o = query(&config);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("auth.jwt.secret_env"));
+
+    // The audit store's own password is needed, and its absence is said before connecting.
+    std::fs::write(
+        &config,
+        "[storage]\naudit = \"postgres://audit@127.0.0.1:1/audit\"\n\
+         postgres_password_env = \"PC_AUDIT_TEST_UNSET_PG\"\n",
+    )
+    .unwrap();
+    let o = query(&config);
+    assert_eq!(o.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("storage.postgres_password_env") && err.contains("PC_AUDIT_TEST_UNSET_PG"),
+        "{err}"
+    );
+}
+
 #[tokio::test]
 async fn query_reads_a_jsonl_store() {
     let dir = TempDir::new("audit-cli-jsonl");

@@ -65,6 +65,7 @@ pub(super) struct Loader<'e> {
     pub(super) errs: Errors,
     pub(super) env: Env<'e>,
     pub(super) base: PathBuf,
+    pub(super) purpose: Purpose,
 }
 
 /// What the cross-section checks need to know about `[auth]` and `[csrf]`.
@@ -121,6 +122,43 @@ impl Loader<'_> {
     ) -> Option<Secret> {
         let var = sec.string(name, &mut self.errs)?;
         self.read_env(&sec.key(name), var, hmac)
+    }
+
+    /// The secret at `name` when the purpose needs it: `Some(None)` when it does not (the
+    /// variable's name is still checked), `None` after an error.
+    fn optional_secret(
+        &mut self,
+        sec: &mut Section<'_>,
+        name: &'static str,
+        hmac: bool,
+    ) -> Option<Option<Secret>> {
+        let key = sec.key(name);
+        if self.reads_secret(&key) {
+            return self.env_secret(sec, name, hmac).map(Some);
+        }
+        let var = sec.string(name, &mut self.errs)?;
+        self.env_name_only(&key, var).then_some(None)
+    }
+
+    /// Whether the config's purpose uses the secret at `key`: `audit query` needs only the
+    /// audit store's password, and an operator reading the log should not need the JWT or
+    /// CSRF secrets in their environment.
+    fn reads_secret(&self, key: &str) -> bool {
+        match self.purpose {
+            Purpose::Serve | Purpose::Tool => true,
+            Purpose::AuditReader => key == "storage.postgres_password_env",
+        }
+    }
+
+    /// Checks `var` is a variable name without reading it; false (with the error) if not.
+    fn env_name_only(&mut self, key: &str, var: &str) -> bool {
+        match check_env_name(var) {
+            Ok(_) => true,
+            Err(reason) => {
+                self.errs.push(key, reason);
+                false
+            }
+        }
     }
 
     fn read_env(&mut self, key: &str, var: &str, hmac: bool) -> Option<Secret> {
@@ -426,8 +464,7 @@ impl Loader<'_> {
                     "only used with a redis:// or rediss:// rate_limit store",
                 );
             }
-            self.env_secret(&mut s, "redis_password_env", false)
-                .map(Some)
+            self.optional_secret(&mut s, "redis_password_env", false)
         } else {
             Some(None)
         };
@@ -460,8 +497,7 @@ impl Loader<'_> {
                     "only used with a postgres:// audit store",
                 );
             }
-            self.env_secret(&mut s, "postgres_password_env", false)
-                .map(Some)
+            self.optional_secret(&mut s, "postgres_password_env", false)
         } else {
             Some(None)
         };
@@ -560,14 +596,15 @@ impl Loader<'_> {
         let [has_secret, has_pem, has_jwks_file, has_jwks_url] = sources;
         let has_public = has_pem || has_jwks_file || has_jwks_url;
         let secret = if has_secret {
-            self.env_secret(&mut j, "secret_env", true).map(Some)
+            self.optional_secret(&mut j, "secret_env", true)
         } else {
             Some(None)
         };
         let public_key_pem = if has_pem {
             let key = j.key("public_key_env");
-            self.env_secret(&mut j, "public_key_env", false)
+            self.optional_secret(&mut j, "public_key_env", false)
                 .and_then(|s| {
+                    let Some(s) = s else { return Some(None) };
                     let pem = String::from_utf8_lossy(s.expose()).into_owned();
                     if pem.trim_start().starts_with("-----BEGIN ") {
                         Some(Some(pem))
@@ -760,7 +797,7 @@ impl Loader<'_> {
             CsrfStrictness::Lenient,
         );
         let secret = if c.has("secret_env") {
-            self.env_secret(&mut c, "secret_env", true).map(Some)
+            self.optional_secret(&mut c, "secret_env", true)
         } else {
             Some(None)
         };
@@ -776,6 +813,10 @@ impl Loader<'_> {
         let mut previous_secrets = Vec::new();
         let mut previous_ok = true;
         for item in previous {
+            if !self.reads_secret(&item.key) {
+                previous_ok &= self.env_name_only(&item.key, item.value);
+                continue;
+            }
             match self.read_env(&item.key, item.value, true) {
                 Some(s) => previous_secrets.push(s),
                 None => previous_ok = false,
