@@ -212,3 +212,40 @@ async fn jsonl_store_appends_rotates_and_queries() {
     let (tailed, _) = store.tail(&cursor, 10_000).await.unwrap();
     assert!(tailed.iter().any(|e| e.request_id == "j9-19"));
 }
+
+/// Every JSON line carries DESIGN §5's `ts` (RFC 3339 UTC, milliseconds) beside `ts_ms`, and
+/// lines written before `ts` existed (`ts_ms` only) are still read and filtered by time.
+#[tokio::test]
+async fn jsonl_lines_carry_an_rfc3339_ts_and_old_lines_still_read() {
+    let dir = TempDir::new("audit-jsonl-ts");
+    let path = dir.0.join("audit.jsonl");
+    // 2026-12-07T21:08:33.123Z
+    let ts_ms = 1_796_677_713_123;
+    let old = event("old-line".into(), ts_ms - 1);
+    let mut old_line = serde_json::to_string(&old).unwrap();
+    assert!(!old_line.contains(r#""ts":"#), "{old_line}");
+    old_line.push('\n');
+    std::fs::write(&path, old_line).unwrap();
+
+    let store = JsonlStore::open(&path).unwrap();
+    store
+        .write(&[event("new-line".into(), ts_ms)])
+        .await
+        .unwrap();
+    let text = std::fs::read_to_string(&path).unwrap();
+    let new: serde_json::Value = serde_json::from_str(text.lines().nth(1).unwrap()).unwrap();
+    assert_eq!(new["ts"], "2026-12-07T21:08:33.123Z");
+    assert_eq!(new["ts_ms"], ts_ms);
+    assert_eq!(new["request_id"], "new-line");
+
+    let found = store.query(&AuditQuery::new()).await.unwrap();
+    let ids: Vec<_> = found.iter().map(|e| e.request_id.as_str()).collect();
+    assert_eq!(ids, ["old-line", "new-line"]);
+    assert_eq!(found[1].ts_ms, ts_ms);
+    let since = store
+        .query(&AuditQuery::new().since_ms(ts_ms - 1).until_ms(ts_ms))
+        .await
+        .unwrap();
+    assert_eq!(since.len(), 1);
+    assert_eq!(since[0].request_id, "old-line");
+}

@@ -1,5 +1,10 @@
 //! `jsonl://PATH` and `stdout`: one JSON object per line.
 //!
+//! Each line is an [`AuditEvent`] with, beside `ts_ms` (Unix milliseconds), the `ts` column
+//! of DESIGN §5 as RFC 3339 UTC with milliseconds (`"ts":"2026-12-07T21:08:33.123Z"`), for
+//! people and log collectors. Readers go by `ts_ms`, so files written before `ts` was added
+//! read the same.
+//!
 //! The file is appended to and `fsync`'d per batch. When it would grow past `max_bytes`
 //! (default 64 MiB) it is rotated: `PATH.N-1` → `PATH.N`, …, `PATH` → `PATH.1`, keeping
 //! `keep` old files (default 5); the oldest is deleted. That is the retention of this store.
@@ -19,6 +24,8 @@ use std::io::{self, BufRead, BufReader, Seek, SeekFrom, Write};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
+
+use serde::Serialize;
 
 use super::AuditEvent;
 use super::query::{AuditQuery, TailCursor};
@@ -50,6 +57,7 @@ use crate::auth::BoxFuture;
 /// store.write(&[event]).await.unwrap();
 /// let text = std::fs::read_to_string(&path).unwrap();
 /// assert!(text.starts_with('{') && text.ends_with("}\n")); // one JSON object per line
+/// assert!(text.contains(r#""ts":"1970-01-01T00:00:00.000Z""#) && text.contains(r#""ts_ms":0"#));
 /// assert_eq!(store.query(&AuditQuery::new()).await.unwrap().len(), 1);
 /// # std::fs::remove_file(&path).ok();
 /// # });
@@ -290,10 +298,22 @@ impl Inner {
     }
 }
 
+/// One line as written: `ts` first, for whoever reads the file by eye, then the event.
+#[derive(Serialize)]
+struct Line<'a> {
+    ts: String,
+    #[serde(flatten)]
+    event: &'a AuditEvent,
+}
+
 fn serialize(batch: &[AuditEvent]) -> Result<Vec<u8>, AuditError> {
-    let mut buf = Vec::with_capacity(batch.len() * 320);
+    let mut buf = Vec::with_capacity(batch.len() * 350);
     for e in batch {
-        serde_json::to_writer(&mut buf, e).map_err(AuditError::unavailable)?;
+        let line = Line {
+            ts: e.ts_rfc3339(),
+            event: e,
+        };
+        serde_json::to_writer(&mut buf, &line).map_err(AuditError::unavailable)?;
         buf.push(b'\n');
     }
     Ok(buf)
@@ -463,5 +483,41 @@ impl AuditStore for StdoutStore {
             .map_err(|e| AuditError::unavailable(format!("stdout task: {e}")))?
             .map_err(|e| AuditError::unavailable(format!("stdout: {e}")))
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::audit::{AuditAction, Outcome};
+
+    /// `stdout` and `jsonl://` share `serialize`: both write `ts` beside `ts_ms`.
+    #[test]
+    fn lines_carry_ts_and_ts_ms_and_read_back() {
+        let event = AuditEvent {
+            id: "id-1".into(),
+            ts_ms: 1_796_677_713_123,
+            action: AuditAction::Forbidden,
+            outcome: Outcome::Denied,
+            principal: None,
+            client_ip: None,
+            method: "GET".into(),
+            route: "/**".into(),
+            path: "/".into(),
+            status: 403,
+            request_id: "r".into(),
+            metadata: serde_json::Value::Null,
+        };
+        let buf = serialize(std::slice::from_ref(&event)).expect("serializes");
+        let text = String::from_utf8(buf).expect("UTF-8");
+        assert!(
+            text.starts_with(
+                r#"{"ts":"2026-12-07T21:08:33.123Z","id":"id-1","ts_ms":1796677713123,"#
+            ),
+            "{text}"
+        );
+        assert!(text.ends_with("}\n"));
+        let back: AuditEvent = serde_json::from_str(&text).expect("reads back");
+        assert_eq!(back, event);
     }
 }

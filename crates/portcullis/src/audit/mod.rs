@@ -188,7 +188,8 @@ impl Outcome {
 /// One security event: the columns of the `audit_events` table (DESIGN §5).
 ///
 /// Serialized (spool, JSON lines, `audit query --format json`) with the field names below;
-/// `ts_ms` is the `ts` column.
+/// `ts_ms` is the `ts` column. JSON lines and `audit query --format json` also write `ts` as
+/// RFC 3339 ([`AuditEvent::ts_rfc3339`]); reading needs only `ts_ms`.
 ///
 /// ```
 /// use portcullis::audit::{AuditAction, AuditEvent, Outcome, now_ms, uuid_v7};
