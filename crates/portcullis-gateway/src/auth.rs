@@ -11,6 +11,7 @@ use portcullis::auth::jwks::{Jwks, JwksOptions, KeySet, VerificationKey};
 use portcullis::auth::jwt::{Algorithm, JwtAuthenticator};
 use portcullis::auth::{AnyOf, Authenticator, Secret};
 
+use crate::config::values::check_label;
 use crate::config::{ApiKeyConfig, AuthConfig, ConfigError, JwtConfig};
 use crate::jwks_https::HttpsFetcher;
 
@@ -267,19 +268,27 @@ fn put_claim(
     map.insert(last.to_string(), value);
 }
 
-/// `portcullis apikey new`: a fresh key (shown once) and the config entry to paste.
+/// `portcullis apikey new`: a fresh key (shown once) and the config entry to paste, or why the
+/// id or a role would make an entry `check-config` refuses (the same `check_label` rule:
+/// letters, digits and `_ . : @ -`, so no empty role, comma or control character).
 ///
 /// ```
 /// use portcullis_gateway::{auth::new_api_key, config::GatewayConfig};
-/// let (key, entry) = new_api_key("ci", &["deploy".to_string()]);
+/// let (key, entry) = new_api_key("ci", &["deploy".to_string()]).unwrap();
 /// assert!(key.starts_with("pk_")); // shown once; only its hash goes in the file
 /// assert!(entry.starts_with("[[auth.api_keys]]\nid = \"ci\"\nhash = \"sha256:"));
 /// let toml = format!("server.upstream = \"http://127.0.0.1:3000\"\n{entry}");
 /// let config = GatewayConfig::from_str(&toml, "portcullis.toml")?;
 /// assert_eq!(config.auth.api_keys[0].roles, ["deploy"]);
+/// // A role the config would refuse is refused here, before a key is made.
+/// assert!(new_api_key("ci", &["a,b".to_string()]).unwrap_err().starts_with("--role"));
 /// # Ok::<(), portcullis_gateway::config::ConfigErrors>(())
 /// ```
-pub fn new_api_key(id: &str, roles: &[String]) -> (String, String) {
+pub fn new_api_key(id: &str, roles: &[String]) -> Result<(String, String), String> {
+    check_label(id).map_err(|reason| format!("--id: {reason}"))?;
+    for role in roles {
+        check_label(role).map_err(|reason| format!("--role: {reason}"))?;
+    }
     let k = portcullis::auth::api_key::generate();
     let roles = roles
         .iter()
@@ -290,5 +299,5 @@ pub fn new_api_key(id: &str, roles: &[String]) -> (String, String) {
         "[[auth.api_keys]]\nid = {id:?}\nhash = {:?}\nroles = [{roles}]\n",
         k.hash_line()
     );
-    (k.key().to_string(), entry)
+    Ok((k.key().to_string(), entry))
 }

@@ -85,9 +85,16 @@ fn token(sub: &str, roles: &[String], ttl: &str, config: Option<&Path>) -> ExitC
     }
 }
 
-/// `apikey new`: prints a fresh key once, and the config entry holding only its hash.
+/// `apikey new`: prints a fresh key once, and the config entry holding only its hash; an id
+/// or role the config would refuse is exit 2 with nothing on stdout.
 fn apikey_new(id: &str, roles: &[String]) -> ExitCode {
-    let (key, entry) = portcullis_gateway::auth::new_api_key(id, roles);
+    let (key, entry) = match portcullis_gateway::auth::new_api_key(id, roles) {
+        Ok(made) => made,
+        Err(reason) => {
+            eprintln!("portcullis apikey new: {reason}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
     println!(
         "API key (shown once; store it now): {key}
 "

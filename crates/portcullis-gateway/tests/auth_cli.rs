@@ -220,3 +220,33 @@ fn a_new_api_key_is_printed_once_and_its_entry_holds_only_the_hash() {
     assert!(auth.verify("pk_not-the-key").is_err());
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// An id or role `check-config` would refuse in the printed entry is refused at once with
+/// exit 2, and no key is printed.
+#[test]
+fn apikey_new_refuses_ids_and_roles_the_config_would_refuse() {
+    for args in [
+        ["--id", "ci-bot", "--role", "a,b"],
+        ["--id", "ci-bot", "--role", ""],
+        ["--id", "ci-bot", "--role", "a\u{1b}[31m"],
+        ["--id", "ci-bot", "--role", "domain admins"],
+        ["--id", "", "--role", "deploy"],
+        ["--id", "ci bot", "--role", "deploy"],
+        ["--id", "ci\"bot", "--role", "deploy"],
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_portcullis"))
+            .args(["apikey", "new"])
+            .args(args)
+            .output()
+            .expect("runs");
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        assert!(out.stdout.is_empty(), "{args:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        let flag = if args[1] == "ci-bot" {
+            "--role"
+        } else {
+            "--id"
+        };
+        assert!(err.contains(flag), "{args:?}: {err}");
+    }
+}
