@@ -286,6 +286,26 @@ async fn authenticated_post_without_csrf_token_is_refused() {
     );
 }
 
+/// The banner's 405 line, run as printed: the method and URL after `curl -i -X`.
+#[tokio::test]
+async fn the_printed_delete_line_gets_405_with_allow() {
+    let demo = Demo::start().await;
+    let out = demo.output();
+    let line = out
+        .lines()
+        .map(str::trim)
+        .find_map(|l| l.strip_prefix("curl -i -X DELETE "))
+        .unwrap_or_else(|| panic!("no DELETE line in the banner:\n{out}"));
+    let path = line
+        .strip_prefix(&demo.url(""))
+        .unwrap_or_else(|| panic!("the DELETE line names another host: {line}"));
+    assert_eq!(path, "/api/public-data");
+    let r = demo.request("DELETE", path, &[], Bytes::new()).await;
+    assert_eq!(r.status, StatusCode::METHOD_NOT_ALLOWED, "{}", r.text());
+    assert_eq!(r.headers[header::ALLOW], "GET, HEAD");
+    assert_eq!(r.json()["code"], "method_not_allowed", "{}", r.text());
+}
+
 #[tokio::test]
 async fn unauthenticated_notes_request_is_401() {
     let demo = Demo::start().await;

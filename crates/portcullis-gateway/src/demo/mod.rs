@@ -359,6 +359,10 @@ fn banner(listen: SocketAddr, upstream: SocketAddr, config: &Path, tokens: &Toke
                 "for i in $(seq 100); do curl -s -o /dev/null -w '%{{http_code}}\\n' {g}/api/public-data; done | sort | uniq -c"
             ),
         ),
+        (
+            "405 with Allow: GET, HEAD: a method the route does not list",
+            format!("curl -i -X DELETE {g}/api/public-data"),
+        ),
         ("401: not logged in", format!("curl -i {g}/api/user/notes")),
         (
             "403: a POST without a CSRF token",
