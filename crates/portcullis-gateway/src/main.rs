@@ -8,6 +8,7 @@ mod cli;
 #[global_allocator]
 static ALLOCATOR: portcullis_alloc::MiMalloc = portcullis_alloc::MiMalloc;
 
+use std::io::IsTerminal;
 use std::path::Path;
 use std::process::ExitCode;
 
@@ -152,14 +153,26 @@ fn serve(path: &Path) -> ExitCode {
     }
 }
 
-/// Logs to stderr, filtered by `RUST_LOG` (default `info`).
+/// Logs to stderr, filtered by `RUST_LOG` (default `info`), in colour only on a terminal.
 fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let ansi = colour_logs(
+        std::io::stderr().is_terminal(),
+        std::env::var_os("NO_COLOR").as_deref(),
+    );
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(ansi)
         .with_writer(std::io::stderr)
         .try_init();
+}
+
+/// Whether log lines carry ANSI colour: only for a terminal, since escapes in a file, a pipe
+/// or a journal are noise that log tools do not strip; and never when `NO_COLOR` is set to a
+/// non-empty value (<https://no-color.org>).
+fn colour_logs(stderr_is_terminal: bool, no_color: Option<&std::ffi::OsStr>) -> bool {
+    stderr_is_terminal && no_color.is_none_or(|v| v.is_empty())
 }
 
 /// `check-config`: `FILE: ok (N routes)` on stdout, or every error on stderr and exit 2.
@@ -187,5 +200,21 @@ fn check_config(path: &Path) -> ExitCode {
             eprintln!("{errors}");
             ExitCode::from(EXIT_CONFIG)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn logs_are_coloured_only_on_a_terminal_without_no_color() {
+        use std::ffi::OsStr;
+        assert!(colour_logs(true, None));
+        assert!(!colour_logs(false, None));
+        assert!(!colour_logs(true, Some(OsStr::new("1"))));
+        // NO_COLOR set but empty does not count (no-color.org).
+        assert!(colour_logs(true, Some(OsStr::new(""))));
+        assert!(!colour_logs(false, Some(OsStr::new(""))));
     }
 }

@@ -306,6 +306,15 @@ async fn the_printed_delete_line_gets_405_with_allow() {
     assert_eq!(r.json()["code"], "method_not_allowed", "{}", r.text());
 }
 
+/// stderr is a file here, not a terminal: the log lines carry no ANSI colour escapes.
+#[tokio::test]
+async fn logs_to_a_file_carry_no_colour_escapes() {
+    let demo = Demo::start().await;
+    let logs = demo.logs();
+    assert!(logs.contains("listening on"), "{logs}");
+    assert!(!logs.contains("\x1b["), "{logs:?}");
+}
+
 #[tokio::test]
 async fn unauthenticated_notes_request_is_401() {
     let demo = Demo::start().await;
