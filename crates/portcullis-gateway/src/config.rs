@@ -1128,7 +1128,14 @@ impl GatewayConfig {
         };
         // Both lists hold exact origins, as validated at load: lower case, no slash, no `*`.
         for (i, origin) in cors.allow_origins.iter().enumerate() {
-            if self.csrf.trusted_origins.contains(origin) {
+            use portcullis::csrf::fetch_metadata::serialized_origin;
+            let same = serialized_origin(origin);
+            if self
+                .csrf
+                .trusted_origins
+                .iter()
+                .any(|t| serialized_origin(t) == same)
+            {
                 continue;
             }
             warnings.push(ConfigError {
@@ -1786,6 +1793,16 @@ mod tests {
         let c = GatewayConfig::from_str(
             "[server]\nupstream = \"http://127.0.0.1:3000\"\n\
              [cors]\nallow_origins = [\"https://app.example.com\"]\n\
+             [csrf]\ntrusted_origins = [\"https://app.example.com\"]\n",
+            "portcullis.toml",
+        )
+        .unwrap();
+        assert!(c.unapplied_settings().is_empty());
+        // The same origin written with its default port is the same origin.
+        let c = GatewayConfig::from_str(
+            "[server]
+upstream = \"http://127.0.0.1:3000\"\n\
+             [cors]\nallow_origins = [\"https://app.example.com:443\"]\n\
              [csrf]\ntrusted_origins = [\"https://app.example.com\"]\n",
             "portcullis.toml",
         )

@@ -374,7 +374,7 @@ impl OriginCheck {
         for t in trusted {
             let t = t.as_ref();
             validate_origin(t).map_err(|r| err("trusted_origins", t, r))?;
-            set.insert(t.to_string());
+            set.insert(serialized_origin(t));
         }
         let mut origins = Vec::new();
         for p in public {
@@ -425,14 +425,19 @@ impl OriginCheck {
         self.bypass.iter().any(|b| b.matches(method, path))
     }
 
-    /// True when `origin` is one of the trusted origins (exact string).
+    /// True when `origin` (the request's `Origin`, as a browser serialises it) is one of the
+    /// trusted origins. The configured ones are taken in that form too — scheme and host in
+    /// lower case, no default port — so `https://Partner.example:443` in a config matches the
+    /// `https://partner.example` browsers send; the request's value is compared exactly.
     ///
     /// ```
     /// use portcullis::csrf::{Mode, fetch_metadata::OriginCheck};
     /// let none: [&str; 0] = [];
-    /// let check = OriginCheck::new(Mode::Lenient, ["https://partner.example"], none, none).unwrap();
+    /// let check = OriginCheck::new(Mode::Lenient, ["https://Partner.example:443", "http://b.example:8080"], none, none).unwrap();
     /// assert!(check.is_trusted("https://partner.example"));
+    /// assert!(check.is_trusted("http://b.example:8080"));
     /// assert!(!check.is_trusted("https://PARTNER.example"));
+    /// assert!(!check.is_trusted("https://partner.example:443"));
     /// ```
     pub fn is_trusted(&self, origin: &str) -> bool {
         !origin.is_empty() && self.trusted.contains(origin)
@@ -510,6 +515,26 @@ impl OriginCheck {
 }
 
 /// Go's `AddTrustedOrigin` validation: `scheme://host[:port]`, nothing else.
+/// A valid configured origin as browsers serialise one (RFC 6454 §6.2): scheme and host in
+/// lower case, the scheme's default port left out.
+///
+/// ```
+/// use portcullis::csrf::fetch_metadata::serialized_origin;
+/// assert_eq!(serialized_origin("HTTPS://App.example:443"), "https://app.example");
+/// assert_eq!(serialized_origin("http://app.example:8080"), "http://app.example:8080");
+/// ```
+pub fn serialized_origin(origin: &str) -> String {
+    let lower = origin.to_ascii_lowercase();
+    for (scheme, port) in [("https://", ":443"), ("http://", ":80")] {
+        if let Some(rest) = lower.strip_prefix(scheme)
+            && let Some(host) = rest.strip_suffix(port)
+        {
+            return format!("{scheme}{host}");
+        }
+    }
+    lower
+}
+
 fn validate_origin(origin: &str) -> Result<(), &'static str> {
     let Some((scheme, rest)) = origin.split_once("://") else {
         return Err("scheme is required (scheme://host[:port])");
