@@ -477,3 +477,59 @@ fn secrets_in_the_wrong_place_are_refused_without_being_echoed() {
     }
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// A fresh folder under the temp dir for configs written by a test (removed by the test).
+fn scratch(tag: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("pc-check-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    dir
+}
+
+/// Writes `text` as `dir/NAME.toml`, checks it, and asserts exit 2 with a line
+/// `FILE: KEY: …REASON…`.
+fn assert_text_refused(dir: &std::path::Path, name: &str, text: &str, key: &str, reason: &str) {
+    let file = dir.join(format!("{name}.toml"));
+    std::fs::write(&file, text).expect("write the config");
+    let out = portcullis()
+        .arg("check-config")
+        .arg("--config")
+        .arg(&file)
+        .output()
+        .expect("the portcullis binary runs");
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(2), "{name}: stderr was:\n{err}");
+    let prefix = format!("{}: {key}: ", file.display());
+    assert!(
+        err.lines()
+            .any(|l| l.starts_with(&prefix) && l.contains(reason)),
+        "{name}: no line starting {prefix:?} and containing {reason:?} in:\n{err}"
+    );
+}
+
+/// An upstream port of 0 or over 65535 used to parse (the URL type reads the port lazily)
+/// and a `#fragment` was silently dropped.
+#[test]
+fn upstream_with_a_bad_port_or_a_fragment_is_refused() {
+    let dir = scratch("upstream");
+    for (i, (url, reason)) in [
+        ("http://127.0.0.1:99999", "port 99999 is not a port number"),
+        ("http://127.0.0.1:0", "port 0 is not a port number"),
+        ("http://app.internal:", "port  is not a port number"),
+        ("http://[::1]:70000", "port 70000 is not a port number"),
+        ("http://127.0.0.1:3000#top", "cannot have a #fragment"),
+        ("http://127.0.0.1:3000/#top", "cannot have a #fragment"),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        assert_text_refused(
+            &dir,
+            &format!("up{i}"),
+            &format!("[server]\nupstream = \"{url}\"\n"),
+            "server.upstream",
+            reason,
+        );
+    }
+    let _ = std::fs::remove_dir_all(dir);
+}

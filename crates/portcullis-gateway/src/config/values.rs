@@ -203,8 +203,9 @@ pub fn parse_host(s: &str) -> Result<String, String> {
     Ok(h)
 }
 
-/// Checks the upstream URL: `http://` or `https://`, a host, no credentials, no path beyond
-/// `/` and no query (requests keep their own path).
+/// Checks the upstream URL: `http://` or `https://`, a host, a port (if written) from 1 to
+/// 65535, no credentials, no path beyond `/`, no query (requests keep their own path) and no
+/// `#fragment`.
 ///
 /// ```
 /// use portcullis_gateway::config::values::parse_upstream;
@@ -212,6 +213,9 @@ pub fn parse_host(s: &str) -> Result<String, String> {
 /// assert_eq!(uri.authority().unwrap().as_str(), "127.0.0.1:3000");
 /// assert!(parse_upstream("http://127.0.0.1:3000/app").unwrap_err().contains("cannot have a path or query"));
 /// assert!(parse_upstream("http://user:pw@127.0.0.1").unwrap_err().contains("credentials"));
+/// assert!(parse_upstream("http://127.0.0.1:99999").unwrap_err().contains("port 99999"));
+/// assert!(parse_upstream("http://127.0.0.1:0").unwrap_err().contains("port 0"));
+/// assert!(parse_upstream("http://127.0.0.1:3000#app").unwrap_err().contains("fragment"));
 /// ```
 pub fn parse_upstream(s: &str) -> Result<Uri, String> {
     parse_http_url(s, false)
@@ -242,6 +246,22 @@ fn parse_http_url(s: &str, path_ok: bool) -> Result<Uri, String> {
     }
     if authority.host().is_empty() {
         return Err(format!("{s:?} has no host"));
+    }
+    // `http::Uri` parses the port lazily: `:99999` or `:0` would parse here and then be
+    // dialled as port 80 (or fail on every request), so the port is checked now.
+    if let Some(port) = authority.as_str()[authority.host().len()..].strip_prefix(':') {
+        match port.parse::<u16>() {
+            Ok(p) if p > 0 && port.bytes().all(|b| b.is_ascii_digit()) => {}
+            _ => {
+                return Err(format!(
+                    "{s:?}: port {port} is not a port number from 1 to 65535"
+                ));
+            }
+        }
+    }
+    // `http::Uri` drops a fragment silently; it never reaches a server, so it is a mistake.
+    if s.contains('#') {
+        return Err(format!("{s:?} cannot have a #fragment"));
     }
     if !path_ok
         && let Some(pq) = uri.path_and_query()
