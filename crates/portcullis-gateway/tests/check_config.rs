@@ -507,6 +507,46 @@ fn assert_text_refused(dir: &std::path::Path, name: &str, text: &str, key: &str,
     );
 }
 
+/// `serve` binds the admin listener after the traffic one: on the same port (or the
+/// wildcard's) it could never start, so `check-config` refuses it.
+#[test]
+fn admin_listen_on_the_listen_port_is_refused() {
+    let dir = scratch("admin-listen");
+    for (i, (listen, admin)) in [
+        ("127.0.0.1:8080", "127.0.0.1:8080"),
+        ("0.0.0.0:8080", "127.0.0.1:8080"),
+        ("[::1]:8443", "[::1]:8443"),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        assert_text_refused(
+            &dir,
+            &format!("admin{i}"),
+            &format!(
+                "[server]\nupstream = \"http://127.0.0.1:3000\"\nlisten = \"{listen}\"\nadmin_listen = \"{admin}\"\n"
+            ),
+            "server.admin_listen",
+            "takes the port of server.listen",
+        );
+    }
+    // Another port is fine.
+    let file = dir.join("ok.toml");
+    std::fs::write(
+        &file,
+        "[server]\nupstream = \"http://127.0.0.1:3000\"\nlisten = \"127.0.0.1:8080\"\nadmin_listen = \"127.0.0.1:8081\"\n[storage]\naudit = \"stdout\"\n",
+    )
+    .expect("write");
+    let out = portcullis()
+        .arg("check-config")
+        .arg("--config")
+        .arg(&file)
+        .output()
+        .expect("runs");
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let _ = std::fs::remove_dir_all(dir);
+}
+
 /// An upstream port of 0 or over 65535 used to parse (the URL type reads the port lazily)
 /// and a `#fragment` was silently dropped.
 #[test]

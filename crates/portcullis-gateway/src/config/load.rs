@@ -29,6 +29,14 @@ use super::{
     StorageConfig, Threading, TlsConfig, UpstreamKind,
 };
 
+/// True when two listeners could not both bind: the same port (not 0, which picks a free
+/// one) on the same address, or on any address when either is the wildcard.
+fn same_listen_port(a: SocketAddr, b: SocketAddr) -> bool {
+    a.port() != 0
+        && a.port() == b.port()
+        && (a.ip() == b.ip() || a.ip().is_unspecified() || b.ip().is_unspecified())
+}
+
 /// Renders a TOML syntax error as `line L, column C: MESSAGE`.
 pub(super) fn syntax_error(text: &str, e: &toml::de::Error) -> ConfigError {
     let mut at = e.span().map_or(0, |s| s.start).min(text.len());
@@ -393,6 +401,19 @@ impl Loader<'_> {
             Some(t) => self.tls(t).map(Some),
             None => Some(None),
         };
+        // The admin listener binds after the traffic one: on the same port it could never
+        // start, and an explicit `admin_listen` that cannot bind stops `serve`.
+        if admin_explicit
+            && let (Some(l), Some(Some(a))) = (listen, admin_listen)
+            && same_listen_port(l, a)
+        {
+            self.errs.push(
+                s.key("admin_listen"),
+                format!(
+                    "{a} takes the port of server.listen ({l}); the admin listener needs its own port"
+                ),
+            );
+        }
         s.finish(&mut self.errs);
         Some(ServerConfig {
             listen: listen?,
