@@ -28,6 +28,7 @@
 
 mod load;
 mod schema;
+mod startup;
 pub mod values;
 
 use std::fmt;
@@ -1245,6 +1246,28 @@ impl StorageConfig {
     }
 }
 
+impl GatewayConfig {
+    /// The audit spool folder: `audit.spool_dir`, or beside the file store (for a database,
+    /// in [`state_dir`] under the listen port), so two gateways never share one.
+    pub(crate) fn audit_spool_dir(&self) -> PathBuf {
+        self.audit.spool_dir.clone().unwrap_or_else(|| {
+            let beside = |p: &Path| {
+                let mut name = p.file_name().unwrap_or_default().to_os_string();
+                name.push(".spool");
+                p.with_file_name(name)
+            };
+            match &self.storage.audit {
+                AuditStore::Sqlite(p) | AuditStore::Jsonl(p) => beside(p),
+                // In the state folder, named after the listen port: gateways on one machine
+                // listen on different ones.
+                AuditStore::Postgres(_) | AuditStore::Stdout => {
+                    state_dir().join(format!("audit-{}.spool", self.server.listen.port()))
+                }
+            }
+        })
+    }
+}
+
 /// Stores kept across hot reloads: a reload that leaves `[storage]` unchanged keeps the same
 /// rate-limit store, so counters survive it.
 ///
@@ -1372,22 +1395,7 @@ impl Stores {
     /// ```
     pub async fn open_audit(&self, config: &GatewayConfig) -> Result<(), ConfigError> {
         let url = config.storage.audit_url();
-        // The spool sits beside the file store (or, for a database, in the state folder under
-        // the listen port): one writer per spool folder, so two gateways never share one.
-        let spool = config.audit.spool_dir.clone().unwrap_or_else(|| {
-            let beside = |p: &Path| {
-                let mut name = p.file_name().unwrap_or_default().to_os_string();
-                name.push(".spool");
-                p.with_file_name(name)
-            };
-            match &config.storage.audit {
-                AuditStore::Sqlite(p) | AuditStore::Jsonl(p) => beside(p),
-                // Named after the listen port: gateways on one machine listen on different ones.
-                AuditStore::Postgres(_) | AuditStore::Stdout => {
-                    state_dir().join(format!("audit-{}.spool", config.server.listen.port()))
-                }
-            }
-        });
+        let spool = config.audit_spool_dir();
         let ca = config
             .storage
             .postgres_ca_file

@@ -178,14 +178,18 @@ fn colour_logs(stderr_is_terminal: bool, no_color: Option<&std::ffi::OsStr>) -> 
 /// `check-config`: `FILE: ok (N routes)` on stdout, or every error on stderr and exit 2.
 fn check_config(path: &Path) -> ExitCode {
     let file = path.display().to_string();
+    // Beyond the file itself: whatever `serve` would refuse at start (TLS files, the
+    // audit store), so a deploy that passes the check also starts.
     let checked = GatewayConfig::from_file(path).and_then(|config| {
-        config
-            .security_layer()
-            .map(|_| config)
-            .map_err(|e| ConfigErrors {
+        let errors = config.startup_errors();
+        if errors.is_empty() {
+            Ok(config)
+        } else {
+            Err(ConfigErrors {
                 file: file.clone(),
-                errors: vec![e],
+                errors,
             })
+        }
     });
     match checked {
         Ok(config) => {

@@ -125,9 +125,16 @@ pub async fn run(
     let server = generation.config.server.clone();
     let live = Live::new(generation, stores);
     let tls = match &server.tls {
-        Some(config) => Some(Arc::new(
-            TlsAcceptorHandle::from_config(config).map_err(ServeError::Tls)?,
-        )),
+        // Refused like the rest of the file (`FILE: server.tls.cert: …`, exit 2), as
+        // `check-config` reports it.
+        Some(config) => Some(Arc::new(TlsAcceptorHandle::from_config(config).map_err(
+            |e| {
+                ServeError::Config(ConfigErrors {
+                    file: file.clone(),
+                    errors: vec![e.to_config_error(config)],
+                })
+            },
+        )?)),
         None => None,
     };
 

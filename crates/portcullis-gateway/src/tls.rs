@@ -58,7 +58,7 @@ use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
 use tokio_rustls::server::TlsStream;
 
-use crate::config::TlsConfig;
+use crate::config::{ConfigError, TlsConfig};
 
 /// The ALPN protocols offered, in order of preference.
 ///
@@ -91,6 +91,41 @@ impl TlsError {
         TlsError {
             path: path.to_path_buf(),
             reason: reason.into(),
+        }
+    }
+}
+
+impl TlsError {
+    /// The error as the config file's: on `server.tls.key` when the key file is at fault,
+    /// else on `server.tls.cert`, with the file and the reason.
+    ///
+    /// ```
+    /// use portcullis_gateway::config::GatewayConfig;
+    /// use portcullis_gateway::tls::TlsAcceptorHandle;
+    /// # let dir = std::env::temp_dir().join(format!("portcullis-doc-tls-key-{}", std::process::id()));
+    /// # std::fs::create_dir_all(&dir)?;
+    /// std::fs::write(dir.join("cert.pem"), "not a certificate")?;
+    /// std::fs::write(dir.join("key.pem"), "not a key")?;
+    /// let config = GatewayConfig::from_str(
+    ///     "server.upstream = \"http://127.0.0.1:3000\"\nserver.tls = { cert = \"cert.pem\", key = \"key.pem\" }",
+    ///     &dir.join("portcullis.toml").display().to_string(),
+    /// )?;
+    /// let tls = config.server.tls.as_ref().unwrap();
+    /// let err = TlsAcceptorHandle::from_config(tls).unwrap_err().to_config_error(tls);
+    /// assert_eq!(err.key, "server.tls.cert");
+    /// assert!(err.reason.ends_with("cert.pem: no certificate found (expected -----BEGIN CERTIFICATE-----)"), "{err}");
+    /// # std::fs::remove_dir_all(&dir)?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn to_config_error(&self, config: &TlsConfig) -> ConfigError {
+        let key = if self.path == config.key && self.path != config.cert {
+            "server.tls.key"
+        } else {
+            "server.tls.cert"
+        };
+        ConfigError {
+            key: key.to_string(),
+            reason: self.to_string(),
         }
     }
 }

@@ -573,3 +573,133 @@ fn upstream_with_a_bad_port_or_a_fragment_is_refused() {
     }
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// Checks `dir/NAME.toml` holding `text` and returns the output.
+fn check_text(dir: &std::path::Path, name: &str, text: &str) -> Output {
+    let file = dir.join(format!("{name}.toml"));
+    std::fs::write(&file, text).expect("write the config");
+    portcullis()
+        .arg("check-config")
+        .arg("--config")
+        .arg(&file)
+        .output()
+        .expect("the portcullis binary runs")
+}
+
+/// `serve` loads the certificate and key at start and refused these, naming neither the
+/// config file nor the key; `check-config` said ok.
+#[test]
+fn tls_files_that_are_not_a_pem_certificate_and_key_are_refused() {
+    let dir = scratch("tls-pem");
+    let cert = fixture("tls/cert.pem");
+    let key = fixture("tls/key.pem");
+    std::fs::write(dir.join("junk.pem"), "not a PEM file\n").expect("write");
+    let junk = dir.join("junk.pem");
+    let tls = |cert: &std::path::Path, key: &std::path::Path| {
+        format!(
+            "[server]\nupstream = \"http://127.0.0.1:3000\"\n[server.tls]\ncert = {:?}\nkey = {:?}\n[storage]\naudit = \"stdout\"\n",
+            cert.display().to_string(),
+            key.display().to_string()
+        )
+    };
+    assert_text_refused(
+        &dir,
+        "bad-cert",
+        &tls(&junk, &key),
+        "server.tls.cert",
+        "junk.pem: no certificate found",
+    );
+    assert_text_refused(
+        &dir,
+        "bad-key",
+        &tls(&cert, &junk),
+        "server.tls.key",
+        "junk.pem: no private key found",
+    );
+    // The certificate where the key belongs: a PEM file, but not a key.
+    assert_text_refused(
+        &dir,
+        "cert-as-key",
+        &tls(&cert, &cert),
+        "server.tls.cert",
+        "no private key found",
+    );
+    let out = check_text(&dir, "good", &tls(&cert, &key));
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    // `serve` refuses the same file the same way: exit 2, `FILE: KEY: REASON`.
+    let config = dir.join("bad-cert.toml");
+    let out = portcullis()
+        .arg("serve")
+        .arg("--config")
+        .arg(&config)
+        .output()
+        .expect("the portcullis binary runs");
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    let prefix = format!("{}: server.tls.cert: ", config.display());
+    assert!(
+        err.lines()
+            .any(|l| l.starts_with(&prefix) && l.contains("no certificate found")),
+        "{err}"
+    );
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// `serve` opens a SQLite or JSONL audit store (creating its folder) and its spool at start;
+/// a path under a regular file fails that for any user, root included.
+#[test]
+fn an_audit_store_that_cannot_be_created_is_refused() {
+    let dir = scratch("audit-store");
+    let file = dir.join("afile");
+    std::fs::write(&file, "a regular file, not a folder\n").expect("write");
+    let base = "[server]\nupstream = \"http://127.0.0.1:3000\"\n";
+    for (name, store) in [("sqlite", "sqlite://"), ("jsonl", "jsonl://")] {
+        let target = file.join("x").join("audit.db");
+        assert_text_refused(
+            &dir,
+            name,
+            &format!("{base}[storage]\naudit = \"{store}{}\"\n", target.display()),
+            "storage.audit",
+            "afile",
+        );
+    }
+    assert_text_refused(
+        &dir,
+        "spool",
+        &format!(
+            "{base}[storage]\naudit = \"stdout\"\n[audit]\nspool_dir = {:?}\n",
+            file.join("spool").display().to_string()
+        ),
+        "storage.audit",
+        "spool",
+    );
+    assert!(file.is_file(), "the file is left as it was");
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// The check opens the audit store and spool as `serve` would, then removes what only the
+/// check created: a passing check leaves no database, journal or folder behind.
+#[test]
+fn a_passing_audit_check_leaves_nothing_behind() {
+    let dir = scratch("audit-clean");
+    for store in ["sqlite", "jsonl"] {
+        let text = format!(
+            "[server]\nupstream = \"http://127.0.0.1:3000\"\n[storage]\naudit = \"{store}://new/deeper/audit.{store}\"\n"
+        );
+        let out = check_text(&dir, store, &text);
+        assert_eq!(out.status.code(), Some(0), "{store}: {}", stderr(&out));
+        let left: Vec<_> = std::fs::read_dir(&dir)
+            .expect("read the dir")
+            .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+            .filter(|n| !n.ends_with(".toml"))
+            .collect();
+        assert!(left.is_empty(), "{store}: left behind: {left:?}");
+    }
+    // An existing store is opened, and kept.
+    std::fs::write(dir.join("kept.jsonl"), "").expect("write");
+    let text = "[server]\nupstream = \"http://127.0.0.1:3000\"\n[storage]\naudit = \"jsonl://kept.jsonl\"\n";
+    let out = check_text(&dir, "kept", text);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(dir.join("kept.jsonl").is_file());
+    let _ = std::fs::remove_dir_all(dir);
+}
