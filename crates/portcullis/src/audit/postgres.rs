@@ -330,6 +330,11 @@ impl AuditStore for PostgresAuditStore {
         self.describe.clone()
     }
 
+    /// `SELECT 1` on the writes' connection (reconnecting, as a write would, when it is lost).
+    fn ping(&self) -> BoxFuture<'_, Result<(), AuditError>> {
+        Box::pin(async move { self.select("SELECT 1", &[]).await.map(drop) })
+    }
+
     fn write<'a>(&'a self, batch: &'a [AuditEvent]) -> BoxFuture<'a, Result<(), AuditError>> {
         Box::pin(async move {
             let (client, insert) = self.connected().await?;

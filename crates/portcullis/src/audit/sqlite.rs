@@ -220,6 +220,11 @@ fn event_from_row(r: &Row<'_>, at: usize) -> rusqlite::Result<AuditEvent> {
 }
 
 impl AuditStore for SqliteAuditStore {
+    /// Takes the write lock and lets it go: a file that became read-only or unusable shows.
+    fn ping(&self) -> BoxFuture<'_, Result<(), AuditError>> {
+        self.blocking(|c| c.execute_batch("BEGIN IMMEDIATE; ROLLBACK"))
+    }
+
     fn describe(&self) -> String {
         format!("sqlite:{}", self.path.display())
     }

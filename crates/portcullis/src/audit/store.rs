@@ -146,6 +146,21 @@ pub trait AuditStore: Send + Sync + 'static {
         let _ = (cursor, limit);
         Box::pin(async { Err(AuditError::Unsupported("tail")) })
     }
+
+    /// Whether the store answers now, for readiness checks: a trivial round trip on the
+    /// connection writes use (PostgreSQL `SELECT 1`, SQLite taking its write lock). Default:
+    /// `Ok` (files and stdout have nothing to ask; their failures show as spooled events).
+    ///
+    /// ```
+    /// use portcullis::audit::{AuditStore, StoreOptions, open_store};
+    /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+    /// let store = open_store("sqlite://:memory:", &StoreOptions::default()).await.unwrap();
+    /// assert!(store.ping().await.is_ok());
+    /// # });
+    /// ```
+    fn ping(&self) -> BoxFuture<'_, Result<(), AuditError>> {
+        Box::pin(async { Ok(()) })
+    }
 }
 
 /// Options that do not fit in the storage URL.

@@ -460,6 +460,26 @@ impl AuditWriter {
         &self.shared.store
     }
 
+    /// Asks the store whether it answers now ([`AuditStore::ping`]), for readiness checks.
+    /// Events waiting in the spool ([`AuditCounters::pending`]) show a store that refused
+    /// writes even when it answers a ping.
+    ///
+    /// ```
+    /// use portcullis::audit::{AuditWriter, WriterConfig};
+    /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+    /// # let spool = std::env::temp_dir().join(format!("portcullis-doc-{}-writer-ping", std::process::id()));
+    /// # let _ = std::fs::remove_dir_all(&spool);
+    /// let writer = AuditWriter::open("sqlite://:memory:", WriterConfig::new(&spool)).await.unwrap();
+    /// assert!(writer.ping().await.is_ok());
+    /// assert_eq!(writer.counters().pending, 0);
+    /// writer.shutdown().await.unwrap();
+    /// # std::fs::remove_dir_all(&spool).ok();
+    /// # });
+    /// ```
+    pub async fn ping(&self) -> Result<(), AuditError> {
+        self.shared.store.ping().await
+    }
+
     /// Writes everything recorded so far, then tries to replay the spool (whatever the
     /// back-off). `Ok` when every event is in the store; [`AuditError::Pending`] when some
     /// wait in the spool (they are safe, and replayed when the store answers).

@@ -235,6 +235,21 @@ pub trait RateLimitStore: Send + Sync + 'static {
 
     /// The store's kind, for logs and metrics.
     fn name(&self) -> &'static str;
+
+    /// Whether the store can decide now, for readiness checks: a round trip through the
+    /// connection decisions use (no new connection per probe), charging nothing. Default:
+    /// `Ok` (an in-process store is always there).
+    ///
+    /// ```
+    /// use portcullis::rate_limit::{RateLimitStore, memory::MemoryStore, sqlite::SqliteStore};
+    /// # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
+    /// assert!(MemoryStore::new(1000).ping().await.is_ok());
+    /// assert!(SqliteStore::open(":memory:").unwrap().ping().await.is_ok());
+    /// # });
+    /// ```
+    fn ping(&self) -> BoxFuture<'_, Result<(), StoreError>> {
+        Box::pin(async { Ok(()) })
+    }
 }
 
 /// What to do when the store fails.

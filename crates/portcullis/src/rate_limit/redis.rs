@@ -217,6 +217,31 @@ impl RateLimitStore for RedisStore {
     fn name(&self) -> &'static str {
         "redis"
     }
+
+    /// `PING` through the decisions' own connection manager, bounded by the store's timeout.
+    ///
+    /// ```no_run
+    /// use portcullis::rate_limit::{RateLimitStore, redis::RedisStore};
+    /// # async fn run() -> Result<(), portcullis::rate_limit::StoreError> {
+    /// let store = RedisStore::connect("redis://127.0.0.1:6379", None, "portcullis:").await?;
+    /// store.ping().await?; // Err while Redis is down; the manager reconnects by itself
+    /// # Ok(()) }
+    /// ```
+    fn ping(&self) -> BoxFuture<'_, Result<(), StoreError>> {
+        Box::pin(async move {
+            let mut conn = self.connection().await?;
+            let pong: String =
+                tokio::time::timeout(self.timeout, redis::cmd("PING").query_async(&mut conn))
+                    .await
+                    .map_err(|_| StoreError::new("redis ping timed out"))?
+                    .map_err(|e| StoreError::new(format!("redis error: {}", redis_reason(&e))))?;
+            if pong == "PONG" {
+                Ok(())
+            } else {
+                Err(StoreError::new("redis answered PING with something else"))
+            }
+        })
+    }
 }
 
 /// A short reason for an error, without the connection details (which may hold a password).

@@ -276,4 +276,11 @@ impl RateLimitStore for SqliteStore {
     fn name(&self) -> &'static str {
         "sqlite"
     }
+
+    /// A decision without charges: the worker thread takes the database's write lock and
+    /// commits, so a file that became read-only, locked or unusable shows here.
+    fn ping(&self) -> BoxFuture<'_, Result<(), StoreError>> {
+        let decided = self.decide(&[]);
+        Box::pin(async move { decided.await.map(drop) })
+    }
 }
