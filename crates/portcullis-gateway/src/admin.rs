@@ -1,9 +1,22 @@
 //! The admin listener, separate from traffic: `/healthz` and `/readyz`.
 //!
 //! - `GET /healthz` → 200 `{"status":"ok"}` while the process serves.
-//! - `GET /readyz` → 200 `{"status":"ok","upstream":"ok"}` when the upstream accepts a TCP
-//!   connection within [`READY_TIMEOUT`], else 503
-//!   `{"status":"unavailable","upstream":"unreachable"}`.
+//! - `GET /readyz` → whether the gateway can serve traffic now (upstream and stores
+//!   reachable), each part checked at once within [`READY_TIMEOUT`]:
+//!   `{"status":"ok","upstream":"ok","rate_limit_store":"ok","audit_store":"ok"}`.
+//!   - `upstream`: `"ok"` when it accepts a TCP connection, else `"unreachable"`.
+//!   - `rate_limit_store`: `"ok"` when the store answers a ping on its own connection (Redis
+//!     `PING`, the SQLite file taking its write lock; memory always), else `"unreachable"`.
+//!   - `audit_store`: `"ok"` when the store answers (PostgreSQL `SELECT 1`, the SQLite file
+//!     taking its write lock; JSONL and stdout always) and no events wait in the spool;
+//!     `"spooling"` when it answers but refused events wait in the spool; `"unreachable"`
+//!     when it does not answer.
+//!
+//!   The status is 503 `"unavailable"` exactly when traffic is being refused: the upstream
+//!   is unreachable, or the rate-limit store is and `storage.on_store_error = "closed"`
+//!   (every rate-limited request then gets 503). With `"open"` requests pass unlimited, and
+//!   an audit store that is down loses nothing (events spool), so those stay 200 with the
+//!   part named, for alerting without pulling the instance out of a load balancer.
 //!
 //! Anything else is 404. Bind it to loopback or a private network: it is not behind the
 //! security layer.
@@ -22,9 +35,11 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
+use crate::config::OnStoreError;
 use crate::reload::Live;
 
-/// How long `/readyz` waits for the upstream to accept a connection.
+/// How long `/readyz` waits for the upstream to accept a connection, and for each store to
+/// answer (the checks run at the same time, so the answer comes within about this long).
 ///
 /// ```
 /// # use std::time::Duration;
@@ -84,24 +99,64 @@ async fn handle(req: Request<Incoming>, live: Live) -> Result<Response<Full<Byte
     }
     Ok(match req.uri().path() {
         "/healthz" => json(StatusCode::OK, r#"{"status":"ok"}"#),
-        "/readyz" => {
-            let upstream = live.current().proxy.upstream_authority().clone();
-            let port = upstream.port_u16().unwrap_or(80);
-            let target = format!("{}:{port}", upstream.host());
-            match tokio::time::timeout(READY_TIMEOUT, TcpStream::connect(target)).await {
-                Ok(Ok(_)) => json(StatusCode::OK, r#"{"status":"ok","upstream":"ok"}"#),
-                _ => json(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    r#"{"status":"unavailable","upstream":"unreachable"}"#,
-                ),
-            }
-        }
+        "/readyz" => readiness(&live).await,
         _ => json(StatusCode::NOT_FOUND, r#"{"status":"not_found"}"#),
     })
 }
 
-fn json(status: StatusCode, body: &'static str) -> Response<Full<Bytes>> {
-    let mut res = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
+/// `/readyz`: the upstream and both stores, checked concurrently, each within
+/// [`READY_TIMEOUT`] (see the module docs for the fields).
+async fn readiness(live: &Live) -> Response<Full<Bytes>> {
+    let generation = live.current();
+    let upstream = async {
+        let upstream = generation.proxy.upstream_authority();
+        let port = upstream.port_u16().unwrap_or(80);
+        let target = format!("{}:{port}", upstream.host());
+        matches!(
+            tokio::time::timeout(READY_TIMEOUT, TcpStream::connect(target)).await,
+            Ok(Ok(_))
+        )
+    };
+    let rate_limit = async {
+        // The store the generation in force was built with (cached in `Stores`).
+        match live.stores().rate_limit_store(&generation.config.storage) {
+            Ok(store) => matches!(
+                tokio::time::timeout(READY_TIMEOUT, store.ping()).await,
+                Ok(Ok(()))
+            ),
+            Err(_) => false,
+        }
+    };
+    let audit = async {
+        let Some(writer) = live.stores().audit_writer() else {
+            return "ok"; // nothing is audited, so nothing can fail
+        };
+        match tokio::time::timeout(READY_TIMEOUT, writer.ping()).await {
+            Ok(Ok(())) if writer.counters().pending == 0 => "ok",
+            Ok(Ok(())) => "spooling",
+            _ => "unreachable",
+        }
+    };
+    let (upstream_ok, rate_limit_ok, audit) = tokio::join!(upstream, rate_limit, audit);
+    let refusing = !upstream_ok
+        || (!rate_limit_ok && generation.config.storage.on_store_error == OnStoreError::Closed);
+    let word = |ok: bool| if ok { "ok" } else { "unreachable" };
+    let body = format!(
+        r#"{{"status":"{}","upstream":"{}","rate_limit_store":"{}","audit_store":"{audit}"}}"#,
+        if refusing { "unavailable" } else { "ok" },
+        word(upstream_ok),
+        word(rate_limit_ok),
+    );
+    let status = if refusing {
+        StatusCode::SERVICE_UNAVAILABLE
+    } else {
+        StatusCode::OK
+    };
+    json(status, body)
+}
+
+fn json(status: StatusCode, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
+    let mut res = Response::new(Full::new(body.into()));
     *res.status_mut() = status;
     res.headers_mut().insert(
         header::CONTENT_TYPE,

@@ -296,6 +296,8 @@ async fn admin_listener_answers_health_and_readiness() {
     let r = get(&format!("{base}/readyz"), &[]).await;
     assert_eq!(r.status, StatusCode::OK);
     assert_eq!(r.json()["upstream"], "ok");
+    assert_eq!(r.json()["rate_limit_store"], "ok");
+    assert_eq!(r.json()["audit_store"], "ok");
 
     // With the upstream gone, the gateway is alive but not ready.
     let port = free_port();
@@ -311,6 +313,153 @@ async fn admin_listener_answers_health_and_readiness() {
     let r = get(&format!("{base}/readyz"), &[]).await;
     assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(r.json()["status"], "unavailable");
+}
+
+/// `/readyz` polled until its body is `want` (Redis reconnects in the background), or the
+/// last answer after `within`.
+async fn readyz_until(base: &str, want: &str, within: Duration) -> Reply {
+    let deadline = std::time::Instant::now() + within;
+    loop {
+        let r = get(&format!("{base}/readyz"), &[]).await;
+        if r.text() == want || std::time::Instant::now() > deadline {
+            return r;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The original ask: `/readyz` means "upstream and stores reachable". With Redis down and
+/// `on_store_error = "closed"` every rate-limited request gets 503, so readiness is 503 too,
+/// naming the store; when Redis is back, so is readiness.
+#[tokio::test(flavor = "multi_thread")]
+async fn readyz_reports_a_redis_outage_as_unavailable_when_failing_closed() {
+    let up = Upstream::start().await;
+    let mut redis = services::RedisServer::start();
+    let admin = free_port();
+    let port = free_port();
+    let storage = format!(
+        "[storage]
+rate_limit = \"{}\"\non_store_error = \"closed\"\n\
+         [[route]]\npath = \"/limited/**\"\nrate_limit = \"1000/1m\"\n",
+        redis.url()
+    );
+    let gw = Gateway::start(
+        port,
+        &config(
+            port,
+            up.addr,
+            &format!("admin_listen = \"127.0.0.1:{admin}\""),
+            &storage,
+        ),
+    )
+    .await;
+    assert!(
+        gw.wait_log("admin listening on", Duration::from_secs(2))
+            .await
+    );
+    let base = format!("http://127.0.0.1:{admin}");
+    let all_ok = r#"{"status":"ok","upstream":"ok","rate_limit_store":"ok","audit_store":"ok"}"#;
+    let r = readyz_until(&base, all_ok, Duration::from_secs(3)).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    assert_eq!(r.text(), all_ok);
+    assert_eq!(get(&gw.url("/limited/x"), &[]).await.status, StatusCode::OK);
+
+    redis.kill();
+    let down = r#"{"status":"unavailable","upstream":"ok","rate_limit_store":"unreachable","audit_store":"ok"}"#;
+    let r = readyz_until(&base, down, Duration::from_secs(3)).await;
+    assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE, "{}", r.text());
+    assert_eq!(r.text(), down);
+    // What readiness says is what traffic gets.
+    assert_eq!(
+        get(&gw.url("/limited/x"), &[]).await.status,
+        StatusCode::SERVICE_UNAVAILABLE
+    );
+
+    redis.restart();
+    let r = readyz_until(&base, all_ok, Duration::from_secs(10)).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+}
+
+/// With `on_store_error = "open"` a Redis outage lets requests through unlimited: the
+/// gateway still serves, so readiness stays 200 and names the store for alerting.
+#[tokio::test(flavor = "multi_thread")]
+async fn readyz_names_a_redis_outage_but_stays_ready_when_failing_open() {
+    let up = Upstream::start().await;
+    let mut redis = services::RedisServer::start();
+    let admin = free_port();
+    let port = free_port();
+    let storage = format!(
+        "[storage]
+rate_limit = \"{}\"\non_store_error = \"open\"\naudit = \"stdout\"\n\
+         [[route]]\npath = \"/limited/**\"\nrate_limit = \"1000/1m\"\n",
+        redis.url()
+    );
+    let gw = Gateway::start(
+        port,
+        &config(
+            port,
+            up.addr,
+            &format!("admin_listen = \"127.0.0.1:{admin}\""),
+            &storage,
+        ),
+    )
+    .await;
+    assert!(
+        gw.wait_log("admin listening on", Duration::from_secs(2))
+            .await
+    );
+    let base = format!("http://127.0.0.1:{admin}");
+    let all_ok = r#"{"status":"ok","upstream":"ok","rate_limit_store":"ok","audit_store":"ok"}"#;
+    assert_eq!(
+        readyz_until(&base, all_ok, Duration::from_secs(3))
+            .await
+            .text(),
+        all_ok
+    );
+    redis.kill();
+    let open =
+        r#"{"status":"ok","upstream":"ok","rate_limit_store":"unreachable","audit_store":"ok"}"#;
+    let r = readyz_until(&base, open, Duration::from_secs(3)).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    assert_eq!(r.text(), open);
+    assert_eq!(get(&gw.url("/limited/x"), &[]).await.status, StatusCode::OK);
+}
+
+/// A PostgreSQL audit store that stops answering is named (`SELECT 1` on the writer's
+/// connection fails), but the gateway stays ready: events wait in the spool, no request is
+/// refused. When the database is back, so is `"ok"`.
+#[tokio::test(flavor = "multi_thread")]
+async fn readyz_names_a_postgres_audit_outage_without_turning_unready() {
+    let up = Upstream::start().await;
+    let mut pg = services::PostgresServer::start();
+    let admin = free_port();
+    let port = free_port();
+    let storage = format!("[storage]\naudit = \"{}\"\n", pg.url());
+    let _gw = Gateway::start(
+        port,
+        &config(
+            port,
+            up.addr,
+            &format!("admin_listen = \"127.0.0.1:{admin}\""),
+            &storage,
+        ),
+    )
+    .await;
+    let base = format!("http://127.0.0.1:{admin}");
+    let all_ok = r#"{"status":"ok","upstream":"ok","rate_limit_store":"ok","audit_store":"ok"}"#;
+    let r = readyz_until(&base, all_ok, Duration::from_secs(5)).await;
+    assert_eq!(r.text(), all_ok);
+
+    pg.stop_immediate();
+    let down =
+        r#"{"status":"ok","upstream":"ok","rate_limit_store":"ok","audit_store":"unreachable"}"#;
+    let r = readyz_until(&base, down, Duration::from_secs(5)).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    assert_eq!(r.text(), down);
+
+    pg.restart();
+    let r = readyz_until(&base, all_ok, Duration::from_secs(10)).await;
+    assert_eq!(r.text(), all_ok);
 }
 
 #[tokio::test(flavor = "multi_thread")]

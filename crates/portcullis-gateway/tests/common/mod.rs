@@ -31,6 +31,10 @@ pub type TestBody = BoxBody<Bytes, BoxError>;
 #[path = "../../../portcullis/tests/common/ports.rs"]
 mod ports;
 
+// Real Redis and PostgreSQL servers, as the library's store tests start them.
+#[path = "../../../portcullis/tests/common/services.rs"]
+pub mod services;
+
 /// See the library harness's `ports::free_port`.
 pub fn free_port() -> u16 {
     ports::free_port()
