@@ -889,6 +889,8 @@ pub struct RouteConfig {
     pub path: String,
     /// The preset the policy started from.
     pub preset: Preset,
+    /// Whether the file names the preset (`public` is the default when it does not).
+    pub preset_written: bool,
     /// The policy, overrides applied.
     pub policy: Policy,
 }
@@ -1107,6 +1109,53 @@ impl GatewayConfig {
         })
     }
 
+    /// A route without a `preset` (so public) inside a broader route that requires
+    /// authentication: the most specific route wins, so a route added "just to narrow the
+    /// methods" of `/api/x` under `/api/**` makes `/api/x` public. Warned, not refused: a
+    /// public hole may be meant, and then `preset = "public"` says so.
+    fn unprotected_routes(&self) -> Vec<ConfigError> {
+        use portcullis::route::{CanonicalPath, RouteTable};
+        let mut warnings = Vec::new();
+        for (i, narrow) in self.routes.iter().enumerate() {
+            if narrow.preset_written || narrow.policy.requires_auth() {
+                continue;
+            }
+            // A path the narrow pattern matches: its wildcards filled in.
+            let Ok(sample) =
+                CanonicalPath::parse(&narrow.path.replace("**", "x").replace('*', "x"))
+            else {
+                continue;
+            };
+            for broad in &self.routes {
+                if broad.path == narrow.path || !broad.policy.requires_auth() {
+                    continue;
+                }
+                let mut table = RouteTable::new(false);
+                if table.insert(&broad.path, true).is_err() {
+                    continue;
+                }
+                if table.lookup(&sample).is_ok_and(|m| *m.value) {
+                    warnings.push(ConfigError {
+                        key: format!("route[{i}].preset"),
+                        reason: format!(
+                            "{} names no preset, so it is public, inside {} which requires \
+                             authentication (preset {:?}): the most specific route wins, so \
+                             {} is open to anyone; set preset = \"{}\" (or \"public\" if that \
+                             is meant)",
+                            narrow.path,
+                            broad.path,
+                            broad.preset.name(),
+                            narrow.path,
+                            broad.preset.name()
+                        ),
+                    });
+                    break;
+                }
+            }
+        }
+        warnings
+    }
+
     /// Settings that are valid but will not do what they seem to; `check-config` shows them
     /// as warnings, and `serve` logs them. One: an origin `[cors]` allows that
     /// `csrf.trusted_origins` does not list, whose unsafe requests (POST, PUT, PATCH, DELETE)
@@ -1123,7 +1172,7 @@ impl GatewayConfig {
     /// # Ok::<(), portcullis_gateway::config::ConfigErrors>(())
     /// ```
     pub fn unapplied_settings(&self) -> Vec<ConfigError> {
-        let mut warnings = Vec::new();
+        let mut warnings = self.unprotected_routes();
         let Some(cors) = &self.cors else {
             return warnings;
         };
@@ -1816,6 +1865,28 @@ upstream = \"http://127.0.0.1:3000\"\n\
         )
         .unwrap();
         assert!(c.unapplied_settings().is_empty());
+    }
+
+    #[test]
+    fn a_route_without_a_preset_inside_a_protected_one_is_pointed_out() {
+        let text = |preset: &str| {
+            format!(
+                "[server]\nupstream = \"http://127.0.0.1:3000\"\n\
+                 [auth.jwt]\nsecret_env = \"JWT_SECRET\"\n[csrf]\nsecret_env = \"JWT_SECRET\"\n\
+                 [[route]]\npath = \"/api/**\"\npreset = \"strict\"\n\
+                 [[route]]\npath = \"/api/x\"\n{preset}methods = [\"GET\"]\n\
+                 [[route]]\npath = \"/static/*.js\"\n"
+            )
+        };
+        let w = load(&text("")).unwrap().unapplied_settings();
+        assert_eq!(w.len(), 1, "{w:?}");
+        assert_eq!(w[0].key, "route[1].preset");
+        assert!(w[0].reason.contains("/api/**"), "{}", w[0].reason);
+        // Said on purpose: no warning.
+        let w = load(&text("preset = \"public\"\n"))
+            .unwrap()
+            .unapplied_settings();
+        assert!(w.is_empty(), "{w:?}");
     }
 
     #[test]

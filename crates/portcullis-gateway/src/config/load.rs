@@ -1212,6 +1212,7 @@ impl Loader<'_> {
         Some(RouteConfig {
             path: path?.to_string(),
             preset: preset?,
+            preset_written: r.has("preset"),
             policy: ok.then_some(policy)?,
         })
     }
