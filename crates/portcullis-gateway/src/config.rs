@@ -1173,6 +1173,18 @@ impl GatewayConfig {
     /// ```
     pub fn unapplied_settings(&self) -> Vec<ConfigError> {
         let mut warnings = self.unprotected_routes();
+        for (i, cidr) in self.server.trusted_proxies.iter().enumerate() {
+            if cidr.ends_with("/0") {
+                warnings.push(ConfigError {
+                    key: format!("server.trusted_proxies[{i}]"),
+                    reason: format!(
+                        "{cidr} trusts every address: any client can then pick its own address \
+                         with X-Forwarded-For (rate limits, bans and the audit log go by it); \
+                         list the proxies' own addresses"
+                    ),
+                });
+            }
+        }
         let Some(cors) = &self.cors else {
             return warnings;
         };
@@ -1882,6 +1894,14 @@ upstream = \"http://127.0.0.1:3000\"\n\
         assert_eq!(w.len(), 1, "{w:?}");
         assert_eq!(w[0].key, "route[1].preset");
         assert!(w[0].reason.contains("/api/**"), "{}", w[0].reason);
+        // Trusting every address is pointed out too.
+        let c = load(
+            "[server]\nupstream = \"http://x\"\ntrusted_proxies = [\"10.0.0.0/8\", \"::/0\"]\n",
+        )
+        .unwrap();
+        let w = c.unapplied_settings();
+        assert_eq!(w.len(), 1, "{w:?}");
+        assert_eq!(w[0].key, "server.trusted_proxies[1]");
         // Said on purpose: no warning.
         let w = load(&text("preset = \"public\"\n"))
             .unwrap()

@@ -703,3 +703,96 @@ fn a_passing_audit_check_leaves_nothing_behind() {
     assert!(dir.join("kept.jsonl").is_file());
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// Values that parse but cannot do what they say are refused, each on its key: an HSTS value
+/// browsers ignore, TRACE or CONNECT routed, a burst the algorithm ignores, a leeway that keeps
+/// expired tokens alive, a route path no request can have.
+#[test]
+fn values_that_cannot_work_are_refused() {
+    let dir = std::env::temp_dir().join(format!("pc-check-values-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let head = "[server]\nupstream = \"http://127.0.0.1:3000\"\n";
+    let cases = [
+        (
+            "headers.hsts",
+            "[headers]\nhsts = \"max-age=abc\"\n",
+            "max-age",
+        ),
+        (
+            "headers.hsts",
+            "[headers]\nhsts = \"includeSubDomains\"\n",
+            "max-age",
+        ),
+        (
+            "headers.hsts",
+            "[headers]\nhsts = \"max-age=60; maxage=5\"\n",
+            "unknown directive",
+        ),
+        (
+            "route[0].methods",
+            "[[route]]\npath = \"/x\"\nmethods = [\"GET\", \"TRACE\"]\n",
+            "TRACE",
+        ),
+        (
+            "route[0].methods",
+            "[[route]]\npath = \"/x\"\nmethods = [\"CONNECT\"]\n",
+            "CONNECT",
+        ),
+        (
+            "route[0].rate_limit.burst",
+            "[[route]]\npath = \"/x\"\nrate_limit = { requests = 5, window = \"1m\", burst = 3 }\n",
+            "token_bucket",
+        ),
+        (
+            "auth.jwt.leeway",
+            "[auth.jwt]\njwks_url = \"http://127.0.0.1:1/jwks\"\nleeway = \"1h\"\n",
+            "leeway",
+        ),
+        (
+            "route[0].path",
+            "[[route]]\npath = \"/api/ x\"\n",
+            "never match",
+        ),
+        (
+            "route[0].path",
+            "[[route]]\npath = \"/api/x#frag\"\n",
+            "never match",
+        ),
+    ];
+    for (i, (key, table, reason)) in cases.into_iter().enumerate() {
+        let file = dir.join(format!("v{i}.toml"));
+        std::fs::write(&file, format!("{head}{table}")).expect("write");
+        let out = portcullis()
+            .arg("check-config")
+            .arg("--config")
+            .arg(&file)
+            .output()
+            .expect("runs");
+        let err = stderr(&out);
+        assert_eq!(out.status.code(), Some(2), "{table}: {err}");
+        assert!(
+            err.lines()
+                .any(|l| l.contains(&format!(": {key}: ")) && l.contains(reason)),
+            "{table}: no line on {key} with {reason:?}: {err}"
+        );
+    }
+    // A good HSTS value, and a token bucket's burst, still pass.
+    let file = dir.join("ok.toml");
+    std::fs::write(
+        &file,
+        format!(
+            "{head}[headers]\nhsts = \"max-age=63072000; includeSubDomains; preload\"\n\
+             [[route]]\npath = \"/x\"\n\
+             rate_limit = {{ requests = 5, window = \"1m\", algorithm = \"token_bucket\", burst = 3 }}\n"
+        ),
+    )
+    .expect("write");
+    let out = portcullis()
+        .arg("check-config")
+        .arg("--config")
+        .arg(&file)
+        .output()
+        .expect("runs");
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let _ = std::fs::remove_dir_all(dir);
+}

@@ -733,7 +733,17 @@ impl Loader<'_> {
             Some("roles".to_string())
         };
         let leeway = if j.has("leeway") {
-            j.parsed("leeway", &mut self.errs, parse_duration_or_zero)
+            j.parsed("leeway", &mut self.errs, |v| {
+                let d = parse_duration_or_zero(v)?;
+                if d > MAX_LEEWAY {
+                    return Err(format!(
+                        "{v:?} is over {} s: a leeway that long keeps expired tokens alive; \
+                         fix the clocks instead",
+                        MAX_LEEWAY.as_secs()
+                    ));
+                }
+                Ok(d)
+            })
         } else {
             Some(Duration::from_secs(60))
         };
@@ -888,6 +898,11 @@ impl Loader<'_> {
             Some(Value::Boolean(false)) => {
                 security = security.remove("strict-transport-security");
             }
+            Some(Value::String(v)) if check_hsts(v).is_err() => {
+                ok = false;
+                let reason = check_hsts(v).err().unwrap_or_default();
+                self.errs.push(h.key("hsts"), format!("{v:?}: {reason}"));
+            }
             Some(Value::String(v)) => match security.clone().set("strict-transport-security", v) {
                 Ok(s) => security = s,
                 Err(e) => {
@@ -1024,6 +1039,18 @@ impl Loader<'_> {
         let mut out = Vec::new();
         for (i, mut r) in sections.into_iter().enumerate() {
             if let Some(path) = r.required_string("path", &mut self.errs) {
+                if let Some(c) = path
+                    .chars()
+                    .find(|c| matches!(c, ' ' | '#' | '?') || c.is_control())
+                {
+                    self.errs.push(
+                        r.key("path"),
+                        format!(
+                            "{path:?} holds {c:?}, which no request path does (a target's `?` \
+                             starts its query, `#` is never sent): the route could never match"
+                        ),
+                    );
+                }
                 match table.insert(path, ()) {
                     Ok(()) => accepted.push((i, path.to_string())),
                     Err(e) => {
@@ -1068,6 +1095,21 @@ impl Loader<'_> {
         let mut ok = preset.is_some();
 
         if let Some(items) = r.strings("methods", &mut self.errs) {
+            let risky = items.iter().find(|i| {
+                i.value.eq_ignore_ascii_case("TRACE") || i.value.eq_ignore_ascii_case("CONNECT")
+            });
+            if let Some(m) = risky {
+                ok = false;
+                self.errs.push(
+                    r.key("methods"),
+                    format!(
+                        "{:?} is not served through the gateway: TRACE echoes the request \
+                         (cookies and tokens included) back to a script (cross-site tracing), \
+                         and CONNECT asks for a tunnel, not a resource",
+                        m.value
+                    ),
+                );
+            }
             match MethodSet::parse(items.iter().map(|i| i.value)) {
                 Ok(m) => policy = policy.method_set(m),
                 Err(reason) => {
@@ -1352,6 +1394,13 @@ impl Loader<'_> {
         } else {
             Some(default_name.to_string())
         };
+        if burst.is_some_and(|b| b > 0) && algorithm.is_some_and(|a| a != Algorithm::TokenBucket) {
+            self.errs.push(
+                t.key("burst"),
+                "burst applies to algorithm = \"token_bucket\" only; the windows allow \
+                 `requests` per window",
+            );
+        }
         t.finish(&mut self.errs);
         let mut spec = RateLimitSpec::new(requests?, window?, key?);
         spec.algorithm = algorithm?;
@@ -1365,4 +1414,44 @@ impl Loader<'_> {
 /// lower case, where names are UPPER_SNAKE): such a name is not echoed in the error.
 fn looks_like_a_secret(var: &str) -> bool {
     var.len() >= 20 && var.bytes().any(|b| b.is_ascii_lowercase())
+}
+
+/// The longest `[auth.jwt] leeway` taken: clock skew is seconds, not hours.
+const MAX_LEEWAY: Duration = Duration::from_secs(300);
+
+/// Checks an HSTS value (RFC 6797 §6.1): a `max-age` in seconds, and otherwise only
+/// `includeSubDomains` and `preload`, once each, separated by `;`.
+fn check_hsts(v: &str) -> Result<(), String> {
+    let mut max_age = false;
+    let mut seen: Vec<String> = Vec::new();
+    for d in v.split(';').map(str::trim).filter(|d| !d.is_empty()) {
+        let (name, value) = match d.split_once('=') {
+            Some((n, val)) => (
+                n.trim().to_ascii_lowercase(),
+                Some(val.trim().trim_matches('"')),
+            ),
+            None => (d.to_ascii_lowercase(), None),
+        };
+        if seen.contains(&name) {
+            return Err(format!("{name} appears twice"));
+        }
+        match (name.as_str(), value) {
+            ("max-age", Some(n)) if !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()) => {
+                max_age = true;
+            }
+            ("max-age", _) => return Err("max-age must be a number of seconds".into()),
+            ("includesubdomains" | "preload", None) => {}
+            (other, _) => {
+                return Err(format!(
+                    "unknown directive {other:?}; expected max-age=SECONDS, includeSubDomains, preload"
+                ));
+            }
+        }
+        seen.push(name);
+    }
+    if max_age {
+        Ok(())
+    } else {
+        Err("max-age=SECONDS is required".into())
+    }
 }
