@@ -408,7 +408,8 @@ pub(crate) fn deferrable(name: &HeaderName) -> bool {
 /// (CSP, request id, rate-limit fields) without a regrowth.
 const TEMPLATE_ROOM: usize = 24;
 
-/// Response headers removed by default: version banners.
+/// Response headers removed by default: version banners, and the fields that name the
+/// software or the machine behind the gateway (a CMS, a cache, a backend host).
 ///
 /// ```
 /// use portcullis::headers::security::{BANNERS, SecurityHeaders};
@@ -419,13 +420,18 @@ const TEMPLATE_ROOM: usize = 24;
 /// SecurityHeaders::none().apply(&mut h, true);
 /// assert!(h.is_empty());
 /// ```
-pub const BANNERS: [&str; 6] = [
+pub const BANNERS: [&str; 11] = [
     "server",
     "x-powered-by",
     "x-aspnet-version",
     "x-aspnetmvc-version",
     "x-generator",
     "x-runtime",
+    "x-powered-cms",
+    "x-drupal-cache",
+    "x-drupal-dynamic-cache",
+    "x-varnish",
+    "x-backend-server",
 ];
 
 impl Default for SecurityHeaders {
