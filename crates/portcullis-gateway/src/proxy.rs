@@ -55,8 +55,8 @@
 //!   the response is `Cache-Control: no-store`. GET and HEAD requests that accept HTML ask the
 //!   upstream for `Accept-Encoding: identity`, because the rewrite reads plain HTML only; a
 //!   compressed HTML response passes untouched with a warning (its placeholders then stay,
-//!   and the CSP blocks those scripts). Non-HTML responses, HEAD requests and 204/304
-//!   responses pass untouched.
+//!   and the CSP blocks those scripts). A HEAD gets the head its GET would (no length, no
+//!   validators, no-store); non-HTML and 204/304 responses pass untouched.
 
 use std::collections::HashMap;
 use std::error::Error as StdError;
@@ -585,7 +585,7 @@ impl Proxy {
         extensions: &Extensions,
         method: &Method,
     ) -> Response<ProxyBody> {
-        if self.inner.upstream_kind != UpstreamKind::Generic || *method == Method::HEAD {
+        if self.inner.upstream_kind != UpstreamKind::Generic {
             return res;
         }
         let Some(nonce) = Nonce::of(extensions) else {
@@ -604,6 +604,11 @@ impl Proxy {
         }
         let rewriter = self.inner.rewriter.clone().charset_from(&parts.headers);
         nonce_html::prepare_response_headers(&mut parts.headers);
+        if *method == Method::HEAD {
+            // No body to rewrite, but the head a GET would get: no upstream length (the
+            // rewrite changes it), no validators, no-store.
+            return Response::from_parts(parts, body);
+        }
         Response::from_parts(parts, UnsyncBoxBody::new(rewriter.rewrite(body, nonce)))
     }
 
