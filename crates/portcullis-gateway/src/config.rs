@@ -854,7 +854,7 @@ impl HeadersConfig {
 /// ```
 #[derive(Debug, Clone)]
 pub struct CorsConfig {
-    /// Exact origins allowed.
+    /// Exact origins allowed, or `["*"]`: every origin (no credentials).
     pub allow_origins: Vec<String>,
     /// Send `Access-Control-Allow-Credentials: true` to them.
     pub allow_credentials: bool,
@@ -1190,6 +1190,10 @@ impl GatewayConfig {
         };
         // Both lists hold exact origins, as validated at load: lower case, no slash, no `*`.
         for (i, origin) in cors.allow_origins.iter().enumerate() {
+            if origin == "*" {
+                // Reads from anywhere, by design; writes still need the CSRF check's say.
+                continue;
+            }
             use portcullis::csrf::fetch_metadata::serialized_origin;
             let same = serialized_origin(origin);
             if self
@@ -1235,7 +1239,15 @@ impl CorsConfig {
             }
         };
         let mut cors = Cors::new().allow_credentials(self.allow_credentials);
-        for (i, origin) in self.allow_origins.iter().enumerate() {
+        if self.allow_origins.iter().any(|o| o == "*") {
+            cors = cors.allow_any_origin();
+        }
+        for (i, origin) in self
+            .allow_origins
+            .iter()
+            .enumerate()
+            .filter(|(_, o)| *o != "*")
+        {
             cors = cors
                 .allow_origin(origin)
                 .map_err(err(&format!("cors.allow_origins[{i}]")))?;
@@ -1907,6 +1919,23 @@ upstream = \"http://127.0.0.1:3000\"\n\
             .unwrap()
             .unapplied_settings();
         assert!(w.is_empty(), "{w:?}");
+    }
+
+    #[test]
+    fn cors_star_allows_every_origin_alone_and_without_credentials() {
+        let c =
+            load("[server]\nupstream = \"http://x\"\n[cors]\nallow_origins = [\"*\"]\n").unwrap();
+        let cors = c.cors.as_ref().unwrap().to_cors().unwrap();
+        assert!(cors.allows_origin("https://anyone.example"));
+        assert!(c.unapplied_settings().is_empty());
+        let errs = errors(
+            "[server]\nupstream = \"http://x\"\n[cors]\nallow_origins = [\"*\"]\nallow_credentials = true\n",
+        );
+        assert_eq!(errs[0].key, "cors.allow_credentials", "{errs:?}");
+        let errs = errors(
+            "[server]\nupstream = \"http://x\"\n[cors]\nallow_origins = [\"*\", \"https://a.example\"]\n",
+        );
+        assert_eq!(errs[0].key, "cors.allow_origins[0]", "{errs:?}");
     }
 
     #[test]

@@ -984,7 +984,21 @@ impl Loader<'_> {
             .strings("allow_origins", &mut self.errs)
             .unwrap_or_default();
         let mut allow_origins = Vec::new();
-        for it in origins {
+        let any = origins.iter().any(|it| it.value == "*");
+        for it in origins.iter().filter(|it| it.value == "*") {
+            // Every origin: for public, cookie-less APIs; alone, and without credentials
+            // (browsers refuse `*` with credentials, and a list beside it means nothing).
+            if origins.len() > 1 {
+                self.errs.push(
+                    it.key.clone(),
+                    "\"*\" allows every origin: it stands alone, not beside listed origins",
+                );
+            }
+        }
+        if any && origins.len() == 1 {
+            allow_origins.push("*".to_string());
+        }
+        for it in origins.into_iter().filter(|it| it.value != "*") {
             // Our own check first (exact lowercase origins), then the library's.
             let checked = parse_origin(it.value).and_then(|o| {
                 Cors::new()
@@ -1000,6 +1014,14 @@ impl Loader<'_> {
         let allow_credentials = c
             .boolean("allow_credentials", &mut self.errs)
             .unwrap_or(false);
+        if any && allow_credentials {
+            self.errs.push(
+                c.key("allow_credentials"),
+                "allow_origins = [\"*\"] cannot go with credentials: browsers refuse \
+                 `Access-Control-Allow-Origin: *` on credentialed requests, and reflecting every \
+                 origin with credentials would let any site read users' data; list the origins",
+            );
+        }
         let allow_methods = match c.strings("allow_methods", &mut self.errs) {
             Some(items) => {
                 let key = c.key("allow_methods");
