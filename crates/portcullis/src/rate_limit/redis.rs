@@ -195,8 +195,18 @@ impl RateLimitStore for RedisStore {
                     .arg(c.rule.burst)
                     .arg(c.cost);
             }
-            let flat: Vec<i64> = tokio::time::timeout(self.timeout, inv.invoke_async(&mut conn))
-                .await
+            let deadline = tokio::time::Instant::now() + self.timeout;
+            let mut answer = tokio::time::timeout_at(deadline, inv.invoke_async(&mut conn)).await;
+            // A connection that broke since the last decision (Redis restarted, a failover)
+            // fails the first command on it while the manager reconnects: one more try on
+            // the new connection, within the same time budget, so the first request after a
+            // restart is not refused.
+            if let Ok(Err(e)) = &answer
+                && (e.is_connection_dropped() || e.is_io_error())
+            {
+                answer = tokio::time::timeout_at(deadline, inv.invoke_async(&mut conn)).await;
+            }
+            let flat: Vec<i64> = answer
                 .map_err(|_| StoreError::new("redis decision timed out"))?
                 .map_err(|e| StoreError::new(format!("redis error: {}", redis_reason(&e))))?;
             if flat.len() != charges.len() * 4 {
