@@ -1527,10 +1527,16 @@ impl Stores {
     /// # });
     /// ```
     pub async fn shutdown_audit(&self) {
-        if let Some(w) = self.audit_writer()
-            && let Err(e) = w.shutdown().await
-        {
-            tracing::error!(error = %e, "audit writer did not shut down cleanly");
+        let Some(w) = self.audit_writer() else {
+            return;
+        };
+        match w.shutdown().await {
+            Ok(()) => tracing::info!("audit log flushed to the store"),
+            // Not lost: the spool keeps them, and the next start replays them.
+            Err(e) => tracing::warn!(
+                error = %e,
+                "audit store unreachable at shutdown: events wait in the spool for the next start"
+            ),
         }
     }
 

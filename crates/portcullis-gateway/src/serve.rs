@@ -245,7 +245,7 @@ pub async fn run(
     }
     // Every event of the finished requests reaches the store (or the spool) before exit.
     live.stores().shutdown_audit().await;
-    tracing::info!("audit log flushed; bye");
+    tracing::info!("bye");
     Ok(())
 }
 
