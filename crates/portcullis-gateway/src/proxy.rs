@@ -136,6 +136,28 @@ pub const X_PORTCULLIS_USER: HeaderName = HeaderName::from_static("x-portcullis-
 /// ```
 pub const X_PORTCULLIS_ROLES: HeaderName = HeaderName::from_static("x-portcullis-roles");
 
+/// The client's address as the gateway resolved it (the socket peer, or the first untrusted
+/// hop of `X-Forwarded-For` behind `trusted_proxies`): what rate limits and the audit log go
+/// by, so the application need not walk the forwarding headers again with the same trust.
+///
+/// ```
+/// use portcullis_gateway::proxy::X_PORTCULLIS_CLIENT_IP;
+/// # let req = http::Request::get("/").header("x-portcullis-client-ip", "203.0.113.7").body(()).unwrap();
+/// let ip: Option<std::net::IpAddr> = req.headers().get(X_PORTCULLIS_CLIENT_IP)
+///     .and_then(|v| v.to_str().ok()?.parse().ok());
+/// assert_eq!(ip, Some("203.0.113.7".parse().unwrap()));
+/// ```
+pub const X_PORTCULLIS_CLIENT_IP: HeaderName = HeaderName::from_static("x-portcullis-client-ip");
+
+/// The client address the layer resolved, when it knows one.
+fn client_ip_of(extensions: &Extensions) -> Option<IpText> {
+    let ip = extensions
+        .get::<portcullis::layer::RequestContext>()
+        .map(|c| c.client_ip)
+        .or_else(|| extensions.get::<portcullis::ClientIp>().copied())?;
+    (!ip.0.is_unspecified()).then(|| IpText::of(ip.0))
+}
+
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
@@ -693,12 +715,17 @@ impl Proxy {
 
         // The layer strips client copies already (step 3); this keeps the proxy right on its
         // own, with a look at each name before paying for a hashed removal per header.
-        if headers
-            .keys()
-            .any(|n| n == X_PORTCULLIS_USER || n == X_PORTCULLIS_ROLES)
-        {
+        if headers.keys().any(|n| {
+            n == X_PORTCULLIS_USER || n == X_PORTCULLIS_ROLES || n == X_PORTCULLIS_CLIENT_IP
+        }) {
             headers.remove(X_PORTCULLIS_USER);
             headers.remove(X_PORTCULLIS_ROLES);
+            headers.remove(X_PORTCULLIS_CLIENT_IP);
+        }
+        if let Some(ip) = client_ip_of(extensions)
+            && let Ok(v) = HeaderValue::from_str(ip.as_str())
+        {
+            headers.insert(X_PORTCULLIS_CLIENT_IP, v);
         }
         // The request's one id, as the client's answer and the audit log carry it, so the
         // application's logs join them (a client's copies go: at most one, and ours).
@@ -777,6 +804,7 @@ impl Proxy {
                 || *name == header::HOST
                 || *name == X_PORTCULLIS_USER
                 || *name == X_PORTCULLIS_ROLES
+                || *name == X_PORTCULLIS_CLIENT_IP
                 || *name == X_REQUEST_ID
                 || (nextjs
                     && (*name == header::CONTENT_SECURITY_POLICY
@@ -860,6 +888,13 @@ impl Proxy {
                 out,
                 X_REQUEST_ID.as_str().as_bytes(),
                 id.as_str().as_bytes(),
+            );
+        }
+        if let Some(ip) = client_ip_of(extensions) {
+            line(
+                out,
+                X_PORTCULLIS_CLIENT_IP.as_str().as_bytes(),
+                ip.as_bytes(),
             );
         }
         if let Some(p) = extensions.get::<Principal>() {

@@ -309,6 +309,24 @@ async fn the_upstream_gets_the_request_id_the_client_was_answered_with() {
     assert_eq!(r.headers["x-request-id"], "trace-42");
     assert_eq!(ids(&up.last()), ["trace-42"]);
 
+    // The client's address as the gateway resolved it travels too; a client's copy never.
+    let seen = up.last();
+    let client_ips: Vec<_> = seen
+        .headers
+        .get_all("x-portcullis-client-ip")
+        .iter()
+        .collect();
+    assert_eq!(client_ips, ["127.0.0.1"]);
+    get(&gw.url("/plain"), &[("x-portcullis-client-ip", "6.6.6.6")]).await;
+    let client_ips: Vec<_> = up
+        .last()
+        .headers
+        .get_all("x-portcullis-client-ip")
+        .iter()
+        .map(|v| v.to_str().unwrap().to_string())
+        .collect();
+    assert_eq!(client_ips, ["127.0.0.1"]);
+
     let r = get(&gw.url("/plain"), &[("x-request-id", "<script>")]).await;
     let answered = r.headers["x-request-id"].to_str().unwrap().to_string();
     assert_ne!(answered, "<script>");
@@ -322,4 +340,5 @@ async fn the_upstream_gets_the_request_id_the_client_was_answered_with() {
     let r = send(&client(), req).await;
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(ids(&up.last()), ["trace-44"]);
+    assert_eq!(up.last().headers["x-portcullis-client-ip"], "127.0.0.1");
 }
