@@ -384,6 +384,27 @@ impl Rejection {
         r
     }
 
+    /// 403 `banned` for a client on the ban list (step 5), with `Retry-After`: the seconds
+    /// until the ban ends.
+    ///
+    /// ```
+    /// use portcullis::{Control, Rejection, audit::AuditAction};
+    /// let r = Rejection::banned(900);
+    /// assert_eq!((r.status().as_u16(), r.code()), (403, "banned"));
+    /// assert_eq!(r.header("retry-after").unwrap(), "900");
+    /// assert_eq!((r.action(), r.control()), (AuditAction::Banned, Control::Ban));
+    /// ```
+    pub fn banned(retry_after_secs: u64) -> Self {
+        Self::new(
+            StatusCode::FORBIDDEN,
+            "banned",
+            "Too many refused requests from this address; try again later",
+            AuditAction::Banned,
+            Control::Ban,
+        )
+        .with_header(header::RETRY_AFTER, HeaderValue::from(retry_after_secs))
+    }
+
     /// 431 for request headers over the server's limit.
     ///
     /// ```

@@ -7,7 +7,10 @@
 //! 2. canonical path and host check → 400 ([`crate::route`]);
 //! 3. inbound header stripping ([`crate::inbound`]);
 //! 4. client address from the socket and trusted proxies ([`crate::client_ip`]);
-//! 5. ban list (slot), then route match → the route's [`Policy`];
+//! 5. route match → the route's [`Policy`], then the ban list → 403 `banned` with
+//!    `Retry-After` ([`crate::ban`]; checked once the route is known, so a route's
+//!    `report_only` can cover it). Refusals by steps 2, 10 and 11 (path and host, 429s, CSRF)
+//!    count as the client's offences; enough of them ban it;
 //! 6. CORS preflight answered ([`crate::cors`]);
 //! 7. method allowlist → 405 with `Allow` ([`crate::methods`]);
 //! 8. authentication → 401 with `WWW-Authenticate` ([`crate::auth`]);
@@ -48,6 +51,7 @@ use tower::{Layer, Service};
 
 use crate::audit::{AuditAction, AuditEvent, AuditSink, Outcome};
 use crate::auth::{AuthOutcome, Authenticator, Blocked, BoxFuture, FailedAuthTracker, Principal};
+use crate::ban::BanList;
 use crate::body_limit::{self, LimitedBody};
 use crate::client_ip::{self, ClientIp, TrustedProxies};
 use crate::cors::Cors;
@@ -821,6 +825,7 @@ struct Engine {
     cors: Option<Cors>,
     authenticator: Option<Arc<dyn Authenticator>>,
     failed_auth: Option<Arc<FailedAuthTracker>>,
+    bans: Option<Arc<BanList>>,
     rate_limit: Option<Arc<dyn Guard>>,
     csrf: Option<Arc<dyn Guard>>,
     audit: Option<Arc<dyn AuditSink>>,
@@ -851,6 +856,7 @@ pub struct SecurityLayerBuilder {
     cors: Option<Cors>,
     authenticator: Option<Arc<dyn Authenticator>>,
     failed_auth: Option<Arc<FailedAuthTracker>>,
+    bans: Option<Arc<BanList>>,
     rate_limit: Option<Arc<dyn Guard>>,
     csrf: Option<Arc<dyn Guard>>,
     audit: Option<Arc<dyn AuditSink>>,
@@ -871,6 +877,9 @@ impl SecurityLayerBuilder {
             cors: None,
             authenticator: None,
             failed_auth: Some(Arc::new(FailedAuthTracker::default())),
+            // Off unless asked for: a library user opts in, and benchmarks and tests of the
+            // other controls see no bans.
+            bans: None,
             extensions: RequestExtensions::Each,
             rate_limit: Some(Arc::new(crate::rate_limit::RateLimiter::new(Arc::new(
                 crate::rate_limit::memory::MemoryStore::new(DEFAULT_MEMORY_KEYS),
@@ -1142,6 +1151,41 @@ impl SecurityLayerBuilder {
         self
     }
 
+    /// The ban list of step 5 (`None`, the default: off). A client whose refusals — 400s of
+    /// the path and host checks (step 2), 429s of the rate limits and of the brute-force
+    /// limit, 403s of the CSRF check — reach the list's limit gets 403 `banned` on every
+    /// route until its ban ends. Refusals only reported (`report_only`) and 503s of a store
+    /// that is down never count; nor do requests without a known client address.
+    ///
+    /// ```
+    /// # use std::{sync::Arc, time::Duration};
+    /// # use axum::{Router, body::Body};
+    /// # use portcullis::{SecurityLayer, ban::BanList, client_ip::PeerAddr};
+    /// # use tower::{Layer, ServiceExt};
+    /// let bans = BanList::new(2, Duration::from_secs(60), Duration::from_secs(900));
+    /// let layer = SecurityLayer::bare().ban_list(Some(Arc::new(bans))).build()?;
+    /// # let app = layer.layer(Router::new().fallback(|| async { "ok" }));
+    /// # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
+    /// let from = |path: &str| {
+    ///     let mut req = http::Request::get(path).body(Body::empty()).unwrap();
+    ///     req.extensions_mut().insert(PeerAddr("203.0.113.7:50000".parse().unwrap()));
+    ///     req
+    /// };
+    /// for _ in 0..2 {
+    ///     // An encoded slash: refused at step 2, and an offence.
+    ///     assert_eq!(app.clone().oneshot(from("/a%2fb")).await.unwrap().status(), 400);
+    /// }
+    /// let res = app.oneshot(from("/")).await.unwrap();
+    /// assert_eq!(res.status(), 403);
+    /// assert!(res.headers().contains_key("retry-after"));
+    /// # });
+    /// # Ok::<(), portcullis::layer::BuildError>(())
+    /// ```
+    pub fn ban_list(mut self, bans: Option<Arc<BanList>>) -> Self {
+        self.bans = bans;
+        self
+    }
+
     /// The rate-limit guard (step 10). The secure defaults use a
     /// [`RateLimiter`](crate::rate_limit::RateLimiter) over an in-memory store.
     ///
@@ -1334,6 +1378,7 @@ impl SecurityLayerBuilder {
                 cors: self.cors,
                 authenticator: self.authenticator,
                 failed_auth: self.failed_auth,
+                bans: self.bans,
                 rate_limit: self.rate_limit,
                 csrf: self.csrf,
                 audit: self.audit,
@@ -1883,6 +1928,14 @@ impl Engine {
         mut from: Resume,
     ) -> Result<Flow, Step> {
         if let Resume::Start = from {
+            // 5. Ban list, with the route known (its report-only setting applies). No store
+            // is asked: while no one is banned, this is one atomic load.
+            if let Some(bans) = &self.bans
+                && let Some(left) = bans.is_client_banned(x.client_ip)
+            {
+                self.enforce_ban(left, parts, x)?;
+            }
+
             // 6. CORS preflight. A refused one in report-only goes on to the application, as
             // before the roll-out: whatever CORS it has of its own answers it (the browser
             // grants nothing without an Access-Control-Allow-Origin), and the method allowlist
@@ -2162,6 +2215,20 @@ impl Engine {
         Ok(())
     }
 
+    /// Step 5 for a banned client: [`Engine::enforce`]s the 403 with the seconds left.
+    #[cold]
+    #[inline(never)]
+    fn enforce_ban(
+        &self,
+        left: std::time::Duration,
+        parts: &Parts,
+        x: &Exchange,
+    ) -> Result<(), Step> {
+        // Rounded up: a client told 0 would come straight back.
+        let secs = left.as_millis().div_ceil(1000).max(1) as u64;
+        self.enforce(Rejection::banned(secs), parts, x)
+    }
+
     /// Refuses, or in report-only mode audits and lets through.
     #[cold]
     #[inline(never)]
@@ -2253,6 +2320,11 @@ impl Engine {
     fn reject_with(&self, r: Rejection, meta: Parts2<'_>, x: &Exchange) -> Response<SecurityBody> {
         self.audit_event(r.action(), Outcome::Denied, r.status(), Some(&r), meta, x);
         self.audit_notes(r.status(), meta, x);
+        if let Some(bans) = &self.bans
+            && is_offence(&r)
+        {
+            self.count_offence(bans, &r, meta, x);
+        }
         let res = r.into_response_with_id(x.request_id.as_str());
         let mut res = res.map(SecurityBody::from);
         // Errors carry the security headers too, but never a nonce'd CSP worth caching.
@@ -2429,6 +2501,70 @@ impl Engine {
         self.audit_event(r.action(), outcome, r.status(), Some(r), meta, x);
     }
 
+    /// Counts a refusal against the client on the ban list; when it places a ban, one audit
+    /// event `banned` says so (the refused request's, with `ban_for` and `offences`). An
+    /// in-process store counts here; another is waited for in a task of its own (on the
+    /// current Tokio runtime; uncounted without one), so the refusal goes out at once.
+    #[cold]
+    #[inline(never)]
+    fn count_offence(&self, bans: &Arc<BanList>, r: &Rejection, meta: Parts2<'_>, x: &Exchange) {
+        // No peer address (a layer driven without a server): one key for every such request,
+        // which a ban would shut out together.
+        if x.client_ip.0.is_unspecified() {
+            return;
+        }
+        let key = x.client_ip.key();
+        match bans.record_offence_now(&key) {
+            Some(Some(_)) => {
+                if let Some((sink, event)) = self.ban_started(bans, r, meta, x) {
+                    sink.record(event);
+                }
+            }
+            Some(None) => {}
+            None => {
+                let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+                    return;
+                };
+                // Built now, while the request is at hand; recorded only if a ban begins.
+                let started = self.ban_started(bans, r, meta, x);
+                let bans = bans.clone();
+                runtime.spawn(async move {
+                    if let Ok(Some(_)) = bans.record_offence(&key).await
+                        && let Some((sink, event)) = started
+                    {
+                        sink.record(event);
+                    }
+                });
+            }
+        }
+    }
+
+    /// The audit event of a ban that the refusal `r` begins.
+    fn ban_started(
+        &self,
+        bans: &BanList,
+        r: &Rejection,
+        meta: Parts2<'_>,
+        x: &Exchange,
+    ) -> Option<(Arc<dyn AuditSink>, AuditEvent)> {
+        let sink = self.audit.clone()?;
+        let banned = Rejection::banned(bans.ban_for().as_secs());
+        let mut event = self.event(
+            AuditAction::Banned,
+            Outcome::Denied,
+            r.status(),
+            Some(&banned),
+            meta,
+            x,
+        );
+        if let serde_json::Value::Object(m) = &mut event.metadata {
+            m.insert("ban_for".into(), bans.ban_for().as_secs().into());
+            m.insert("offences".into(), bans.offences().into());
+            m.insert("offence".into(), r.code().into());
+        }
+        Some((sink, event))
+    }
+
     fn audit_notes(&self, status: StatusCode, meta: Parts2<'_>, x: &Exchange) {
         for n in &x.notes {
             let r = Rejection::new(status, n.code, n.reason, n.action, Control::Internal);
@@ -2449,11 +2585,24 @@ impl Engine {
         x: &Exchange,
     ) {
         let Some(sink) = &self.audit else { return };
+        sink.record(self.event(action, outcome, status, r, meta, x));
+    }
+
+    /// The audit event of a request.
+    fn event(
+        &self,
+        action: AuditAction,
+        outcome: Outcome,
+        status: StatusCode,
+        r: Option<&Rejection>,
+        meta: Parts2<'_>,
+        x: &Exchange,
+    ) -> AuditEvent {
         let mut metadata = r.map(Rejection::audit_metadata).unwrap_or_default();
         if let Some(detail) = x.detail {
             metadata.insert("detail".into(), detail.into());
         }
-        sink.record(AuditEvent {
+        AuditEvent {
             id: crate::audit::uuid_v7(),
             ts_ms: now_ms(),
             action,
@@ -2473,8 +2622,18 @@ impl Engine {
             status: status.as_u16(),
             request_id: x.request_id.to_string(),
             metadata: serde_json::Value::Object(metadata),
-        });
+        }
     }
+}
+
+/// Whether a refusal counts against the client on the ban list: the signs of probing or
+/// hammering (path and host attacks, CSRF failures, 429s), never a store outage's 503 (not
+/// the client's doing) nor what well-meaning clients also meet (401, 405, 413).
+fn is_offence(r: &Rejection) -> bool {
+    matches!(
+        r.control(),
+        Control::Path | Control::Csrf | Control::RateLimit
+    ) && r.status() != StatusCode::SERVICE_UNAVAILABLE
 }
 
 /// The parts of the request the response steps need.

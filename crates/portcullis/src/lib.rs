@@ -29,6 +29,7 @@
 
 pub mod audit;
 pub mod auth;
+pub mod ban;
 pub mod body_limit;
 pub mod client_ip;
 pub mod cors;

@@ -165,6 +165,63 @@ async fn two_redis_replicas_share_one_limit() {
     assert_eq!(ok, 10);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_redis_replicas_share_bans() {
+    use portcullis::ban::BanList;
+    let redis = RedisServer::start();
+    let connect = || async {
+        Arc::new(
+            RedisStore::connect(&redis.url(), None, "pc:")
+                .await
+                .unwrap(),
+        )
+    };
+    let minute = Duration::from_secs(60);
+    let a = BanList::with_store(3, minute, minute, connect().await);
+    let b = BanList::with_store(3, minute, minute, connect().await);
+    assert_eq!(b.is_banned("203.0.113.7"), None); // starts B's first refresh
+    assert_eq!(a.record_offence("203.0.113.7").await, Ok(None));
+    // The offences are counted in Redis: B's count adds to A's.
+    assert_eq!(b.record_offence("203.0.113.7").await, Ok(None));
+    assert_eq!(a.record_offence("203.0.113.7").await, Ok(Some(minute)));
+    assert!(a.is_banned("203.0.113.7").is_some());
+    let members = redis.cli(&["ZRANGE", "pc:bans", "0", "-1"]);
+    assert_eq!(members.trim(), "203.0.113.7");
+    // B learns of the ban from its lazy refresh (every 2 s).
+    let started = std::time::Instant::now();
+    while b.is_banned("203.0.113.7").is_none() {
+        assert!(
+            started.elapsed() < Duration::from_secs(3),
+            "B did not see A's ban"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(b.is_banned("198.51.100.1"), None);
+}
+
+#[tokio::test]
+async fn sqlite_bans_outlive_the_store() {
+    use portcullis::ban::BanList;
+    let dir = TempDir::new("pc-bans");
+    let path = dir.0.join("rl.db");
+    let minute = Duration::from_secs(60);
+    {
+        let store = Arc::new(SqliteStore::open(&path).unwrap());
+        let bans = BanList::with_store(2, minute, minute, store);
+        assert_eq!(bans.record_offence("203.0.113.7").await, Ok(None));
+        assert_eq!(bans.record_offence("203.0.113.7").await, Ok(Some(minute)));
+    }
+    let store = Arc::new(SqliteStore::open(&path).unwrap());
+    let bans = BanList::with_store(2, minute, minute, store.clone());
+    assert_eq!(bans.refresh().await, Ok(1));
+    let left = bans.is_banned("203.0.113.7").expect("still banned");
+    assert!(left > Duration::from_secs(55) && left <= minute, "{left:?}");
+    assert_eq!(bans.is_banned("198.51.100.1"), None);
+    // A ban that has run out is dropped from the table when read.
+    store.ban("192.0.2.1", 1).await.unwrap();
+    assert_eq!(store.bans().await.unwrap().len(), 1);
+}
+
 #[tokio::test]
 async fn redis_password_comes_from_the_caller() {
     let redis = RedisServer::start();

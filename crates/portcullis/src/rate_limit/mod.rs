@@ -250,6 +250,46 @@ pub trait RateLimitStore: Send + Sync + 'static {
     fn ping(&self) -> BoxFuture<'_, Result<(), StoreError>> {
         Box::pin(async { Ok(()) })
     }
+
+    /// Records that `key` (a client key) is banned until `until_unix_ms`, for the other
+    /// replicas sharing the store to find ([`RateLimitStore::bans`]); a later end wins over
+    /// an earlier one. Default: `Ok` without storing anything (an in-process store has no
+    /// one to share with; the [`BanList`](crate::ban::BanList) keeps its own copy).
+    ///
+    /// ```
+    /// use portcullis::rate_limit::{RateLimitStore, sqlite::SqliteStore};
+    /// # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
+    /// let store = SqliteStore::open(":memory:").unwrap();
+    /// store.ban("203.0.113.7", u64::MAX / 2).await.unwrap();
+    /// assert_eq!(store.bans().await.unwrap(), [("203.0.113.7".to_string(), u64::MAX / 2)]);
+    /// # });
+    /// ```
+    fn ban<'a>(
+        &'a self,
+        key: &'a str,
+        until_unix_ms: u64,
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
+        let _ = (key, until_unix_ms);
+        Box::pin(async { Ok(()) })
+    }
+
+    /// The bans still running (client key, end in ms since the Unix epoch), dropping those
+    /// that have run out. Default: none.
+    ///
+    /// ```
+    /// use portcullis::rate_limit::{RateLimitStore, memory::MemoryStore};
+    /// # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
+    /// assert!(MemoryStore::new(1000).bans().await.unwrap().is_empty());
+    /// # });
+    /// ```
+    fn bans(&self) -> BoxFuture<'_, Result<Vec<(String, u64)>, StoreError>> {
+        Box::pin(async { Ok(Vec::new()) })
+    }
+}
+
+/// Milliseconds since the Unix epoch, by the system clock: the time bans are stored in.
+pub(crate) fn unix_ms() -> u64 {
+    SystemClock.now_us() / 1000
 }
 
 /// What to do when the store fails.

@@ -228,6 +228,64 @@ impl RateLimitStore for RedisStore {
         "redis"
     }
 
+    /// `ZADD <prefix>bans GT until key`: one sorted set of bans scored by their end, where a
+    /// later end replaces an earlier one.
+    fn ban<'a>(
+        &'a self,
+        key: &'a str,
+        until_unix_ms: u64,
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
+        Box::pin(async move {
+            let mut conn = self.connection().await?;
+            let mut cmd = redis::cmd("ZADD");
+            cmd.arg(format!("{}bans", self.prefix))
+                .arg("GT")
+                .arg(until_unix_ms)
+                .arg(key);
+            let _: i64 = tokio::time::timeout(self.timeout, cmd.query_async(&mut conn))
+                .await
+                .map_err(|_| StoreError::new("redis ban timed out"))?
+                .map_err(|e| StoreError::new(format!("redis error: {}", redis_reason(&e))))?;
+            Ok(())
+        })
+    }
+
+    /// Drops the bans that ran out (`ZREMRANGEBYSCORE -inf now`) and reads the others
+    /// (`ZRANGEBYSCORE (now +inf WITHSCORES`, at most [`MAX_LOCAL_BANS`]), in one round trip.
+    ///
+    /// [`MAX_LOCAL_BANS`]: crate::ban::MAX_LOCAL_BANS
+    fn bans(&self) -> BoxFuture<'_, Result<Vec<(String, u64)>, StoreError>> {
+        Box::pin(async move {
+            let mut conn = self.connection().await?;
+            let key = format!("{}bans", self.prefix);
+            let now = super::unix_ms();
+            let mut pipe = redis::pipe();
+            pipe.cmd("ZREMRANGEBYSCORE")
+                .arg(&key)
+                .arg("-inf")
+                .arg(now)
+                .ignore()
+                .cmd("ZRANGEBYSCORE")
+                .arg(&key)
+                .arg(format!("({now}"))
+                .arg("+inf")
+                .arg("WITHSCORES")
+                .arg("LIMIT")
+                .arg(0)
+                .arg(crate::ban::MAX_LOCAL_BANS);
+            let (live,): (Vec<(String, f64)>,) =
+                tokio::time::timeout(self.timeout, pipe.query_async(&mut conn))
+                    .await
+                    .map_err(|_| StoreError::new("redis bans timed out"))?
+                    .map_err(|e| StoreError::new(format!("redis error: {}", redis_reason(&e))))?;
+            // Scores are whole milliseconds, exact in an f64 until the year 287396.
+            Ok(live
+                .into_iter()
+                .map(|(k, until)| (k, until.max(0.0) as u64))
+                .collect())
+        })
+    }
+
     /// `PING` through the decisions' own connection manager, bounded by the store's timeout.
     ///
     /// ```no_run

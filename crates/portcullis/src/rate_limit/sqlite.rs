@@ -36,6 +36,19 @@ struct Job {
     reply: oneshot::Sender<Result<Vec<Verdict>, StoreError>>,
 }
 
+/// What the worker thread is asked: decisions (batched into one transaction), or bans.
+enum Work {
+    Decide(Job),
+    Ban {
+        key: String,
+        until_ms: u64,
+        reply: oneshot::Sender<Result<(), StoreError>>,
+    },
+    Bans {
+        reply: oneshot::Sender<Result<Vec<(String, u64)>, StoreError>>,
+    },
+}
+
 /// The SQLite [`RateLimitStore`].
 ///
 /// ```
@@ -46,7 +59,7 @@ struct Job {
 /// # Ok::<(), portcullis::rate_limit::StoreError>(())
 /// ```
 pub struct SqliteStore {
-    tx: mpsc::SyncSender<Job>,
+    tx: mpsc::SyncSender<Work>,
     path: PathBuf,
 }
 
@@ -74,7 +87,11 @@ fn open_db(path: &Path) -> Result<Connection, StoreError> {
              c INTEGER NOT NULL,
              expires_at INTEGER NOT NULL
          ) WITHOUT ROWID;
-         CREATE INDEX IF NOT EXISTS rate_limits_expires ON rate_limits (expires_at);",
+         CREATE INDEX IF NOT EXISTS rate_limits_expires ON rate_limits (expires_at);
+         CREATE TABLE IF NOT EXISTS bans (
+             key TEXT PRIMARY KEY,
+             until_ms INTEGER NOT NULL
+         ) WITHOUT ROWID;",
     )
     .map_err(err)?;
     Ok(conn)
@@ -119,7 +136,7 @@ impl SqliteStore {
     ) -> Result<Self, StoreError> {
         let path = path.as_ref().to_path_buf();
         let conn = open_db(&path)?;
-        let (tx, rx) = mpsc::sync_channel::<Job>(4096);
+        let (tx, rx) = mpsc::sync_channel::<Work>(4096);
         let worker_path = path.clone();
         thread::Builder::new()
             .name("portcullis-sqlite-ratelimit".into())
@@ -140,20 +157,28 @@ impl SqliteStore {
     }
 }
 
-fn worker(mut conn: Connection, rx: mpsc::Receiver<Job>, clock: Arc<dyn Clock>, path: PathBuf) {
+fn worker(mut conn: Connection, rx: mpsc::Receiver<Work>, clock: Arc<dyn Clock>, path: PathBuf) {
     let mut last_sweep = Instant::now();
     loop {
         let first = match rx.recv_timeout(SWEEP_EVERY) {
-            Ok(job) => Some(job),
+            Ok(work) => Some(work),
             Err(RecvTimeoutError::Timeout) => None,
             Err(RecvTimeoutError::Disconnected) => return,
         };
-        let mut jobs: Vec<Job> = first.into_iter().collect();
-        while jobs.len() < MAX_BATCH {
-            match rx.try_recv() {
-                Ok(j) => jobs.push(j),
-                Err(_) => break,
+        let mut jobs: Vec<Job> = Vec::new();
+        let mut other = Vec::new();
+        let mut next = first;
+        while let Some(work) = next.take() {
+            match work {
+                Work::Decide(j) => jobs.push(j),
+                w => other.push(w),
             }
+            if jobs.len() + other.len() < MAX_BATCH {
+                next = rx.try_recv().ok();
+            }
+        }
+        for work in other {
+            ban_work(&conn, work, &clock, &path);
         }
         if !jobs.is_empty() {
             let now = clock.now_us();
@@ -180,6 +205,46 @@ fn worker(mut conn: Connection, rx: mpsc::Receiver<Job>, clock: Arc<dyn Clock>, 
                    (SELECT key FROM rate_limits WHERE expires_at < ?1 LIMIT ?2)",
                 params![now, SWEEP_BATCH],
             );
+        }
+    }
+}
+
+/// A ban written or the live bans read (rare: one per ban placed, one per replica every
+/// [`REFRESH_EVERY`](crate::ban::REFRESH_EVERY)).
+fn ban_work(conn: &Connection, work: Work, clock: &Arc<dyn Clock>, path: &Path) {
+    let err = |e: rusqlite::Error| StoreError::new(format!("sqlite {}: {e}", path.display()));
+    let as_sql = |ms: u64| ms.min(i64::MAX as u64) as i64;
+    match work {
+        Work::Decide(_) => {}
+        Work::Ban {
+            key,
+            until_ms,
+            reply,
+        } => {
+            let done = conn
+                .execute(
+                    "INSERT INTO bans (key, until_ms) VALUES (?1, ?2)
+                     ON CONFLICT(key) DO UPDATE SET until_ms = max(until_ms, excluded.until_ms)",
+                    params![key, as_sql(until_ms)],
+                )
+                .map(drop)
+                .map_err(err);
+            let _ = reply.send(done);
+        }
+        Work::Bans { reply } => {
+            let now = as_sql(clock.now_us() / 1000);
+            let read = || -> rusqlite::Result<Vec<(String, u64)>> {
+                conn.execute("DELETE FROM bans WHERE until_ms <= ?1", params![now])?;
+                let mut stmt = conn.prepare_cached(
+                    "SELECT key, until_ms FROM bans WHERE until_ms > ?1 LIMIT ?2",
+                )?;
+                let rows = stmt
+                    .query_map(params![now, crate::ban::MAX_LOCAL_BANS as i64], |r| {
+                        Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?.max(0) as u64))
+                    })?;
+                rows.collect()
+            };
+            let _ = reply.send(read().map_err(err));
         }
     }
 }
@@ -244,6 +309,22 @@ fn decide_batch(
     Ok(out)
 }
 
+/// The worker's answer to work handed to it (or why it could not be).
+async fn answer<T>(
+    sent: Result<(), mpsc::TrySendError<Work>>,
+    rx: oneshot::Receiver<Result<T, StoreError>>,
+) -> Result<T, StoreError> {
+    match sent {
+        Ok(()) => rx
+            .await
+            .unwrap_or_else(|_| Err(StoreError::new("sqlite rate-limit thread stopped"))),
+        Err(mpsc::TrySendError::Full(_)) => Err(StoreError::new("sqlite rate-limit queue is full")),
+        Err(mpsc::TrySendError::Disconnected(_)) => {
+            Err(StoreError::new("sqlite rate-limit thread stopped"))
+        }
+    }
+}
+
 impl RateLimitStore for SqliteStore {
     fn decide<'a>(
         &'a self,
@@ -257,20 +338,28 @@ impl RateLimitStore for SqliteStore {
                 .collect(),
             reply,
         };
-        let sent = self.tx.try_send(job);
-        Box::pin(async move {
-            match sent {
-                Ok(()) => rx
-                    .await
-                    .unwrap_or_else(|_| Err(StoreError::new("sqlite rate-limit thread stopped"))),
-                Err(mpsc::TrySendError::Full(_)) => {
-                    Err(StoreError::new("sqlite rate-limit queue is full"))
-                }
-                Err(mpsc::TrySendError::Disconnected(_)) => {
-                    Err(StoreError::new("sqlite rate-limit thread stopped"))
-                }
-            }
-        })
+        let sent = self.tx.try_send(Work::Decide(job));
+        Box::pin(answer(sent, rx))
+    }
+
+    fn ban<'a>(
+        &'a self,
+        key: &'a str,
+        until_unix_ms: u64,
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
+        let (reply, rx) = oneshot::channel();
+        let sent = self.tx.try_send(Work::Ban {
+            key: key.to_string(),
+            until_ms: until_unix_ms,
+            reply,
+        });
+        Box::pin(answer(sent, rx))
+    }
+
+    fn bans(&self) -> BoxFuture<'_, Result<Vec<(String, u64)>, StoreError>> {
+        let (reply, rx) = oneshot::channel();
+        let sent = self.tx.try_send(Work::Bans { reply });
+        Box::pin(answer(sent, rx))
     }
 
     fn name(&self) -> &'static str {
