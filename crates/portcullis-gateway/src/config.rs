@@ -41,6 +41,7 @@ use http::Uri;
 use portcullis::audit::StoreOptions;
 use portcullis::audit::writer::{AuditWriter, WriterConfig};
 use portcullis::auth::FailedAuthTracker;
+use portcullis::ban::BanList;
 use portcullis::cors::Cors;
 use portcullis::headers::security::SecurityHeaders;
 use portcullis::methods::MethodSet;
@@ -259,6 +260,8 @@ pub struct GatewayConfig {
     pub auth: AuthConfig,
     /// `[audit]`.
     pub audit: AuditConfig,
+    /// `[ban]`: the ban list of repeat offenders.
+    pub ban: BanConfig,
     /// `[csrf]`.
     pub csrf: CsrfConfig,
     /// `[headers]`: security headers and the layer-wide CSP.
@@ -722,6 +725,30 @@ pub struct ApiKeyConfig {
     pub expires: Option<SystemTime>,
 }
 
+/// `[ban]`: clients whose requests keep being refused (path and host attacks, CSRF failures,
+/// 429s) are refused on every route for a while, with 403 `banned`. Offences and bans are kept
+/// in the rate-limit store, so replicas sharing Redis or a SQLite file share them.
+///
+/// ```
+/// # use std::time::Duration;
+/// use portcullis_gateway::config::GatewayConfig;
+/// let ban = GatewayConfig::from_str(r#"
+/// server.upstream = "http://127.0.0.1:3000"
+/// ban.ban_for = "1h"
+/// "#, "portcullis.toml")?.ban;
+/// assert_eq!((ban.offences, ban.within, ban.ban_for), (100, Duration::from_secs(600), Duration::from_secs(3600)));
+/// # Ok::<(), portcullis_gateway::config::ConfigErrors>(())
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BanConfig {
+    /// Refusals that ban a client (default 100; 0 turns bans off).
+    pub offences: u32,
+    /// The window the refusals are counted in (default 10 min).
+    pub within: Duration,
+    /// How long a ban lasts (default 15 min).
+    pub ban_for: Duration,
+}
+
 /// `[audit]`.
 ///
 /// ```
@@ -1075,6 +1102,7 @@ impl GatewayConfig {
             // The proxy reads the request id, route and nonce: one extension holds them.
             .request_extensions(portcullis::layer::RequestExtensions::Context)
             .failed_auth(Some(stores.failed_auth(&self.auth, &self.storage)?))
+            .ban_list(stores.ban_list(&self.ban, &self.storage)?)
             .trusted_proxies(self.server.trusted_proxies.iter().cloned())
             .security_headers(Some(self.headers.security.clone()))
             .csp(csp)
@@ -1359,6 +1387,7 @@ pub struct Stores {
     csrf_secret: std::sync::OnceLock<portcullis::csrf::token::Secret>,
     audit: std::sync::Mutex<Option<(String, AuditWriter)>>,
     failed_auth: std::sync::Mutex<Option<CachedTracker>>,
+    bans: std::sync::Mutex<Option<CachedBans>>,
     rate_limit: std::sync::Mutex<
         Option<(
             RateLimitStore,
@@ -1377,6 +1406,13 @@ impl fmt::Debug for Stores {
 type CachedTracker = (
     (u32, Duration, OnStoreError),
     Arc<FailedAuthTracker>,
+    Arc<dyn portcullis::rate_limit::RateLimitStore>,
+);
+
+/// A ban list with the settings and store it was built for.
+type CachedBans = (
+    (BanConfig, OnStoreError),
+    Arc<BanList>,
     Arc<dyn portcullis::rate_limit::RateLimitStore>,
 );
 
@@ -1582,6 +1618,50 @@ impl Stores {
         );
         *cached = Some((want, t.clone(), store));
         Ok(t)
+    }
+
+    /// The ban list of `[ban]` (`None` with `offences = 0`), over the rate-limit store (so
+    /// replicas sharing Redis share offences and bans), kept while its settings and store
+    /// are unchanged: a reload keeps the bans.
+    ///
+    /// ```
+    /// # use std::sync::Arc;
+    /// use portcullis_gateway::config::{GatewayConfig, Stores};
+    /// let config = GatewayConfig::from_str("server.upstream = \"http://127.0.0.1:3000\"", "portcullis.toml")?;
+    /// let stores = Stores::default();
+    /// let bans = stores.ban_list(&config.ban, &config.storage)?.expect("on by default");
+    /// assert!(Arc::ptr_eq(&bans, &stores.ban_list(&config.ban, &config.storage)?.unwrap()));
+    /// let mut off = config.ban.clone();
+    /// off.offences = 0;
+    /// assert!(stores.ban_list(&off, &config.storage)?.is_none());
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn ban_list(
+        &self,
+        ban: &BanConfig,
+        storage: &StorageConfig,
+    ) -> Result<Option<Arc<BanList>>, ConfigError> {
+        if ban.offences == 0 {
+            return Ok(None);
+        }
+        let store = self.rate_limit_store(storage)?;
+        let want = (ban.clone(), storage.on_store_error);
+        let mut cached = self
+            .bans
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some((k, b, s)) = cached.as_ref()
+            && *k == want
+            && Arc::ptr_eq(s, &store)
+        {
+            return Ok(Some(b.clone()));
+        }
+        let b = Arc::new(
+            BanList::with_store(ban.offences, ban.within, ban.ban_for, store.clone())
+                .on_store_error(want.1.into()),
+        );
+        *cached = Some((want, b.clone(), store));
+        Ok(Some(b))
     }
 
     /// The rate-limit store `storage` names, opened once and reused while it is unchanged.

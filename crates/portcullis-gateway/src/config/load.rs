@@ -23,8 +23,8 @@ use super::values::{
     parse_rfc3339, parse_sha256, parse_size, parse_upstream, parse_url_with_path, resolve_path,
 };
 use super::{
-    ApiKeyConfig, ApiKeyHash, AuditConfig, AuthConfig, ConfigError, CorsConfig, CsrfConfig,
-    CsrfStrictness, Env, GatewayConfig, HeadersConfig, JwtAlgorithm, JwtConfig,
+    ApiKeyConfig, ApiKeyHash, AuditConfig, AuthConfig, BanConfig, ConfigError, CorsConfig,
+    CsrfConfig, CsrfStrictness, Env, GatewayConfig, HeadersConfig, JwtAlgorithm, JwtConfig,
     MIN_HMAC_SECRET_BYTES, OnStoreError, Purpose, RouteConfig, SYNTAX_KEY, Secret, ServerConfig,
     StorageConfig, Threading, TlsConfig, UpstreamKind,
 };
@@ -90,6 +90,7 @@ impl Loader<'_> {
         let storage = section_or_empty(&mut root, "storage", &mut self.errs, &empty);
         let auth = section_or_empty(&mut root, "auth", &mut self.errs, &empty);
         let audit = section_or_empty(&mut root, "audit", &mut self.errs, &empty);
+        let ban = section_or_empty(&mut root, "ban", &mut self.errs, &empty);
         let csrf = section_or_empty(&mut root, "csrf", &mut self.errs, &empty);
         let headers = section_or_empty(&mut root, "headers", &mut self.errs, &empty);
         let cors = root.section("cors", &mut self.errs);
@@ -102,6 +103,7 @@ impl Loader<'_> {
         let storage = self.storage(storage);
         let auth = self.auth(auth);
         let audit = self.audit(audit);
+        let ban = self.ban(ban);
         let csrf = self.csrf(csrf);
         let headers = self.headers(headers);
         let cors = cors.map(|s| self.cors(s));
@@ -113,6 +115,7 @@ impl Loader<'_> {
             storage: storage?,
             auth: auth?,
             audit: audit?,
+            ban: ban?,
             csrf: csrf?,
             headers: headers?,
             cors: cors.flatten(),
@@ -814,6 +817,20 @@ impl Loader<'_> {
         Some(AuditConfig {
             retention: retention?,
             spool_dir: spool_dir?,
+        })
+    }
+
+    fn ban(&mut self, mut b: Section<'_>) -> Option<BanConfig> {
+        let offences = b
+            .integer("offences", &mut self.errs, 0..=1_000_000)
+            .map_or(Some(100), |v| u32::try_from(v).ok());
+        let within = self.duration(&mut b, "within", Duration::from_secs(10 * 60));
+        let ban_for = self.duration(&mut b, "ban_for", Duration::from_secs(15 * 60));
+        b.finish(&mut self.errs);
+        Some(BanConfig {
+            offences: offences?,
+            within: within?,
+            ban_for: ban_for?,
         })
     }
 
