@@ -9,8 +9,9 @@
 //! 4. client address from the socket and trusted proxies ([`crate::client_ip`]);
 //! 5. route match → the route's [`Policy`], then the ban list → 403 `banned` with
 //!    `Retry-After` ([`crate::ban`]; checked once the route is known, so a route's
-//!    `report_only` can cover it). Refusals by steps 2, 10 and 11 (path and host, 429s, CSRF)
-//!    count as the client's offences; enough of them ban it;
+//!    `report_only` can cover it). Refusals by steps 2, 8, 10 and 11 (path and host, the
+//!    brute-force and rate limits' 429s, CSRF) count as the client's offences; enough of them
+//!    ban it;
 //! 6. CORS preflight answered ([`crate::cors`]);
 //! 7. method allowlist → 405 with `Allow` ([`crate::methods`]);
 //! 8. authentication → 401 with `WWW-Authenticate` ([`crate::auth`]);
