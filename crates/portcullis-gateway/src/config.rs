@@ -727,13 +727,17 @@ pub struct ApiKeyConfig {
 
 /// `[ban]`: clients whose requests keep being refused (path and host attacks, CSRF failures,
 /// 429s) are refused on every route for a while, with 403 `banned`. Offences and bans are kept
-/// in the rate-limit store, so replicas sharing Redis or a SQLite file share them.
+/// in the rate-limit store, so replicas sharing Redis or a SQLite file share them. Off unless
+/// `offences` is set: a ban shuts an address out of every route, and one address can be many
+/// people (an office behind NAT, a misconfigured `trusted_proxies`), so it is the operator's
+/// call, with a threshold that fits their traffic.
 ///
 /// ```
 /// # use std::time::Duration;
 /// use portcullis_gateway::config::GatewayConfig;
 /// let ban = GatewayConfig::from_str(r#"
 /// server.upstream = "http://127.0.0.1:3000"
+/// ban.offences = 100
 /// ban.ban_for = "1h"
 /// "#, "portcullis.toml")?.ban;
 /// assert_eq!((ban.offences, ban.within, ban.ban_for), (100, Duration::from_secs(600), Duration::from_secs(3600)));
@@ -741,7 +745,7 @@ pub struct ApiKeyConfig {
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BanConfig {
-    /// Refusals that ban a client (default 100; 0 turns bans off).
+    /// Refusals that ban a client (default 0: no bans; 100 is a reasonable start).
     pub offences: u32,
     /// The window the refusals are counted in (default 10 min).
     pub within: Duration,
@@ -1627,9 +1631,9 @@ impl Stores {
     /// ```
     /// # use std::sync::Arc;
     /// use portcullis_gateway::config::{GatewayConfig, Stores};
-    /// let config = GatewayConfig::from_str("server.upstream = \"http://127.0.0.1:3000\"", "portcullis.toml")?;
+    /// let config = GatewayConfig::from_str("server.upstream = \"http://127.0.0.1:3000\"\nban.offences = 100", "portcullis.toml")?;
     /// let stores = Stores::default();
-    /// let bans = stores.ban_list(&config.ban, &config.storage)?.expect("on by default");
+    /// let bans = stores.ban_list(&config.ban, &config.storage)?.expect("on with offences set");
     /// assert!(Arc::ptr_eq(&bans, &stores.ban_list(&config.ban, &config.storage)?.unwrap()));
     /// let mut off = config.ban.clone();
     /// off.offences = 0;

@@ -823,7 +823,7 @@ impl Loader<'_> {
     fn ban(&mut self, mut b: Section<'_>) -> Option<BanConfig> {
         let offences = b
             .integer("offences", &mut self.errs, 0..=1_000_000)
-            .map_or(Some(100), |v| u32::try_from(v).ok());
+            .map_or(Some(0), |v| u32::try_from(v).ok());
         let within = self.duration(&mut b, "within", Duration::from_secs(10 * 60));
         let ban_for = self.duration(&mut b, "ban_for", Duration::from_secs(15 * 60));
         b.finish(&mut self.errs);
