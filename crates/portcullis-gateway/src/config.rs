@@ -2029,6 +2029,18 @@ upstream = \"http://127.0.0.1:3000\"\n\
     }
 
     #[test]
+    fn a_burst_without_an_algorithm_asks_for_the_token_bucket() {
+        let c = load(
+            "[server]\nupstream = \"http://x\"\n[[route]]\npath = \"/x\"\n\
+             rate_limit = { requests = 5, window = \"1m\", burst = 3 }\n",
+        )
+        .unwrap();
+        let limit = &c.routes[0].policy.limits()[0];
+        assert_eq!(limit.algorithm, portcullis::policy::Algorithm::TokenBucket);
+        assert_eq!(limit.burst, 3);
+    }
+
+    #[test]
     fn presets_with_tokens_need_a_csrf_secret() {
         let errs = errors(
             "[server]\nupstream = \"http://x\"\n[auth.jwt]\nsecret_env = \"JWT_SECRET\"\n\

@@ -740,7 +740,7 @@ fn values_that_cannot_work_are_refused() {
         ),
         (
             "route[0].rate_limit.burst",
-            "[[route]]\npath = \"/x\"\nrate_limit = { requests = 5, window = \"1m\", burst = 3 }\n",
+            "[[route]]\npath = \"/x\"\nrate_limit = { requests = 5, window = \"1m\", algorithm = \"sliding_window\", burst = 3 }\n",
             "token_bucket",
         ),
         (
@@ -783,7 +783,9 @@ fn values_that_cannot_work_are_refused() {
         format!(
             "{head}[headers]\nhsts = \"max-age=63072000; includeSubDomains; preload\"\n\
              [[route]]\npath = \"/x\"\n\
-             rate_limit = {{ requests = 5, window = \"1m\", algorithm = \"token_bucket\", burst = 3 }}\n"
+             rate_limit = {{ requests = 5, window = \"1m\", algorithm = \"token_bucket\", burst = 3 }}\n\
+             [[route]]\npath = \"/y\"\n\
+             rate_limit = {{ requests = 5, window = \"1m\", burst = 3 }}\n"
         ),
     )
     .expect("write");

@@ -1415,6 +1415,13 @@ impl Loader<'_> {
         } else {
             Some(default_key.clone())
         };
+        // A burst only means something to the token bucket: one without an algorithm asks
+        // for it; with a window algorithm named it is refused below.
+        let default_algorithm = if t.has("burst") && !t.has("algorithm") {
+            Algorithm::TokenBucket
+        } else {
+            Algorithm::SlidingWindow
+        };
         let algorithm = self.choice(
             &mut t,
             "algorithm",
@@ -1423,7 +1430,7 @@ impl Loader<'_> {
                 ("token_bucket", Algorithm::TokenBucket),
                 ("fixed_window", Algorithm::FixedWindow),
             ],
-            Algorithm::SlidingWindow,
+            default_algorithm,
         );
         let burst = t
             .integer("burst", &mut self.errs, 0..=i64::from(u32::MAX))
@@ -1436,8 +1443,8 @@ impl Loader<'_> {
         if burst.is_some_and(|b| b > 0) && algorithm.is_some_and(|a| a != Algorithm::TokenBucket) {
             self.errs.push(
                 t.key("burst"),
-                "burst applies to algorithm = \"token_bucket\" only; the windows allow \
-                 `requests` per window",
+                "burst applies to algorithm = \"token_bucket\" (the default when burst is \
+                 set) only; the windows allow `requests` per window",
             );
         }
         t.finish(&mut self.errs);
