@@ -454,18 +454,8 @@ fn secrets_in_the_wrong_place_are_refused_without_being_echoed() {
         ),
     ];
     for (i, (key, table, secret)) in cases.into_iter().enumerate() {
-        let file = dir.join(format!("c{i}.toml"));
-        std::fs::write(
-            &file,
-            format!("[server]\nupstream = \"http://127.0.0.1:3000\"\n{table}"),
-        )
-        .expect("write");
-        let out = portcullis()
-            .arg("check-config")
-            .arg("--config")
-            .arg(&file)
-            .output()
-            .expect("runs");
+        let text = format!("[server]\nupstream = \"http://127.0.0.1:3000\"\n{table}");
+        let out = check_text(&dir, &format!("c{i}"), &text);
         let err = stderr(&out);
         assert_eq!(out.status.code(), Some(2), "{table}: {err}");
         assert!(err.contains(&format!(": {key}: ")), "{table}: {err}");
@@ -531,18 +521,11 @@ fn admin_listen_on_the_listen_port_is_refused() {
         );
     }
     // Another port is fine.
-    let file = dir.join("ok.toml");
-    std::fs::write(
-        &file,
+    let out = check_text(
+        &dir,
+        "ok",
         "[server]\nupstream = \"http://127.0.0.1:3000\"\nlisten = \"127.0.0.1:8080\"\nadmin_listen = \"127.0.0.1:8081\"\n[storage]\naudit = \"stdout\"\n",
-    )
-    .expect("write");
-    let out = portcullis()
-        .arg("check-config")
-        .arg("--config")
-        .arg(&file)
-        .output()
-        .expect("runs");
+    );
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     let _ = std::fs::remove_dir_all(dir);
 }
@@ -760,14 +743,7 @@ fn values_that_cannot_work_are_refused() {
         ),
     ];
     for (i, (key, table, reason)) in cases.into_iter().enumerate() {
-        let file = dir.join(format!("v{i}.toml"));
-        std::fs::write(&file, format!("{head}{table}")).expect("write");
-        let out = portcullis()
-            .arg("check-config")
-            .arg("--config")
-            .arg(&file)
-            .output()
-            .expect("runs");
+        let out = check_text(&dir, &format!("v{i}"), &format!("{head}{table}"));
         let err = stderr(&out);
         assert_eq!(out.status.code(), Some(2), "{table}: {err}");
         assert!(
@@ -777,24 +753,17 @@ fn values_that_cannot_work_are_refused() {
         );
     }
     // A good HSTS value, and a token bucket's burst, still pass.
-    let file = dir.join("ok.toml");
-    std::fs::write(
-        &file,
-        format!(
+    let out = check_text(
+        &dir,
+        "ok",
+        &format!(
             "{head}[headers]\nhsts = \"max-age=63072000; includeSubDomains; preload\"\n\
              [[route]]\npath = \"/x\"\n\
              rate_limit = {{ requests = 5, window = \"1m\", algorithm = \"token_bucket\", burst = 3 }}\n\
              [[route]]\npath = \"/y\"\n\
              rate_limit = {{ requests = 5, window = \"1m\", burst = 3 }}\n"
         ),
-    )
-    .expect("write");
-    let out = portcullis()
-        .arg("check-config")
-        .arg("--config")
-        .arg(&file)
-        .output()
-        .expect("runs");
+    );
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     let _ = std::fs::remove_dir_all(dir);
 }
