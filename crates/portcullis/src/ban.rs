@@ -46,7 +46,9 @@ use crate::client_ip::ClientIp;
 use crate::policy::Algorithm;
 use crate::rate_limit::algorithm::{Rule, Verdict};
 use crate::rate_limit::memory::MemoryStore;
-use crate::rate_limit::{Charge, Clock, OnStoreError, RateLimitStore, StoreError, SystemClock};
+use crate::rate_limit::{
+    Charge, Clock, OnStoreError, RateLimitStore, StoreError, StoreOutage, SystemClock,
+};
 
 /// How often a replica loads the bans other replicas placed in a shared store.
 ///
@@ -95,8 +97,7 @@ struct Inner {
     /// The last refresh from the store began (ms since the Unix epoch).
     last_refresh_ms: AtomicU64,
     refreshing: AtomicBool,
-    in_incident: AtomicBool,
-    store_errors: AtomicU64,
+    outage: StoreOutage,
 }
 
 impl std::fmt::Debug for BanList {
@@ -168,8 +169,7 @@ impl BanList {
                 live: AtomicUsize::new(0),
                 last_refresh_ms: AtomicU64::new(0),
                 refreshing: AtomicBool::new(false),
-                in_incident: AtomicBool::new(false),
-                store_errors: AtomicU64::new(0),
+                outage: StoreOutage::new("ban-list"),
             }),
         }
         .with_fallback()
@@ -281,7 +281,7 @@ impl BanList {
     /// assert_eq!(BanList::new(5, Duration::from_secs(60), Duration::from_secs(60)).store_errors(), 0);
     /// ```
     pub fn store_errors(&self) -> u64 {
-        self.inner.store_errors.load(Ordering::Relaxed)
+        self.inner.outage.errors()
     }
 
     /// How long `key` stays banned, or `None`. Reads only the local map (and not even that
@@ -561,20 +561,13 @@ impl Inner {
     /// Counts a store failure, logging the first of an outage.
     #[cold]
     fn store_failed(&self, e: &StoreError, doing: &'static str) {
-        self.store_errors.fetch_add(1, Ordering::Relaxed);
-        if !self.in_incident.swap(true, Ordering::AcqRel) {
-            tracing::error!(store = self.store.name(), error = %e, mode = ?self.on_error, doing,
-                "ban-list store failed; applying on_store_error until it recovers");
-        }
+        self.outage
+            .failed(self.store.name(), e, self.on_error, doing);
     }
 
     /// Notes that the store answered, logging the end of an outage.
     fn store_answered(&self) {
-        if self.in_incident.load(Ordering::Relaxed)
-            && self.in_incident.swap(false, Ordering::AcqRel)
-        {
-            tracing::warn!(store = self.store.name(), "ban-list store recovered");
-        }
+        self.outage.answered(self.store.name());
     }
 }
 

@@ -33,13 +33,12 @@
 //! ```
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use crate::policy::Algorithm;
 use crate::rate_limit::algorithm::Rule;
 use crate::rate_limit::memory::MemoryStore;
-use crate::rate_limit::{Charge, OnStoreError, RateLimitStore, StoreError};
+use crate::rate_limit::{Charge, OnStoreError, RateLimitStore, StoreError, StoreOutage};
 
 /// Why a client may not try to authenticate now ([`FailedAuthTracker::check`]).
 ///
@@ -78,8 +77,7 @@ pub struct FailedAuthTracker {
     store: Arc<dyn RateLimitStore>,
     on_error: OnStoreError,
     /// Raised while the store fails, so an outage is logged once (not per request).
-    in_incident: AtomicBool,
-    store_errors: AtomicU64,
+    outage: StoreOutage,
 }
 
 impl std::fmt::Debug for FailedAuthTracker {
@@ -135,8 +133,7 @@ impl FailedAuthTracker {
             window,
             store,
             on_error: OnStoreError::Closed,
-            in_incident: AtomicBool::new(false),
-            store_errors: AtomicU64::new(0),
+            outage: StoreOutage::new("brute-force"),
         }
     }
 
@@ -177,26 +174,19 @@ impl FailedAuthTracker {
     /// assert_eq!(FailedAuthTracker::default().store_errors(), 0);
     /// ```
     pub fn store_errors(&self) -> u64 {
-        self.store_errors.load(Ordering::Relaxed)
+        self.outage.errors()
     }
 
     /// Counts a store failure, logging the first of an outage.
     #[cold]
     fn store_failed(&self, e: &StoreError, doing: &'static str) {
-        self.store_errors.fetch_add(1, Ordering::Relaxed);
-        if !self.in_incident.swap(true, Ordering::AcqRel) {
-            tracing::error!(store = self.store.name(), error = %e, mode = ?self.on_error, doing,
-                "brute-force store failed; applying on_store_error until it recovers");
-        }
+        self.outage
+            .failed(self.store.name(), e, self.on_error, doing);
     }
 
     /// Notes that the store answered, logging the end of an outage.
     fn store_answered(&self) {
-        if self.in_incident.load(Ordering::Relaxed)
-            && self.in_incident.swap(false, Ordering::AcqRel)
-        {
-            tracing::warn!(store = self.store.name(), "brute-force store recovered");
-        }
+        self.outage.answered(self.store.name());
     }
 
     /// The limit.

@@ -292,6 +292,57 @@ pub(crate) fn unix_ms() -> u64 {
     SystemClock.now_us() / 1000
 }
 
+/// A store's outage as one of its users (the rate limiter, the brute-force limit, the ban
+/// list) lives it: each failure counted, the first of an outage and its end logged once each
+/// rather than per request. The flag is read before it is written, so the answered path of
+/// every request stays a plain load.
+#[derive(Debug)]
+pub(crate) struct StoreOutage {
+    /// Whose store, for the log: "rate-limit", "brute-force", "ban-list".
+    what: &'static str,
+    down: AtomicBool,
+    errors: AtomicU64,
+}
+
+impl StoreOutage {
+    pub(crate) const fn new(what: &'static str) -> Self {
+        StoreOutage {
+            what,
+            down: AtomicBool::new(false),
+            errors: AtomicU64::new(0),
+        }
+    }
+
+    /// Counts a failure of `store` while `doing` something; logs the first of an outage.
+    #[cold]
+    pub(crate) fn failed(
+        &self,
+        store: &str,
+        e: &StoreError,
+        mode: OnStoreError,
+        doing: &'static str,
+    ) {
+        self.errors.fetch_add(1, Ordering::Relaxed);
+        if !self.down.swap(true, Ordering::AcqRel) {
+            tracing::error!(store, error = %e, ?mode, doing, what = self.what,
+                "store failed; applying on_store_error until it recovers");
+        }
+    }
+
+    /// Notes that `store` answered; logs the end of an outage.
+    #[inline]
+    pub(crate) fn answered(&self, store: &str) {
+        if self.down.load(Ordering::Relaxed) && self.down.swap(false, Ordering::AcqRel) {
+            tracing::warn!(store, what = self.what, "store recovered");
+        }
+    }
+
+    /// Failures counted so far.
+    pub(crate) fn errors(&self) -> u64 {
+        self.errors.load(Ordering::Relaxed)
+    }
+}
+
 /// What to do when the store fails.
 ///
 /// ```
@@ -376,7 +427,7 @@ pub struct RateLimiter {
     store: Arc<dyn RateLimitStore>,
     on_error: OnStoreError,
     headers: HeaderStyle,
-    in_incident: AtomicBool,
+    outage: StoreOutage,
     stats: Arc<LimiterStats>,
     /// The store decides at once ([`RateLimitStore::decide_now`]), asked when built.
     at_once: bool,
@@ -406,7 +457,7 @@ impl RateLimiter {
             store,
             on_error: OnStoreError::Closed,
             headers: HeaderStyle::Draft,
-            in_incident: AtomicBool::new(false),
+            outage: StoreOutage::new("rate-limit"),
             stats: Arc::new(LimiterStats::default()),
         }
     }
@@ -539,13 +590,7 @@ impl RateLimiter {
     ) -> Result<(), Rejection> {
         let verdicts = match decided {
             Ok(v) => {
-                // Read first: a write on every request would bounce the flag's cache line
-                // between the cores serving requests.
-                if self.in_incident.load(Ordering::Relaxed)
-                    && self.in_incident.swap(false, Ordering::AcqRel)
-                {
-                    tracing::warn!(store = self.store.name(), "rate-limit store recovered");
-                }
+                self.outage.answered(self.store.name());
                 v
             }
             Err(e) => return self.store_failed(&e, exchange),
@@ -610,10 +655,8 @@ impl RateLimiter {
     #[inline(never)]
     fn store_failed(&self, e: &StoreError, exchange: &mut Exchange) -> Result<(), Rejection> {
         self.stats.store_errors.add(1);
-        if !self.in_incident.swap(true, Ordering::AcqRel) {
-            tracing::error!(store = self.store.name(), error = %e, mode = ?self.on_error,
-                "rate-limit store failed; applying on_store_error");
-        }
+        self.outage
+            .failed(self.store.name(), e, self.on_error, "decide");
         match self.on_error {
             OnStoreError::Closed => Err(Rejection::store_unavailable()),
             OnStoreError::Open => {
