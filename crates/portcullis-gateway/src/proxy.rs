@@ -149,13 +149,18 @@ pub const X_PORTCULLIS_ROLES: HeaderName = HeaderName::from_static("x-portcullis
 /// ```
 pub const X_PORTCULLIS_CLIENT_IP: HeaderName = HeaderName::from_static("x-portcullis-client-ip");
 
-/// The client address the layer resolved, when it knows one.
-fn client_ip_of(extensions: &Extensions) -> Option<IpText> {
+/// The client address the layer resolved, when it knows one, as text: the hop's own when the
+/// client is the socket peer (no trusted proxy in between), so it is not formatted twice.
+fn client_ip_of(extensions: &Extensions, hop: &Hop) -> Option<IpText> {
     let ip = extensions
         .get::<portcullis::layer::RequestContext>()
         .map(|c| c.client_ip)
-        .or_else(|| extensions.get::<portcullis::ClientIp>().copied())?;
-    (!ip.0.is_unspecified()).then(|| IpText::of(ip.0))
+        .or_else(|| extensions.get::<portcullis::ClientIp>().copied())?
+        .0;
+    match &hop.peer {
+        Some((peer, text)) if *peer == ip => Some(*text),
+        _ => (!ip.is_unspecified()).then(|| IpText::of(ip)),
+    }
 }
 
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
@@ -722,7 +727,7 @@ impl Proxy {
             headers.remove(X_PORTCULLIS_ROLES);
             headers.remove(X_PORTCULLIS_CLIENT_IP);
         }
-        if let Some(ip) = client_ip_of(extensions)
+        if let Some(ip) = client_ip_of(extensions, &hop)
             && let Ok(v) = HeaderValue::from_str(ip.as_str())
         {
             headers.insert(X_PORTCULLIS_CLIENT_IP, v);
@@ -890,7 +895,7 @@ impl Proxy {
                 id.as_str().as_bytes(),
             );
         }
-        if let Some(ip) = client_ip_of(extensions) {
+        if let Some(ip) = client_ip_of(extensions, &hop) {
             line(
                 out,
                 X_PORTCULLIS_CLIENT_IP.as_str().as_bytes(),
