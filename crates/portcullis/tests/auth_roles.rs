@@ -14,13 +14,8 @@ use portcullis::audit::{AuditEvent, MemorySink};
 use portcullis::auth::jwt::{Algorithm, JwtAuthenticator};
 use portcullis::{Policy, Preset, SecurityLayer};
 
-struct App {
-    addr: std::net::SocketAddr,
-    sink: MemorySink,
-    key: TestKey,
-}
-
-async fn start() -> App {
+/// An HS256 key and the authenticator verifying its tokens (issuer and audience of the tests).
+fn hs256_authenticator() -> (TestKey, JwtAuthenticator) {
     let key = hmac_key(Algorithm::HS256);
     let jwt = JwtAuthenticator::builder()
         .issuer(ISS)
@@ -28,6 +23,17 @@ async fn start() -> App {
         .key(key.verification())
         .build()
         .unwrap();
+    (key, jwt)
+}
+
+struct App {
+    addr: std::net::SocketAddr,
+    sink: MemorySink,
+    key: TestKey,
+}
+
+async fn start() -> App {
+    let (key, jwt) = hs256_authenticator();
     let sink = MemorySink::default();
     let layer = SecurityLayer::builder()
         .route("/api/user/**", Preset::Authenticated)
@@ -187,13 +193,7 @@ async fn a_403_is_audited_with_the_principal_and_never_the_token() {
 async fn repeated_bad_credentials_from_one_address_get_429_on_authenticated_routes() {
     use portcullis::auth::FailedAuthTracker;
     use std::time::Duration;
-    let key = hmac_key(Algorithm::HS256);
-    let jwt = JwtAuthenticator::builder()
-        .issuer(ISS)
-        .audience(AUD)
-        .key(key.verification())
-        .build()
-        .unwrap();
+    let (key, jwt) = hs256_authenticator();
     let sink = MemorySink::default();
     let layer = SecurityLayer::builder()
         .route("/api/user/**", Preset::Authenticated)
@@ -263,13 +263,7 @@ async fn a_brute_force_store_that_is_down_applies_on_store_error() {
         }
     }
     for mode in [OnStoreError::Closed, OnStoreError::Open] {
-        let key = hmac_key(Algorithm::HS256);
-        let jwt = JwtAuthenticator::builder()
-            .issuer(ISS)
-            .audience(AUD)
-            .key(key.verification())
-            .build()
-            .unwrap();
+        let (key, jwt) = hs256_authenticator();
         let sink = MemorySink::default();
         let tracker = Arc::new(
             FailedAuthTracker::with_store(3, Duration::from_secs(900), Arc::new(Down))
@@ -328,13 +322,7 @@ async fn a_brute_force_store_that_is_down_applies_on_store_error() {
 /// shared cache. Anonymous answers keep the application's caching.
 #[tokio::test]
 async fn authenticated_answers_are_never_stored_even_when_the_app_says_public() {
-    let key = hmac_key(Algorithm::HS256);
-    let jwt = JwtAuthenticator::builder()
-        .issuer(ISS)
-        .audience(AUD)
-        .key(key.verification())
-        .build()
-        .unwrap();
+    let (key, jwt) = hs256_authenticator();
     let layer = SecurityLayer::builder()
         .route("/api/user/**", Preset::Authenticated)
         .route("/api/public/**", Preset::Public)
