@@ -306,24 +306,35 @@ async fn a_missing_doubled_or_malformed_host_is_a_400_that_never_reaches_the_ups
     assert_eq!(up.hits(), 1);
 }
 
+/// The gateway with `server_extra` in `[server]` and a JSON-lines audit log: it and the log.
+async fn audited_gateway(up: &Upstream, server_extra: &str) -> (Gateway, std::path::PathBuf) {
+    let log = temp_dir().join("audit.jsonl");
+    let port = free_port();
+    let text = format!(
+        "{}[storage]\naudit = \"jsonl://{}\"\n",
+        config(port, up.addr, server_extra, ""),
+        log.display()
+    );
+    (Gateway::start(port, &text).await, log)
+}
+
+/// The audit log's text and its rows.
+fn audit_rows(log: &std::path::Path) -> (String, Vec<serde_json::Value>) {
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    let events = text
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+    (text, events)
+}
+
 /// A head begun but not ended within `header_read_timeout` (counted from the connection's
 /// start for its first request) gets the JSON 408 `request_timeout`, with the security
 /// headers and `connection: close`, and the audit log shows it with the request line it had.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_stalled_first_head_gets_the_json_408_and_is_audited() {
     let up = Upstream::start().await;
-    let dir = temp_dir();
-    let log = dir.join("audit.jsonl");
-    let port = free_port();
-    let mut gw = Gateway::start(
-        port,
-        &format!(
-            "{}[storage]\naudit = \"jsonl://{}\"\n",
-            config(port, up.addr, "header_read_timeout = \"1s\"", ""),
-            log.display()
-        ),
-    )
-    .await;
+    let (mut gw, log) = audited_gateway(&up, "header_read_timeout = \"1s\"").await;
     let started = Instant::now();
     let mut tcp = TcpStream::connect(("127.0.0.1", gw.port)).await.unwrap();
     // Half a second of silence counts against the head too.
@@ -353,11 +364,7 @@ async fn a_stalled_first_head_gets_the_json_408_and_is_audited() {
     gw.signal("-TERM");
     assert!(gw.wait_exit(Duration::from_secs(10)).await.success());
 
-    let text = std::fs::read_to_string(&log).unwrap_or_default();
-    let events: Vec<serde_json::Value> = text
-        .lines()
-        .filter_map(|l| serde_json::from_str(l).ok())
-        .collect();
+    let (text, events) = audit_rows(&log);
     let slow = events
         .iter()
         .find(|e| e["request_id"] == id.as_str())
@@ -375,18 +382,7 @@ async fn a_stalled_first_head_gets_the_json_408_and_is_audited() {
 #[tokio::test(flavor = "multi_thread")]
 async fn refusals_before_the_layer_are_audited_too() {
     let up = Upstream::start().await;
-    let dir = temp_dir();
-    let log = dir.join("audit.jsonl");
-    let port = free_port();
-    let mut gw = Gateway::start(
-        port,
-        &format!(
-            "{}[storage]\naudit = \"jsonl://{}\"\n",
-            config(port, up.addr, "max_header_bytes = 4096", ""),
-            log.display()
-        ),
-    )
-    .await;
+    let (mut gw, log) = audited_gateway(&up, "max_header_bytes = 4096").await;
     // hyper's own 400: a folded header line it will not parse.
     let out = raw(
         gw.port,
@@ -413,11 +409,7 @@ async fn refusals_before_the_layer_are_audited_too() {
     gw.signal("-TERM");
     assert!(gw.wait_exit(Duration::from_secs(10)).await.success());
 
-    let text = std::fs::read_to_string(&log).unwrap_or_default();
-    let events: Vec<serde_json::Value> = text
-        .lines()
-        .filter_map(|l| serde_json::from_str(l).ok())
-        .collect();
+    let (text, events) = audit_rows(&log);
     let find = |status: u64, code: &str| {
         events.iter().any(|e| {
             e["status"] == status
@@ -449,7 +441,9 @@ async fn refusals_before_the_layer_are_audited_too() {
         "{text}"
     );
     assert_eq!(up.hits(), 0);
-    let _ = std::fs::remove_dir_all(dir);
+    if let Some(dir) = log.parent() {
+        let _ = std::fs::remove_dir_all(dir);
+    }
 }
 
 /// The one answer in `out`, which must be the JSON error (`content-type`, a `date`, and a
