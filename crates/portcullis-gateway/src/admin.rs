@@ -1,4 +1,4 @@
-//! The admin listener, separate from traffic: `/healthz` and `/readyz`.
+//! The admin listener, separate from traffic: `/healthz`, `/readyz` and `/metrics`.
 //!
 //! - `GET /healthz` → 200 `{"status":"ok"}` while the process serves.
 //! - `GET /readyz` → whether the gateway can serve traffic now (upstream and stores
@@ -17,6 +17,20 @@
 //!   (every rate-limited request then gets 503). With `"open"` requests pass unlimited, and
 //!   an audit store that is down loses nothing (events spool), so those stay 200 with the
 //!   part named, for alerting without pulling the instance out of a load balancer.
+//!
+//! - `GET /metrics` → the gateway's counters in the Prometheus text format (0.0.4), since
+//!   the process started and across config reloads:
+//!   - `portcullis_rate_limit_requests_total{decision}`: requests a rate limit let through
+//!     (`allowed`) or refused with 429 (`limited`);
+//!   - `portcullis_store_errors_total{user}`: rate-limit store failures met by the rate limit
+//!     (`rate_limit`), the failed-authentication limit (`brute_force`) and the ban list
+//!     (`ban_list`), each answered by `storage.on_store_error`;
+//!   - `portcullis_bans_active`: clients banned now (with `[ban]` on);
+//!   - `portcullis_audit_events_total{action,outcome}`: audit events by action (the refusals:
+//!     `rate_limit_exceeded`, `csrf_validation_failed`, …) and outcome;
+//!   - `portcullis_audit_pipeline_events_total{stage}`: what became of them (`enqueued`,
+//!     `written`, `spooled`, `replayed`, `dropped`), and `portcullis_audit_spool_pending`,
+//!     the events waiting in the spool for the store.
 //!
 //! Anything else is 404. Bind it to loopback or a private network: it is not behind the
 //! security layer.
@@ -100,6 +114,7 @@ async fn handle(req: Request<Incoming>, live: Live) -> Result<Response<Full<Byte
     Ok(match req.uri().path() {
         "/healthz" => json(StatusCode::OK, r#"{"status":"ok"}"#),
         "/readyz" => readiness(&live).await,
+        "/metrics" => metrics(&live),
         _ => json(StatusCode::NOT_FOUND, r#"{"status":"not_found"}"#),
     })
 }
@@ -153,6 +168,139 @@ async fn readiness(live: &Live) -> Response<Full<Bytes>> {
         StatusCode::OK
     };
     json(status, body)
+}
+
+/// `/metrics`: the counters in the Prometheus text format (see the module docs).
+fn metrics(live: &Live) -> Response<Full<Bytes>> {
+    let generation = live.current();
+    let config = &generation.config;
+    let stores = live.stores();
+    let mut out = Metrics::default();
+    out.family(
+        "portcullis_build_info",
+        "gauge",
+        "The running build, in its labels.",
+    );
+    out.sample(
+        "portcullis_build_info",
+        &[("version", env!("CARGO_PKG_VERSION"))],
+        1,
+    );
+
+    let limits = stores.limiter_stats();
+    out.family(
+        "portcullis_rate_limit_requests_total",
+        "counter",
+        "Requests a rate limit decided: let through (allowed) or refused with 429 (limited).",
+    );
+    for (decision, n) in [
+        ("allowed", limits.allowed.get()),
+        ("limited", limits.limited.get()),
+    ] {
+        out.sample(
+            "portcullis_rate_limit_requests_total",
+            &[("decision", decision)],
+            n,
+        );
+    }
+
+    // The cached trackers of the config in force (the same ones its layer holds).
+    let brute_force = stores.failed_auth(&config.auth, &config.storage).ok();
+    let bans = stores.ban_list(&config.ban, &config.storage).ok().flatten();
+    out.family(
+        "portcullis_store_errors_total",
+        "counter",
+        "Rate-limit store failures, by the control that met them; storage.on_store_error answered each.",
+    );
+    for (user, n) in [
+        ("rate_limit", limits.store_errors.get()),
+        ("brute_force", brute_force.map_or(0, |t| t.store_errors())),
+        ("ban_list", bans.as_ref().map_or(0, |b| b.store_errors())),
+    ] {
+        out.sample("portcullis_store_errors_total", &[("user", user)], n);
+    }
+    out.family(
+        "portcullis_bans_active",
+        "gauge",
+        "Clients banned now (0 while [ban] is off).",
+    );
+    let banned = bans.map_or(0, |b| b.banned_now());
+    out.sample("portcullis_bans_active", &[], banned as u64);
+
+    if let Some(writer) = stores.audit_writer() {
+        out.family(
+            "portcullis_audit_events_total",
+            "counter",
+            "Audit events recorded, by action and outcome.",
+        );
+        for (action, outcome, n) in writer.events_by_action() {
+            out.sample(
+                "portcullis_audit_events_total",
+                &[("action", action.as_str()), ("outcome", outcome.as_str())],
+                n,
+            );
+        }
+        let c = writer.counters();
+        out.family(
+            "portcullis_audit_pipeline_events_total",
+            "counter",
+            "Audit events by what became of them: queued, written to the store, spooled while it was down, replayed from the spool, or dropped.",
+        );
+        for (stage, n) in [
+            ("enqueued", c.enqueued),
+            ("written", c.written),
+            ("spooled", c.spooled),
+            ("replayed", c.replayed),
+            ("dropped", c.dropped),
+        ] {
+            out.sample(
+                "portcullis_audit_pipeline_events_total",
+                &[("stage", stage)],
+                n,
+            );
+        }
+        out.family(
+            "portcullis_audit_spool_pending",
+            "gauge",
+            "Audit events waiting in the spool for the store.",
+        );
+        out.sample("portcullis_audit_spool_pending", &[], c.pending);
+    }
+
+    let mut res = Response::new(Full::new(Bytes::from(out.text)));
+    res.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+    );
+    res.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    res
+}
+
+/// The Prometheus text exposition format, written line by line. Label values here are our
+/// own names (no quotes, backslashes or newlines to escape).
+#[derive(Default)]
+struct Metrics {
+    text: String,
+}
+
+impl Metrics {
+    fn family(&mut self, name: &str, kind: &str, help: &str) {
+        use std::fmt::Write as _;
+        let _ = writeln!(self.text, "# HELP {name} {help}\n# TYPE {name} {kind}");
+    }
+
+    fn sample(&mut self, name: &str, labels: &[(&str, &str)], value: u64) {
+        use std::fmt::Write as _;
+        self.text.push_str(name);
+        for (i, (k, v)) in labels.iter().enumerate() {
+            let _ = write!(self.text, "{}{k}=\"{v}\"", if i == 0 { "{" } else { "," });
+        }
+        if !labels.is_empty() {
+            self.text.push('}');
+        }
+        let _ = writeln!(self.text, " {value}");
+    }
 }
 
 fn json(status: StatusCode, body: impl Into<Bytes>) -> Response<Full<Bytes>> {

@@ -1099,7 +1099,8 @@ impl GatewayConfig {
     pub fn security_layer_with(&self, stores: &Stores) -> Result<SecurityLayer, ConfigError> {
         let csp = self.headers.effective_csp();
         let limiter = RateLimiter::new(stores.rate_limit_store(&self.storage)?)
-            .on_store_error(self.storage.on_store_error.into());
+            .on_store_error(self.storage.on_store_error.into())
+            .with_stats(stores.limiter_stats());
         let mut builder = SecurityLayer::builder()
             // Real clients on the wire: HTTP/1.1 without Host is refused (RFC 9112 §3.2).
             .require_host(true)
@@ -1392,6 +1393,8 @@ pub struct Stores {
     audit: std::sync::Mutex<Option<(String, AuditWriter)>>,
     failed_auth: std::sync::Mutex<Option<CachedTracker>>,
     bans: std::sync::Mutex<Option<CachedBans>>,
+    /// The rate limiters' counters, one running count across reloads (`/metrics`).
+    limiter_stats: Arc<portcullis::rate_limit::LimiterStats>,
     rate_limit: std::sync::Mutex<
         Option<(
             RateLimitStore,
@@ -1539,6 +1542,21 @@ impl Stores {
             let _ = old.shutdown().await;
         }
         Ok(())
+    }
+
+    /// The counters every rate limiter built from these stores counts into: requests
+    /// allowed, refused and decided without the store, since the process started, across
+    /// reloads.
+    ///
+    /// ```
+    /// # use std::sync::Arc;
+    /// use portcullis_gateway::config::Stores;
+    /// let stores = Stores::default();
+    /// assert!(Arc::ptr_eq(&stores.limiter_stats(), &stores.limiter_stats()));
+    /// assert_eq!(stores.limiter_stats().allowed.get(), 0);
+    /// ```
+    pub fn limiter_stats(&self) -> Arc<portcullis::rate_limit::LimiterStats> {
+        self.limiter_stats.clone()
     }
 
     /// The open audit writer, if any.

@@ -315,6 +315,93 @@ async fn admin_listener_answers_health_and_readiness() {
     assert_eq!(r.json()["status"], "unavailable");
 }
 
+/// `/metrics` counts what the controls decided, in the Prometheus text format: the rate
+/// limit's allowed and refused requests, the bans in force, and the audit events by action.
+#[tokio::test(flavor = "multi_thread")]
+async fn admin_metrics_count_refusals_bans_and_audit_events() {
+    let up = Upstream::start().await;
+    let admin = free_port();
+    let port = free_port();
+    let log = temp_dir().join("audit.jsonl");
+    let text = format!(
+        "{}[storage]\naudit = \"jsonl://{}\"\n[ban]\noffences = 2\nwithin = \"10m\"\nban_for = \"15m\"\n",
+        config(
+            port,
+            up.addr,
+            &format!("admin_listen = \"127.0.0.1:{admin}\""),
+            "[[route]]\npath = \"/limited/**\"\nrate_limit = { requests = 2, window = \"1m\" }\n",
+        ),
+        log.display()
+    );
+    let gw = Gateway::start(port, &text).await;
+    assert!(
+        gw.wait_log("admin listening on", Duration::from_secs(2))
+            .await
+    );
+    let metrics_url = format!("http://127.0.0.1:{admin}/metrics");
+    let r = get(&metrics_url, &[]).await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(
+        r.headers["content-type"],
+        "text/plain; version=0.0.4; charset=utf-8"
+    );
+    let before = r.text();
+    assert!(
+        before.contains("# TYPE portcullis_rate_limit_requests_total counter\n"),
+        "{before}"
+    );
+    assert!(
+        before.contains("\nportcullis_rate_limit_requests_total{decision=\"allowed\"} 0\n"),
+        "{before}"
+    );
+    assert!(before.contains("\nportcullis_bans_active 0\n"), "{before}");
+    assert!(
+        !before.contains("portcullis_audit_events_total{"),
+        "{before}"
+    );
+
+    // Two allowed, two refused (the second refusal is the second offence: a ban), then
+    // refused as banned.
+    let statuses = [
+        get(&gw.url("/limited/a"), &[]).await.status,
+        get(&gw.url("/limited/a"), &[]).await.status,
+        get(&gw.url("/limited/a"), &[]).await.status,
+        get(&gw.url("/limited/a"), &[]).await.status,
+        get(&gw.url("/elsewhere"), &[]).await.status,
+    ];
+    assert_eq!(statuses.map(|s| s.as_u16()), [200, 200, 429, 429, 403]);
+
+    let after = get(&metrics_url, &[]).await.text();
+    for line in [
+        "portcullis_rate_limit_requests_total{decision=\"allowed\"} 2",
+        "portcullis_rate_limit_requests_total{decision=\"limited\"} 2",
+        "portcullis_store_errors_total{user=\"rate_limit\"} 0",
+        "portcullis_bans_active 1",
+        "portcullis_audit_events_total{action=\"rate_limit_exceeded\",outcome=\"denied\"} 2",
+        "portcullis_audit_spool_pending 0",
+    ] {
+        assert!(after.lines().any(|l| l == line), "no {line:?} in\n{after}");
+    }
+    // The ban's start and the refused request: both audited as `banned`.
+    let banned = after
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("portcullis_audit_events_total{action=\"banned\",outcome=\"denied\"} ")
+        })
+        .and_then(|n| n.parse::<u64>().ok());
+    assert!(banned.is_some_and(|n| n >= 1), "{after}");
+    let enqueued = after
+        .lines()
+        .find_map(|l| l.strip_prefix("portcullis_audit_pipeline_events_total{stage=\"enqueued\"} "))
+        .and_then(|n| n.parse::<u64>().ok());
+    assert!(enqueued.is_some_and(|n| n >= 3), "{after}");
+    // Every sample line belongs to a family declared above it.
+    for l in after.lines().filter(|l| !l.starts_with('#')) {
+        let name = l.split(['{', ' ']).next().unwrap();
+        assert!(after.contains(&format!("# TYPE {name} ")), "{l}");
+    }
+}
+
 /// `/readyz` polled until its body is `want` (Redis reconnects in the background), or the
 /// last answer after `within`.
 async fn readyz_until(base: &str, want: &str, within: Duration) -> Reply {

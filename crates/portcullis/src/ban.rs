@@ -284,6 +284,25 @@ impl BanList {
         self.inner.outage.errors()
     }
 
+    /// Bans in force here now (with a shared store, as of the last refresh from it, at most
+    /// a couple of seconds old).
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use portcullis::ban::BanList;
+    /// let bans = BanList::new(1, Duration::from_secs(60), Duration::from_secs(30));
+    /// assert_eq!(bans.banned_now(), 0);
+    /// bans.record_offence_now("203.0.113.7");
+    /// assert_eq!(bans.banned_now(), 1);
+    /// ```
+    pub fn banned_now(&self) -> usize {
+        let i = &self.inner;
+        i.maybe_refresh(i);
+        let now = i.now_ms();
+        let local = i.local.lock().unwrap_or_else(PoisonError::into_inner);
+        local.values().filter(|&&until| until > now).count()
+    }
+
     /// How long `key` stays banned, or `None`. Reads only the local map (and not even that
     /// while no ban is live); with a shared store, may start a refresh from it.
     ///

@@ -171,6 +171,14 @@ impl Outcome {
         }
     }
 
+    /// Every outcome, in declaration order.
+    ///
+    /// ```
+    /// use portcullis::audit::Outcome;
+    /// assert_eq!(Outcome::ALL.map(Outcome::as_str), ["denied", "allowed", "report_only"]);
+    /// ```
+    pub const ALL: [Outcome; 3] = [Outcome::Denied, Outcome::Allowed, Outcome::ReportOnly];
+
     /// Parses a stored outcome name.
     ///
     /// ```
@@ -179,9 +187,7 @@ impl Outcome {
     /// assert_eq!(Outcome::from_name("Denied"), None);
     /// ```
     pub fn from_name(name: &str) -> Option<Outcome> {
-        [Outcome::Denied, Outcome::Allowed, Outcome::ReportOnly]
-            .into_iter()
-            .find(|o| o.as_str() == name)
+        Outcome::ALL.into_iter().find(|o| o.as_str() == name)
     }
 }
 

@@ -32,7 +32,7 @@ use tokio::time::Instant;
 use super::redact::Redactor;
 use super::spool::Spool;
 use super::store::{AuditError, AuditStore, StoreOptions, open_store};
-use super::{AuditEvent, AuditSink};
+use super::{AuditAction, AuditEvent, AuditSink, Outcome};
 
 /// How the writer batches, retries and keeps events.
 ///
@@ -242,6 +242,8 @@ struct Counters {
     spooled: AtomicU64,
     replayed: AtomicU64,
     dropped: AtomicU64,
+    /// Events recorded, by action and outcome (`[action as usize][outcome as usize]`).
+    by_action: [[AtomicU64; Outcome::ALL.len()]; AuditAction::ALL.len()],
 }
 
 // Events are nearly every message; boxing them would cost an allocation per `record`.
@@ -424,6 +426,53 @@ impl AuditWriter {
             dropped: c.dropped.load(Ordering::Relaxed),
             pending: self.shared.spool.pending(),
         }
+    }
+
+    /// Events recorded since the writer started, by action and outcome, whatever became of
+    /// them (stored, spooled or dropped): the pairs seen at least once, in the order of
+    /// [`AuditAction::ALL`] and [`Outcome::ALL`].
+    ///
+    /// ```
+    /// use portcullis::audit::{AuditAction, AuditSink, AuditWriter, Outcome, WriterConfig};
+    /// # tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap().block_on(async {
+    /// # let spool = std::env::temp_dir().join(format!("portcullis-doc-{}-writer-by-action", std::process::id()));
+    /// # let _ = std::fs::remove_dir_all(&spool);
+    /// let writer = AuditWriter::open("sqlite://:memory:", WriterConfig::new(&spool)).await.unwrap();
+    /// # let event = |action, outcome| portcullis::audit::AuditEvent {
+    /// #     id: portcullis::audit::uuid_v7(),
+    /// #     ts_ms: 0,
+    /// #     action,
+    /// #     outcome,
+    /// #     principal: None,
+    /// #     client_ip: Some("203.0.113.7".into()),
+    /// #     method: "GET".into(),
+    /// #     route: "/**".into(),
+    /// #     path: "/".into(),
+    /// #     status: 429,
+    /// #     request_id: "req-1".into(),
+    /// #     metadata: serde_json::json!({}),
+    /// # };
+    /// writer.record(event(AuditAction::RateLimitExceeded, Outcome::Denied));
+    /// writer.record(event(AuditAction::RateLimitExceeded, Outcome::Denied));
+    /// writer.record(event(AuditAction::CsrfValidationFailed, Outcome::ReportOnly));
+    /// assert_eq!(writer.events_by_action(), [
+    ///     (AuditAction::RateLimitExceeded, Outcome::Denied, 2),
+    ///     (AuditAction::CsrfValidationFailed, Outcome::ReportOnly, 1),
+    /// ]);
+    /// writer.shutdown().await.unwrap();
+    /// # std::fs::remove_dir_all(&spool).ok();
+    /// # });
+    /// ```
+    pub fn events_by_action(&self) -> Vec<(AuditAction, Outcome, u64)> {
+        let counts = &self.shared.counters.by_action;
+        AuditAction::ALL
+            .into_iter()
+            .flat_map(|a| Outcome::ALL.into_iter().map(move |o| (a, o)))
+            .filter_map(|(a, o)| {
+                let n = counts[a as usize][o as usize].load(Ordering::Relaxed);
+                (n > 0).then_some((a, o, n))
+            })
+            .collect()
     }
 
     /// The store events go to.
@@ -631,6 +680,7 @@ impl AuditWriter {
 impl AuditSink for AuditWriter {
     fn record(&self, event: AuditEvent) {
         let c = &self.shared.counters;
+        c.by_action[event.action as usize][event.outcome as usize].fetch_add(1, Ordering::Relaxed);
         let Err(full) = self.tx.try_send(Msg::Event(event)) else {
             c.enqueued.fetch_add(1, Ordering::Relaxed);
             return;

@@ -556,6 +556,22 @@ impl RateLimiter {
         self.stats.clone()
     }
 
+    /// Counts into `stats` rather than fresh counters, so limiters built one after another
+    /// (a gateway's config reloads) keep one running count.
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use portcullis::rate_limit::{LimiterStats, RateLimiter, memory::MemoryStore};
+    /// let stats = Arc::new(LimiterStats::default());
+    /// let store = Arc::new(MemoryStore::new(1000));
+    /// let limiter = RateLimiter::new(store).with_stats(stats.clone());
+    /// assert!(Arc::ptr_eq(&limiter.stats(), &stats));
+    /// ```
+    pub fn with_stats(mut self, stats: Arc<LimiterStats>) -> Self {
+        self.stats = stats;
+        self
+    }
+
     /// Decides `limits` for `subject`s computed from the request, charging only if all allow.
     async fn decide(&self, parts: &Parts, exchange: &mut Exchange<'_>) -> Result<(), Rejection> {
         let decided = {
