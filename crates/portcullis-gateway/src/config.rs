@@ -1218,6 +1218,31 @@ impl GatewayConfig {
                 });
             }
         }
+        for (i, route) in self.routes.iter().enumerate() {
+            let limits = route.policy.limits();
+            let by_header = limits
+                .iter()
+                .find(|l| matches!(l.key, portcullis::policy::RateKey::Header(_)));
+            // Another limit on the client's address or identity bounds the client; alone, a
+            // header the client writes does not.
+            let bounded = limits
+                .iter()
+                .any(|l| !matches!(l.key, portcullis::policy::RateKey::Header(_)));
+            if let (Some(spec), false) = (by_header, bounded)
+                && let portcullis::policy::RateKey::Header(name) = &spec.key
+            {
+                warnings.push(ConfigError {
+                    key: format!("route[{i}].rate_limit"),
+                    reason: format!(
+                        "{} is limited only per value of {name}, which the client sends: a \
+                         client sending a new value each time gets a new quota; add a limit \
+                         with key = \"ip\" (or \"user\"), unless a proxy in front sets {name} \
+                         and drops the client's own",
+                        route.path
+                    ),
+                });
+            }
+        }
         let Some(cors) = &self.cors else {
             return warnings;
         };

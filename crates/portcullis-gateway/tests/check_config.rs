@@ -767,3 +767,49 @@ fn values_that_cannot_work_are_refused() {
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// A rate limit keyed on a header that carries a client address (`X-Real-IP`,
+/// `CF-Connecting-IP`, …) is as good as what the client writes there: refused, pointing to
+/// `key = "ip"` and `trusted_proxies`. A limit keyed only on another header the client sends
+/// is warned about (a new value is a new quota), unless an address-keyed limit backs it.
+#[test]
+fn rate_limits_keyed_on_headers_the_client_writes() {
+    let dir = scratch("rate-key-header");
+    let route = |limits: &str| {
+        format!(
+            "[server]\nupstream = \"http://127.0.0.1:3000\"\n[storage]\naudit = \"stdout\"\n\
+             [[route]]\npath = \"/api/**\"\nrate_limit = [{limits}]\n"
+        )
+    };
+    for header in [
+        "X-Real-IP",
+        "cf-connecting-ip",
+        "X-Forwarded-For",
+        "True-Client-IP",
+    ] {
+        let limit = format!("{{ requests = 10, window = \"1m\", key = \"header:{header}\" }}");
+        let out = check_text(&dir, "address", &route(&limit));
+        assert_eq!(out.status.code(), Some(2), "{header}: {}", stderr(&out));
+        let err = stderr(&out);
+        assert!(err.contains("route[0].rate_limit"), "{err}");
+        assert!(err.contains("carries a client address"), "{err}");
+        assert!(err.contains("trusted_proxies"), "{err}");
+    }
+
+    let tenant = "{ requests = 10, window = \"1m\", key = \"header:x-tenant\" }";
+    let out = check_text(&dir, "tenant", &route(tenant));
+    assert!(out.status.success(), "{}", stderr(&out));
+    let err = stderr(&out);
+    let warning = err
+        .lines()
+        .find(|l| l.contains("route[0].rate_limit: warning:"))
+        .unwrap_or_else(|| panic!("no warning in {err}"));
+    assert!(warning.contains("x-tenant"), "{warning}");
+    assert!(warning.contains("new quota"), "{warning}");
+
+    // Backed by a limit per client address: no warning.
+    let both = format!("{tenant}, \"600/1m\"");
+    let out = check_text(&dir, "both", &route(&both));
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(!stderr(&out).contains("warning"), "{}", stderr(&out));
+}

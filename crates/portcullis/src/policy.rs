@@ -92,9 +92,13 @@ pub enum RateKey {
     Ip,
     /// The principal's id (falls back to the client address when anonymous).
     User,
-    /// The API key id (falls back to the client address).
+    /// The API key id (falls back to the client address for requests without an API key,
+    /// JWT-authenticated ones included).
     ApiKey,
-    /// The value of a request header (falls back to the client address when absent).
+    /// The value of a request header (falls back to the client address when absent). Only
+    /// for a header a proxy in front sets and strips from clients (a tenant id, say): a header
+    /// the client writes gives a new quota for each new value. Never a client-address header
+    /// such as `X-Real-IP`: use [`RateKey::Ip`] with trusted proxies.
     Header(String),
     /// Every client of the route together.
     Route,

@@ -18,9 +18,10 @@ use toml::{Table, Value};
 use super::schema::{Errors, Item, Section, expected, strings_of};
 use super::values::{
     AuditStore, RateLimitStore, check_content_type, check_cookie_name, check_env_name,
-    check_header_name, check_label, parse_audit_store, parse_csp, parse_duration,
-    parse_duration_or_zero, parse_host, parse_origin, parse_rate, parse_rate_limit_store,
-    parse_rfc3339, parse_sha256, parse_size, parse_upstream, parse_url_with_path, resolve_path,
+    check_header_name, check_label, check_rate_key_header, parse_audit_store, parse_csp,
+    parse_duration, parse_duration_or_zero, parse_host, parse_origin, parse_rate,
+    parse_rate_limit_store, parse_rfc3339, parse_sha256, parse_size, parse_upstream,
+    parse_url_with_path, resolve_path,
 };
 use super::{
     ApiKeyConfig, ApiKeyHash, AuditConfig, AuthConfig, BanConfig, ConfigError, CorsConfig,
@@ -1406,7 +1407,7 @@ impl Loader<'_> {
                 "api_key" => Ok(RateKey::ApiKey),
                 "route" => Ok(RateKey::Route),
                 _ => match k.strip_prefix("header:") {
-                    Some(h) => check_header_name(h).map(RateKey::Header),
+                    Some(h) => check_rate_key_header(h).map(RateKey::Header),
                     None => Err(format!(
                         "unknown key {k:?}; expected \"ip\", \"user\", \"api_key\", \"route\" or \"header:NAME\""
                     )),
