@@ -23,7 +23,9 @@
 //! `/API/admin` never reaches a protected handler through a public route.
 //!
 //! A trailing slash is kept in the canonical path (applications may tell `/a` from `/a/`), but
-//! route matching ignores it.
+//! route matching ignores it. Escaped ASCII punctuation (`%24` `$`, `%3A` `:`, `%40` `@`, ...)
+//! stays escaped in the canonical path but is matched decoded, as applications route it, so a
+//! route `/odata/$batch` also guards `/odata/%24batch`.
 //!
 //! ```
 //! use portcullis::route::{CanonicalPath, RouteTable};
@@ -583,7 +585,42 @@ fn literal(part: &str, pattern: &str) -> Result<String, PatternError> {
         pattern: pattern.to_string(),
         reason: e.reason().to_string(),
     })?;
-    Ok(out)
+    Ok(match_form(&out).unwrap_or(out))
+}
+
+/// The form routes are matched in: a canonical path (or pattern literal) with its escapes of
+/// ASCII punctuation decoded (`%24` `$`, `%3A` `:`, `%40` `@`, `%2B` `+`, `%7C` `|`, ...), or
+/// `None` when it has none (most paths: then nothing is built).
+///
+/// The canonical path keeps those escapes (only unreserved bytes are decoded, RFC 3986
+/// §6.2.2.2, and the application gets the path as it was sent), but applications decode them
+/// before routing — Go's `ServeMux`, Spring, Django, Flask, ASP.NET Core, Next.js — so a
+/// route `/odata/$batch` must also guard `/odata/%24batch`. `%25` (`%`) stays escaped, on both
+/// sides; escapes of `/`, `\`, `;`, control bytes and unreserved bytes never reach here.
+fn match_form(canonical: &str) -> Option<String> {
+    let b = canonical.as_bytes();
+    let decodes_at = |i: usize| -> Option<u8> {
+        if b.get(i) != Some(&b'%') {
+            return None;
+        }
+        let v = hex_val(*b.get(i + 1)?)? << 4 | hex_val(*b.get(i + 2)?)?;
+        ((0x20..=0x7e).contains(&v) && v != b'%').then_some(v)
+    };
+    let first = (0..b.len()).find(|&i| decodes_at(i).is_some())?;
+    let mut out = String::with_capacity(b.len());
+    out.push_str(&canonical[..first]);
+    let mut i = first;
+    while i < b.len() {
+        if let Some(v) = decodes_at(i) {
+            out.push(char::from(v));
+            i += 3;
+        } else {
+            // Everything else is copied as it is: ASCII, or an escape kept escaped.
+            out.push(char::from(b[i]));
+            i += 1;
+        }
+    }
+    Some(out)
 }
 
 /// A successful lookup: the route's pattern and value.
@@ -724,10 +761,13 @@ impl<T> RouteTable<T> {
     /// # Ok::<(), portcullis::route::PathError>(())
     /// ```
     pub fn lookup(&self, path: &CanonicalPath) -> Result<RouteMatch<'_, T>, RouteError> {
+        // Escaped ASCII punctuation is matched as the application reads it (decoded).
+        let decoded = match_form(path.as_str());
+        let text = decoded.as_deref().unwrap_or(path.as_str());
         let mut segs: [&str; 32] = [""; 32];
         let mut n = 0;
         let mut overflow = Vec::new();
-        for s in path.segments() {
+        for s in text.split('/').filter(|s| !s.is_empty()) {
             if n < segs.len() {
                 segs[n] = s;
                 n += 1;
@@ -1072,6 +1112,47 @@ mod tests {
         let ends_in_b = CanonicalPath::parse(&format!("{}/b", "/a".repeat(2000))).unwrap();
         assert_eq!(*t.lookup(&ends_in_b).unwrap().value, "deep");
         assert!(started.elapsed() < std::time::Duration::from_secs(2));
+    }
+
+    #[test]
+    fn escaped_punctuation_selects_the_route_the_application_decodes_it_to() {
+        let mut t = RouteTable::new("public");
+        for p in [
+            "/odata/$batch",
+            "/v1/projects/*:cancel",
+            "/@admin/**",
+            "/api/c++/**",
+            "/api/Products(1)",
+            "/api/a|b",
+            "/api/x%2Cy",
+        ] {
+            t.insert(p, "guarded").unwrap();
+        }
+        for p in [
+            "/odata/$batch",
+            "/odata/%24batch",
+            "/v1/projects/p1%3Acancel",
+            "/v1/projects/p1%3acancel",
+            "/%40admin/users",
+            "/api/c%2B%2B/x",
+            "/api/Products%281%29",
+            "/api/a%7Cb",
+            "/api/x,y",
+            "/api/x%2cy",
+        ] {
+            assert_eq!(hit(&t, p), "guarded", "{p}");
+        }
+        // `%` itself stays escaped on both sides; other bytes are not decoded.
+        assert_eq!(match_form("/100%25/a%3Ab"), Some("/100%25/a:b".to_string()));
+        assert_eq!(match_form("/caf%C3%A9/100%25"), None);
+        assert_eq!(match_form("/plain"), None);
+        // A case variant in escaped form is still refused.
+        assert!(
+            t.lookup(&CanonicalPath::parse("/%40ADMIN/users").unwrap())
+                .is_err()
+        );
+        // And the canonical path itself keeps the escapes the client sent.
+        assert_eq!(canon("/odata/%24batch").unwrap(), "/odata/%24batch");
     }
 
     #[test]

@@ -793,3 +793,45 @@ async fn a_path_over_the_limit_is_414() {
     let r = raw_get(addr, &longest).await;
     assert_eq!(r.status, 401, "{}", r.text());
 }
+
+/// Applications decode escaped punctuation before routing (Go's `ServeMux`, Spring, Django,
+/// ASP.NET Core, Next.js): `/odata/%24batch` is their `/odata/$batch`. A route naming such a
+/// character guards its escaped spellings too, while the application still gets the path as
+/// the client wrote it.
+#[tokio::test]
+async fn escaped_punctuation_lands_on_the_route_it_decodes_to() {
+    let sink = MemorySink::default();
+    let layer = SecurityLayer::builder()
+        .default_policy(Preset::Public)
+        .route("/odata/$batch", Preset::Authenticated)
+        .route("/v1/projects/*:cancel", Preset::Authenticated)
+        .route("/@admin/**", Preset::Authenticated)
+        .audit(Arc::new(sink.clone()))
+        .build()
+        .expect("valid policy");
+    let addr = serve_with(Router::new().fallback(echo), layer).await;
+    for (target, route, path) in [
+        ("/odata/$batch", "/odata/$batch", "/odata/$batch"),
+        ("/odata/%24batch", "/odata/$batch", "/odata/%24batch"),
+        (
+            "/v1/projects/p1%3acancel",
+            "/v1/projects/*:cancel",
+            "/v1/projects/p1%3Acancel",
+        ),
+        ("/%40admin/users", "/@admin/**", "/%40admin/users"),
+        ("/x/../%40admin/%2e/users", "/@admin/**", "/%40admin/users"),
+    ] {
+        let before = sink.events().len();
+        let r = raw_get(addr, target).await;
+        assert_eq!(r.status, 401, "{target}: {}", r.text());
+        let events = sink.events();
+        assert_eq!(events.len(), before + 1, "{target}");
+        assert_eq!(events[before].route, route, "{target}");
+        assert_eq!(events[before].path, path, "{target}");
+    }
+    // A case variant of the escaped form is refused; other names stay public, as sent.
+    assert_eq!(raw_get(addr, "/%40ADMIN/users").await.status, 400);
+    let r = raw_get(addr, "/odata/%24metadata").await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["path"], "/odata/%24metadata");
+}
