@@ -27,7 +27,8 @@
 //! 15. audit event, handed to the sink without waiting.
 //!
 //! Every refusal is the JSON error of [`crate::Rejection`] and an audit event. Controls named
-//! by the route's [`ReportOnly`] decide and audit but let the request through.
+//! by the route's [`ReportOnly`] decide and audit but let the request through; the
+//! brute-force limit's 429 is reported, not enforced, while `auth` (or `rate_limit`) is.
 //!
 //! ```
 //! use axum::{Router, routing::get};
@@ -2101,7 +2102,17 @@ impl Engine {
                             Err(Blocked::RetryAfter(wait)) => {
                                 x.detail = Some("too_many_failed_auth");
                                 let r = Rejection::rate_limited(wait.as_secs().max(1));
-                                self.enforce(r, parts, x)?;
+                                // Part of step 8: while authentication is only reported, a
+                                // wrong guess gets through anyway, so its limit guards nothing
+                                // and must not refuse the roll-out's users.
+                                if x.policy()
+                                    .report_only_mode()
+                                    .covers(Control::Authentication)
+                                {
+                                    self.audit_rejection(&r, Outcome::ReportOnly, parts, x);
+                                } else {
+                                    self.enforce(r, parts, x)?;
+                                }
                                 x.detail = None;
                             }
                             Err(_) => {

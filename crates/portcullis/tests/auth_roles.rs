@@ -353,3 +353,49 @@ async fn authenticated_answers_are_never_stored_even_when_the_app_says_public() 
         Some("public, max-age=3600, s-maxage=600")
     );
 }
+
+/// While authentication is only reported, its brute-force limit is too: a client whose tokens
+/// keep failing is audited (`too_many_failed_auth`, outcome `report_only`) but still let
+/// through, as the roll-out promises — a wrong guess gets through anyway.
+#[tokio::test]
+async fn the_brute_force_limit_is_report_only_while_authentication_is() {
+    use portcullis::Control;
+    use portcullis::audit::Outcome;
+    use portcullis::auth::FailedAuthTracker;
+    use portcullis::policy::ReportOnly;
+    use std::time::Duration;
+    let (key, jwt) = hs256_authenticator();
+    let sink = MemorySink::default();
+    let layer = SecurityLayer::builder()
+        .route(
+            "/api/user/**",
+            Policy::preset(Preset::Authenticated)
+                .report_only(ReportOnly::Controls(vec![Control::Authentication])),
+        )
+        .authenticator(Arc::new(jwt))
+        .failed_auth(Some(Arc::new(FailedAuthTracker::new(
+            3,
+            Duration::from_secs(900),
+        ))))
+        .audit(Arc::new(sink.clone()))
+        .build()
+        .unwrap();
+    let addr = serve_with(
+        Router::new().route("/api/user/me", get(|| async { "ok" })),
+        layer,
+    )
+    .await;
+    let bad = bearer("eyJhbGciOiJIUzI1NiJ9.e30.AAAA");
+    let good = bearer(&key.token(None, &claims("alice", &["user"])));
+    for h in [&bad, &bad, &bad, &bad, &bad, &good] {
+        let r = send(addr, "GET", "/api/user/me", &[("authorization", h)], "").await;
+        assert_eq!(r.status, 200, "{}", r.text());
+    }
+    let events = sink.events();
+    let limited: Vec<_> = events
+        .iter()
+        .filter(|e| e.metadata["detail"] == "too_many_failed_auth")
+        .collect();
+    assert_eq!(limited.len(), 3, "the last two bad tokens and the good one");
+    assert!(limited.iter().all(|e| e.outcome == Outcome::ReportOnly));
+}
