@@ -446,12 +446,15 @@ impl Policy {
         self
     }
 
-    /// Requires (or not) an authenticated principal.
+    /// Requires (or not) an authenticated principal. Roles ([`Policy::roles`],
+    /// [`Policy::all_roles`]) always require one, whatever the order of the calls: `false`
+    /// never leaves a role requirement unchecked.
     ///
     /// ```
     /// use portcullis::{Policy, Preset};
     /// assert!(Policy::open().auth(true).requires_auth());
     /// assert!(!Policy::preset(Preset::Authenticated).auth(false).requires_auth());
+    /// assert!(Policy::open().roles(["admin"]).auth(false).requires_auth());
     /// ```
     pub fn auth(mut self, required: bool) -> Self {
         self.auth = required;
@@ -652,7 +655,7 @@ impl Policy {
     /// assert!(Policy::preset(Preset::Public).roles(["user"]).requires_auth());
     /// ```
     pub fn requires_auth(&self) -> bool {
-        self.auth
+        self.auth || !self.roles.is_empty() || !self.all_roles.is_empty()
     }
 
     /// Roles of which any one suffices.

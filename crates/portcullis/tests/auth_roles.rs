@@ -399,3 +399,35 @@ async fn the_brute_force_limit_is_report_only_while_authentication_is() {
     assert_eq!(limited.len(), 3, "the last two bad tokens and the good one");
     assert!(limited.iter().all(|e| e.outcome == Outcome::ReportOnly));
 }
+
+/// Roles need a principal to be checked against: `.auth(false)` after `.roles(...)` does not
+/// leave the route open to anonymous callers (it used to skip the role check altogether).
+#[tokio::test]
+async fn roles_require_a_principal_whatever_the_builder_order() {
+    let (key, jwt) = hs256_authenticator();
+    let layer = SecurityLayer::builder()
+        .route(
+            "/api/admin/**",
+            Policy::preset(Preset::Public).roles(["admin"]).auth(false),
+        )
+        .authenticator(Arc::new(jwt))
+        .build()
+        .unwrap();
+    let addr = serve_with(Router::new().route("/api/admin/users", get(whoami)), layer).await;
+    let get_with = |token: Option<String>| async move {
+        let h: Vec<(&str, String)> = token
+            .map(|t| vec![("authorization", bearer(&t))])
+            .unwrap_or_default();
+        let h: Vec<(&str, &str)> = h.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        send(addr, "GET", "/api/admin/users", &h, "").await.status
+    };
+    assert_eq!(get_with(None).await, 401);
+    assert_eq!(
+        get_with(Some(key.token(None, &claims("bob", &["user"])))).await,
+        403
+    );
+    assert_eq!(
+        get_with(Some(key.token(None, &claims("ann", &["admin"])))).await,
+        200
+    );
+}
