@@ -1243,6 +1243,19 @@ impl GatewayConfig {
                 });
             }
         }
+        if let Some(url) = self.auth.jwt.as_ref().and_then(|j| j.jwks_url.as_ref())
+            && url.scheme_str() == Some("http")
+            && !is_loopback_host(url.host().unwrap_or_default())
+        {
+            warnings.push(ConfigError {
+                key: "auth.jwt.jwks_url".to_string(),
+                reason: format!(
+                    "{url} is plain http: whoever is on the network between the gateway and \
+                     the issuer can hand it keys of their own, and sign tokens for any user and \
+                     role; use https:// (jwks_ca_file names a private CA)"
+                ),
+            });
+        }
         let Some(cors) = &self.cors else {
             return warnings;
         };
@@ -1273,6 +1286,16 @@ impl GatewayConfig {
         }
         warnings
     }
+}
+
+/// `localhost` or a loopback address (`127.0.0.0/8`, `[::1]`): traffic that never leaves the
+/// machine.
+fn is_loopback_host(host: &str) -> bool {
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    host.eq_ignore_ascii_case("localhost")
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
 }
 
 impl CorsConfig {
@@ -2052,6 +2075,31 @@ upstream = \"http://127.0.0.1:3000\"\n\
             .unwrap()
             .unapplied_settings();
         assert!(w.is_empty(), "{w:?}");
+    }
+
+    #[test]
+    fn a_jwks_url_over_plain_http_off_the_machine_is_pointed_out() {
+        let text = |url: &str| {
+            format!(
+                "[server]\nupstream = \"http://127.0.0.1:3000\"\n\
+                 [auth.jwt]\njwks_url = \"{url}\"\nalgorithms = [\"RS256\"]\n"
+            )
+        };
+        let w = load(&text("http://keycloak:8080/realms/main/certs"))
+            .unwrap()
+            .unapplied_settings();
+        assert_eq!(w.len(), 1, "{w:?}");
+        assert_eq!(w[0].key, "auth.jwt.jwks_url");
+        assert!(w[0].reason.contains("https://"), "{}", w[0].reason);
+        for quiet in [
+            "https://id.example.com/jwks.json",
+            "http://127.0.0.1:8081/jwks.json",
+            "http://localhost:8081/jwks.json",
+            "http://[::1]:8081/jwks.json",
+        ] {
+            let w = load(&text(quiet)).unwrap().unapplied_settings();
+            assert!(w.is_empty(), "{quiet}: {w:?}");
+        }
     }
 
     #[test]
