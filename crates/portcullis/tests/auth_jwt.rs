@@ -468,6 +468,35 @@ async fn debug_output_never_shows_secrets() {
     assert!(!format!("{err} {err:?}").contains(&token[..20]));
 }
 
+/// A second token in another `Cookie` field counts as two even when that field also holds a
+/// non-ASCII cookie: the application gets the fields joined and may read that token first.
+#[test]
+fn a_second_token_cookie_in_a_non_ascii_field_is_still_two() {
+    use portcullis::auth::{AuthOutcome, Authenticator};
+    let (k, jwt) = hs256_with_cookie();
+    let token = k.token(None, &claims("dave", &["user"]));
+    let forged = b"authToken=eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJyb290In0.AAAA; lang=caf\xc3\xa9";
+    let outcome = |fields: &[&[u8]]| {
+        let mut req = http::Request::builder().uri("/api/user/me");
+        for f in fields {
+            req = req.header("cookie", http::HeaderValue::from_bytes(f).unwrap());
+        }
+        let (parts, ()) = req.body(()).unwrap().into_parts();
+        jwt.authenticate_now(&parts)
+    };
+    let ours = format!("authToken={token}");
+    assert!(matches!(
+        outcome(&[forged, ours.as_bytes()]),
+        Some(AuthOutcome::Invalid("multiple_credentials"))
+    ));
+    // A non-ASCII field without our cookie changes nothing; our value not UTF-8 is malformed.
+    assert!(outcome(&[b"lang=caf\xc3\xa9", ours.as_bytes()]).is_none());
+    assert!(matches!(
+        outcome(&[b"authToken=caf\xff"]),
+        Some(AuthOutcome::Invalid("malformed"))
+    ));
+}
+
 /// What the layer learns without awaiting verification: nothing to verify, or something
 /// malformed, is answered at once; a token must go through `authenticate`.
 #[test]

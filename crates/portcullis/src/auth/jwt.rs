@@ -1092,23 +1092,28 @@ impl JwtAuthenticator {
         let Some(name) = &self.cookie else {
             return Ok(None);
         };
-        let mut found = None;
+        // Read as bytes: a field holding some non-ASCII cookie still holds ours, and the
+        // application, which gets every field joined, would read it (a second token hidden
+        // there must count as two).
+        let mut found: Option<&[u8]> = None;
         for value in parts.headers.get_all(header::COOKIE) {
-            let Ok(s) = value.to_str() else { continue };
-            for pair in s.split(';') {
-                if let Some((k, v)) = pair.split_once('=')
-                    && k.trim() == name
+            for pair in value.as_bytes().split(|&b| b == b';') {
+                if let Some(eq) = pair.iter().position(|&b| b == b'=')
+                    && pair[..eq].trim_ascii() == name.as_bytes()
                 {
                     if found.is_some() {
                         return Err(JwtError::MultipleCredentials);
                     }
-                    found = Some(v.trim());
+                    found = Some(pair[eq + 1..].trim_ascii());
                 }
             }
         }
         match found {
-            Some("") => Err(JwtError::Malformed),
-            other => Ok(other),
+            None => Ok(None),
+            Some(b"") => Err(JwtError::Malformed),
+            Some(v) => std::str::from_utf8(v)
+                .map(Some)
+                .map_err(|_| JwtError::Malformed),
         }
     }
 }
