@@ -606,7 +606,9 @@ fn match_form(canonical: &str) -> Option<String> {
         let v = hex_val(*b.get(i + 1)?)? << 4 | hex_val(*b.get(i + 2)?)?;
         ((0x20..=0x7e).contains(&v) && v != b'%').then_some(v)
     };
-    let first = (0..b.len()).find(|&i| decodes_at(i).is_some())?;
+    // Most paths hold no `%` at all: one memchr says so.
+    let from = canonical.find('%')?;
+    let first = (from..b.len()).find(|&i| decodes_at(i).is_some())?;
     let mut out = String::with_capacity(b.len());
     out.push_str(&canonical[..first]);
     let mut i = first;
