@@ -2012,14 +2012,19 @@ impl Engine {
                 _ => {}
             }
 
-            // 9. Authorization.
-            if policy.requires_auth()
-                && let Some(p) = &x.principal
-            {
-                let any_ok = policy.any_roles().is_empty()
-                    || policy.any_roles().iter().any(|r| p.has_role(r));
-                let all_ok = policy.required_roles().iter().all(|r| p.has_role(r));
-                if !(any_ok && all_ok) {
+            // 9. Authorization. Without a principal here (authentication only reported), a
+            // role requirement is not met: dropping a token must never open more than a
+            // token without the role does.
+            if policy.requires_auth() {
+                let roles_ok = match &x.principal {
+                    Some(p) => {
+                        (policy.any_roles().is_empty()
+                            || policy.any_roles().iter().any(|r| p.has_role(r)))
+                            && policy.required_roles().iter().all(|r| p.has_role(r))
+                    }
+                    None => policy.any_roles().is_empty() && policy.required_roles().is_empty(),
+                };
+                if !roles_ok {
                     self.enforce(Rejection::forbidden(), parts, x)?;
                 }
             }

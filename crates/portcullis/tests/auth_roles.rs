@@ -431,3 +431,52 @@ async fn roles_require_a_principal_whatever_the_builder_order() {
         200
     );
 }
+
+/// With authentication only reported but roles enforced, an anonymous caller does not hold
+/// the role either: 403, as a caller whose token lacks it gets (it used to get 200, so
+/// dropping a token opened more than a token without the role). With roles reported too,
+/// both go through.
+#[tokio::test]
+async fn enforced_roles_refuse_anonymous_callers_while_authentication_is_only_reported() {
+    use portcullis::Control;
+    use portcullis::policy::ReportOnly;
+    for (reported, anonymous, user, admin) in [
+        (vec![Control::Authentication], 403, 403, 200),
+        (
+            vec![Control::Authentication, Control::Authorization],
+            200,
+            200,
+            200,
+        ),
+    ] {
+        let (key, jwt) = hs256_authenticator();
+        let layer = SecurityLayer::builder()
+            .route(
+                "/api/admin/**",
+                Policy::preset(Preset::Authenticated)
+                    .roles(["admin"])
+                    .report_only(ReportOnly::Controls(reported.clone())),
+            )
+            .authenticator(Arc::new(jwt))
+            .build()
+            .unwrap();
+        let addr = serve_with(
+            Router::new().route("/api/admin/users", get(|| async { "ok" })),
+            layer,
+        )
+        .await;
+        let get_with = |token: Option<String>| async move {
+            let h: Vec<(&str, String)> = token
+                .map(|t| vec![("authorization", bearer(&t))])
+                .unwrap_or_default();
+            let h: Vec<(&str, &str)> = h.iter().map(|(k, v)| (*k, v.as_str())).collect();
+            send(addr, "GET", "/api/admin/users", &h, "").await.status
+        };
+        let got = [
+            get_with(None).await,
+            get_with(Some(key.token(None, &claims("bob", &["user"])))).await,
+            get_with(Some(key.token(None, &claims("ann", &["admin"])))).await,
+        ];
+        assert_eq!(got, [anonymous, user, admin], "reported: {reported:?}");
+    }
+}
