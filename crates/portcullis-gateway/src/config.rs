@@ -1104,6 +1104,8 @@ impl GatewayConfig {
         let mut builder = SecurityLayer::builder()
             // Real clients on the wire: HTTP/1.1 without Host is refused (RFC 9112 §3.2).
             .require_host(true)
+            // A page's props at /_next/data/<id>/<page>.json: judged by the page's route.
+            .nextjs_data_routes(self.server.upstream_kind == UpstreamKind::Nextjs)
             // The proxy reads the request id, route and nonce: one extension holds them.
             .request_extensions(portcullis::layer::RequestExtensions::Context)
             .failed_auth(Some(stores.failed_auth(&self.auth, &self.storage)?))

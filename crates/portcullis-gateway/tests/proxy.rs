@@ -315,6 +315,25 @@ async fn admin_listener_answers_health_and_readiness() {
     assert_eq!(r.json()["status"], "unavailable");
 }
 
+/// With `upstream_kind = "nextjs"`, a page's data request (`/_next/data/<id>/<page>.json`)
+/// is judged by the page's route (here one that allows only POST): the build id is in every
+/// page, so a guard on the page alone would leave its server-side props open. A generic
+/// upstream keeps the data path's own route.
+#[tokio::test(flavor = "multi_thread")]
+async fn nextjs_data_requests_are_judged_by_their_pages_route() {
+    let up = Upstream::start().await;
+    let routes = "[[route]]\npath = \"/dashboard/**\"\nmethods = [\"POST\"]\n";
+    let next = gateway(&up, "upstream_kind = \"nextjs\"", routes).await;
+    let generic = gateway(&up, "", routes).await;
+    let data = "/_next/data/Xk2_9/dashboard/billing.json";
+    assert_eq!(get(&next.url("/dashboard/billing"), &[]).await.status, 405);
+    let r = get(&next.url(data), &[]).await;
+    assert_eq!(r.status, StatusCode::METHOD_NOT_ALLOWED);
+    assert_eq!(r.json()["code"], "method_not_allowed");
+    assert_eq!(get(&generic.url(data), &[]).await.status, StatusCode::OK);
+    assert_eq!(up.hits(), 1);
+}
+
 /// `/metrics` counts what the controls decided, in the Prometheus text format: the rate
 /// limit's allowed and refused requests, the bans in force, and the audit events by action.
 #[tokio::test(flavor = "multi_thread")]

@@ -820,6 +820,7 @@ struct Engine {
     routes: RouteTable<RouteEntry>,
     allowed_hosts: Option<Vec<String>>,
     require_host: bool,
+    nextjs_data_routes: bool,
     inbound: Option<InboundHeaders>,
     trusted: TrustedProxies,
     headers: Option<SecurityHeaders>,
@@ -851,6 +852,7 @@ pub struct SecurityLayerBuilder {
     routes: Vec<(String, Policy)>,
     allowed_hosts: Option<Vec<String>>,
     require_host: bool,
+    nextjs_data_routes: bool,
     inbound: Option<InboundHeaders>,
     trusted: Vec<String>,
     headers: Option<SecurityHeaders>,
@@ -872,6 +874,7 @@ impl SecurityLayerBuilder {
             routes: Vec::new(),
             allowed_hosts: None,
             require_host: false,
+            nextjs_data_routes: false,
             inbound: Some(InboundHeaders::default()),
             trusted: Vec::new(),
             headers: Some(SecurityHeaders::default()),
@@ -993,6 +996,33 @@ impl SecurityLayerBuilder {
     /// ```
     pub fn require_host(mut self, on: bool) -> Self {
         self.require_host = on;
+        self
+    }
+
+    /// Judges a Next.js data request by its page's route: `/_next/data/<build id>/<page>.json`
+    /// (under any base path: `/base/_next/data/…`) is what the page `/<page>` renders
+    /// (`index.json`: the base itself), served by the same server-side code, so a route that
+    /// guards `/dashboard/**` must guard `/_next/data/<id>/dashboard/settings.json` too. When
+    /// the page falls under a route of its own, its policy applies; otherwise the data
+    /// path's own. Off by default; the gateway turns it on for `upstream_kind = "nextjs"`.
+    ///
+    /// ```
+    /// # use axum::{Router, body::Body};
+    /// # use portcullis::{Policy, Preset, SecurityLayer};
+    /// # use tower::{Layer, ServiceExt};
+    /// let layer = SecurityLayer::builder()
+    ///     .route("/dashboard/**", Preset::Authenticated)
+    ///     .nextjs_data_routes(true)
+    ///     .build()?;
+    /// let app = layer.layer(Router::new().fallback(|| async { "props" }));
+    /// # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
+    /// let data = http::Request::get("/_next/data/b1d/dashboard/settings.json").body(Body::empty()).unwrap();
+    /// assert_eq!(app.oneshot(data).await.unwrap().status(), 401);
+    /// # });
+    /// # Ok::<(), portcullis::layer::BuildError>(())
+    /// ```
+    pub fn nextjs_data_routes(mut self, on: bool) -> Self {
+        self.nextjs_data_routes = on;
         self
     }
 
@@ -1373,6 +1403,7 @@ impl SecurityLayerBuilder {
                 routes,
                 allowed_hosts: self.allowed_hosts,
                 require_host: self.require_host,
+                nextjs_data_routes: self.nextjs_data_routes,
                 inbound: self.inbound,
                 trusted,
                 headers: self.headers,
@@ -1906,12 +1937,49 @@ impl Engine {
             strip.strip(&mut parts.headers, peer_trusted);
         }
         // 5. Route → policy.
+        if self.nextjs_data_routes
+            && let Some(entry) = self.next_data_page_route(&path)?
+        {
+            return Ok((entry, path));
+        }
         let entry = self
             .routes
             .lookup(&path)
             .map_err(|e| Rejection::invalid_path(e.to_string()))?
             .value;
         Ok((entry, path))
+    }
+
+    /// The route of the page a Next.js data request (`[/base]/_next/data/<id>/<page>.json`)
+    /// fetches the props of, when the page falls under a route of its own.
+    #[inline(never)]
+    fn next_data_page_route(&self, path: &CanonicalPath) -> Result<Option<&RouteEntry>, Rejection> {
+        const MARK: &str = "/_next/data/";
+        let p = path.as_str();
+        let Some(at) = p.find(MARK) else {
+            return Ok(None);
+        };
+        let base = &p[..at];
+        let Some((_build_id, page)) = p[at + MARK.len()..].split_once('/') else {
+            return Ok(None);
+        };
+        let Some(page) = page.strip_suffix(".json") else {
+            return Ok(None);
+        };
+        let page = match page {
+            "index" if base.is_empty() => "/".to_string(),
+            "index" => base.to_string(),
+            page => format!("{base}/{page}"),
+        };
+        let Ok(page) = CanonicalPath::parse(&page) else {
+            return Ok(None);
+        };
+        match self.routes.lookup(&page) {
+            Ok(m) if m.pattern_opt.is_some() => Ok(Some(m.value)),
+            Ok(_) => Ok(None),
+            // A page path only a case variant of a route: as refused as the page would be.
+            Err(e) => Err(Rejection::invalid_path(e.to_string())),
+        }
     }
 
     /// Steps 6–12 up to the inner call, under the route's `policy` (the exchange's), as far as

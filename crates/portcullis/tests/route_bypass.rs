@@ -835,3 +835,80 @@ async fn escaped_punctuation_lands_on_the_route_it_decodes_to() {
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(r.json()["path"], "/odata/%24metadata");
 }
+
+/// Next.js serves a page's server-side props at `/_next/data/<build id>/<page>.json`, and the
+/// build id is in every page: with `nextjs_data_routes`, that request gets its page's route,
+/// under any base path, nested pages, `index.json` and path variants included. A page without
+/// a route of its own leaves the data path to its own route; without the option, nothing
+/// changes.
+#[tokio::test]
+async fn nextjs_data_requests_get_their_pages_route() {
+    let sink = MemorySink::default();
+    let build = |next: bool| {
+        SecurityLayer::builder()
+            .default_policy(Preset::Public)
+            .route("/dashboard/**", Preset::Authenticated)
+            .route(
+                "/docs/app/**",
+                Policy::preset(Preset::Authenticated).roles(["admin"]),
+            )
+            .route("/", Preset::Authenticated)
+            .route(
+                "/_next/**",
+                Policy::preset(Preset::Public).methods([http::Method::GET]),
+            )
+            .audit(Arc::new(sink.clone()))
+            .nextjs_data_routes(next)
+            .build()
+            .expect("valid policy")
+    };
+    let addr = serve_with(Router::new().fallback(echo), build(true)).await;
+    for (target, route) in [
+        ("/_next/data/b1d-9x/dashboard.json", "/dashboard/**"),
+        (
+            "/_next/data/b1d-9x/dashboard/settings.json",
+            "/dashboard/**",
+        ),
+        (
+            "/_next/data/b1d-9x/dashboard/settings.json?tab=2",
+            "/dashboard/**",
+        ),
+        (
+            "/_next/data/b1d-9x//dashboard/./a/../settings.json",
+            "/dashboard/**",
+        ),
+        ("/_next/data/b1d-9x/%64ashboard.json", "/dashboard/**"),
+        ("/_next/data/b1d-9x/index.json", "/"),
+        ("/docs/_next/data/b1d-9x/app.json", "/docs/app/**"),
+        ("/docs/_next/data/b1d-9x/app/keys.json", "/docs/app/**"),
+    ] {
+        let before = sink.events().len();
+        let r = raw_get(addr, target).await;
+        assert_eq!(r.status, 401, "{target}: {}", r.text());
+        let events = sink.events();
+        assert_eq!(events.len(), before + 1, "{target}");
+        assert_eq!(events[before].route, route, "{target}");
+    }
+    // Pages without a route of their own, and what is not a data request, keep the data
+    // path's route (here a GET-only public one).
+    for target in [
+        "/_next/data/b1d-9x/about.json",
+        "/_next/data/b1d-9x/dashboard",
+        "/_next/data/dashboard.json",
+        "/_next/static/chunks/dashboard.json",
+    ] {
+        let r = raw_get(addr, target).await;
+        assert_eq!(r.status, 200, "{target}: {}", r.text());
+    }
+    // A case variant of a guarded page is refused, as the page itself would be.
+    assert_eq!(
+        raw_get(addr, "/_next/data/b1d-9x/DASHBOARD/settings.json")
+            .await
+            .status,
+        400
+    );
+    // Off (the default): the data path's own route.
+    let addr = serve_with(Router::new().fallback(echo), build(false)).await;
+    let r = raw_get(addr, "/_next/data/b1d-9x/dashboard/settings.json").await;
+    assert_eq!(r.status, 200, "{}", r.text());
+}
