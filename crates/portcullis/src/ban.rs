@@ -92,6 +92,9 @@ struct Inner {
     clock: Arc<dyn Clock>,
     /// Client key → end of its ban (ms since the Unix epoch).
     local: Mutex<HashMap<String, u64>>,
+    /// The keys the shared store held at the last refresh: one of them gone from it at the
+    /// next was lifted there (by hand, on any replica).
+    in_store: Mutex<std::collections::HashSet<String>>,
     /// Entries of `local`, read without the lock: zero on the hot path means "no one".
     live: AtomicUsize,
     /// The last refresh from the store began (ms since the Unix epoch).
@@ -166,6 +169,7 @@ impl BanList {
                 on_error: OnStoreError::Closed,
                 clock: Arc::new(SystemClock),
                 local: Mutex::new(HashMap::new()),
+                in_store: Mutex::new(std::collections::HashSet::new()),
                 live: AtomicUsize::new(0),
                 last_refresh_ms: AtomicU64::new(0),
                 refreshing: AtomicBool::new(false),
@@ -419,6 +423,78 @@ impl BanList {
         Ok(Some(i.ban_for))
     }
 
+    /// Lifts the ban on `key` (a client key, [`ClientIp::key`]) and forgets its offences, so
+    /// its next refusal counts as a first one: here at once, in a shared store for every
+    /// replica (each drops it at its next refresh, within [`REFRESH_EVERY`]). Returns whether
+    /// a ban was in force here.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use portcullis::ban::BanList;
+    /// # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
+    /// let bans = BanList::new(2, Duration::from_secs(60), Duration::from_secs(30));
+    /// bans.record_offence_now("203.0.113.7");
+    /// bans.record_offence_now("203.0.113.7");
+    /// assert!(bans.is_banned("203.0.113.7").is_some());
+    /// assert_eq!(bans.lift("203.0.113.7").await, Ok(true));
+    /// assert_eq!(bans.is_banned("203.0.113.7"), None);
+    /// // Its offences are forgotten too: one more is not a ban.
+    /// assert_eq!(bans.record_offence_now("203.0.113.7"), Some(None));
+    /// assert_eq!(bans.lift("203.0.113.7").await, Ok(false));
+    /// # });
+    /// ```
+    pub async fn lift(&self, key: &str) -> Result<bool, StoreError> {
+        let i = &self.inner;
+        let was = {
+            let mut local = i.local.lock().unwrap_or_else(PoisonError::into_inner);
+            let was = local.remove(key).is_some_and(|until| until > i.now_ms());
+            i.live.store(local.len(), Ordering::Relaxed);
+            was
+        };
+        let counter = Inner::store_key(key);
+        if let Some(f) = &i.fallback {
+            // Offences counted here while the shared store was down.
+            let _ = f.lift_ban(key, &counter).await;
+        }
+        match i.store.lift_ban(key, &counter).await {
+            Ok(()) => {
+                i.store_answered();
+                Ok(was)
+            }
+            Err(e) => {
+                i.store_failed(&e, "lift");
+                Err(e)
+            }
+        }
+    }
+
+    /// The bans in force here, longest first: client key and time left (with a shared
+    /// store, as of the last refresh from it, at most [`REFRESH_EVERY`] old).
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use portcullis::ban::BanList;
+    /// let bans = BanList::new(1, Duration::from_secs(60), Duration::from_secs(30));
+    /// bans.record_offence_now("203.0.113.7");
+    /// let list = bans.list();
+    /// assert_eq!(list.len(), 1);
+    /// assert_eq!(list[0].0, "203.0.113.7");
+    /// assert!(list[0].1 <= Duration::from_secs(30));
+    /// ```
+    pub fn list(&self) -> Vec<(String, Duration)> {
+        let i = &self.inner;
+        i.maybe_refresh(i);
+        let now = i.now_ms();
+        let local = i.local.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut out: Vec<(String, Duration)> = local
+            .iter()
+            .filter(|&(_, &until)| until > now)
+            .map(|(k, &until)| (k.clone(), Duration::from_millis(until - now)))
+            .collect();
+        out.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+        out
+    }
+
     /// Loads the live bans from the store into the local map now (what the lazy refresh does
     /// every [`REFRESH_EVERY`]); returns how many it loaded.
     ///
@@ -566,14 +642,22 @@ impl Inner {
             }
         };
         let n = bans.len();
+        let now = self.now_ms();
+        {
+            // A ban the store held last time and holds no more was lifted (by hand, on any
+            // replica): dropped here too. Bans only this replica knows (placed while the
+            // store was down, or just now) stay until they run out.
+            let held: std::collections::HashSet<String> =
+                bans.iter().map(|(k, _)| k.clone()).collect();
+            let mut seen = self.in_store.lock().unwrap_or_else(PoisonError::into_inner);
+            let mut local = self.local.lock().unwrap_or_else(PoisonError::into_inner);
+            local.retain(|k, &mut u| u > now && (held.contains(k) || !seen.contains(k)));
+            self.live.store(local.len(), Ordering::Relaxed);
+            *seen = held;
+        }
         for (key, until) in bans.into_iter().take(MAX_LOCAL_BANS) {
             self.insert(&key, until);
         }
-        // Bans that ran out while no request from their key came.
-        let now = self.now_ms();
-        let mut local = self.local.lock().unwrap_or_else(PoisonError::into_inner);
-        local.retain(|_, &mut u| u > now);
-        self.live.store(local.len(), Ordering::Relaxed);
         Ok(n)
     }
 

@@ -197,6 +197,24 @@ async fn two_redis_replicas_share_bans() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert_eq!(b.is_banned("198.51.100.1"), None);
+
+    // Lifted by hand on A: gone from Redis, from A at once and from B at its next refresh;
+    // the offences are forgotten, so the next one is a first one again.
+    assert_eq!(a.lift("203.0.113.7").await, Ok(true));
+    assert_eq!(a.is_banned("203.0.113.7"), None);
+    let members = redis.cli(&["ZRANGE", "pc:bans", "0", "-1"]);
+    assert_eq!(members.trim(), "");
+    let started = std::time::Instant::now();
+    while b.is_banned("203.0.113.7").is_some() {
+        assert!(
+            started.elapsed() < Duration::from_secs(3),
+            "B kept the lifted ban"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(b.record_offence("203.0.113.7").await, Ok(None));
+    assert_eq!(a.record_offence("203.0.113.7").await, Ok(None));
+    assert!(b.list().is_empty());
 }
 
 #[tokio::test]
@@ -220,6 +238,10 @@ async fn sqlite_bans_outlive_the_store() {
     // A ban that has run out is dropped from the table when read.
     store.ban("192.0.2.1", 1).await.unwrap();
     assert_eq!(store.bans().await.unwrap().len(), 1);
+    // Lifted: out of the table, and its offences forgotten.
+    assert_eq!(bans.lift("203.0.113.7").await, Ok(true));
+    assert!(store.bans().await.unwrap().is_empty());
+    assert_eq!(bans.record_offence("203.0.113.7").await, Ok(None));
 }
 
 #[tokio::test]

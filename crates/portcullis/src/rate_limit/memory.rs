@@ -407,6 +407,23 @@ impl RateLimitStore for MemoryStore {
     fn name(&self) -> &'static str {
         "memory"
     }
+
+    /// Forgets `counter` (bans live in the [`BanList`](crate::ban::BanList) itself).
+    fn lift_ban<'a>(
+        &'a self,
+        _key: &'a str,
+        counter: &'a str,
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
+        let id = self.id(counter);
+        let out = match self.shards[(id as usize) % SHARDS].lock() {
+            Ok(mut shard) => {
+                shard.map.remove(&id);
+                Ok(())
+            }
+            Err(_) => Err(StoreError::new("memory store shard poisoned")),
+        };
+        Box::pin(std::future::ready(out))
+    }
 }
 
 #[cfg(test)]

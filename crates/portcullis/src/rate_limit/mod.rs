@@ -285,6 +285,28 @@ pub trait RateLimitStore: Send + Sync + 'static {
     fn bans(&self) -> BoxFuture<'_, Result<Vec<(String, u64)>, StoreError>> {
         Box::pin(async { Ok(Vec::new()) })
     }
+
+    /// Lifts the ban on `key` and forgets the count kept under `counter` (as if never
+    /// charged): what an operator lifting a ban by hand means, so that the client's next
+    /// refusal does not ban it again at once. Default: `Ok` (nothing stored).
+    ///
+    /// ```
+    /// use portcullis::rate_limit::{RateLimitStore, sqlite::SqliteStore};
+    /// # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
+    /// let store = SqliteStore::open(":memory:").unwrap();
+    /// store.ban("203.0.113.7", u64::MAX / 2).await.unwrap();
+    /// store.lift_ban("203.0.113.7", "ban-offences|203.0.113.7").await.unwrap();
+    /// assert!(store.bans().await.unwrap().is_empty());
+    /// # });
+    /// ```
+    fn lift_ban<'a>(
+        &'a self,
+        key: &'a str,
+        counter: &'a str,
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
+        let _ = (key, counter);
+        Box::pin(async { Ok(()) })
+    }
 }
 
 /// Milliseconds since the Unix epoch, by the system clock: the time bans are stored in.

@@ -286,6 +286,30 @@ impl RateLimitStore for RedisStore {
         })
     }
 
+    /// `ZREM <prefix>bans key` and `DEL <prefix>counter`, in one round trip.
+    fn lift_ban<'a>(
+        &'a self,
+        key: &'a str,
+        counter: &'a str,
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
+        Box::pin(async move {
+            let mut conn = self.connection().await?;
+            let mut pipe = redis::pipe();
+            pipe.cmd("ZREM")
+                .arg(format!("{}bans", self.prefix))
+                .arg(key)
+                .ignore()
+                .cmd("DEL")
+                .arg(format!("{}{counter}", self.prefix))
+                .ignore();
+            let (): () = tokio::time::timeout(self.timeout, pipe.query_async(&mut conn))
+                .await
+                .map_err(|_| StoreError::new("redis lift ban timed out"))?
+                .map_err(|e| StoreError::new(format!("redis error: {}", redis_reason(&e))))?;
+            Ok(())
+        })
+    }
+
     /// `PING` through the decisions' own connection manager, bounded by the store's timeout.
     ///
     /// ```no_run

@@ -47,6 +47,11 @@ enum Work {
     Bans {
         reply: oneshot::Sender<Result<Vec<(String, u64)>, StoreError>>,
     },
+    Lift {
+        key: String,
+        counter: String,
+        reply: oneshot::Sender<Result<(), StoreError>>,
+    },
 }
 
 /// The SQLite [`RateLimitStore`].
@@ -246,6 +251,20 @@ fn ban_work(conn: &Connection, work: Work, clock: &Arc<dyn Clock>, path: &Path) 
             };
             let _ = reply.send(read().map_err(err));
         }
+        Work::Lift {
+            key,
+            counter,
+            reply,
+        } => {
+            let done = conn
+                .execute("DELETE FROM bans WHERE key = ?1", params![key])
+                .and_then(|_| {
+                    conn.execute("DELETE FROM rate_limits WHERE key = ?1", params![counter])
+                })
+                .map(drop)
+                .map_err(err);
+            let _ = reply.send(done);
+        }
     }
 }
 
@@ -359,6 +378,20 @@ impl RateLimitStore for SqliteStore {
     fn bans(&self) -> BoxFuture<'_, Result<Vec<(String, u64)>, StoreError>> {
         let (reply, rx) = oneshot::channel();
         let sent = self.tx.try_send(Work::Bans { reply });
+        Box::pin(answer(sent, rx))
+    }
+
+    fn lift_ban<'a>(
+        &'a self,
+        key: &'a str,
+        counter: &'a str,
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
+        let (reply, rx) = oneshot::channel();
+        let sent = self.tx.try_send(Work::Lift {
+            key: key.to_string(),
+            counter: counter.to_string(),
+            reply,
+        });
         Box::pin(answer(sent, rx))
     }
 
