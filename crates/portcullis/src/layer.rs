@@ -1365,8 +1365,21 @@ impl SecurityLayerBuilder {
     /// assert!(SecurityLayer::builder().trusted_proxies(["10.0.0.0/8"]).build().is_ok());
     /// let err = SecurityLayer::builder().trusted_proxies(["10.0.0.0/33"]).build().unwrap_err();
     /// assert_eq!(err.key, "trusted_proxies");
+    /// // A limit that would be weaker than written (here: never refusing) is an error too.
+    /// use std::time::Duration;
+    /// use portcullis::{Policy, policy::{RateKey, RateLimitSpec}};
+    /// let never = RateLimitSpec::new(10, Duration::ZERO, RateKey::Ip);
+    /// let err = SecurityLayer::builder()
+    ///     .route("/api/**", Policy::open().rate_limits([never]))
+    ///     .build()
+    ///     .unwrap_err();
+    /// assert_eq!(err.to_string(), "route \"/api/**\": limit \"default\" needs a window longer than zero");
     /// ```
     pub fn build(self) -> Result<SecurityLayer, BuildError> {
+        check_limits("default_policy", &self.default_policy)?;
+        for (pattern, policy) in &self.routes {
+            check_limits(&format!("route {pattern:?}"), policy)?;
+        }
         let trusted =
             TrustedProxies::parse(self.trusted.iter().map(String::as_str)).map_err(|reason| {
                 BuildError {
@@ -1419,6 +1432,29 @@ impl SecurityLayerBuilder {
             }),
         })
     }
+}
+
+/// Refuses rate limits that would be weaker than written ([`RateLimitSpec::validate`]), and
+/// two limits of one policy under one name (their `RateLimit` header items would be
+/// indistinguishable).
+///
+/// [`RateLimitSpec::validate`]: crate::policy::RateLimitSpec::validate
+fn check_limits(key: &str, policy: &Policy) -> Result<(), BuildError> {
+    let err = |reason: String| BuildError {
+        key: key.to_string(),
+        reason,
+    };
+    let limits = policy.limits();
+    for (i, limit) in limits.iter().enumerate() {
+        limit.validate().map_err(err)?;
+        if limits[..i].iter().any(|l| l.name == limit.name) {
+            return Err(err(format!(
+                "two limits are named {:?}; give each its own name",
+                limit.name
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// The security layer: wrap an axum `Router` (or any tower service) with it.

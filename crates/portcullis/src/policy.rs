@@ -227,6 +227,45 @@ impl RateLimitSpec {
         self.cost = cost.max(1);
         self
     }
+
+    /// Checks the limit as [`SecurityLayerBuilder::build`](crate::SecurityLayerBuilder::build)
+    /// does: at least one request, a window longer than zero, a name of printable ASCII (it
+    /// is written in the `RateLimit` headers, where anything else would be dropped), and a
+    /// valid header name for [`RateKey::Header`]. A limit that fails would otherwise be
+    /// silently weaker than written: a zero window never refuses, a misspelt header counts
+    /// per address.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use portcullis::policy::{RateKey, RateLimitSpec};
+    /// let minute = Duration::from_secs(60);
+    /// assert!(RateLimitSpec::new(10, minute, RateKey::Ip).validate().is_ok());
+    /// assert!(RateLimitSpec::new(0, minute, RateKey::Ip).validate().is_err());
+    /// assert!(RateLimitSpec::new(10, Duration::ZERO, RateKey::Ip).validate().is_err());
+    /// assert!(RateLimitSpec::new(10, minute, RateKey::Header("x tenant".into())).validate().is_err());
+    /// ```
+    pub fn validate(&self) -> Result<(), String> {
+        let name = &self.name;
+        if self.requests == 0 {
+            return Err(format!("limit {name:?} must allow at least one request"));
+        }
+        if self.window.is_zero() {
+            return Err(format!("limit {name:?} needs a window longer than zero"));
+        }
+        if name.is_empty() || !name.bytes().all(|b| (b' '..=b'~').contains(&b)) {
+            return Err(format!(
+                "limit name {name:?} must be non-empty printable ASCII"
+            ));
+        }
+        if let RateKey::Header(h) = &self.key
+            && http::HeaderName::from_bytes(h.as_bytes()).is_err()
+        {
+            return Err(format!(
+                "limit {name:?} is keyed on {h:?}, which is not a header name"
+            ));
+        }
+        Ok(())
+    }
 }
 
 /// CSRF protection for unsafe methods.

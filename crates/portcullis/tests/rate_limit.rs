@@ -410,3 +410,73 @@ async fn a_store_that_must_be_awaited_is_awaited_and_asked_at_once_only_when_bui
         "asked at once only when the limiter was built, never per request"
     );
 }
+
+#[test]
+fn limits_weaker_than_written_are_refused_when_the_layer_is_built() {
+    let minute = Duration::from_secs(60);
+    let build = |limits: Vec<RateLimitSpec>| {
+        SecurityLayer::builder()
+            .route("/api/**", Policy::open().rate_limits(limits))
+            .build()
+            .map(|_| ())
+            .map_err(|e| (e.key, e.reason))
+    };
+    let refused = |limits: Vec<RateLimitSpec>, why: &str| {
+        let (key, reason) = build(limits).expect_err(why);
+        assert_eq!(key, "route \"/api/**\"", "{why}");
+        assert!(reason.contains(why), "{reason:?} should say {why:?}");
+    };
+    // Zero requests: the first request used to pass while RateLimit-Policy said q=0.
+    refused(
+        vec![RateLimitSpec::new(0, minute, RateKey::Ip)],
+        "at least one request",
+    );
+    // A zero window never refused anything.
+    refused(
+        vec![RateLimitSpec::new(5, Duration::ZERO, RateKey::Ip)],
+        "window longer than zero",
+    );
+    // Not a header name: every request fell back to the client address, silently.
+    refused(
+        vec![RateLimitSpec::new(
+            5,
+            minute,
+            RateKey::Header("x tenant".into()),
+        )],
+        "not a header name",
+    );
+    // Names go into the RateLimit headers, where these characters were dropped.
+    for name in ["", "per\nminute", "ünï"] {
+        refused(
+            vec![RateLimitSpec::new(5, minute, RateKey::Ip).named(name)],
+            "printable ASCII",
+        );
+    }
+    refused(
+        vec![
+            RateLimitSpec::new(5, minute, RateKey::Ip),
+            RateLimitSpec::new(50, minute * 60, RateKey::Ip),
+        ],
+        "two limits are named \"default\"",
+    );
+    let err = SecurityLayer::builder()
+        .default_policy(Policy::open().rate_limits([RateLimitSpec::new(0, minute, RateKey::Ip)]))
+        .build()
+        .expect_err("the default policy is checked too");
+    assert_eq!(err.key, "default_policy");
+
+    // What is well-formed still builds, header keys in any case and names with spaces.
+    build(vec![
+        RateLimitSpec::new(
+            5,
+            Duration::from_millis(500),
+            RateKey::Header("X-Tenant".into()),
+        )
+        .named("per tenant \"burst\""),
+        RateLimitSpec::new(1, minute, RateKey::Ip).named("slow"),
+    ])
+    .expect("valid limits build");
+    for preset in [Preset::Public, Preset::Authenticated, Preset::Strict] {
+        assert!(SecurityLayer::builder().route("/x", preset).build().is_ok());
+    }
+}
