@@ -833,6 +833,8 @@ struct Engine {
     csrf: Option<Arc<dyn Guard>>,
     audit: Option<Arc<dyn AuditSink>>,
     extensions: RequestExtensions,
+    /// Set once a request without a peer address was warned about.
+    warned_no_peer: AtomicBool,
 }
 
 /// Builds a [`SecurityLayer`].
@@ -1429,6 +1431,7 @@ impl SecurityLayerBuilder {
                 csrf: self.csrf,
                 audit: self.audit,
                 extensions: self.extensions,
+                warned_no_peer: AtomicBool::new(false),
             }),
         })
     }
@@ -1883,9 +1886,14 @@ impl Engine {
                     .headers
                     .get("x-forwarded-proto")
                     .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"https")));
-        let client = peer.map_or_else(ClientIp::unknown, |p| {
-            ClientIp(client_ip::resolve(p, &parts.headers, &self.trusted))
-        });
+        let client = match peer {
+            Some(p) => ClientIp(client_ip::resolve(p, &parts.headers, &self.trusted)),
+            None => {
+                std::hint::cold_path();
+                self.warn_no_peer();
+                ClientIp::unknown()
+            }
+        };
         // Steps 2–5 first, so the exchange starts with its route's pattern and policy (the
         // default's only when the request is refused before a route is known).
         let routed = if carried.transfer_encoding && !body_limit::chunked_only(&parts.headers) {
@@ -1912,6 +1920,23 @@ impl Engine {
             scan_form: false,
         };
         (x, carried, refused)
+    }
+
+    /// Says once per layer that requests arrive without a peer address: they all count as
+    /// one client (`0.0.0.0`), so one client's requests spend every client's rate limits and
+    /// its refused credentials lock every client out of the authenticated routes — a server
+    /// set up without `ConnectInfo` would otherwise only find out from its users.
+    #[cold]
+    #[inline(never)]
+    fn warn_no_peer(&self) {
+        if !self.warned_no_peer.swap(true, Ordering::Relaxed) {
+            tracing::warn!(
+                "portcullis: a request without a peer address: every such request counts as \
+                 one client (0.0.0.0) for the rate limits and the brute-force limit; serve \
+                 with into_make_service_with_connect_info::<SocketAddr>(), or insert \
+                 portcullis::client_ip::PeerAddr in the request's extensions"
+            );
+        }
     }
 
     /// Step 13: what the layer learned, into the request's extensions for the handler.

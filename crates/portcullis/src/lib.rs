@@ -23,6 +23,11 @@
 //!     .route("/api/admin/users", post(|| async { "ok" }))
 //!     .layer(security);
 //! ```
+//!
+//! Serve it with `into_make_service_with_connect_info::<SocketAddr>()` (or, on another
+//! server, insert a [`client_ip::PeerAddr`] in each request's extensions), so the layer knows
+//! each client's address: without one, every request counts as the one client `0.0.0.0` for
+//! the rate limits and the brute-force limit, and the layer logs a warning once.
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]

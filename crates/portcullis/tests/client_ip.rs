@@ -434,3 +434,82 @@ fn resolve_never_returns_a_mapped_address() {
     assert_eq!(got.to_string(), "10.0.0.1");
     assert!(got.is_ipv4());
 }
+
+/// Collects the messages of the events logged while it is the thread's subscriber.
+struct Logged(std::sync::Arc<std::sync::Mutex<Vec<String>>>);
+
+struct Message<'a>(&'a mut String);
+
+impl tracing::field::Visit for Message<'_> {
+    fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+        if field.name() == "message" {
+            self.0.push_str(&format!("{value:?}"));
+        }
+    }
+}
+
+impl tracing::Subscriber for Logged {
+    fn enabled(&self, _: &tracing::Metadata<'_>) -> bool {
+        true
+    }
+    fn new_span(&self, _: &tracing::span::Attributes<'_>) -> tracing::span::Id {
+        tracing::span::Id::from_u64(1)
+    }
+    fn record(&self, _: &tracing::span::Id, _: &tracing::span::Record<'_>) {}
+    fn record_follows_from(&self, _: &tracing::span::Id, _: &tracing::span::Id) {}
+    fn event(&self, event: &tracing::Event<'_>) {
+        let mut message = String::new();
+        event.record(&mut Message(&mut message));
+        self.0.lock().expect("not poisoned").push(message);
+    }
+    fn enter(&self, _: &tracing::span::Id) {}
+    fn exit(&self, _: &tracing::span::Id) {}
+}
+
+#[test]
+fn requests_without_a_peer_address_are_warned_about_once_per_layer() {
+    use portcullis::client_ip::PeerAddr;
+    use tower::{Layer, ServiceExt};
+
+    let logged = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let subscriber = Logged(logged.clone());
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .expect("a runtime");
+    tracing::subscriber::with_default(subscriber, || {
+        runtime.block_on(async {
+            let app = SecurityLayer::builder()
+                .build()
+                .expect("the secure defaults build")
+                .layer(app());
+            let get = || http::Request::get("/ip").body(axum::body::Body::empty());
+            // With a peer address: nothing to say.
+            let mut req = get().expect("a request");
+            req.extensions_mut()
+                .insert(PeerAddr("192.0.2.7:5000".parse().expect("an address")));
+            assert_eq!(
+                app.clone().oneshot(req).await.expect("answered").status(),
+                200
+            );
+            assert!(logged.lock().expect("not poisoned").is_empty());
+            // Without one (a server that gives no ConnectInfo), every client is 0.0.0.0:
+            // one rate-limit and brute-force bucket for all. Said once, not per request.
+            for _ in 0..3 {
+                let res = app.clone().oneshot(get().expect("a request")).await;
+                assert_eq!(res.expect("answered").status(), 200);
+            }
+        });
+    });
+    let logged = logged.lock().expect("not poisoned");
+    assert_eq!(logged.len(), 1, "{logged:?}");
+    assert!(
+        logged[0].contains("without a peer address"),
+        "{}",
+        logged[0]
+    );
+    assert!(
+        logged[0].contains("into_make_service_with_connect_info"),
+        "{}",
+        logged[0]
+    );
+}
