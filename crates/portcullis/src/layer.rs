@@ -1476,6 +1476,32 @@ fn check_limits(key: &str, policy: &Policy) -> Result<(), BuildError> {
 /// assert_eq!(res.headers()["x-request-id"].len(), 36);
 /// # });
 /// ```
+///
+/// Route patterns match the path the layer sees. Inside `Router::nest`, axum has stripped the
+/// nest's prefix by then: a layer on the nested router must name its routes without it (or
+/// wrap the outermost router instead), or a pattern with the prefix matches nothing and the
+/// default policy applies.
+///
+/// ```
+/// # use axum::{Router, body::Body, routing::post};
+/// # use portcullis::{Policy, Preset, SecurityLayer};
+/// # use tower::{Layer, ServiceExt};
+/// let admin = Router::new().route("/admin/users", post(|| async { "ok" }));
+/// // Wrong: under `nest("/api", …)` this layer sees `/admin/users`; `/api/admin/**` never matches.
+/// let full = SecurityLayer::bare().route("/api/admin/**", Preset::Strict).build()?;
+/// let wrong = Router::new().nest("/api", admin.clone().layer(full.clone()));
+/// // Right: the nested layer's own paths, or the same layer around the outermost router.
+/// let nested = SecurityLayer::bare().route("/admin/**", Preset::Strict).build()?;
+/// let right = Router::new().nest("/api", admin.clone().layer(nested));
+/// let outer = full.layer(Router::new().nest("/api", admin));
+/// # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
+/// let post = || http::Request::post("/api/admin/users").body(Body::empty()).unwrap();
+/// assert_eq!(wrong.oneshot(post()).await.unwrap().status(), 200); // no principal asked for
+/// assert_eq!(right.oneshot(post()).await.unwrap().status(), 401);
+/// assert_eq!(outer.oneshot(post()).await.unwrap().status(), 401);
+/// # });
+/// # Ok::<(), portcullis::layer::BuildError>(())
+/// ```
 #[derive(Clone)]
 pub struct SecurityLayer {
     engine: Arc<Engine>,

@@ -27,7 +27,9 @@
 //! Serve it with `into_make_service_with_connect_info::<SocketAddr>()` (or, on another
 //! server, insert a [`client_ip::PeerAddr`] in each request's extensions), so the layer knows
 //! each client's address: without one, every request counts as the one client `0.0.0.0` for
-//! the rate limits and the brute-force limit, and the layer logs a warning once.
+//! the rate limits and the brute-force limit, and the layer logs a warning once. Route
+//! patterns match the path the layer sees: on a router nested with `Router::nest`, that is the
+//! path without the nest's prefix (see [`SecurityLayer`]).
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
