@@ -113,3 +113,32 @@ async fn one_context_holds_what_the_single_extensions_would() {
     let r = fetch(addr, "/Extension").await;
     assert_eq!((r.status, &r.body[..]), (200, &b"*"[..]));
 }
+
+#[tokio::test]
+async fn an_optional_principal_is_none_for_anonymous_callers_and_the_caller_otherwise() {
+    let key = api_key::generate();
+    let auth = ApiKeyAuthenticator::new([
+        ApiKey::new("ci-bot", key.hash_line(), ["deploy"]).expect("a valid key")
+    ])
+    .expect("a valid key set");
+    let layer = SecurityLayer::builder()
+        .default_policy(Preset::Public)
+        .authenticator(Arc::new(auth))
+        .build()
+        .expect("valid layer");
+    // A public page that greets whoever is signed in: `Option<Principal>` as the extractor.
+    let app = Router::new().route(
+        "/hello",
+        get(|who: Option<Principal>| async move {
+            who.map_or_else(
+                || "hello, stranger".to_string(),
+                |p| format!("hello, {}", p.id),
+            )
+        }),
+    );
+    let addr = serve_with(app, layer).await;
+    assert_eq!(fetch(addr, "/hello").await.text(), "hello, stranger");
+    let signed_in = send(addr, "GET", "/hello", &[("x-api-key", key.key())], "").await;
+    assert_eq!(signed_in.status, 200);
+    assert_eq!(signed_in.text(), "hello, ci-bot");
+}

@@ -166,6 +166,38 @@ impl<S: Send + Sync> axum::extract::FromRequestParts<S> for Principal {
     }
 }
 
+/// `Option<Principal>`: the caller when credentials were presented and accepted, `None` for
+/// an anonymous one — for a route that serves both (axum 0.8 asks for this impl).
+///
+/// ```
+/// # use axum::{Router, body::Body};
+/// # use portcullis::{Principal, SecurityLayer};
+/// # use portcullis::auth::api_key::{self, ApiKey, ApiKeyAuthenticator};
+/// # use tower::{Layer, ServiceExt};
+/// # use std::sync::Arc;
+/// let key = api_key::generate();
+/// let auth = ApiKeyAuthenticator::new([ApiKey::new("ci", key.hash_line(), ["deploy"])?])?;
+/// let layer = SecurityLayer::bare().authenticator(Arc::new(auth)).build()?;
+/// let app = layer.layer(Router::new().fallback(|who: Option<Principal>| async move {
+///     who.map_or_else(|| "anonymous".to_string(), |p| p.id)
+/// }));
+/// # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
+/// let read = |res: http::Response<Body>| async { axum::body::to_bytes(res.into_body(), 64).await.unwrap() };
+/// let res = app.clone().oneshot(http::Request::get("/").body(Body::empty()).unwrap()).await.unwrap();
+/// assert_eq!(read(res).await, "anonymous");
+/// let req = http::Request::get("/").header("x-api-key", key.key()).body(Body::empty()).unwrap();
+/// assert_eq!(read(app.oneshot(req).await.unwrap()).await, "ci");
+/// # });
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+impl<S: Send + Sync> axum::extract::OptionalFromRequestParts<S> for Principal {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Option<Self>, Self::Rejection> {
+        Ok(parts.extensions.get::<Principal>().cloned())
+    }
+}
+
 /// What an authenticator concluded.
 ///
 /// ```
