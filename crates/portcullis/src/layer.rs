@@ -869,6 +869,22 @@ pub struct SecurityLayerBuilder {
     extensions: RequestExtensions,
 }
 
+/// Names the routes and which controls are set; never the authenticator's, guards' or
+/// sink's insides (keys and secrets live there).
+impl std::fmt::Debug for SecurityLayerBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let routes: Vec<&str> = self.routes.iter().map(|(p, _)| p.as_str()).collect();
+        f.debug_struct("SecurityLayerBuilder")
+            .field("routes", &routes)
+            .field("trusted_proxies", &self.trusted)
+            .field("authenticator", &self.authenticator.is_some())
+            .field("rate_limiter", &self.rate_limit.is_some())
+            .field("csrf_guard", &self.csrf.is_some())
+            .field("audit", &self.audit.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
 impl SecurityLayerBuilder {
     fn secure() -> Self {
         SecurityLayerBuilder {
@@ -1593,6 +1609,16 @@ impl<S> Layer<S> for SecurityLayer {
 pub struct SecurityService<S> {
     inner: S,
     engine: Arc<Engine>,
+}
+
+/// The inner service only, as tower-http's services print theirs: the layer's settings hold
+/// keys and secrets.
+impl<S: std::fmt::Debug> std::fmt::Debug for SecurityService<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SecurityService")
+            .field("inner", &self.inner)
+            .finish_non_exhaustive()
+    }
 }
 
 /// The response body: axum's, so the wrapped service can be served by `axum::serve` and

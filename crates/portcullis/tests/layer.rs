@@ -221,3 +221,44 @@ async fn guards_that_only_check_asynchronously_are_still_asked() {
         assert_eq!(r.status, 403, "{h}");
     }
 }
+
+#[test]
+fn the_builder_and_the_service_print_with_debug_and_never_a_secret() {
+    use portcullis::auth::{Secret, jwks::VerificationKey, jwt::Algorithm, jwt::JwtAuthenticator};
+    use portcullis::csrf::{CsrfGuard, token};
+    use tower::Layer;
+
+    const JWT_SECRET: &str = "jwt-secret-that-must-never-be-printed";
+    const CSRF_SECRET: &[u8] = b"csrf-secret-that-must-never-print";
+    let key = VerificationKey::hmac(Algorithm::HS256, &Secret::from(JWT_SECRET)).expect("a key");
+    let jwt = JwtAuthenticator::builder()
+        .issuer("me")
+        .audience("api")
+        .key(key)
+        .build()
+        .expect("a verifier");
+    let csrf = CsrfGuard::builder()
+        .secrets([token::Secret::new(CSRF_SECRET.to_vec()).expect("a secret")])
+        .build()
+        .expect("a guard");
+    let builder = SecurityLayer::builder()
+        .route("/api/admin/**", Preset::Strict)
+        .trusted_proxies(["10.0.0.0/8"])
+        .authenticator(Arc::new(jwt))
+        .csrf_guard(Arc::new(csrf));
+    // A tower user's own `#[derive(Debug)]` over the builder or the wrapped service compiles.
+    let printed = format!("{builder:?}");
+    assert!(printed.contains("/api/admin/**"), "{printed}");
+    assert!(printed.contains("10.0.0.0/8"), "{printed}");
+    let service = builder
+        .build()
+        .expect("valid layer")
+        .layer(Router::<()>::new().fallback(|| async { "ok" }));
+    let printed = format!("{printed} {service:?} {service:#?}");
+    assert!(printed.contains("SecurityService"), "{printed}");
+    let csrf_text = String::from_utf8_lossy(CSRF_SECRET);
+    assert!(
+        !printed.contains(JWT_SECRET) && !printed.contains(&*csrf_text),
+        "{printed}"
+    );
+}
