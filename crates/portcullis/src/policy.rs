@@ -90,7 +90,8 @@ impl Preset {
 pub enum RateKey {
     /// The client address (IPv6 by /64).
     Ip,
-    /// The principal's id (falls back to the client address when anonymous).
+    /// The principal's id (falls back to the client address when anonymous). A principal
+    /// of an API key is counted apart from a token's subject of the same name.
     User,
     /// The API key id (falls back to the client address for requests without an API key,
     /// JWT-authenticated ones included).

@@ -229,3 +229,42 @@ async fn the_chain_tries_jwt_then_api_keys_and_a_bad_token_is_final() {
     .await;
     assert_eq!(r.status, 401);
 }
+
+#[tokio::test]
+async fn a_token_whose_subject_names_an_api_key_does_not_spend_the_keys_quota() {
+    use portcullis::policy::{RateKey, RateLimitSpec};
+    let hs = hmac_key(Algorithm::HS256);
+    let jwt = JwtAuthenticator::builder()
+        .issuer(ISS)
+        .audience(AUD)
+        .key(hs.verification())
+        .build()
+        .unwrap();
+    let ci = api_key::generate();
+    let keys =
+        ApiKeyAuthenticator::new([ApiKey::new("ci-bot", ci.hash_line(), ["deploy"]).unwrap()])
+            .unwrap();
+    let once = RateLimitSpec::new(1, Duration::from_secs(3600), RateKey::User);
+    let layer = SecurityLayer::builder()
+        .route(
+            "/api/user/**",
+            Policy::preset(Preset::Authenticated).rate_limits([once]),
+        )
+        .authenticator(Arc::new(AnyOf::new().or(jwt).or(keys)))
+        .build()
+        .unwrap();
+    let addr = serve_with(Router::new().route("/api/user/me", get(whoami)), layer).await;
+
+    // A user who could choose the subject `ci-bot` (a sign-up form's user name) spends its own
+    // quota...
+    let token = hs.token(None, &claims("ci-bot", &["user"]));
+    let bearer = bearer(&token);
+    let as_user = [("authorization", bearer.as_str())];
+    assert_eq!(get_with(addr, "/api/user/me", &as_user).await.status, 200);
+    assert_eq!(get_with(addr, "/api/user/me", &as_user).await.status, 429);
+    // ...not the API key's of the same name.
+    let as_key = [("x-api-key", ci.key())];
+    let r = get_with(addr, "/api/user/me", &as_key).await;
+    assert_eq!((r.status, r.json()["id"].clone()), (200, "ci-bot".into()));
+    assert_eq!(get_with(addr, "/api/user/me", &as_key).await.status, 429);
+}

@@ -812,7 +812,13 @@ fn key_for(spec: &RateLimitSpec, text: &LimitText, parts: &Parts, x: &Exchange) 
         RateKey::Ip => ip(&mut key),
         RateKey::User => match x.principal() {
             Some(p) => {
-                key.push_str("user:");
+                // An API key's id and a token's subject are named by different people: a
+                // user who could pick the sub `ci-bot` must not spend the key `ci-bot`'s quota.
+                key.push_str(if p.method == AuthMethod::ApiKey {
+                    "key:"
+                } else {
+                    "user:"
+                });
                 key.push_str(&p.id);
             }
             None => ip(&mut key),
