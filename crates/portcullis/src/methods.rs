@@ -387,10 +387,13 @@ fn multipart_overrides(body: &[u8], boundary: &str) -> Option<Vec<Vec<u8>>> {
         rest = rest
             .strip_prefix(b"\r\n")
             .or_else(|| rest.strip_prefix(b"\n"))?;
-        let (head_end, sep) = match (find(rest, b"\r\n\r\n"), find(rest, b"\n\n")) {
-            (Some(a), Some(b)) if b < a => (b, 2),
-            (Some(a), _) => (a, 4),
-            (None, Some(b)) => (b, 2),
+        // The bare-LF end is looked for only before the CRLF one: searched to the body's end
+        // for every part, it made a body of many small CRLF parts cost parts × body.
+        let crlf = find(rest, b"\r\n\r\n");
+        let lf_within = crlf.map_or(rest, |a| &rest[..a]);
+        let (head_end, sep) = match (crlf, find(lf_within, b"\n\n")) {
+            (_, Some(b)) => (b, 2),
+            (Some(a), None) => (a, 4),
             (None, None) => return None,
         };
         let head = &rest[..head_end];

@@ -448,3 +448,49 @@ async fn a_method_override_in_a_form_body_must_name_an_allowed_method_too() {
     assert_eq!(r.status, 405, "{}", r.text());
     assert_eq!(r.header("allow"), Some("POST, PUT"));
 }
+
+#[tokio::test]
+async fn a_multipart_form_of_many_small_parts_is_scanned_in_linear_time() {
+    use portcullis::client_ip::PeerAddr;
+    use tower::{Layer, ServiceExt};
+    let app = SecurityLayer::new(Preset::Public).layer(
+        Router::new().fallback(|body: axum::body::Bytes| async move { body.len().to_string() }),
+    );
+    let post = |body: Vec<u8>| {
+        let mut req = http::Request::post("/upload")
+            .header("content-type", "multipart/form-data; boundary=b")
+            .body(axum::body::Body::from(body))
+            .expect("a request");
+        req.extensions_mut()
+            .insert(PeerAddr("192.0.2.1:4000".parse().expect("an address")));
+        req
+    };
+    // 6000 CRLF parts, about 300 KB (the public limit is 1 MiB). Each part's head used to be
+    // searched for a bare-LF end up to the body's end: parts × body, many seconds.
+    let small = b"--b\r\nContent-Disposition: form-data; name=\"a\"\r\n\r\nx\r\n";
+    let mut body = small.repeat(6000);
+    body.extend_from_slice(b"--b--\r\n");
+    let started = std::time::Instant::now();
+    let res = app
+        .clone()
+        .oneshot(post(body.clone()))
+        .await
+        .expect("answered");
+    assert_eq!(res.status(), 200);
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(3),
+        "took {:?}",
+        started.elapsed()
+    );
+    // Still read to the end: an override in the last part, and one in a bare-LF part after
+    // CRLF ones, are found.
+    for last in [
+        &b"--b\r\nContent-Disposition: form-data; name=\"_method\"\r\n\r\nDELETE\r\n--b--\r\n"[..],
+        &b"--b\nContent-Disposition: form-data; name=\"_method\"\n\nDELETE\n--b--\n"[..],
+    ] {
+        let mut body = small.repeat(100);
+        body.extend_from_slice(last);
+        let res = app.clone().oneshot(post(body)).await.expect("answered");
+        assert_eq!(res.status(), 405);
+    }
+}
