@@ -116,7 +116,8 @@ impl std::fmt::Debug for MemoryStore {
 }
 
 impl MemoryStore {
-    /// A store tracking at most `max_keys` keys (at least 64), on the system clock.
+    /// A store tracking at most `max_keys` keys, rounded up to a multiple of its 64 shards
+    /// (so at least 64; 100 tracks up to 128), on the system clock.
     ///
     /// ```
     /// use portcullis::policy::Algorithm;
@@ -125,6 +126,13 @@ impl MemoryStore {
     /// let rule = Rule::new(1, 60_000_000, Algorithm::SlidingWindow, 0);
     /// assert!(store.decide_now(&[Charge { key: "k", rule, cost: 1 }]).unwrap()[0].allowed);
     /// assert_eq!(store.len(), 1);
+    /// // Many clients: the oldest keys make room, the store stays bounded.
+    /// let small = MemoryStore::new(100);
+    /// for i in 0..5_000 {
+    ///     let key = format!("ip:{i}");
+    ///     small.decide_now(&[Charge { key: &key, rule, cost: 1 }]).unwrap();
+    /// }
+    /// assert!(small.len() <= 128);
     /// ```
     pub fn new(max_keys: usize) -> Self {
         Self::with_clock(max_keys, Arc::new(SystemClock))
