@@ -142,3 +142,28 @@ async fn an_optional_principal_is_none_for_anonymous_callers_and_the_caller_othe
     assert_eq!(signed_in.status, 200);
     assert_eq!(signed_in.text(), "hello, ci-bot");
 }
+
+#[tokio::test]
+async fn the_principal_extractors_refusal_names_the_requests_id_either_way() {
+    let key = api_key::generate();
+    for how in [RequestExtensions::Each, RequestExtensions::Context] {
+        let layer = SecurityLayer::builder()
+            .default_policy(Preset::Public)
+            .authenticator(Arc::new(
+                ApiKeyAuthenticator::new([
+                    ApiKey::new("ci", key.hash_line(), ["deploy"]).expect("a valid key")
+                ])
+                .expect("a valid key set"),
+            ))
+            .request_extensions(how)
+            .build()
+            .expect("valid layer");
+        // A public route whose handler insists on a principal: the extractor answers 401.
+        let app = Router::new().route("/me", get(|p: Principal| async move { p.id }));
+        let addr = serve_with(app, layer).await;
+        let r = fetch(addr, "/me").await;
+        assert_eq!(r.status, 401, "{how:?}");
+        let id = r.header("x-request-id").expect("an id").to_string();
+        assert_eq!(r.json()["request_id"], id, "{how:?}");
+    }
+}

@@ -155,9 +155,8 @@ impl<S: Send + Sync> axum::extract::FromRequestParts<S> for Principal {
     async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
         use axum::response::IntoResponse;
         parts.extensions.get::<Principal>().cloned().ok_or_else(|| {
-            let id = parts
-                .extensions
-                .get::<crate::request_id::RequestId>()
+            // `of`: the id is in the `RequestContext` when the layer hands over one.
+            let id = crate::request_id::RequestId::of(&parts.extensions)
                 .map_or_else(String::new, |r| r.to_string());
             let res = crate::Rejection::unauthorized(false).into_response_with_id(&id);
             let (parts, body) = res.into_parts();
