@@ -1,4 +1,4 @@
-//! The admin listener, separate from traffic: `/healthz`, `/readyz` and `/metrics`.
+//! The admin listener, separate from traffic: `/healthz`, `/readyz`, `/metrics` and `/bans`.
 //!
 //! - `GET /healthz` → 200 `{"status":"ok"}` while the process serves.
 //! - `GET /readyz` → whether the gateway can serve traffic now (upstream and stores
@@ -31,6 +31,15 @@
 //!   - `portcullis_audit_pipeline_events_total{stage}`: what became of them (`enqueued`,
 //!     `written`, `spooled`, `replayed`, `dropped`), and `portcullis_audit_spool_pending`,
 //!     the events waiting in the spool for the store.
+//!
+//! - `GET /bans` → the bans in force (with `[ban]` on), longest first:
+//!   `{"bans":[{"client":"203.0.113.7","seconds_left":840}]}` (IPv6 clients by /64).
+//! - `DELETE /bans?client=ADDRESS` → lifts the ban on the client holding `ADDRESS` (any
+//!   address of an IPv6 /64) and forgets its offences, on every replica sharing the store:
+//!   200 `{"status":"lifted","was_banned":true}`; 404 `{"status":"bans_off"}` with `[ban]`
+//!   off; 400 for a missing or malformed address. Refused with 403 when sent by a browser
+//!   (`Origin` or `Sec-Fetch-*` headers) or to a `Host` that is not an address or
+//!   `localhost` (DNS rebinding): a web page must not lift bans through a local admin port.
 //!
 //! Anything else is 404. Bind it to loopback or a private network: it is not behind the
 //! security layer.
@@ -105,6 +114,9 @@ pub async fn serve(listener: TcpListener, live: Live, mut shutdown: watch::Recei
 }
 
 async fn handle(req: Request<Incoming>, live: Live) -> Result<Response<Full<Bytes>>, Infallible> {
+    if req.method() == Method::DELETE && req.uri().path() == "/bans" {
+        return Ok(lift_ban(&req, &live).await);
+    }
     if req.method() != Method::GET && req.method() != Method::HEAD {
         return Ok(json(
             StatusCode::METHOD_NOT_ALLOWED,
@@ -115,6 +127,7 @@ async fn handle(req: Request<Incoming>, live: Live) -> Result<Response<Full<Byte
         "/healthz" => json(StatusCode::OK, r#"{"status":"ok"}"#),
         "/readyz" => readiness(&live).await,
         "/metrics" => metrics(&live),
+        "/bans" => bans(&live),
         _ => json(StatusCode::NOT_FOUND, r#"{"status":"not_found"}"#),
     })
 }
@@ -170,6 +183,96 @@ async fn readiness(live: &Live) -> Response<Full<Bytes>> {
     json(status, body)
 }
 
+/// The ban list of the config in force (the one its layer holds), `None` with `[ban]` off.
+fn ban_list(live: &Live) -> Option<std::sync::Arc<portcullis::ban::BanList>> {
+    let generation = live.current();
+    let config = &generation.config;
+    live.stores()
+        .ban_list(&config.ban, &config.storage)
+        .ok()
+        .flatten()
+}
+
+/// `GET /bans`: the bans in force.
+fn bans(live: &Live) -> Response<Full<Bytes>> {
+    let list = ban_list(live).map(|b| b.list()).unwrap_or_default();
+    let bans: Vec<serde_json::Value> = list
+        .into_iter()
+        .map(|(client, left)| {
+            serde_json::json!({
+                "client": client,
+                "seconds_left": left.as_millis().div_ceil(1000) as u64,
+            })
+        })
+        .collect();
+    json(
+        StatusCode::OK,
+        serde_json::json!({ "bans": bans }).to_string(),
+    )
+}
+
+/// `DELETE /bans?client=ADDRESS`: lifts a ban (see the module docs).
+async fn lift_ban(req: &Request<Incoming>, live: &Live) -> Response<Full<Bytes>> {
+    let h = req.headers();
+    let from_browser = h.contains_key(header::ORIGIN)
+        || h.contains_key("sec-fetch-site")
+        || h.contains_key("sec-fetch-mode");
+    let host = h
+        .get(header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    if from_browser || !local_host_name(host) {
+        return json(
+            StatusCode::FORBIDDEN,
+            r#"{"status":"forbidden","reason":"bans are lifted from a command line, to an address or localhost"}"#,
+        );
+    }
+    let client = req.uri().query().and_then(|q| {
+        q.split('&')
+            .find_map(|kv| kv.strip_prefix("client="))
+            .map(|v| v.replace("%3A", ":").replace("%3a", ":"))
+    });
+    let Some(ip) = client.and_then(|c| c.parse::<std::net::IpAddr>().ok()) else {
+        return json(
+            StatusCode::BAD_REQUEST,
+            r#"{"status":"bad_request","reason":"?client= must be one IP address"}"#,
+        );
+    };
+    let Some(bans) = ban_list(live) else {
+        return json(StatusCode::NOT_FOUND, r#"{"status":"bans_off"}"#);
+    };
+    let key = portcullis::ClientIp(ip).key();
+    match bans.lift(&key).await {
+        Ok(was) => {
+            tracing::warn!(client = %key, was_banned = was, "ban lifted by hand");
+            json(
+                StatusCode::OK,
+                serde_json::json!({"status": "lifted", "client": key, "was_banned": was})
+                    .to_string(),
+            )
+        }
+        Err(e) => {
+            tracing::error!(client = %key, error = %e, "lifting a ban failed");
+            json(
+                StatusCode::SERVICE_UNAVAILABLE,
+                r#"{"status":"unavailable","reason":"the rate-limit store did not answer"}"#,
+            )
+        }
+    }
+}
+
+/// `Host` names this machine by address or as `localhost` (with or without a port): not a
+/// DNS name a web page could point here by rebinding.
+fn local_host_name(host: &str) -> bool {
+    let name = match host.rsplit_once(':') {
+        // `[::1]:9901`, `127.0.0.1:9901`, `localhost:9901`; a bare IPv6 has colons too.
+        Some((h, port)) if port.bytes().all(|b| b.is_ascii_digit()) && !h.ends_with(':') => h,
+        _ => host,
+    };
+    let name = name.trim_start_matches('[').trim_end_matches(']');
+    name.eq_ignore_ascii_case("localhost") || name.parse::<std::net::IpAddr>().is_ok()
+}
+
 /// `/metrics`: the counters in the Prometheus text format (see the module docs).
 fn metrics(live: &Live) -> Response<Full<Bytes>> {
     let generation = live.current();
@@ -206,7 +309,7 @@ fn metrics(live: &Live) -> Response<Full<Bytes>> {
 
     // The cached trackers of the config in force (the same ones its layer holds).
     let brute_force = stores.failed_auth(&config.auth, &config.storage).ok();
-    let bans = stores.ban_list(&config.ban, &config.storage).ok().flatten();
+    let bans = ban_list(live);
     out.family(
         "portcullis_store_errors_total",
         "counter",

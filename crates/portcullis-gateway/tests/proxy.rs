@@ -421,6 +421,86 @@ async fn admin_metrics_count_refusals_bans_and_audit_events() {
     }
 }
 
+/// The ban on the test client, listed and lifted through the admin listener; browsers and
+/// DNS-rebound host names are refused, and a lifted client's offences start over.
+#[tokio::test(flavor = "multi_thread")]
+async fn admin_lists_and_lifts_bans() {
+    let up = Upstream::start().await;
+    let admin = free_port();
+    let port = free_port();
+    let text = format!(
+        "{}[ban]\noffences = 2\nwithin = \"10m\"\nban_for = \"15m\"\n",
+        config(
+            port,
+            up.addr,
+            &format!("admin_listen = \"127.0.0.1:{admin}\""),
+            "[[route]]\npath = \"/limited/**\"\nrate_limit = { requests = 1, window = \"1m\" }\n",
+        ),
+    );
+    let gw = Gateway::start(port, &text).await;
+    assert!(
+        gw.wait_log("admin listening on", Duration::from_secs(2))
+            .await
+    );
+    let bans_url = format!("http://127.0.0.1:{admin}/bans");
+    assert_eq!(
+        get(&bans_url, &[]).await.json()["bans"],
+        serde_json::json!([])
+    );
+    let statuses = [
+        get(&gw.url("/limited/a"), &[]).await.status,
+        get(&gw.url("/limited/a"), &[]).await.status,
+        get(&gw.url("/limited/a"), &[]).await.status,
+        get(&gw.url("/elsewhere"), &[]).await.status,
+    ];
+    assert_eq!(statuses.map(|s| s.as_u16()), [200, 429, 429, 403]);
+    let listed = get(&bans_url, &[]).await.json();
+    assert_eq!(listed["bans"][0]["client"], "127.0.0.1", "{listed}");
+    let left = listed["bans"][0]["seconds_left"].as_u64().unwrap();
+    assert!((890..=900).contains(&left), "{listed}");
+
+    let hc = client();
+    let delete = |query: &str, headers: &[(&str, &str)]| {
+        let mut req = http::Request::delete(format!("{bans_url}{query}"));
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        send(&hc, req.body(full("")).unwrap())
+    };
+    // A page in a browser, or one reaching this port through a rebound DNS name: refused.
+    let r = delete("?client=127.0.0.1", &[("origin", "https://evil.example")]).await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN);
+    let r = delete("?client=127.0.0.1", &[("sec-fetch-mode", "no-cors")]).await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN);
+    let r = delete(
+        "?client=127.0.0.1",
+        &[("host", "rebound.evil.example:9901")],
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN);
+    assert_eq!(get(&gw.url("/elsewhere"), &[]).await.status, 403);
+    // Malformed: 400.
+    assert_eq!(
+        delete("?client=nope", &[]).await.status,
+        StatusCode::BAD_REQUEST
+    );
+    assert_eq!(delete("", &[]).await.status, StatusCode::BAD_REQUEST);
+
+    let r = delete("?client=127.0.0.1", &[]).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    assert_eq!(r.json()["was_banned"], true);
+    assert_eq!(
+        get(&bans_url, &[]).await.json()["bans"],
+        serde_json::json!([])
+    );
+    assert_eq!(get(&gw.url("/elsewhere"), &[]).await.status, 200);
+    // Its offences were forgotten: one more refusal is not a ban yet.
+    assert_eq!(get(&gw.url("/limited/a"), &[]).await.status, 429);
+    assert_eq!(get(&gw.url("/elsewhere"), &[]).await.status, 200);
+    let r = delete("?client=127.0.0.1", &[]).await;
+    assert_eq!(r.json()["was_banned"], false);
+}
+
 /// `/readyz` polled until its body is `want` (Redis reconnects in the background), or the
 /// last answer after `within`.
 async fn readyz_until(base: &str, want: &str, within: Duration) -> Reply {
