@@ -226,13 +226,23 @@ impl MethodSet {
         if self.any {
             return true;
         }
-        let types: Vec<FormKind> = headers
-            .get_all(header::CONTENT_TYPE)
-            .iter()
-            .map(|t| FormKind::of(t.as_bytes()))
-            .collect();
-        // No type (Rack's form), or several: read it as urlencoded too.
-        let urlencoded_too = (types.len() != 1).then_some(&FormKind::UrlEncoded);
+        let mut fields = 0;
+        let mut types: Vec<FormKind> = Vec::new();
+        for t in headers.get_all(header::CONTENT_TYPE) {
+            fields += 1;
+            let kind = FormKind::of(t.as_bytes());
+            // Each distinct reading once: repeating a field must not repeat the scan.
+            if !types.contains(&kind) {
+                types.push(kind);
+            }
+        }
+        // More than two readings of one body is no request a client means: each would cost
+        // a scan of the whole body. Refused as an override.
+        if types.len() > 2 {
+            return false;
+        }
+        // No type (Rack's form), or several fields: read it as urlencoded too.
+        let urlencoded_too = (fields != 1).then_some(&FormKind::UrlEncoded);
         types.iter().chain(urlencoded_too).all(|kind| match kind {
             FormKind::NotAForm => true,
             FormKind::UrlEncoded => body
@@ -338,6 +348,7 @@ fn is_override_key(key: &[u8]) -> bool {
 }
 
 /// How a framework reads a body of this `Content-Type`.
+#[derive(PartialEq, Eq)]
 enum FormKind {
     UrlEncoded,
     /// With its boundary (empty when the type names none).

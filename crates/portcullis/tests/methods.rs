@@ -494,3 +494,51 @@ async fn a_multipart_form_of_many_small_parts_is_scanned_in_linear_time() {
         assert_eq!(res.status(), 405);
     }
 }
+
+/// Each `Content-Type` field used to cost a scan of the whole body for `_method`: 100 copies
+/// of a large form's type, 100 scans. Copies are read once now, and more than two different
+/// readings of one body are refused as an override.
+#[tokio::test]
+async fn repeated_content_types_do_not_repeat_the_override_scan() {
+    use portcullis::client_ip::PeerAddr;
+    use tower::{Layer, ServiceExt};
+    let app = SecurityLayer::new(Preset::Public).layer(
+        Router::new().fallback(|body: axum::body::Bytes| async move { body.len().to_string() }),
+    );
+    let part = b"--b\r\nContent-Disposition: form-data; name=\"a\"\r\n\r\nx\r\n";
+    let mut body = part.repeat(6000);
+    body.extend_from_slice(b"--b--\r\n");
+    let post = |types: Vec<String>| {
+        let mut req = http::Request::post("/upload");
+        for t in types {
+            req = req.header("content-type", t);
+        }
+        let mut req = req
+            .body(axum::body::Body::from(body.clone()))
+            .expect("a request");
+        req.extensions_mut()
+            .insert(PeerAddr("192.0.2.1:4000".parse().expect("an address")));
+        req
+    };
+    let same = vec!["multipart/form-data; boundary=b".to_string(); 100];
+    let started = std::time::Instant::now();
+    let res = app.clone().oneshot(post(same)).await.expect("answered");
+    assert_eq!(res.status(), 200);
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(2),
+        "took {:?}",
+        started.elapsed()
+    );
+    let distinct: Vec<String> = (0..100)
+        .map(|i| format!("multipart/form-data; boundary=b{i}"))
+        .collect();
+    let res = app.clone().oneshot(post(distinct)).await.expect("answered");
+    assert_eq!(res.status(), 405);
+    // Two readings (the form and urlencoded) are still each looked at.
+    let two = vec![
+        "multipart/form-data; boundary=b".to_string(),
+        "application/x-www-form-urlencoded".to_string(),
+    ];
+    let res = app.oneshot(post(two)).await.expect("answered");
+    assert_eq!(res.status(), 200);
+}
