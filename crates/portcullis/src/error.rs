@@ -627,6 +627,95 @@ impl Rejection {
         res.extensions_mut().insert(self);
         res
     }
+
+    /// The gRPC status code standing for this refusal: `UNAUTHENTICATED` (16) for a 401,
+    /// `PERMISSION_DENIED` (7) for a 403, `RESOURCE_EXHAUSTED` (8) for a 413, 429 or 431,
+    /// `INVALID_ARGUMENT` (3) for a 400, 414 or 415, `UNIMPLEMENTED` (12) for a 405,
+    /// `DEADLINE_EXCEEDED` (4) for a 408, `UNAVAILABLE` (14) for a 503, `INTERNAL` (13) for
+    /// a 500, else `UNKNOWN` (2).
+    ///
+    /// ```
+    /// use portcullis::Rejection;
+    /// assert_eq!(Rejection::unauthorized(false).grpc_code(), 16);
+    /// assert_eq!(Rejection::forbidden().grpc_code(), 7);
+    /// ```
+    pub fn grpc_code(&self) -> u8 {
+        match self.status.as_u16() {
+            400 | 414 | 415 => 3,
+            401 => 16,
+            403 => 7,
+            405 => 12,
+            408 => 4,
+            413 | 429 | 431 => 8,
+            500 => 13,
+            503 => 14,
+            _ => 2,
+        }
+    }
+
+    /// Renders the refusal for a gRPC client, as a "trailers-only" answer: HTTP 200,
+    /// `Content-Type: application/grpc`, `grpc-status` ([`Rejection::grpc_code`]) and
+    /// `grpc-message` (the message), no body; with `X-Request-Id` and the extra headers
+    /// (`WWW-Authenticate`, `Retry-After`, `Allow`) as in the JSON answer. A gRPC client reads
+    /// the code and message from it; an HTTP status alone would leave it guessing. The layer
+    /// answers so a request whose `Content-Type` is `application/grpc…`.
+    ///
+    /// ```
+    /// use portcullis::Rejection;
+    /// let res = Rejection::unauthorized(false).into_grpc_response_with_id("req-7");
+    /// assert_eq!(res.status(), 200);
+    /// assert_eq!(res.headers()["content-type"], "application/grpc");
+    /// assert_eq!(res.headers()["grpc-status"], "16");
+    /// assert_eq!(res.headers()["grpc-message"], "Authentication required");
+    /// assert_eq!(res.headers()["www-authenticate"], "Bearer");
+    /// assert!(res.body().is_empty());
+    /// ```
+    pub fn into_grpc_response_with_id(self, request_id: &str) -> Response<Bytes> {
+        let mut res = Response::new(Bytes::new());
+        let h = res.headers_mut();
+        h.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/grpc"),
+        );
+        h.insert(
+            "grpc-status",
+            HeaderValue::from(u16::from(self.grpc_code())),
+        );
+        // Percent-encoded as gRPC asks (RFC 3986 unreserved and printable ASCII as is).
+        let mut message = String::with_capacity(self.message.len());
+        for b in self.message.bytes() {
+            if (0x20..0x7f).contains(&b) && b != b'%' {
+                message.push(char::from(b));
+            } else {
+                message.push_str(&format!("%{b:02X}"));
+            }
+        }
+        if let Ok(v) = HeaderValue::from_str(&message) {
+            h.insert("grpc-message", v);
+        }
+        h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        if let Ok(v) = HeaderValue::from_str(request_id) {
+            h.insert(crate::request_id::X_REQUEST_ID, v);
+        }
+        for (name, value) in &self.headers {
+            h.append(name.clone(), value.clone());
+        }
+        res.extensions_mut().insert(self);
+        res
+    }
+}
+
+/// Whether a request speaks gRPC (`Content-Type: application/grpc`, `application/grpc+proto`,
+/// `application/grpc-web…` excluded: browsers' gRPC-Web reads HTTP statuses).
+pub(crate) fn is_grpc(headers: &http::HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .map(|v| v.as_bytes())
+        .is_some_and(|ct| {
+            ct.len() >= 16
+                && ct[..16].eq_ignore_ascii_case(b"application/grpc")
+                && matches!(ct.get(16), None | Some(b'+' | b';'))
+        })
 }
 
 impl std::fmt::Display for Rejection {

@@ -2523,7 +2523,11 @@ impl Engine {
         {
             self.count_offence(bans, &r, meta, x);
         }
-        let res = r.into_response_with_id(x.request_id.as_str());
+        let res = if crate::error::is_grpc(meta.headers) {
+            r.into_grpc_response_with_id(x.request_id.as_str())
+        } else {
+            r.into_response_with_id(x.request_id.as_str())
+        };
         let mut res = res.map(SecurityBody::from);
         // Errors carry the security headers too, but never a nonce'd CSP worth caching.
         self.decorate_with(

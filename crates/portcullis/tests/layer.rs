@@ -262,3 +262,68 @@ fn the_builder_and_the_service_print_with_debug_and_never_a_secret() {
         "{printed}"
     );
 }
+
+/// A gRPC client (tonic's, say) is refused the way gRPC says: HTTP 200, `grpc-status` and
+/// `grpc-message`, no body ("trailers-only"), with the request id and the refusal's own
+/// headers; the audit event is the same. gRPC-Web and everything else get the JSON answer.
+#[tokio::test]
+async fn grpc_requests_are_refused_with_a_grpc_status() {
+    use portcullis::client_ip::PeerAddr;
+    use tower::{Layer, ServiceExt};
+    let sink = MemorySink::default();
+    let layer = SecurityLayer::builder()
+        .default_policy(Preset::Public)
+        .route(
+            "/pkg.Admin/**",
+            Policy::preset(Preset::Strict).roles(["admin"]),
+        )
+        .route("/pkg.Small/**", Policy::preset(Preset::Public).max_body(16))
+        .audit(Arc::new(sink.clone()))
+        .build()
+        .unwrap();
+    let app = layer.layer(Router::new().fallback(|| async { "served" }));
+    let call = |path: &str, content_type: &str, body: &'static str| {
+        let mut req = http::Request::post(path)
+            .header("content-type", content_type)
+            .header("te", "trailers")
+            .header("content-length", body.len())
+            .body(axum::body::Body::from(body))
+            .unwrap();
+        req.extensions_mut()
+            .insert(PeerAddr("192.0.2.1:4000".parse().unwrap()));
+        app.clone().oneshot(req)
+    };
+    let res = call("/pkg.Admin/DeleteUser", "application/grpc", "")
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let h = res.headers();
+    assert_eq!(h["content-type"], "application/grpc");
+    assert_eq!(h["grpc-status"], "16");
+    assert_eq!(h["grpc-message"], "Authentication required");
+    assert_eq!(h["www-authenticate"], "Bearer");
+    assert!(h.contains_key("x-request-id"));
+    let body = axum::body::to_bytes(res.into_body(), 1024).await.unwrap();
+    assert!(body.is_empty());
+    let events = sink.events();
+    assert_eq!(events.len(), 1);
+    assert_eq!(events[0].status, 401);
+
+    let res = call(
+        "/pkg.Small/Put",
+        "application/grpc+proto",
+        "0123456789abcdefXYZ",
+    )
+    .await
+    .unwrap();
+    assert_eq!(res.status(), 200);
+    assert_eq!(res.headers()["grpc-status"], "8");
+
+    // gRPC-Web (a browser) and plain HTTP: the JSON answer.
+    for ct in ["application/grpc-web+proto", "application/json"] {
+        let res = call("/pkg.Admin/DeleteUser", ct, "").await.unwrap();
+        assert_eq!(res.status(), 401, "{ct}");
+        assert_eq!(res.headers()["content-type"], "application/json", "{ct}");
+        assert!(!res.headers().contains_key("grpc-status"), "{ct}");
+    }
+}
