@@ -16,7 +16,9 @@
 //!   `X-Forwarded-Host` are the trusted inbound values or ours, and `Forwarded` (RFC 7239)
 //!   gets our hop appended;
 //! - the principal travels as `x-portcullis-user` and `x-portcullis-roles`;
-//! - `Upgrade` requests (WebSocket) are tunnelled once the upstream answers 101;
+//! - WebSocket upgrades (`Upgrade: websocket`) are tunnelled once the upstream answers 101;
+//!   no other protocol is: a request asking for one (`h2c`, whose tunnel would carry HTTP/2
+//!   requests past the layer) goes on as a plain request without its `Upgrade`;
 //! - an unreachable upstream is 502 `upstream_unavailable`, a slow one 504
 //!   `upstream_timeout`, a client that does not finish its request in `request_timeout`
 //!   408 `request_timeout`: the one JSON error, never internal detail.
@@ -1045,10 +1047,21 @@ fn accepts_html(headers: &HeaderMap) -> bool {
         })
 }
 
-/// True when the request asks for a protocol upgrade (`Connection: upgrade` + `Upgrade`).
+/// True when the request asks for a WebSocket (`Connection: upgrade` + `Upgrade: websocket`,
+/// one field naming that one protocol): the only upgrade the gateway tunnels. Any other
+/// (`h2c` above all: an upstream that took it would then read HTTP/2 streams the layer never
+/// sees) goes on as a plain request, its `Upgrade` dropped with the other hop-by-hop fields,
+/// as nginx and Envoy do unless told otherwise.
 fn is_upgrade(headers: &HeaderMap) -> bool {
-    headers.contains_key(header::UPGRADE)
-        && connection_tokens(headers).any(|t| t.eq_ignore_ascii_case("upgrade"))
+    let mut protocols = headers.get_all(header::UPGRADE).iter();
+    let websocket = match (protocols.next(), protocols.next()) {
+        (Some(only), None) => only
+            .as_bytes()
+            .trim_ascii()
+            .eq_ignore_ascii_case(b"websocket"),
+        _ => false,
+    };
+    websocket && connection_tokens(headers).any(|t| t.eq_ignore_ascii_case("upgrade"))
 }
 
 fn connection_tokens(headers: &HeaderMap) -> impl Iterator<Item = &str> {
@@ -1869,5 +1882,23 @@ mod tests {
         assert!(!is_upgrade(&h));
         h.insert(header::CONNECTION, "keep-alive, Upgrade".parse().unwrap());
         assert!(is_upgrade(&h));
+        h.insert(header::UPGRADE, " WebSocket ".parse().unwrap());
+        assert!(is_upgrade(&h));
+    }
+
+    #[test]
+    fn only_websocket_is_an_upgrade() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::CONNECTION,
+            "Upgrade, HTTP2-Settings".parse().unwrap(),
+        );
+        for other in ["h2c", "websocket, h2c", "h2c, websocket", "TLS/1.0", ""] {
+            h.insert(header::UPGRADE, other.parse().unwrap());
+            assert!(!is_upgrade(&h), "{other:?}");
+        }
+        h.insert(header::UPGRADE, "websocket".parse().unwrap());
+        h.append(header::UPGRADE, "h2c".parse().unwrap());
+        assert!(!is_upgrade(&h), "two Upgrade fields");
     }
 }

@@ -148,6 +148,59 @@ async fn websocket_frames_are_echoed_through_the_tunnel() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn an_h2c_upgrade_is_never_tunnelled_to_the_upstream() {
+    // h2c smuggling: an upstream that switched to HTTP/2 over the tunnel would take every
+    // later request on it straight from the client, past the layer. The test upstream
+    // answers 101 to anything at /ws, as such an upstream would.
+    let up = Upstream::start().await;
+    let gw = gateway(&up, "", "").await;
+    for (what, request) in [
+        (
+            "bodiless GET",
+            "GET /ws HTTP/1.1\r\nHost: localhost\r\nConnection: Upgrade, HTTP2-Settings\r\n\
+             Upgrade: h2c\r\nHTTP2-Settings: AAMAAABkAARAAAAAAAIAAAAA\r\n\r\n",
+        ),
+        (
+            "POST with a body",
+            "POST /ws HTTP/1.1\r\nHost: localhost\r\nConnection: Upgrade\r\nUpgrade: h2c\r\n\
+             HTTP2-Settings: AAMAAABkAARAAAAAAAIAAAAA\r\nContent-Type: text/plain\r\n\
+             Content-Length: 2\r\nSec-Fetch-Site: same-origin\r\n\r\nhi",
+        ),
+        (
+            "websocket beside h2c",
+            "GET /ws HTTP/1.1\r\nHost: localhost\r\nConnection: Upgrade\r\n\
+             Upgrade: websocket, h2c\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
+             Sec-WebSocket-Version: 13\r\n\r\n",
+        ),
+    ] {
+        let hits = up.hits();
+        let mut tcp = TcpStream::connect(("127.0.0.1", gw.port)).await.unwrap();
+        tcp.write_all(request.as_bytes()).await.unwrap();
+        let mut head = Vec::new();
+        while !head.ends_with(b"\r\n\r\n") {
+            let mut b = [0u8; 1];
+            tokio::time::timeout(Duration::from_secs(5), tcp.read_exact(&mut b))
+                .await
+                .expect("an answer in time")
+                .expect("an answer head");
+            head.push(b[0]);
+        }
+        let head = String::from_utf8_lossy(&head);
+        assert!(
+            !head.starts_with("HTTP/1.1 101"),
+            "{what}: switched protocols: {head}"
+        );
+        assert_eq!(up.hits(), hits + 1, "{what}: reached the upstream once");
+        let seen = up.last();
+        assert!(
+            seen.headers.get("upgrade").is_none(),
+            "{what}: the upstream was asked to upgrade: {:?}",
+            seen.headers
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn unreachable_upstream_is_502_json() {
     let port = free_port();
     let dead: std::net::SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
