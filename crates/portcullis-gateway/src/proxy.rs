@@ -8,7 +8,8 @@
 //! - the URI is the canonical path and query the layer left in the request (never re-derived
 //!   from the raw request line), sent to the upstream as HTTP/1.1;
 //! - hop-by-hop headers are removed both ways (`Connection` and the headers it names,
-//!   `Keep-Alive`, `Proxy-Connection`, `TE` except `trailers`, `Trailer` (kept on a response,
+//!   `Keep-Alive`, `Proxy-Connection`, `Proxy-Authorization`, `Proxy-Authenticate`, `Proxy`
+//!   (httpoxy), `TE` except `trailers`, `Trailer` (kept on a response,
 //!   where it announces the trailer fields the client may receive),
 //!   `Transfer-Encoding`, `Upgrade` except on an upgrade);
 //! - `Host` is the client's; `X-Forwarded-For` gets the peer appended (after the inbound
@@ -171,6 +172,7 @@ const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host")
 const FORWARDED: HeaderName = HeaderName::from_static("forwarded");
 const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+const PROXY: HeaderName = HeaderName::from_static("proxy");
 /// The nonce alone, for Next.js application code (Next's CSP guide reads it).
 ///
 /// ```
@@ -1104,11 +1106,18 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
-/// The hop-by-hop headers every message loses (besides those `Connection` names).
-const HOP_BY_HOP: [HeaderName; 7] = [
+/// The hop-by-hop headers every message loses (besides those `Connection` names). With them
+/// `Proxy-Authorization` and `Proxy-Authenticate` (credentials and challenges for a proxy,
+/// which the gateway never asks for: a client's proxy password is no business of the
+/// application) and `Proxy`, which no client needs to send and CGI-style servers expose as
+/// the `HTTP_PROXY` environment variable their HTTP clients then use (httpoxy, CVE-2016-5385).
+const HOP_BY_HOP: [HeaderName; 10] = [
     header::CONNECTION,
     KEEP_ALIVE,
     PROXY_CONNECTION,
+    header::PROXY_AUTHORIZATION,
+    header::PROXY_AUTHENTICATE,
+    PROXY,
     header::TE,
     header::TRAILER,
     header::TRANSFER_ENCODING,
@@ -1773,6 +1782,9 @@ mod tests {
         for name in [
             "Keep-Alive",
             "proxy-connection",
+            "Proxy-Authorization",
+            "proxy-authenticate",
+            "Proxy",
             "TE",
             "trailer",
             "transfer-encoding",

@@ -148,6 +148,39 @@ async fn websocket_frames_are_echoed_through_the_tunnel() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn proxy_credentials_and_the_httpoxy_header_never_reach_the_upstream() {
+    let up = Upstream::start().await;
+    let gw = gateway(&up, "", "").await;
+    // A bodiless GET (the gateway's own HTTP/1.1 path) and a POST with a body (hyper's).
+    for (what, request) in [
+        (
+            "GET",
+            "GET /x HTTP/1.1\r\nHost: localhost\r\nProxy: http://evil.example:8080\r\n\
+             Proxy-Authorization: Basic dXNlcjpwYXNz\r\n\r\n",
+        ),
+        (
+            "POST",
+            "POST /consume HTTP/1.1\r\nHost: localhost\r\nProxy: http://evil.example:8080\r\n\
+             Proxy-Authorization: Basic dXNlcjpwYXNz\r\nContent-Type: text/plain\r\n\
+             Content-Length: 2\r\nSec-Fetch-Site: same-origin\r\n\r\nhi",
+        ),
+    ] {
+        let mut tcp = TcpStream::connect(("127.0.0.1", gw.port)).await.unwrap();
+        tcp.write_all(request.as_bytes()).await.unwrap();
+        let out = read_response(&mut tcp).await;
+        assert!(out.starts_with("HTTP/1.1 200"), "{what}: {out}");
+        let seen = up.last();
+        for name in ["proxy", "proxy-authorization"] {
+            assert!(
+                seen.headers.get(name).is_none(),
+                "{what}: {name} reached the upstream: {:?}",
+                seen.headers
+            );
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn an_h2c_upgrade_is_never_tunnelled_to_the_upstream() {
     // h2c smuggling: an upstream that switched to HTTP/2 over the tunnel would take every
     // later request on it straight from the client, past the layer. The test upstream
