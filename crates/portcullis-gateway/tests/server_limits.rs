@@ -328,6 +328,77 @@ fn audit_rows(log: &std::path::Path) -> (String, Vec<serde_json::Value>) {
     (text, events)
 }
 
+/// The proxy's own refusals — 504 for an upstream too slow to answer, 408 for a body too slow
+/// to arrive, 400 for a body that broke off — are audited like the layer's: `denied`, with
+/// their code, the route and path, and the request id the answer carried.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_proxys_own_refusals_are_audited() {
+    let up = Upstream::start().await;
+    let (mut gw, log) = audited_gateway(
+        &up,
+        "request_timeout = \"1s\"\nupstream_timeout = \"500ms\"",
+    )
+    .await;
+    let slow = get(&gw.url("/slow/3000"), &[]).await;
+    assert_eq!(slow.status, StatusCode::GATEWAY_TIMEOUT);
+    let slow_id = slow.headers["x-request-id"].to_str().unwrap().to_string();
+
+    let mut tcp = TcpStream::connect(("127.0.0.1", gw.port)).await.unwrap();
+    tcp.write_all(
+        b"POST /consume/late HTTP/1.1\r\nHost: t\r\nContent-Type: text/plain\r\nContent-Length: 100\r\n\r\n0123456789",
+    )
+    .await
+    .unwrap();
+    let (out, _) = read_until_closed(&mut tcp, Duration::from_secs(4)).await;
+    let out = String::from_utf8_lossy(&out).into_owned();
+    let (late, _) = json_answer(&out);
+    assert_eq!(late.status, 408, "{out}");
+    let late_id = late
+        .header("x-request-id")
+        .expect("a request id")
+        .to_string();
+
+    let mut tcp = TcpStream::connect(("127.0.0.1", gw.port)).await.unwrap();
+    tcp.write_all(
+        b"POST /consume/cut HTTP/1.1\r\nHost: t\r\nContent-Type: text/plain\r\nContent-Length: 100\r\n\r\n0123456789",
+    )
+    .await
+    .unwrap();
+    tcp.shutdown().await.unwrap();
+    let (out, _) = read_until_closed(&mut tcp, Duration::from_secs(4)).await;
+    let out = String::from_utf8_lossy(&out).into_owned();
+    let (cut, _) = json_answer(&out);
+    assert_eq!(cut.status, 400, "{out}");
+    let cut_id = cut
+        .header("x-request-id")
+        .expect("a request id")
+        .to_string();
+
+    gw.signal("-TERM");
+    assert!(gw.wait_exit(Duration::from_secs(10)).await.success());
+    let (text, events) = audit_rows(&log);
+    for (id, status, code, path) in [
+        (&slow_id, 504, "upstream_timeout", "/slow/3000"),
+        (&late_id, 408, "request_timeout", "/consume/late"),
+        (&cut_id, 400, "request_body_incomplete", "/consume/cut"),
+    ] {
+        let rows: Vec<_> = events
+            .iter()
+            .filter(|e| e["request_id"] == id.as_str())
+            .collect();
+        assert_eq!(rows.len(), 1, "{code}: one audit row: {text}");
+        let e = rows[0];
+        assert_eq!(e["status"], status, "{text}");
+        assert_eq!(e["outcome"], "denied", "{text}");
+        assert_eq!(e["metadata"]["code"], code, "{text}");
+        assert_eq!(e["path"], path, "{text}");
+        assert_eq!(e["client_ip"], "127.0.0.1", "{text}");
+    }
+    if let Some(dir) = log.parent() {
+        let _ = std::fs::remove_dir_all(dir);
+    }
+}
+
 /// A head begun but not ended within `header_read_timeout` (counted from the connection's
 /// start for its first request) gets the JSON 408 `request_timeout`, with the security
 /// headers and `connection: close`, and the audit log shows it with the request line it had.

@@ -26,9 +26,12 @@
 //!     (rate-limit, CSRF cookie), `X-Request-Id`, banners removed;
 //! 15. audit event, handed to the sink without waiting.
 //!
-//! Every refusal is the JSON error of [`crate::Rejection`] and an audit event. Controls named
-//! by the route's [`ReportOnly`] decide and audit but let the request through; the
-//! brute-force limit's 429 is reported, not enforced, while `auth` (or `rate_limit`) is.
+//! Every refusal is the JSON error of [`crate::Rejection`] and an audit event — the inner
+//! service's too: a response carrying a `Rejection` in its extensions (as
+//! [`Rejection::into_response_with_id`](crate::Rejection::into_response_with_id) makes it; the
+//! gateway's 502 and 504, say) is audited as `denied` with that refusal's action and code.
+//! Controls named by the route's [`ReportOnly`] decide and audit but let the request through;
+//! the brute-force limit's 429 is reported, not enforced, while `auth` (or `rate_limit`) is.
 //!
 //! ```
 //! use axum::{Router, routing::get};
@@ -1890,11 +1893,14 @@ impl Engine {
     ) {
         let added = std::mem::take(&mut x.response_headers);
         let deferred = self.decorate_with(&mut rparts.headers, meta, x, nonce, added, defer);
-        if let Some(d) = deferred {
-            rparts.extensions.insert(d);
-        }
         self.audit_notes(rparts.status, meta, x);
-        if x.policy().audits_allowed() {
+        // A refusal of the inner service's own (the gateway's 502, 504, and 408 or 400 for a
+        // body that came too slowly or broke off) is audited as the layer's are. Most
+        // answers carry no extensions at all: one look.
+        if let Some(r) = rparts.extensions.get::<Rejection>() {
+            std::hint::cold_path();
+            self.audit_event(r.action(), Outcome::Denied, rparts.status, Some(r), meta, x);
+        } else if x.policy().audits_allowed() {
             self.audit_event(
                 AuditAction::RequestAllowed,
                 Outcome::Allowed,
@@ -1903,6 +1909,9 @@ impl Engine {
                 meta,
                 x,
             );
+        }
+        if let Some(d) = deferred {
+            rparts.extensions.insert(d);
         }
     }
 
