@@ -402,9 +402,10 @@ impl Proxy {
         &self,
         req: Request<ProxyBody>,
         local: bool,
+        progress: Option<&Arc<BodyProgress>>,
     ) -> Result<Response<ProxyBody>, SendError> {
         if local {
-            return local_pool::send(&self.inner, req).await;
+            return local_pool::send(&self.inner, req, progress).await;
         }
         // As on the per-core pool: a bodiless GET, HEAD or OPTIONS whose connection died
         // before any answer goes out once more, on a new connection. (hyper-util does not
@@ -513,7 +514,11 @@ impl Proxy {
             self.transform_request(&mut upstream_req, &extensions);
             // Boxed: hyper's client future is the largest part of this one, and a request
             // with a body (or an upgrade) is worth the allocation; a bodiless one is not.
-            Box::pin(tokio::time::timeout(wait, self.send(upstream_req, local))).await
+            Box::pin(tokio::time::timeout(
+                wait,
+                self.send(upstream_req, local, progress.as_ref()),
+            ))
+            .await
         };
         let mut res = match sent {
             Ok(Ok(res)) => res,
@@ -1436,7 +1441,7 @@ impl std::fmt::Display for ErrorChain<'_> {
 
 /// How far the client's request body got.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum BodyState {
+pub(crate) enum BodyState {
     Reading = 0,
     Done = 1,
     Failed = 2,
@@ -1444,10 +1449,10 @@ enum BodyState {
 }
 
 #[derive(Debug, Default)]
-struct BodyProgress(AtomicU8);
+pub(crate) struct BodyProgress(AtomicU8);
 
 impl BodyProgress {
-    fn get(&self) -> BodyState {
+    pub(crate) fn get(&self) -> BodyState {
         match self.0.load(Ordering::Acquire) {
             0 => BodyState::Reading,
             1 => BodyState::Done,

@@ -258,6 +258,39 @@ async fn a_post_is_sent_once(threading: &str) {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn an_answer_that_came_before_the_request_body_ended_does_not_lend_its_connection() {
+    // The upstream answers at once, without reading the body (an application refusing an
+    // upload early, or answering before it reads). The first client's body then stalls: its
+    // connection is still busy sending it, and must not be handed to the next request,
+    // which would wait behind the stalled body until upstream_timeout (504).
+    let up = RawUpstream::start(AfterAnswer::KeepAlive).await;
+    let port = free_port();
+    let server = "workers = 1\nthreading = \"per-core\"\nupstream_timeout = \"1s\"\nrequest_timeout = \"20s\"";
+    let gw = Gateway::start(port, &config(port, up.addr(), server, "")).await;
+    let post = |path: &str, length: usize, body: &str| {
+        format!(
+            "POST {path} HTTP/1.1\r\nHost: t\r\nContent-Type: text/plain\r\nSec-Fetch-Site: same-origin\r\nContent-Length: {length}\r\n\r\n{body}"
+        )
+    };
+    let mut stalled = TcpStream::connect(("127.0.0.1", gw.port)).await.unwrap();
+    stalled
+        .write_all(post("/early/1", 1000, "0123456789").as_bytes())
+        .await
+        .unwrap();
+    let first = read_response(&mut stalled).await;
+    assert!(first.starts_with("HTTP/1.1 200"), "{first}");
+
+    let mut next = TcpStream::connect(("127.0.0.1", gw.port)).await.unwrap();
+    next.write_all(post("/early/2", 2, "hi").as_bytes())
+        .await
+        .unwrap();
+    let second = read_response(&mut next).await;
+    assert!(second.starts_with("HTTP/1.1 200"), "{second}");
+    assert_eq!(up.connections(), 2, "the busy connection was not reused");
+    drop(stalled);
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn a_response_the_client_abandoned_does_not_poison_the_pool() {
     // An upstream whose body the client never reads to its end: that connection cannot be
     // reused (its rest is still on the wire), and must not be.

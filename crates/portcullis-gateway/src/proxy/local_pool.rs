@@ -14,8 +14,10 @@
 //!   again on another one (the upstream's keep-alive timeout racing our reuse); so is a
 //!   bodiless GET, HEAD or OPTIONS whose reused connection died before any answer (as nginx
 //!   does); any other request that may have reached the upstream is never repeated;
-//! - a connection whose response body was not read to its end, that failed, or that was
-//!   upgraded (101) is never reused;
+//! - a connection whose response body was not read to its end, that failed, that was
+//!   upgraded (101), or whose answer ended before the request's body was sent whole (an
+//!   application refusing an upload early) is never reused: the next request would wait
+//!   behind the rest of that body;
 //! - idle connections are closed once `upstream_idle_timeout` passes (a task per worker
 //!   thread sweeps them, so they close on time even when no request comes), and at most
 //!   [`MAX_IDLE`] of each kind wait per thread;
@@ -40,7 +42,7 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
-use super::{BoxError, ProxyBody, ProxyInner, SendError, h1};
+use super::{BodyProgress, BodyState, BoxError, ProxyBody, ProxyInner, SendError, h1};
 
 /// The most idle connections one thread keeps for one upstream.
 pub const MAX_IDLE: usize = 1024;
@@ -262,9 +264,14 @@ async fn connect(authority: &Authority, connect_timeout: Duration) -> Result<Sen
 
 /// Sends `req` (origin-form URI, `Host` set) over this thread's connections to `proxy`'s
 /// upstream; the response body returns the connection when it ends.
+///
+/// `request_body` is how far the request's body got (`None`: it has none): an answer that ends
+/// before the body did leaves its connection busy sending the rest, so that connection is
+/// not reused (the next request would wait behind a body that may never come).
 pub async fn send(
     proxy: &Arc<ProxyInner>,
     mut req: Request<ProxyBody>,
+    request_body: Option<&Arc<BodyProgress>>,
 ) -> Result<Response<ProxyBody>, SendError> {
     // A bodiless GET, HEAD or OPTIONS that dies on a reused connection before any answer
     // goes out once more on a new one, the way nginx retries on a failed keep-alive
@@ -296,8 +303,11 @@ pub async fn send(
         let spare = if reused { replayable(&req) } else { None };
         match sender.try_send_request(req).await {
             Ok(res) => {
-                let back = (res.status() != StatusCode::SWITCHING_PROTOCOLS)
-                    .then(|| (sender, Arc::downgrade(proxy)));
+                let back = (res.status() != StatusCode::SWITCHING_PROTOCOLS).then(|| Back {
+                    sender,
+                    proxy: Arc::downgrade(proxy),
+                    request_body: request_body.cloned(),
+                });
                 return Ok(res.map(|body| PooledBody::new(body, back).boxed_unsync()));
             }
             Err(mut e) => match (e.take_message(), spare) {
@@ -346,14 +356,22 @@ pub(super) fn closed_before_answer(e: &hyper::Error) -> bool {
     })
 }
 
+/// What a response body gives back when it ends: its connection, to the pool it came from,
+/// once the request's body (if any) has been sent whole.
+struct Back {
+    sender: Sender,
+    proxy: Weak<ProxyInner>,
+    request_body: Option<Arc<BodyProgress>>,
+}
+
 /// The upstream's response body; gives its connection back when it ends.
 struct PooledBody {
     inner: Incoming,
-    back: Option<(Sender, Weak<ProxyInner>)>,
+    back: Option<Back>,
 }
 
 impl PooledBody {
-    fn new(inner: Incoming, back: Option<(Sender, Weak<ProxyInner>)>) -> PooledBody {
+    fn new(inner: Incoming, back: Option<Back>) -> PooledBody {
         let mut body = PooledBody { inner, back };
         if body.inner.is_end_stream() {
             body.release();
@@ -362,9 +380,18 @@ impl PooledBody {
     }
 
     fn release(&mut self) {
-        if let Some((sender, proxy)) = self.back.take() {
-            checkin(&IDLE, &proxy, sender);
+        let Some(back) = self.back.take() else {
+            return;
+        };
+        // An answer that came before the request's body ended (an early refusal, say): the
+        // connection is still sending it, or broken. Dropped, it finishes and closes.
+        if back
+            .request_body
+            .is_some_and(|p| p.get() != BodyState::Done)
+        {
+            return;
         }
+        checkin(&IDLE, &back.proxy, back.sender);
     }
 }
 
