@@ -7,7 +7,8 @@
 //!
 //! - the URI is the canonical path and query the layer left in the request (never re-derived
 //!   from the raw request line), sent to the upstream as HTTP/1.1;
-//! - hop-by-hop headers are removed both ways (`Connection` and the headers it names,
+//! - hop-by-hop headers are removed both ways (`Connection` and the headers it names but
+//!   `Content-Type`, which the layer judged the body by,
 //!   `Keep-Alive`, `Proxy-Connection`, `Proxy-Authorization`, `Proxy-Authenticate`, `Proxy`
 //!   (httpoxy), `TE` except `trailers`, `Trailer` (kept on a response,
 //!   where it announces the trailer fields the client may receive),
@@ -788,11 +789,9 @@ impl Proxy {
         out.extend_from_slice(target.as_bytes());
         out.extend_from_slice(b" HTTP/1.1\r\n");
 
-        // The fields `Connection` names are this hop's too.
+        // The fields `Connection` names are this hop's too (but `Content-Type`).
         let named: Vec<HeaderName> = if headers.contains_key(header::CONNECTION) {
-            connection_tokens(headers)
-                .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
-                .collect()
+            connection_named(headers).collect()
         } else {
             Vec::new()
         };
@@ -1071,6 +1070,16 @@ fn is_upgrade(headers: &HeaderMap) -> bool {
     websocket && connection_tokens(headers).any(|t| t.eq_ignore_ascii_case("upgrade"))
 }
 
+/// The fields `Connection` names as this hop's, which go with it — but `Content-Type`, which
+/// says how to read the body the layer judged by it (the content-type allowlist, the form
+/// `_method` scan): without it, the application would read those bytes its own way (Rack and
+/// Rails take a POST without `Content-Type` for a form, `_method` override included).
+fn connection_named(headers: &HeaderMap) -> impl Iterator<Item = HeaderName> + '_ {
+    connection_tokens(headers)
+        .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
+        .filter(|n| *n != header::CONTENT_TYPE)
+}
+
 fn connection_tokens(headers: &HeaderMap) -> impl Iterator<Item = &str> {
     headers
         .get_all(header::CONNECTION)
@@ -1081,7 +1090,8 @@ fn connection_tokens(headers: &HeaderMap) -> impl Iterator<Item = &str> {
         .filter(|t| !t.is_empty())
 }
 
-/// Removes the hop-by-hop headers: those `Connection` names, then the fixed list.
+/// Removes the hop-by-hop headers: those `Connection` names (never `Content-Type`), then the
+/// fixed list.
 ///
 /// ```
 /// use http::{HeaderMap, HeaderValue};
@@ -1100,9 +1110,7 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     if !headers.keys().any(|n| HOP_BY_HOP.contains(n)) {
         return;
     }
-    let named: Vec<HeaderName> = connection_tokens(headers)
-        .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
-        .collect();
+    let named: Vec<HeaderName> = connection_named(headers).collect();
     for name in named {
         headers.remove(name);
     }
@@ -1663,6 +1671,16 @@ mod tests {
                     ("transfer-encoding", b"chunked"),
                 ],
             ),
+            (
+                "GET",
+                "/named-content-type",
+                vec![
+                    ("host", b"app.example"),
+                    ("connection", b"Content-Type, x-hop"),
+                    ("content-type", b"text/plain"),
+                    ("x-hop", b"1"),
+                ],
+            ),
             ("GET", "http://app.example:8080/x?y", vec![]),
             ("HEAD", "/no-host", vec![("accept", b"text/html")]),
             (
@@ -1805,6 +1823,13 @@ mod tests {
             strip_hop_by_hop(&mut h);
             assert_eq!(h.len(), 1, "{name}: {h:?}");
         }
+        // Content-Type stays, whoever names it: the layer judged the body by it.
+        let mut h = HeaderMap::new();
+        h.insert(header::CONNECTION, "Content-Type, x-hop".parse().unwrap());
+        h.insert(header::CONTENT_TYPE, "application/json".parse().unwrap());
+        h.insert("x-hop", "1".parse().unwrap());
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h.keys().collect::<Vec<_>>(), ["content-type"]);
         // None at all: untouched.
         let mut h = HeaderMap::new();
         h.insert("accept", "*/*".parse().unwrap());

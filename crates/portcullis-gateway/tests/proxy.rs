@@ -181,6 +181,42 @@ async fn proxy_credentials_and_the_httpoxy_header_never_reach_the_upstream() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_content_type_named_by_connection_still_reaches_the_upstream() {
+    // The layer judged the body by its Content-Type (a JSON body is not scanned for a form's
+    // `_method`); without it, Rack and Rails would read the same bytes as a form and honour
+    // `_method=DELETE` on a route that allows no DELETE.
+    let up = Upstream::start().await;
+    let routes =
+        "[[route]]\npath = \"/consume/**\"\nmethods = [\"GET\", \"POST\"]\nrate_limit = false\n";
+    let gw = gateway(&up, "", routes).await;
+    for (what, request) in [
+        (
+            "POST",
+            "POST /consume/x HTTP/1.1\r\nHost: localhost\r\nConnection: Content-Type\r\n\
+             Content-Type: application/json\r\nContent-Length: 14\r\n\
+             Sec-Fetch-Site: same-origin\r\n\r\n_method=DELETE",
+        ),
+        (
+            "GET",
+            "GET /consume/y HTTP/1.1\r\nHost: localhost\r\nConnection: keep-alive, content-type\r\n\
+             Content-Type: application/json\r\n\r\n",
+        ),
+    ] {
+        let mut tcp = TcpStream::connect(("127.0.0.1", gw.port)).await.unwrap();
+        tcp.write_all(request.as_bytes()).await.unwrap();
+        let out = read_response(&mut tcp).await;
+        assert!(out.starts_with("HTTP/1.1 200"), "{what}: {out}");
+        let seen = up.last();
+        assert_eq!(
+            seen.headers.get("content-type").map(|v| v.as_bytes()),
+            Some(&b"application/json"[..]),
+            "{what}: {:?}",
+            seen.headers
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn an_h2c_upgrade_is_never_tunnelled_to_the_upstream() {
     // h2c smuggling: an upstream that switched to HTTP/2 over the tunnel would take every
     // later request on it straight from the client, past the layer. The test upstream
