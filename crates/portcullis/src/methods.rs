@@ -2,8 +2,8 @@
 //!
 //! So does a request that asks the application to act as another method the list lacks:
 //! Express's `method-override`, Rails, Laravel, Symfony and ASP.NET Core read
-//! `X-HTTP-Method-Override` (or `X-HTTP-Method`, `X-Method-Override`, a `_method` query
-//! parameter) and route a POST as, say, DELETE. The override is not removed, so an
+//! `X-HTTP-Method-Override` (or `X-HTTP-Method`, `X-Method-Override`, spelt with `-` or `_`,
+//! or a `_method` query parameter) and route a POST as, say, DELETE. The override is not removed, so an
 //! application that relies on it keeps working where the route allows the method it names.
 //!
 //! ```
@@ -32,6 +32,26 @@ pub const OVERRIDE_HEADERS: [HeaderName; 3] = [
     HeaderName::from_static("x-http-method"),
     HeaderName::from_static("x-method-override"),
 ];
+
+/// Whether a request field is one of [`OVERRIDE_HEADERS`] as an application reads it: also
+/// spelt with `_` for `-` (`X_HTTP_Method_Override`), which CGI-style servers (Puma under
+/// Rails, PHP) give the same name, `HTTP_X_HTTP_METHOD_OVERRIDE`, as the dashed one.
+fn is_override_header(name: &HeaderName) -> bool {
+    if OVERRIDE_HEADERS.contains(name) {
+        return true;
+    }
+    let n = name.as_str().as_bytes();
+    // Most fields are ruled out by their length alone.
+    matches!(n.len(), 13 | 17 | 22)
+        && n.contains(&b'_')
+        && OVERRIDE_HEADERS.iter().any(|o| {
+            let o = o.as_str().as_bytes();
+            o.len() == n.len()
+                && o.iter()
+                    .zip(n)
+                    .all(|(&a, &b)| a == b || (a == b'-' && b == b'_'))
+        })
+}
 
 /// A set of allowed methods with its `Allow` header value computed once.
 ///
@@ -146,6 +166,10 @@ impl MethodSet {
     /// assert!(m.allows_overrides(&h, Some("page=2")));
     /// h.insert("x-http-method-override", "delete".parse().unwrap());
     /// assert!(!m.allows_overrides(&h, None));
+    /// // An underscore spelling is the same header to Rack, Puma and PHP.
+    /// let mut h = http::HeaderMap::new();
+    /// h.insert("x_http_method_override", "DELETE".parse().unwrap());
+    /// assert!(!m.allows_overrides(&h, None));
     /// assert!(!MethodSet::new([http::Method::POST]).allows_overrides(&http::HeaderMap::new(), Some("_method=PUT")));
     /// ```
     pub fn allows_overrides(&self, headers: &HeaderMap, query: Option<&str>) -> bool {
@@ -156,7 +180,7 @@ impl MethodSet {
         // lookup per override name: this runs on every request.
         let headers_ok = headers
             .iter()
-            .filter(|(n, _)| OVERRIDE_HEADERS.contains(n))
+            .filter(|(n, _)| is_override_header(n))
             .all(|(_, v)| self.allows_named(v.as_bytes()));
         let query_ok = query.is_none_or(|q| {
             q.split('&')

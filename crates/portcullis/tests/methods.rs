@@ -267,6 +267,26 @@ async fn post_with(addr: SocketAddr, path: &str, extra: &str) -> Reply {
 }
 
 #[tokio::test]
+async fn an_override_header_spelt_with_underscores_must_name_an_allowed_method_too() {
+    // Puma (Rails), PHP and other CGI-style servers read `X_HTTP_Method_Override` as
+    // `HTTP_X_HTTP_METHOD_OVERRIDE`, the dashed header's name: Rack's MethodOverride then
+    // routes the POST as DELETE.
+    let addr = start(MemorySink::default()).await;
+    for extra in [
+        "X_HTTP_Method_Override: DELETE\r\n",
+        "x_http-method_override: delete\r\n",
+        "X_HTTP_METHOD: PUT\r\n",
+        "X_Method-Override: PATCH\r\n",
+    ] {
+        let r = post_with(addr, "/api/x", extra).await;
+        assert_405(&r, "POST", &format!("/api/x with {extra:?}"), PUBLIC_ALLOW);
+    }
+    // Other fields with underscores are no override.
+    let r = post_with(addr, "/api/x", "X_Request_Note: DELETE\r\n").await;
+    assert_passes(&r, "POST", "/api/x with an unrelated underscore field");
+}
+
+#[tokio::test]
 async fn a_method_override_must_name_an_allowed_method_too() {
     let sink = MemorySink::default();
     let addr = start(sink.clone()).await;
