@@ -351,7 +351,8 @@ pub struct ServerConfig {
     pub header_read_timeout: Duration,
     /// Time allowed for the whole request (default 30 s).
     pub request_timeout: Duration,
-    /// Keep-alive idle time (default 60 s).
+    /// Keep-alive idle time, and how long a client may leave its response untaken (default
+    /// 60 s).
     pub idle_timeout: Duration,
     /// Time allowed to connect to the upstream (default 5 s).
     pub upstream_connect_timeout: Duration,

@@ -37,7 +37,8 @@
 //!   body was still arriving, else 504).
 //!
 //! Response bodies stream without a deadline (downloads, server-sent events); a connection
-//! with a response in flight is never closed as idle.
+//! with a response in flight is never closed as idle, unless its client stops taking the
+//! response's bytes for `idle_timeout` (see [`crate::server`]).
 //!
 //! # The CSP nonce and the upstream's HTML
 //!

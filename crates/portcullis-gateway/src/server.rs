@@ -33,6 +33,11 @@
 //!   long is closed (HTTP/1) or sent GOAWAY (HTTP/2), never sooner and at most an eighth of
 //!   it later (reads and writes only raise a flag; the watchdog reads the clock). A
 //!   connection that never completes a first request is closed after `header_read_timeout`.
+//!   A connection whose client takes no byte of its response for `idle_timeout` (its socket
+//!   full: a slow-read attack, or a client gone without a word) is closed too, with the
+//!   upstream exchange streaming to it, as nginx's `send_timeout` does; a response with
+//!   nothing to send yet (a quiet event stream, a long poll) is never cut, nor a client that
+//!   reads slowly but reads.
 //! - `request_timeout` and the upstream timeouts: see [`crate::proxy`].
 //! - A request hyper cannot parse (a malformed request line or header, a header block over
 //!   its buffer, a target over 64 KiB) never reaches the service: hyper writes a bare 400,
@@ -540,7 +545,7 @@ impl Connection {
                     }
                     _ = timer.as_mut() => {
                         let (verdict, recheck) = state.watch(&limits, peer);
-                        if matches!(verdict, Verdict::Silent | Verdict::Idle) {
+                        if matches!(verdict, Verdict::Silent | Verdict::Idle | Verdict::Stalled) {
                             return;
                         }
                         timer.as_mut().reset(recheck.into());
@@ -605,7 +610,7 @@ impl Connection {
                 _ = timer.as_mut() => {
                     let (verdict, recheck) = state.watch(&limits, peer);
                     match verdict {
-                        Verdict::Silent => return,
+                        Verdict::Silent | Verdict::Stalled => return,
                         Verdict::Idle if draining => return,
                         Verdict::Idle => {
                             conn.as_mut().graceful_shutdown();
@@ -636,7 +641,12 @@ enum Verdict {
     Idle,
     /// No request arrived within `header_read_timeout` of the connection opening.
     Silent,
+    /// The client has taken no byte of its response for `idle_timeout`.
+    Stalled,
 }
+
+/// `ConnState::stall_since_ms` when no write to the client waits.
+const NOT_STALLED: u64 = u64::MAX;
 
 /// What a connection has done, shared by its IO, its service and its watchdog.
 struct ConnState {
@@ -648,6 +658,15 @@ struct ConnState {
     /// after the last byte read or written, so an idle connection is never closed early.
     last_seen_ms: AtomicU64,
     bytes_read: AtomicU64,
+    /// Writes that moved bytes (the connection has one writer: a load and a store each).
+    writes: AtomicU64,
+    /// A write waits for the client to take bytes (its socket is full); the next write that
+    /// moves bytes lowers it.
+    write_waiting: std::sync::atomic::AtomicBool,
+    /// The watchdog's own: the `writes` count when it first found a write waiting, and when
+    /// (milliseconds from `started`; [`NOT_STALLED`] when no write waits).
+    stall_writes: AtomicU64,
+    stall_since_ms: AtomicU64,
     requests: AtomicU64,
     in_flight: AtomicUsize,
     /// The refusal and request id of the JSON answer written in place of hyper's own.
@@ -664,6 +683,10 @@ impl ConnState {
             active: std::sync::atomic::AtomicBool::new(false),
             last_seen_ms: AtomicU64::new(0),
             bytes_read: AtomicU64::new(0),
+            writes: AtomicU64::new(0),
+            write_waiting: std::sync::atomic::AtomicBool::new(false),
+            stall_writes: AtomicU64::new(0),
+            stall_since_ms: AtomicU64::new(NOT_STALLED),
             requests: AtomicU64::new(0),
             in_flight: AtomicUsize::new(0),
             refusal: std::sync::Mutex::new(None),
@@ -685,6 +708,51 @@ impl ConnState {
         }
     }
 
+    /// Notes what a write to the client did: bytes moved, or it waits for the client.
+    fn note_write(&self, res: &Poll<io::Result<usize>>) {
+        match res {
+            Poll::Ready(Ok(n)) if *n > 0 => {
+                self.touch();
+                self.writes.store(
+                    self.writes.load(Ordering::Relaxed).wrapping_add(1),
+                    Ordering::Relaxed,
+                );
+                if self.write_waiting.load(Ordering::Relaxed) {
+                    self.write_waiting.store(false, Ordering::Relaxed);
+                }
+            }
+            Poll::Pending => self.write_waits(),
+            Poll::Ready(_) => {}
+        }
+    }
+
+    /// A write to the client waits: its socket takes no more bytes for now.
+    fn write_waits(&self) {
+        if !self.write_waiting.load(Ordering::Relaxed) {
+            self.write_waiting.store(true, Ordering::Relaxed);
+        }
+    }
+
+    /// Whether a write to the client has waited, without a byte moving, for `limit`: a
+    /// client that stopped reading its response (a slow-read attack holds the connection,
+    /// and the upstream connection streaming to it, for as long as it likes otherwise).
+    /// Measured from the first look that found the write waiting: at most a tick late.
+    fn write_stalled(&self, now: Instant, limit: Duration) -> bool {
+        if !self.write_waiting.load(Ordering::Relaxed) {
+            self.stall_since_ms.store(NOT_STALLED, Ordering::Relaxed);
+            return false;
+        }
+        let now_ms = u64::try_from((now - self.started).as_millis()).unwrap_or(u64::MAX - 1);
+        let writes = self.writes.load(Ordering::Relaxed);
+        let since = self.stall_since_ms.load(Ordering::Relaxed);
+        if since == NOT_STALLED || self.stall_writes.load(Ordering::Relaxed) != writes {
+            self.stall_writes.store(writes, Ordering::Relaxed);
+            self.stall_since_ms.store(now_ms, Ordering::Relaxed);
+            return false;
+        }
+        now_ms.saturating_sub(since) >= u64::try_from(limit.as_millis()).unwrap_or(u64::MAX)
+    }
+
     /// Notes activity: bytes moved, a request finished.
     fn touch(&self) {
         // Read first: most reads and writes find it raised already.
@@ -702,6 +770,9 @@ impl ConnState {
                 tracing::debug!(%peer, "no request within the header read timeout: closing");
             }
             Verdict::Idle => tracing::debug!(%peer, "idle: closing"),
+            Verdict::Stalled => {
+                tracing::debug!(%peer, "the client took no byte of its response within the idle timeout: closing");
+            }
             Verdict::Busy | Verdict::Wait => {}
         }
         (verdict, recheck)
@@ -716,6 +787,9 @@ impl ConnState {
             self.last_seen_ms.store(ms, Ordering::Relaxed);
         }
         if self.in_flight.load(Ordering::Acquire) > 0 {
+            if self.write_stalled(now, limits.idle_timeout) {
+                return (Verdict::Stalled, now);
+            }
             return (Verdict::Busy, now + tick);
         }
         if self.requests.load(Ordering::Acquire) == 0 {
@@ -984,9 +1058,7 @@ impl<I: Io> AsyncWrite for TrackedIo<I> {
             WritePlan::Replace => return this.poll_replacement(cx),
         };
         let res = Pin::new(&mut this.inner).poll_write(cx, buf);
-        if matches!(res, Poll::Ready(Ok(n)) if n > 0) {
-            this.state.touch();
-        }
+        this.state.note_write(&res);
         res
     }
 
@@ -1017,9 +1089,7 @@ impl<I: Io> AsyncWrite for TrackedIo<I> {
             }
             WritePlan::Replace => return this.poll_replacement(cx),
         };
-        if matches!(res, Poll::Ready(Ok(n)) if n > 0) {
-            this.state.touch();
-        }
+        this.state.note_write(&res);
         res
     }
 
@@ -1028,7 +1098,11 @@ impl<I: Io> AsyncWrite for TrackedIo<I> {
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
+        let res = Pin::new(&mut self.inner).poll_flush(cx);
+        if res.is_pending() {
+            self.state.write_waits();
+        }
+        res
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {

@@ -328,6 +328,53 @@ fn audit_rows(log: &std::path::Path) -> (String, Vec<serde_json::Value>) {
     (text, events)
 }
 
+/// A client that stops reading its response (slow read) holds its connection, and the
+/// upstream connection streaming to it, only until `idle_timeout`; one that reads slowly
+/// but steadily keeps it.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_client_that_stops_reading_its_response_is_closed_at_idle_timeout() {
+    const SIZE: u64 = 256 * 1024 * 1024;
+    let up = Upstream::start().await;
+    let gw = gateway(&up, "idle_timeout = \"1s\"").await;
+    let connect = || async {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.set_recv_buffer_size(4096).unwrap();
+        let mut tcp = socket
+            .connect(([127, 0, 0, 1], gw.port).into())
+            .await
+            .unwrap();
+        let req = format!("GET /big/{SIZE} HTTP/1.1\r\nHost: t\r\nAccept: */*\r\n\r\n");
+        tcp.write_all(req.as_bytes()).await.unwrap();
+        tcp
+    };
+    let mut stalled = connect().await;
+    let mut steady = connect().await;
+    // One reads nothing for 3 s; the other a little every 200 ms.
+    let mut steady_got = 0usize;
+    let mut buf = vec![0u8; 64 * 1024];
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_secs(3) {
+        let n = tokio::time::timeout(Duration::from_secs(2), steady.read(&mut buf[..4096]))
+            .await
+            .expect("the steady reader's response keeps coming")
+            .unwrap();
+        assert!(n > 0, "the steady reader's connection was closed");
+        steady_got += n;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(steady_got > 0);
+    // The stalled one was closed: what its socket holds, then the end, well short of SIZE.
+    let mut got = 0u64;
+    loop {
+        match tokio::time::timeout(Duration::from_secs(5), stalled.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => break,
+            Ok(Ok(n)) => got += n as u64,
+            Err(_) => panic!("the stalled connection is still open after {got} bytes"),
+        }
+        assert!(got < SIZE / 2, "the stalled client's response kept coming");
+    }
+}
+
 /// The proxy's own refusals — 504 for an upstream too slow to answer, 408 for a body too slow
 /// to arrive, 400 for a body that broke off — are audited like the layer's: `denied`, with
 /// their code, the route and path, and the request id the answer carried.
