@@ -33,8 +33,9 @@
 //! - `upstream_timeout` bounds the wait for the upstream's response headers once the request
 //!   is sent, which includes the time the upstream takes to read a streamed body (504);
 //! - `request_timeout` bounds the whole request from the moment the layer hands it over:
-//!   receiving the client's body and waiting for the response headers (408 if the client's
-//!   body was still arriving, else 504).
+//!   receiving the client's body and waiting for the response headers (408 if the gateway
+//!   was waiting for more of the client's body, else 504: an upstream that stops taking a
+//!   body the client sends is the upstream's delay, not the client's).
 //!
 //! Response bodies stream without a deadline (downloads, server-sent events); a connection
 //! with a response in flight is never closed as idle, unless its client stops taking the
@@ -530,7 +531,9 @@ impl Proxy {
                 return error_response(r, request_id());
             }
             Err(_) => {
-                let r = if body_state() == BodyState::Reading {
+                // The client's fault only if its body kept the gateway waiting; an upstream
+                // that stopped taking the body is the upstream's delay.
+                let r = if body_state() == BodyState::WaitingForClient {
                     request_timeout()
                 } else {
                     upstream_timeout()
@@ -1451,10 +1454,13 @@ impl std::fmt::Display for ErrorChain<'_> {
 /// How far the client's request body got.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum BodyState {
+    /// On its way, or not asked for yet: what comes next is up to the upstream taking it.
     Reading = 0,
     Done = 1,
     Failed = 2,
     TimedOut = 3,
+    /// The gateway is waiting for the client to send more.
+    WaitingForClient = 4,
 }
 
 #[derive(Debug, Default)]
@@ -1466,7 +1472,8 @@ impl BodyProgress {
             0 => BodyState::Reading,
             1 => BodyState::Done,
             2 => BodyState::Failed,
-            _ => BodyState::TimedOut,
+            3 => BodyState::TimedOut,
+            _ => BodyState::WaitingForClient,
         }
     }
 
@@ -1492,6 +1499,8 @@ impl StdError for RequestBodyTimeout {}
 struct DeadlineBody<B> {
     inner: B,
     deadline: Instant,
+    /// `progress` says `WaitingForClient` (kept here too, to set it once per wait).
+    waiting: bool,
     /// Armed the first time the client keeps the body waiting.
     sleep: Option<Pin<Box<Sleep>>>,
     progress: Arc<BodyProgress>,
@@ -1505,6 +1514,7 @@ impl<B: Body> DeadlineBody<B> {
         DeadlineBody {
             inner,
             deadline,
+            waiting: false,
             sleep: None,
             progress,
         }
@@ -1528,7 +1538,10 @@ where
             Poll::Ready(Some(Ok(frame))) => {
                 if this.inner.is_end_stream() {
                     this.progress.set(BodyState::Done);
+                } else if this.waiting {
+                    this.progress.set(BodyState::Reading);
                 }
+                this.waiting = false;
                 Poll::Ready(Some(Ok(frame)))
             }
             Poll::Ready(Some(Err(e))) => {
@@ -1540,6 +1553,10 @@ where
                 Poll::Ready(None)
             }
             Poll::Pending => {
+                if !this.waiting {
+                    this.waiting = true;
+                    this.progress.set(BodyState::WaitingForClient);
+                }
                 let deadline = this.deadline;
                 let sleep = this
                     .sleep

@@ -273,6 +273,54 @@ async fn a_request_body_slower_than_request_timeout_is_408() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn an_upstream_that_stops_taking_the_body_is_504_not_the_clients_408() {
+    // The upstream answers /slow/… after 5 s without reading the body: once the sockets
+    // between are full, the gateway waits on the upstream, not on the client, which has
+    // its whole body ready to send.
+    let up = Upstream::start().await;
+    let port = free_port();
+    let routes = "[[route]]\npath = \"/slow/**\"\nmax_body = \"128MiB\"\nrate_limit = false\n";
+    let gw = Gateway::start(
+        port,
+        &config(port, up.addr, "upstream_timeout = \"1s\"", routes),
+    )
+    .await;
+    let mut tcp = TcpStream::connect(("127.0.0.1", gw.port)).await.unwrap();
+    let size = 64 * 1024 * 1024;
+    tcp.write_all(
+        format!("POST /slow/5000 HTTP/1.1\r\nHost: t\r\nContent-Type: text/plain\r\nContent-Length: {size}\r\n\r\n")
+            .as_bytes(),
+    )
+    .await
+    .unwrap();
+    let (mut rx, mut tx) = tcp.into_split();
+    let sender = tokio::spawn(async move {
+        let chunk = vec![b'x'; 64 * 1024];
+        let mut sent = 0;
+        while sent < size {
+            if tx.write_all(&chunk).await.is_err() {
+                break;
+            }
+            sent += chunk.len();
+        }
+    });
+    // The answer, without waiting for the connection to close.
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !(out.windows(4).any(|w| w == b"\r\n\r\n") && out.ends_with(b"}")) {
+        match tokio::time::timeout_at(deadline.into(), rx.read(&mut buf)).await {
+            Ok(Ok(n)) if n > 0 => out.extend_from_slice(&buf[..n]),
+            _ => break,
+        }
+    }
+    sender.abort();
+    let out = String::from_utf8_lossy(&out);
+    assert!(out.starts_with("HTTP/1.1 504"), "{out}");
+    assert!(out.contains("\"code\":\"upstream_timeout\""), "{out}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn a_missing_doubled_or_malformed_host_is_a_400_that_never_reaches_the_upstream() {
     let up = Upstream::start().await;
     let gw = gateway(&up, "").await;
