@@ -1007,7 +1007,8 @@ impl SecurityLayerBuilder {
     }
 
     /// Refuses (400 `invalid_host`) an HTTP/1.1 request without a `Host` header, as RFC 9112
-    /// §3.2 asks of a server. Off by default, so requests built in tests without one still
+    /// §3.2 asks of a server, and an HTTP/2 one with neither `:authority` nor `Host` (RFC 9113
+    /// §8.3.1). Off by default, so requests built in tests without one still
     /// pass; a server facing real clients should turn it on (the gateway does). A request
     /// with more than one `Host` is refused either way.
     ///
@@ -2458,7 +2459,14 @@ impl Engine {
         }
         // An empty Host is how a client says the target has no authority: as good as none.
         let present = host_header.filter(|h| !h.is_empty());
-        if present.is_none() && self.require_host && parts.version == http::Version::HTTP_11 {
+        // HTTP/2 carries the authority in the URI (`:authority`); a request with neither that
+        // nor a Host is malformed for an http(s) target (RFC 9113 §8.3.1), and would reach the
+        // application with a host of the gateway's choosing.
+        if present.is_none()
+            && self.require_host
+            && (parts.version == http::Version::HTTP_11
+                || (parts.version == http::Version::HTTP_2 && parts.uri.authority().is_none()))
+        {
             return Err(Rejection::bad_host("Request has no Host header"));
         }
         // `host[:port]` and nothing else (RFC 9112 §3.2: an invalid Host is a 400), so no

@@ -175,6 +175,29 @@ async fn http_1_1_without_host_is_refused_when_required() {
     assert_eq!(raw_get(strict, "/x").await.status, 200);
 }
 
+#[tokio::test]
+async fn http_2_without_authority_or_host_is_refused_when_required() {
+    use tower::{Layer, ServiceExt};
+    let layer = SecurityLayer::builder().require_host(true).build().unwrap();
+    let app = tower::service_fn(|_req: http::Request<_>| async {
+        Ok::<_, std::convert::Infallible>(http::Response::new(axum::body::Body::empty()))
+    });
+    let status = |uri: &str, host: Option<&str>| {
+        let mut req = http::Request::get(uri).version(http::Version::HTTP_2);
+        if let Some(h) = host {
+            req = req.header("host", h);
+        }
+        let req = req.body(axum::body::Body::empty()).unwrap();
+        let svc = layer.layer(app);
+        async move { svc.oneshot(req).await.unwrap().status() }
+    };
+    // Neither `:authority` nor Host (RFC 9113 §8.3.1: malformed for an http(s) target).
+    assert_eq!(status("/x", None).await, 400);
+    // Either one is enough.
+    assert_eq!(status("http://app.example/x", None).await, 200);
+    assert_eq!(status("/x", Some("app.example")).await, 200);
+}
+
 /// A guard of the application's own that only knows how to wait (`check`), in both guard
 /// slots: the layer still asks it on every request (the at-once path is optional).
 struct DenyHeader(&'static str);
