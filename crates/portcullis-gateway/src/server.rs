@@ -713,16 +713,21 @@ impl ConnState {
         match res {
             Poll::Ready(Ok(n)) if *n > 0 => {
                 self.touch();
-                self.writes.store(
-                    self.writes.load(Ordering::Relaxed).wrapping_add(1),
-                    Ordering::Relaxed,
-                );
-                if self.write_waiting.load(Ordering::Relaxed) {
-                    self.write_waiting.store(false, Ordering::Relaxed);
-                }
+                self.write_done();
             }
             Poll::Pending => self.write_waits(),
             Poll::Ready(_) => {}
+        }
+    }
+
+    /// Bytes went out to the client: no write waits now.
+    fn write_done(&self) {
+        self.writes.store(
+            self.writes.load(Ordering::Relaxed).wrapping_add(1),
+            Ordering::Relaxed,
+        );
+        if self.write_waiting.load(Ordering::Relaxed) {
+            self.write_waiting.store(false, Ordering::Relaxed);
         }
     }
 
@@ -1099,8 +1104,11 @@ impl<I: Io> AsyncWrite for TrackedIo<I> {
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let res = Pin::new(&mut self.inner).poll_flush(cx);
-        if res.is_pending() {
-            self.state.write_waits();
+        match res {
+            Poll::Pending => self.state.write_waits(),
+            // What waited went out (over TLS, a flush moves the bytes a write buffered).
+            Poll::Ready(Ok(())) => self.state.write_done(),
+            Poll::Ready(Err(_)) => {}
         }
         res
     }
@@ -1439,6 +1447,39 @@ mod tests {
         ] {
             assert_eq!(hyper_error_head(bytes.as_bytes()), None, "{bytes}");
         }
+    }
+
+    #[test]
+    fn a_write_counts_as_stalled_only_while_it_waits_without_a_byte_moving() {
+        let limit = Duration::from_secs(1);
+        let state = ConnState::new();
+        let at = |ms: u64| state.started + Duration::from_millis(ms);
+        assert!(!state.write_stalled(at(0), limit), "nothing waits");
+        state.note_write(&Poll::Pending);
+        assert!(
+            !state.write_stalled(at(100), limit),
+            "the first look starts the count"
+        );
+        assert!(!state.write_stalled(at(900), limit));
+        assert!(
+            state.write_stalled(at(1100), limit),
+            "a second without a byte"
+        );
+        // Bytes moved: the count starts again.
+        state.note_write(&Poll::Ready(Ok(10)));
+        assert!(!state.write_stalled(at(5000), limit));
+        state.note_write(&Poll::Pending);
+        assert!(!state.write_stalled(at(6000), limit));
+        state.note_write(&Poll::Ready(Ok(10)));
+        state.note_write(&Poll::Pending);
+        assert!(
+            !state.write_stalled(at(7500), limit),
+            "progress between two looks is no stall"
+        );
+        // A flush that went through (TLS) ends the wait as a write does.
+        state.write_waits();
+        state.write_done();
+        assert!(!state.write_stalled(at(20_000), limit));
     }
 
     #[test]
