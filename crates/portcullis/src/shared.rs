@@ -4,7 +4,7 @@
 //!
 //! - [`Counter`]: an event count split in stripes, one per thread (modulo the stripe count),
 //!   summed when read.
-//! - [`static_value`]: a header value that never changes, kept once for the process, so
+//! - `static_value`: a header value that never changes, kept once for the process, so
 //!   cloning it onto a response copies a pointer instead of counting a reference shared by
 //!   every thread.
 
