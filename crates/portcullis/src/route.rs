@@ -606,8 +606,8 @@ fn match_form(canonical: &str) -> Option<String> {
         let v = hex_val(*b.get(i + 1)?)? << 4 | hex_val(*b.get(i + 2)?)?;
         ((0x20..=0x7e).contains(&v) && v != b'%').then_some(v)
     };
-    // Most paths hold no `%` at all: one memchr says so.
-    let from = canonical.find('%')?;
+    // Most paths hold no `%` at all: one short loop says so (shorter than a memchr call).
+    let from = b.iter().position(|&c| c == b'%')?;
     let first = (from..b.len()).find(|&i| decodes_at(i).is_some())?;
     let mut out = String::with_capacity(b.len());
     out.push_str(&canonical[..first]);
@@ -670,6 +670,19 @@ pub struct RouteTable<T> {
 }
 
 impl<T> RouteTable<T> {
+    /// The error of a path only a case variant of a route's (out of the lookup's way).
+    #[cold]
+    #[inline(never)]
+    fn case_variant(&self, exact: Option<usize>, folded: Option<usize>) -> RouteError {
+        let name = |i: Option<usize>| {
+            i.map_or_else(|| "*".to_string(), |i| self.routes[i].pattern.clone())
+        };
+        RouteError::CaseVariant {
+            exact: name(exact),
+            folded: name(folded),
+        }
+    }
+
     /// A table whose unmatched paths get `default`.
     ///
     /// ```
@@ -762,6 +775,7 @@ impl<T> RouteTable<T> {
     /// assert!(table.lookup(&CanonicalPath::parse("/api/Admin/users")?).is_err());
     /// # Ok::<(), portcullis::route::PathError>(())
     /// ```
+    #[inline]
     pub fn lookup(&self, path: &CanonicalPath) -> Result<RouteMatch<'_, T>, RouteError> {
         // Escaped ASCII punctuation is matched as the application reads it (decoded).
         let decoded = match_form(path.as_str());
@@ -785,16 +799,8 @@ impl<T> RouteTable<T> {
             &all
         };
         let (exact, folded) = self.best(segs);
-        {
-            if folded != exact {
-                let name = |i: Option<usize>| {
-                    i.map_or_else(|| "*".to_string(), |i| self.routes[i].pattern.clone())
-                };
-                return Err(RouteError::CaseVariant {
-                    exact: name(exact),
-                    folded: name(folded),
-                });
-            }
+        if folded != exact {
+            return Err(self.case_variant(exact, folded));
         }
         Ok(match exact {
             Some(i) => RouteMatch {
