@@ -147,6 +147,35 @@ async fn websocket_frames_are_echoed_through_the_tunnel() {
     }
 }
 
+/// A handshake from a page of another site (its `Origin`) is refused with the CSRF 403
+/// before the upstream sees it: the tunnel would carry the user's cookies both ways
+/// (cross-site WebSocket hijacking). The same origin's handshake opens the tunnel.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_cross_site_websocket_handshake_is_refused() {
+    let up = Upstream::start().await;
+    let gw = gateway(&up, "", "").await;
+    let handshake = |origin: &str| {
+        format!(
+            "GET /ws HTTP/1.1\r\nHost: localhost:{}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+             Origin: {origin}\r\nCookie: session=s3cr3t\r\n\
+             Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+            gw.port
+        )
+    };
+    let out = raw(
+        gw.port,
+        handshake("https://evil.example").as_bytes(),
+        Duration::from_secs(3),
+    )
+    .await;
+    assert!(out.starts_with("HTTP/1.1 403"), "{out}");
+    assert!(out.contains("csrf_origin_mismatch"), "{out}");
+    assert_eq!(up.hits(), 0);
+    let same = format!("http://localhost:{}", gw.port);
+    let out = raw(gw.port, handshake(&same).as_bytes(), Duration::from_secs(2)).await;
+    assert!(out.starts_with("HTTP/1.1 101"), "{out}");
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn proxy_credentials_and_the_httpoxy_header_never_reach_the_upstream() {
     let up = Upstream::start().await;

@@ -604,3 +604,63 @@ async fn report_only_lets_a_cross_site_post_through_and_audits_it() {
     assert_eq!(events[0].outcome, Outcome::ReportOnly);
     assert_eq!(events[0].action.as_str(), "csrf_validation_failed");
 }
+
+/// A WebSocket handshake is a GET, but what it opens carries the caller's cookies both ways:
+/// a cross-site page must not open it (cross-site WebSocket hijacking). The origin check
+/// applies to it as to a POST; other GETs, clients without browser headers, trusted origins
+/// and routes without CSRF are let through as before.
+#[tokio::test]
+async fn cross_site_websocket_handshakes_are_refused() {
+    let sink = MemorySink::default();
+    let guard = CsrfGuard::builder().trusted_origins(["https://partner.example"]);
+    let addr = start_with(guard, Some(sink.clone())).await;
+    let ws = [("upgrade", "websocket"), ("connection", "Upgrade")];
+    let get = |extra: &[(&'static str, &'static str)], upgrade: bool| {
+        let mut h: Vec<(&str, &str)> = vec![("host", "example.com")];
+        if upgrade {
+            h.extend_from_slice(&ws);
+        }
+        h.extend_from_slice(extra);
+        async move { send(addr, "GET", "/chat", &h, "").await }
+    };
+    let cross = [("origin", "https://evil.example")];
+    let r = get(&cross, true).await;
+    assert_eq!(r.status, 403, "{}", r.text());
+    assert_eq!(r.json()["code"], "csrf_origin_mismatch");
+    let r = get(
+        &[
+            ("sec-fetch-site", "cross-site"),
+            ("origin", "https://evil.example"),
+        ],
+        true,
+    )
+    .await;
+    assert_eq!(r.status, 403);
+    let r = get(&[("upgrade", "WebSocket")][..], false).await;
+    assert_eq!(r.status, 200, "no Origin: not a browser");
+    for ok in [
+        &[("origin", "https://example.com")][..],
+        &[
+            ("sec-fetch-site", "same-origin"),
+            ("origin", "https://example.com"),
+        ][..],
+        &[("origin", "https://partner.example")][..],
+        &[][..],
+    ] {
+        assert_eq!(get(ok, true).await.status, 200, "{ok:?}");
+    }
+    // A plain cross-site GET stays a safe request.
+    assert_eq!(get(&cross, false).await.status, 200);
+    assert_eq!(sink.events().len(), 2);
+
+    // CSRF off on the route: not checked.
+    let off = start_policy(
+        CsrfGuard::builder(),
+        Policy::open().csrf(CsrfMode::Off),
+        None,
+    )
+    .await;
+    let mut h = vec![("host", "example.com"), ("origin", "https://evil.example")];
+    h.extend_from_slice(&ws);
+    assert_eq!(send(off, "GET", "/chat", &h, "").await.status, 200);
+}

@@ -468,6 +468,32 @@ impl OriginCheck {
         if is_safe(method) {
             return Ok(());
         }
+        self.check_any_method(method, headers, host, path)
+    }
+
+    /// [`check`](Self::check) for a request of any method, safe ones included: a WebSocket
+    /// handshake is a GET, yet what it opens carries the caller's cookies both ways, so a
+    /// cross-site page must not open it (cross-site WebSocket hijacking).
+    ///
+    /// ```
+    /// use http::{HeaderMap, Method};
+    /// use portcullis::csrf::fetch_metadata::OriginCheck;
+    /// use portcullis::route::CanonicalPath;
+    /// let check = OriginCheck::new();
+    /// let path = CanonicalPath::parse("/ws")?;
+    /// let mut h = HeaderMap::new();
+    /// h.insert("origin", "https://evil.example".parse().unwrap());
+    /// assert!(check.check(&Method::GET, &h, Some("app.example.com"), &path).is_ok());
+    /// assert!(check.check_any_method(&Method::GET, &h, Some("app.example.com"), &path).is_err());
+    /// # Ok::<(), portcullis::route::PathError>(())
+    /// ```
+    pub fn check_any_method(
+        &self,
+        method: &Method,
+        headers: &HeaderMap,
+        host: Option<&str>,
+        path: &CanonicalPath,
+    ) -> Result<(), CrossOrigin> {
         // Go's `Header.Get`: the first value; an empty one counts as absent.
         let first = |name| {
             headers

@@ -443,6 +443,11 @@ impl CsrfGuard {
             return Ok(());
         }
         if is_safe(&parts.method) {
+            // A WebSocket handshake is a GET that opens a channel carrying the caller's
+            // cookies: the origin check applies to it as to an unsafe method.
+            if parts.headers.contains_key(header::UPGRADE) && is_websocket_handshake(parts) {
+                self.check_handshake_origin(parts, x)?;
+            }
             if mode == CsrfMode::OriginAndToken {
                 self.issue(parts, x);
             }
@@ -461,6 +466,27 @@ impl CsrfGuard {
             self.verify_token(parts, x, form)?;
         }
         Ok(())
+    }
+
+    /// The origin check of a WebSocket handshake (cross-site WebSocket hijacking).
+    #[cold]
+    #[inline(never)]
+    fn check_handshake_origin(&self, parts: &Parts, x: &mut Exchange) -> Result<(), Rejection> {
+        x.response_headers_mut().append(
+            header::VARY,
+            HeaderValue::from_static("Sec-Fetch-Site, Origin"),
+        );
+        let root;
+        let path = match x.path() {
+            Some(p) => p,
+            None => {
+                root = crate::CanonicalPath::parse("/").expect("/ is canonical");
+                &root
+            }
+        };
+        self.origin
+            .check_any_method(&parts.method, &parts.headers, request_host(parts), path)
+            .map_err(origin_rejection)
     }
 
     fn bypassed(&self, method: &Method, x: &Exchange) -> bool {
@@ -681,6 +707,15 @@ fn single_form_content_type(headers: &HeaderMap) -> bool {
         (Some(v), None) => v.to_str().is_ok_and(token::is_form),
         _ => false,
     }
+}
+
+/// A WebSocket opening handshake (RFC 6455 §4.1): `Upgrade` naming `websocket`.
+fn is_websocket_handshake(parts: &Parts) -> bool {
+    parts.headers.get_all(header::UPGRADE).iter().any(|v| {
+        v.as_bytes()
+            .split(|&b| b == b',')
+            .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"websocket"))
+    })
 }
 
 fn origin_rejection(why: CrossOrigin) -> Rejection {
