@@ -477,9 +477,10 @@ impl OriginCheck {
     ///
     /// ```
     /// use http::{HeaderMap, Method};
-    /// use portcullis::csrf::fetch_metadata::OriginCheck;
+    /// use portcullis::csrf::{Mode, fetch_metadata::OriginCheck};
     /// use portcullis::route::CanonicalPath;
-    /// let check = OriginCheck::new();
+    /// let none: [&str; 0] = [];
+    /// let check = OriginCheck::new(Mode::Lenient, none, none, none).unwrap();
     /// let path = CanonicalPath::parse("/ws")?;
     /// let mut h = HeaderMap::new();
     /// h.insert("origin", "https://evil.example".parse().unwrap());
