@@ -140,7 +140,7 @@ pub const MAX_PATH_LEN: usize = 8192;
 /// # Ok::<(), portcullis::route::PathError>(())
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct CanonicalPath(Arc<str>);
+pub struct CanonicalPath(Arc<str>, bool);
 
 impl CanonicalPath {
     /// Canonicalizes a raw request path (without the query).
@@ -152,9 +152,13 @@ impl CanonicalPath {
     /// ```
     pub fn parse(raw: &str) -> Result<CanonicalPath, PathError> {
         if already_canonical(raw.as_bytes()) {
-            return Ok(CanonicalPath(Arc::from(raw)));
+            // Holds no `%` (the fast path takes none).
+            return Ok(CanonicalPath(Arc::from(raw), false));
         }
-        canonicalize(raw).map(|p| CanonicalPath(Arc::from(p)))
+        canonicalize(raw).map(|p| {
+            let escaped = p.contains('%');
+            CanonicalPath(Arc::from(p), escaped)
+        })
     }
 
     /// The canonical path as a string.
@@ -777,8 +781,13 @@ impl<T> RouteTable<T> {
     /// ```
     #[inline]
     pub fn lookup(&self, path: &CanonicalPath) -> Result<RouteMatch<'_, T>, RouteError> {
-        // Escaped ASCII punctuation is matched as the application reads it (decoded).
-        let decoded = match_form(path.as_str());
+        // Escaped ASCII punctuation is matched as the application reads it (decoded); the
+        // parse noted whether the path holds any escape at all.
+        let decoded = if path.1 {
+            match_form(path.as_str())
+        } else {
+            None
+        };
         let text = decoded.as_deref().unwrap_or(path.as_str());
         let mut segs: [&str; 32] = [""; 32];
         let mut n = 0;
@@ -845,7 +854,25 @@ impl<T> RouteTable<T> {
 /// every split for each `**` would take `path.len()` to the power of their number, and a
 /// client chooses `path.len()` (4096 segments fit in a path).
 fn matches(pat: &[Seg], path: &[&str], fold: bool) -> bool {
-    let (mut p, mut s) = (0, 0);
+    // The head up to the first `**`, one step per segment (most patterns are all head, or
+    // a head and one trailing `**`, which takes whatever is left).
+    let mut head = 0;
+    while let Some(seg) = pat.get(head) {
+        if matches!(seg, Seg::DoubleStar) {
+            if head + 1 == pat.len() {
+                return true;
+            }
+            break;
+        }
+        match path.get(head) {
+            Some(s) if seg.matches(s, fold) => head += 1,
+            _ => return false,
+        }
+    }
+    if head == pat.len() {
+        return path.len() == head;
+    }
+    let (mut p, mut s) = (head, head);
     // After the last `**`: the pattern index following it, and the path index it ends at.
     let mut resume: Option<(usize, usize)> = None;
     while s < path.len() {
