@@ -499,6 +499,7 @@ impl Seg {
         }
     }
 
+    #[inline(always)]
     fn matches(&self, seg: &str, fold: bool) -> bool {
         let eq = |a: &str, b: &str| {
             if fold {
@@ -853,6 +854,7 @@ impl<T> RouteTable<T> {
 /// never help. At most `pat.len() × path.len()` steps, whatever the number of `**` — trying
 /// every split for each `**` would take `path.len()` to the power of their number, and a
 /// client chooses `path.len()` (4096 segments fit in a path).
+#[inline(always)]
 fn matches(pat: &[Seg], path: &[&str], fold: bool) -> bool {
     // The head up to the first `**`, one step per segment (most patterns are all head, or
     // a head and one trailing `**`, which takes whatever is left).
