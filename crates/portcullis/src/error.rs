@@ -617,15 +617,7 @@ impl Rejection {
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/json"),
         );
-        h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-        if let Ok(v) = HeaderValue::from_str(request_id) {
-            h.insert(crate::request_id::X_REQUEST_ID, v);
-        }
-        for (name, value) in &self.headers {
-            h.append(name.clone(), value.clone());
-        }
-        res.extensions_mut().insert(self);
-        res
+        self.finish(res, request_id)
     }
 
     /// The gRPC status code standing for this refusal: `UNAUTHENTICATED` (16) for a 401,
@@ -693,6 +685,13 @@ impl Rejection {
         if let Ok(v) = HeaderValue::from_str(&message) {
             h.insert("grpc-message", v);
         }
+        self.finish(res, request_id)
+    }
+
+    /// What every rendering of a refusal ends with: `Cache-Control: no-store`, the request
+    /// id, the refusal's own headers, and the refusal in the extensions.
+    fn finish(self, mut res: Response<Bytes>, request_id: &str) -> Response<Bytes> {
+        let h = res.headers_mut();
         h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
         if let Ok(v) = HeaderValue::from_str(request_id) {
             h.insert(crate::request_id::X_REQUEST_ID, v);

@@ -476,16 +476,7 @@ impl CsrfGuard {
             header::VARY,
             HeaderValue::from_static("Sec-Fetch-Site, Origin"),
         );
-        let root;
-        let path = match x.path() {
-            Some(p) => p,
-            None => {
-                root = crate::CanonicalPath::parse("/").expect("/ is canonical");
-                &root
-            }
-        };
-        self.origin
-            .check_any_method(&parts.method, &parts.headers, request_host(parts), path)
+        self.check_origin_of(parts, x, OriginCheck::check_any_method)
             .map_err(origin_rejection)
     }
 
@@ -494,6 +485,17 @@ impl CsrfGuard {
     }
 
     fn check_origin(&self, parts: &Parts, x: &Exchange) -> Result<(), CrossOrigin> {
+        self.check_origin_of(parts, x, OriginCheck::check)
+    }
+
+    /// Runs `check` (the origin check for unsafe methods, or for any) on the request, with
+    /// its canonical path (`/` when the layer gave none) for the bypass patterns.
+    fn check_origin_of(
+        &self,
+        parts: &Parts,
+        x: &Exchange,
+        check: OriginCheckFn,
+    ) -> Result<(), CrossOrigin> {
         let root;
         let path = match x.path() {
             Some(p) => p,
@@ -502,8 +504,13 @@ impl CsrfGuard {
                 &root
             }
         };
-        self.origin
-            .check(&parts.method, &parts.headers, request_host(parts), path)
+        check(
+            &self.origin,
+            &parts.method,
+            &parts.headers,
+            request_host(parts),
+            path,
+        )
     }
 
     /// The caller's session: the principal, else a well-formed anonymous session cookie.
@@ -708,6 +715,15 @@ fn single_form_content_type(headers: &HeaderMap) -> bool {
         _ => false,
     }
 }
+
+/// [`OriginCheck::check`] or [`OriginCheck::check_any_method`].
+type OriginCheckFn = fn(
+    &OriginCheck,
+    &Method,
+    &HeaderMap,
+    Option<&str>,
+    &crate::CanonicalPath,
+) -> Result<(), CrossOrigin>;
 
 /// A WebSocket opening handshake (RFC 6455 §4.1): `Upgrade` naming `websocket`.
 fn is_websocket_handshake(parts: &Parts) -> bool {
