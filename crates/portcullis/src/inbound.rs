@@ -100,6 +100,30 @@ impl std::fmt::Debug for Prefilter {
     }
 }
 
+/// Headers that carry a client's address as a proxy (or the client) wrote it, besides the
+/// `x-forwarded-*` family: stripped from requests whose peer is not a trusted proxy, and no
+/// key to count a client by (the client address comes from the peer and a right-to-left walk
+/// of `X-Forwarded-For`, [`crate::client_ip`]).
+///
+/// ```
+/// assert!(portcullis::inbound::CLIENT_ADDRESS_HEADERS.contains(&"x-real-ip"));
+/// ```
+pub const CLIENT_ADDRESS_HEADERS: [&str; 13] = [
+    "forwarded",
+    "x-real-ip",
+    "x-client-ip",
+    "true-client-ip",
+    "cf-connecting-ip",
+    "fastly-client-ip",
+    "x-cluster-client-ip",
+    "x-forwarded",
+    "forwarded-for",
+    "x-appengine-user-ip",
+    "cf-pseudo-ipv4",
+    "client-ip",
+    "x-original-forwarded-for",
+];
+
 impl Default for InboundHeaders {
     fn default() -> Self {
         let names =
@@ -120,23 +144,11 @@ impl Default for InboundHeaders {
                 "x-middleware-".to_string(),
                 "x-invoke-".to_string(),
             ],
-            forwarded_exact: names(&[
-                "forwarded",
-                "x-real-ip",
-                "x-client-ip",
-                "true-client-ip",
-                "cf-connecting-ip",
-                "fastly-client-ip",
-                "x-cluster-client-ip",
-                "x-forwarded",
-                "forwarded-for",
-                "x-appengine-user-ip",
-                "cf-pseudo-ipv4",
-                "client-ip",
-                "x-original-forwarded-for",
-                "x-original-host",
-                "x-host",
-            ]),
+            forwarded_exact: CLIENT_ADDRESS_HEADERS
+                .iter()
+                .chain(&["x-original-host", "x-host"])
+                .map(|n| HeaderName::from_static(n))
+                .collect(),
             forwarded_prefixes: vec!["x-forwarded-".to_string()],
             filter: Prefilter([0; 128]),
         }

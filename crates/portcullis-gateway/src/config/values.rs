@@ -619,18 +619,6 @@ pub fn check_header_name(s: &str) -> Result<String, String> {
         .map_err(|_| format!("{s:?} is not a header name"))
 }
 
-/// Headers that carry a client address as the client (or any proxy) chose to write it.
-const CLIENT_ADDRESS_HEADERS: [&str; 8] = [
-    "x-forwarded-for",
-    "forwarded",
-    "x-real-ip",
-    "x-client-ip",
-    "true-client-ip",
-    "cf-connecting-ip",
-    "fastly-client-ip",
-    "x-cluster-client-ip",
-];
-
 /// Checks the header of a rate-limit key `header:NAME`: a header name, and not one that
 /// carries a client address. Keyed on such a header, a limit is as good as the value a client
 /// sends: a new address each request is a new quota, the mistake of keying on the leftmost
@@ -644,11 +632,13 @@ const CLIENT_ADDRESS_HEADERS: [&str; 8] = [
 /// ```
 pub fn check_rate_key_header(s: &str) -> Result<String, String> {
     let name = check_header_name(s)?;
-    if CLIENT_ADDRESS_HEADERS.contains(&name.as_str()) {
+    if name.starts_with("x-forwarded-")
+        || portcullis::inbound::CLIENT_ADDRESS_HEADERS.contains(&name.as_str())
+    {
         return Err(format!(
-            "{name} carries a client address as the client chose to write it: each new value \
-             would be a new quota; use key = \"ip\", with the proxies in front listed in \
-             server.trusted_proxies"
+            "{name} carries a client address, which a client can write and a proxy may pass \
+             on (each new value a new quota); use key = \"ip\", with the proxies in front \
+             listed in server.trusted_proxies: it walks X-Forwarded-For from the right"
         ));
     }
     Ok(name)
