@@ -77,6 +77,13 @@ impl App {
     }
 }
 
+/// `GET /api/admin/users` with the bearer `token`, if any: the status.
+async fn admin_users_status(addr: std::net::SocketAddr, token: Option<String>) -> u16 {
+    let auth = token.map(|t| bearer(&t));
+    let h: Vec<(&str, &str)> = auth.iter().map(|v| ("authorization", v.as_str())).collect();
+    send(addr, "GET", "/api/admin/users", &h, "").await.status
+}
+
 fn serialized(events: &[AuditEvent]) -> String {
     serde_json::to_string(events).unwrap()
 }
@@ -414,13 +421,7 @@ async fn roles_require_a_principal_whatever_the_builder_order() {
         .build()
         .unwrap();
     let addr = serve_with(Router::new().route("/api/admin/users", get(whoami)), layer).await;
-    let get_with = |token: Option<String>| async move {
-        let h: Vec<(&str, String)> = token
-            .map(|t| vec![("authorization", bearer(&t))])
-            .unwrap_or_default();
-        let h: Vec<(&str, &str)> = h.iter().map(|(k, v)| (*k, v.as_str())).collect();
-        send(addr, "GET", "/api/admin/users", &h, "").await.status
-    };
+    let get_with = |token| admin_users_status(addr, token);
     assert_eq!(get_with(None).await, 401);
     assert_eq!(
         get_with(Some(key.token(None, &claims("bob", &["user"])))).await,
@@ -465,13 +466,7 @@ async fn enforced_roles_refuse_anonymous_callers_while_authentication_is_only_re
             layer,
         )
         .await;
-        let get_with = |token: Option<String>| async move {
-            let h: Vec<(&str, String)> = token
-                .map(|t| vec![("authorization", bearer(&t))])
-                .unwrap_or_default();
-            let h: Vec<(&str, &str)> = h.iter().map(|(k, v)| (*k, v.as_str())).collect();
-            send(addr, "GET", "/api/admin/users", &h, "").await.status
-        };
+        let get_with = |token| admin_users_status(addr, token);
         let got = [
             get_with(None).await,
             get_with(Some(key.token(None, &claims("bob", &["user"])))).await,
