@@ -23,6 +23,20 @@ async fn gateway(up: &Upstream, server_extra: &str, routes: &str) -> Gateway {
     Gateway::start(port, &config(port, up.addr, server_extra, routes)).await
 }
 
+/// A gateway in front of `upstream` with `tables` (routes, `[storage]`, `[ban]` …) and its
+/// admin listener on a free port, once that listens: the gateway and the admin base URL.
+async fn admin_gateway(upstream: std::net::SocketAddr, tables: &str) -> (Gateway, String) {
+    let admin = free_port();
+    let port = free_port();
+    let extra = format!("admin_listen = \"127.0.0.1:{admin}\"");
+    let gw = Gateway::start(port, &config(port, upstream, &extra, tables)).await;
+    assert!(
+        gw.wait_log("admin listening on", Duration::from_secs(2))
+            .await
+    );
+    (gw, format!("http://127.0.0.1:{admin}"))
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn get_is_forwarded_with_security_headers_and_without_banners() {
     let up = Upstream::start().await;
@@ -434,13 +448,7 @@ async fn the_principal_reaches_the_upstream_as_identity_headers() {
 #[tokio::test(flavor = "multi_thread")]
 async fn admin_listener_answers_health_and_readiness() {
     let up = Upstream::start().await;
-    let admin = free_port();
-    let gw = gateway(&up, &format!("admin_listen = \"127.0.0.1:{admin}\""), "").await;
-    assert!(
-        gw.wait_log("admin listening on", Duration::from_secs(2))
-            .await
-    );
-    let base = format!("http://127.0.0.1:{admin}");
+    let (_gw, base) = admin_gateway(up.addr, "").await;
     let r = get(&format!("{base}/healthz"), &[]).await;
     assert_eq!(r.status, StatusCode::OK);
     assert_eq!(r.text(), r#"{"status":"ok"}"#);
@@ -451,12 +459,8 @@ async fn admin_listener_answers_health_and_readiness() {
     assert_eq!(r.json()["audit_store"], "ok");
 
     // With the upstream gone, the gateway is alive but not ready.
-    let port = free_port();
-    let admin = free_port();
     let dead: std::net::SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-    let extra = format!("admin_listen = \"127.0.0.1:{admin}\"");
-    let _gw = Gateway::start(port, &config(port, dead, &extra, "")).await;
-    let base = format!("http://127.0.0.1:{admin}");
+    let (_gw, base) = admin_gateway(dead, "").await;
     assert_eq!(
         get(&format!("{base}/healthz"), &[]).await.status,
         StatusCode::OK
@@ -490,25 +494,14 @@ async fn nextjs_data_requests_are_judged_by_their_pages_route() {
 #[tokio::test(flavor = "multi_thread")]
 async fn admin_metrics_count_refusals_bans_and_audit_events() {
     let up = Upstream::start().await;
-    let admin = free_port();
-    let port = free_port();
     let log = temp_dir().join("audit.jsonl");
-    let text = format!(
-        "{}[storage]\naudit = \"jsonl://{}\"\n[ban]\noffences = 2\nwithin = \"10m\"\nban_for = \"15m\"\n",
-        config(
-            port,
-            up.addr,
-            &format!("admin_listen = \"127.0.0.1:{admin}\""),
-            "[[route]]\npath = \"/limited/**\"\nrate_limit = { requests = 2, window = \"1m\" }\n",
-        ),
+    let tables = format!(
+        "[[route]]\npath = \"/limited/**\"\nrate_limit = {{ requests = 2, window = \"1m\" }}\n\
+         [storage]\naudit = \"jsonl://{}\"\n[ban]\noffences = 2\nwithin = \"10m\"\nban_for = \"15m\"\n",
         log.display()
     );
-    let gw = Gateway::start(port, &text).await;
-    assert!(
-        gw.wait_log("admin listening on", Duration::from_secs(2))
-            .await
-    );
-    let metrics_url = format!("http://127.0.0.1:{admin}/metrics");
+    let (gw, admin) = admin_gateway(up.addr, &tables).await;
+    let metrics_url = format!("{admin}/metrics");
     let r = get(&metrics_url, &[]).await;
     assert_eq!(r.status, StatusCode::OK);
     assert_eq!(
@@ -577,23 +570,10 @@ async fn admin_metrics_count_refusals_bans_and_audit_events() {
 #[tokio::test(flavor = "multi_thread")]
 async fn admin_lists_and_lifts_bans() {
     let up = Upstream::start().await;
-    let admin = free_port();
-    let port = free_port();
-    let text = format!(
-        "{}[ban]\noffences = 2\nwithin = \"10m\"\nban_for = \"15m\"\n",
-        config(
-            port,
-            up.addr,
-            &format!("admin_listen = \"127.0.0.1:{admin}\""),
-            "[[route]]\npath = \"/limited/**\"\nrate_limit = { requests = 1, window = \"1m\" }\n",
-        ),
-    );
-    let gw = Gateway::start(port, &text).await;
-    assert!(
-        gw.wait_log("admin listening on", Duration::from_secs(2))
-            .await
-    );
-    let bans_url = format!("http://127.0.0.1:{admin}/bans");
+    let tables = "[[route]]\npath = \"/limited/**\"\nrate_limit = { requests = 1, window = \"1m\" }\n\
+                  [ban]\noffences = 2\nwithin = \"10m\"\nban_for = \"15m\"\n";
+    let (gw, admin) = admin_gateway(up.addr, tables).await;
+    let bans_url = format!("{admin}/bans");
     assert_eq!(
         get(&bans_url, &[]).await.json()["bans"],
         serde_json::json!([])
@@ -672,29 +652,13 @@ async fn readyz_until(base: &str, want: &str, within: Duration) -> Reply {
 async fn readyz_reports_a_redis_outage_as_unavailable_when_failing_closed() {
     let up = Upstream::start().await;
     let mut redis = services::RedisServer::start();
-    let admin = free_port();
-    let port = free_port();
     let storage = format!(
         "[storage]
 rate_limit = \"{}\"\non_store_error = \"closed\"\n\
          [[route]]\npath = \"/limited/**\"\nrate_limit = \"1000/1m\"\n",
         redis.url()
     );
-    let gw = Gateway::start(
-        port,
-        &config(
-            port,
-            up.addr,
-            &format!("admin_listen = \"127.0.0.1:{admin}\""),
-            &storage,
-        ),
-    )
-    .await;
-    assert!(
-        gw.wait_log("admin listening on", Duration::from_secs(2))
-            .await
-    );
-    let base = format!("http://127.0.0.1:{admin}");
+    let (gw, base) = admin_gateway(up.addr, &storage).await;
     let all_ok = r#"{"status":"ok","upstream":"ok","rate_limit_store":"ok","audit_store":"ok"}"#;
     let r = readyz_until(&base, all_ok, Duration::from_secs(3)).await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.text());
@@ -723,29 +687,13 @@ rate_limit = \"{}\"\non_store_error = \"closed\"\n\
 async fn readyz_names_a_redis_outage_but_stays_ready_when_failing_open() {
     let up = Upstream::start().await;
     let mut redis = services::RedisServer::start();
-    let admin = free_port();
-    let port = free_port();
     let storage = format!(
         "[storage]
 rate_limit = \"{}\"\non_store_error = \"open\"\naudit = \"stdout\"\n\
          [[route]]\npath = \"/limited/**\"\nrate_limit = \"1000/1m\"\n",
         redis.url()
     );
-    let gw = Gateway::start(
-        port,
-        &config(
-            port,
-            up.addr,
-            &format!("admin_listen = \"127.0.0.1:{admin}\""),
-            &storage,
-        ),
-    )
-    .await;
-    assert!(
-        gw.wait_log("admin listening on", Duration::from_secs(2))
-            .await
-    );
-    let base = format!("http://127.0.0.1:{admin}");
+    let (gw, base) = admin_gateway(up.addr, &storage).await;
     let all_ok = r#"{"status":"ok","upstream":"ok","rate_limit_store":"ok","audit_store":"ok"}"#;
     assert_eq!(
         readyz_until(&base, all_ok, Duration::from_secs(3))
@@ -769,20 +717,8 @@ rate_limit = \"{}\"\non_store_error = \"open\"\naudit = \"stdout\"\n\
 async fn readyz_names_a_postgres_audit_outage_without_turning_unready() {
     let up = Upstream::start().await;
     let mut pg = services::PostgresServer::start();
-    let admin = free_port();
-    let port = free_port();
     let storage = format!("[storage]\naudit = \"{}\"\n", pg.url());
-    let _gw = Gateway::start(
-        port,
-        &config(
-            port,
-            up.addr,
-            &format!("admin_listen = \"127.0.0.1:{admin}\""),
-            &storage,
-        ),
-    )
-    .await;
-    let base = format!("http://127.0.0.1:{admin}");
+    let (_gw, base) = admin_gateway(up.addr, &storage).await;
     let all_ok = r#"{"status":"ok","upstream":"ok","rate_limit_store":"ok","audit_store":"ok"}"#;
     let r = readyz_until(&base, all_ok, Duration::from_secs(5)).await;
     assert_eq!(r.text(), all_ok);
