@@ -228,9 +228,9 @@ async fn lift_ban(req: &Request<Incoming>, live: &Live) -> Response<Full<Bytes>>
         );
     }
     let client = req.uri().query().and_then(|q| {
-        q.split('&')
-            .find_map(|kv| kv.strip_prefix("client="))
-            .map(|v| v.replace("%3A", ":").replace("%3a", ":"))
+        form_urlencoded::parse(q.as_bytes())
+            .find(|(k, _)| k == "client")
+            .map(|(_, v)| v.into_owned())
     });
     let Some(ip) = client.and_then(|c| c.parse::<std::net::IpAddr>().ok()) else {
         return json(

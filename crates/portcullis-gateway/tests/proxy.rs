@@ -630,6 +630,10 @@ async fn admin_lists_and_lifts_bans() {
     assert_eq!(get(&gw.url("/elsewhere"), &[]).await.status, 200);
     let r = delete("?client=127.0.0.1", &[]).await;
     assert_eq!(r.json()["was_banned"], false);
+    // The address is read percent-decoded; an IPv6 client is its /64.
+    let r = delete("?client=2001%3Adb8%3A%3A7", &[]).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    assert_eq!(r.json()["client"], "2001:db8::/64");
 }
 
 /// `/readyz` polled until its body is `want` (Redis reconnects in the background), or the

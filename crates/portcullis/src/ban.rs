@@ -300,11 +300,7 @@ impl BanList {
     /// assert_eq!(bans.banned_now(), 1);
     /// ```
     pub fn banned_now(&self) -> usize {
-        let i = &self.inner;
-        i.maybe_refresh(i);
-        let now = i.now_ms();
-        let local = i.local.lock().unwrap_or_else(PoisonError::into_inner);
-        local.values().filter(|&&until| until > now).count()
+        self.list().len()
     }
 
     /// How long `key` stays banned, or `None`. Reads only the local map (and not even that

@@ -445,7 +445,7 @@ impl CsrfGuard {
         if is_safe(&parts.method) {
             // A WebSocket handshake is a GET that opens a channel carrying the caller's
             // cookies: the origin check applies to it as to an unsafe method.
-            if parts.headers.contains_key(header::UPGRADE) && is_websocket_handshake(parts) {
+            if is_websocket_handshake(parts) {
                 self.check_handshake_origin(parts, x)?;
             }
             if mode == CsrfMode::OriginAndToken {
@@ -726,6 +726,7 @@ type OriginCheckFn = fn(
 ) -> Result<(), CrossOrigin>;
 
 /// A WebSocket opening handshake (RFC 6455 §4.1): `Upgrade` naming `websocket`.
+#[inline]
 fn is_websocket_handshake(parts: &Parts) -> bool {
     parts.headers.get_all(header::UPGRADE).iter().any(|v| {
         v.as_bytes()
