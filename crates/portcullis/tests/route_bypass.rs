@@ -821,19 +821,29 @@ async fn escaped_punctuation_lands_on_the_route_it_decodes_to() {
         ("/%40admin/users", "/@admin/**", "/%40admin/users"),
         ("/x/../%40admin/%2e/users", "/@admin/**", "/%40admin/users"),
     ] {
-        let before = sink.events().len();
-        let r = raw_get(addr, target).await;
-        assert_eq!(r.status, 401, "{target}: {}", r.text());
-        let events = sink.events();
-        assert_eq!(events.len(), before + 1, "{target}");
-        assert_eq!(events[before].route, route, "{target}");
-        assert_eq!(events[before].path, path, "{target}");
+        let event = refused_401(addr, &sink, target).await;
+        assert_eq!(event.route, route, "{target}");
+        assert_eq!(event.path, path, "{target}");
     }
     // A case variant of the escaped form is refused; other names stay public, as sent.
     assert_eq!(raw_get(addr, "/%40ADMIN/users").await.status, 400);
     let r = raw_get(addr, "/odata/%24metadata").await;
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(r.json()["path"], "/odata/%24metadata");
+}
+
+/// `GET target` answered 401 with exactly one audit event: that event.
+async fn refused_401(
+    addr: SocketAddr,
+    sink: &MemorySink,
+    target: &str,
+) -> portcullis::audit::AuditEvent {
+    let before = sink.events().len();
+    let r = raw_get(addr, target).await;
+    assert_eq!(r.status, 401, "{target}: {}", r.text());
+    let mut events = sink.events();
+    assert_eq!(events.len(), before + 1, "{target}");
+    events.swap_remove(before)
 }
 
 /// Next.js serves a page's server-side props at `/_next/data/<build id>/<page>.json`, and the
@@ -882,12 +892,8 @@ async fn nextjs_data_requests_get_their_pages_route() {
         ("/docs/_next/data/b1d-9x/app.json", "/docs/app/**"),
         ("/docs/_next/data/b1d-9x/app/keys.json", "/docs/app/**"),
     ] {
-        let before = sink.events().len();
-        let r = raw_get(addr, target).await;
-        assert_eq!(r.status, 401, "{target}: {}", r.text());
-        let events = sink.events();
-        assert_eq!(events.len(), before + 1, "{target}");
-        assert_eq!(events[before].route, route, "{target}");
+        let event = refused_401(addr, &sink, target).await;
+        assert_eq!(event.route, route, "{target}");
     }
     // Pages without a route of their own, and what is not a data request, keep the data
     // path's route (here a GET-only public one).
