@@ -299,3 +299,28 @@ fn a_ca_file_that_holds_no_certificate_is_a_config_error() {
         PostgresAuditStore::with_ca_file(url, None, Some(&dir.0.join("missing.pem"))).unwrap_err();
     assert!(err.to_string().contains("cannot read"), "{err}");
 }
+
+/// The SQL `GROUP BY` summary (timestamptz buckets, byte-order ties) equals the fold of the
+/// same events, for varied queries.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_summary_counts_what_a_fold_of_the_events_counts() {
+    let pg = PostgresServer::start();
+    let store = PostgresAuditStore::new(&pg.url(), None).unwrap();
+    let events = audit_common::random_events(13, 600);
+    for batch in events.chunks(100) {
+        store.write(batch).await.unwrap();
+    }
+    audit_common::check_summaries(&store, &events).await;
+    // A linguistic collation ("alice" before "Bob") must not change the ties' byte order.
+    pg.psql(
+        "ALTER TABLE audit_events ALTER COLUMN principal TYPE text COLLATE \"und-x-icu\", \
+         ALTER COLUMN client_ip TYPE text COLLATE \"und-x-icu\", \
+         ALTER COLUMN route TYPE text COLLATE \"und-x-icu\"",
+    );
+    assert_eq!(
+        pg.psql("SELECT string_agg(DISTINCT principal, ',' ORDER BY principal) FROM audit_events"),
+        "alice,Bob,émile,zoe",
+        "the columns now sort linguistically"
+    );
+    audit_common::check_summaries(&store, &events).await;
+}

@@ -249,3 +249,33 @@ async fn jsonl_lines_carry_an_rfc3339_ts_and_old_lines_still_read() {
     assert_eq!(since.len(), 1);
     assert_eq!(since[0].request_id, "old-line");
 }
+
+/// The SQL `GROUP BY` summary equals the fold of the same events, for varied queries.
+#[tokio::test]
+async fn sqlite_summary_counts_what_a_fold_of_the_events_counts() {
+    let dir = TempDir::new("audit-sqlite-summary");
+    let store = SqliteAuditStore::open(dir.0.join("a.db")).unwrap();
+    let events = audit_common::random_events(7, 600);
+    for batch in events.chunks(100) {
+        store.write(batch).await.unwrap();
+    }
+    audit_common::check_summaries(&store, &events).await;
+}
+
+/// The streaming fold over the JSON-lines files (rotated ones included) counts a replayed
+/// duplicate once, like `query`.
+#[tokio::test]
+async fn jsonl_summary_counts_every_file_and_each_id_once() {
+    let dir = TempDir::new("audit-jsonl-summary");
+    let store = JsonlStore::open(dir.0.join("audit.jsonl"))
+        .unwrap()
+        .max_bytes(64 * 1024)
+        .keep(100);
+    let events = audit_common::random_events(11, 600);
+    for batch in events.chunks(100) {
+        store.write(batch).await.unwrap();
+    }
+    store.write(&events[250..300]).await.unwrap(); // a replay
+    assert!(dir.0.join("audit.jsonl.1").exists(), "rotated");
+    audit_common::check_summaries(&store, &events).await;
+}

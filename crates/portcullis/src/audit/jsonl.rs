@@ -30,6 +30,7 @@ use serde::Serialize;
 use super::AuditEvent;
 use super::query::{AuditQuery, TailCursor};
 use super::store::{AuditError, AuditStore};
+use super::summary::{AuditSummary, Summarizer, SummaryQuery};
 use crate::auth::BoxFuture;
 
 /// The JSON-lines file [`AuditStore`].
@@ -341,6 +342,31 @@ fn read_from(f: &mut File, offset: u64, limit: usize) -> io::Result<(Vec<AuditEv
     Ok((out, pos))
 }
 
+/// Calls `f` with each event of `files` (oldest first) that matches `query`, once per id: a
+/// replayed duplicate keeps its first position. Unreadable lines are skipped; missing files
+/// are nothing to read.
+fn scan(
+    files: &[PathBuf],
+    query: &AuditQuery,
+    mut f: impl FnMut(AuditEvent),
+) -> Result<(), AuditError> {
+    let mut seen = HashSet::new();
+    for path in files {
+        let Ok(file) = File::open(path) else { continue };
+        for line in BufReader::new(file).split(b'\n') {
+            let line =
+                line.map_err(|e| AuditError::unavailable(format!("{}: {e}", path.display())))?;
+            let Ok(e) = serde_json::from_slice::<AuditEvent>(&line) else {
+                continue;
+            };
+            if query.matches(&e) && seen.insert(e.id.clone()) {
+                f(e);
+            }
+        }
+    }
+    Ok(())
+}
+
 impl AuditStore for JsonlStore {
     fn describe(&self) -> String {
         format!("jsonl:{}", self.inner.path.display())
@@ -366,32 +392,38 @@ impl AuditStore for JsonlStore {
         Box::pin(async move {
             tokio::task::spawn_blocking(move || {
                 let limit = query.limit_or_default() as usize;
-                let mut seen = HashSet::new();
                 let mut out = VecDeque::with_capacity(limit.min(4096));
-                for path in files {
-                    let Ok(f) = File::open(&path) else { continue };
-                    for line in BufReader::new(f).split(b'\n') {
-                        let line = line.map_err(|e| {
-                            AuditError::unavailable(format!("{}: {e}", path.display()))
-                        })?;
-                        let Ok(e) = serde_json::from_slice::<AuditEvent>(&line) else {
-                            continue;
-                        };
-                        // A replayed duplicate keeps its first position.
-                        if query.matches(&e) && seen.insert(e.id.clone()) {
-                            if out.len() == limit {
-                                out.pop_front();
-                            }
-                            if limit > 0 {
-                                out.push_back(e);
-                            }
-                        }
+                scan(&files, &query, |e| {
+                    if out.len() == limit {
+                        out.pop_front();
                     }
-                }
+                    if limit > 0 {
+                        out.push_back(e);
+                    }
+                })?;
                 let mut v: Vec<AuditEvent> = out.into();
                 // Stable: file order breaks ties within a millisecond.
                 v.sort_by_key(|e| e.ts_ms);
                 Ok(v)
+            })
+            .await
+            .map_err(|e| AuditError::unavailable(format!("jsonl task: {e}")))?
+        })
+    }
+
+    /// Folds every file, line by line, with a [`Summarizer`] (no cap: a file store has no
+    /// index to count with); duplicate ids count once, as in `query`.
+    fn summary<'a>(
+        &'a self,
+        q: &'a SummaryQuery,
+    ) -> BoxFuture<'a, Result<AuditSummary, AuditError>> {
+        let files = self.files();
+        let q = q.clone();
+        Box::pin(async move {
+            tokio::task::spawn_blocking(move || {
+                let mut s = Summarizer::new(&q);
+                scan(&files, &q.window(), |e| s.add(&e))?;
+                Ok(s.finish())
             })
             .await
             .map_err(|e| AuditError::unavailable(format!("jsonl task: {e}")))?

@@ -40,6 +40,7 @@ pub mod spool;
 #[cfg(feature = "sqlite")]
 pub mod sqlite;
 mod store;
+pub mod summary;
 pub mod writer;
 
 use std::sync::{Arc, Mutex};
@@ -49,6 +50,9 @@ use serde::{Deserialize, Serialize};
 pub use query::{AuditQuery, TailCursor};
 pub use redact::Redactor;
 pub use store::{AuditError, AuditStore, StoreOptions, open_store};
+pub use summary::{
+    ActionCount, AuditSummary, FOLD_CAP, NamedCount, Offender, Summarizer, SummaryQuery,
+};
 pub use writer::{AuditCounters, AuditWriter, WriterConfig};
 
 /// What happened, as stored in the `action` column.

@@ -42,6 +42,10 @@ use super::AuditEvent;
 use super::postgres_tls::RustlsMakeConnect;
 use super::query::{AuditQuery, Dialect, SqlParam, TailCursor};
 use super::store::{AuditError, AuditStore, build_event};
+use super::summary::{
+    ActionCount, AuditSummary, NamedCount, Offender, SqlStatement, SummaryQuery, SummaryRows,
+    SummarySql, count,
+};
 use crate::auth::BoxFuture;
 
 /// An arbitrary, fixed advisory-lock key for migrations.
@@ -272,6 +276,35 @@ impl PostgresAuditStore {
     }
 }
 
+/// Runs `st` and maps each row.
+async fn rows<T>(
+    store: &PostgresAuditStore,
+    st: &SqlStatement,
+    f: impl FnMut(&Row) -> Result<T, tokio_postgres::Error>,
+) -> Result<Vec<T>, AuditError> {
+    store
+        .select(&st.sql, &st.params)
+        .await?
+        .iter()
+        .map(f)
+        .collect::<Result<_, _>>()
+        .map_err(pg_err)
+}
+
+/// `(name, count)` rows.
+async fn named(
+    store: &PostgresAuditStore,
+    st: &SqlStatement,
+) -> Result<Vec<NamedCount>, AuditError> {
+    rows(store, st, |r| {
+        Ok(NamedCount {
+            name: r.try_get(0)?,
+            count: count(r.try_get(1)?),
+        })
+    })
+    .await
+}
+
 async fn migrate(client: &mut Client) -> Result<(), tokio_postgres::Error> {
     let tx = client.transaction().await?;
     tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
@@ -434,6 +467,58 @@ impl AuditStore for PostgresAuditStore {
             let mut out = events(&rows)?;
             out.reverse();
             Ok(out)
+        })
+    }
+
+    /// `GROUP BY` over the window (the `ts` index); see [`AuditStore::summary`]. The
+    /// statements run one after the other, not in one snapshot: counts may differ by events
+    /// written meanwhile.
+    fn summary<'a>(
+        &'a self,
+        q: &'a SummaryQuery,
+    ) -> BoxFuture<'a, Result<AuditSummary, AuditError>> {
+        Box::pin(async move {
+            let sql = SummarySql::new(q, Dialect::Postgres);
+            let by_action = rows(self, &sql.by_action, |r| {
+                Ok(ActionCount {
+                    action: r.try_get(0)?,
+                    outcome: r.try_get(1)?,
+                    count: count(r.try_get(2)?),
+                })
+            })
+            .await?;
+            let offenders = rows(self, &sql.offenders, |r| {
+                Ok(Offender {
+                    client_ip: r.try_get(0)?,
+                    denied: count(r.try_get(1)?),
+                    last_ms: count(r.try_get(2)?),
+                    actions: Vec::new(),
+                })
+            })
+            .await?;
+            let offender_actions = if offenders.is_empty() {
+                Vec::new()
+            } else {
+                let ips: Vec<String> = offenders.iter().map(|o| o.client_ip.clone()).collect();
+                rows(self, &sql.offender_actions(&ips), |r| {
+                    Ok((r.try_get(0)?, r.try_get(1)?, count(r.try_get(2)?)))
+                })
+                .await?
+            };
+            let denied_users = named(self, &sql.denied_users).await?;
+            let rate_limited_routes = named(self, &sql.rate_limited_routes).await?;
+            let denied_timeline = rows(self, &sql.denied_timeline, |r| {
+                Ok((r.try_get(0)?, count(r.try_get(1)?)))
+            })
+            .await?;
+            Ok(sql.assemble(SummaryRows {
+                by_action,
+                offenders,
+                offender_actions,
+                denied_users,
+                rate_limited_routes,
+                denied_timeline,
+            }))
         })
     }
 

@@ -23,6 +23,10 @@ use rusqlite::{Connection, Row, params, params_from_iter};
 use super::AuditEvent;
 use super::query::{AuditQuery, Dialect, SqlParam, TailCursor};
 use super::store::{AuditError, AuditStore};
+use super::summary::{
+    ActionCount, AuditSummary, NamedCount, Offender, SqlStatement, SummaryQuery, SummaryRows,
+    SummarySql, count,
+};
 use crate::auth::BoxFuture;
 
 /// Schema changes, applied in order; the index is the version.
@@ -198,6 +202,69 @@ fn to_sql(p: &SqlParam) -> rusqlite::types::Value {
     }
 }
 
+/// Runs `st` and maps each row.
+fn rows<T>(
+    c: &Connection,
+    st: &SqlStatement,
+    f: impl FnMut(&Row<'_>) -> rusqlite::Result<T>,
+) -> rusqlite::Result<Vec<T>> {
+    c.prepare_cached(&st.sql)?
+        .query_map(params_from_iter(st.params.iter().map(to_sql)), f)?
+        .collect()
+}
+
+/// `(name, count)` rows.
+fn named(c: &Connection, st: &SqlStatement) -> rusqlite::Result<Vec<NamedCount>> {
+    rows(c, st, |r| {
+        Ok(NamedCount {
+            name: r.get(0)?,
+            count: count(r.get(1)?),
+        })
+    })
+}
+
+/// Every statement of a summary, in one read transaction: one consistent picture.
+fn summary_rows(c: &mut Connection, sql: &SummarySql) -> rusqlite::Result<SummaryRows> {
+    let tx = c.transaction()?;
+    let by_action = rows(&tx, &sql.by_action, |r| {
+        Ok(ActionCount {
+            action: r.get(0)?,
+            outcome: r.get(1)?,
+            count: count(r.get(2)?),
+        })
+    })?;
+    let offenders = rows(&tx, &sql.offenders, |r| {
+        Ok(Offender {
+            client_ip: r.get(0)?,
+            denied: count(r.get(1)?),
+            last_ms: count(r.get(2)?),
+            actions: Vec::new(),
+        })
+    })?;
+    let offender_actions = if offenders.is_empty() {
+        Vec::new()
+    } else {
+        let ips: Vec<String> = offenders.iter().map(|o| o.client_ip.clone()).collect();
+        rows(&tx, &sql.offender_actions(&ips), |r| {
+            Ok((r.get(0)?, r.get(1)?, count(r.get(2)?)))
+        })?
+    };
+    let denied_users = named(&tx, &sql.denied_users)?;
+    let rate_limited_routes = named(&tx, &sql.rate_limited_routes)?;
+    let denied_timeline = rows(&tx, &sql.denied_timeline, |r| {
+        Ok((r.get(0)?, count(r.get(1)?)))
+    })?;
+    tx.commit()?;
+    Ok(SummaryRows {
+        by_action,
+        offenders,
+        offender_actions,
+        denied_users,
+        rate_limited_routes,
+        denied_timeline,
+    })
+}
+
 /// Reads `COLUMNS` starting at column `at`.
 fn event_from_row(r: &Row<'_>, at: usize) -> rusqlite::Result<AuditEvent> {
     let action: String = r.get(at + 2)?;
@@ -295,6 +362,16 @@ impl AuditStore for SqliteAuditStore {
             rows.reverse();
             Ok(rows)
         })
+    }
+
+    /// `GROUP BY` over the window (the `ts` index), in one read transaction; see
+    /// [`AuditStore::summary`].
+    fn summary<'a>(
+        &'a self,
+        q: &'a SummaryQuery,
+    ) -> BoxFuture<'a, Result<AuditSummary, AuditError>> {
+        let sql = SummarySql::new(q, Dialect::Sqlite);
+        self.blocking(move |c| summary_rows(c, &sql).map(|rows| sql.assemble(rows)))
     }
 
     fn tail<'a>(

@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use super::AuditEvent;
 use super::query::{AuditQuery, TailCursor};
+use super::summary::{AuditSummary, FOLD_CAP, SummaryQuery};
 #[cfg(any(feature = "sqlite", feature = "postgres"))]
 use super::{AuditAction, Outcome};
 use crate::auth::BoxFuture;
@@ -145,6 +146,26 @@ pub trait AuditStore: Send + Sync + 'static {
     ) -> BoxFuture<'a, Result<(Vec<AuditEvent>, TailCursor), AuditError>> {
         let _ = (cursor, limit);
         Box::pin(async { Err(AuditError::Unsupported("tail")) })
+    }
+
+    /// Counts over the window of `q` ([`AuditSummary`]). The database stores count in SQL
+    /// and the JSON-lines store folds its files; this default folds what [`AuditStore::query`]
+    /// returns for the window, at most [`FOLD_CAP`] events (the newest), and sets
+    /// [`AuditSummary::truncated`] when it got that many. A store that cannot `query`
+    /// returns that error.
+    ///
+    /// ```
+    /// use portcullis::audit::{AuditError, AuditStore, SummaryQuery, jsonl::StdoutStore};
+    /// # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
+    /// let q = SummaryQuery::new(0, 60_000);
+    /// assert_eq!(StdoutStore.summary(&q).await, Err(AuditError::Unsupported("query")));
+    /// # });
+    /// ```
+    fn summary<'a>(
+        &'a self,
+        q: &'a SummaryQuery,
+    ) -> BoxFuture<'a, Result<AuditSummary, AuditError>> {
+        Box::pin(super::summary::fold_query(self, q, FOLD_CAP))
     }
 
     /// Whether the store answers now, for readiness checks: a trivial round trip on the

@@ -270,3 +270,124 @@ pub async fn flush_all(w: &AuditWriter) {
         }
     }
 }
+
+/// The window the summary tests ask about: `[SUMMARY_SINCE, SUMMARY_UNTIL)`.
+pub const SUMMARY_SINCE: u64 = 1_767_323_045_000;
+pub const SUMMARY_UNTIL: u64 = SUMMARY_SINCE + 1_000;
+
+/// `n` pseudo-random events (seeded, so a failure repeats) around the summary window: every
+/// action and outcome, a few clients, principals and routes (some missing, some non-ASCII or
+/// capitalised, to test byte order), times before, on the edges of and after the window, and
+/// many equal times and counts, to test ties.
+pub fn random_events(seed: u64, n: usize) -> Vec<AuditEvent> {
+    use portcullis::audit::AuditAction;
+    use rand::{Rng, SeedableRng, rngs::StdRng};
+    let mut rng = StdRng::seed_from_u64(seed);
+    let ips = [
+        Some("203.0.113.1"),
+        Some("203.0.113.2"),
+        Some("203.0.113.10"),
+        Some("2001:db8::1"),
+        Some("198.51.100.7"),
+        None,
+    ];
+    let users = [Some("alice"), Some("Bob"), Some("émile"), Some("zoe"), None];
+    let routes = ["/api/a/**", "/api/b/**", "/Login", "/api/é/**"];
+    let edges = [
+        SUMMARY_SINCE - 1,
+        SUMMARY_SINCE,
+        SUMMARY_SINCE + 1,
+        SUMMARY_UNTIL - 1,
+        SUMMARY_UNTIL,
+        SUMMARY_SINCE + 500,
+    ];
+    (0..n)
+        .map(|i| {
+            let ts_ms = if rng.gen_bool(0.3) {
+                edges[rng.gen_range(0..edges.len())]
+            } else {
+                rng.gen_range(SUMMARY_SINCE - 100..SUMMARY_UNTIL + 100)
+            };
+            // Mostly denials, so the top lists have ties and cut-offs.
+            let outcome = if rng.gen_bool(0.6) {
+                Outcome::Denied
+            } else {
+                Outcome::ALL[rng.gen_range(0..Outcome::ALL.len())]
+            };
+            let action = if rng.gen_bool(0.3) {
+                AuditAction::RateLimitExceeded
+            } else {
+                AuditAction::ALL[rng.gen_range(0..AuditAction::ALL.len())]
+            };
+            AuditEvent {
+                id: portcullis::audit::uuid_v7(),
+                ts_ms,
+                action,
+                outcome,
+                principal: users[rng.gen_range(0..users.len())].map(Into::into),
+                client_ip: ips[rng.gen_range(0..ips.len())].map(Into::into),
+                method: "GET".into(),
+                route: routes[rng.gen_range(0..routes.len())].into(),
+                path: "/x".into(),
+                status: 403,
+                request_id: format!("sum-{i}"),
+                metadata: serde_json::json!({"code": "test"}),
+            }
+        })
+        .collect()
+}
+
+/// The summaries the store-backed tests compare: defaults, small tops with many ties, one
+/// bucket, one-millisecond buckets, an empty window, and a window with no events.
+pub fn summary_queries() -> Vec<portcullis::audit::SummaryQuery> {
+    use portcullis::audit::SummaryQuery;
+    vec![
+        SummaryQuery::new(SUMMARY_SINCE, SUMMARY_UNTIL),
+        SummaryQuery::new(SUMMARY_SINCE, SUMMARY_UNTIL)
+            .top(2)
+            .buckets(7),
+        SummaryQuery::new(SUMMARY_SINCE, SUMMARY_UNTIL)
+            .top(1)
+            .buckets(1),
+        SummaryQuery::new(SUMMARY_SINCE, SUMMARY_UNTIL)
+            .top(3)
+            .buckets(1000),
+        SummaryQuery::new(SUMMARY_SINCE + 1, SUMMARY_UNTIL - 1).buckets(3),
+        SummaryQuery::new(SUMMARY_SINCE, SUMMARY_SINCE),
+        SummaryQuery::new(SUMMARY_UNTIL + 10_000, SUMMARY_UNTIL + 20_000),
+    ]
+}
+
+/// The reference: a [`portcullis::audit::Summarizer`] fold of `events`.
+pub fn fold(
+    q: &portcullis::audit::SummaryQuery,
+    events: &[AuditEvent],
+) -> portcullis::audit::AuditSummary {
+    let mut s = portcullis::audit::Summarizer::new(q);
+    for e in events {
+        s.add(e);
+    }
+    s.finish()
+}
+
+/// Checks `store.summary` against the fold for every [`summary_queries`] query, and that the
+/// comparison is not vacuous.
+pub async fn check_summaries(store: &dyn portcullis::audit::AuditStore, events: &[AuditEvent]) {
+    for q in summary_queries() {
+        let got = store.summary(&q).await.expect("summary");
+        let want = fold(&q, events);
+        assert_eq!(got, want, "{} summary for {q:?}", store.describe());
+        assert!(!got.truncated);
+    }
+    let full = fold(&summary_queries()[0], events);
+    assert!(
+        full.total > 0 && full.total < events.len() as u64,
+        "{full:?}"
+    );
+    assert!(
+        full.offenders.len() > 1 && full.denied_users.len() > 1,
+        "{full:?}"
+    );
+    assert!(!full.rate_limited_routes.is_empty(), "{full:?}");
+    assert!(full.denied_timeline.iter().filter(|&&n| n > 0).count() > 10);
+}
