@@ -229,7 +229,9 @@ pub struct AuditSummary {
     pub bucket_ms: u64,
     /// All events in the window.
     pub total: u64,
-    /// Every (action, outcome) pair seen, by count, then action, then outcome.
+    /// Every (action, outcome) pair seen, by count, then action, then outcome. The database
+    /// stores count the names as stored, so a name this version does not know appears as is
+    /// (where `query` would read it as `security_event` or `denied`).
     pub by_action: Vec<ActionCount>,
     /// The clients (with a known address) with the most denied events, at most `top`.
     pub offenders: Vec<Offender>,
