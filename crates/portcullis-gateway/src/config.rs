@@ -362,6 +362,9 @@ pub struct ServerConfig {
     /// 5 s keep-alive timeout of Node's HTTP server, so the gateway, not the application,
     /// closes it, and never sends a request on a connection the application is closing).
     pub upstream_idle_timeout: Duration,
+    /// How long an upgraded connection (a WebSocket tunnel) may carry no byte either way
+    /// before it is closed (default 5 min, Envoy's stream idle timeout).
+    pub tunnel_idle_timeout: Duration,
     /// Time given to open requests on shutdown (default 30 s).
     pub shutdown_timeout: Duration,
     /// The most concurrent streams on one HTTP/2 connection (default 100).

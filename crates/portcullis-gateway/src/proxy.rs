@@ -39,7 +39,10 @@
 //!
 //! Response bodies stream without a deadline (downloads, server-sent events); a connection
 //! with a response in flight is never closed as idle, unless its client stops taking the
-//! response's bytes for `idle_timeout` (see [`crate::server`]).
+//! response's bytes for `idle_timeout` (see [`crate::server`]). A WebSocket tunnel is closed
+//! (both sides) once no byte has crossed it either way for `tunnel_idle_timeout` (default
+//! 5 min): an idle tunnel would otherwise hold its connection slot and an upstream
+//! connection forever. Applications that keep quiet sockets open send pings within it.
 //!
 //! # The CSP nonce and the upstream's HTML
 //!
@@ -69,7 +72,7 @@ use std::error::Error as StdError;
 use std::net::IpAddr;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -216,6 +219,8 @@ struct ProxyInner {
     authority: Authority,
     upstream_timeout: Duration,
     request_timeout: Duration,
+    /// How long a WebSocket tunnel may stay silent both ways.
+    tunnel_idle_timeout: Duration,
     upstream_kind: UpstreamKind,
     /// The CSP of each route, for the Next.js request header.
     csps: RouteCsps,
@@ -393,6 +398,7 @@ impl Proxy {
                 authority,
                 upstream_timeout: server.upstream_timeout,
                 request_timeout: server.request_timeout,
+                tunnel_idle_timeout: server.tunnel_idle_timeout,
                 upstream_kind: server.upstream_kind,
                 csps,
                 rewriter,
@@ -552,7 +558,12 @@ impl Proxy {
                 return error_response(upstream_unavailable(), request_id());
             };
             let upstream_side = hyper::upgrade::on(&mut res);
-            tokio::spawn(tunnel(client_side, upstream_side, request_id().to_string()));
+            tokio::spawn(tunnel(
+                client_side,
+                upstream_side,
+                request_id().to_string(),
+                self.inner.tunnel_idle_timeout,
+            ));
             let (mut rparts, _) = res.into_parts();
             let upgrade_to = rparts.headers.get(header::UPGRADE).cloned();
             strip_hop_by_hop(&mut rparts.headers);
@@ -1022,8 +1033,9 @@ where
     }
 }
 
-/// Copies bytes both ways between the upgraded client and upstream connections.
-async fn tunnel(client: OnUpgrade, upstream: OnUpgrade, request_id: String) {
+/// Copies bytes both ways between the upgraded client and upstream connections, until either
+/// side closes or no byte has crossed either way for `idle` (then both are closed).
+async fn tunnel(client: OnUpgrade, upstream: OnUpgrade, request_id: String, idle: Duration) {
     let (client, upstream) = match tokio::try_join!(client, upstream) {
         Ok(both) => both,
         Err(e) => {
@@ -1031,11 +1043,81 @@ async fn tunnel(client: OnUpgrade, upstream: OnUpgrade, request_id: String) {
             return;
         }
     };
-    let mut client = TokioIo::new(client);
-    let mut upstream = TokioIo::new(upstream);
-    match tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
-        Ok((up, down)) => tracing::debug!(request_id, up, down, "upgraded connection closed"),
-        Err(e) => tracing::debug!(request_id, error = %e, "upgraded connection ended"),
+    let start = Instant::now();
+    let heard = Arc::new(AtomicU64::new(0));
+    let mut client = Heard::new(TokioIo::new(client), &heard, start);
+    let mut upstream = Heard::new(TokioIo::new(upstream), &heard, start);
+    let copy = tokio::io::copy_bidirectional(&mut client, &mut upstream);
+    tokio::pin!(copy);
+    loop {
+        let deadline = start + Duration::from_millis(heard.load(Ordering::Relaxed)) + idle;
+        tokio::select! {
+            done = &mut copy => {
+                match done {
+                    Ok((up, down)) => tracing::debug!(request_id, up, down, "upgraded connection closed"),
+                    Err(e) => tracing::debug!(request_id, error = %e, "upgraded connection ended"),
+                }
+                return;
+            }
+            _ = tokio::time::sleep_until(deadline) => {
+                let last = start + Duration::from_millis(heard.load(Ordering::Relaxed));
+                if Instant::now() >= last + idle {
+                    tracing::info!(request_id, idle_secs = idle.as_secs(), "upgraded connection idle: closed");
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// An upgraded connection that notes, in milliseconds since `start`, when it last read a byte.
+struct Heard<T> {
+    io: T,
+    heard: Arc<AtomicU64>,
+    start: Instant,
+}
+
+impl<T> Heard<T> {
+    fn new(io: T, heard: &Arc<AtomicU64>, start: Instant) -> Self {
+        Heard {
+            io,
+            heard: heard.clone(),
+            start,
+        }
+    }
+}
+
+impl<T: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for Heard<T> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut self.io).poll_read(cx, buf);
+        if buf.filled().len() > before {
+            let ms = self.start.elapsed().as_millis() as u64;
+            self.heard.store(ms, Ordering::Relaxed);
+        }
+        polled
+    }
+}
+
+impl<T: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for Heard<T> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
     }
 }
 

@@ -122,11 +122,9 @@ async fn large_bodies_stream_both_ways_in_bounded_memory() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn websocket_frames_are_echoed_through_the_tunnel() {
-    let up = Upstream::start().await;
-    let gw = gateway(&up, "", "").await;
-    let mut tcp = TcpStream::connect(("127.0.0.1", gw.port)).await.unwrap();
+/// A WebSocket opened through the gateway on `port`, once the 101 has arrived.
+async fn open_websocket(port: u16) -> TcpStream {
+    let mut tcp = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
     tcp.write_all(
         b"GET /ws HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
           Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
@@ -146,19 +144,68 @@ async fn websocket_frames_are_echoed_through_the_tunnel() {
         head.contains("sec-websocket-accept: dghlihnhbxbszsbub25jzq=="),
         "{head}"
     );
+    tcp
+}
 
+/// Sends `msg` as a masked binary frame and expects the upstream's echo.
+async fn echo(tcp: &mut TcpStream, msg: &[u8]) {
+    tcp.write_all(&ws_frame(0x2, msg, Some([1, 2, 3, 4])))
+        .await
+        .unwrap();
+    let expected = ws_frame(0x2, msg, None);
+    let mut got = vec![0u8; expected.len()];
+    tokio::time::timeout(Duration::from_secs(5), tcp.read_exact(&mut got))
+        .await
+        .expect("the echo arrives")
+        .unwrap();
+    assert_eq!(got, expected);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn websocket_frames_are_echoed_through_the_tunnel() {
+    let up = Upstream::start().await;
+    let gw = gateway(&up, "", "").await;
+    let mut tcp = open_websocket(gw.port).await;
     for msg in [&b"hello"[..], &[7u8; 300][..]] {
-        tcp.write_all(&ws_frame(0x2, msg, Some([1, 2, 3, 4])))
-            .await
-            .unwrap();
-        let expected = ws_frame(0x2, msg, None);
-        let mut got = vec![0u8; expected.len()];
-        tokio::time::timeout(Duration::from_secs(5), tcp.read_exact(&mut got))
-            .await
-            .expect("the echo arrives")
-            .unwrap();
-        assert_eq!(got, expected);
+        echo(&mut tcp, msg).await;
     }
+}
+
+/// A tunnel that carries bytes stays open past `tunnel_idle_timeout`; one silent both ways
+/// for that long is closed, so idle sockets cannot hold connection slots forever.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_silent_websocket_tunnel_is_closed_after_tunnel_idle_timeout() {
+    let up = Upstream::start().await;
+    let gw = gateway(&up, "tunnel_idle_timeout = \"1s\"", "").await;
+    let mut tcp = open_websocket(gw.port).await;
+    // Busy for 2.5 s, a frame every 400 ms: never idle for a whole second.
+    let busy = std::time::Instant::now();
+    let quiet = loop {
+        echo(&mut tcp, b"ping").await;
+        let last = std::time::Instant::now();
+        if busy.elapsed() > Duration::from_millis(2500) {
+            break last;
+        }
+        tokio::time::sleep(Duration::from_millis(400)).await;
+    };
+    // Then silent: closed about a second after the last byte.
+    let mut b = [0u8; 1];
+    let n = tokio::time::timeout(Duration::from_secs(5), tcp.read(&mut b))
+        .await
+        .expect("the gateway closes the idle tunnel")
+        .unwrap_or(0);
+    assert_eq!(n, 0, "closed, not a byte");
+    let waited = quiet.elapsed();
+    assert!(
+        (Duration::from_millis(800)..Duration::from_millis(2500)).contains(&waited),
+        "closed after {waited:?}"
+    );
+    assert!(
+        gw.wait_log("upgraded connection idle", Duration::from_secs(2))
+            .await,
+        "{}",
+        gw.logs()
+    );
 }
 
 /// A handshake from a page of another site (its `Origin`) is refused with the CSRF 403

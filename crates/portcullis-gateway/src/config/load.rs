@@ -380,6 +380,8 @@ impl Loader<'_> {
         let upstream_timeout = self.duration(&mut s, "upstream_timeout", Duration::from_secs(30));
         let upstream_idle_timeout =
             self.duration(&mut s, "upstream_idle_timeout", Duration::from_secs(4));
+        let tunnel_idle_timeout =
+            self.duration(&mut s, "tunnel_idle_timeout", Duration::from_secs(300));
         let shutdown_timeout = self.duration(&mut s, "shutdown_timeout", Duration::from_secs(30));
         let http2_max_concurrent_streams = s
             .integer("http2_max_concurrent_streams", &mut self.errs, 1..=10_000)
@@ -435,6 +437,7 @@ impl Loader<'_> {
             upstream_connect_timeout: upstream_connect_timeout?,
             upstream_timeout: upstream_timeout?,
             upstream_idle_timeout: upstream_idle_timeout?,
+            tunnel_idle_timeout: tunnel_idle_timeout?,
             shutdown_timeout: shutdown_timeout?,
             http2_max_concurrent_streams: http2_max_concurrent_streams?,
             workers: workers?,
