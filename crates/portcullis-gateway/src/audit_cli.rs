@@ -3,14 +3,14 @@
 //! (`portcullis::audit::AuditStore::{query, tail}`); this module parses times and prints.
 
 use std::io::Write;
-use std::net::IpAddr;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
 use portcullis::audit::{
-    AuditAction, AuditEvent, AuditQuery, AuditStore, StoreOptions, TailCursor, now_ms, open_store,
+    AuditEvent, AuditQuery, AuditStore, StoreOptions, TailCursor, now_ms, open_store,
 };
+use portcullis_gateway::admin::dashboard::{action_filter, ip_filter};
 use portcullis_gateway::config::values::parse_duration;
 use portcullis_gateway::config::{AuditStore as ConfiguredStore, GatewayConfig, Purpose};
 
@@ -48,12 +48,12 @@ pub fn run(command: AuditCommand) -> ExitCode {
                 let mut q = AuditQuery::new().limit(limit);
                 // A filter that can match nothing is a typo: say so instead of printing an
                 // empty result the reader would take for "no such events".
-                q.action = match action.as_deref().map(parse_action).transpose() {
+                q.action = match action.as_deref().map(action_filter).transpose() {
                     Ok(a) => a,
                     Err(e) => return usage(&format!("--action: {e}")),
                 };
                 q.user = user;
-                q.ip = match ip.as_deref().map(parse_ip).transpose() {
+                q.ip = match ip.as_deref().map(ip_filter).transpose() {
                     Ok(ip) => ip,
                     Err(e) => return usage(&format!("--ip: {e}")),
                 };
@@ -174,38 +174,6 @@ async fn tail(store: Arc<dyn AuditStore>, format: Format, interval: Duration) ->
         }
         tokio::time::sleep(interval).await;
     }
-}
-
-/// Parses `--action`: one of the stored action names (`AuditAction::as_str`).
-fn parse_action(s: &str) -> Result<String, String> {
-    match AuditAction::from_name(s) {
-        Some(a) => Ok(a.as_str().to_string()),
-        None => {
-            let known: Vec<&str> = AuditAction::ALL.iter().map(|a| a.as_str()).collect();
-            Err(format!(
-                "unknown action {s:?}; expected one of {}",
-                known.join(", ")
-            ))
-        }
-    }
-}
-
-/// Parses `--ip` into the text the gateway stores: one address, written as `IpAddr` writes
-/// it (so `::FFFF:10.0.0.9` finds `10.0.0.9` and `2001:DB8::1` finds `2001:db8::1`). A CIDR
-/// range is refused rather than compared as text, which would match nothing.
-fn parse_ip(s: &str) -> Result<String, String> {
-    if let Ok(ip) = s.parse::<IpAddr>() {
-        // The gateway records IPv4-mapped IPv6 peers as IPv4 (DESIGN §2 step 4).
-        return Ok(ip.to_canonical().to_string());
-    }
-    if s.contains('/') {
-        return Err(format!(
-            "{s:?} is a range; --ip takes one address (such as 203.0.113.7 or 2001:db8::1)"
-        ));
-    }
-    Err(format!(
-        "{s:?} is not an IP address (such as 203.0.113.7 or 2001:db8::1)"
-    ))
 }
 
 /// Parses `--since`/`--until`: a duration ago (`1h`, `7d`) or an RFC 3339 time.
@@ -409,22 +377,6 @@ mod tests {
         );
         assert_eq!(parse_rfc3339("2000-02-29"), Some(951_782_400_000));
         assert!(parse_when("yesterday", 0).is_err());
-    }
-
-    #[test]
-    fn ip_filters_are_single_addresses_in_stored_form() {
-        assert_eq!(parse_ip("10.0.0.9").as_deref(), Ok("10.0.0.9"));
-        assert_eq!(parse_ip("::ffff:10.0.0.9").as_deref(), Ok("10.0.0.9"));
-        assert_eq!(parse_ip("2001:DB8::1").as_deref(), Ok("2001:db8::1"));
-        assert!(parse_ip("999.1.1.1").is_err());
-        assert!(parse_ip("1.2.3.0/24").unwrap_err().contains("range"));
-    }
-
-    #[test]
-    fn action_filters_name_a_known_action() {
-        assert_eq!(parse_action("forbidden").as_deref(), Ok("forbidden"));
-        let err = parse_action("Forbidden").unwrap_err();
-        assert!(err.contains("rate_limit_exceeded"), "{err}");
     }
 
     #[test]

@@ -343,6 +343,9 @@ pub struct ServerConfig {
     pub admin_listen: Option<SocketAddr>,
     /// True when `admin_listen` was written in the file (then failing to bind it is fatal).
     pub admin_listen_explicit: bool,
+    /// Host names the admin listener's dashboard and ban endpoints answer besides addresses
+    /// and `localhost` (`["gateway-1.internal"]`; lower case, without port).
+    pub admin_hosts: Vec<String>,
     /// The most request-header bytes accepted (431 beyond; default 16384).
     pub max_header_bytes: usize,
     /// The most concurrent connections (default 10000).

@@ -306,6 +306,35 @@ async fn the_printed_delete_line_gets_405_with_allow() {
     assert_eq!(r.json()["code"], "method_not_allowed", "{}", r.text());
 }
 
+/// The banner names the admin dashboard, and it shows the refusal the DELETE line caused.
+#[tokio::test]
+async fn the_printed_admin_url_serves_the_dashboard() {
+    let demo = Demo::start().await;
+    let out = demo.output();
+    let admin = out
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("Admin"))
+        .and_then(|rest| rest.split_whitespace().next())
+        .unwrap_or_else(|| panic!("no admin URL in the banner:\n{out}"))
+        .to_string();
+    let page = common::get(&admin, &[]).await;
+    assert_eq!(page.status, StatusCode::OK);
+    assert!(page.text().contains("<title>Portcullis admin</title>"));
+    let r = demo
+        .request("DELETE", "/api/public-data", &[], Bytes::new())
+        .await;
+    assert_eq!(r.status, StatusCode::METHOD_NOT_ALLOWED);
+    let events = format!("{admin}api/events?action=method_not_allowed");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let v = common::get(&events, &[]).await.json();
+        if v["events"][0]["path"] == "/api/public-data" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "not in the dashboard's log: {v}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
 /// stderr is a file here, not a terminal: the log lines carry no ANSI colour escapes.
 #[tokio::test]
 async fn logs_to_a_file_carry_no_colour_escapes() {

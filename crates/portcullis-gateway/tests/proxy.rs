@@ -612,8 +612,8 @@ async fn admin_metrics_count_refusals_bans_and_audit_events() {
     }
 }
 
-/// The ban on the test client, listed and lifted through the admin listener; browsers and
-/// DNS-rebound host names are refused, and a lifted client's offences start over.
+/// The ban on the test client, listed and lifted through the admin listener; other sites'
+/// pages and DNS-rebound host names are refused, and a lifted client's offences start over.
 #[tokio::test(flavor = "multi_thread")]
 async fn admin_lists_and_lifts_bans() {
     let up = Upstream::start().await;
@@ -645,10 +645,10 @@ async fn admin_lists_and_lifts_bans() {
         }
         send(&hc, req.body(full("")).unwrap())
     };
-    // A page in a browser, or one reaching this port through a rebound DNS name: refused.
+    // Another site's page, or one reaching this port through a rebound DNS name: refused.
     let r = delete("?client=127.0.0.1", &[("origin", "https://evil.example")]).await;
     assert_eq!(r.status, StatusCode::FORBIDDEN);
-    let r = delete("?client=127.0.0.1", &[("sec-fetch-mode", "no-cors")]).await;
+    let r = delete("?client=127.0.0.1", &[("sec-fetch-site", "cross-site")]).await;
     assert_eq!(r.status, StatusCode::FORBIDDEN);
     let r = delete(
         "?client=127.0.0.1",

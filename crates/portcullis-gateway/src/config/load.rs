@@ -344,6 +344,7 @@ impl Loader<'_> {
             Cidr::parse(c).map(|_| c.trim().to_string())
         });
         let allowed_hosts = self.list(&mut s, "allowed_hosts", parse_host);
+        let admin_hosts = self.list(&mut s, "admin_hosts", parse_host);
         // On by default on loopback; `admin_listen = false` turns it off. Only an explicit
         // address must bind: the default one is skipped with a warning when taken.
         let admin_explicit = s.has("admin_listen");
@@ -427,6 +428,7 @@ impl Loader<'_> {
             upstream_kind: upstream_kind?,
             trusted_proxies,
             allowed_hosts,
+            admin_hosts,
             admin_listen: admin_listen?,
             admin_listen_explicit: admin_explicit,
             max_header_bytes: max_header_bytes?,

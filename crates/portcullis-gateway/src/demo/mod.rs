@@ -150,21 +150,36 @@ pub fn fresh_secrets() -> [(&'static str, String); 2] {
     ]
 }
 
-/// The embedded config with the gateway's address and the app's filled in.
+/// The embedded config with the gateway's address, the app's and the admin listener's filled
+/// in.
 ///
 /// ```
 /// use portcullis_gateway::{config::GatewayConfig, demo};
 /// # for (var, value) in demo::fresh_secrets() { unsafe { std::env::set_var(var, value) } }
-/// let text = demo::config_text("127.0.0.1:8080".parse()?, "127.0.0.1:41234".parse()?);
+/// let text = demo::config_text(
+///     "127.0.0.1:8080".parse()?,
+///     "127.0.0.1:41234".parse()?,
+///     "127.0.0.1:9901".parse()?,
+/// );
 /// assert!(text.contains("upstream = \"http://127.0.0.1:41234\""));
 /// let config = GatewayConfig::from_str(&text, "portcullis.toml")?; // with the secrets set
 /// assert_eq!(config.routes.len(), 8);
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
-pub fn config_text(listen: SocketAddr, upstream: SocketAddr) -> String {
+pub fn config_text(listen: SocketAddr, upstream: SocketAddr, admin: SocketAddr) -> String {
     CONFIG_TEMPLATE
         .replace("{{listen}}", &listen.to_string())
         .replace("{{upstream}}", &format!("http://{upstream}"))
+        .replace("{{admin}}", &admin.to_string())
+}
+
+/// A free loopback port for the demo's admin listener (the banner names it): not the fixed
+/// 9901, which a gateway already running, or a second demo, may hold.
+async fn admin_address() -> Result<SocketAddr, DemoError> {
+    TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
+        .await
+        .and_then(|l| l.local_addr())
+        .map_err(io_error("cannot find a port for the admin listener"))
 }
 
 /// Parses `--listen`: an `IP:PORT` with a port other than 0 (the printed URLs name it).
@@ -286,7 +301,8 @@ pub async fn run(listen: SocketAddr) -> Result<(), DemoError> {
     );
 
     let path = dir.path().join("portcullis.toml");
-    std::fs::write(&path, config_text(listen, upstream))
+    let admin_listen = admin_address().await?;
+    std::fs::write(&path, config_text(listen, upstream, admin_listen))
         .map_err(io_error(format!("cannot write {}", path.display())))?;
     let loaded = crate::reload::FileStamp::of(&path);
     let config = GatewayConfig::from_file(&path).map_err(DemoError::Config)?;
@@ -315,7 +331,7 @@ pub async fn run(listen: SocketAddr) -> Result<(), DemoError> {
             .await
     });
 
-    println!("{}", banner(listen, upstream, &path, &tokens));
+    println!("{}", banner(listen, upstream, admin_listen, &path, &tokens));
     let served = crate::serve::run(&path, loaded, config).await;
 
     let _ = stop_app.send(());
@@ -336,7 +352,13 @@ struct Tokens {
 
 /// What the demo prints: where to go, the tokens, and curl lines that show each control
 /// answering, each under a comment saying what it should answer.
-fn banner(listen: SocketAddr, upstream: SocketAddr, config: &Path, tokens: &Tokens) -> String {
+fn banner(
+    listen: SocketAddr,
+    upstream: SocketAddr,
+    admin_listen: SocketAddr,
+    config: &Path,
+    tokens: &Tokens,
+) -> String {
     // A wildcard listen address is reached through loopback.
     let host = if listen.ip().is_unspecified() {
         SocketAddr::new(Ipv4Addr::LOCALHOST.into(), listen.port())
@@ -417,6 +439,7 @@ Portcullis demo: the gateway in front of a built-in app that reproduces the seed
   Open     {g}/login (alice/alice or admin/admin), then {g}/notes
   Gateway  {g}  every request passes the controls of the embedded config
   App      http://{upstream}  the app alone, on loopback (the same routes, no controls)
+  Admin    http://{admin_listen}/  the dashboard: refusals, offenders, bans, the audit log
   Config   {config}  (removed on exit)
 
 Development tokens for this run (HS256 with a random per-run key, valid {ttl} h); paste them

@@ -75,7 +75,8 @@ pub fn npm_install(dir: &Path, marker: &str) -> std::time::Duration {
 }
 
 /// Loads a page in headless Chromium and returns what `probe.mjs` reported (see there): the
-/// options are its JSON argument (`url`, `read`, `click`, `clicks`, `waitFor`).
+/// options are its JSON argument (`url`, `read`, `click`, `clicks`, `waitFor`, `waitAfter`,
+/// `acceptDialogs`).
 pub fn probe(options: &serde_json::Value) -> serde_json::Value {
     require_tool(CHROMIUM, "chromium");
     require_tool("node", "nodejs");

@@ -3,7 +3,9 @@
 //
 //   node probe.mjs '{"url": "http://127.0.0.1:PORT/", "read": ["#status"], "click": "#counter", "clicks": 2}'
 //
-// `waitFor` (an expression) is polled until true after the load, before reading and clicking.
+// `waitFor` (an expression) is polled until true after the load, before reading and clicking;
+// `waitAfter` likewise after the clicks. `acceptDialogs: true` answers `confirm()` with OK
+// (Playwright otherwise dismisses it).
 // Reported: the HTTP status, the response's Content-Security-Policy header, the raw HTML as
 // the server sent it, the document title after load, the text of each `read` selector (before
 // and after the clicks), the nonce of every <script> in the DOM, and every
@@ -54,18 +56,21 @@ try {
   page.on('console', (m) => console_.push(`${m.type()}: ${m.text()}`));
   page.on('pageerror', (e) => console_.push(`pageerror: ${e.message}`));
 
+  if (opts.acceptDialogs) page.on('dialog', (d) => d.accept());
+  // Polled with page.evaluate (exempt from the page's CSP), not waitForFunction, so the
+  // wait itself can never cause an eval violation.
+  const waitUntilTrue = async (expression) => {
+    const deadline = Date.now() + 15000;
+    while (!(await page.evaluate(expression))) {
+      if (Date.now() > deadline) throw new Error(`timed out waiting for: ${expression}`);
+      await page.waitForTimeout(100);
+    }
+  };
+
   const response = await page.goto(opts.url, { waitUntil: 'load', timeout: 30000 });
   const html = response ? await response.text() : '';
   const headers = response ? await response.allHeaders() : {};
-  if (opts.waitFor) {
-    // Polled with page.evaluate (exempt from the page's CSP), not waitForFunction, so the
-    // wait itself can never cause an eval violation.
-    const deadline = Date.now() + 15000;
-    while (!(await page.evaluate(opts.waitFor))) {
-      if (Date.now() > deadline) throw new Error(`timed out waiting for: ${opts.waitFor}`);
-      await page.waitForTimeout(100);
-    }
-  }
+  if (opts.waitFor) await waitUntilTrue(opts.waitFor);
   const read = async () => {
     const out = {};
     for (const sel of opts.read ?? []) {
@@ -81,6 +86,7 @@ try {
     // Let React commit the updates.
     await page.waitForTimeout(200);
   }
+  if (opts.waitAfter) await waitUntilTrue(opts.waitAfter);
   const after = await read();
   // Give late violation reports (dynamically added scripts) a moment to arrive.
   await page.waitForTimeout(300);

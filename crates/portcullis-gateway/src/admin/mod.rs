@@ -37,12 +37,20 @@
 //! - `DELETE /bans?client=ADDRESS` → lifts the ban on the client holding `ADDRESS` (any
 //!   address of an IPv6 /64) and forgets its offences, on every replica sharing the store:
 //!   200 `{"status":"lifted","was_banned":true}`; 404 `{"status":"bans_off"}` with `[ban]`
-//!   off; 400 for a missing or malformed address. Refused with 403 when sent by a browser
-//!   (`Origin` or `Sec-Fetch-*` headers) or to a `Host` that is not an address or
-//!   `localhost` (DNS rebinding): a web page must not lift bans through a local admin port.
+//!   off; 400 for a missing or malformed address.
+//! - `GET /` → the dashboard (see [`dashboard`]): refusals, top offenders, bans (with a
+//!   button to lift them), rate-limited routes and the audit log, read from the audit store.
 //!
-//! Anything else is 404. Bind it to loopback or a private network: it is not behind the
-//! security layer.
+//! The dashboard, its JSON and the ban endpoints are refused with 403 when the request comes
+//! from a page of another origin (`Sec-Fetch-Site` other than `same-origin` or `none`, or an
+//! `Origin` other than the listener's own), or names a `Host` that is neither an address,
+//! `localhost` nor one of `[server] admin_hosts` (DNS rebinding): a web page must not read
+//! the log or lift bans through a local admin port.
+//!
+//! Anything else is 404. Every answer carries `X-Content-Type-Options: nosniff`,
+//! `X-Frame-Options: DENY`, `Referrer-Policy: no-referrer` and
+//! `Cross-Origin-Resource-Policy: same-origin`. Bind it to loopback or a private network: it
+//! is not behind the security layer.
 
 use std::convert::Infallible;
 use std::time::Duration;
@@ -58,8 +66,12 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
+use portcullis::audit::{AuditAction, AuditCounters, Outcome};
+
 use crate::config::OnStoreError;
 use crate::reload::Live;
+
+pub mod dashboard;
 
 /// How long `/readyz` waits for the upstream to accept a connection, and for each store to
 /// answer (the checks run at the same time, so the answer comes within about this long).
@@ -127,9 +139,72 @@ async fn handle(req: Request<Incoming>, live: Live) -> Result<Response<Full<Byte
         "/healthz" => json(StatusCode::OK, r#"{"status":"ok"}"#),
         "/readyz" => readiness(&live).await,
         "/metrics" => metrics(&live),
-        "/bans" => bans(&live),
+        "/bans" => bans(&req, &live),
+        path if dashboard::serves(path) => dashboard::handle(&req, &live).await,
         _ => json(StatusCode::NOT_FOUND, r#"{"status":"not_found"}"#),
     })
+}
+
+/// Why a request for the dashboard or the bans is refused, if it is: it must name this
+/// machine in `Host` (an address, `localhost`, or one of `admin_hosts`), not a DNS name a
+/// web page could point here by rebinding; and when a browser sends it, it must come from
+/// the listener's own pages (`Sec-Fetch-Site: same-origin` or `none`, `Origin` this
+/// listener's), never from another site's.
+fn local_request<B>(req: &Request<B>, admin_hosts: &[String]) -> Result<(), &'static str> {
+    let h = req.headers();
+    let host = h
+        .get(header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    if !local_host_name(host) && !admin_hosts.iter().any(|a| host_is(host, a)) {
+        return Err(
+            "the admin listener answers only to an address, localhost or a name in [server] admin_hosts",
+        );
+    }
+    let site = h.get("sec-fetch-site").map(HeaderValue::as_bytes);
+    if site.is_some_and(|s| s != b"same-origin" && s != b"none") {
+        return Err("a page of another site cannot use the admin listener");
+    }
+    if let Some(origin) = h.get(header::ORIGIN) {
+        let own = origin
+            .as_bytes()
+            .strip_prefix(b"http://")
+            .is_some_and(|rest| rest.eq_ignore_ascii_case(host.as_bytes()));
+        if !own {
+            return Err("a page of another origin cannot use the admin listener");
+        }
+    }
+    Ok(())
+}
+
+/// `host` (maybe with a port) is the name `name`.
+fn host_is(host: &str, name: &str) -> bool {
+    without_port(host).eq_ignore_ascii_case(name)
+}
+
+/// A `Host` value without its port: `[::1]:9901` → `[::1]`, `localhost:9901` → `localhost`;
+/// a bare IPv6 address has colons too and stays whole.
+fn without_port(host: &str) -> &str {
+    match host.rsplit_once(':') {
+        Some((h, port)) if port.bytes().all(|b| b.is_ascii_digit()) && !h.ends_with(':') => h,
+        _ => host,
+    }
+}
+
+/// The admin listener's headers on every answer: no sniffing, no framing, no referrer, not
+/// readable by other origins' pages.
+fn harden<B>(mut res: Response<B>) -> Response<B> {
+    let h = res.headers_mut();
+    for (name, value) in [
+        ("x-content-type-options", "nosniff"),
+        ("x-frame-options", "DENY"),
+        ("referrer-policy", "no-referrer"),
+        ("cross-origin-resource-policy", "same-origin"),
+        ("cross-origin-opener-policy", "same-origin"),
+    ] {
+        h.insert(name, HeaderValue::from_static(value));
+    }
+    res
 }
 
 /// `/readyz`: the upstream and both stores, checked concurrently, each within
@@ -194,7 +269,10 @@ fn ban_list(live: &Live) -> Option<std::sync::Arc<portcullis::ban::BanList>> {
 }
 
 /// `GET /bans`: the bans in force.
-fn bans(live: &Live) -> Response<Full<Bytes>> {
+fn bans<B>(req: &Request<B>, live: &Live) -> Response<Full<Bytes>> {
+    if let Err(reason) = local_request(req, &live.current().config.server.admin_hosts) {
+        return forbidden(reason);
+    }
     let list = ban_list(live).map(|b| b.list()).unwrap_or_default();
     let bans: Vec<serde_json::Value> = list
         .into_iter()
@@ -212,20 +290,9 @@ fn bans(live: &Live) -> Response<Full<Bytes>> {
 }
 
 /// `DELETE /bans?client=ADDRESS`: lifts a ban (see the module docs).
-async fn lift_ban(req: &Request<Incoming>, live: &Live) -> Response<Full<Bytes>> {
-    let h = req.headers();
-    let from_browser = h.contains_key(header::ORIGIN)
-        || h.contains_key("sec-fetch-site")
-        || h.contains_key("sec-fetch-mode");
-    let host = h
-        .get(header::HOST)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("");
-    if from_browser || !local_host_name(host) {
-        return json(
-            StatusCode::FORBIDDEN,
-            r#"{"status":"forbidden","reason":"bans are lifted from a command line, to an address or localhost"}"#,
-        );
+async fn lift_ban<B>(req: &Request<B>, live: &Live) -> Response<Full<Bytes>> {
+    if let Err(reason) = local_request(req, &live.current().config.server.admin_hosts) {
+        return forbidden(reason);
     }
     let client = req.uri().query().and_then(|q| {
         form_urlencoded::parse(q.as_bytes())
@@ -264,20 +331,15 @@ async fn lift_ban(req: &Request<Incoming>, live: &Live) -> Response<Full<Bytes>>
 /// `Host` names this machine by address or as `localhost` (with or without a port): not a
 /// DNS name a web page could point here by rebinding.
 fn local_host_name(host: &str) -> bool {
-    let name = match host.rsplit_once(':') {
-        // `[::1]:9901`, `127.0.0.1:9901`, `localhost:9901`; a bare IPv6 has colons too.
-        Some((h, port)) if port.bytes().all(|b| b.is_ascii_digit()) && !h.ends_with(':') => h,
-        _ => host,
-    };
-    let name = name.trim_start_matches('[').trim_end_matches(']');
+    let name = without_port(host)
+        .trim_start_matches('[')
+        .trim_end_matches(']');
     name.eq_ignore_ascii_case("localhost") || name.parse::<std::net::IpAddr>().is_ok()
 }
 
 /// `/metrics`: the counters in the Prometheus text format (see the module docs).
 fn metrics(live: &Live) -> Response<Full<Bytes>> {
-    let generation = live.current();
-    let config = &generation.config;
-    let stores = live.stores();
+    let c = Counters::gather(live);
     let mut out = Metrics::default();
     out.family(
         "portcullis_build_info",
@@ -289,37 +351,24 @@ fn metrics(live: &Live) -> Response<Full<Bytes>> {
         &[("version", env!("CARGO_PKG_VERSION"))],
         1,
     );
-
-    let limits = stores.limiter_stats();
     out.family(
         "portcullis_rate_limit_requests_total",
         "counter",
         "Requests a rate limit decided: let through (allowed) or refused with 429 (limited).",
     );
-    for (decision, n) in [
-        ("allowed", limits.allowed.get()),
-        ("limited", limits.limited.get()),
-    ] {
+    for (decision, n) in [("allowed", c.allowed), ("limited", c.limited)] {
         out.sample(
             "portcullis_rate_limit_requests_total",
             &[("decision", decision)],
             n,
         );
     }
-
-    // The cached trackers of the config in force (the same ones its layer holds).
-    let brute_force = stores.failed_auth(&config.auth, &config.storage).ok();
-    let bans = ban_list(live);
     out.family(
         "portcullis_store_errors_total",
         "counter",
         "Rate-limit store failures, by the control that met them; storage.on_store_error answered each.",
     );
-    for (user, n) in [
-        ("rate_limit", limits.store_errors.get()),
-        ("brute_force", brute_force.map_or(0, |t| t.store_errors())),
-        ("ban_list", bans.as_ref().map_or(0, |b| b.store_errors())),
-    ] {
+    for (user, n) in c.store_errors {
         out.sample("portcullis_store_errors_total", &[("user", user)], n);
     }
     out.family(
@@ -327,35 +376,28 @@ fn metrics(live: &Live) -> Response<Full<Bytes>> {
         "gauge",
         "Clients banned now (0 while [ban] is off).",
     );
-    let banned = bans.map_or(0, |b| b.banned_now());
+    let banned = c.bans.as_ref().map_or(0, Vec::len);
     out.sample("portcullis_bans_active", &[], banned as u64);
 
-    if let Some(writer) = stores.audit_writer() {
+    if let Some((pipeline, by_action)) = &c.audit {
         out.family(
             "portcullis_audit_events_total",
             "counter",
             "Audit events recorded, by action and outcome.",
         );
-        for (action, outcome, n) in writer.events_by_action() {
+        for (action, outcome, n) in by_action {
             out.sample(
                 "portcullis_audit_events_total",
                 &[("action", action.as_str()), ("outcome", outcome.as_str())],
-                n,
+                *n,
             );
         }
-        let c = writer.counters();
         out.family(
             "portcullis_audit_pipeline_events_total",
             "counter",
             "Audit events by what became of them: queued, written to the store, spooled while it was down, replayed from the spool, or dropped.",
         );
-        for (stage, n) in [
-            ("enqueued", c.enqueued),
-            ("written", c.written),
-            ("spooled", c.spooled),
-            ("replayed", c.replayed),
-            ("dropped", c.dropped),
-        ] {
+        for (stage, n) in pipeline_stages(pipeline) {
             out.sample(
                 "portcullis_audit_pipeline_events_total",
                 &[("stage", stage)],
@@ -367,7 +409,7 @@ fn metrics(live: &Live) -> Response<Full<Bytes>> {
             "gauge",
             "Audit events waiting in the spool for the store.",
         );
-        out.sample("portcullis_audit_spool_pending", &[], c.pending);
+        out.sample("portcullis_audit_spool_pending", &[], pipeline.pending);
     }
 
     let mut res = Response::new(Full::new(Bytes::from(out.text)));
@@ -377,7 +419,83 @@ fn metrics(live: &Live) -> Response<Full<Bytes>> {
     );
     res.headers_mut()
         .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    res
+    harden(res)
+}
+
+/// Audit events recorded, by action and outcome.
+type EventsByAction = Vec<(AuditAction, Outcome, u64)>;
+
+/// The process's counters, since it started and across reloads: what `/metrics` exposes and
+/// the dashboard shows.
+struct Counters {
+    /// Requests a rate limit let through.
+    allowed: u64,
+    /// Requests a rate limit refused with 429.
+    limited: u64,
+    /// Rate-limit store failures by the control that met them.
+    store_errors: [(&'static str, u64); 3],
+    /// The bans in force, longest first; `None` with `[ban]` off.
+    bans: Option<Vec<(String, Duration)>>,
+    /// The audit pipeline's counters and the events by action; `None` with audit off.
+    audit: Option<(AuditCounters, EventsByAction)>,
+}
+
+impl Counters {
+    fn gather(live: &Live) -> Self {
+        let generation = live.current();
+        let config = &generation.config;
+        let stores = live.stores();
+        let limits = stores.limiter_stats();
+        // The cached trackers of the config in force (the same ones its layer holds).
+        let brute_force = stores.failed_auth(&config.auth, &config.storage).ok();
+        let bans = ban_list(live);
+        Counters {
+            allowed: limits.allowed.get(),
+            limited: limits.limited.get(),
+            store_errors: [
+                ("rate_limit", limits.store_errors.get()),
+                ("brute_force", brute_force.map_or(0, |t| t.store_errors())),
+                ("ban_list", bans.as_ref().map_or(0, |b| b.store_errors())),
+            ],
+            bans: bans.map(|b| b.list()),
+            audit: stores
+                .audit_writer()
+                .map(|w| (w.counters(), w.events_by_action())),
+        }
+    }
+
+    /// The dashboard's `counters` object.
+    fn to_json(&self) -> serde_json::Value {
+        let errors: serde_json::Map<String, serde_json::Value> = self
+            .store_errors
+            .iter()
+            .map(|(user, n)| (user.to_string(), (*n).into()))
+            .collect();
+        let audit = self.audit.as_ref().map(|(pipeline, _)| {
+            let mut stages: serde_json::Map<String, serde_json::Value> = pipeline_stages(pipeline)
+                .into_iter()
+                .map(|(stage, n)| (stage.to_string(), n.into()))
+                .collect();
+            stages.insert("pending".into(), pipeline.pending.into());
+            stages
+        });
+        serde_json::json!({
+            "rate_limit": {"allowed": self.allowed, "limited": self.limited},
+            "store_errors": errors,
+            "audit": audit,
+        })
+    }
+}
+
+/// The audit pipeline's stages and their counts.
+fn pipeline_stages(c: &AuditCounters) -> [(&'static str, u64); 5] {
+    [
+        ("enqueued", c.enqueued),
+        ("written", c.written),
+        ("spooled", c.spooled),
+        ("replayed", c.replayed),
+        ("dropped", c.dropped),
+    ]
 }
 
 /// The Prometheus text exposition format, written line by line. Label values here are our
@@ -406,6 +524,13 @@ impl Metrics {
     }
 }
 
+fn forbidden(reason: &str) -> Response<Full<Bytes>> {
+    json(
+        StatusCode::FORBIDDEN,
+        serde_json::json!({"status": "forbidden", "reason": reason}).to_string(),
+    )
+}
+
 fn json(status: StatusCode, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
     let mut res = Response::new(Full::new(body.into()));
     *res.status_mut() = status;
@@ -415,5 +540,5 @@ fn json(status: StatusCode, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
     );
     res.headers_mut()
         .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    res
+    harden(res)
 }
