@@ -235,14 +235,14 @@ function renderEvents(data) {
     data.events.map((e) => {
       const details = el('td', JSON.stringify(e.metadata), 'details');
       return row([
-        el('td', time(e.ts_ms)),
-        e.action,
-        e.outcome,
+        el('td', time(e.ts_ms), 'nowrap'),
+        el('td', e.action, 'nowrap'),
+        el('td', e.outcome, 'nowrap'),
         el('td', e.status, 'num'),
-        e.method,
+        el('td', e.method, 'nowrap'),
         el('td', e.path, 'mono'),
         el('td', e.route, 'mono'),
-        el('td', e.client_ip ?? '', 'mono'),
+        el('td', e.client_ip ?? '', 'mono nowrap'),
         e.principal ?? '',
         el('td', e.request_id, 'mono'),
         details,
