@@ -80,6 +80,11 @@ const COLUMNS: &str = "id, ts, action, outcome, principal, client_ip, method, ro
 #[derive(Clone)]
 pub struct SqliteAuditStore {
     conn: Arc<Mutex<Connection>>,
+    /// A second, read-only connection for `query`, `summary` and `tail`, opened on first use:
+    /// in WAL mode a read on it never waits for the writer, nor the writer for a long read (a
+    /// dashboard counting a week). Unused for an in-memory database, which exists only on
+    /// its one connection.
+    reader: Arc<Mutex<Option<Connection>>>,
     path: PathBuf,
 }
 
@@ -139,6 +144,7 @@ impl SqliteAuditStore {
         drop(e);
         Ok(SqliteAuditStore {
             conn: Arc::new(Mutex::new(conn)),
+            reader: Arc::new(Mutex::new(None)),
             path,
         })
     }
@@ -170,6 +176,51 @@ impl SqliteAuditStore {
             .map_err(|e| AuditError::unavailable(format!("sqlite task: {e}")))?
         })
     }
+}
+
+impl SqliteAuditStore {
+    /// Runs the read `f` in `spawn_blocking` on the reader connection (see the field), or on
+    /// the one connection of an in-memory database. A failed read closes the reader; the
+    /// next one opens it again.
+    fn reading<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Connection) -> rusqlite::Result<T> + Send + 'static,
+    ) -> BoxFuture<'static, Result<T, AuditError>> {
+        let name = self.path.as_os_str();
+        if name.is_empty() || name == ":memory:" || name.to_string_lossy().contains("mode=memory") {
+            return self.blocking(f);
+        }
+        let reader = self.reader.clone();
+        let path = self.path.clone();
+        Box::pin(async move {
+            tokio::task::spawn_blocking(move || {
+                let mut slot = reader.lock().unwrap_or_else(|p| p.into_inner());
+                let conn = match slot.take() {
+                    Some(c) => c,
+                    None => open_reader(&path).map_err(err(&path))?,
+                };
+                let mut conn = conn;
+                let out = f(&mut conn).map_err(err(&path));
+                if out.is_ok() {
+                    *slot = Some(conn);
+                }
+                out
+            })
+            .await
+            .map_err(|e| AuditError::unavailable(format!("sqlite task: {e}")))?
+        })
+    }
+}
+
+/// A read-only connection to the database at `path`.
+fn open_reader(path: &Path) -> rusqlite::Result<Connection> {
+    use rusqlite::OpenFlags;
+    let conn = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )?;
+    conn.busy_timeout(Duration::from_secs(5))?;
+    Ok(conn)
 }
 
 fn migrate(conn: &mut Connection) -> rusqlite::Result<()> {
@@ -348,7 +399,7 @@ impl AuditStore for SqliteAuditStore {
     ) -> BoxFuture<'a, Result<Vec<AuditEvent>, AuditError>> {
         let f = query.sql_filter(Dialect::Sqlite);
         let limit = query.limit_or_default();
-        self.blocking(move |c| {
+        self.reading(move |c| {
             let sql = format!(
                 "SELECT {COLUMNS} FROM audit_events{} ORDER BY ts DESC, rowid DESC LIMIT {limit}",
                 f.clause
@@ -371,7 +422,7 @@ impl AuditStore for SqliteAuditStore {
         q: &'a SummaryQuery,
     ) -> BoxFuture<'a, Result<AuditSummary, AuditError>> {
         let sql = SummarySql::new(q, Dialect::Sqlite);
-        self.blocking(move |c| summary_rows(c, &sql).map(|rows| sql.assemble(rows)))
+        self.reading(move |c| summary_rows(c, &sql).map(|rows| sql.assemble(rows)))
     }
 
     fn tail<'a>(
@@ -383,7 +434,7 @@ impl AuditStore for SqliteAuditStore {
             TailCursor::Row(r) => Some(*r),
             _ => None,
         };
-        self.blocking(move |c| {
+        self.reading(move |c| {
             let Some(after) = after else {
                 let max: i64 = c.query_row(
                     "SELECT COALESCE(MAX(rowid), 0) FROM audit_events",
@@ -410,5 +461,77 @@ impl AuditStore for SqliteAuditStore {
                 .collect();
             Ok((events, TailCursor::Row(last)))
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::audit::{AuditAction, Outcome, uuid_v7};
+
+    fn event(ts_ms: u64) -> AuditEvent {
+        AuditEvent {
+            id: uuid_v7(),
+            ts_ms,
+            action: AuditAction::RateLimitExceeded,
+            outcome: Outcome::Denied,
+            principal: None,
+            client_ip: Some("203.0.113.7".into()),
+            method: "GET".into(),
+            route: "/api/**".into(),
+            path: "/api/x".into(),
+            status: 429,
+            request_id: "req".into(),
+            metadata: serde_json::json!({}),
+        }
+    }
+
+    fn temp_db(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!(
+            "portcullis-sqlite-reader-{}-{name}",
+            std::process::id()
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        dir.join("audit.db")
+    }
+
+    /// A long read (a dashboard counting a week) holds the reader, not the writer's
+    /// connection: events are still stored meanwhile, and reads see what was written since
+    /// the reader opened.
+    // The reader's lock is held across the write on purpose: that is the long read.
+    #[allow(clippy::await_holding_lock)]
+    #[tokio::test(flavor = "multi_thread")]
+    async fn reads_do_not_hold_up_writes() {
+        let path = temp_db("long-read");
+        let store = SqliteAuditStore::open(&path).unwrap();
+        store.write(&[event(1)]).await.unwrap();
+        assert_eq!(store.query(&AuditQuery::new()).await.unwrap().len(), 1);
+        {
+            // The reader, busy in a read transaction.
+            let mut slot = store.reader.lock().unwrap();
+            let reader = slot.as_mut().expect("the first query opened the reader");
+            let tx = reader.transaction().unwrap();
+            let n: i64 = tx
+                .query_row("SELECT count(*) FROM audit_events", [], |r| r.get(0))
+                .unwrap();
+            assert_eq!(n, 1);
+            let write =
+                tokio::time::timeout(Duration::from_secs(2), store.write(&[event(2), event(3)]))
+                    .await;
+            assert!(matches!(write, Ok(Ok(()))), "the write waited for the read");
+            drop(tx);
+        }
+        let all = store.query(&AuditQuery::new()).await.unwrap();
+        assert_eq!(all.iter().map(|e| e.ts_ms).collect::<Vec<_>>(), [1, 2, 3]);
+        let _ = std::fs::remove_dir_all(path.parent().unwrap());
+    }
+
+    #[tokio::test]
+    async fn an_in_memory_database_is_read_on_its_one_connection() {
+        let store = SqliteAuditStore::open(":memory:").unwrap();
+        store.write(&[event(7)]).await.unwrap();
+        assert_eq!(store.query(&AuditQuery::new()).await.unwrap().len(), 1);
+        assert!(store.reader.lock().unwrap().is_none());
     }
 }
