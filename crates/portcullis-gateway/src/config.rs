@@ -1908,6 +1908,53 @@ mod tests {
         assert_eq!(p.csrf_mode(), CsrfMode::OriginAndToken);
     }
 
+    /// `"csp"` in `report_only` sends the route's own CSP, or else the layer-wide one, as
+    /// report-only; a route without a CSP cannot report one.
+    #[test]
+    fn a_route_reports_its_csp_only_when_asked() {
+        let c = load(&format!(
+            "{HEAD}[[route]]\npath = \"/a/**\"\nreport_only = [\"csp\", \"rate_limit\"]\n\
+             [[route]]\npath = \"/b/**\"\ncsp = \"default-src 'none'\"\nreport_only = [\"csp\"]\n\
+             [[route]]\npath = \"/c/**\"\n"
+        ))
+        .unwrap();
+        let csp = |i: usize| match c.routes[i].policy.csp_setting() {
+            CspSetting::Custom(csp) => Some(csp.clone()),
+            _ => None,
+        };
+        let a = csp(0).expect("the layer-wide CSP, reported");
+        assert!(a.is_report_only());
+        assert_eq!(
+            a.render(None),
+            c.headers.effective_csp().unwrap().render(None)
+        );
+        assert_eq!(
+            c.routes[0].policy.report_only_mode(),
+            &ReportOnly::Controls(vec![Control::RateLimit])
+        );
+        let b = csp(1).expect("the route's own CSP, reported");
+        assert!(b.is_report_only());
+        assert_eq!(b.render(None).to_str().unwrap(), "default-src 'none'");
+        assert!(csp(2).is_none(), "other routes inherit the enforced one");
+
+        for route in [
+            "csp = false\nreport_only = [\"csp\"]",
+            "report_only = [\"csp\"]",
+        ] {
+            let headers = if route.starts_with("csp") {
+                ""
+            } else {
+                "[headers]\ncsp = false\n"
+            };
+            let e = errors(&format!(
+                "{HEAD}{headers}[[route]]\npath = \"/x\"\n{route}\n"
+            ));
+            assert_eq!(e.len(), 1, "{e:?}");
+            assert_eq!(e[0].key, "route[0].report_only");
+            assert!(e[0].reason.contains("sends none"), "{e:?}");
+        }
+    }
+
     #[test]
     fn every_override_reaches_the_policy() {
         let c = load(&format!(

@@ -522,3 +522,34 @@ async fn in_chromium_only_the_marked_scripts_run() {
         );
     }
 }
+
+/// `report_only = ["csp"]` on a route: its CSP goes out as
+/// `Content-Security-Policy-Report-Only` (nonce and all, so the page's marked scripts match
+/// it), while other routes keep enforcing.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_route_can_report_its_csp_only() {
+    let app = HtmlApp::start().await;
+    let routes = "[[route]]\npath = \"/page\"\nreport_only = [\"csp\"]\n";
+    let gw = gateway(&app, "", routes).await;
+    let res = common::get(&gw.url("/page"), &[("accept", "text/html")]).await;
+    assert_eq!(res.status, StatusCode::OK);
+    assert!(
+        res.headers.get("content-security-policy").is_none(),
+        "{:?}",
+        res.headers
+    );
+    let reported = header(&res, "content-security-policy-report-only");
+    assert!(reported.starts_with("default-src 'self'"), "{reported}");
+    let nonce = browser::csp_nonce(reported).expect("a nonce in the reported CSP");
+    let tags = browser::script_tags(&res.text());
+    assert_eq!(tags[0].1.as_deref(), Some(nonce.as_str()), "{tags:#?}");
+    // Elsewhere the policy is enforced.
+    let other = common::get(&gw.url("/data.json"), &[]).await;
+    assert!(other.headers.get("content-security-policy").is_some());
+    assert!(
+        other
+            .headers
+            .get("content-security-policy-report-only")
+            .is_none()
+    );
+}

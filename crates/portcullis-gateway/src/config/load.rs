@@ -81,6 +81,8 @@ pub(super) struct Loader<'e> {
 struct Present {
     authenticator: bool,
     csrf_secret: bool,
+    /// The layer-wide CSP as sent (`[headers]`), for routes that report it only.
+    layer_csp: Option<Csp>,
 }
 
 impl Loader<'_> {
@@ -95,10 +97,11 @@ impl Loader<'_> {
         let csrf = section_or_empty(&mut root, "csrf", &mut self.errs, &empty);
         let headers = section_or_empty(&mut root, "headers", &mut self.errs, &empty);
         let cors = root.section("cors", &mut self.errs);
-        let present = Present {
+        let mut present = Present {
             authenticator: auth.table().contains_key("jwt")
                 || auth.table().contains_key("api_keys"),
             csrf_secret: csrf.table().contains_key("secret_env"),
+            layer_csp: None,
         };
         let server = self.server(server, purpose);
         let storage = self.storage(storage);
@@ -107,6 +110,7 @@ impl Loader<'_> {
         let ban = self.ban(ban);
         let csrf = self.csrf(csrf);
         let headers = self.headers(headers);
+        present.layer_csp = headers.as_ref().and_then(|h| h.effective_csp());
         let cors = cors.map(|s| self.cors(s));
         let routes = root.sections("route", &mut self.errs);
         let routes = self.routes(routes, &present);
@@ -1123,6 +1127,28 @@ impl Loader<'_> {
     }
 
     /// One `[[route]]`: the preset's policy with the overrides applied.
+    /// `report_only = ["csp"]`: the route's CSP (its own, or else the layer-wide one) goes
+    /// out as `Content-Security-Policy-Report-Only`. False (with the error pushed) when the
+    /// route has no CSP to report on.
+    fn csp_report_only(&mut self, r: &Section<'_>, policy: &mut Policy, present: &Present) -> bool {
+        let csp = match policy.csp_setting() {
+            CspSetting::Custom(c) => Some((**c).clone()),
+            CspSetting::Inherit => present.layer_csp.clone(),
+            CspSetting::Off => None,
+        };
+        let Some(csp) = csp else {
+            self.errs.push(
+                r.key("report_only"),
+                "\"csp\" reports a CSP, but this route sends none (csp = false here or in [headers])",
+            );
+            return false;
+        };
+        *policy = policy
+            .clone()
+            .csp(CspSetting::Custom(Arc::new(csp.report_only(true))));
+        true
+    }
+
     fn route(&mut self, r: &mut Section<'_>, present: &Present) -> Option<RouteConfig> {
         let path = r.string("path", &mut self.errs);
         let preset = if r.has("preset") {
@@ -1232,11 +1258,17 @@ impl Loader<'_> {
                 policy = policy.report_only(if *b { ReportOnly::All } else { ReportOnly::Off });
             }
             Some(v @ Value::Array(_)) => {
-                let items =
+                let mut items =
                     strings_of(&r.key("report_only"), v, &mut self.errs).unwrap_or_default();
+                // `"csp"`: the route's CSP is sent as Content-Security-Policy-Report-Only.
+                let before = items.len();
+                items.retain(|i| i.value != "csp");
+                if items.len() != before {
+                    ok &= self.csp_report_only(r, &mut policy, present);
+                }
                 let controls = self.checked_list(items, |n| {
                     Control::from_name(n).ok_or_else(|| {
-                        format!("unknown control {n:?}; expected one of \"cors\", \"methods\", \"auth\", \"roles\", \"rate_limit\", \"csrf\", \"body\", \"ban\"")
+                        format!("unknown control {n:?}; expected one of \"cors\", \"methods\", \"auth\", \"roles\", \"rate_limit\", \"csrf\", \"body\", \"ban\", \"csp\"")
                     })
                 });
                 policy = policy.report_only(if controls.is_empty() {
