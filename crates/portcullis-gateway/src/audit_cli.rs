@@ -1,6 +1,7 @@
-//! `portcullis audit query` and `portcullis audit tail`: reading the audit log from whichever
-//! store the config (or `--store`) names. The reading itself is the library's
-//! (`portcullis::audit::AuditStore::{query, tail}`); this module parses times and prints.
+//! `portcullis audit query`, `portcullis audit tail` and `portcullis audit summary`: reading
+//! the audit log from whichever store the config (or `--store`) names. The reading itself is
+//! the library's (`portcullis::audit::AuditStore::{query, tail, summary}`); this module
+//! parses times and prints.
 
 use std::io::Write;
 use std::process::ExitCode;
@@ -8,7 +9,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use portcullis::audit::{
-    AuditEvent, AuditQuery, AuditStore, StoreOptions, TailCursor, now_ms, open_store,
+    AuditEvent, AuditQuery, AuditStore, AuditSummary, StoreOptions, SummaryQuery, TailCursor,
+    now_ms, open_store,
 };
 use portcullis_gateway::admin::dashboard::{action_filter, ip_filter};
 use portcullis_gateway::config::values::parse_duration;
@@ -76,6 +78,43 @@ pub fn run(command: AuditCommand) -> ExitCode {
                 match store.query(&q).await {
                     Ok(events) => {
                         print_events(&events, format, true);
+                        ExitCode::SUCCESS
+                    }
+                    Err(e) => fail(&e.to_string()),
+                }
+            }
+            AuditCommand::Summary {
+                source,
+                since,
+                until,
+                top,
+                format,
+            } => {
+                if format == Format::Csv {
+                    return usage("--format: a summary is printed as table or json");
+                }
+                let now = now_ms();
+                let since = match parse_when(&since, now) {
+                    Ok(ms) => ms,
+                    Err(e) => return usage(&format!("--since: {e}")),
+                };
+                let until = match until.as_deref().map(|u| parse_when(u, now)).transpose() {
+                    Ok(u) => u.unwrap_or(now + 1),
+                    Err(e) => return usage(&format!("--until: {e}")),
+                };
+                if until <= since {
+                    return usage("--until must come after --since");
+                }
+                let store = match open(&source).await {
+                    Ok(s) => s,
+                    Err(code) => return code,
+                };
+                match store
+                    .summary(&SummaryQuery::new(since, until).top(top))
+                    .await
+                {
+                    Ok(summary) => {
+                        print_summary(&summary, &store.describe(), format);
                         ExitCode::SUCCESS
                     }
                     Err(e) => fail(&e.to_string()),
@@ -294,36 +333,130 @@ fn print_events(events: &[AuditEvent], format: Format, header: bool) {
         Format::Table => {
             // The metadata column is last and not padded. Control characters are escaped: a
             // line break or a terminal escape in a client's value would forge a row.
-            let rows: Vec<[String; 11]> = events
-                .iter()
-                .map(|e| cells(e).map(|c| table_cell(&c)))
-                .collect();
-            let mut width = COLUMNS.map(str::len);
-            for r in &rows {
-                for (w, c) in width.iter_mut().zip(r) {
-                    *w = (*w).max(c.chars().count());
-                }
-            }
-            let fmt = |cols: &[String]| {
-                let mut s = String::new();
-                for (i, c) in cols.iter().enumerate() {
-                    if i + 1 == cols.len() {
-                        s.push_str(c);
-                    } else {
-                        s.push_str(&format!("{c:<w$}  ", w = width[i]));
-                    }
-                }
-                s
-            };
-            let mut r = Ok(());
-            if header {
-                let h: Vec<String> = COLUMNS.iter().map(|c| c.to_uppercase()).collect();
-                r = writeln!(out, "{}", fmt(&h));
-            }
-            rows.iter()
-                .fold(r, |r, row| r.and_then(|_| writeln!(out, "{}", fmt(row))))
+            let rows: Vec<Vec<String>> = events.iter().map(|e| cells(e).to_vec()).collect();
+            let h: Vec<String> = COLUMNS.iter().map(|c| c.to_uppercase()).collect();
+            write!(out, "{}", table(header.then_some(&h[..]), &rows))
         }
     };
+    let _ = out.flush();
+}
+
+/// Aligned columns, two spaces apart, the last one not padded; each cell through
+/// [`table_cell`], so a client's value can neither break a row nor reach the terminal as an
+/// escape sequence.
+fn table(header: Option<&[String]>, rows: &[Vec<String>]) -> String {
+    let rows: Vec<Vec<String>> = header
+        .into_iter()
+        .map(<[String]>::to_vec)
+        .chain(rows.iter().cloned())
+        .map(|r| r.iter().map(|c| table_cell(c)).collect())
+        .collect();
+    let mut width: Vec<usize> = Vec::new();
+    for r in &rows {
+        for (i, c) in r.iter().enumerate() {
+            let n = c.chars().count();
+            match width.get_mut(i) {
+                Some(w) => *w = (*w).max(n),
+                None => width.push(n),
+            }
+        }
+    }
+    let mut s = String::new();
+    for r in &rows {
+        for (i, c) in r.iter().enumerate() {
+            if i + 1 == r.len() {
+                s.push_str(c);
+            } else {
+                s.push_str(&format!("{c:<w$}  ", w = width[i]));
+            }
+        }
+        s.push('\n');
+    }
+    s
+}
+
+/// `audit summary`'s output: the summary as one JSON object, or a few tables.
+fn print_summary(s: &AuditSummary, store: &str, format: Format) {
+    let mut out = std::io::stdout().lock();
+    if format == Format::Json {
+        let _ = writeln!(out, "{}", serde_json::to_value(s).unwrap_or_default());
+        return;
+    }
+    let rfc3339 = portcullis::audit::format_rfc3339_ms;
+    let denied: u64 = s
+        .by_action
+        .iter()
+        .filter(|a| a.outcome == "denied")
+        .map(|a| a.count)
+        .sum();
+    let mut text = format!(
+        "{} to {} ({store}): {} events, {denied} denied{}\n",
+        rfc3339(s.since_ms),
+        rfc3339(s.until_ms),
+        s.total,
+        if s.truncated {
+            "; counted from the newest events only"
+        } else {
+            ""
+        },
+    );
+    let section = |text: &mut String, title: &str, head: &[&str], rows: Vec<Vec<String>>| {
+        text.push_str(&format!("\n{title}\n"));
+        if rows.is_empty() {
+            text.push_str("(none)\n");
+        } else {
+            let head: Vec<String> = head.iter().map(|h| h.to_string()).collect();
+            text.push_str(&table(Some(&head), &rows));
+        }
+    };
+    section(
+        &mut text,
+        "Events by action",
+        &["ACTION", "OUTCOME", "EVENTS"],
+        s.by_action
+            .iter()
+            .map(|a| vec![a.action.clone(), a.outcome.clone(), a.count.to_string()])
+            .collect(),
+    );
+    section(
+        &mut text,
+        "Top offenders (denied events by client)",
+        &["CLIENT", "DENIED", "LAST", "ACTIONS"],
+        s.offenders
+            .iter()
+            .map(|o| {
+                let actions: Vec<String> = o
+                    .actions
+                    .iter()
+                    .map(|a| format!("{} {}", a.name, a.count))
+                    .collect();
+                vec![
+                    o.client_ip.clone(),
+                    o.denied.to_string(),
+                    rfc3339(o.last_ms),
+                    actions.join(", "),
+                ]
+            })
+            .collect(),
+    );
+    let named = |list: &[portcullis::audit::NamedCount]| {
+        list.iter()
+            .map(|n| vec![n.name.clone(), n.count.to_string()])
+            .collect::<Vec<_>>()
+    };
+    section(
+        &mut text,
+        "Refused users",
+        &["USER", "DENIED"],
+        named(&s.denied_users),
+    );
+    section(
+        &mut text,
+        "Rate-limited routes",
+        &["ROUTE", "429s"],
+        named(&s.rate_limited_routes),
+    );
+    let _ = out.write_all(text.as_bytes());
     let _ = out.flush();
 }
 

@@ -110,6 +110,25 @@ pub enum AuditCommand {
         #[arg(long, value_enum, default_value_t = Format::Table)]
         format: Format,
     },
+    /// Count the refusals of a window: events by action, the top offenders, refused users
+    /// and rate-limited routes (what the admin dashboard shows).
+    Summary {
+        /// Where the events are.
+        #[command(flatten)]
+        source: AuditSource,
+        /// The window's start: a duration ago (1h, 7d) or an RFC 3339 time.
+        #[arg(long, value_name = "WHEN", default_value = "1h")]
+        since: String,
+        /// The window's end (now when absent): a duration ago or an RFC 3339 time.
+        #[arg(long, value_name = "WHEN")]
+        until: Option<String>,
+        /// How many offenders, users and routes to list.
+        #[arg(long, value_name = "N", default_value_t = 10)]
+        top: u32,
+        /// Output format: table or json.
+        #[arg(long, value_enum, default_value_t = Format::Table)]
+        format: Format,
+    },
     /// Print new audit events as they are stored, until interrupted.
     Tail {
         /// Where the events are.

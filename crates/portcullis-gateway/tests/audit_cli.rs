@@ -1,4 +1,4 @@
-//! `portcullis audit query` and `portcullis audit tail`, run as the real binary against real
+//! `portcullis audit query`, `tail` and `summary`, run as the real binary against real
 //! SQLite and JSON-lines stores written by the library.
 
 use std::io::{BufRead, BufReader};
@@ -448,4 +448,71 @@ async fn tail_prints_events_stored_after_it_started() {
         ["new-1", "new-2"],
         "only events stored after tail started"
     );
+}
+
+/// `audit summary`: the window's counts from a real SQLite store, as JSON and as tables; the
+/// two-day-old event is outside the default hour, inside `--since 3d`.
+#[tokio::test]
+async fn summary_counts_the_window_as_json_and_tables() {
+    let dir = TempDir::new("audit-cli-summary");
+    let url = sqlite_with_sample(&dir.0).await;
+    let out = stdout(&portcullis(&[
+        "audit", "summary", "--store", &url, "--format", "json",
+    ]));
+    let s: serde_json::Value = serde_json::from_str(out.trim()).expect("one JSON object");
+    assert_eq!(s["total"], 5, "{s}");
+    assert_eq!(
+        s["by_action"],
+        serde_json::json!([
+            {"action": "forbidden", "outcome": "denied", "count": 3},
+            {"action": "rate_limit_exceeded", "outcome": "denied", "count": 2},
+        ])
+    );
+    assert_eq!(s["offenders"][0]["client_ip"], "10.0.0.2");
+    assert_eq!(s["offenders"][0]["denied"], 3);
+    assert_eq!(s["offenders"][1]["client_ip"], "10.0.0.9");
+    assert_eq!(
+        s["rate_limited_routes"],
+        serde_json::json!([{"name": "/api/notes/**", "count": 2}])
+    );
+    assert_eq!(
+        s["denied_users"],
+        serde_json::json!([{"name": "bob", "count": 3}, {"name": "alice", "count": 2}])
+    );
+
+    let out = stdout(&portcullis(&[
+        "audit", "summary", "--store", &url, "--since", "3d", "--top", "1",
+    ]));
+    assert!(out.contains(": 6 events, 6 denied"), "{out}");
+    let offenders = out
+        .split("Top offenders")
+        .nth(1)
+        .expect("the offenders table")
+        .split("\n\n")
+        .next()
+        .unwrap();
+    let lines: Vec<&str> = offenders.lines().skip(1).collect();
+    assert!(lines[0].starts_with("CLIENT"), "{out}");
+    assert_eq!(lines.len(), 2, "--top 1: {out}");
+    assert!(lines[1].starts_with("10.0.0.2  "), "{out}");
+    assert!(lines[1].ends_with("forbidden 4"), "{out}");
+    assert!(
+        out.contains("Refused users\nUSER  DENIED\nbob   4\n"),
+        "{out}"
+    );
+
+    for (args, needle) in [
+        (vec!["--format", "csv"], "table or json"),
+        (vec!["--since", "soon"], "--since"),
+        (vec!["--since", "1h", "--until", "2h"], "after --since"),
+    ] {
+        let mut all = vec!["audit", "summary", "--store", &url];
+        all.extend(args);
+        let o = portcullis(&all);
+        assert_eq!(o.status.code(), Some(2), "{all:?}");
+        assert!(
+            String::from_utf8_lossy(&o.stderr).contains(needle),
+            "{all:?}"
+        );
+    }
 }
