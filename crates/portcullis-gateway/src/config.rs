@@ -343,6 +343,10 @@ pub struct ServerConfig {
     pub admin_listen: Option<SocketAddr>,
     /// True when `admin_listen` was written in the file (then failing to bind it is fatal).
     pub admin_listen_explicit: bool,
+    /// The admin listener's token (`admin_token_env`): when set, every admin endpoint but
+    /// `/healthz` and `/readyz` asks for it, as `Authorization: Bearer TOKEN` or as the
+    /// password of HTTP Basic credentials (any user name; browsers prompt for it).
+    pub admin_token: Option<Secret>,
     /// Host names the admin listener's dashboard and ban endpoints answer besides addresses
     /// and `localhost` (`["gateway-1.internal"]`; lower case, without port).
     pub admin_hosts: Vec<String>,
@@ -1906,6 +1910,27 @@ mod tests {
         assert_eq!(p.any_roles(), ["admin"]);
         assert_eq!(p.allowed_methods().allow_header(), "POST");
         assert_eq!(p.csrf_mode(), CsrfMode::OriginAndToken);
+    }
+
+    #[test]
+    fn the_admin_token_comes_from_the_environment_and_is_long() {
+        let with = |var: &str| {
+            HEAD.replacen(
+                "[server]\n",
+                &format!("[server]\nadmin_token_env = \"{var}\"\n"),
+                1,
+            )
+        };
+        let c = load(&with("JWT_SECRET")).unwrap();
+        let token = c.server.admin_token.as_ref().expect("a token");
+        assert_eq!(token.expose(), JWT_SECRET.as_bytes());
+        assert!(!format!("{:?}", c.server).contains(JWT_SECRET));
+        assert!(load(HEAD).unwrap().server.admin_token.is_none());
+        for var in ["SHORT_SECRET", "UNSET_VAR"] {
+            let e = errors(&with(var));
+            assert_eq!(e.len(), 1, "{e:?}");
+            assert_eq!(e[0].key, "server.admin_token_env");
+        }
     }
 
     /// `"csp"` in `report_only` sends the route's own CSP, or else the layer-wide one, as

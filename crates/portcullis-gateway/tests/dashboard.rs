@@ -359,3 +359,63 @@ async fn in_chromium_the_dashboard_shows_offenders_and_lifts_a_ban() {
     let v = summary_with(&admin, 6).await;
     assert_eq!(v["summary"]["offenders"][0]["denied"], 6, "{v}");
 }
+
+/// With `admin_token_env`, everything but the health checks asks for the token, as a bearer
+/// token or a Basic password (browsers prompt for it); a wrong one is 401 with a challenge.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_admin_token_guards_everything_but_the_health_checks() {
+    const TOKEN: &str = "dashboard-admin-token-0123456789abcdef";
+    unsafe { std::env::set_var("PC_DASHBOARD_ADMIN_TOKEN", TOKEN) };
+    let up = Upstream::start().await;
+    let (_gw, admin) = gateway(&up, "admin_token_env = \"PC_DASHBOARD_ADMIN_TOKEN\"").await;
+    let b64 = |s: &str| {
+        use base64::Engine as _;
+        base64::engine::general_purpose::STANDARD.encode(s)
+    };
+    let bearer = format!("Bearer {TOKEN}");
+    let basic = format!("Basic {}", b64(&format!("ops:{TOKEN}")));
+    let wrong_basic = format!("Basic {}", b64("ops:guess"));
+    let no_colon = format!("Basic {}", b64(TOKEN));
+    let truncated = format!("Bearer {}", &TOKEN[..TOKEN.len() - 1]);
+    for path in ["/", "/api/summary", "/api/events", "/metrics", "/bans"] {
+        let url = format!("{admin}{path}");
+        for auth in [
+            None,
+            Some("Bearer"),
+            Some(wrong_basic.as_str()),
+            Some(no_colon.as_str()),
+            Some(truncated.as_str()),
+        ] {
+            let headers: Vec<(&str, &str)> =
+                auth.map(|a| ("authorization", a)).into_iter().collect();
+            let r = get(&url, &headers).await;
+            assert_eq!(r.status, StatusCode::UNAUTHORIZED, "{path} {auth:?}");
+            assert_eq!(
+                r.headers["www-authenticate"],
+                "Basic realm=\"portcullis admin\", charset=\"UTF-8\""
+            );
+            assert!(!r.text().contains(TOKEN));
+        }
+        for auth in [&bearer, &basic] {
+            let r = get(&url, &[("authorization", auth)]).await;
+            assert_eq!(r.status, StatusCode::OK, "{path} {auth}: {}", r.text());
+        }
+    }
+    for path in ["/healthz", "/readyz"] {
+        assert_eq!(
+            get(&format!("{admin}{path}"), &[]).await.status,
+            StatusCode::OK
+        );
+    }
+    // Lifting a ban needs it too.
+    let hc = client();
+    let delete = |auth: Option<&str>| {
+        let mut req = http::Request::delete(format!("{admin}/bans?client=203.0.113.9"));
+        if let Some(a) = auth {
+            req = req.header("authorization", a);
+        }
+        send(&hc, req.body(full("")).unwrap())
+    };
+    assert_eq!(delete(None).await.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(delete(Some(&bearer)).await.status, StatusCode::OK);
+}

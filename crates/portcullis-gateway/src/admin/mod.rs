@@ -47,6 +47,10 @@
 //! `localhost` nor one of `[server] admin_hosts` (DNS rebinding): a web page must not read
 //! the log or lift bans through a local admin port.
 //!
+//! With `[server] admin_token_env`, every endpoint but `/healthz` and `/readyz` asks for the
+//! token: `Authorization: Bearer TOKEN`, or HTTP Basic credentials with the token as password
+//! (any user name), which browsers prompt for; else 401 with a Basic challenge.
+//!
 //! Anything else is 404. Every answer carries `X-Content-Type-Options: nosniff`,
 //! `X-Frame-Options: DENY`, `Referrer-Policy: no-referrer` and
 //! `Cross-Origin-Resource-Policy: same-origin`. Bind it to loopback or a private network: it
@@ -126,6 +130,12 @@ pub async fn serve(listener: TcpListener, live: Live, mut shutdown: watch::Recei
 }
 
 async fn handle(req: Request<Incoming>, live: Live) -> Result<Response<Full<Bytes>>, Infallible> {
+    if !matches!(req.uri().path(), "/healthz" | "/readyz")
+        && let Some(token) = &live.current().config.server.admin_token
+        && !authorized(req.headers(), token.expose())
+    {
+        return Ok(unauthorized());
+    }
     if req.method() == Method::DELETE && req.uri().path() == "/bans" {
         return Ok(lift_ban(&req, &live).await);
     }
@@ -175,6 +185,49 @@ fn local_request<B>(req: &Request<B>, admin_hosts: &[String]) -> Result<(), &'st
         }
     }
     Ok(())
+}
+
+/// True when the request carries the admin token: `Authorization: Bearer TOKEN`, or Basic
+/// credentials (any user name) whose password is the token. Compared in constant time.
+fn authorized(headers: &http::HeaderMap, token: &[u8]) -> bool {
+    use base64::Engine as _;
+    use subtle::ConstantTimeEq as _;
+    let mut values = headers.get_all(header::AUTHORIZATION).iter();
+    let (Some(value), None) = (values.next(), values.next()) else {
+        return false;
+    };
+    let v = value.as_bytes();
+    let (scheme, rest) = match v.iter().position(|&b| b == b' ') {
+        Some(i) => (&v[..i], v[i + 1..].trim_ascii()),
+        None => return false,
+    };
+    let given = if scheme.eq_ignore_ascii_case(b"bearer") {
+        rest.to_vec()
+    } else if scheme.eq_ignore_ascii_case(b"basic") {
+        let Ok(pair) = base64::engine::general_purpose::STANDARD.decode(rest) else {
+            return false;
+        };
+        match pair.iter().position(|&b| b == b':') {
+            Some(i) => pair[i + 1..].to_vec(),
+            None => return false,
+        }
+    } else {
+        return false;
+    };
+    bool::from(given.ct_eq(token))
+}
+
+/// 401 with a Basic challenge, so a browser asks for the token.
+fn unauthorized() -> Response<Full<Bytes>> {
+    let mut res = json(
+        StatusCode::UNAUTHORIZED,
+        r#"{"status":"unauthorized","reason":"the admin listener needs its token (server.admin_token_env): Authorization: Bearer TOKEN, or Basic credentials with the token as password"}"#,
+    );
+    res.headers_mut().insert(
+        header::WWW_AUTHENTICATE,
+        HeaderValue::from_static(r#"Basic realm="portcullis admin", charset="UTF-8""#),
+    );
+    res
 }
 
 /// `host` (maybe with a port) is the name `name`.

@@ -349,6 +349,11 @@ impl Loader<'_> {
         });
         let allowed_hosts = self.list(&mut s, "allowed_hosts", parse_host);
         let admin_hosts = self.list(&mut s, "admin_hosts", parse_host);
+        let admin_token = if s.has("admin_token_env") {
+            self.optional_secret(&mut s, "admin_token_env", true)
+        } else {
+            Some(None)
+        };
         // On by default on loopback; `admin_listen = false` turns it off. Only an explicit
         // address must bind: the default one is skipped with a warning when taken.
         let admin_explicit = s.has("admin_listen");
@@ -433,6 +438,7 @@ impl Loader<'_> {
             trusted_proxies,
             allowed_hosts,
             admin_hosts,
+            admin_token: admin_token?,
             admin_listen: admin_listen?,
             admin_listen_explicit: admin_explicit,
             max_header_bytes: max_header_bytes?,
