@@ -89,15 +89,16 @@ pub(super) async fn handle<B>(req: &Request<B>, live: &Live) -> Response<Full<By
 
 /// A static file of the page, with the page's CSP (harmless on the script and style).
 fn asset(body: &'static str, content_type: &'static str) -> Response<Full<Bytes>> {
-    let mut res = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
-    let h = res.headers_mut();
-    h.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
-    h.insert(
+    let mut res = super::respond(
+        StatusCode::OK,
+        content_type,
+        Bytes::from_static(body.as_bytes()),
+    );
+    res.headers_mut().insert(
         header::CONTENT_SECURITY_POLICY,
         HeaderValue::from_static(PAGE_CSP),
     );
-    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    super::harden(res)
+    res
 }
 
 /// The query's parameters, the last value of each name winning.

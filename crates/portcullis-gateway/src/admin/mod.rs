@@ -465,14 +465,11 @@ fn metrics(live: &Live) -> Response<Full<Bytes>> {
         out.sample("portcullis_audit_spool_pending", &[], pipeline.pending);
     }
 
-    let mut res = Response::new(Full::new(Bytes::from(out.text)));
-    res.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
-    );
-    res.headers_mut()
-        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    harden(res)
+    respond(
+        StatusCode::OK,
+        "text/plain; version=0.0.4; charset=utf-8",
+        out.text,
+    )
 }
 
 /// Audit events recorded, by action and outcome.
@@ -585,13 +582,19 @@ fn forbidden(reason: &str) -> Response<Full<Bytes>> {
 }
 
 fn json(status: StatusCode, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
+    respond(status, "application/json", body)
+}
+
+/// An answer of the admin listener: never cached, with [`harden`]'s headers.
+fn respond(
+    status: StatusCode,
+    content_type: &'static str,
+    body: impl Into<Bytes>,
+) -> Response<Full<Bytes>> {
     let mut res = Response::new(Full::new(body.into()));
     *res.status_mut() = status;
-    res.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    res.headers_mut()
-        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    let h = res.headers_mut();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     harden(res)
 }

@@ -85,8 +85,16 @@ function filterTo(field, value) {
   $('events').scrollIntoView({ behavior: 'smooth', block: 'start' });
 }
 
-function link(text, field, value) {
-  const a = el('a', text);
+// A cell whose text filters the audit log by it.
+function filterCell(text, field, cls) {
+  const td = cell(link(text, field));
+  if (cls) td.className = cls;
+  return td;
+}
+
+// A link that filters the audit log to `value` in the filter `field`.
+function link(value, field) {
+  const a = el('a', value);
   a.href = '#events';
   a.addEventListener('click', (ev) => {
     ev.preventDefault();
@@ -175,8 +183,7 @@ function renderSummary(data) {
       } else {
         ban.textContent = '–';
       }
-      const who = cell(link(o.client_ip, 'f-ip', o.client_ip));
-      who.className = 'mono';
+      const who = filterCell(o.client_ip, 'f-ip', 'mono');
       return row([who, num(o.denied), what, el('td', ago(o.last_ms, now)), ban]);
     }),
     'No refusals in this window.',
@@ -184,31 +191,19 @@ function renderSummary(data) {
   );
   fill(
     'routes',
-    s.rate_limited_routes.map((r) => {
-      const td = el('td', null, 'mono');
-      td.appendChild(link(r.name, 'f-route', r.name));
-      return row([td, num(r.count)]);
-    }),
+    s.rate_limited_routes.map((r) => row([filterCell(r.name, 'f-route', 'mono'), num(r.count)])),
     'No request was rate limited in this window.',
     2,
   );
   fill(
     'actions',
-    s.by_action.map((a) => {
-      const td = el('td');
-      td.appendChild(link(a.action, 'f-action', a.action));
-      return row([td, a.outcome, num(a.count)]);
-    }),
+    s.by_action.map((a) => row([filterCell(a.action, 'f-action'), a.outcome, num(a.count)])),
     'No audit events in this window.',
     3,
   );
   fill(
     'users',
-    s.denied_users.map((u) => {
-      const td = el('td', null, 'mono');
-      td.appendChild(link(u.name, 'f-user', u.name));
-      return row([td, num(u.count)]);
-    }),
+    s.denied_users.map((u) => row([filterCell(u.name, 'f-user', 'mono'), num(u.count)])),
     'No authenticated user was refused in this window.',
     2,
   );
