@@ -12,10 +12,12 @@
 //! - `GET /api/actions` → the action names the filters accept.
 //!
 //! The audit log holds what clients sent (paths, user names): the page writes every value as
-//! text, never as markup, and its CSP allows no inline script. A request from another site
-//! (`Sec-Fetch-Site` other than `same-origin` or `none`) or to a `Host` that is neither an
-//! address, `localhost` nor one of `[server] admin_hosts` is refused with 403, so a web page
-//! can neither read the log through a local admin port nor reach it by DNS rebinding.
+//! text, never as markup, and its CSP allows no inline script. A request from a page of
+//! another origin (`Sec-Fetch-Site` other than `same-origin` or `none`, or another `Origin`)
+//! or to a `Host` that is neither an address, `localhost` nor one of `[server] admin_hosts`
+//! is refused with 403, so a web page can neither read the log through a local admin port
+//! nor reach it by DNS rebinding. With `[server] admin_token_env` the token is asked for
+//! first (see the [admin module](super)).
 
 use bytes::Bytes;
 use http::header::{self, HeaderValue};
