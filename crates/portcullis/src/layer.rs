@@ -1398,9 +1398,15 @@ impl SecurityLayerBuilder {
     /// assert_eq!(err.to_string(), "route \"/api/**\": limit \"default\" needs a window longer than zero");
     /// ```
     pub fn build(self) -> Result<SecurityLayer, BuildError> {
-        check_limits("default_policy", &self.default_policy)?;
+        check_policy("default_policy", &self.default_policy)?;
         for (pattern, policy) in &self.routes {
-            check_limits(&format!("route {pattern:?}"), policy)?;
+            check_policy(&format!("route {pattern:?}"), policy)?;
+        }
+        for host in self.allowed_hosts.iter().flatten() {
+            check_allowed_host(host).map_err(|reason| BuildError {
+                key: "allowed_hosts".to_string(),
+                reason,
+            })?;
         }
         let trusted =
             TrustedProxies::parse(self.trusted.iter().map(String::as_str)).map_err(|reason| {
@@ -1457,16 +1463,24 @@ impl SecurityLayerBuilder {
     }
 }
 
-/// Refuses rate limits that would be weaker than written ([`RateLimitSpec::validate`]), and
-/// two limits of one policy under one name (their `RateLimit` header items would be
-/// indistinguishable).
+/// Refuses what a policy would enforce otherwise than written: rate limits weaker than
+/// written ([`RateLimitSpec::validate`]), two limits of one policy under one name (their
+/// `RateLimit` header items would be indistinguishable), a role no principal can hold
+/// ([`check_role`](crate::policy::check_role)), and a content type no request can carry
+/// ([`check_content_type`](crate::policy::check_content_type)).
 ///
 /// [`RateLimitSpec::validate`]: crate::policy::RateLimitSpec::validate
-fn check_limits(key: &str, policy: &Policy) -> Result<(), BuildError> {
+fn check_policy(key: &str, policy: &Policy) -> Result<(), BuildError> {
     let err = |reason: String| BuildError {
         key: key.to_string(),
         reason,
     };
+    for role in policy.any_roles().iter().chain(policy.required_roles()) {
+        crate::policy::check_role(role).map_err(err)?;
+    }
+    for t in policy.allowed_content_types().into_iter().flatten() {
+        crate::policy::check_content_type(t).map_err(err)?;
+    }
     let limits = policy.limits();
     for (i, limit) in limits.iter().enumerate() {
         limit.validate().map_err(err)?;
@@ -2853,6 +2867,21 @@ fn is_offence(r: &Rejection) -> bool {
         r.control(),
         Control::Path | Control::Csrf | Control::RateLimit
     ) && r.status() != StatusCode::SERVICE_UNAVAILABLE
+}
+
+/// An `allowed_hosts` entry is a host as `Host` names it, without scheme or port (the check
+/// compares the request's host alone): `api.example.com`, `[::1]`, `127.0.0.1`.
+fn check_allowed_host(host: &str) -> Result<(), String> {
+    let bare = host
+        .parse::<http::uri::Authority>()
+        .ok()
+        .filter(|a| a.port().is_none() && a.host() == host && !host.contains('@'));
+    match bare {
+        Some(_) if !host.is_empty() => Ok(()),
+        _ => Err(format!(
+            "{host:?} is not a host name; write it without scheme or port, such as \"api.example.com\""
+        )),
+    }
 }
 
 /// The parts of the request the response steps need.

@@ -351,6 +351,51 @@ pub enum CspSetting {
     Custom(Arc<Csp>),
 }
 
+/// Checks a content type for a route's allowlist ([`Policy::content_types`]): `type/subtype`
+/// or `type/*`, without parameters; returns it in lower case. One that is not (`"json"`,
+/// `"application/json; charset=utf-8"`) would never match a request, refusing every body.
+///
+/// ```
+/// use portcullis::policy::check_content_type;
+/// assert_eq!(check_content_type("Application/JSON").unwrap(), "application/json");
+/// assert_eq!(check_content_type("image/*").unwrap(), "image/*");
+/// assert!(check_content_type("json").is_err());
+/// assert!(check_content_type("application/json; charset=utf-8").is_err());
+/// ```
+pub fn check_content_type(s: &str) -> Result<String, String> {
+    let t = s.trim().to_ascii_lowercase();
+    let token = |p: &str| {
+        !p.is_empty()
+            && p.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"!#$&-^_.+".contains(&b))
+    };
+    match t.split_once('/') {
+        Some((ty, sub)) if token(ty) && (sub == "*" || token(sub)) => Ok(t),
+        _ => Err(format!(
+            "{s:?} is not a content type; write type/subtype such as \"application/json\""
+        )),
+    }
+}
+
+/// Checks a role a route requires: one a principal can hold, so not empty and without
+/// commas (roles travel comma-joined in `x-portcullis-roles`) or control characters. A role
+/// no principal can hold would shut the route to everyone.
+///
+/// ```
+/// use portcullis::policy::check_role;
+/// assert!(check_role("admin").is_ok());
+/// assert!(check_role("").is_err());
+/// assert!(check_role("admin,ops").is_err());
+/// ```
+pub fn check_role(role: &str) -> Result<(), String> {
+    if role.is_empty() || role.contains(',') || role.chars().any(char::is_control) {
+        return Err(format!(
+            "role {role:?} can never be held: roles are not empty and hold no comma or control character"
+        ));
+    }
+    Ok(())
+}
+
 /// What a route requires.
 ///
 /// ```

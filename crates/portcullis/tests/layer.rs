@@ -350,3 +350,63 @@ async fn grpc_requests_are_refused_with_a_grpc_status() {
         assert!(!res.headers().contains_key("grpc-status"), "{ct}");
     }
 }
+
+/// Settings that would fail closed in silence (every request refused) are refused when the
+/// layer is built, each with its key: a host with a scheme or port, a role no principal can
+/// hold, a content type no request carries.
+#[test]
+fn settings_no_request_could_meet_are_refused_when_built() {
+    let host = |h: &str| {
+        SecurityLayer::builder()
+            .allowed_hosts([h])
+            .build()
+            .map(|_| ())
+            .map_err(|e| (e.key, e.reason))
+    };
+    for bad in [
+        "http://api.example.com",
+        "api.example.com:8443",
+        "",
+        "a b",
+        "user@host",
+    ] {
+        let (key, reason) = host(bad).expect_err(bad);
+        assert_eq!(key, "allowed_hosts");
+        assert!(reason.contains("without scheme or port"), "{reason}");
+    }
+    for good in [
+        "api.example.com",
+        "API.Example.com",
+        "[::1]",
+        "127.0.0.1",
+        "localhost",
+    ] {
+        assert!(host(good).is_ok(), "{good}");
+    }
+
+    let route = |p: Policy| {
+        SecurityLayer::builder()
+            .route("/api/**", p)
+            .build()
+            .map(|_| ())
+            .map_err(|e| (e.key, e.reason))
+    };
+    for roles in [vec![""], vec!["admin,ops"], vec!["ad\nmin"]] {
+        let (key, reason) = route(Policy::preset(Preset::Authenticated).roles(roles.clone()))
+            .expect_err("a role nobody holds");
+        assert_eq!(key, "route \"/api/**\"");
+        assert!(reason.contains("can never be held"), "{roles:?}: {reason}");
+        assert!(route(Policy::preset(Preset::Authenticated).all_roles(roles)).is_err());
+    }
+    for t in ["json", "application/json; charset=utf-8", "*/"] {
+        let (_, reason) = route(Policy::open().content_types([t])).expect_err(t);
+        assert!(reason.contains("not a content type"), "{t}: {reason}");
+    }
+    assert!(route(Policy::open().content_types(["Application/JSON", "text/*"])).is_ok());
+    assert!(route(Policy::preset(Preset::Authenticated).roles(["admin", "ops:read"])).is_ok());
+    let err = SecurityLayer::builder()
+        .default_policy(Policy::open().content_types(["json"]))
+        .build()
+        .expect_err("the default policy is checked too");
+    assert_eq!(err.key, "default_policy");
+}

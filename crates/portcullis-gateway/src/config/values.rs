@@ -662,7 +662,8 @@ pub fn check_label(s: &str) -> Result<String, String> {
     }
 }
 
-/// Checks a content type for the allowlist: `type/subtype` or `type/*`.
+/// Checks a content type for the allowlist: `type/subtype` or `type/*` (the library's
+/// check, which `SecurityLayerBuilder::build` applies too).
 ///
 /// ```
 /// use portcullis_gateway::config::values::check_content_type;
@@ -670,20 +671,7 @@ pub fn check_label(s: &str) -> Result<String, String> {
 /// assert_eq!(check_content_type("image/*").unwrap(), "image/*");
 /// assert!(check_content_type("json").is_err());
 /// ```
-pub fn check_content_type(s: &str) -> Result<String, String> {
-    let t = s.trim().to_ascii_lowercase();
-    let token = |p: &str| {
-        !p.is_empty()
-            && p.bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b"!#$&-^_.+".contains(&b))
-    };
-    match t.split_once('/') {
-        Some((ty, sub)) if token(ty) && (sub == "*" || token(sub)) => Ok(t),
-        _ => Err(format!(
-            "{s:?} is not a content type; write type/subtype such as \"application/json\""
-        )),
-    }
-}
+pub use portcullis::policy::check_content_type;
 
 /// Parses `sha256:<64 hex>` into the digest.
 ///
