@@ -1402,6 +1402,23 @@ impl SecurityLayerBuilder {
         for (pattern, policy) in &self.routes {
             check_policy(&format!("route {pattern:?}"), policy)?;
         }
+        if let Some(t) = &self.failed_auth
+            && t.window().is_zero()
+        {
+            return Err(BuildError {
+                key: "failed_auth".to_string(),
+                reason: "needs a window longer than zero (a zero window never blocks)".to_string(),
+            });
+        }
+        if let Some(b) = &self.bans
+            && (b.within().is_zero() || b.ban_for().is_zero())
+        {
+            return Err(BuildError {
+                key: "ban_list".to_string(),
+                reason: "needs a window and a ban longer than zero (else nobody is ever banned)"
+                    .to_string(),
+            });
+        }
         for host in self.allowed_hosts.iter().flatten() {
             check_allowed_host(host).map_err(|reason| BuildError {
                 key: "allowed_hosts".to_string(),

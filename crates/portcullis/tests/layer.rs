@@ -410,3 +410,38 @@ fn settings_no_request_could_meet_are_refused_when_built() {
         .expect_err("the default policy is checked too");
     assert_eq!(err.key, "default_policy");
 }
+
+/// A brute-force limit or a ban list with a zero window would never block anyone.
+#[test]
+fn zero_windows_of_the_failed_auth_limit_and_the_ban_list_are_refused() {
+    use std::time::Duration;
+    let minute = Duration::from_secs(60);
+    let tracker = |window| {
+        Some(Arc::new(portcullis::auth::FailedAuthTracker::new(
+            5, window,
+        )))
+    };
+    let err = SecurityLayer::builder()
+        .failed_auth(tracker(Duration::ZERO))
+        .build()
+        .expect_err("a zero window");
+    assert_eq!(err.key, "failed_auth");
+    assert!(
+        SecurityLayer::builder()
+            .failed_auth(tracker(minute))
+            .build()
+            .is_ok()
+    );
+    let bans = |within, ban_for| {
+        SecurityLayer::builder()
+            .ban_list(Some(Arc::new(portcullis::ban::BanList::new(
+                3, within, ban_for,
+            ))))
+            .build()
+            .map(|_| ())
+            .map_err(|e| e.key)
+    };
+    assert_eq!(bans(Duration::ZERO, minute), Err("ban_list".to_string()));
+    assert_eq!(bans(minute, Duration::ZERO), Err("ban_list".to_string()));
+    assert_eq!(bans(minute, minute), Ok(()));
+}
