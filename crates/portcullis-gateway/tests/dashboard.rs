@@ -419,3 +419,38 @@ async fn an_admin_token_guards_everything_but_the_health_checks() {
     assert_eq!(delete(None).await.status, StatusCode::UNAUTHORIZED);
     assert_eq!(delete(Some(&bearer)).await.status, StatusCode::OK);
 }
+
+/// An audit log sent to stdout cannot be read back: the dashboard says so (and still shows
+/// the counters and bans) instead of failing.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_log_that_cannot_be_read_back_is_named_not_failed() {
+    let up = Upstream::start().await;
+    let admin = free_port();
+    let port = free_port();
+    let text = config(
+        port,
+        up.addr,
+        &format!("admin_listen = \"127.0.0.1:{admin}\""),
+        "[storage]\naudit = \"stdout\"\n",
+    );
+    let gw = Gateway::start(port, &text).await;
+    assert!(
+        gw.wait_log("admin listening on", Duration::from_secs(2))
+            .await
+    );
+    let admin = format!("http://127.0.0.1:{admin}");
+    let v = get(&format!("{admin}/api/summary"), &[]).await.json();
+    assert_eq!(v["summary"], serde_json::Value::Null, "{v}");
+    assert!(
+        v["summary_error"]
+            .as_str()
+            .unwrap()
+            .contains("not supported by this audit store"),
+        "{v}"
+    );
+    assert_eq!(v["counters"]["rate_limit"]["limited"], 0, "{v}");
+    let r = get(&format!("{admin}/api/events"), &[]).await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(r.json()["status"], "unreadable", "{}", r.text());
+    assert_eq!(r.json()["events"], serde_json::json!([]));
+}
