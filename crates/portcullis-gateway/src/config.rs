@@ -339,7 +339,8 @@ pub struct ServerConfig {
     pub trusted_proxies: Vec<String>,
     /// Accepted `Host` values (empty: any).
     pub allowed_hosts: Vec<String>,
-    /// The admin listener (health, readiness); `127.0.0.1:9901` unless set, `false` for none.
+    /// The admin listener (health, readiness, metrics, bans, the dashboard); `127.0.0.1:9901`
+    /// unless set, `false` for none.
     pub admin_listen: Option<SocketAddr>,
     /// True when `admin_listen` was written in the file (then failing to bind it is fatal).
     pub admin_listen_explicit: bool,

@@ -1,4 +1,5 @@
-//! The admin listener, separate from traffic: `/healthz`, `/readyz`, `/metrics` and `/bans`.
+//! The admin listener, separate from traffic: `/healthz`, `/readyz`, `/metrics`, `/bans` and
+//! the dashboard.
 //!
 //! - `GET /healthz` → 200 `{"status":"ok"}` while the process serves.
 //! - `GET /readyz` → whether the gateway can serve traffic now (upstream and stores
@@ -52,8 +53,8 @@
 //! (any user name), which browsers prompt for; else 401 with a Basic challenge.
 //!
 //! Anything else is 404. Every answer carries `X-Content-Type-Options: nosniff`,
-//! `X-Frame-Options: DENY`, `Referrer-Policy: no-referrer` and
-//! `Cross-Origin-Resource-Policy: same-origin`. Bind it to loopback or a private network: it
+//! `X-Frame-Options: DENY`, `Referrer-Policy: no-referrer`,
+//! `Cross-Origin-Resource-Policy: same-origin` and `Cross-Origin-Opener-Policy: same-origin`. Bind it to loopback or a private network: it
 //! is not behind the security layer.
 
 use std::convert::Infallible;
