@@ -39,7 +39,10 @@
 //!
 //! Response bodies stream without a deadline (downloads, server-sent events); a connection
 //! with a response in flight is never closed as idle, unless its client stops taking the
-//! response's bytes for `idle_timeout` (see [`crate::server`]). A WebSocket tunnel is closed
+//! response's bytes for `idle_timeout` (see [`crate::server`]); over HTTP/2, where one stream
+//! can stall while its connection stays busy, each stream is watched alone and reset (its
+//! upstream body dropped) when its client takes nothing for `idle_timeout`. A WebSocket
+//! tunnel is closed
 //! (both sides) once no byte has crossed it either way for `tunnel_idle_timeout` (default
 //! 5 min): an idle tunnel would otherwise hold its connection slot and an upstream
 //! connection forever. Applications that keep quiet sockets open send pings within it.
@@ -221,6 +224,9 @@ struct ProxyInner {
     request_timeout: Duration,
     /// How long a WebSocket tunnel may stay silent both ways.
     tunnel_idle_timeout: Duration,
+    /// How long an HTTP/2 client may leave its response's next bytes untaken
+    /// (`idle_timeout`).
+    stream_stall_timeout: Duration,
     upstream_kind: UpstreamKind,
     /// The CSP of each route, for the Next.js request header.
     csps: RouteCsps,
@@ -399,6 +405,7 @@ impl Proxy {
                 upstream_timeout: server.upstream_timeout,
                 request_timeout: server.request_timeout,
                 tunnel_idle_timeout: server.tunnel_idle_timeout,
+                stream_stall_timeout: server.idle_timeout,
                 upstream_kind: server.upstream_kind,
                 csps,
                 rewriter,
@@ -481,6 +488,7 @@ impl Proxy {
         // Looked up when an answer or a log line needs it (most requests need neither).
         let request_id = || RequestId::of(&extensions).map_or("", RequestId::as_str);
         let upgrade = parts.version == Version::HTTP_11 && is_upgrade(&parts.headers);
+        let http2 = parts.version == Version::HTTP_2;
         let method = parts.method.clone();
 
         // A request without a body (most GETs) needs no deadline or progress on it.
@@ -594,7 +602,15 @@ impl Proxy {
             }
         }
         let res = Response::from_parts(rparts, rbody);
-        self.transform_response(res, &extensions, &method)
+        let res = self.transform_response(res, &extensions, &method);
+        if http2 && !res.body().is_end_stream() {
+            // One HTTP/2 stream can stop taking its response while its connection stays
+            // busy (other streams, pings): the connection's watchdog cannot see it.
+            let (parts, body) = res.into_parts();
+            let guarded = StallGuard::start(body, self.inner.stream_stall_timeout, request_id());
+            return Response::from_parts(parts, UnsyncBoxBody::new(guarded));
+        }
+        res
     }
 
     /// The nonce on the upstream request: the CSP header for Next.js, or a plain-HTML ask
@@ -1118,6 +1134,110 @@ impl<T: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for Heard<T> {
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+}
+
+/// An HTTP/2 response body whose client must keep taking it: when the server has handed
+/// the client a frame (or the head) and not asked for the next one for `limit` — the
+/// stream's flow-control window stays shut — the upstream body is dropped (its connection
+/// closed) and the stream ends in an error. Waiting on the upstream (a quiet event stream,
+/// a long poll) is never a stall: the server is asking then.
+struct StallGuard {
+    shared: Arc<StallShared>,
+}
+
+struct StallShared {
+    body: std::sync::Mutex<Option<ProxyBody>>,
+    start: Instant,
+    /// Milliseconds since `start` when the server last got a frame (or the head), so waits
+    /// on the client from then; [`StallShared::ASKING`] while it waits on the upstream;
+    /// [`StallShared::DONE`] once the body has ended.
+    handed_ms: AtomicU64,
+}
+
+impl StallShared {
+    const ASKING: u64 = u64::MAX;
+    const DONE: u64 = u64::MAX - 1;
+
+    fn now_ms(&self) -> u64 {
+        u64::try_from(self.start.elapsed().as_millis()).unwrap_or(Self::DONE - 1)
+    }
+}
+
+impl StallGuard {
+    /// Wraps `body` and starts its watchdog.
+    fn start(body: ProxyBody, limit: Duration, request_id: &str) -> StallGuard {
+        let shared = Arc::new(StallShared {
+            body: std::sync::Mutex::new(Some(body)),
+            start: Instant::now(),
+            handed_ms: AtomicU64::new(0),
+        });
+        let watched = Arc::downgrade(&shared);
+        let request_id = request_id.to_string();
+        tokio::spawn(async move {
+            let tick = (limit / 4).max(Duration::from_millis(10));
+            loop {
+                tokio::time::sleep(tick).await;
+                // The response went away (finished, or the stream was reset): done.
+                let Some(shared) = watched.upgrade() else {
+                    return;
+                };
+                let handed = shared.handed_ms.load(Ordering::Relaxed);
+                if handed == StallShared::DONE {
+                    return;
+                }
+                if handed != StallShared::ASKING
+                    && shared.now_ms().saturating_sub(handed)
+                        >= u64::try_from(limit.as_millis()).unwrap_or(u64::MAX)
+                {
+                    let body = shared.body.lock().unwrap_or_else(|p| p.into_inner()).take();
+                    drop(body);
+                    tracing::info!(
+                        request_id,
+                        "an HTTP/2 client took no byte of its response within the idle timeout: stream ended"
+                    );
+                    return;
+                }
+            }
+        });
+        StallGuard { shared }
+    }
+}
+
+impl Body for StallGuard {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let shared = &self.shared;
+        let mut slot = shared.body.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(body) = slot.as_mut() else {
+            return Poll::Ready(Some(Err("the client stopped taking the response".into())));
+        };
+        let polled = Pin::new(body).poll_frame(cx);
+        let handed = match &polled {
+            Poll::Pending => StallShared::ASKING,
+            Poll::Ready(Some(Ok(_))) => shared.now_ms(),
+            Poll::Ready(_) => StallShared::DONE,
+        };
+        shared.handed_ms.store(handed, Ordering::Relaxed);
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        let slot = self.shared.body.lock().unwrap_or_else(|p| p.into_inner());
+        // A body dropped for a stall has not ended: the next poll says why, so the stream
+        // is reset rather than closed as if complete.
+        slot.as_ref().is_some_and(|b| b.is_end_stream())
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        let slot = self.shared.body.lock().unwrap_or_else(|p| p.into_inner());
+        slot.as_ref()
+            .map_or_else(SizeHint::default, |b| b.size_hint())
     }
 }
 

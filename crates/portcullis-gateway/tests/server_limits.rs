@@ -423,6 +423,64 @@ async fn a_client_that_stops_reading_its_response_is_closed_at_idle_timeout() {
     }
 }
 
+/// The same over HTTP/2, per stream: a stream whose client leaves its window shut ends (reset,
+/// never cut short as if complete) at `idle_timeout`, its upstream connection released, while
+/// another stream of the same connection, read slowly but steadily, keeps going.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_http2_stream_whose_client_stops_reading_ends_at_idle_timeout() {
+    use http_body_util::BodyExt;
+    const SIZE: u64 = 64 * 1024 * 1024;
+    let up = Upstream::start().await;
+    let gw = gateway(&up, "idle_timeout = \"1s\"").await;
+    let h2 = h2_client();
+    let get_big = || {
+        h2.request(
+            http::Request::get(gw.url(&format!("/big/{SIZE}")))
+                .body(full(""))
+                .unwrap(),
+        )
+    };
+    let stalled = get_big().await.expect("an answer");
+    let steady = get_big().await.expect("an answer");
+    assert_eq!(stalled.version(), http::Version::HTTP_2);
+    assert_eq!(stalled.status(), StatusCode::OK);
+    let mut steady = steady.into_body();
+    let mut steady_got = 0usize;
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_secs(3) {
+        let frame = tokio::time::timeout(Duration::from_secs(2), steady.frame())
+            .await
+            .expect("the steady reader's response keeps coming")
+            .expect("more of it")
+            .expect("not reset");
+        steady_got += frame.data_ref().map_or(0, |d| d.len());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(steady_got > 0);
+    // The stalled stream: what its window let through, then an error, far short of SIZE.
+    let mut stalled = stalled.into_body();
+    let mut got = 0u64;
+    let ended_in_error = loop {
+        match tokio::time::timeout(Duration::from_secs(5), stalled.frame()).await {
+            Ok(Some(Ok(f))) => got += f.data_ref().map_or(0, |d| d.len() as u64),
+            Ok(Some(Err(_))) => break true,
+            Ok(None) => break false,
+            Err(_) => panic!("the stalled stream is still open after {got} bytes"),
+        }
+        assert!(got < SIZE / 2, "the stalled stream kept coming");
+    };
+    assert!(
+        ended_in_error,
+        "reset, not ended as if complete ({got} bytes)"
+    );
+    assert!(
+        gw.wait_log("took no byte of its response", Duration::from_secs(2))
+            .await,
+        "{}",
+        gw.logs()
+    );
+}
+
 /// The proxy's own refusals — 504 for an upstream too slow to answer, 408 for a body too slow
 /// to arrive, 400 for a body that broke off — are audited like the layer's: `denied`, with
 /// their code, the route and path, and the request id the answer carried.
