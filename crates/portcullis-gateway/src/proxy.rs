@@ -1144,6 +1144,14 @@ impl<T: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for Heard<T> {
 /// a long poll) is never a stall: the server is asking then.
 struct StallGuard {
     shared: Arc<StallShared>,
+    /// The watchdog, stopped with the body: a finished response leaves no task behind.
+    watchdog: tokio::task::AbortHandle,
+}
+
+impl Drop for StallGuard {
+    fn drop(&mut self) {
+        self.watchdog.abort();
+    }
 }
 
 struct StallShared {
@@ -1174,7 +1182,7 @@ impl StallGuard {
         });
         let watched = Arc::downgrade(&shared);
         let request_id = request_id.to_string();
-        tokio::spawn(async move {
+        let watchdog = tokio::spawn(async move {
             let tick = (limit / 4).max(Duration::from_millis(10));
             loop {
                 tokio::time::sleep(tick).await;
@@ -1200,7 +1208,10 @@ impl StallGuard {
                 }
             }
         });
-        StallGuard { shared }
+        StallGuard {
+            shared,
+            watchdog: watchdog.abort_handle(),
+        }
     }
 }
 
