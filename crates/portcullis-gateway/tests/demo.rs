@@ -111,15 +111,19 @@ impl Demo {
         line.trim_end_matches('\'').to_string()
     }
 
+    /// The word printed after `label` at the start of a banner line (`Config`, `Admin`).
+    fn printed(&self, label: &str) -> String {
+        let out = self.output();
+        out.lines()
+            .find_map(|l| l.trim().strip_prefix(label))
+            .and_then(|rest| rest.split_whitespace().next())
+            .unwrap_or_else(|| panic!("no {label} line in the banner:\n{out}"))
+            .to_string()
+    }
+
     /// The path printed after `Config`.
     fn printed_config(&self) -> PathBuf {
-        let out = self.output();
-        let path = out
-            .lines()
-            .find_map(|l| l.trim().strip_prefix("Config"))
-            .and_then(|rest| rest.split_whitespace().next())
-            .unwrap_or_else(|| panic!("no config path in the banner:\n{out}"));
-        PathBuf::from(path)
+        PathBuf::from(self.printed("Config"))
     }
 
     fn url(&self, path: &str) -> String {
@@ -310,13 +314,7 @@ async fn the_printed_delete_line_gets_405_with_allow() {
 #[tokio::test]
 async fn the_printed_admin_url_serves_the_dashboard() {
     let demo = Demo::start().await;
-    let out = demo.output();
-    let admin = out
-        .lines()
-        .find_map(|l| l.trim().strip_prefix("Admin"))
-        .and_then(|rest| rest.split_whitespace().next())
-        .unwrap_or_else(|| panic!("no admin URL in the banner:\n{out}"))
-        .to_string();
+    let admin = demo.printed("Admin");
     let page = common::get(&admin, &[]).await;
     assert_eq!(page.status, StatusCode::OK);
     assert!(page.text().contains("<title>Portcullis admin</title>"));
