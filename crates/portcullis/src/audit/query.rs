@@ -313,17 +313,7 @@ impl AuditQuery {
         };
         let cond = |f: &mut SqlFilter, sql: &str, p: SqlParam| {
             f.params.push(p);
-            let n = f.params.len();
-            let ph = match dialect {
-                Dialect::Sqlite => format!("?{n}"),
-                Dialect::Postgres => format!("${n}"),
-            };
-            f.clause.push_str(if f.clause.is_empty() {
-                " WHERE "
-            } else {
-                " AND "
-            });
-            f.clause.push_str(&sql.replace("{}", &ph));
+            f.and(&sql.replace("{}", &dialect.placeholder(f.params.len())));
         };
         let ts = |op: &str| match dialect {
             Dialect::Sqlite => format!("ts {op} {{}}"),
@@ -348,18 +338,11 @@ impl AuditQuery {
         }
         if let Some(r) = &self.route {
             // Same parameter twice: SQLite's ?N and Postgres' $N may be repeated.
-            f.params.push(SqlParam::Text(r.clone()));
-            let n = f.params.len();
-            let ph = match dialect {
-                Dialect::Sqlite => format!("?{n}"),
-                Dialect::Postgres => format!("${n}"),
-            };
-            f.clause.push_str(if f.clause.is_empty() {
-                " WHERE "
-            } else {
-                " AND "
-            });
-            f.clause.push_str(&format!("(route = {ph} OR path = {ph})"));
+            cond(
+                &mut f,
+                "(route = {} OR path = {})",
+                SqlParam::Text(r.clone()),
+            );
         }
         f
     }
@@ -400,6 +383,43 @@ pub struct SqlFilter {
     pub clause: String,
     /// The parameters, `?1`/`$1` first.
     pub params: Vec<SqlParam>,
+}
+
+impl Dialect {
+    /// The placeholder of the `n`th parameter (from 1): `?n` or `$n`.
+    ///
+    /// ```
+    /// use portcullis::audit::query::Dialect;
+    /// assert_eq!(Dialect::Sqlite.placeholder(2), "?2");
+    /// assert_eq!(Dialect::Postgres.placeholder(2), "$2");
+    /// ```
+    pub fn placeholder(self, n: usize) -> String {
+        match self {
+            Dialect::Sqlite => format!("?{n}"),
+            Dialect::Postgres => format!("${n}"),
+        }
+    }
+}
+
+impl SqlFilter {
+    /// Adds `cond` to the clause: ` WHERE cond` when it is empty, else ` AND cond`.
+    ///
+    /// ```
+    /// use portcullis::audit::AuditQuery;
+    /// use portcullis::audit::query::Dialect;
+    /// let mut f = AuditQuery::new().sql_filter(Dialect::Sqlite);
+    /// f.and("outcome = 'denied'");
+    /// f.and("client_ip IS NOT NULL");
+    /// assert_eq!(f.clause, " WHERE outcome = 'denied' AND client_ip IS NOT NULL");
+    /// ```
+    pub fn and(&mut self, cond: &str) {
+        self.clause.push_str(if self.clause.is_empty() {
+            " WHERE "
+        } else {
+            " AND "
+        });
+        self.clause.push_str(cond);
+    }
 }
 
 /// One bound parameter.

@@ -388,7 +388,7 @@ impl Summarizer {
                 count,
             })
             .collect();
-        let mut offenders: Vec<Offender> = self
+        let offenders: Vec<Offender> = self
             .offenders
             .into_iter()
             .map(|(client_ip, t)| Offender {
@@ -405,8 +405,6 @@ impl Summarizer {
                     .collect(),
             })
             .collect();
-        offenders.sort_by(offender_order);
-        offenders.truncate(top);
         let named = |m: HashMap<String, u64>| -> Vec<NamedCount> {
             m.into_iter()
                 .map(|(name, count)| NamedCount { name, count })
@@ -518,10 +516,7 @@ pub(crate) struct SummarySql {
 impl SummarySql {
     pub(crate) fn new(q: &SummaryQuery, dialect: Dialect) -> Self {
         let base = q.window().sql_filter(dialect);
-        let ph = |n: usize| match dialect {
-            Dialect::Sqlite => format!("?{n}"),
-            Dialect::Postgres => format!("${n}"),
-        };
+        let ph = |n: usize| dialect.placeholder(n);
         let (ts_ms, max_ts_ms, bytes) = match dialect {
             Dialect::Sqlite => ("ts", "max(ts)".to_string(), ""),
             Dialect::Postgres => (
@@ -533,19 +528,15 @@ impl SummarySql {
         // Appends ` AND cond` (or ` WHERE cond`) to the window's clause, with extra params
         // numbered after the window's.
         let stmt = |select: &str, cond: &str, rest: &str, extra: Vec<SqlParam>| {
-            let mut sql = format!("{select} FROM audit_events{}", base.clause);
+            let mut f = base.clone();
             if !cond.is_empty() {
-                sql.push_str(if base.clause.is_empty() {
-                    " WHERE "
-                } else {
-                    " AND "
-                });
-                sql.push_str(cond);
+                f.and(cond);
             }
-            sql.push_str(rest);
-            let mut params = base.params.clone();
-            params.extend(extra);
-            SqlStatement { sql, params }
+            f.params.extend(extra);
+            SqlStatement {
+                sql: format!("{select} FROM audit_events{}{rest}", f.clause),
+                params: f.params,
+            }
         };
         let n = base.params.len();
         let (p1, p2) = (ph(n + 1), ph(n + 2));
@@ -611,31 +602,26 @@ impl SummarySql {
     /// `(client_ip, action, count)` of the denied events of `ips` in the window: the
     /// offenders' breakdown, one statement whatever their number.
     pub(crate) fn offender_actions(&self, ips: &[String]) -> SqlStatement {
-        let base = self.query.window().sql_filter(self.dialect);
-        let ph = |n: usize| match self.dialect {
-            Dialect::Sqlite => format!("?{n}"),
-            Dialect::Postgres => format!("${n}"),
-        };
-        let mut params = base.params;
-        params.push(SqlParam::Text(Outcome::Denied.as_str().into()));
-        let outcome = ph(params.len());
+        let mut f = self.query.window().sql_filter(self.dialect);
+        f.params
+            .push(SqlParam::Text(Outcome::Denied.as_str().into()));
+        let outcome = self.dialect.placeholder(f.params.len());
         let mut list = Vec::with_capacity(ips.len());
         for ip in ips {
-            params.push(SqlParam::Text(ip.clone()));
-            list.push(ph(params.len()));
+            f.params.push(SqlParam::Text(ip.clone()));
+            list.push(self.dialect.placeholder(f.params.len()));
         }
-        let sql = format!(
-            "SELECT client_ip, action, count(*) FROM audit_events{}{}outcome = {outcome} \
-             AND client_ip IN ({}) GROUP BY client_ip, action",
-            base.clause,
-            if base.clause.is_empty() {
-                " WHERE "
-            } else {
-                " AND "
-            },
+        f.and(&format!(
+            "outcome = {outcome} AND client_ip IN ({})",
             list.join(", ")
-        );
-        SqlStatement { sql, params }
+        ));
+        SqlStatement {
+            sql: format!(
+                "SELECT client_ip, action, count(*) FROM audit_events{} GROUP BY client_ip, action",
+                f.clause
+            ),
+            params: f.params,
+        }
     }
 
     /// Assembles the statements' rows into the summary, in the fold's orders.
