@@ -496,14 +496,14 @@ impl AuditStore for PostgresAuditStore {
                 })
             })
             .await?;
-            let offender_actions = if offenders.is_empty() {
-                Vec::new()
-            } else {
-                let ips: Vec<String> = offenders.iter().map(|o| o.client_ip.clone()).collect();
-                rows(self, &sql.offender_actions(&ips), |r| {
-                    Ok((r.try_get(0)?, r.try_get(1)?, count(r.try_get(2)?)))
-                })
-                .await?
+            let offender_actions = match sql.offender_actions(&offenders) {
+                Some(st) => {
+                    rows(self, &st, |r| {
+                        Ok((r.try_get(0)?, r.try_get(1)?, count(r.try_get(2)?)))
+                    })
+                    .await?
+                }
+                None => Vec::new(),
             };
             let denied_users = named(self, &sql.denied_users).await?;
             let rate_limited_routes = named(self, &sql.rate_limited_routes).await?;

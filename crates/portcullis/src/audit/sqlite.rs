@@ -292,13 +292,9 @@ fn summary_rows(c: &mut Connection, sql: &SummarySql) -> rusqlite::Result<Summar
             actions: Vec::new(),
         })
     })?;
-    let offender_actions = if offenders.is_empty() {
-        Vec::new()
-    } else {
-        let ips: Vec<String> = offenders.iter().map(|o| o.client_ip.clone()).collect();
-        rows(&tx, &sql.offender_actions(&ips), |r| {
-            Ok((r.get(0)?, r.get(1)?, count(r.get(2)?)))
-        })?
+    let offender_actions = match sql.offender_actions(&offenders) {
+        Some(st) => rows(&tx, &st, |r| Ok((r.get(0)?, r.get(1)?, count(r.get(2)?))))?,
+        None => Vec::new(),
     };
     let denied_users = named(&tx, &sql.denied_users)?;
     let rate_limited_routes = named(&tx, &sql.rate_limited_routes)?;

@@ -599,29 +599,32 @@ impl SummarySql {
         }
     }
 
-    /// `(client_ip, action, count)` of the denied events of `ips` in the window: the
-    /// offenders' breakdown, one statement whatever their number.
-    pub(crate) fn offender_actions(&self, ips: &[String]) -> SqlStatement {
+    /// `(client_ip, action, count)` of the denied events of `offenders` in the window: their
+    /// breakdown, one statement whatever their number; `None` without offenders.
+    pub(crate) fn offender_actions(&self, offenders: &[Offender]) -> Option<SqlStatement> {
+        if offenders.is_empty() {
+            return None;
+        }
         let mut f = self.query.window().sql_filter(self.dialect);
         f.params
             .push(SqlParam::Text(Outcome::Denied.as_str().into()));
         let outcome = self.dialect.placeholder(f.params.len());
-        let mut list = Vec::with_capacity(ips.len());
-        for ip in ips {
-            f.params.push(SqlParam::Text(ip.clone()));
+        let mut list = Vec::with_capacity(offenders.len());
+        for o in offenders {
+            f.params.push(SqlParam::Text(o.client_ip.clone()));
             list.push(self.dialect.placeholder(f.params.len()));
         }
         f.and(&format!(
             "outcome = {outcome} AND client_ip IN ({})",
             list.join(", ")
         ));
-        SqlStatement {
+        Some(SqlStatement {
             sql: format!(
                 "SELECT client_ip, action, count(*) FROM audit_events{} GROUP BY client_ip, action",
                 f.clause
             ),
             params: f.params,
-        }
+        })
     }
 
     /// Assembles the statements' rows into the summary, in the fold's orders.
@@ -1002,8 +1005,17 @@ mod tests {
         );
         assert!(sql.offenders.sql.ends_with("LIMIT $4"));
         assert_eq!(sql.offenders.params.len(), 4);
-        let a = sql.offender_actions(&["x".into(), "y".into()]);
+        let offender = |ip: &str| Offender {
+            client_ip: ip.into(),
+            denied: 1,
+            last_ms: 0,
+            actions: Vec::new(),
+        };
+        let a = sql
+            .offender_actions(&[offender("x"), offender("y")])
+            .expect("a statement");
         assert!(a.sql.contains("client_ip IN ($4, $5)"), "{}", a.sql);
         assert_eq!(a.params.len(), 5);
+        assert!(sql.offender_actions(&[]).is_none());
     }
 }
