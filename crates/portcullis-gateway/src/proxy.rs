@@ -42,10 +42,10 @@
 //! response's bytes for `idle_timeout` (see [`crate::server`]); over HTTP/2, where one stream
 //! can stall while its connection stays busy, each stream is watched alone and reset (its
 //! upstream body dropped) when its client takes nothing for `idle_timeout`. A WebSocket
-//! tunnel is closed
-//! (both sides) once no byte has crossed it either way for `tunnel_idle_timeout` (default
-//! 5 min): an idle tunnel would otherwise hold its connection slot and an upstream
-//! connection forever. Applications that keep quiet sockets open send pings within it.
+//! tunnel is closed (both sides) once no byte has crossed it either way for
+//! `tunnel_idle_timeout` (default 5 min): an idle tunnel would otherwise hold its connection
+//! slot and an upstream connection forever. Applications that keep quiet sockets open send
+//! pings within it.
 //!
 //! # The CSP nonce and the upstream's HTML
 //!
@@ -1060,7 +1060,7 @@ async fn tunnel(client: OnUpgrade, upstream: OnUpgrade, request_id: String, idle
         }
     };
     let start = Instant::now();
-    let heard = Arc::new(AtomicU64::new(0));
+    let heard = AtomicU64::new(0);
     let mut client = Heard::new(TokioIo::new(client), &heard, start);
     let mut upstream = Heard::new(TokioIo::new(upstream), &heard, start);
     let copy = tokio::io::copy_bidirectional(&mut client, &mut upstream);
@@ -1086,24 +1086,21 @@ async fn tunnel(client: OnUpgrade, upstream: OnUpgrade, request_id: String, idle
     }
 }
 
-/// An upgraded connection that notes, in milliseconds since `start`, when it last read a byte.
-struct Heard<T> {
+/// An upgraded connection that notes, in milliseconds since `start`, when it last read a
+/// byte (in `heard`, which both sides of a tunnel share).
+struct Heard<'a, T> {
     io: T,
-    heard: Arc<AtomicU64>,
+    heard: &'a AtomicU64,
     start: Instant,
 }
 
-impl<T> Heard<T> {
-    fn new(io: T, heard: &Arc<AtomicU64>, start: Instant) -> Self {
-        Heard {
-            io,
-            heard: heard.clone(),
-            start,
-        }
+impl<'a, T> Heard<'a, T> {
+    fn new(io: T, heard: &'a AtomicU64, start: Instant) -> Self {
+        Heard { io, heard, start }
     }
 }
 
-impl<T: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for Heard<T> {
+impl<T: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for Heard<'_, T> {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -1119,7 +1116,7 @@ impl<T: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for Heard<T> {
     }
 }
 
-impl<T: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for Heard<T> {
+impl<T: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for Heard<'_, T> {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
