@@ -383,17 +383,12 @@ fn print_summary(s: &AuditSummary, store: &str, format: Format) {
         return;
     }
     let rfc3339 = portcullis::audit::format_rfc3339_ms;
-    let denied: u64 = s
-        .by_action
-        .iter()
-        .filter(|a| a.outcome == "denied")
-        .map(|a| a.count)
-        .sum();
     let mut text = format!(
-        "{} to {} ({store}): {} events, {denied} denied{}\n",
+        "{} to {} ({store}): {} events, {} denied{}\n",
         rfc3339(s.since_ms),
         rfc3339(s.until_ms),
         s.total,
+        s.denied,
         if s.truncated {
             "; counted from the newest events only"
         } else {

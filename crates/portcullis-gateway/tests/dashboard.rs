@@ -120,6 +120,7 @@ async fn summary_and_events_count_what_was_refused() {
     let user = refusals(&gw).await;
     let v = summary_with(&admin, 6).await;
     let s = &v["summary"];
+    assert_eq!(s["denied"], 6, "{v}");
     assert_eq!(count(&v, "rate_limit_exceeded"), 2, "{v}");
     assert_eq!(count(&v, "method_not_allowed"), 1, "{v}");
     assert_eq!(count(&v, "forbidden"), 1, "{v}");

@@ -229,6 +229,8 @@ pub struct AuditSummary {
     pub bucket_ms: u64,
     /// All events in the window.
     pub total: u64,
+    /// The `denied` ones among them.
+    pub denied: u64,
     /// Every (action, outcome) pair seen, by count, then action, then outcome. The database
     /// stores count the names as stored, so a name this version does not know appears as is
     /// (where `query` would read it as `security_event` or `denied`).
@@ -269,7 +271,7 @@ pub struct AuditSummary {
 /// s.add(&event(1_600, "203.0.113.7"));
 /// s.add(&event(2_000, "198.51.100.1")); // the end is exclusive
 /// let summary = s.finish();
-/// assert_eq!(summary.total, 2);
+/// assert_eq!((summary.total, summary.denied), (2, 2));
 /// assert_eq!(summary.denied_timeline, [1, 1]);
 /// assert_eq!(summary.offenders[0].client_ip, "203.0.113.7");
 /// assert_eq!(summary.offenders[0].last_ms, 1_600);
@@ -415,6 +417,7 @@ impl Summarizer {
             until_ms: self.query.until_ms,
             bucket_ms: self.bucket_ms,
             total: self.total,
+            denied: 0,
             by_action,
             offenders,
             denied_users: named(self.denied_users),
@@ -448,6 +451,12 @@ fn offender_order(a: &Offender, b: &Offender) -> Ordering {
 /// Sorts every list and cuts the top lists to `top`: the one place the orders are decided, for
 /// the fold and the SQL stores alike (whose SQL orders and limits the same way).
 fn normalize(s: &mut AuditSummary, top: usize) {
+    s.denied = s
+        .by_action
+        .iter()
+        .filter(|a| a.outcome == Outcome::Denied.as_str())
+        .map(|a| a.count)
+        .sum();
     s.by_action.sort_by(|a, b| {
         b.count
             .cmp(&a.count)
@@ -653,6 +662,7 @@ impl SummarySql {
             until_ms: q.until_ms,
             bucket_ms: q.bucket_ms(),
             total: rows.by_action.iter().map(|a| a.count).sum(),
+            denied: 0,
             by_action: rows.by_action,
             offenders,
             denied_users: rows.denied_users,
