@@ -186,8 +186,9 @@ impl SqliteAuditStore {
         &self,
         f: impl FnOnce(&mut Connection) -> rusqlite::Result<T> + Send + 'static,
     ) -> BoxFuture<'static, Result<T, AuditError>> {
+        // `:memory:` and `""` (a private temporary file) exist on their one connection.
         let name = self.path.as_os_str();
-        if name.is_empty() || name == ":memory:" || name.to_string_lossy().contains("mode=memory") {
+        if name.is_empty() || name == ":memory:" {
             return self.blocking(f);
         }
         let reader = self.reader.clone();
