@@ -4,7 +4,9 @@
 //! `X-Forwarded-For` is walked from the right, skipping trusted hops, and the first untrusted
 //! hop is the client: a value the client wrote itself (the leftmost entries) can never choose
 //! the key. IPv4-mapped IPv6 addresses (`::ffff:1.2.3.4`) count as IPv4, and rate-limit keys
-//! group IPv6 clients by /64, since one subscriber usually holds a whole /64.
+//! group IPv6 clients by /64, since one subscriber usually holds a whole /64 — except NAT64
+//! addresses (`64:ff9b::/96` and the local-use `64:ff9b:1::/48`), where each IPv4 client
+//! behind the translator has its own address: grouped by /64, one abuser would ban them all.
 //!
 //! ```
 //! use portcullis::client_ip::{TrustedProxies, resolve};
@@ -209,6 +211,31 @@ pub fn canonical_ip(ip: IpAddr) -> IpAddr {
     }
 }
 
+/// A NAT64 address ([RFC 6052], [RFC 8215]): one IPv4 client behind a translator.
+///
+/// [RFC 6052]: https://www.rfc-editor.org/rfc/rfc6052
+/// [RFC 8215]: https://www.rfc-editor.org/rfc/rfc8215
+enum Nat64 {
+    /// In the well-known prefix `64:ff9b::/96`, carrying this IPv4 address in its last 32 bits.
+    WellKnown(Ipv4Addr),
+    /// In the local-use `64:ff9b:1::/48`, where the operator's prefix length places the IPv4
+    /// address: the whole address stands for one client.
+    LocalUse,
+}
+
+/// Whether `ip` is a NAT64 address, and of which kind.
+fn nat64(ip: Ipv6Addr) -> Option<Nat64> {
+    let bits = u128::from(ip);
+    if bits >> 32 == 0x0064_ff9b_0000_0000_0000_0000 {
+        // The low 32 bits are the IPv4 address; truncation is the point.
+        Some(Nat64::WellKnown(Ipv4Addr::from(bits as u32)))
+    } else if bits >> 80 == 0x0064_ff9b_0001 {
+        Some(Nat64::LocalUse)
+    } else {
+        None
+    }
+}
+
 /// Appends `ip` as text, exactly as its `Display` writes it (see [`IpText`]).
 ///
 /// ```
@@ -399,6 +426,9 @@ pub struct ClientIp(pub IpAddr);
 
 impl ClientIp {
     /// The key under which this client is counted: the address for IPv4, the /64 for IPv6.
+    /// A NAT64 address is one IPv4 client behind a translator: the well-known prefix
+    /// `64:ff9b::/96` counts as the IPv4 address it carries, and an address in the local-use
+    /// `64:ff9b:1::/48` (whose prefix length the operator chooses) counts alone.
     ///
     /// ```
     /// use portcullis::client_ip::ClientIp;
@@ -406,6 +436,9 @@ impl ClientIp {
     /// let b = ClientIp("2001:db8:1:2:bbbb::9".parse().unwrap());
     /// assert_eq!(a.key(), b.key());
     /// assert_eq!(a.key(), "2001:db8:1:2::/64");
+    /// // Two IPv4 clients reaching an IPv6-only server through NAT64 stay apart.
+    /// assert_eq!(ClientIp("64:ff9b::c633:6407".parse().unwrap()).key(), "198.51.100.7");
+    /// assert_eq!(ClientIp("64:ff9b:1:a::cb00:7109".parse().unwrap()).key(), "64:ff9b:1:a::cb00:7109/128");
     /// ```
     pub fn key(&self) -> String {
         let mut out = String::with_capacity(24);
@@ -427,10 +460,16 @@ impl ClientIp {
         // put every IPv4 client in the one bucket `::/64`. Writing to a String cannot fail.
         match canonical_ip(self.0) {
             v4 @ IpAddr::V4(_) => push_ip(out, v4),
-            IpAddr::V6(v6) => {
-                let net = Ipv6Addr::from(u128::from(v6) & !((1u128 << 64) - 1));
-                let _ = write!(out, "{net}/64");
-            }
+            IpAddr::V6(v6) => match nat64(v6) {
+                Some(Nat64::WellKnown(v4)) => push_ip(out, IpAddr::V4(v4)),
+                Some(Nat64::LocalUse) => {
+                    let _ = write!(out, "{v6}/128");
+                }
+                None => {
+                    let net = Ipv6Addr::from(u128::from(v6) & !((1u128 << 64) - 1));
+                    let _ = write!(out, "{net}/64");
+                }
+            },
         }
     }
 
@@ -619,6 +658,26 @@ mod tests {
         let b = ClientIp("::ffff:198.51.100.1".parse().unwrap());
         assert_eq!(a.key(), "203.0.113.9");
         assert_ne!(a.key(), b.key());
+    }
+
+    #[test]
+    fn nat64_clients_are_counted_apart() {
+        let key = |s: &str| ClientIp(s.parse().unwrap()).key();
+        // The well-known prefix: the IPv4 client it carries, the same key as over IPv4.
+        assert_eq!(key("64:ff9b::203.0.113.9"), "203.0.113.9");
+        assert_eq!(key("64:ff9b::cb00:7109"), key("203.0.113.9"));
+        assert_ne!(key("64:ff9b::203.0.113.9"), key("64:ff9b::203.0.113.10"));
+        // Only the /96: the rest of 64:ff9b::/64 is ordinary IPv6, grouped by /64.
+        assert_eq!(key("64:ff9b::1:cb00:7109"), "64:ff9b::/64");
+        // The local-use /48: each address alone, whatever prefix length the operator chose.
+        assert_eq!(key("64:ff9b:1::cb00:7109"), "64:ff9b:1::cb00:7109/128");
+        assert_ne!(
+            key("64:ff9b:1:0:cb:0:7109:0"),
+            key("64:ff9b:1:0:cb:0:710a:0")
+        );
+        // Its neighbours are not NAT64.
+        assert_eq!(key("64:ff9b:2::1"), "64:ff9b:2::/64");
+        assert_eq!(key("64:ff9a::203.0.113.9"), "64:ff9a::/64");
     }
 
     #[test]

@@ -171,7 +171,8 @@ async fn summary(query: &str, live: &Live) -> Response<Full<Bytes>> {
 }
 
 /// The summary as JSON, each offender with `banned_seconds_left` (`null` when not banned):
-/// a ban is held by the client's key (its address, or its /64 for IPv6).
+/// a ban is held by the client's key ([`portcullis::ClientIp::key`]: its address, or its /64
+/// for IPv6).
 fn with_bans(
     summary: AuditSummary,
     bans: Option<&Vec<(String, std::time::Duration)>>,
