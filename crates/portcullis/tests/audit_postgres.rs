@@ -324,3 +324,45 @@ async fn postgres_summary_counts_what_a_fold_of_the_events_counts() {
     );
     audit_common::check_summaries(&store, &events).await;
 }
+
+/// A summary is one snapshot: while a writer keeps adding denials on the same store, every
+/// summary's parts (totals by action, offenders, routes, timeline) count the same events.
+/// Run one statement after another outside a transaction, they drift apart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_summary_taken_while_events_arrive_counts_one_snapshot() {
+    use portcullis::audit::SummaryQuery;
+    let pg = PostgresServer::start();
+    let store = Arc::new(PostgresAuditStore::new(&pg.url(), None).unwrap());
+    let base = now_ms() - 60_000;
+    store.write(&[event("seed".into(), base)]).await.unwrap();
+    let writer = {
+        let store = store.clone();
+        tokio::spawn(async move {
+            for i in 0..400u64 {
+                let batch: Vec<_> = (0..5)
+                    .map(|j| event(format!("r{i}-{j}"), base + i))
+                    .collect();
+                store.write(&batch).await.unwrap();
+            }
+        })
+    };
+    let q = SummaryQuery::new(base, base + 1_000);
+    let mut seen = HashSet::new();
+    while !writer.is_finished() {
+        let s = store.summary(&q).await.unwrap();
+        // `event` is a denied rate-limit refusal of one client and one route.
+        let by_action: u64 = s.by_action.iter().map(|a| a.count).sum();
+        let timeline: u64 = s.denied_timeline.iter().sum();
+        let routes: u64 = s.rate_limited_routes.iter().map(|r| r.count).sum();
+        let offender: u64 = s.offenders.iter().map(|o| o.denied).sum();
+        assert_eq!(
+            (s.denied, by_action, timeline, routes, offender),
+            (s.total, s.total, s.total, s.total, s.total),
+            "one summary, several counts"
+        );
+        seen.insert(s.total);
+    }
+    writer.await.unwrap();
+    assert!(seen.len() > 1, "the summaries ran while the events arrived: {seen:?}");
+    assert_eq!(store.summary(&q).await.unwrap().total, 2_001);
+}

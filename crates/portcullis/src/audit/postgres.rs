@@ -9,6 +9,10 @@
 //!   NOTHING`: twelve array parameters whatever the batch size, atomic, and idempotent.
 //! - `id` is a `uuid`, `ts` a `timestamptz`, `metadata` a `jsonb`; `seq` (an identity column)
 //!   orders rows for `audit tail`.
+//! - Reads (`query`, `summary`, `tail`) go over a second connection, opened on the first
+//!   read: a dashboard counting a week never queues the audit writer's inserts behind it (a
+//!   connection runs one statement at a time). A summary runs in one read-only
+//!   `REPEATABLE READ` transaction, so its counts are of one snapshot.
 //! - TLS with `sslmode=require` in the URL (rustls): the server's certificate is verified
 //!   against a CA file ([`PostgresAuditStore::with_ca_file`], the gateway's
 //!   `postgres_ca_file`) or the system's CA bundle, and for the host the URL names, like
@@ -33,10 +37,10 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::Mutex;
+use tokio::sync::{MappedMutexGuard, Mutex, MutexGuard};
 use tokio_postgres::config::SslMode;
 use tokio_postgres::types::ToSql;
-use tokio_postgres::{Client, Config, NoTls, Row, Statement};
+use tokio_postgres::{Client, Config, GenericClient, IsolationLevel, NoTls, Row, Statement};
 
 use super::AuditEvent;
 use super::postgres_tls::RustlsMakeConnect;
@@ -98,7 +102,10 @@ pub struct PostgresAuditStore {
     describe: String,
     /// Set with `sslmode=require`.
     tls: Option<RustlsMakeConnect>,
+    /// The writes' connection (and readiness).
     conn: Mutex<Option<Connected>>,
+    /// The reads' connection, held for the length of each read.
+    reader: Mutex<Option<Client>>,
 }
 
 struct Connected {
@@ -210,6 +217,7 @@ impl PostgresAuditStore {
             describe,
             tls,
             conn: Mutex::new(None),
+            reader: Mutex::new(None),
         })
     }
 
@@ -222,7 +230,19 @@ impl PostgresAuditStore {
             return Ok((c.client.clone(), c.insert.clone()));
         }
         *slot = None;
-        // The connection task ends when the server goes away; the next use reconnects.
+        let client = self.open().await?;
+        let insert = client.prepare(INSERT).await.map_err(pg_err)?;
+        let client = Arc::new(client);
+        *slot = Some(Connected {
+            client: client.clone(),
+            insert: insert.clone(),
+        });
+        Ok((client, insert))
+    }
+
+    /// A new connection, migrated. Its task ends when the server goes away; the next use
+    /// reconnects.
+    async fn open(&self) -> Result<Client, AuditError> {
         let mut client = match &self.tls {
             Some(tls) => {
                 let (client, connection) =
@@ -237,72 +257,129 @@ impl PostgresAuditStore {
             }
         };
         migrate(&mut client).await.map_err(pg_err)?;
-        let insert = client.prepare(INSERT).await.map_err(pg_err)?;
-        let client = Arc::new(client);
-        *slot = Some(Connected {
-            client: client.clone(),
-            insert: insert.clone(),
-        });
-        Ok((client, insert))
+        Ok(client)
     }
 
     /// Forgets a connection that failed, so the next call reconnects.
     async fn reset_if_closed(&self, e: &tokio_postgres::Error) {
-        if e.is_closed() || e.as_db_error().is_none() {
+        if lost(e) {
             *self.conn.lock().await = None;
         }
     }
 
-    async fn select(&self, sql: &str, params: &[SqlParam]) -> Result<Vec<Row>, AuditError> {
-        let (client, _) = self.connected().await?;
-        let owned: Vec<Box<dyn ToSql + Sync + Send>> = params
-            .iter()
-            .map(|p| -> Box<dyn ToSql + Sync + Send> {
-                match p {
-                    SqlParam::Int(i) => Box::new(*i),
-                    SqlParam::Text(t) => Box::new(t.clone()),
-                }
-            })
-            .collect();
-        let refs: Vec<&(dyn ToSql + Sync)> =
-            owned.iter().map(|b| &**b as &(dyn ToSql + Sync)).collect();
-        match client.query(sql, &refs).await {
-            Ok(rows) => Ok(rows),
-            Err(e) => {
-                self.reset_if_closed(&e).await;
-                Err(pg_err(e))
-            }
+    /// The reads' connection, opened if there is none or it was lost (a closed client is
+    /// replaced here), held until the guard drops: a summary's transaction needs it to itself.
+    async fn reader(&self) -> Result<MappedMutexGuard<'_, Client>, AuditError> {
+        let mut slot = self.reader.lock().await;
+        if slot.as_ref().is_none_or(Client::is_closed) {
+            *slot = None;
+            *slot = Some(self.open().await?);
         }
+        MutexGuard::try_map(slot, Option::as_mut)
+            .map_err(|_| AuditError::unavailable("postgres: no read connection"))
+    }
+
+    /// Runs one read on the reads' connection.
+    async fn select(&self, sql: &str, params: &[SqlParam]) -> Result<Vec<Row>, AuditError> {
+        let client = self.reader().await?;
+        select_on(&*client, sql, params).await.map_err(pg_err)
     }
 }
 
-/// Runs `st` and maps each row.
+/// Whether `e` says the connection is gone (rather than a statement failing on it).
+fn lost(e: &tokio_postgres::Error) -> bool {
+    e.is_closed() || e.as_db_error().is_none()
+}
+
+/// Runs `sql` with `params` bound on `client` (a connection or a transaction).
+async fn select_on(
+    client: &impl GenericClient,
+    sql: &str,
+    params: &[SqlParam],
+) -> Result<Vec<Row>, tokio_postgres::Error> {
+    let owned: Vec<Box<dyn ToSql + Sync + Send>> = params
+        .iter()
+        .map(|p| -> Box<dyn ToSql + Sync + Send> {
+            match p {
+                SqlParam::Int(i) => Box::new(*i),
+                SqlParam::Text(t) => Box::new(t.clone()),
+            }
+        })
+        .collect();
+    let refs: Vec<&(dyn ToSql + Sync)> =
+        owned.iter().map(|b| &**b as &(dyn ToSql + Sync)).collect();
+    client.query(sql, &refs).await
+}
+
+/// Runs `st` on `client` and maps each row.
 async fn rows<T>(
-    store: &PostgresAuditStore,
+    client: &impl GenericClient,
     st: &SqlStatement,
     f: impl FnMut(&Row) -> Result<T, tokio_postgres::Error>,
-) -> Result<Vec<T>, AuditError> {
-    store
-        .select(&st.sql, &st.params)
+) -> Result<Vec<T>, tokio_postgres::Error> {
+    select_on(client, &st.sql, &st.params)
         .await?
         .iter()
         .map(f)
-        .collect::<Result<_, _>>()
-        .map_err(pg_err)
+        .collect()
 }
 
 /// `(name, count)` rows.
 async fn named(
-    store: &PostgresAuditStore,
+    client: &impl GenericClient,
     st: &SqlStatement,
-) -> Result<Vec<NamedCount>, AuditError> {
-    rows(store, st, |r| {
+) -> Result<Vec<NamedCount>, tokio_postgres::Error> {
+    rows(client, st, |r| {
         Ok(NamedCount {
             name: r.try_get(0)?,
             count: count(r.try_get(1)?),
         })
     })
     .await
+}
+
+/// The summary's statements, in turn on `client`.
+async fn summary_rows(
+    client: &impl GenericClient,
+    sql: &SummarySql,
+) -> Result<SummaryRows, tokio_postgres::Error> {
+    let by_action = rows(client, &sql.by_action, |r| {
+        Ok(ActionCount {
+            action: r.try_get(0)?,
+            outcome: r.try_get(1)?,
+            count: count(r.try_get(2)?),
+        })
+    })
+    .await?;
+    let offenders = rows(client, &sql.offenders, |r| {
+        Ok(Offender {
+            client_ip: r.try_get(0)?,
+            denied: count(r.try_get(1)?),
+            last_ms: count(r.try_get(2)?),
+            actions: Vec::new(),
+        })
+    })
+    .await?;
+    let offender_actions = match sql.offender_actions(&offenders) {
+        Some(st) => {
+            rows(client, &st, |r| {
+                Ok((r.try_get(0)?, r.try_get(1)?, count(r.try_get(2)?)))
+            })
+            .await?
+        }
+        None => Vec::new(),
+    };
+    Ok(SummaryRows {
+        by_action,
+        offenders,
+        offender_actions,
+        denied_users: named(client, &sql.denied_users).await?,
+        rate_limited_routes: named(client, &sql.rate_limited_routes).await?,
+        denied_timeline: rows(client, &sql.denied_timeline, |r| {
+            Ok((r.try_get(0)?, count(r.try_get(1)?)))
+        })
+        .await?,
+    })
 }
 
 async fn migrate(client: &mut Client) -> Result<(), tokio_postgres::Error> {
@@ -365,7 +442,16 @@ impl AuditStore for PostgresAuditStore {
 
     /// `SELECT 1` on the writes' connection (reconnecting, as a write would, when it is lost).
     fn ping(&self) -> BoxFuture<'_, Result<(), AuditError>> {
-        Box::pin(async move { self.select("SELECT 1", &[]).await.map(drop) })
+        Box::pin(async move {
+            let (client, _) = self.connected().await?;
+            match client.simple_query("SELECT 1").await {
+                Ok(_) => Ok(()),
+                Err(e) => {
+                    self.reset_if_closed(&e).await;
+                    Err(pg_err(e))
+                }
+            }
+        })
     }
 
     fn write<'a>(&'a self, batch: &'a [AuditEvent]) -> BoxFuture<'a, Result<(), AuditError>> {
@@ -471,54 +557,26 @@ impl AuditStore for PostgresAuditStore {
     }
 
     /// `GROUP BY` over the window (the `ts` index); see [`AuditStore::summary`]. The
-    /// statements run one after the other, not in one snapshot: counts may differ by events
-    /// written meanwhile.
+    /// statements run in one read-only `REPEATABLE READ` transaction on the reads'
+    /// connection: one snapshot, whatever is written meanwhile.
     fn summary<'a>(
         &'a self,
         q: &'a SummaryQuery,
     ) -> BoxFuture<'a, Result<AuditSummary, AuditError>> {
         Box::pin(async move {
             let sql = SummarySql::new(q, Dialect::Postgres);
-            let by_action = rows(self, &sql.by_action, |r| {
-                Ok(ActionCount {
-                    action: r.try_get(0)?,
-                    outcome: r.try_get(1)?,
-                    count: count(r.try_get(2)?),
-                })
-            })
-            .await?;
-            let offenders = rows(self, &sql.offenders, |r| {
-                Ok(Offender {
-                    client_ip: r.try_get(0)?,
-                    denied: count(r.try_get(1)?),
-                    last_ms: count(r.try_get(2)?),
-                    actions: Vec::new(),
-                })
-            })
-            .await?;
-            let offender_actions = match sql.offender_actions(&offenders) {
-                Some(st) => {
-                    rows(self, &st, |r| {
-                        Ok((r.try_get(0)?, r.try_get(1)?, count(r.try_get(2)?)))
-                    })
-                    .await?
-                }
-                None => Vec::new(),
-            };
-            let denied_users = named(self, &sql.denied_users).await?;
-            let rate_limited_routes = named(self, &sql.rate_limited_routes).await?;
-            let denied_timeline = rows(self, &sql.denied_timeline, |r| {
-                Ok((r.try_get(0)?, count(r.try_get(1)?)))
-            })
-            .await?;
-            Ok(sql.assemble(SummaryRows {
-                by_action,
-                offenders,
-                offender_actions,
-                denied_users,
-                rate_limited_routes,
-                denied_timeline,
-            }))
+            let mut client = self.reader().await?;
+            let tx = client
+                .build_transaction()
+                .isolation_level(IsolationLevel::RepeatableRead)
+                .read_only(true)
+                .start()
+                .await
+                .map_err(pg_err)?;
+            let rows = summary_rows(&tx, &sql).await.map_err(pg_err)?;
+            // Nothing to keep: ending it lets the snapshot go at once.
+            tx.rollback().await.map_err(pg_err)?;
+            Ok(sql.assemble(rows))
         })
     }
 
