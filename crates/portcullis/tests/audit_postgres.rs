@@ -363,6 +363,9 @@ async fn a_summary_taken_while_events_arrive_counts_one_snapshot() {
         seen.insert(s.total);
     }
     writer.await.unwrap();
-    assert!(seen.len() > 1, "the summaries ran while the events arrived: {seen:?}");
+    assert!(
+        seen.len() > 1,
+        "the summaries ran while the events arrived: {seen:?}"
+    );
     assert_eq!(store.summary(&q).await.unwrap().total, 2_001);
 }
