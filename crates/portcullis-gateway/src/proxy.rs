@@ -525,7 +525,18 @@ impl Proxy {
         } else {
             let mut upstream_req = match self.upstream_request(parts, &extensions, upgrade, !local)
             {
-                Ok(head) => Request::from_parts(head, body),
+                Ok(mut head) => {
+                    // hyper's client sends a GET, HEAD or CONNECT whose body has no length
+                    // as bodiless, dropping the body unread (past the body limit too): a body
+                    // of unknown length goes chunked, said outright.
+                    if progress.is_some() && !head.headers.contains_key(header::CONTENT_LENGTH) {
+                        head.headers.insert(
+                            header::TRANSFER_ENCODING,
+                            HeaderValue::from_static("chunked"),
+                        );
+                    }
+                    Request::from_parts(head, body)
+                }
                 Err(r) => return error_response(r, request_id()),
             };
             self.transform_request(&mut upstream_req, &extensions);

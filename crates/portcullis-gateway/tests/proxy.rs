@@ -786,6 +786,41 @@ async fn readyz_names_a_postgres_audit_outage_without_turning_unready() {
     assert_eq!(r.text(), all_ok);
 }
 
+/// A body without a length on a GET (or HEAD) reaches the upstream, and the body limit holds
+/// for it: hyper's client would send such a request bodiless, dropping the body unread and
+/// unlimited, unless the gateway says `Transfer-Encoding: chunked`.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_chunked_get_body_reaches_the_upstream_and_is_limited() {
+    let up = Upstream::start().await;
+    let gw = gateway(
+        &up,
+        "",
+        "[[route]]\npath = \"/echo/**\"\nmax_body = \"1KiB\"\nrate_limit = false\n",
+    )
+    .await;
+    let send = |body: String| {
+        let port = gw.port;
+        async move {
+            let mut tcp = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+            let req = format!(
+                "GET /echo/search HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n\
+                 Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n{:x}\r\n{body}\r\n0\r\n\r\n",
+                body.len()
+            );
+            tcp.write_all(req.as_bytes()).await.unwrap();
+            let (out, _) = read_until_closed(&mut tcp, Duration::from_secs(3)).await;
+            String::from_utf8_lossy(&out).into_owned()
+        }
+    };
+    let query = r#"{"query":{"match":{"title":"gateway"}}}"#;
+    let out = send(query.to_string()).await;
+    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+    assert!(out.contains(query), "the upstream echoes the body: {out}");
+    let out = send("x".repeat(4096)).await;
+    assert!(out.starts_with("HTTP/1.1 413"), "{out}");
+    assert!(out.contains("\"code\":\"body_too_large\""), "{out}");
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_chunked_body_over_max_body_is_cut_with_413() {
     let up = Upstream::start().await;
