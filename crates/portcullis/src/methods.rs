@@ -358,9 +358,14 @@ fn form_decode(b: &[u8]) -> Cow<'_, [u8]> {
 }
 
 /// Whether a decoded field name is the `_method` override to some framework: `_method` in
-/// any case, as PHP reads names (leading spaces dropped, then spaces and dots made `_`:
-/// ` method`, `.method`), and as an array (`_method[]`, `_method[x]`).
+/// any case, as PHP reads names (up to the first NUL, leading spaces dropped, then spaces and
+/// dots made `_`: `_method%00x`, ` method`, `.method`), and as an array (`_method[]`,
+/// `_method[x]`).
 fn is_override_key(key: &[u8]) -> bool {
+    let key = key
+        .iter()
+        .position(|&b| b == 0)
+        .map_or(key, |nul| &key[..nul]);
     let key = key.trim_ascii_start();
     let key = key
         .iter()
@@ -445,7 +450,8 @@ fn multipart_overrides(body: &[u8], boundary: &str) -> Option<Vec<Vec<u8>>> {
     }
 }
 
-/// Whether a part's head names it `_method` (or a PHP or array spelling of it), quoted or not.
+/// Whether a part's head names it `_method` (or a PHP or array spelling of it), quoted (in
+/// double quotes, or single ones as PHP allows) or not.
 fn part_names_override(head: &[u8]) -> bool {
     head.split(|&b| b == b'\n').any(|line| {
         let Some(colon) = line.iter().position(|&b| b == b':') else {
@@ -463,8 +469,8 @@ fn part_names_override(head: &[u8]) -> bool {
                 return false;
             };
             let (k, v) = (param[..eq].trim_ascii(), param[eq + 1..].trim_ascii());
-            let v = v.strip_prefix(b"\"").unwrap_or(v);
-            let v = v.strip_suffix(b"\"").unwrap_or(v);
+            let v = v.strip_prefix(b"\"").or(v.strip_prefix(b"'")).unwrap_or(v);
+            let v = v.strip_suffix(b"\"").or(v.strip_suffix(b"'")).unwrap_or(v);
             (k.eq_ignore_ascii_case(b"name") || k.eq_ignore_ascii_case(b"name*"))
                 && is_override_key(&form_decode(v))
         })

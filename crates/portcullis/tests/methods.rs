@@ -309,6 +309,8 @@ async fn a_method_override_must_name_an_allowed_method_too() {
         ("", "/api/x?_me%74hod=DELETE"),
         ("", "/api/x?%5f%6D%65%74%68%6f%64=PUT"),
         ("", "/api/x?_method=%44ELETE"),
+        // PHP reads a name up to its first NUL.
+        ("", "/api/x?_method%00=DELETE"),
     ] {
         let r = post_with(addr, path, extra).await;
         assert_405(&r, "POST", &format!("{path} with {extra:?}"), PUBLIC_ALLOW);
@@ -323,7 +325,7 @@ async fn a_method_override_must_name_an_allowed_method_too() {
                 && e.metadata["detail"] == "method_override"
         })
         .count();
-    assert_eq!(refused, 12, "{:?}", sink.events());
+    assert_eq!(refused, 13, "{:?}", sink.events());
 
     // An override naming an allowed method passes, untouched, to the application.
     let r = post_with(addr, "/api/x", "X-HTTP-Method-Override: GET\r\n").await;
@@ -390,6 +392,7 @@ async fn a_method_override_in_a_form_body_must_name_an_allowed_method_too() {
         ("escaped key", FORM, "a=1&_me%74hod=PATCH".into()),
         ("PHP's .method", FORM, ".method=DELETE".into()),
         ("PHP's leading space", FORM, "%20_method=DELETE".into()),
+        ("PHP's NUL cut", FORM, "_method%00x=DELETE".into()),
         ("array", FORM, "_method[]=DELETE".into()),
         ("semicolon pairs", FORM, "a=1;_method=DELETE".into()),
         ("second field", FORM, "_method=POST&_method=DELETE".into()),
@@ -407,6 +410,16 @@ async fn a_method_override_in_a_form_body_must_name_an_allowed_method_too() {
                 part("name=\"title\"", "hi"),
                 part("name=_method", "DELETE")
             ),
+        ),
+        (
+            "multipart, single quotes (PHP)",
+            MULTIPART,
+            format!("{}--XyZ--\r\n", part("name='_method'", "DELETE")),
+        ),
+        (
+            "multipart, NUL in the name (PHP)",
+            MULTIPART,
+            format!("{}--XyZ--\r\n", part("name=\"_method\0x\"", "DELETE")),
         ),
         (
             "multipart, bare LF",
