@@ -124,6 +124,60 @@ async fn go_table_sec_fetch_site() {
     run(addr, "example.com", &cases).await;
 }
 
+/// No browser sends `Sec-Fetch-Site` or `Origin` twice. A request that does is refused
+/// whichever value comes first (Go's `Header.Get` would read the first), since an
+/// application behind may read the other one; safe methods still pass.
+#[tokio::test]
+async fn repeated_fetch_metadata_or_origin_is_refused() {
+    let sink = MemorySink::default();
+    let addr = start_with(CsrfGuard::builder(), Some(sink.clone())).await;
+    let host = ("host", "example.com");
+    let repeated: [[(&str, &str); 2]; 4] = [
+        [
+            ("sec-fetch-site", "same-origin"),
+            ("sec-fetch-site", "cross-site"),
+        ],
+        [
+            ("sec-fetch-site", "none"),
+            ("sec-fetch-site", "same-origin"),
+        ],
+        [
+            ("origin", "https://example.com"),
+            ("origin", "https://attacker.example"),
+        ],
+        [
+            ("origin", "https://example.com"),
+            ("origin", "https://example.com"),
+        ],
+    ];
+    for pair in repeated {
+        let headers = [host, pair[0], pair[1]];
+        let r = send(addr, "POST", "/", &headers, "").await;
+        assert_eq!(r.status, 403, "{pair:?}");
+        assert_eq!(r.json()["code"], "csrf_origin_mismatch", "{pair:?}");
+        assert!(
+            r.json()["error"].as_str().unwrap().contains("twice"),
+            "{pair:?}"
+        );
+        let r = send(addr, "GET", "/", &headers, "").await;
+        assert_eq!(r.status, 200, "a safe method: {pair:?}");
+    }
+    let events = sink.events();
+    assert_eq!(events.len(), 4);
+    assert!(
+        events
+            .iter()
+            .all(|e| e.action.as_str() == "csrf_validation_failed")
+    );
+    // One of each still passes.
+    let one = [
+        host,
+        ("sec-fetch-site", "same-origin"),
+        ("origin", "https://example.com"),
+    ];
+    assert_eq!(send(addr, "POST", "/", &one, "").await.status, 200);
+}
+
 #[tokio::test]
 async fn go_table_trusted_origin_bypass() {
     // TestCrossOriginProtectionTrustedOriginBypass.

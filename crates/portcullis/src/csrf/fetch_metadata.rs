@@ -13,6 +13,10 @@
 //!    the whole origin must be one of the configured public origins (scheme, host and port,
 //!    for deployments where `Host` is rewritten); or a trusted origin; else it is refused.
 //!
+//! One step Go does not take: `Sec-Fetch-Site` or `Origin` sent twice is refused (unless a
+//! bypass pattern covers the request). No browser sends either twice, and Go reads the first
+//! value where an application behind may read the last.
+//!
 //! Bypass patterns exempt a request from the whole CSRF guard. They are globs in the route
 //! table's syntax, optionally preceded by a method (`POST /api/webhooks/**`), matched on the
 //! **canonical** path — the one the application receives — never the raw one: Go's
@@ -85,6 +89,9 @@ pub enum CrossOrigin {
     OriginMismatch,
     /// Neither `Sec-Fetch-Site` nor `Origin` (refused in [`Mode::Strict`] only).
     NoBrowserHeaders,
+    /// `Sec-Fetch-Site` or `Origin` more than once. No browser sends either twice, and which
+    /// one counts is a guess an application behind may make otherwise.
+    Repeated,
 }
 
 impl CrossOrigin {
@@ -104,6 +111,7 @@ impl CrossOrigin {
             CrossOrigin::NoBrowserHeaders => {
                 "Request refused: neither Sec-Fetch-Site nor Origin was sent"
             }
+            CrossOrigin::Repeated => "Request refused: Sec-Fetch-Site or Origin sent twice",
         }
     }
 }
@@ -503,6 +511,12 @@ impl OriginCheck {
                 .filter(|v| !v.is_empty())
         };
         let origin = first(header::ORIGIN.as_str());
+        let repeated = |name| headers.get_all(name).iter().nth(1).is_some();
+        if (repeated(SEC_FETCH_SITE) || repeated(header::ORIGIN.as_str()))
+            && !self.is_bypassed(method, path)
+        {
+            return Err(CrossOrigin::Repeated);
+        }
         let exempt = || {
             self.is_bypassed(method, path)
                 || origin
