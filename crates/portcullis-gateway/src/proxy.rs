@@ -16,7 +16,9 @@
 //! - `Host` is the client's; `X-Forwarded-For` gets the peer appended (after the inbound
 //!   value, which the layer kept only from a trusted proxy), `X-Forwarded-Proto` and
 //!   `X-Forwarded-Host` are the trusted inbound values or ours, and `Forwarded` (RFC 7239)
-//!   gets our hop appended;
+//!   gets our hop appended — after a trusted proxy's `Forwarded`, or, when that proxy sent
+//!   only `X-Forwarded-*`, after the client's element built from them (the resolved client,
+//!   its scheme and host), so both families name the same client;
 //! - the principal travels as `x-portcullis-user` and `x-portcullis-roles`;
 //! - WebSocket upgrades (`Upgrade: websocket`) are tunnelled once the upstream answers 101;
 //!   no other protocol is: a request asking for one (`h2c`, whose tunnel would carry HTTP/2
@@ -750,6 +752,8 @@ impl Proxy {
         }
 
         let hop = this_hop(extensions);
+        // Before our hop changes the fields it is read from.
+        let client_element = client_element(headers, client_ip_of(extensions, &hop));
         if let Some((_, peer)) = &hop.peer {
             append_list(headers, X_FORWARDED_FOR, peer.as_str().to_string());
         }
@@ -762,7 +766,7 @@ impl Proxy {
         {
             v.insert(host.clone());
         }
-        let mut element = Vec::with_capacity(64);
+        let mut element = client_element.unwrap_or_default();
         hop.write_element(&mut element, client_host.as_ref());
         append_list(
             headers,
@@ -935,7 +939,11 @@ impl Proxy {
         if let Some(host) = client_host.filter(|_| !xfh) {
             line(out, X_FORWARDED_HOST.as_str().as_bytes(), host.as_bytes());
         }
+        let client = client_ip_of(extensions, &hop);
         write_list(out, headers, FORWARDED, forwarded, |o| {
+            if let Some(element) = client_element(headers, client) {
+                o.extend_from_slice(&element);
+            }
             hop.write_element(o, client_host);
         });
         if let Some(id) = RequestId::of(extensions) {
@@ -945,7 +953,7 @@ impl Proxy {
                 id.as_str().as_bytes(),
             );
         }
-        if let Some(ip) = client_ip_of(extensions, &hop) {
+        if let Some(ip) = client {
             line(
                 out,
                 X_PORTCULLIS_CLIENT_IP.as_str().as_bytes(),
@@ -1421,19 +1429,57 @@ fn this_hop(extensions: &Extensions) -> Hop {
     Hop { proto, peer }
 }
 
+/// The client's `Forwarded` element, followed by `", "`, when a trusted proxy in front sent
+/// `X-Forwarded-For` but no `Forwarded` (the layer keeps either only from a trusted proxy):
+/// `for=` the client the layer resolved, with that proxy's `X-Forwarded-Proto` and
+/// `X-Forwarded-Host` (the first of each). Without it, an application reading `Forwarded`
+/// (Spring's, for one) would take the proxy for the client, and our hop's scheme for the
+/// client's. A trusted `Forwarded` is kept as it came instead.
+fn client_element(headers: &HeaderMap, client: Option<IpText>) -> Option<Vec<u8>> {
+    if headers.contains_key(FORWARDED) || !headers.contains_key(X_FORWARDED_FOR) {
+        return None;
+    }
+    let client = client?;
+    let first = |name| {
+        headers
+            .get_all(name)
+            .iter()
+            .flat_map(|v| list_items(v.as_bytes()))
+            .next()
+            .and_then(|v| std::str::from_utf8(v).ok())
+    };
+    let mut out = Vec::with_capacity(96);
+    push_forwarded_for(&mut out, Some(client.as_str()));
+    if let Some(proto) = first(X_FORWARDED_PROTO) {
+        out.extend_from_slice(b";proto=");
+        push_forwarded_value(&mut out, proto);
+    }
+    if let Some(host) = first(X_FORWARDED_HOST) {
+        out.extend_from_slice(b";host=");
+        push_forwarded_value(&mut out, host);
+    }
+    out.extend_from_slice(b", ");
+    Some(out)
+}
+
+/// Appends `for=` and the address (an IPv6 one bracketed and quoted), or `unknown`.
+fn push_forwarded_for(out: &mut Vec<u8>, ip: Option<&str>) {
+    out.extend_from_slice(b"for=");
+    match ip {
+        Some(v6) if v6.contains(':') => {
+            out.extend_from_slice(b"\"[");
+            out.extend_from_slice(v6.as_bytes());
+            out.extend_from_slice(b"]\"");
+        }
+        Some(v4) => out.extend_from_slice(v4.as_bytes()),
+        None => out.extend_from_slice(b"unknown"),
+    }
+}
+
 impl Hop {
     /// Our hop as an RFC 7239 `Forwarded` element: `for=…;proto=…;host=…`.
     fn write_element(&self, out: &mut Vec<u8>, host: Option<&HeaderValue>) {
-        out.extend_from_slice(b"for=");
-        match &self.peer {
-            Some((IpAddr::V6(_), text)) => {
-                out.extend_from_slice(b"\"[");
-                out.extend_from_slice(text.as_bytes());
-                out.extend_from_slice(b"]\"");
-            }
-            Some((_, text)) => out.extend_from_slice(text.as_bytes()),
-            None => out.extend_from_slice(b"unknown"),
-        }
+        push_forwarded_for(out, self.peer.as_ref().map(|(_, text)| text.as_str()));
         out.extend_from_slice(b";proto=");
         out.extend_from_slice(self.proto.as_bytes());
         if let Some(host) = host.and_then(|h| h.to_str().ok()) {

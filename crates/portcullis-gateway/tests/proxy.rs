@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use common::*;
-use http::{Request, StatusCode};
+use http::{Method, Request, StatusCode};
 use http_body_util::{BodyExt, Full};
 use portcullis::auth::{AuthMethod, AuthOutcome, Authenticator, BoxFuture, Principal};
 use portcullis::client_ip::PeerAddr;
@@ -82,6 +82,75 @@ async fn get_is_forwarded_with_security_headers_and_without_banners() {
         "Connection-named headers are hop-by-hop"
     );
     assert_eq!(h.get_all("x-forwarded-for").iter().count(), 1);
+}
+
+/// Behind a trusted proxy that sends `X-Forwarded-*` but no `Forwarded`, the `Forwarded`
+/// field begins with the client's element as that proxy saw it — the client the gateway
+/// resolved (never a value the client wrote further left), the proxy's scheme and host — so
+/// an application reading `Forwarded` agrees with one reading `X-Forwarded-*`. The bodiless
+/// path (the gateway's own head writer) and hyper's client path write the same.
+#[tokio::test(flavor = "multi_thread")]
+async fn behind_a_trusted_proxy_forwarded_names_the_client_its_proxy_saw() {
+    let up = Upstream::start().await;
+    let gw = gateway(&up, "trusted_proxies = [\"127.0.0.1\"]", "").await;
+    let host = format!("127.0.0.1:{}", gw.port);
+    let ours = format!("for=127.0.0.1;proto=http;host=\"{host}\"");
+    let client = client();
+    let up = &up;
+    for method in [Method::GET, Method::POST] {
+        let send = |fields: &[(&str, &str)]| {
+            let mut req = Request::builder()
+                .method(method.clone())
+                .uri(gw.url("/api/x"))
+                .header("sec-fetch-site", "same-origin");
+            for (k, v) in fields {
+                req = req.header(*k, *v);
+            }
+            // A bodiless GET takes the gateway's own path, a POST with a body hyper's.
+            let body = if method == Method::GET { "" } else { "x" };
+            let req = req.body(full(body)).unwrap();
+            let client = client.clone();
+            async move {
+                let res = client.request(req).await.unwrap();
+                assert_eq!(res.status(), StatusCode::OK);
+                up.last().headers
+            }
+        };
+        let h = send(&[
+            ("x-forwarded-for", "6.6.6.6, 203.0.113.7"),
+            ("x-forwarded-proto", "https"),
+            ("x-forwarded-host", "www.example.com"),
+        ])
+        .await;
+        assert_eq!(h["x-portcullis-client-ip"], "203.0.113.7", "{method}");
+        assert_eq!(h["x-forwarded-for"], "6.6.6.6, 203.0.113.7, 127.0.0.1");
+        assert_eq!(h["x-forwarded-proto"], "https");
+        assert_eq!(
+            h["forwarded"],
+            format!("for=203.0.113.7;proto=https;host=www.example.com, {ours}").as_str(),
+            "{method}"
+        );
+        // An IPv6 client, and a proxy that names no scheme or host.
+        let h = send(&[("x-forwarded-for", "2001:db8::7")]).await;
+        assert_eq!(
+            h["forwarded"],
+            format!("for=\"[2001:db8::7]\", {ours}").as_str(),
+            "{method}"
+        );
+        // A trusted proxy's own `Forwarded` goes on as it came, our hop after it.
+        let h = send(&[
+            ("x-forwarded-for", "203.0.113.7"),
+            ("forwarded", "for=203.0.113.7;proto=https"),
+        ])
+        .await;
+        assert_eq!(
+            h["forwarded"],
+            format!("for=203.0.113.7;proto=https, {ours}").as_str(),
+            "{method}"
+        );
+        // Without `X-Forwarded-For`, our hop alone.
+        assert_eq!(send(&[]).await["forwarded"], ours.as_str(), "{method}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]
