@@ -291,15 +291,34 @@ async function refresh() {
   loadReady();
 }
 
+// Seconds between refreshes for each window: counting a week reads every event of the week,
+// so a long window refreshes less often (its counts change slowly anyway).
+const PERIODS = { '15m': 5, '1h': 5, '6h': 15, '24h': 30, '7d': 60 };
+
+function period() {
+  return PERIODS[$('window').value] || 5;
+}
+
+// The next refresh is set once this one has finished, so a slow store never gets a queue
+// of them.
 function schedule() {
-  if (timer) clearInterval(timer);
-  timer = $('auto').checked ? setInterval(refresh, 5000) : null;
+  if (timer) clearTimeout(timer);
+  timer = null;
+  $('auto-period').textContent = String(period());
+  if (!$('auto').checked) return;
+  timer = setTimeout(async () => {
+    await refresh();
+    schedule();
+  }, period() * 1000);
 }
 
 async function init() {
   const actions = await getJson('/api/actions').catch(() => ({ actions: [] }));
   for (const a of actions.actions) $('f-action').appendChild(el('option', a));
-  $('window').addEventListener('change', refresh);
+  $('window').addEventListener('change', async () => {
+    await refresh();
+    schedule();
+  });
   $('refresh').addEventListener('click', refresh);
   $('auto').addEventListener('change', schedule);
   $('filters').addEventListener('submit', (ev) => {
