@@ -220,6 +220,23 @@ async fn the_chain_tries_jwt_then_api_keys_and_a_bad_token_is_final() {
     )
     .await;
     assert_eq!((r.status, r.json()["id"].clone()), (200, "ci".into()));
+    // So does an `X-API-Key`.
+    let r = get_with(
+        addr,
+        "/api/deploy/run",
+        &[("x-api-key", ci.key()), ("cookie", "authToken=stale.x.y")],
+    )
+    .await;
+    assert_eq!((r.status, r.json()["id"].clone()), (200, "ci".into()));
+    // And a bad one is refused as a bad key, whatever session cookie sits beside it.
+    let good_cookie = format!("authToken={token}");
+    let r = get_with(
+        addr,
+        "/api/deploy/run",
+        &[("x-api-key", "pk_not_a_key"), ("cookie", &good_cookie)],
+    )
+    .await;
+    assert_eq!(r.status, 401);
     // A bad bearer token is refused even with a good API key beside it.
     let r = get_with(
         addr,

@@ -563,7 +563,10 @@ impl JwtAuthenticatorBuilder {
         self
     }
 
-    /// Also reads the token from this cookie (`authToken`) when there is no bearer header.
+    /// Also reads the token from this cookie (`authToken`) when the request carries no
+    /// credentials of its own: no `Authorization` field (a bearer token, or another scheme)
+    /// and no `X-API-Key`. A credential the client chose beats an ambient cookie, so a stale
+    /// session cookie does not refuse a request whose API key is good.
     ///
     /// ```
     /// use std::time::Duration;
@@ -1092,6 +1095,10 @@ impl JwtAuthenticator {
         let Some(name) = &self.cookie else {
             return Ok(None);
         };
+        if parts.headers.contains_key(super::api_key::X_API_KEY) {
+            // An API key the client chose, as for another `Authorization` scheme above.
+            return Ok(None);
+        }
         // Read as bytes: a field holding some non-ASCII cookie still holds ours, and the
         // application, which gets every field joined, would read it (a second token hidden
         // there must count as two).
