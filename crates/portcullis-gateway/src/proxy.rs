@@ -753,7 +753,11 @@ impl Proxy {
 
         let hop = this_hop(extensions);
         // Before our hop changes the fields it is read from.
-        let client_element = client_element(headers, client_ip_of(extensions, &hop));
+        let inbound = (
+            headers.contains_key(FORWARDED),
+            headers.contains_key(X_FORWARDED_FOR),
+        );
+        let client_element = client_element(headers, inbound, client_ip_of(extensions, &hop));
         if let Some((_, peer)) = &hop.peer {
             append_list(headers, X_FORWARDED_FOR, peer.as_str().to_string());
         }
@@ -941,7 +945,7 @@ impl Proxy {
         }
         let client = client_ip_of(extensions, &hop);
         write_list(out, headers, FORWARDED, forwarded, |o| {
-            if let Some(element) = client_element(headers, client) {
+            if let Some(element) = client_element(headers, (forwarded, xff), client) {
                 o.extend_from_slice(&element);
             }
             hop.write_element(o, client_host);
@@ -1435,10 +1439,15 @@ fn this_hop(extensions: &Extensions) -> Hop {
 /// `X-Forwarded-Host` (the first of each). Without it, an application reading `Forwarded`
 /// (Spring's, for one) would take the proxy for the client, and our hop's scheme for the
 /// client's. A trusted `Forwarded` is kept as it came instead.
-fn client_element(headers: &HeaderMap, client: Option<IpText>) -> Option<Vec<u8>> {
-    if headers.contains_key(FORWARDED) || !headers.contains_key(X_FORWARDED_FOR) {
+/// `inbound` says whether the request holds `(Forwarded, X-Forwarded-For)`.
+fn client_element(
+    headers: &HeaderMap,
+    inbound: (bool, bool),
+    client: Option<IpText>,
+) -> Option<Vec<u8>> {
+    let (false, true) = inbound else {
         return None;
-    }
+    };
     let client = client?;
     let first = |name| {
         headers
