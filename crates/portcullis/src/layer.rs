@@ -1719,10 +1719,10 @@ impl From<Rejection> for Step {
 enum Resume {
     /// Step 6.
     Start,
-    /// Step 8 after the brute-force check: the credentials.
+    /// Step 8: the credentials.
     Authenticate,
-    /// Step 8 with the authenticator's outcome (a refused one already counted against the
-    /// client when the flag is set), then steps 9 and 10.
+    /// Step 8 with the authenticator's outcome (already put to the brute-force limit when the
+    /// flag is set: a refused one counted, an accepted one checked), then steps 9 and 10.
     Credentials(AuthOutcome, bool),
     /// Step 11.
     Csrf,
@@ -1732,11 +1732,13 @@ enum Resume {
 
 /// What a step of [`Engine::before_now`] must wait for, done by [`Engine::before_slow`].
 enum Wait {
-    /// The brute-force limit's check of the client (step 8).
-    FailedAuth,
     /// An authenticator that cannot decide without its future (step 8).
     Authenticate,
-    /// Counting refused credentials against the client before refusing them (step 8).
+    /// The brute-force limit's word on accepted credentials: a client over it gets 429 even
+    /// with good ones (step 8).
+    ConfirmSuccess(Principal),
+    /// Counting refused credentials against the client before refusing them: 401 within the
+    /// limit, 429 past it (step 8).
     CountFailure(&'static str),
     /// A rate limiter that cannot decide without its future (step 10).
     RateLimit,
@@ -2200,11 +2202,8 @@ impl Engine {
             x.scan_form =
                 carried.body_announced && methods.scans_form_body(&parts.method, &parts.headers);
 
-            // 8. Authentication, behind the brute-force limit (authenticated routes only, so
-            // a stale cookie on public pages never locks anyone out).
-            if self.failed_auth.is_some() && policy.requires_auth() {
-                return Ok(Flow::Wait(Wait::FailedAuth));
-            }
+            // 8. Authentication, then the brute-force limit (authenticated routes only, so a
+            // stale cookie on public pages never locks anyone out).
             from = Resume::Authenticate;
         }
         if let Resume::Authenticate = from {
@@ -2217,14 +2216,24 @@ impl Engine {
             };
             from = Resume::Credentials(outcome, false);
         }
-        if let Resume::Credentials(outcome, counted) = from {
+        if let Resume::Credentials(outcome, limited) = from {
+            // The brute-force limit is asked after the credentials are judged, in one store
+            // operation that counts a refused guess as it checks it: a burst of guesses sent
+            // at once cannot all pass a check made before any of them is counted. Whoever is
+            // over the limit gets 429 whatever their credentials, so a right guess past it is
+            // not told apart from a wrong one.
             match outcome {
-                AuthOutcome::Authenticated(p) => x.principal = Some(p),
+                AuthOutcome::Authenticated(p) => {
+                    if !limited && self.failed_auth.is_some() && policy.requires_auth() {
+                        return Ok(Flow::Wait(Wait::ConfirmSuccess(p)));
+                    }
+                    x.principal = Some(p);
+                }
                 AuthOutcome::NoCredentials if policy.requires_auth() => {
                     self.enforce(Rejection::unauthorized(false), parts, x)?;
                 }
                 AuthOutcome::Invalid(reason) if policy.requires_auth() => {
-                    if !counted && self.failed_auth.is_some() {
+                    if !limited && self.failed_auth.is_some() {
                         return Ok(Flow::Wait(Wait::CountFailure(reason)));
                     }
                     x.detail = Some(reason);
@@ -2322,34 +2331,13 @@ impl Engine {
     ) -> Result<Option<Arc<AtomicBool>>, Step> {
         loop {
             let from = match wait {
-                Wait::FailedAuth => {
-                    if let Some(t) = &self.failed_auth {
-                        match t.check(&x.client_ip.key()).await {
-                            Ok(()) => {}
-                            Err(Blocked::RetryAfter(wait)) => {
-                                x.detail = Some("too_many_failed_auth");
-                                let r = Rejection::rate_limited(wait.as_secs().max(1));
-                                // Part of step 8: while authentication is only reported, a
-                                // wrong guess gets through anyway, so its limit guards nothing
-                                // and must not refuse the roll-out's users.
-                                if x.policy()
-                                    .report_only_mode()
-                                    .covers(Control::Authentication)
-                                {
-                                    self.audit_rejection(&r, Outcome::ReportOnly, parts, x);
-                                } else {
-                                    self.enforce(r, parts, x)?;
-                                }
-                                x.detail = None;
-                            }
-                            Err(_) => {
-                                x.detail = Some("failed_auth_store_unavailable");
-                                self.enforce(Rejection::store_unavailable(), parts, x)?;
-                                x.detail = None;
-                            }
-                        }
+                Wait::ConfirmSuccess(p) => {
+                    if let Some(t) = &self.failed_auth
+                        && let Err(blocked) = t.check(&x.client_ip.key()).await
+                    {
+                        self.refuse_blocked(blocked, parts, x)?;
                     }
-                    Resume::Authenticate
+                    Resume::Credentials(AuthOutcome::Authenticated(p), true)
                 }
                 Wait::Authenticate => {
                     let outcome = match &self.authenticator {
@@ -2359,8 +2347,10 @@ impl Engine {
                     Resume::Credentials(outcome, false)
                 }
                 Wait::CountFailure(reason) => {
-                    if let Some(t) = &self.failed_auth {
-                        let _ = t.record_failure(&x.client_ip.key()).await;
+                    if let Some(t) = &self.failed_auth
+                        && let Err(blocked) = t.count_failure(&x.client_ip.key()).await
+                    {
+                        self.refuse_blocked(blocked, parts, x)?;
                     }
                     Resume::Credentials(AuthOutcome::Invalid(reason), true)
                 }
@@ -2386,6 +2376,38 @@ impl Engine {
                 Flow::Wait(next) => wait = next,
             }
         }
+    }
+
+    /// Part of step 8: refuses a client the brute-force limit blocks — 429 past the limit, 503
+    /// while its store is down under [`OnStoreError::Closed`](crate::rate_limit::OnStoreError).
+    fn refuse_blocked(
+        &self,
+        blocked: Blocked,
+        parts: &Parts,
+        x: &mut Exchange<'_>,
+    ) -> Result<(), Step> {
+        match blocked {
+            Blocked::RetryAfter(wait) => {
+                x.detail = Some("too_many_failed_auth");
+                let r = Rejection::rate_limited(wait.as_secs().max(1));
+                // While authentication is only reported, a wrong guess gets through anyway, so
+                // its limit guards nothing and must not refuse the roll-out's users.
+                if x.policy()
+                    .report_only_mode()
+                    .covers(Control::Authentication)
+                {
+                    self.audit_rejection(&r, Outcome::ReportOnly, parts, x);
+                } else {
+                    self.enforce(r, parts, x)?;
+                }
+            }
+            Blocked::StoreUnavailable => {
+                x.detail = Some("failed_auth_store_unavailable");
+                self.enforce(Rejection::store_unavailable(), parts, x)?;
+            }
+        }
+        x.detail = None;
+        Ok(())
     }
 
     /// Steps 7 and 11 for what only the body tells: reads at most `cap` bytes, looks for a

@@ -247,10 +247,72 @@ async fn repeated_bad_credentials_from_one_address_get_429_on_authenticated_rout
     assert_eq!(last.metadata["detail"], "too_many_failed_auth");
 }
 
+/// Guesses sent at once, to a store with a network's delay (Redis, for a fleet): each is
+/// counted as it is checked, so exactly `limit` get their 401 and the rest 429. A check made
+/// before any of them is counted would let every one through to an answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_of_guesses_gets_limit_answers_however_slow_the_store() {
+    use portcullis::auth::{BoxFuture, FailedAuthTracker};
+    use portcullis::rate_limit::algorithm::Verdict;
+    use portcullis::rate_limit::memory::MemoryStore;
+    use portcullis::rate_limit::{Charge, RateLimitStore, StoreError};
+    use std::time::Duration;
+    struct Far(MemoryStore);
+    impl RateLimitStore for Far {
+        fn decide<'a>(
+            &'a self,
+            charges: &'a [Charge<'a>],
+        ) -> BoxFuture<'a, Result<Vec<Verdict>, StoreError>> {
+            Box::pin(async move {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+                self.0.decide(charges).await
+            })
+        }
+        fn name(&self) -> &'static str {
+            "far"
+        }
+    }
+    let (_, jwt) = hs256_authenticator();
+    let tracker = FailedAuthTracker::with_store(
+        5,
+        Duration::from_secs(900),
+        Arc::new(Far(MemoryStore::new(1000))),
+    );
+    let layer = SecurityLayer::builder()
+        .route(
+            "/api/user/**",
+            Policy::preset(Preset::Authenticated).rate_limits([]),
+        )
+        .authenticator(Arc::new(jwt))
+        .failed_auth(Some(Arc::new(tracker)))
+        .no_rate_limiter()
+        .build()
+        .unwrap();
+    let app = Router::new().route("/api/user/me", get(whoami));
+    let addr = serve_with(app, layer).await;
+    let guesses: Vec<_> = (0..30)
+        .map(|i| {
+            tokio::spawn(async move {
+                let h = bearer(&format!("eyJhbGciOiJIUzI1NiJ9.e30.guess{i}"));
+                send(addr, "GET", "/api/user/me", &[("authorization", &h)], "")
+                    .await
+                    .status
+            })
+        })
+        .collect();
+    let mut statuses = Vec::new();
+    for g in guesses {
+        statuses.push(g.await.unwrap());
+    }
+    let answered = statuses.iter().filter(|&&s| s == 401).count();
+    let refused = statuses.iter().filter(|&&s| s == 429).count();
+    assert_eq!((answered, refused), (5, 25), "{statuses:?}");
+}
+
 /// A brute-force store that is down: with `on_store_error` closed (the default) every request
-/// to an authenticated route is refused with 503 before its credentials are looked at — a
-/// right guess and a wrong one get the same answer, and guessing is not unlimited; open, the
-/// request goes on to authentication.
+/// with credentials to an authenticated route is refused with 503, whatever its credentials —
+/// a right guess and a wrong one get the same answer, and guessing is not unlimited; open,
+/// the credentials decide.
 #[tokio::test]
 async fn a_brute_force_store_that_is_down_applies_on_store_error() {
     use portcullis::auth::{BoxFuture, FailedAuthTracker};

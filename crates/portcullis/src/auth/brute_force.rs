@@ -9,11 +9,18 @@
 //! credentials count: requests without credentials, and successes, do not (a success does not
 //! reset the count either, so one valid account cannot launder guesses at others).
 //!
+//! [`SecurityLayer`](crate::SecurityLayer) asks once the credentials are judged, with one
+//! store operation per request: a refused guess is counted and checked at once
+//! ([`FailedAuthTracker::count_failure`]), so a burst of guesses sent together gets `limit`
+//! answers and 429s, never an answer each; accepted credentials are checked
+//! ([`FailedAuthTracker::check`]), so a client past the limit gets 429 whatever it sends and a
+//! right guess is not told apart from a wrong one.
+//!
 //! When the store fails, [`OnStoreError`] decides, as for the rate limits: `Closed` (the
-//! default) refuses authenticated routes with 503 while the store is down — before the
-//! credentials are looked at, so guessing is neither unlimited nor told apart from a right
-//! guess — and `Open` lets requests through to authentication (which still refuses bad
-//! credentials). The outage is logged once, its end once, and every failure is counted
+//! default) refuses requests with credentials on authenticated routes with 503 while the
+//! store is down — good and bad credentials alike, so guessing is neither unlimited nor told
+//! apart from a right guess — and `Open` lets them through to the verdict of their
+//! credentials. The outage is logged once, its end once, and every failure is counted
 //! ([`FailedAuthTracker::store_errors`]).
 //!
 //! ```
@@ -272,6 +279,51 @@ impl FailedAuthTracker {
             }
             Err(e) => {
                 self.store_failed(&e, "check");
+                match self.on_error {
+                    OnStoreError::Closed => Err(Blocked::StoreUnavailable),
+                    OnStoreError::Open => Ok(()),
+                }
+            }
+        }
+    }
+
+    /// Counts a failed authentication for `key` and says whether it fits the limit, in one
+    /// store operation (so guesses sent at once are each counted before any is answered):
+    /// `Ok` within it (this failure may reach it), [`Blocked::RetryAfter`] past it (the
+    /// failure is refused, not counted), [`Blocked::StoreUnavailable`] while the store is down
+    /// under [`OnStoreError::Closed`]. [`SecurityLayer`](crate::SecurityLayer) answers the
+    /// first with 401, the others with 429 and 503.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use portcullis::auth::{Blocked, FailedAuthTracker};
+    /// # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
+    /// let t = FailedAuthTracker::new(2, Duration::from_secs(60));
+    /// assert_eq!(t.count_failure("203.0.113.7").await, Ok(()));
+    /// assert_eq!(t.count_failure("203.0.113.7").await, Ok(())); // the second reaches the limit
+    /// assert!(matches!(t.count_failure("203.0.113.7").await, Err(Blocked::RetryAfter(_))));
+    /// assert!(t.check("203.0.113.7").await.is_err());
+    /// # });
+    /// ```
+    pub async fn count_failure(&self, key: &str) -> Result<(), Blocked> {
+        let k = Self::key(key);
+        let one = [Charge {
+            key: &k,
+            rule: self.rule(),
+            cost: 1,
+        }];
+        match self.store.decide(&one).await {
+            Ok(v) => {
+                self.store_answered();
+                match v.first() {
+                    Some(v) if !v.allowed => Err(Blocked::RetryAfter(Duration::from_micros(
+                        v.retry_after_us.max(1_000_000),
+                    ))),
+                    _ => Ok(()),
+                }
+            }
+            Err(e) => {
+                self.store_failed(&e, "count");
                 match self.on_error {
                     OnStoreError::Closed => Err(Blocked::StoreUnavailable),
                     OnStoreError::Open => Ok(()),
