@@ -357,7 +357,8 @@ pub struct ServerConfig {
     pub max_connections: usize,
     /// Time allowed to receive the request headers (default 10 s).
     pub header_read_timeout: Duration,
-    /// Time allowed for the whole request (default 30 s).
+    /// Time allowed for the whole request (default 30 s), plus what a body that keeps
+    /// arriving earns (see [`crate::proxy::MIN_BODY_RATE`]).
     pub request_timeout: Duration,
     /// Keep-alive idle time, and how long a client may leave its response untaken (default
     /// 60 s).

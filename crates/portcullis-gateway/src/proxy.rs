@@ -37,7 +37,11 @@
 //! - `request_timeout` bounds the whole request from the moment the layer hands it over:
 //!   receiving the client's body and waiting for the response headers (408 if the gateway
 //!   was waiting for more of the client's body, else 504: an upstream that stops taking a
-//!   body the client sends is the upstream's delay, not the client's).
+//!   body the client sends is the upstream's delay, not the client's);
+//! - a body earns time beyond both: as long as it keeps arriving, up to one second per
+//!   [`MIN_BODY_RATE`] bytes (1 KiB) received, so a 100 MiB upload over a slow link is not
+//!   cut at 30 s while a client trickling its body slower than that still is (nginx bounds
+//!   only the pause between reads, which a trickle never exceeds).
 //!
 //! Response bodies stream without a deadline (downloads, server-sent events); a connection
 //! with a response in flight is never closed as idle, unless its client stops taking the
@@ -482,7 +486,7 @@ impl Proxy {
         B::Error: Into<BoxError>,
     {
         let start = Instant::now();
-        let deadline = start + self.inner.request_timeout;
+        let body_timeout = self.inner.request_timeout;
         let (mut parts, body) = req.into_parts();
         let mut extensions = std::mem::take(&mut parts.extensions);
         let mut client_upgrade = extensions.remove::<OnUpgrade>();
@@ -498,7 +502,7 @@ impl Proxy {
             (empty(), None)
         } else {
             let progress = Arc::new(BodyProgress::default());
-            let body = DeadlineBody::new(body, deadline, progress.clone());
+            let body = DeadlineBody::new(body, start, body_timeout, progress.clone());
             (UnsyncBoxBody::new(body), Some(progress))
         };
         let body_state = || progress.as_ref().map_or(BodyState::Done, |p| p.get());
@@ -506,10 +510,7 @@ impl Proxy {
         // exiting; then the shared pool, which wants the absolute URI.
         let local = self.inner.pool_per_thread && local_pool::available();
         // The head is built in microseconds: `start` stands for now (one clock read fewer).
-        let wait = self
-            .inner
-            .upstream_timeout
-            .min(deadline.saturating_duration_since(start));
+        let wait = self.inner.upstream_timeout.min(body_timeout);
         // A bodiless request on this thread's connections: its head is written as bytes and
         // sent by the gateway's own HTTP/1.1 code (`h1`); any other, through hyper's client.
         let direct = local
@@ -523,7 +524,9 @@ impl Proxy {
         let sent = if direct {
             let mut head = Vec::with_capacity(256 + 64 * parts.headers.len());
             self.write_upstream_head(&mut head, &parts, &extensions);
-            tokio::time::timeout(wait, h1::send(&self.inner, &head, &method)).await
+            tokio::time::timeout(wait, h1::send(&self.inner, &head, &method))
+                .await
+                .map_err(drop)
         } else {
             let mut upstream_req = match self.upstream_request(parts, &extensions, upgrade, !local)
             {
@@ -544,9 +547,11 @@ impl Proxy {
             self.transform_request(&mut upstream_req, &extensions);
             // Boxed: hyper's client future is the largest part of this one, and a request
             // with a body (or an upgrade) is worth the allocation; a bodiless one is not.
-            Box::pin(tokio::time::timeout(
-                wait,
+            Box::pin(within(
                 self.send(upstream_req, local, progress.as_ref()),
+                start,
+                wait,
+                progress.as_deref(),
             ))
             .await
         };
@@ -1739,12 +1744,43 @@ pub(crate) enum BodyState {
     WaitingForClient = 4,
 }
 
+/// The slowest average rate, in bytes per second, at which a request body earns time beyond
+/// `request_timeout` (and `upstream_timeout`, while the upstream takes it): a large upload
+/// that keeps coming at least this fast is never cut for taking long, while a client that
+/// trickles its body slower is cut once the timeout and what it earned have passed.
+///
+/// ```
+/// assert_eq!(portcullis_gateway::proxy::MIN_BODY_RATE, 1024);
+/// ```
+pub const MIN_BODY_RATE: u64 = 1024;
+
+/// How far the client's request body got, and the time it earned beyond the timeouts.
 #[derive(Debug, Default)]
-pub(crate) struct BodyProgress(AtomicU8);
+pub(crate) struct BodyProgress {
+    state: AtomicU8,
+    /// Bytes received so far.
+    bytes: AtomicU64,
+    /// When the last of them arrived, in microseconds since the request began.
+    last_us: AtomicU64,
+}
 
 impl BodyProgress {
+    /// Notes `n` more bytes, arrived `since_start` into the request.
+    fn received(&self, n: usize, since_start: Duration) {
+        self.bytes.fetch_add(n as u64, Ordering::Relaxed);
+        let us = u64::try_from(since_start.as_micros()).unwrap_or(u64::MAX);
+        self.last_us.store(us, Ordering::Relaxed);
+    }
+
+    /// The time the body earned beyond the timeouts: how long it kept arriving, up to one
+    /// second per [`MIN_BODY_RATE`] bytes.
+    pub(crate) fn earned(&self) -> Duration {
+        let by_rate = self.bytes.load(Ordering::Relaxed).saturating_mul(1_000_000) / MIN_BODY_RATE;
+        Duration::from_micros(self.last_us.load(Ordering::Relaxed).min(by_rate))
+    }
+
     pub(crate) fn get(&self) -> BodyState {
-        match self.0.load(Ordering::Acquire) {
+        match self.state.load(Ordering::Acquire) {
             0 => BodyState::Reading,
             1 => BodyState::Done,
             2 => BodyState::Failed,
@@ -1754,7 +1790,29 @@ impl BodyProgress {
     }
 
     fn set(&self, s: BodyState) {
-        self.0.store(s as u8, Ordering::Release);
+        self.state.store(s as u8, Ordering::Release);
+    }
+}
+
+/// Runs `fut` until `start + wait`, plus the time the request body earned while it arrived
+/// (see [`MIN_BODY_RATE`]); `Err` once that passes.
+async fn within<F: Future>(
+    fut: F,
+    start: Instant,
+    wait: Duration,
+    progress: Option<&BodyProgress>,
+) -> Result<F::Output, ()> {
+    let Some(progress) = progress else {
+        return tokio::time::timeout(wait, fut).await.map_err(drop);
+    };
+    let mut fut = std::pin::pin!(fut);
+    loop {
+        match tokio::time::timeout_at(start + wait + progress.earned(), fut.as_mut()).await {
+            Ok(out) => return Ok(out),
+            // The body earned more time meanwhile.
+            Err(_) if Instant::now() < start + wait + progress.earned() => {}
+            Err(_) => return Err(()),
+        }
     }
 }
 
@@ -1770,11 +1828,13 @@ impl std::fmt::Display for RequestBodyTimeout {
 
 impl StdError for RequestBodyTimeout {}
 
-/// The client's body on its way upstream: fails once the request's deadline passes while
-/// waiting for the client, and records how far it got so errors can be told apart.
+/// The client's body on its way upstream: fails once `request_timeout`, plus the time the
+/// body earned (see [`MIN_BODY_RATE`]), passes while waiting for the client, and records how
+/// far it got so errors can be told apart.
 struct DeadlineBody<B> {
     inner: B,
-    deadline: Instant,
+    start: Instant,
+    request_timeout: Duration,
     /// `progress` says `WaitingForClient` (kept here too, to set it once per wait).
     waiting: bool,
     /// Armed the first time the client keeps the body waiting.
@@ -1783,13 +1843,19 @@ struct DeadlineBody<B> {
 }
 
 impl<B: Body> DeadlineBody<B> {
-    fn new(inner: B, deadline: Instant, progress: Arc<BodyProgress>) -> Self {
+    fn new(
+        inner: B,
+        start: Instant,
+        request_timeout: Duration,
+        progress: Arc<BodyProgress>,
+    ) -> Self {
         if inner.is_end_stream() {
             progress.set(BodyState::Done);
         }
         DeadlineBody {
             inner,
-            deadline,
+            start,
+            request_timeout,
             waiting: false,
             sleep: None,
             progress,
@@ -1812,6 +1878,9 @@ where
         let this = &mut *self;
         match Pin::new(&mut this.inner).poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    this.progress.received(data.len(), this.start.elapsed());
+                }
                 if this.inner.is_end_stream() {
                     this.progress.set(BodyState::Done);
                 } else if this.waiting {
@@ -1833,10 +1902,14 @@ where
                     this.waiting = true;
                     this.progress.set(BodyState::WaitingForClient);
                 }
-                let deadline = this.deadline;
+                let deadline = this.start + this.request_timeout + this.progress.earned();
                 let sleep = this
                     .sleep
                     .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+                if sleep.deadline() != deadline {
+                    // The body earned more time since the sleep was set.
+                    sleep.as_mut().reset(deadline);
+                }
                 if sleep.as_mut().poll(cx).is_ready() {
                     this.progress.set(BodyState::TimedOut);
                     return Poll::Ready(Some(Err(Box::new(RequestBodyTimeout))));

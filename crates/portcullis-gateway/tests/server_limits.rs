@@ -272,6 +272,66 @@ async fn a_request_body_slower_than_request_timeout_is_408() {
     assert!(started.elapsed() < Duration::from_millis(2500));
 }
 
+/// A body that keeps coming at a steady pace (far above `MIN_BODY_RATE`) earns the time it
+/// takes: a 3 s upload passes `request_timeout` and `upstream_timeout` of 1 s each, as a
+/// large upload over a slow link must. One that trickles below the rate is still cut at the
+/// timeout, with the client's 408.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_body_that_keeps_coming_outlasts_the_timeouts_and_a_trickle_does_not() {
+    use portcullis_gateway::proxy::MIN_BODY_RATE;
+    let up = Upstream::start().await;
+    let gw = gateway(&up, "request_timeout = \"1s\"\nupstream_timeout = \"1s\"").await;
+    // Sends `chunks` chunks of `size` bytes, one every `every`; the answer.
+    let upload = |chunks: usize, size: usize, every: Duration| {
+        let port = gw.port;
+        async move {
+            let mut tcp = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+            let total = chunks * size;
+            tcp.write_all(
+                format!(
+                    "POST /consume/up HTTP/1.1\r\nHost: t\r\nContent-Type: text/plain\r\n\
+                     Content-Length: {total}\r\nConnection: close\r\n\r\n"
+                )
+                .as_bytes(),
+            )
+            .await
+            .unwrap();
+            let started = Instant::now();
+            let (mut rx, mut tx) = tcp.into_split();
+            let sender = tokio::spawn(async move {
+                for _ in 0..chunks {
+                    if tx.write_all(&vec![b'x'; size]).await.is_err() {
+                        break;
+                    }
+                    tokio::time::sleep(every).await;
+                }
+                tx
+            });
+            let mut out = Vec::new();
+            let _ = tokio::time::timeout(Duration::from_secs(10), rx.read_to_end(&mut out)).await;
+            sender.abort();
+            (
+                String::from_utf8_lossy(&out).into_owned(),
+                started.elapsed(),
+            )
+        }
+    };
+    // 300 KiB over 3 s: 100 KiB/s.
+    let (out, took) = upload(30, 10 * 1024, Duration::from_millis(100)).await;
+    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+    assert!(
+        out.ends_with(&(300 * 1024).to_string()),
+        "the upstream read it all: {out}"
+    );
+    assert!(took > Duration::from_millis(2500), "{took:?}");
+    // 20 bytes a second, far below the rate: cut at the timeout.
+    const { assert!(20 < MIN_BODY_RATE) };
+    let (out, took) = upload(100, 2, Duration::from_millis(100)).await;
+    assert!(out.starts_with("HTTP/1.1 408"), "{out}");
+    assert!(out.contains("\"code\":\"request_timeout\""), "{out}");
+    assert!(took < Duration::from_millis(2500), "{took:?}");
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn an_upstream_that_stops_taking_the_body_is_504_not_the_clients_408() {
     // The upstream answers /slow/… after 5 s without reading the body: once the sockets
