@@ -70,8 +70,9 @@
 //!   ([`portcullis::headers::nonce_html`]), which puts the nonce on the `<script>` and
 //!   `<style>` elements whose `nonce` is the `server.nonce_placeholder` marker and removes
 //!   every other `nonce`; `Content-Length` and `ETag` are dropped (the length changes) and
-//!   the response is `Cache-Control: no-store`. GET and HEAD requests that accept HTML ask the
-//!   upstream for `Accept-Encoding: identity`, because the rewrite reads plain HTML only; a
+//!   the response is `Cache-Control: no-store`. Requests that accept HTML (a page, or a form
+//!   POST answered with one) ask the upstream for `Accept-Encoding: identity`, because the
+//!   rewrite reads plain HTML only (so such pages reach the browser uncompressed); a
 //!   compressed HTML response passes untouched with a warning (its placeholders then stay,
 //!   and the CSP blocks those scripts). A HEAD gets the head its GET would (no length, no
 //!   validators, no-store); non-HTML and 204/304 responses pass untouched.
@@ -652,9 +653,9 @@ impl Proxy {
                 }
             }
             UpstreamKind::Generic => {
-                let asks_html = matches!(*req.method(), Method::GET | Method::HEAD)
-                    && accepts_html(req.headers());
-                if nonce.is_some() && asks_html {
+                // Any method: a form POST is answered with a page too (the form again, with
+                // its errors).
+                if nonce.is_some() && accepts_html(req.headers()) {
                     req.headers_mut().insert(
                         header::ACCEPT_ENCODING,
                         HeaderValue::from_static("identity"),
@@ -857,7 +858,6 @@ impl Proxy {
         let nextjs = self.inner.upstream_kind == UpstreamKind::Nextjs;
         let identity = self.inner.upstream_kind == UpstreamKind::Generic
             && nonce.is_some()
-            && matches!(parts.method, Method::GET | Method::HEAD)
             && accepts_html(headers);
         let (mut cookies, mut xff, mut forwarded, mut xfp, mut xfh) =
             (0, false, false, false, false);

@@ -256,6 +256,33 @@ async fn only_the_marked_scripts_get_the_response_nonce() {
     assert!(again.text().contains(&nonce_of(&again)));
 }
 
+/// A form POST is answered with a page too (the form again, with its errors): the upstream
+/// is asked for it uncompressed and its marked scripts get the nonce, as for a GET. Asked
+/// with the browser's `Accept-Encoding`, a compressing application would send it gzipped and
+/// the placeholders would stay.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_page_answering_a_form_post_is_rewritten_too() {
+    let app = HtmlApp::start().await;
+    let gw = gateway(&app, "", "").await;
+    let req = Request::post(gw.url("/page"))
+        .header("accept", "text/html,application/xhtml+xml,*/*;q=0.8")
+        .header("accept-encoding", "gzip, deflate, br")
+        .header("content-type", "application/x-www-form-urlencoded")
+        .header("sec-fetch-site", "same-origin")
+        .body(full("name="))
+        .unwrap();
+    let res = common::send(&common::client(), req).await;
+    assert_eq!(res.status, StatusCode::OK);
+    assert_eq!(app.seen("/page").method, "POST");
+    assert_eq!(app.seen("/page").headers["accept-encoding"], "identity");
+    let nonce = nonce_of(&res);
+    let nonces: Vec<Option<String>> = browser::script_tags(&res.text())
+        .into_iter()
+        .map(|(_, n)| n)
+        .collect();
+    assert_eq!(nonces, [Some(nonce.clone()), None, None, Some(nonce)]);
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_configured_placeholder_replaces_the_default() {
     let app = HtmlApp::start().await;
