@@ -67,9 +67,10 @@
 //!   these headers never reach the upstream (the layer strips them; so does the proxy). The
 //!   response passes as it is; the layer makes nonce'd HTML `Cache-Control: no-store`.
 //! - any other upstream: HTML responses stream through the nonce rewrite
-//!   ([`portcullis::headers::nonce_html`]), which puts the nonce on the `<script>` and
-//!   `<style>` elements whose `nonce` is the `server.nonce_placeholder` marker and removes
-//!   every other `nonce`; `Content-Length` and `ETag` are dropped (the length changes) and
+//!   ([`portcullis::headers::nonce_html`]), which puts the nonce on the `<script>`,
+//!   `<style>`, `<link>` and `<meta>` elements whose `nonce` is the
+//!   `server.nonce_placeholder` marker and removes every other script, style or link
+//!   `nonce`; `Content-Length` and `ETag` are dropped (the length changes) and
 //!   the response is `Cache-Control: no-store`. Requests that accept HTML (a page, or a form
 //!   POST answered with one) ask the upstream for `Accept-Encoding: identity`, because the
 //!   rewrite reads plain HTML only (so such pages reach the browser uncompressed); a

@@ -175,11 +175,30 @@ async fn forged_nonces_are_removed() {
 async fn the_marker_elsewhere_is_never_replaced_by_the_nonce() {
     let n = Nonce::generate();
     let html = format!(
-        r#"<p>{P}</p><div data-x="{P}" title='{P}'></div><!-- {P} --><img nonce="{P}" src=a.png><link rel=stylesheet nonce="{P}" href=a.css><script>var m = "{P}";</script><textarea><script nonce="{P}"></script></textarea><iframe srcdoc="<script nonce='{P}'></script>"></iframe><template><p>{P}</p></template>"#
+        r#"<p>{P}</p><div data-x="{P}" title='{P}'></div><!-- {P} --><img nonce="{P}" src=a.png><script>var m = "{P}";</script><textarea><script nonce="{P}"></script></textarea><iframe srcdoc="<script nonce='{P}'></script>"></iframe><template><p>{P}</p></template>"#
     );
     let out = rewrite(&html, &n).await;
-    assert_eq!(out, html, "nothing here is a script or style nonce");
+    assert_eq!(out, html, "nothing here is a nonce a CSP or Vite reads");
     assert!(!out.contains(n.as_str()));
+}
+
+/// A CSP nonce covers `<link>` too (stylesheets, preloads), and Vite's `html.cspNonce`
+/// hands the nonce to its runtime in `<meta property="csp-nonce">`: both get it where marked.
+/// Another nonce on a link goes, as on a script; one on a meta is the application's own.
+#[tokio::test]
+async fn marked_links_and_vites_nonce_meta_get_the_nonce() {
+    let n = Nonce::generate();
+    let html = format!(
+        r#"<meta property="csp-nonce" nonce="{P}"><LINK rel="modulepreload" href="/m.js" nonce="{P}"><link rel=stylesheet nonce="forged" href=a.css><meta name="x" nonce="app-own"><link rel=stylesheet href=b.css>"#
+    );
+    let out = rewrite(&html, &n).await;
+    assert_eq!(
+        out,
+        format!(
+            r#"<meta property="csp-nonce" nonce="{0}"><LINK rel="modulepreload" href="/m.js" nonce="{0}"><link rel=stylesheet href=a.css><meta name="x" nonce="app-own"><link rel=stylesheet href=b.css>"#,
+            n.as_str()
+        )
+    );
 }
 
 #[tokio::test]

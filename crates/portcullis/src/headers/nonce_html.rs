@@ -4,13 +4,16 @@
 //! `nonce="{{portcullis-nonce}}"` ([`DEFAULT_MARKER`], or a marker of its own); each response
 //! then gets the response's real [`Nonce`] in exactly those places, and nowhere else:
 //!
-//! - `<script>`/`<style>` whose (first) `nonce` attribute is exactly the marker: the value
-//!   becomes the real nonce;
-//! - `<script>`/`<style>` with any other `nonce` value: the attribute is **removed**, so an
-//!   injected `<script nonce="guess">` can never run, whatever it guessed;
-//! - `<script>`/`<style>` without `nonce`, and every other element, text, comment or attribute
-//!   (including the marker written anywhere else): left exactly as they are. The real nonce is
-//!   only ever written into a script or style `nonce` attribute.
+//! - `<script>`, `<style>`, `<link>` (stylesheets and preloads, which a CSP nonce covers too)
+//!   and `<meta>` (Vite's `html.cspNonce` hands the nonce to its runtime in
+//!   `<meta property="csp-nonce">`) whose (first) `nonce` attribute is exactly the marker: the
+//!   value becomes the real nonce;
+//! - `<script>`, `<style>` or `<link>` with any other `nonce` value: the attribute is
+//!   **removed**, so an injected `<script nonce="guess">` can never run, whatever it guessed;
+//! - those without `nonce`, a `<meta>` with another `nonce`, and every other element, text,
+//!   comment or attribute (including the marker written anywhere else): left exactly as they
+//!   are. The real nonce is only ever written into the `nonce` attribute of those four
+//!   elements.
 //!
 //! Nonce-ing *every* script instead would bless injected ones and defeat the CSP
 //! (shared/DESIGN.md §4).
@@ -120,10 +123,11 @@ pub const DEFAULT_MEMORY_LIMIT: usize = 1 << 20;
 /// The longest marker accepted.
 const MAX_MARKER: usize = 64;
 
-/// Elements a CSP nonce applies to, when they carry a `nonce` attribute (names match in any
-/// case, as in HTML).
+/// Elements a CSP nonce applies to, and `<meta>` (where Vite's `html.cspNonce` hands the
+/// nonce to its runtime), when they carry a `nonce` attribute (names match in any case, as
+/// in HTML).
 static NONCED: LazyLock<Selector> = LazyLock::new(|| {
-    "script[nonce], style[nonce]"
+    "script[nonce], style[nonce], link[nonce], meta[nonce]"
         .parse()
         .expect("a valid selector (checked by unit tests)")
 });
@@ -310,12 +314,17 @@ impl NonceRewriter {
     }
 }
 
-/// The rule, for one `<script nonce>` or `<style nonce>` start tag.
+/// The rule, for one `<script nonce>`, `<style nonce>`, `<link nonce>` or `<meta nonce>`
+/// start tag.
 fn place_nonce(el: &mut Element<'_, '_>, marker: Option<&str>, nonce: &Nonce) {
     // Browsers read the first of duplicate attributes; so does `get_attribute`.
     let marked = el
         .get_attribute("nonce")
         .is_some_and(|v| marker.is_some_and(|m| v == m));
+    if !marked && el.tag_name().eq_ignore_ascii_case("meta") {
+        // No CSP reads a meta's nonce: another value is the application's own business.
+        return;
+    }
     // Removes every `nonce` attribute, duplicates included.
     el.remove_attribute("nonce");
     if marked {
