@@ -17,7 +17,7 @@
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, ready};
 
 use bytes::{Buf, Bytes};
 use http::HeaderMap;
@@ -26,6 +26,7 @@ use http_body::{Body, Frame, SizeHint};
 use pin_project_lite::pin_project;
 
 use crate::error::Rejection;
+use crate::methods::MultipartOverrideScan;
 
 /// The error a [`LimitedBody`] yields once the limit is passed.
 ///
@@ -238,8 +239,49 @@ pin_project! {
         limit: u64,
         tripped: Option<Arc<AtomicBool>>,
         cut: bool,
+        // A multipart form read for `_method` as it streams (see `scanning_overrides`).
+        scan: Option<Box<OverrideWatch>>,
     }
 }
+
+/// A multipart body's `_method` scan, and what it holds back until the verdict.
+struct OverrideWatch {
+    scan: MultipartOverrideScan,
+    /// Set when a `_method` field names a refused method.
+    refused: Arc<AtomicBool>,
+    /// Cut the body then (else only note it: report-only).
+    cut: bool,
+    /// The last data frame, held until the next one or the verdict: the application never
+    /// has the whole body before the scan has judged it.
+    held: Option<Bytes>,
+    /// Trailers that came after the held data.
+    trailers: Option<Frame<Bytes>>,
+    finished: bool,
+}
+
+impl OverrideWatch {
+    /// The verdict on the whole body: `Some` error when it must be cut.
+    fn conclude(&mut self) -> Option<Box<dyn std::error::Error + Send + Sync>> {
+        if self.scan.allows() {
+            return None;
+        }
+        self.refused.store(true, Ordering::Release);
+        self.cut.then(|| Box::new(MethodOverrideRefused) as _)
+    }
+}
+
+/// The error a multipart body ends with when a `_method` field in it names a method the
+/// route refuses; the layer answers 405.
+#[derive(Debug)]
+struct MethodOverrideRefused;
+
+impl std::fmt::Display for MethodOverrideRefused {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("the form asks for a method the route does not allow")
+    }
+}
+
+impl std::error::Error for MethodOverrideRefused {}
 
 impl<B> LimitedBody<B> {
     /// Wraps `inner` with no limit.
@@ -261,6 +303,7 @@ impl<B> LimitedBody<B> {
             limit: u64::MAX,
             tripped: None,
             cut: true,
+            scan: None,
         }
     }
 
@@ -287,6 +330,7 @@ impl<B> LimitedBody<B> {
             limit,
             tripped: Some(tripped),
             cut: true,
+            scan: None,
         }
     }
 
@@ -312,6 +356,27 @@ impl<B> LimitedBody<B> {
         }
     }
 
+    /// Reads the body for a `_method` field as it streams (a multipart form on a route
+    /// that refuses some method), holding its last frame back until the verdict: when a field
+    /// names a refused method, `refused` is set and, with `cut`, the body ends in an error
+    /// before the application has it whole.
+    pub(crate) fn scanning_overrides(
+        mut self,
+        scan: MultipartOverrideScan,
+        refused: Arc<AtomicBool>,
+        cut: bool,
+    ) -> Self {
+        self.scan = Some(Box::new(OverrideWatch {
+            scan,
+            refused,
+            cut,
+            held: None,
+            trailers: None,
+            finished: false,
+        }));
+        self
+    }
+
     /// A body the layer already read in full (within its limit), replayed as one frame.
     ///
     /// ```
@@ -333,6 +398,7 @@ impl<B> LimitedBody<B> {
             limit: u64::MAX,
             tripped: None,
             cut: true,
+            scan: None,
         }
     }
 }
@@ -349,41 +415,77 @@ where
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
-        let this = self.project();
+        let mut this = self.project();
         if let Some(bytes) = this.replay.take() {
             return Poll::Ready(Some(Ok(Frame::data(bytes))));
         }
-        let Some(inner) = this.inner.as_pin_mut() else {
-            return Poll::Ready(None);
+        let Some(watch) = this.scan.as_deref_mut() else {
+            return poll_limited(
+                this.inner,
+                cx,
+                this.remaining,
+                *this.limit,
+                this.tripped.as_ref(),
+                *this.cut,
+            );
         };
-        match inner.poll_frame(cx) {
-            Poll::Ready(Some(Ok(frame))) => {
-                let frame = frame.map_data(|mut d| d.copy_to_bytes(d.remaining()));
-                if let Some(data) = frame.data_ref() {
-                    let n = data.remaining() as u64;
-                    if n > *this.remaining {
-                        *this.remaining = 0;
-                        if let Some(flag) = this.tripped {
-                            flag.store(true, Ordering::Release);
+        loop {
+            if watch.finished {
+                return Poll::Ready(watch.trailers.take().map(Ok));
+            }
+            let polled = ready!(poll_limited(
+                this.inner.as_mut(),
+                cx,
+                this.remaining,
+                *this.limit,
+                this.tripped.as_ref(),
+                *this.cut,
+            ));
+            match polled {
+                Some(Ok(frame)) => match frame.into_data() {
+                    Ok(data) => {
+                        watch.scan.feed(&data);
+                        if watch.cut && watch.scan.refused() {
+                            // Known before the end: the rest need not come.
+                            watch.held = None;
+                            watch.finished = true;
+                            return Poll::Ready(watch.conclude().map(Err));
                         }
-                        if *this.cut {
-                            return Poll::Ready(Some(Err(Box::new(BodyTooLarge {
-                                limit: *this.limit,
-                            }))));
+                        if let Some(before) = watch.held.replace(data) {
+                            return Poll::Ready(Some(Ok(Frame::data(before))));
                         }
-                    } else {
-                        *this.remaining -= n;
+                    }
+                    Err(trailers) => {
+                        watch.trailers = Some(trailers);
+                        if let Some(e) = watch.conclude() {
+                            watch.finished = true;
+                            watch.trailers = None;
+                            return Poll::Ready(Some(Err(e)));
+                        }
+                        watch.finished = true;
+                        if let Some(last) = watch.held.take() {
+                            return Poll::Ready(Some(Ok(Frame::data(last))));
+                        }
+                    }
+                },
+                Some(Err(e)) => return Poll::Ready(Some(Err(e))),
+                None => {
+                    watch.finished = true;
+                    if let Some(e) = watch.conclude() {
+                        return Poll::Ready(Some(Err(e)));
+                    }
+                    if let Some(last) = watch.held.take() {
+                        return Poll::Ready(Some(Ok(Frame::data(last))));
                     }
                 }
-                Poll::Ready(Some(Ok(frame)))
             }
-            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(e.into()))),
-            Poll::Ready(None) => Poll::Ready(None),
-            Poll::Pending => Poll::Pending,
         }
     }
 
     fn is_end_stream(&self) -> bool {
+        if let Some(watch) = &self.scan {
+            return watch.finished && watch.held.is_none() && watch.trailers.is_none();
+        }
         self.replay.is_none() && self.inner.as_ref().is_none_or(Body::is_end_stream)
     }
 
@@ -402,6 +504,50 @@ where
             }
         }
         hint
+    }
+}
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// The next frame of `inner`, cut (or, without `cut`, only noted in `tripped`) once more than
+/// `limit` bytes have come.
+fn poll_limited<B>(
+    inner: Pin<&mut Option<B>>,
+    cx: &mut Context<'_>,
+    remaining: &mut u64,
+    limit: u64,
+    tripped: Option<&Arc<AtomicBool>>,
+    cut: bool,
+) -> Poll<Option<Result<Frame<Bytes>, BoxError>>>
+where
+    B: Body,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let Some(inner) = inner.as_pin_mut() else {
+        return Poll::Ready(None);
+    };
+    match inner.poll_frame(cx) {
+        Poll::Ready(Some(Ok(frame))) => {
+            let frame = frame.map_data(|mut d| d.copy_to_bytes(d.remaining()));
+            if let Some(data) = frame.data_ref() {
+                let n = data.remaining() as u64;
+                if n > *remaining {
+                    *remaining = 0;
+                    if let Some(flag) = tripped {
+                        flag.store(true, Ordering::Release);
+                    }
+                    if cut {
+                        return Poll::Ready(Some(Err(Box::new(BodyTooLarge { limit }))));
+                    }
+                } else {
+                    *remaining -= n;
+                }
+            }
+            Poll::Ready(Some(Ok(frame)))
+        }
+        Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(e.into()))),
+        Poll::Ready(None) => Poll::Ready(None),
+        Poll::Pending => Poll::Pending,
     }
 }
 

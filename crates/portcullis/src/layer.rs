@@ -64,6 +64,7 @@ use crate::error::{Control, Rejection};
 use crate::headers::csp::{Csp, Nonce};
 use crate::headers::security::{DeferredSecurityHeaders, SecurityHeaders, deferrable};
 use crate::inbound::InboundHeaders;
+use crate::methods::MultipartOverrideScan;
 #[allow(unused_imports)]
 use crate::policy::ReportOnly;
 use crate::policy::{CspSetting, CsrfMode, Policy, Preset};
@@ -1849,6 +1850,14 @@ impl Engine {
         // Reading the form for `_method` refuses a body over the limit (it is consumed), so
         // not while the body limit only reports.
         x.scan_form &= !report_body;
+        // A multipart form (an upload) is read for `_method` as it streams, never held whole,
+        // unless the CSRF guard must read it for its token anyway.
+        let override_scan = (x.scan_form && x.guard_body.is_none())
+            .then(|| {
+                MultipartOverrideScan::for_request(x.policy().allowed_methods(), &parts.headers)
+            })
+            .flatten();
+        x.scan_form &= override_scan.is_none();
         let read_cap = x.guard_body.or_else(|| {
             x.scan_form.then(|| {
                 x.policy()
@@ -1873,6 +1882,14 @@ impl Engine {
                 _ => LimitedBody::unlimited(body),
             }
         };
+        let (body, overridden) = match override_scan {
+            Some(scan) => {
+                let flag = Arc::new(AtomicBool::new(false));
+                let cut = !x.policy().report_only_mode().covers(Control::Methods);
+                (body.scanning_overrides(scan, flag.clone(), cut), Some(flag))
+            }
+            None => (body, None),
+        };
         // Keep what decorate() needs of the request: only CORS reads a header (Origin).
         let mut req_headers = HeaderMap::new();
         if self.cors.is_some()
@@ -1885,6 +1902,33 @@ impl Engine {
         self.pass_on(&mut parts.extensions, &x, nonce.as_ref());
         let res = inner.call(Request::from_parts(parts, body)).await?;
 
+        if overridden
+            .as_ref()
+            .is_some_and(|f| f.load(Ordering::Acquire))
+        {
+            std::hint::cold_path();
+            // Step 7 for a `_method` field found in a multipart form as it streamed: the body
+            // was cut before its end reached the application.
+            let r = Rejection::method_not_allowed(x.policy().allowed_methods().allow_header());
+            let meta = Parts2 {
+                headers: &req_headers,
+                method: &method,
+                uri: None,
+            };
+            x.detail = Some("method_override");
+            if !x.policy().report_only_mode().covers(Control::Methods) {
+                return Ok(self.reject_with(r, meta, &x));
+            }
+            self.audit_event(
+                r.action(),
+                Outcome::ReportOnly,
+                r.status(),
+                Some(&r),
+                meta,
+                &x,
+            );
+            x.detail = None;
+        }
         if tripped.as_ref().is_some_and(|f| f.load(Ordering::Acquire)) {
             std::hint::cold_path();
             let r = Rejection::body_too_large(x.policy().max_body_bytes().unwrap_or(0));

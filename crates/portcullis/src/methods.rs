@@ -481,3 +481,339 @@ fn contains_ignore_case(hay: &[u8], needle: &[u8]) -> bool {
     hay.windows(needle.len())
         .any(|w| w.eq_ignore_ascii_case(needle))
 }
+
+/// The longest part head the streaming scan reads (a real one is a few hundred bytes); a
+/// longer one makes the body unparsable, as if it did not parse as multipart.
+const MAX_PART_HEAD: usize = 16 * 1024;
+/// The longest `_method` value the streaming scan keeps; a longer one is no method.
+const MAX_OVERRIDE_VALUE: usize = 1024;
+
+/// Appends `bytes` to a `_method` value, keeping no more than can tell it is too long.
+fn keep_value(value: &mut Vec<u8>, bytes: &[u8]) {
+    let room = (MAX_OVERRIDE_VALUE + 2).saturating_sub(value.len());
+    value.extend_from_slice(&bytes[..bytes.len().min(room)]);
+}
+
+/// Where the streaming scan stands in the multipart body.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Scan {
+    /// Before the first delimiter.
+    Preamble,
+    /// Just past a delimiter: the closing `--`, or a line end and a part's head.
+    AfterDelimiter,
+    /// In a part's head.
+    Head,
+    /// In a part's content; `capture` when the part is a `_method` field.
+    Content { capture: bool },
+    /// Past the closing delimiter: the body parsed.
+    Closed,
+    /// The body does not parse as multipart with its boundary.
+    Unparsable,
+}
+
+/// [`MethodSet::allows_form_overrides`] for a `multipart/form-data` body read as it streams,
+/// so an upload is never held whole in memory: the same verdict, from the same reading of the
+/// parts (each `_method` field's value must name an allowed method; a body that does not parse
+/// is refused when `_method` appears in it anywhere), keeping only a part head or a
+/// `_method` value at a time.
+#[derive(Debug)]
+pub(crate) struct MultipartOverrideScan {
+    methods: MethodSet,
+    delimiter: Vec<u8>,
+    finder: memchr::memmem::Finder<'static>,
+    state: Scan,
+    /// Bytes not yet judged: a delimiter or head that may go on in the next chunk.
+    pending: Vec<u8>,
+    /// The `_method` value being read.
+    value: Vec<u8>,
+    /// A `_method` field named a method the set refuses.
+    refused: bool,
+    /// `_method`, in any case, appeared somewhere (the verdict on an unparsable body).
+    mentioned: bool,
+    /// The last bytes of the previous chunk, for a `_method` split between chunks.
+    tail: Vec<u8>,
+}
+
+impl MultipartOverrideScan {
+    /// A scan of a body of this `Content-Type`, when it is one `multipart/form-data` with a
+    /// usable boundary and the set refuses some method; `None` otherwise (the body is then
+    /// read whole, or not at all).
+    pub(crate) fn for_request(methods: &MethodSet, headers: &HeaderMap) -> Option<Self> {
+        if methods.any {
+            return None;
+        }
+        let mut types = headers.get_all(header::CONTENT_TYPE).iter();
+        let (Some(only), None) = (types.next(), types.next()) else {
+            return None;
+        };
+        let FormKind::Multipart(boundary) = FormKind::of(only.as_bytes()) else {
+            return None;
+        };
+        if boundary.is_empty() || boundary.len() > 70 {
+            return None;
+        }
+        let delimiter = [b"--", boundary.as_bytes()].concat();
+        Some(MultipartOverrideScan {
+            methods: methods.clone(),
+            finder: memchr::memmem::Finder::new(&delimiter).into_owned(),
+            delimiter,
+            state: Scan::Preamble,
+            pending: Vec::new(),
+            value: Vec::new(),
+            refused: false,
+            mentioned: false,
+            tail: Vec::new(),
+        })
+    }
+
+    /// Reads the next bytes of the body.
+    pub(crate) fn feed(&mut self, chunk: &[u8]) {
+        self.note_mentions(chunk);
+        if matches!(self.state, Scan::Closed | Scan::Unparsable) {
+            return;
+        }
+        self.pending.extend_from_slice(chunk);
+        let mut at = 0;
+        loop {
+            let rest = &self.pending[at..];
+            match self.state {
+                Scan::Preamble => match self.finder.find(rest) {
+                    Some(i) => {
+                        at += i + self.delimiter.len();
+                        self.state = Scan::AfterDelimiter;
+                    }
+                    None => {
+                        // Keep only what could begin the delimiter.
+                        at += rest.len().saturating_sub(self.delimiter.len() - 1);
+                        break;
+                    }
+                },
+                Scan::AfterDelimiter => {
+                    if rest.len() < 2 {
+                        break;
+                    }
+                    if rest.starts_with(b"--") {
+                        self.state = Scan::Closed;
+                    } else if rest.starts_with(b"\r\n") {
+                        at += 2;
+                        self.state = Scan::Head;
+                    } else if rest.starts_with(b"\n") {
+                        at += 1;
+                        self.state = Scan::Head;
+                    } else {
+                        self.state = Scan::Unparsable;
+                    }
+                }
+                Scan::Head => {
+                    // As the whole-body reader: a bare-LF end counts only before a CRLF one.
+                    let crlf = find(rest, b"\r\n\r\n");
+                    let lf_within = crlf.map_or(rest, |a| &rest[..a]);
+                    let (end, sep) = match (crlf, find(lf_within, b"\n\n")) {
+                        (_, Some(b)) => (b, 2),
+                        (Some(a), None) => (a, 4),
+                        (None, None) => {
+                            if rest.len() > MAX_PART_HEAD {
+                                self.state = Scan::Unparsable;
+                            }
+                            break;
+                        }
+                    };
+                    if end > MAX_PART_HEAD {
+                        self.state = Scan::Unparsable;
+                        break;
+                    }
+                    let capture = part_names_override(&rest[..end]);
+                    at += end + sep;
+                    self.value.clear();
+                    self.state = Scan::Content { capture };
+                }
+                Scan::Content { capture } => match self.finder.find(rest) {
+                    Some(i) => {
+                        if capture {
+                            keep_value(&mut self.value, &rest[..i]);
+                            self.judge_value();
+                        }
+                        at += i + self.delimiter.len();
+                        self.state = Scan::AfterDelimiter;
+                    }
+                    None => {
+                        // All but what could begin a delimiter is content.
+                        let safe = rest.len().saturating_sub(self.delimiter.len() - 1);
+                        if capture {
+                            keep_value(&mut self.value, &rest[..safe]);
+                        }
+                        at += safe;
+                        break;
+                    }
+                },
+                Scan::Closed | Scan::Unparsable => break,
+            }
+        }
+        if matches!(self.state, Scan::Closed | Scan::Unparsable) {
+            self.pending = Vec::new();
+        } else {
+            self.pending.drain(..at);
+        }
+    }
+
+    /// Whether every `_method` field named an allowed method, once the whole body was fed.
+    pub(crate) fn allows(&self) -> bool {
+        match self.state {
+            Scan::Closed => !self.refused,
+            _ => !self.mentioned,
+        }
+    }
+
+    /// Whether a `_method` field already named a refused method (the verdict cannot change).
+    pub(crate) fn refused(&self) -> bool {
+        self.refused && self.state != Scan::Unparsable
+    }
+
+    /// The value read (its line end before the delimiter dropped, as the whole-body reader
+    /// drops it) against the set.
+    fn judge_value(&mut self) {
+        let v = self.value.as_slice();
+        let v = v
+            .strip_suffix(b"\n")
+            .map(|v| v.strip_suffix(b"\r").unwrap_or(v))
+            .unwrap_or(v);
+        if v.len() > MAX_OVERRIDE_VALUE || !self.methods.allows_named(v) {
+            self.refused = true;
+        }
+    }
+
+    /// Looks for `_method` in any case, across the chunk edge too.
+    fn note_mentions(&mut self, chunk: &[u8]) {
+        const NEEDLE: &[u8] = b"_method";
+        if self.mentioned {
+            return;
+        }
+        let seen = |hay: &[u8]| {
+            memchr::memchr_iter(b'_', hay).any(|i| {
+                hay.get(i..i + NEEDLE.len())
+                    .is_some_and(|w| w.eq_ignore_ascii_case(NEEDLE))
+            })
+        };
+        // The last bytes before this chunk, and this chunk's first: a split `_method`.
+        let edge = NEEDLE.len() - 1;
+        let mut joined = std::mem::take(&mut self.tail);
+        joined.extend_from_slice(&chunk[..chunk.len().min(edge)]);
+        self.mentioned |= seen(&joined) || seen(chunk);
+        // What the next chunk joins: the last bytes of the stream so far.
+        if chunk.len() >= edge {
+            joined.clear();
+            joined.extend_from_slice(&chunk[chunk.len() - edge..]);
+        } else if joined.len() > edge {
+            joined.drain(..joined.len() - edge);
+        }
+        self.tail = joined;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn form(boundary: &str) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::CONTENT_TYPE,
+            format!("multipart/form-data; boundary={boundary}")
+                .parse()
+                .unwrap(),
+        );
+        h
+    }
+
+    /// The streaming verdict equals the whole-body one, however the body is cut into chunks.
+    #[test]
+    fn the_streaming_scan_agrees_with_the_whole_body_reading() {
+        let m = MethodSet::new([Method::GET, Method::HEAD, Method::POST]);
+        let h = form("XyZ");
+        let part = |name: &str, value: &str| {
+            format!("--XyZ\r\nContent-Disposition: form-data; {name}\r\n\r\n{value}\r\n")
+        };
+        let file = "x".repeat(5000) + "--Xy" + &"y".repeat(300);
+        let bodies: Vec<String> = vec![
+            format!("{}--XyZ--\r\n", part("name=\"title\"", "hi")),
+            format!("{}--XyZ--\r\n", part("name=\"_method\"", "DELETE")),
+            format!("{}--XyZ--\r\n", part("name=\"_method\"", "post")),
+            format!(
+                "{}{}--XyZ--\r\n",
+                part("name=\"f\"; filename=\"a.bin\"", &file),
+                part("name='_method'", "PUT")
+            ),
+            format!(
+                "{}{}--XyZ--\r\n",
+                part("name=\"f\"; filename=\"a.bin\"", &file),
+                part("name=_method", "GET")
+            ),
+            format!(
+                "preamble\r\n{}--XyZ--\r\nepilogue _method",
+                part("name=\"a\"", "1")
+            ),
+            "--XyZ\nContent-Disposition: form-data; name=\"_method\"\n\nDELETE\n--XyZ--\n"
+                .to_string(),
+            "not a multipart body _method=DELETE".to_string(),
+            "not a multipart body at all".to_string(),
+            format!("{}", part("name=\"_method\"", "DELETE")),
+            format!("--XyZ\r\nContent-Disposition: form-data; name=\"a\"\r\n\r\n{file}"),
+            format!("--XyZ junk\r\n{}", part("name=\"_method\"", "DELETE")),
+            format!("{}--XyZ--", part("name=\"_METHOD\"", &"D".repeat(2000))),
+            format!("{}--XyZ--", part("name=\"_method\\0x\"", "PATCH")),
+        ];
+        for body in &bodies {
+            let whole = m.allows_form_overrides(&h, body.as_bytes());
+            for size in [1, 2, 3, 5, 7, 64, 1000, body.len().max(1)] {
+                let mut scan = MultipartOverrideScan::for_request(&m, &h).unwrap();
+                for chunk in body.as_bytes().chunks(size) {
+                    scan.feed(chunk);
+                }
+                assert_eq!(scan.allows(), whole, "chunks of {size}: {body:.200}");
+            }
+        }
+    }
+
+    /// What the scan keeps stays small whatever streams through: a delimiter's length in a
+    /// preamble or a file, a capped head, a capped `_method` value.
+    #[test]
+    fn the_streaming_scan_keeps_little() {
+        let m = MethodSet::new([Method::POST]);
+        let h = form("XyZ");
+        let file = "x".repeat(1 << 20);
+        for body in [
+            file.clone(),
+            format!("--XyZ\r\nContent-Disposition: form-data; name=\"f\"\r\n\r\n{file}"),
+            format!("--XyZ\r\nContent-Disposition: form-data; name=\"_method\"\r\n\r\n{file}"),
+            format!("--XyZ\r\nX-Long: {file}"),
+        ] {
+            let mut scan = MultipartOverrideScan::for_request(&m, &h).unwrap();
+            for chunk in body.as_bytes().chunks(8192) {
+                scan.feed(chunk);
+                assert!(
+                    scan.pending.len() <= MAX_PART_HEAD + 8192,
+                    "{}",
+                    scan.pending.len()
+                );
+                assert!(scan.value.len() <= MAX_OVERRIDE_VALUE + 2);
+            }
+        }
+    }
+
+    #[test]
+    fn only_one_multipart_type_with_a_boundary_is_scanned_as_it_streams() {
+        let m = MethodSet::new([Method::POST]);
+        assert!(MultipartOverrideScan::for_request(&m, &form("b")).is_some());
+        assert!(MultipartOverrideScan::for_request(&m, &form(&"b".repeat(71))).is_none());
+        assert!(MultipartOverrideScan::for_request(&MethodSet::any(), &form("b")).is_none());
+        let mut two = form("b");
+        two.append(header::CONTENT_TYPE, "text/plain".parse().unwrap());
+        assert!(MultipartOverrideScan::for_request(&m, &two).is_none());
+        let mut urlencoded = HeaderMap::new();
+        urlencoded.insert(
+            header::CONTENT_TYPE,
+            "application/x-www-form-urlencoded".parse().unwrap(),
+        );
+        assert!(MultipartOverrideScan::for_request(&m, &urlencoded).is_none());
+    }
+}

@@ -575,3 +575,114 @@ async fn repeated_content_types_do_not_repeat_the_override_scan() {
     let res = app.oneshot(post(two)).await.expect("answered");
     assert_eq!(res.status(), 200);
 }
+
+/// A multipart upload is read for `_method` as it streams, never held whole: the application
+/// has the first part while the client is still sending, and the body is the client's, byte
+/// for byte. A `_method` field after a large file part still gets the 405, and the
+/// application never has that body whole (its read fails).
+#[tokio::test]
+async fn a_multipart_upload_streams_to_the_application_while_it_is_scanned() {
+    use std::sync::Mutex;
+    use std::time::{Duration, Instant};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let sink = MemorySink::default();
+    let layer = SecurityLayer::builder()
+        .default_policy(Policy::preset(Preset::Public).max_body(64 << 20))
+        .no_rate_limiter()
+        .audit(Arc::new(sink.clone()))
+        .build()
+        .expect("valid policy");
+    // When the application had its first bytes, and what it read in the end.
+    let first: Arc<Mutex<Option<Instant>>> = Arc::default();
+    let read: Arc<Mutex<Option<Result<usize, ()>>>> = Arc::default();
+    let app = {
+        let (first, read) = (first.clone(), read.clone());
+        Router::new().fallback(move |req: axum::extract::Request| {
+            let (first, read) = (first.clone(), read.clone());
+            async move {
+                use http_body_util::BodyExt;
+                let mut body = req.into_body();
+                let mut n = 0;
+                let outcome = loop {
+                    match body.frame().await {
+                        Some(Ok(f)) => {
+                            first.lock().unwrap().get_or_insert_with(Instant::now);
+                            n += f.data_ref().map_or(0, |d| d.len());
+                        }
+                        Some(Err(_)) => break Err(()),
+                        None => break Ok(n),
+                    }
+                };
+                *read.lock().unwrap() = Some(outcome);
+                format!("{n}")
+            }
+        })
+    };
+    let addr = serve_with(app, layer).await;
+    let file_part = |size: usize| {
+        format!(
+            "--XyZ\r\nContent-Disposition: form-data; name=\"f\"; filename=\"a.bin\"\r\n\
+             Content-Type: application/octet-stream\r\n\r\n{}\r\n",
+            "x".repeat(size)
+        )
+    };
+    // Sends `head` of the body, waits, then the rest; the answer, and when the rest left.
+    let upload = |first_half: String, second_half: String| async move {
+        let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let len = first_half.len() + second_half.len();
+        tcp.write_all(
+            format!(
+                "POST /upload HTTP/1.1\r\nHost: {addr}\r\nSec-Fetch-Site: same-origin\r\n\
+                 Content-Type: multipart/form-data; boundary=XyZ\r\nContent-Length: {len}\r\n\
+                 Connection: close\r\n\r\n{first_half}"
+            )
+            .as_bytes(),
+        )
+        .await
+        .unwrap();
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        let rest_at = Instant::now();
+        tcp.write_all(second_half.as_bytes()).await.unwrap();
+        let mut out = Vec::new();
+        tcp.read_to_end(&mut out).await.unwrap();
+        (String::from_utf8_lossy(&out).into_owned(), rest_at)
+    };
+
+    let (a, b) = (file_part(4 << 20), "--XyZ--\r\n".to_string());
+    let total = a.len() + b.len();
+    let (out, rest_at) = upload(a, b).await;
+    assert!(out.starts_with("HTTP/1.1 200"), "{out:.300}");
+    assert!(
+        out.ends_with(&total.to_string()),
+        "every byte arrived: {out:.300}"
+    );
+    assert!(
+        first.lock().unwrap().is_some_and(|t| t < rest_at),
+        "the application had the first part before the client sent the rest"
+    );
+
+    // `_method` after 4 MiB of file: 405, and the application's read of the body fails.
+    *read.lock().unwrap() = None;
+    let (a, b) = (
+        file_part(4 << 20),
+        "--XyZ\r\nContent-Disposition: form-data; name=\"_method\"\r\n\r\nDELETE\r\n--XyZ--\r\n"
+            .to_string(),
+    );
+    let (out, _) = upload(a, b).await;
+    assert!(out.starts_with("HTTP/1.1 405"), "{out:.300}");
+    assert!(
+        out.contains("\"code\":\"method_not_allowed\""),
+        "{out:.300}"
+    );
+    assert_eq!(
+        *read.lock().unwrap(),
+        Some(Err(())),
+        "the body never ended whole"
+    );
+    let events = sink.events();
+    let last = events.last().unwrap();
+    assert_eq!(
+        (last.status, last.metadata["detail"].as_str()),
+        (405, Some("method_override"))
+    );
+}
