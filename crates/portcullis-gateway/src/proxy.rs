@@ -951,7 +951,10 @@ impl Proxy {
         }
         let client = client_ip_of(extensions, &hop);
         write_list(out, headers, FORWARDED, forwarded, |o| {
-            if let Some(element) = client_element(headers, (forwarded, xff), client) {
+            if xff
+                && !forwarded
+                && let Some(element) = client_element(headers, (forwarded, xff), client)
+            {
                 o.extend_from_slice(&element);
             }
             hop.write_element(o, client_host);
@@ -1444,8 +1447,8 @@ fn this_hop(extensions: &Extensions) -> Hop {
 /// `for=` the client the layer resolved, with that proxy's `X-Forwarded-Proto` and
 /// `X-Forwarded-Host` (the first of each). Without it, an application reading `Forwarded`
 /// (Spring's, for one) would take the proxy for the client, and our hop's scheme for the
-/// client's. A trusted `Forwarded` is kept as it came instead.
-/// `inbound` says whether the request holds `(Forwarded, X-Forwarded-For)`.
+/// client's. A trusted `Forwarded` is kept as it came instead. `inbound` says whether the
+/// request holds `(Forwarded, X-Forwarded-For)`.
 fn client_element(
     headers: &HeaderMap,
     inbound: (bool, bool),
@@ -1464,7 +1467,7 @@ fn client_element(
             .and_then(|v| std::str::from_utf8(v).ok())
     };
     let mut out = Vec::with_capacity(96);
-    push_forwarded_for(&mut out, Some(client.as_str()));
+    push_forwarded_for(&mut out, Some(client.as_bytes()));
     if let Some(proto) = first(X_FORWARDED_PROTO) {
         out.extend_from_slice(b";proto=");
         push_forwarded_value(&mut out, proto);
@@ -1477,16 +1480,16 @@ fn client_element(
     Some(out)
 }
 
-/// Appends `for=` and the address (an IPv6 one bracketed and quoted), or `unknown`.
-fn push_forwarded_for(out: &mut Vec<u8>, ip: Option<&str>) {
+/// Appends `for=` and the address as text (an IPv6 one bracketed and quoted), or `unknown`.
+fn push_forwarded_for(out: &mut Vec<u8>, ip: Option<&[u8]>) {
     out.extend_from_slice(b"for=");
     match ip {
-        Some(v6) if v6.contains(':') => {
+        Some(v6) if v6.contains(&b':') => {
             out.extend_from_slice(b"\"[");
-            out.extend_from_slice(v6.as_bytes());
+            out.extend_from_slice(v6);
             out.extend_from_slice(b"]\"");
         }
-        Some(v4) => out.extend_from_slice(v4.as_bytes()),
+        Some(v4) => out.extend_from_slice(v4),
         None => out.extend_from_slice(b"unknown"),
     }
 }
@@ -1494,7 +1497,7 @@ fn push_forwarded_for(out: &mut Vec<u8>, ip: Option<&str>) {
 impl Hop {
     /// Our hop as an RFC 7239 `Forwarded` element: `for=…;proto=…;host=…`.
     fn write_element(&self, out: &mut Vec<u8>, host: Option<&HeaderValue>) {
-        push_forwarded_for(out, self.peer.as_ref().map(|(_, text)| text.as_str()));
+        push_forwarded_for(out, self.peer.as_ref().map(|(_, text)| text.as_bytes()));
         out.extend_from_slice(b";proto=");
         out.extend_from_slice(self.proto.as_bytes());
         if let Some(host) = host.and_then(|h| h.to_str().ok()) {

@@ -246,7 +246,7 @@ pin_project! {
 
 /// A multipart body's `_method` scan, and what it holds back until the verdict.
 struct OverrideWatch {
-    scan: MultipartOverrideScan,
+    scan: Box<MultipartOverrideScan>,
     /// Set when a `_method` field names a refused method.
     refused: Arc<AtomicBool>,
     /// Cut the body then (else only note it: report-only).
@@ -362,7 +362,7 @@ impl<B> LimitedBody<B> {
     /// before the application has it whole.
     pub(crate) fn scanning_overrides(
         mut self,
-        scan: MultipartOverrideScan,
+        scan: Box<MultipartOverrideScan>,
         refused: Arc<AtomicBool>,
         cut: bool,
     ) -> Self {

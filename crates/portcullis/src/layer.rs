@@ -14,7 +14,8 @@
 //!    ban it;
 //! 6. CORS preflight answered ([`crate::cors`]);
 //! 7. method allowlist → 405 with `Allow` ([`crate::methods`]);
-//! 8. authentication → 401 with `WWW-Authenticate` ([`crate::auth`]);
+//! 8. authentication → 401 with `WWW-Authenticate` ([`crate::auth`]), then the brute-force
+//!    limit on the verdict → 429 (a refused guess counted and checked in one step);
 //! 9. authorization: roles → 403;
 //! 10. rate limit → 429 (slot: a [`Guard`]);
 //! 11. CSRF on unsafe methods → 403 (slot: a [`Guard`]);

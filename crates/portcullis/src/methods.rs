@@ -538,7 +538,9 @@ impl MultipartOverrideScan {
     /// A scan of a body of this `Content-Type`, when it is one `multipart/form-data` with a
     /// usable boundary and the set refuses some method; `None` otherwise (the body is then
     /// read whole, or not at all).
-    pub(crate) fn for_request(methods: &MethodSet, headers: &HeaderMap) -> Option<Self> {
+    /// Boxed: the delimiter search holds SIMD state, whose alignment would otherwise carry
+    /// into every request future that holds the scan.
+    pub(crate) fn for_request(methods: &MethodSet, headers: &HeaderMap) -> Option<Box<Self>> {
         if methods.any {
             return None;
         }
@@ -553,7 +555,7 @@ impl MultipartOverrideScan {
             return None;
         }
         let delimiter = [b"--", boundary.as_bytes()].concat();
-        Some(MultipartOverrideScan {
+        Some(Box::new(MultipartOverrideScan {
             methods: methods.clone(),
             finder: memchr::memmem::Finder::new(&delimiter).into_owned(),
             delimiter,
@@ -563,7 +565,7 @@ impl MultipartOverrideScan {
             refused: false,
             mentioned: false,
             tail: Vec::new(),
-        })
+        }))
     }
 
     /// Reads the next bytes of the body.

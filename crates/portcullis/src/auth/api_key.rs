@@ -42,6 +42,9 @@ use super::{AuthMethod, AuthOutcome, Authenticator, BoxFuture, Principal};
 /// ```
 pub const X_API_KEY: &str = "x-api-key";
 
+/// [`X_API_KEY`] as a header name, checked once: a `&str` name is parsed at each lookup.
+pub(crate) const X_API_KEY_NAME: http::HeaderName = http::HeaderName::from_static(X_API_KEY);
+
 /// Keys longer than this are refused before hashing.
 const MAX_KEY_BYTES: usize = 512;
 
@@ -431,7 +434,7 @@ impl ApiKeyAuthenticator {
                 found = Some(b[7..].trim_ascii_start());
             }
         }
-        for v in parts.headers.get_all(X_API_KEY) {
+        for v in parts.headers.get_all(X_API_KEY_NAME) {
             if found.is_some() {
                 return Err(Refusal::Multiple);
             }

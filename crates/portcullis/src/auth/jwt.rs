@@ -1095,25 +1095,27 @@ impl JwtAuthenticator {
         let Some(name) = &self.cookie else {
             return Ok(None);
         };
-        if parts.headers.contains_key(super::api_key::X_API_KEY) {
-            // An API key the client chose, as for another `Authorization` scheme above.
-            return Ok(None);
-        }
         // Read as bytes: a field holding some non-ASCII cookie still holds ours, and the
         // application, which gets every field joined, would read it (a second token hidden
         // there must count as two).
-        let mut found: Option<&[u8]> = None;
+        let (mut found, mut twice): (Option<&[u8]>, bool) = (None, false);
         for value in parts.headers.get_all(header::COOKIE) {
             for pair in value.as_bytes().split(|&b| b == b';') {
                 if let Some(eq) = pair.iter().position(|&b| b == b'=')
                     && pair[..eq].trim_ascii() == name.as_bytes()
                 {
-                    if found.is_some() {
-                        return Err(JwtError::MultipleCredentials);
-                    }
+                    twice |= found.is_some();
                     found = Some(pair[eq + 1..].trim_ascii());
                 }
             }
+        }
+        if found.is_some() && parts.headers.contains_key(super::api_key::X_API_KEY_NAME) {
+            // An API key the client chose beats the ambient cookie, as another
+            // `Authorization` scheme does above.
+            return Ok(None);
+        }
+        if twice {
+            return Err(JwtError::MultipleCredentials);
         }
         match found {
             None => Ok(None),
