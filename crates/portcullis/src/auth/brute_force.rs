@@ -43,7 +43,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::policy::Algorithm;
-use crate::rate_limit::algorithm::Rule;
+use crate::rate_limit::algorithm::{Rule, Verdict};
 use crate::rate_limit::memory::MemoryStore;
 use crate::rate_limit::{Charge, OnStoreError, RateLimitStore, StoreError, StoreOutage};
 
@@ -233,6 +233,17 @@ impl FailedAuthTracker {
         format!("auth-failures|{key}")
     }
 
+    /// Charges `cost` failures to `key`: the store's verdict on the charge.
+    async fn charge(&self, key: &str, cost: u32) -> Result<Option<Verdict>, StoreError> {
+        let k = Self::key(key);
+        let charge = [Charge {
+            key: &k,
+            rule: self.rule(),
+            cost,
+        }];
+        Ok(self.store.decide(&charge).await?.into_iter().next())
+    }
+
     /// `Err` when `key` may not try now: blocked after too many failures, or the store is
     /// down under [`OnStoreError::Closed`]. Charges nothing.
     ///
@@ -249,23 +260,12 @@ impl FailedAuthTracker {
     /// # });
     /// ```
     pub async fn check(&self, key: &str) -> Result<(), Blocked> {
-        let k = Self::key(key);
-        let peek = [Charge {
-            key: &k,
-            rule: self.rule(),
-            cost: 0,
-        }];
-        match self.store.decide(&peek).await {
-            Ok(v) if v.first().is_some_and(|v| v.remaining == 0) => {
+        match self.charge(key, 0).await {
+            Ok(Some(v)) if v.remaining == 0 => {
                 // Blocked: a charge of one is refused (so nothing is counted) and says when a
                 // try will fit again.
-                let one = [Charge {
-                    key: &k,
-                    rule: self.rule(),
-                    cost: 1,
-                }];
-                let wait = match self.store.decide(&one).await {
-                    Ok(v) => v.first().map_or(0, |v| v.retry_after_us),
+                let wait = match self.charge(key, 1).await {
+                    Ok(v) => v.map_or(0, |v| v.retry_after_us),
                     Err(_) => 0,
                 };
                 self.store_answered();
@@ -306,16 +306,10 @@ impl FailedAuthTracker {
     /// # });
     /// ```
     pub async fn count_failure(&self, key: &str) -> Result<(), Blocked> {
-        let k = Self::key(key);
-        let one = [Charge {
-            key: &k,
-            rule: self.rule(),
-            cost: 1,
-        }];
-        match self.store.decide(&one).await {
+        match self.charge(key, 1).await {
             Ok(v) => {
                 self.store_answered();
-                match v.first() {
+                match v {
                     Some(v) if !v.allowed => Err(Blocked::RetryAfter(Duration::from_micros(
                         v.retry_after_us.max(1_000_000),
                     ))),
@@ -346,16 +340,10 @@ impl FailedAuthTracker {
     /// # });
     /// ```
     pub async fn record_failure(&self, key: &str) -> Result<(), Duration> {
-        let k = Self::key(key);
-        let one = [Charge {
-            key: &k,
-            rule: self.rule(),
-            cost: 1,
-        }];
-        match self.store.decide(&one).await {
+        match self.charge(key, 1).await {
             Ok(v) => {
                 self.store_answered();
-                match v.first() {
+                match v {
                     Some(v) if !v.allowed => Err(Duration::from_micros(v.retry_after_us.max(1))),
                     Some(v) if v.remaining == 0 => Err(Duration::from_micros(v.reset_us.max(1))),
                     _ => Ok(()),
