@@ -1903,6 +1903,11 @@ impl Engine {
         self.pass_on(&mut parts.extensions, &x, nonce.as_ref());
         let res = inner.call(Request::from_parts(parts, body)).await?;
 
+        let meta = Parts2 {
+            headers: &req_headers,
+            method: &method,
+            uri: None,
+        };
         if overridden
             .as_ref()
             .is_some_and(|f| f.load(Ordering::Acquire))
@@ -1911,51 +1916,20 @@ impl Engine {
             // Step 7 for a `_method` field found in a multipart form as it streamed: the body
             // was cut before its end reached the application.
             let r = Rejection::method_not_allowed(x.policy().allowed_methods().allow_header());
-            let meta = Parts2 {
-                headers: &req_headers,
-                method: &method,
-                uri: None,
-            };
             x.detail = Some("method_override");
-            if !x.policy().report_only_mode().covers(Control::Methods) {
-                return Ok(self.reject_with(r, meta, &x));
+            if let Some(refused) = self.refuse_after(r, meta, &x) {
+                return Ok(refused);
             }
-            self.audit_event(
-                r.action(),
-                Outcome::ReportOnly,
-                r.status(),
-                Some(&r),
-                meta,
-                &x,
-            );
             x.detail = None;
         }
         if tripped.as_ref().is_some_and(|f| f.load(Ordering::Acquire)) {
             std::hint::cold_path();
             let r = Rejection::body_too_large(x.policy().max_body_bytes().unwrap_or(0));
-            let meta = Parts2 {
-                headers: &req_headers,
-                method: &method,
-                uri: None,
-            };
-            if !report_body {
-                return Ok(self.reject_with(r, meta, &x));
+            if let Some(refused) = self.refuse_after(r, meta, &x) {
+                return Ok(refused);
             }
-            self.audit_event(
-                r.action(),
-                Outcome::ReportOnly,
-                r.status(),
-                Some(&r),
-                meta,
-                &x,
-            );
         }
         let (mut rparts, rbody) = res.into_parts();
-        let meta = Parts2 {
-            headers: &req_headers,
-            method: &method,
-            uri: None,
-        };
         self.finish(&mut rparts, meta, &mut x, nonce.as_ref(), defer);
         Ok(Response::from_parts(rparts, SecurityBody::new(rbody)))
     }
@@ -2533,6 +2507,30 @@ impl Engine {
         // Rounded up: a client told 0 would come straight back.
         let secs = left.as_millis().div_ceil(1000).max(1) as u64;
         self.enforce(Rejection::banned(secs), parts, x)
+    }
+
+    /// A refusal found while the body streamed, once the inner service has answered: the
+    /// refusal in its place, or `None` when its control only reports (audited as such).
+    #[cold]
+    #[inline(never)]
+    fn refuse_after(
+        &self,
+        r: Rejection,
+        meta: Parts2<'_>,
+        x: &Exchange,
+    ) -> Option<Response<SecurityBody>> {
+        if !x.policy().report_only_mode().covers(r.control()) {
+            return Some(self.reject_with(r, meta, x));
+        }
+        self.audit_event(
+            r.action(),
+            Outcome::ReportOnly,
+            r.status(),
+            Some(&r),
+            meta,
+            x,
+        );
+        None
     }
 
     /// Refuses, or in report-only mode audits and lets through.
