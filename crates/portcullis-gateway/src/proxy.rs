@@ -759,12 +759,14 @@ impl Proxy {
         }
 
         let hop = this_hop(extensions);
-        // Before our hop changes the fields it is read from.
-        let inbound = (
-            headers.contains_key(FORWARDED),
-            headers.contains_key(X_FORWARDED_FOR),
-        );
-        let client_element = client_element(headers, inbound, client_ip_of(extensions, &hop));
+        // The client's element, before our hop changes the fields it is read from.
+        let mut element = Vec::with_capacity(64);
+        if !headers.contains_key(FORWARDED)
+            && headers.contains_key(X_FORWARDED_FOR)
+            && let Some(client) = client_ip_of(extensions, &hop)
+        {
+            push_client_element(&mut element, headers, client);
+        }
         if let Some((_, peer)) = &hop.peer {
             append_list(headers, X_FORWARDED_FOR, peer.as_str().to_string());
         }
@@ -777,7 +779,6 @@ impl Proxy {
         {
             v.insert(host.clone());
         }
-        let mut element = client_element.unwrap_or_default();
         hop.write_element(&mut element, client_host.as_ref());
         append_list(
             headers,
@@ -953,9 +954,9 @@ impl Proxy {
         write_list(out, headers, FORWARDED, forwarded, |o| {
             if xff
                 && !forwarded
-                && let Some(element) = client_element(headers, (forwarded, xff), client)
+                && let Some(client) = client
             {
-                o.extend_from_slice(&element);
+                push_client_element(o, headers, client);
             }
             hop.write_element(o, client_host);
         });
@@ -1442,22 +1443,13 @@ fn this_hop(extensions: &Extensions) -> Hop {
     Hop { proto, peer }
 }
 
-/// The client's `Forwarded` element, followed by `", "`, when a trusted proxy in front sent
-/// `X-Forwarded-For` but no `Forwarded` (the layer keeps either only from a trusted proxy):
-/// `for=` the client the layer resolved, with that proxy's `X-Forwarded-Proto` and
-/// `X-Forwarded-Host` (the first of each). Without it, an application reading `Forwarded`
-/// (Spring's, for one) would take the proxy for the client, and our hop's scheme for the
-/// client's. A trusted `Forwarded` is kept as it came instead. `inbound` says whether the
-/// request holds `(Forwarded, X-Forwarded-For)`.
-fn client_element(
-    headers: &HeaderMap,
-    inbound: (bool, bool),
-    client: Option<IpText>,
-) -> Option<Vec<u8>> {
-    let (false, true) = inbound else {
-        return None;
-    };
-    let client = client?;
+/// Appends the client's `Forwarded` element and `", "`, for a request whose trusted proxy in
+/// front sent `X-Forwarded-For` but no `Forwarded` (the layer keeps either only from a trusted
+/// proxy; the callers check): `for=` the client the layer resolved, with that proxy's
+/// `X-Forwarded-Proto` and `X-Forwarded-Host` (the first of each). Without it, an application
+/// reading `Forwarded` (Spring's, for one) would take the proxy for the client, and our hop's
+/// scheme for the client's. A trusted `Forwarded` is kept as it came instead.
+fn push_client_element(out: &mut Vec<u8>, headers: &HeaderMap, client: IpText) {
     let first = |name| {
         headers
             .get_all(name)
@@ -1466,18 +1458,16 @@ fn client_element(
             .next()
             .and_then(|v| std::str::from_utf8(v).ok())
     };
-    let mut out = Vec::with_capacity(96);
-    push_forwarded_for(&mut out, Some(client.as_bytes()));
+    push_forwarded_for(out, Some(client.as_bytes()));
     if let Some(proto) = first(X_FORWARDED_PROTO) {
         out.extend_from_slice(b";proto=");
-        push_forwarded_value(&mut out, proto);
+        push_forwarded_value(out, proto);
     }
     if let Some(host) = first(X_FORWARDED_HOST) {
         out.extend_from_slice(b";host=");
-        push_forwarded_value(&mut out, host);
+        push_forwarded_value(out, host);
     }
     out.extend_from_slice(b", ");
-    Some(out)
 }
 
 /// Appends `for=` and the address as text (an IPv6 one bracketed and quoted), or `unknown`.
